@@ -21,7 +21,12 @@
 //! assert!(dp.validate().is_ok());
 //! ```
 
+pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod duration;
+pub mod manager;
 pub mod model;
 pub mod resource;
+pub mod store;
 pub mod validation;

@@ -362,8 +362,23 @@ impl DataplaneSpec {
             .as_ref()
             .map_or(&[], |n| n.outbound.as_slice())
     }
+    /// Kuma's fuzzy tag filter: some inbound (or the gateway) has every key of `selector` with a
+    /// value containing the selector's value (`*` matches any value).
+    pub fn matches_tags_fuzzy(&self, selector: &super::common::Tags) -> bool {
+        let matches = |tags: &super::common::Tags| {
+            selector.iter().all(|(k, v)| {
+                tags.get(k)
+                    .is_some_and(|t| v == "*" || t.contains(v.as_str()))
+            })
+        };
+        if selector.is_empty() {
+            return true;
+        }
+        self.inbounds().iter().any(|i| matches(&i.tags))
+            || self.gateway().is_some_and(|g| matches(&g.tags))
+    }
 
-    /// True when any inbound carries `key: value` (the API's `tag` filter).
+    /// True when some inbound has `key: value`.
     pub fn has_inbound_tag(&self, key: &str, value: &str) -> bool {
         self.inbounds()
             .iter()

@@ -1,0 +1,1 @@
+//! Control-plane configuration (placeholder, written next).

@@ -1,0 +1,188 @@
+//! The [`ResourceManager`]: Kuma's rules on top of any [`ResourceStore`].
+//!
+//! Writers go through the manager, never straight to the store: it applies defaults, validates
+//! (every violation with its field path), makes every mesh-scoped resource owned by its Mesh so
+//! deleting the Mesh removes it, and refuses to delete a Mesh that still has data planes unless
+//! forced.
+
+use std::sync::Arc;
+
+use crate::model::common::ZONE_TAG;
+use crate::model::dataplane::DataplaneSpec;
+use crate::model::mesh::MeshSpec;
+use crate::resource::{Resource, ResourceKey, ResourceType, Scope, Spec};
+use crate::store::{ListQuery, Page, ResourceStore, StoreError};
+use crate::validation::ValidationError;
+
+/// Name of the mesh created at start.
+pub const DEFAULT_MESH: &str = "default";
+
+/// Why a managed operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ManagerError {
+    /// The resource breaks a rule; each violation names its field.
+    #[error("invalid resource: {0}")]
+    Invalid(ValidationError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Mesh still has data planes and the delete was not forced.
+    #[error(
+        "mesh {mesh:?} still has {dataplanes} data plane(s): delete them first or force the deletion"
+    )]
+    MeshInUse {
+        /// The mesh.
+        mesh: String,
+        /// How many data planes it has.
+        dataplanes: usize,
+    },
+}
+
+impl From<ValidationError> for ManagerError {
+    fn from(e: ValidationError) -> Self {
+        ManagerError::Invalid(e)
+    }
+}
+
+/// Settings of a [`ResourceManager`].
+#[derive(Debug, Clone, Default)]
+pub struct ManagerOptions {
+    /// The zone this control plane runs in; when set, Dataplane inbounds and gateways get
+    /// `kuma.io/zone: <zone>` (overwriting what the client sent).
+    pub zone: Option<String>,
+}
+
+/// Whether [`ResourceManager::apply`] created or replaced the resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// It did not exist.
+    Created,
+    /// It existed and was replaced.
+    Updated,
+}
+
+/// Validating, defaulting, ownership-enforcing access to a store.
+#[derive(Clone)]
+pub struct ResourceManager {
+    store: Arc<dyn ResourceStore>,
+    options: ManagerOptions,
+}
+
+impl ResourceManager {
+    /// A manager over `store`.
+    pub fn new(store: Arc<dyn ResourceStore>, options: ManagerOptions) -> Self {
+        ResourceManager { store, options }
+    }
+
+    /// The underlying store (for reads and watches).
+    pub fn store(&self) -> &Arc<dyn ResourceStore> {
+        &self.store
+    }
+
+    fn apply_defaults(&self, resource: &mut Resource) {
+        if let (Some(zone), Spec::Dataplane(dp)) = (&self.options.zone, &mut resource.spec) {
+            set_zone_tag(dp, zone);
+        }
+    }
+
+    fn owner(resource: &Resource) -> Option<ResourceKey> {
+        (resource.rtype().scope() == Scope::Mesh)
+            .then(|| ResourceKey::global(ResourceType::Mesh, &resource.meta.mesh))
+    }
+
+    fn map_owner_error(e: StoreError, resource: &Resource) -> ManagerError {
+        match e {
+            StoreError::OwnerNotFound(_) => ManagerError::Invalid(ValidationError::single(
+                "mesh",
+                format!("mesh {:?} does not exist", resource.meta.mesh),
+            )),
+            e => ManagerError::Store(e),
+        }
+    }
+
+    /// Validates and stores a new resource.
+    pub async fn create(&self, mut resource: Resource) -> Result<Resource, ManagerError> {
+        self.apply_defaults(&mut resource);
+        resource.validate()?;
+        let owner = Self::owner(&resource);
+        self.store
+            .create(resource.clone(), owner)
+            .await
+            .map_err(|e| Self::map_owner_error(e, &resource))
+    }
+
+    /// Validates and replaces a resource; `resource.meta.version` must be current.
+    pub async fn update(&self, mut resource: Resource) -> Result<Resource, ManagerError> {
+        self.apply_defaults(&mut resource);
+        resource.validate()?;
+        if let Spec::Mesh(new) = &resource.spec {
+            let old = self.store.get(&resource.key()).await?;
+            if let Some(old) = old.spec_as::<MeshSpec>() {
+                new.validate_update(old).into_result()?;
+            }
+        }
+        Ok(self.store.update(resource).await?)
+    }
+
+    /// Creates the resource, or replaces the current one whatever its version (Kuma's `PUT`).
+    pub async fn apply(&self, mut resource: Resource) -> Result<(Resource, Applied), ManagerError> {
+        match self.store.get(&resource.key()).await {
+            Err(StoreError::NotFound(_)) => Ok((self.create(resource).await?, Applied::Created)),
+            Err(e) => Err(e.into()),
+            Ok(current) => {
+                resource.meta.version = current.meta.version;
+                Ok((self.update(resource).await?, Applied::Updated))
+            }
+        }
+    }
+
+    /// Deletes a resource and everything it owns. A Mesh with data planes is only deleted when
+    /// `force` is set.
+    pub async fn delete(&self, key: &ResourceKey, force: bool) -> Result<(), ManagerError> {
+        if key.rtype == ResourceType::Mesh && !force {
+            let mut q = ListQuery::in_mesh(ResourceType::Dataplane, &key.name);
+            q.size = Some(1);
+            let dataplanes = self.store.list(&q).await?.total;
+            if dataplanes > 0 {
+                // Report NotFound first, as a delete of a missing mesh would.
+                self.store.get(key).await?;
+                return Err(ManagerError::MeshInUse {
+                    mesh: key.name.clone(),
+                    dataplanes,
+                });
+            }
+        }
+        Ok(self.store.delete(key, None).await?)
+    }
+
+    /// Reads one resource.
+    pub async fn get(&self, key: &ResourceKey) -> Result<Resource, ManagerError> {
+        Ok(self.store.get(key).await?)
+    }
+
+    /// Lists resources.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, ManagerError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Creates the `default` mesh unless it exists. Returns whether it was created.
+    pub async fn ensure_default_mesh(&self) -> Result<bool, ManagerError> {
+        let mesh = Resource::new("", DEFAULT_MESH, MeshSpec::default());
+        match self.create(mesh).await {
+            Ok(_) => Ok(true),
+            Err(ManagerError::Store(StoreError::AlreadyExists(_))) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn set_zone_tag(dp: &mut DataplaneSpec, zone: &str) {
+    if let Some(n) = dp.networking.as_mut() {
+        for inbound in &mut n.inbound {
+            inbound.tags.insert(ZONE_TAG.to_string(), zone.to_string());
+        }
+        if let Some(g) = n.gateway.as_mut() {
+            g.tags.insert(ZONE_TAG.to_string(), zone.to_string());
+        }
+    }
+}

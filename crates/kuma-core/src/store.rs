@@ -1,0 +1,207 @@
+//! The storage abstraction every store implements, and its data types.
+//!
+//! A store keeps resources keyed by (type, mesh, name) and gives three guarantees the rest of the
+//! control plane relies on:
+//!
+//! - **Optimistic concurrency.** Every write assigns a new [`Version`]; an update or delete that
+//!   names a version other than the current one fails with [`StoreError::Conflict`] instead of
+//!   overwriting someone else's write.
+//! - **Ownership.** A resource may be created with an owner; deleting the owner deletes what it
+//!   owns, transitively (deleting a Mesh removes everything in it).
+//! - **A complete, ordered change stream.** [`ResourceStore::watch`] yields one [`StoreEvent`] per
+//!   change, each with a revision one greater than the previous; a consumer that falls behind is
+//!   told how many events it missed (`RecvError::Lagged`) and resynchronises with `list`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::resource::{Resource, ResourceKey, ResourceType, Version};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No such resource.
+    #[error("{0} not found")]
+    NotFound(ResourceKey),
+    /// A resource with this key exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(ResourceKey),
+    /// The resource changed since the caller read it.
+    #[error(
+        "{key} was modified concurrently: expected version {expected}, current version {actual}"
+    )]
+    Conflict {
+        /// The resource.
+        key: ResourceKey,
+        /// Version the caller had.
+        expected: Version,
+        /// Version in the store.
+        actual: Version,
+    },
+    /// The owner named on create does not exist.
+    #[error("owner {0} not found")]
+    OwnerNotFound(ResourceKey),
+    /// A list offset that this store did not hand out.
+    #[error("invalid offset {0:?}: use the offset returned by the previous page")]
+    InvalidOffset(String),
+    /// The backend failed (connection lost, ...).
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A resource was created.
+    Create,
+    /// A resource was updated.
+    Update,
+    /// A resource was deleted (directly or by cascade).
+    Delete,
+}
+
+/// One change in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// To which resource.
+    pub key: ResourceKey,
+    /// The resource's version after the change (its last version for deletes).
+    pub version: Version,
+    /// Position in the store's change stream: each event's revision is one more than the last.
+    pub revision: u64,
+}
+
+/// A list request: one type, optional filters, optional paging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// The type to list.
+    pub rtype: ResourceType,
+    /// Only this mesh (`None`: every mesh).
+    pub mesh: Option<String>,
+    /// Only names containing this text.
+    pub name_contains: Option<String>,
+    /// Only resources carrying all these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only Dataplanes with an inbound (or gateway) matching these tags, Kuma-style: the value
+    /// must be contained in the tag's value; `*` matches any.
+    pub tags: BTreeMap<String, String>,
+    /// Page size (`None`: everything).
+    pub size: Option<usize>,
+    /// Where to continue: the `next_offset` of the previous page.
+    pub offset: Option<String>,
+}
+
+impl ListQuery {
+    /// Everything of `rtype`.
+    pub fn all(rtype: ResourceType) -> Self {
+        ListQuery {
+            rtype,
+            mesh: None,
+            name_contains: None,
+            labels: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            size: None,
+            offset: None,
+        }
+    }
+
+    /// Everything of `rtype` in `mesh`.
+    pub fn in_mesh(rtype: ResourceType, mesh: &str) -> Self {
+        ListQuery {
+            mesh: Some(mesh.to_string()),
+            ..Self::all(rtype)
+        }
+    }
+
+    /// Whether `r` passes the filters (not paging). Stores may use this or filter natively.
+    pub fn matches(&self, r: &Resource) -> bool {
+        r.rtype() == self.rtype
+            && self.mesh.as_ref().is_none_or(|m| *m == r.meta.mesh)
+            && self
+                .name_contains
+                .as_ref()
+                .is_none_or(|n| r.meta.name.contains(n.as_str()))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| r.meta.labels.get(k) == Some(v))
+            && (self.tags.is_empty()
+                || r.spec_as::<crate::model::dataplane::DataplaneSpec>()
+                    .is_some_and(|dp| dp.matches_tags_fuzzy(&self.tags)))
+    }
+
+    /// The numeric position encoded in `offset` (0 when absent).
+    pub fn start(&self) -> Result<usize, StoreError> {
+        match &self.offset {
+            None => Ok(0),
+            Some(o) if o.is_empty() => Ok(0),
+            Some(o) => o.parse().map_err(|_| StoreError::InvalidOffset(o.clone())),
+        }
+    }
+}
+
+/// One page of a list, ordered by mesh, then name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The resources on this page.
+    pub items: Vec<Resource>,
+    /// How many resources match the filters in total.
+    pub total: usize,
+    /// Offset of the next page; `None` on the last page.
+    pub next_offset: Option<String>,
+}
+
+impl Page {
+    /// Cuts a page out of `matching` (already filtered and sorted by mesh, name).
+    pub fn slice(matching: Vec<Resource>, query: &ListQuery) -> Result<Page, StoreError> {
+        let start = query.start()?;
+        let total = matching.len();
+        if start > total {
+            return Err(StoreError::InvalidOffset(start.to_string()));
+        }
+        let end = query
+            .size
+            .map_or(total, |s| start.saturating_add(s.max(1)).min(total));
+        let items = matching.into_iter().skip(start).take(end - start).collect();
+        let next_offset = (end < total).then(|| end.to_string());
+        Ok(Page {
+            items,
+            total,
+            next_offset,
+        })
+    }
+}
+
+/// Storage of resources. Implementations: `kuma_store::MemoryStore` (and PostgreSQL later).
+///
+/// The store does not validate: the [`crate::manager::ResourceManager`] does, before writing.
+#[async_trait]
+pub trait ResourceStore: Send + Sync + 'static {
+    /// Stores a new resource, optionally owned by `owner`; returns it with its version and times.
+    async fn create(
+        &self,
+        resource: Resource,
+        owner: Option<ResourceKey>,
+    ) -> Result<Resource, StoreError>;
+
+    /// Replaces a resource. `resource.meta.version` must be the current version, otherwise the
+    /// update fails with [`StoreError::Conflict`]. The creation time is kept.
+    async fn update(&self, resource: Resource) -> Result<Resource, StoreError>;
+
+    /// Deletes a resource and, transitively, everything it owns. With `version`, fails with
+    /// [`StoreError::Conflict`] unless it is the current version.
+    async fn delete(&self, key: &ResourceKey, version: Option<&Version>) -> Result<(), StoreError>;
+
+    /// Reads one resource.
+    async fn get(&self, key: &ResourceKey) -> Result<Resource, StoreError>;
+
+    /// Lists resources matching `query`, sorted by mesh then name, one page at a time.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Subscribes to every change made after this call.
+    fn watch(&self) -> broadcast::Receiver<StoreEvent>;
+}
