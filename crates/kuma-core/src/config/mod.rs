@@ -1,0 +1,762 @@
+//! Control-plane configuration: Kuma's keys, `KUMA_*` environment overrides, validation.
+//!
+//! Load order: code defaults, then the YAML file (unknown keys are errors), then environment
+//! variables. Each leaf key has one variable, derived from its path (`apiServer.http.port` is
+//! `KUMA_API_SERVER_HTTP_PORT`) except where Kuma spells it otherwise (see [`env_name`]). The
+//! commented file [`DEFAULTS_YAML`] lists every key with its default and variable; a test proves
+//! it equal to [`Config::default`].
+
+mod env;
+
+pub use env::env_name;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::model::common::validate_name;
+use crate::validation::{Path, ValidationError};
+
+/// The commented defaults file, equal to [`Config::default`].
+pub const DEFAULTS_YAML: &str = include_str!("kuma-cp.defaults.yaml");
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML or has unknown keys or wrong types.
+    #[error("config file: {0}")]
+    File(ValidationError),
+    /// An environment variable holds a value of the wrong type.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values are individually fine but break a rule.
+    #[error("invalid configuration: {0}")]
+    Invalid(ValidationError),
+}
+
+fn d(s: &str) -> Duration {
+    s.parse()
+        .unwrap_or_else(|_| Duration::from_std(std::time::Duration::ZERO))
+}
+
+/// Where the control plane runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// VMs and bare metal (the only environment supported).
+    Universal,
+    /// Kubernetes (recognised so the error is clear; not supported).
+    Kubernetes,
+}
+
+/// How the control plane takes part in a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One control plane, no zones.
+    Standalone,
+    /// A zone control plane (connects to global when `multizone.zone.globalAddress` is set).
+    Zone,
+    /// The global control plane zones connect to.
+    Global,
+}
+
+/// Which store keeps resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreType {
+    /// Process memory (lost on restart).
+    Memory,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// `universal`.
+    pub environment: Environment,
+    /// `standalone`, `zone` or `global`.
+    pub mode: Mode,
+    /// Resource store.
+    pub store: StoreConfig,
+    /// What `POST /bootstrap` puts into Envoy's bootstrap.
+    pub bootstrap_server: BootstrapServerConfig,
+    /// MADS for Prometheus.
+    pub monitoring_assignment_server: MadsConfig,
+    /// The xDS server.
+    pub xds_server: XdsServerConfig,
+    /// The HTTP(S) API.
+    pub api_server: ApiServerConfig,
+    /// What is created at start.
+    pub defaults: DefaultsConfig,
+    /// Shared settings.
+    pub general: GeneralConfig,
+    /// The `.mesh` DNS server and VIPs.
+    pub dns_server: DnsServerConfig,
+    /// Global/zone settings.
+    pub multizone: MultizoneConfig,
+    /// `/ready`, `/healthy`, `/metrics`.
+    pub diagnostics: DiagnosticsConfig,
+    /// The port proxies connect to (ADS, SDS, bootstrap).
+    pub dp_server: DpServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            environment: Environment::Universal,
+            mode: Mode::Standalone,
+            store: StoreConfig::default(),
+            bootstrap_server: BootstrapServerConfig::default(),
+            monitoring_assignment_server: MadsConfig::default(),
+            xds_server: XdsServerConfig::default(),
+            api_server: ApiServerConfig::default(),
+            defaults: DefaultsConfig::default(),
+            general: GeneralConfig::default(),
+            dns_server: DnsServerConfig::default(),
+            multizone: MultizoneConfig::default(),
+            diagnostics: DiagnosticsConfig::default(),
+            dp_server: DpServerConfig::default(),
+        }
+    }
+}
+
+/// `store`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` or `postgres`.
+    #[serde(rename = "type")]
+    pub kind: StoreType,
+    /// PostgreSQL connection.
+    pub postgres: PostgresConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreType::Memory,
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+/// `store.postgres`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+    /// Database.
+    pub db_name: String,
+    /// Seconds to wait for a connection.
+    pub connection_timeout: u32,
+    /// Pool size.
+    pub max_open_connections: u32,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"*****")
+            .field("db_name", &self.db_name)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("max_open_connections", &self.max_open_connections)
+            .finish()
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            host: "127.0.0.1".into(),
+            port: 15432,
+            user: "kuma".into(),
+            password: "kuma".into(),
+            db_name: "kuma".into(),
+            connection_timeout: 5,
+            max_open_connections: 50,
+        }
+    }
+}
+
+/// `bootstrapServer`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BootstrapServerConfig {
+    /// Parameters of generated bootstraps.
+    pub params: BootstrapParams,
+}
+
+/// `bootstrapServer.params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BootstrapParams {
+    /// Envoy admin address.
+    pub admin_address: String,
+    /// Envoy admin port.
+    pub admin_port: u16,
+    /// Envoy admin access log.
+    pub admin_access_log_path: String,
+    /// xDS host given to Envoy (empty: the host kuma-dp used).
+    pub xds_host: String,
+    /// xDS port given to Envoy (0: `dpServer.port`).
+    pub xds_port: u16,
+    /// Connect timeout to the xDS server.
+    pub xds_connect_timeout: Duration,
+}
+
+impl Default for BootstrapParams {
+    fn default() -> Self {
+        BootstrapParams {
+            admin_address: "127.0.0.1".into(),
+            admin_port: 9901,
+            admin_access_log_path: "/dev/null".into(),
+            xds_host: String::new(),
+            xds_port: 0,
+            xds_connect_timeout: d("1s"),
+        }
+    }
+}
+
+/// `monitoringAssignmentServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MadsConfig {
+    /// Serve MADS.
+    pub enabled: bool,
+    /// Port.
+    pub port: u16,
+    /// How often assignments are regenerated.
+    pub assignment_refresh_interval: Duration,
+    /// Fetch timeout when the client gives none.
+    pub default_fetch_timeout: Duration,
+}
+
+impl Default for MadsConfig {
+    fn default() -> Self {
+        MadsConfig {
+            enabled: true,
+            port: 5676,
+            assignment_refresh_interval: d("1s"),
+            default_fetch_timeout: d("30s"),
+        }
+    }
+}
+
+/// `xdsServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct XdsServerConfig {
+    /// How often proxy configuration is regenerated.
+    pub dataplane_configuration_refresh_interval: Duration,
+    /// How often proxy status is written.
+    pub dataplane_status_flush_interval: Duration,
+    /// Wait before resending a config the proxy rejected.
+    pub nack_backoff: Duration,
+    /// Wait after a proxy disconnects before deleting its Dataplane.
+    pub dataplane_deregistration_delay: Duration,
+}
+
+impl Default for XdsServerConfig {
+    fn default() -> Self {
+        XdsServerConfig {
+            dataplane_configuration_refresh_interval: d("1s"),
+            dataplane_status_flush_interval: d("10s"),
+            nack_backoff: d("5s"),
+            dataplane_deregistration_delay: d("10s"),
+        }
+    }
+}
+
+/// `apiServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiServerConfig {
+    /// Plain HTTP listener.
+    pub http: HttpListenerConfig,
+    /// HTTPS listener.
+    pub https: HttpsListenerConfig,
+    /// Refuse every write.
+    pub read_only: bool,
+    /// Authentication.
+    pub authn: ApiAuthnConfig,
+    /// The GUI.
+    pub gui: GuiConfig,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            http: HttpListenerConfig::default(),
+            https: HttpsListenerConfig::default(),
+            read_only: false,
+            authn: ApiAuthnConfig::default(),
+            gui: GuiConfig::default(),
+        }
+    }
+}
+
+/// `apiServer.http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpListenerConfig {
+    /// Serve it.
+    pub enabled: bool,
+    /// Address to bind.
+    pub interface: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Default for HttpListenerConfig {
+    fn default() -> Self {
+        HttpListenerConfig {
+            enabled: true,
+            interface: "0.0.0.0".into(),
+            port: 5681,
+        }
+    }
+}
+
+/// `apiServer.https`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpsListenerConfig {
+    /// Serve it.
+    pub enabled: bool,
+    /// Address to bind.
+    pub interface: String,
+    /// Port.
+    pub port: u16,
+    /// Certificate (empty: self-signed, generated at start).
+    pub tls_cert_file: String,
+    /// Key.
+    pub tls_key_file: String,
+}
+
+impl Default for HttpsListenerConfig {
+    fn default() -> Self {
+        HttpsListenerConfig {
+            enabled: true,
+            interface: "0.0.0.0".into(),
+            port: 5682,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+        }
+    }
+}
+
+/// `apiServer.authn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiAuthnConfig {
+    /// `tokens` (user tokens).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Requests from localhost act as admin.
+    pub localhost_is_admin: bool,
+}
+
+impl Default for ApiAuthnConfig {
+    fn default() -> Self {
+        ApiAuthnConfig {
+            kind: "tokens".into(),
+            localhost_is_admin: true,
+        }
+    }
+}
+
+/// `apiServer.gui`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GuiConfig {
+    /// Serve the GUI.
+    pub enabled: bool,
+    /// Path of the GUI.
+    pub base_path: String,
+}
+
+impl Default for GuiConfig {
+    fn default() -> Self {
+        GuiConfig {
+            enabled: true,
+            base_path: "/gui".into(),
+        }
+    }
+}
+
+/// `defaults`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    /// Do not create the `default` mesh at start.
+    pub skip_mesh_creation: bool,
+}
+
+/// `general`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GeneralConfig {
+    /// Directory for generated files (empty: a temporary directory).
+    pub work_dir: String,
+    /// Certificate for the control plane's TLS servers (empty: generated).
+    pub tls_cert_file: String,
+    /// Key for it.
+    pub tls_key_file: String,
+}
+
+/// `dnsServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DnsServerConfig {
+    /// The domain answered for (`mesh`).
+    pub domain: String,
+    /// UDP port.
+    pub port: u16,
+    /// Range VIPs are taken from.
+    #[serde(rename = "CIDR")]
+    pub cidr: String,
+    /// Give services VIPs.
+    pub service_vip_enabled: bool,
+    /// Port on the VIPs.
+    pub service_vip_port: u16,
+}
+
+impl Default for DnsServerConfig {
+    fn default() -> Self {
+        DnsServerConfig {
+            domain: "mesh".into(),
+            port: 5653,
+            cidr: "240.0.0.0/4".into(),
+            service_vip_enabled: true,
+            service_vip_port: 80,
+        }
+    }
+}
+
+/// `multizone`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MultizoneConfig {
+    /// Global side.
+    pub global: GlobalConfig,
+    /// Zone side.
+    pub zone: ZoneConfig,
+}
+
+/// `multizone.global`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GlobalConfig {
+    /// The KDS server.
+    pub kds: GlobalKdsConfig,
+}
+
+/// `multizone.global.kds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GlobalKdsConfig {
+    /// Port zones connect to.
+    pub grpc_port: u16,
+    /// How often changes are pushed.
+    pub refresh_interval: Duration,
+    /// Serve TLS.
+    pub tls_enabled: bool,
+    /// Certificate (empty: generated).
+    pub tls_cert_file: String,
+    /// Key.
+    pub tls_key_file: String,
+    /// Largest message.
+    pub max_msg_size: u32,
+}
+
+impl Default for GlobalKdsConfig {
+    fn default() -> Self {
+        GlobalKdsConfig {
+            grpc_port: 5685,
+            refresh_interval: d("1s"),
+            tls_enabled: true,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            max_msg_size: 10_485_760,
+        }
+    }
+}
+
+/// `multizone.zone`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ZoneConfig {
+    /// This zone's name.
+    pub name: String,
+    /// Global's KDS address, e.g. `grpcs://global:5685` (empty: not connected).
+    pub global_address: String,
+    /// KDS client settings.
+    pub kds: ZoneKdsConfig,
+}
+
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        ZoneConfig {
+            name: "default".into(),
+            global_address: String::new(),
+            kds: ZoneKdsConfig::default(),
+        }
+    }
+}
+
+/// `multizone.zone.kds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ZoneKdsConfig {
+    /// How often changes are pushed.
+    pub refresh_interval: Duration,
+    /// CA that signed global's certificate.
+    pub root_ca_file: String,
+    /// Do not verify global's certificate.
+    pub tls_skip_verify: bool,
+}
+
+impl Default for ZoneKdsConfig {
+    fn default() -> Self {
+        ZoneKdsConfig {
+            refresh_interval: d("1s"),
+            root_ca_file: String::new(),
+            tls_skip_verify: false,
+        }
+    }
+}
+
+/// `diagnostics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Port.
+    pub server_port: u16,
+    /// Serve debug endpoints.
+    pub debug_endpoints: bool,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        DiagnosticsConfig {
+            server_port: 5680,
+            debug_endpoints: false,
+        }
+    }
+}
+
+/// `dpServer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DpServerConfig {
+    /// Port.
+    pub port: u16,
+    /// Certificate (empty: generated).
+    pub tls_cert_file: String,
+    /// Key.
+    pub tls_key_file: String,
+    /// How proxies authenticate.
+    pub authn: DpAuthnConfig,
+}
+
+impl Default for DpServerConfig {
+    fn default() -> Self {
+        DpServerConfig {
+            port: 5678,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            authn: DpAuthnConfig::default(),
+        }
+    }
+}
+
+/// `dpServer.authn`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DpAuthnConfig {
+    /// Data plane proxies.
+    pub dp_proxy: AuthnType,
+    /// Zone ingress/egress proxies.
+    pub zone_proxy: AuthnType,
+}
+
+/// An authentication type: `dpToken`, `zoneToken`, `none`, or empty for the default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuthnType {
+    /// The type.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Config {
+    /// Defaults, then `file` (YAML) if given, then the variables `env` returns.
+    ///
+    /// Pass `|k| std::env::var(k).ok()` for the process environment.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let base = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::from_yaml(&text)?
+            }
+        };
+        let cfg = env::apply(base, env)?;
+        cfg.validate().map_err(ConfigError::Invalid)?;
+        Ok(cfg)
+    }
+
+    /// Parses a YAML config; absent keys keep their defaults, unknown keys are errors.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let value: serde_json::Value = match serde_norway::from_str(text) {
+            Ok(serde_json::Value::Null) => return Ok(Config::default()),
+            Ok(v) => v,
+            Err(e) => {
+                return Err(ConfigError::File(ValidationError::single(
+                    "",
+                    e.to_string(),
+                )));
+            }
+        };
+        crate::resource::decode_value(value).map_err(ConfigError::File)
+    }
+
+    /// Checks rules across keys: supported environment, distinct ports, a usable store and
+    /// DNS range, zone settings matching the mode.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut err = ValidationError::new();
+        if self.environment != Environment::Universal {
+            err.add(&Path::at("environment"), "only \"universal\" is supported");
+        }
+        if self.store.kind == StoreType::Postgres {
+            let p = Path::at("store").field("postgres");
+            if self.store.postgres.host.is_empty() {
+                err.add(
+                    &p.field("host"),
+                    "must not be empty when store.type is postgres",
+                );
+            }
+            if self.store.postgres.port == 0 {
+                err.add(&p.field("port"), "must be set when store.type is postgres");
+            }
+        }
+        if self.dns_server.domain.is_empty() {
+            err.add(&Path::at("dnsServer").field("domain"), "must not be empty");
+        }
+        if self.dns_server.cidr.parse::<ipnet::IpNet>().is_err() {
+            err.add(
+                &Path::at("dnsServer").field("CIDR"),
+                format!("{:?} is not a CIDR", self.dns_server.cidr),
+            );
+        }
+        for (path, iface) in [
+            ("apiServer.http.interface", &self.api_server.http.interface),
+            (
+                "apiServer.https.interface",
+                &self.api_server.https.interface,
+            ),
+        ] {
+            if iface.parse::<IpAddr>().is_err() {
+                err.add(&Path::at(path), format!("{iface:?} is not an IP address"));
+            }
+        }
+        if self.mode == Mode::Zone {
+            validate_name(
+                &Path::at("multizone").field("zone").field("name"),
+                &self.multizone.zone.name,
+                &mut err,
+            );
+        }
+        if self.mode != Mode::Zone && !self.multizone.zone.global_address.is_empty() {
+            err.add(
+                &Path::at("multizone").field("zone").field("globalAddress"),
+                "can only be set in zone mode",
+            );
+        }
+        let (tls_cert, tls_key) = (&self.general.tls_cert_file, &self.general.tls_key_file);
+        if tls_cert.is_empty() != tls_key.is_empty() {
+            err.add(
+                &Path::at("general"),
+                "tlsCertFile and tlsKeyFile must be set together",
+            );
+        }
+        let mut ports: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+        for (key, port) in self.served_ports() {
+            if port == 0 {
+                err.add(&Path::at(key), "must be a port between 1 and 65535");
+            } else {
+                ports.entry(port).or_default().push(key);
+            }
+        }
+        for (port, keys) in ports.iter().filter(|(_, k)| k.len() > 1) {
+            err.add(
+                &Path::at(keys[1]),
+                format!("port {port} is already used by {}", keys[0]),
+            );
+        }
+        err.into_result()
+    }
+
+    /// The TCP/UDP ports this mode listens on, with the key that sets each.
+    pub fn served_ports(&self) -> Vec<(&'static str, u16)> {
+        let mut v = vec![("diagnostics.serverPort", self.diagnostics.server_port)];
+        if self.api_server.http.enabled {
+            v.push(("apiServer.http.port", self.api_server.http.port));
+        }
+        if self.api_server.https.enabled {
+            v.push(("apiServer.https.port", self.api_server.https.port));
+        }
+        if self.mode == Mode::Global {
+            v.push((
+                "multizone.global.kds.grpcPort",
+                self.multizone.global.kds.grpc_port,
+            ));
+        } else {
+            v.push(("dpServer.port", self.dp_server.port));
+            if self.monitoring_assignment_server.enabled {
+                v.push((
+                    "monitoringAssignmentServer.port",
+                    self.monitoring_assignment_server.port,
+                ));
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;
