@@ -143,7 +143,16 @@ fn refine(path: Path, message: String) -> (Path, String) {
     }
     if let Some((name, tail)) = named("unknown field `") {
         let tail = tail.trim_start_matches(", ");
-        return (push_key(&path, &name), format!("unknown field ({tail})"));
+        // The path usually names the unknown key already; add it only when it does not.
+        let already = path
+            .to_string()
+            .ends_with(&push_key(&Path::root(), &name).to_string());
+        let path = if already {
+            path
+        } else {
+            push_key(&path, &name)
+        };
+        return (path, format!("unknown field ({tail})"));
     }
     (path, message)
 }
