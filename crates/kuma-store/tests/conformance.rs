@@ -36,7 +36,7 @@ impl DropsEvents {
             let mut n = 0u64;
             while let Ok(e) = rx.recv().await {
                 n += 1;
-                if n % 5 != 0 {
+                if !n.is_multiple_of(5) {
                     let _ = tx.send(e);
                 }
             }

@@ -296,7 +296,7 @@ impl Default for XdsServerConfig {
 }
 
 /// `apiServer`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ApiServerConfig {
     /// Plain HTTP listener.
@@ -309,18 +309,6 @@ pub struct ApiServerConfig {
     pub authn: ApiAuthnConfig,
     /// The GUI.
     pub gui: GuiConfig,
-}
-
-impl Default for ApiServerConfig {
-    fn default() -> Self {
-        ApiServerConfig {
-            http: HttpListenerConfig::default(),
-            https: HttpsListenerConfig::default(),
-            read_only: false,
-            authn: ApiAuthnConfig::default(),
-            gui: GuiConfig::default(),
-        }
-    }
 }
 
 /// `apiServer.http`.
