@@ -7,3 +7,8 @@
 mod memory;
 
 pub use memory::MemoryStore;
+
+// The README's Rust examples compile as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
