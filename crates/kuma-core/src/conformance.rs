@@ -1,6 +1,6 @@
 //! The store conformance suite: one function every [`ResourceStore`] implementation runs.
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 //! async fn memory_store_conforms() {
 //!     kuma_core::conformance::run(|| async { Arc::new(MemoryStore::new()) as Arc<dyn ResourceStore> }).await;
