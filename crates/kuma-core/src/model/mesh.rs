@@ -478,6 +478,22 @@ fn validate_backend_names<'a>(
     seen
 }
 
+/// Checks a `{backends, <selected>}` section: unique names, an existing selection. Returns the
+/// path of its `backends` list.
+fn validate_backend_section<'a>(
+    section: &str,
+    selected_field: &str,
+    names: impl Iterator<Item = &'a str>,
+    selected: Option<&str>,
+    err: &mut ValidationError,
+) -> Path {
+    let sp = Path::at(section);
+    let bp = sp.field("backends");
+    let names = validate_backend_names(&bp, names, err);
+    validate_enabled_backend(&sp.field(selected_field), selected, &names, err);
+    bp
+}
+
 fn validate_enabled_backend(
     path: &Path,
     enabled: Option<&str>,
@@ -519,17 +535,11 @@ impl MeshSpec {
     pub fn validate(&self) -> ValidationError {
         let mut err = ValidationError::new();
         if let Some(mtls) = &self.mtls {
-            let mp = Path::at("mtls");
-            let bp = mp.field("backends");
-            let names = validate_backend_names(
-                &bp,
+            let bp = validate_backend_section(
+                "mtls",
+                "enabledBackend",
                 mtls.backends.iter().map(|b| b.name.as_str()),
-                &mut err,
-            );
-            validate_enabled_backend(
-                &mp.field("enabledBackend"),
                 mtls.enabled_backend.as_deref(),
-                &names,
                 &mut err,
             );
             for (i, b) in mtls.backends.iter().enumerate() {
@@ -537,20 +547,14 @@ impl MeshSpec {
             }
         }
         if let Some(metrics) = &self.metrics {
-            let mp = Path::at("metrics");
-            let bp = mp.field("backends");
-            let names = validate_backend_names(
-                &bp,
+            let bp = validate_backend_section(
+                "metrics",
+                "enabledBackend",
                 metrics
                     .backends
                     .iter()
                     .map(|b| b.name.as_deref().unwrap_or("")),
-                &mut err,
-            );
-            validate_enabled_backend(
-                &mp.field("enabledBackend"),
                 metrics.enabled_backend.as_deref(),
-                &names,
                 &mut err,
             );
             for (i, b) in metrics.backends.iter().enumerate() {
@@ -558,17 +562,11 @@ impl MeshSpec {
             }
         }
         if let Some(logging) = &self.logging {
-            let lp = Path::at("logging");
-            let bp = lp.field("backends");
-            let names = validate_backend_names(
-                &bp,
+            let bp = validate_backend_section(
+                "logging",
+                "defaultBackend",
                 logging.backends.iter().map(|b| b.name.as_str()),
-                &mut err,
-            );
-            validate_enabled_backend(
-                &lp.field("defaultBackend"),
                 logging.default_backend.as_deref(),
-                &names,
                 &mut err,
             );
             for (i, b) in logging.backends.iter().enumerate() {
@@ -576,17 +574,11 @@ impl MeshSpec {
             }
         }
         if let Some(tracing) = &self.tracing {
-            let tp = Path::at("tracing");
-            let bp = tp.field("backends");
-            let names = validate_backend_names(
-                &bp,
+            let bp = validate_backend_section(
+                "tracing",
+                "defaultBackend",
                 tracing.backends.iter().map(|b| b.name.as_str()),
-                &mut err,
-            );
-            validate_enabled_backend(
-                &tp.field("defaultBackend"),
                 tracing.default_backend.as_deref(),
-                &names,
                 &mut err,
             );
             for (i, b) in tracing.backends.iter().enumerate() {

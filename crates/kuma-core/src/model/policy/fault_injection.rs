@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    MatchedRule, TargetRef, TargetRefKind::*, TargetRefRules, TargetedConf, includes_gateways,
-    kinds, validate_entries, validate_rule_matches, validate_top,
+    MatchedRule, TargetRef, TargetRefKind::*, TargetRefRules, TargetedConf, kinds,
+    validate_rule_matches, validate_sidecar_from_gateway_to, validate_top,
 };
 use crate::duration::Duration;
 use crate::model::common::{IntOrString, validate_percentage};
@@ -151,36 +151,14 @@ impl MeshFaultInjectionSpec {
         if let Some(rules) = &self.rules {
             validate_rule_matches(rules, &mut err, |p, r, err| r.default.validate(p, err));
         }
-        let gateways = includes_gateways(self.target_ref.as_ref());
-        if let Some(from) = self.from.as_ref().filter(|f| !f.is_empty()) {
-            if gateways {
-                err.add(
-                    &spec.field("from"),
-                    "must not be defined when the scope includes a Gateway, select only proxyType Sidecar or select only gateways and use spec.to",
-                );
-            } else {
-                let rules = TargetRefRules {
-                    kinds: &[Mesh, MeshSubset, MeshServiceSubset, MeshService],
-                    ..Default::default()
-                };
-                validate_entries("from", from, rules, &mut err, |p, e, err| {
-                    e.default.validate(p, err)
-                });
-            }
-        }
-        if let Some(to) = self.to.as_ref().filter(|t| !t.is_empty()) {
-            if !gateways {
-                err.add(&spec.field("to"), "must not be defined");
-            } else {
-                let rules = TargetRefRules {
-                    kinds: &[Mesh],
-                    ..Default::default()
-                };
-                validate_entries("to", to, rules, &mut err, |p, e, err| {
-                    e.default.validate(p, err)
-                });
-            }
-        }
+        validate_sidecar_from_gateway_to(
+            self.target_ref.as_ref(),
+            self.from.as_ref(),
+            &[Mesh, MeshSubset, MeshServiceSubset, MeshService],
+            self.to.as_ref(),
+            &mut err,
+            |p, c, err| c.validate(p, err),
+        );
         err
     }
 }

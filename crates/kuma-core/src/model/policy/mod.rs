@@ -668,6 +668,52 @@ pub fn includes_gateways(top: Option<&TargetRef>) -> bool {
     }
 }
 
+/// Checks `from` (sidecars only) and `to` (gateways only) of policies that split that way
+/// (MeshRateLimit, MeshFaultInjection), as Kuma does.
+pub(crate) fn validate_sidecar_from_gateway_to<C>(
+    top: Option<&TargetRef>,
+    from: Option<&Vec<TargetedConf<C>>>,
+    from_kinds: &[TargetRefKind],
+    to: Option<&Vec<TargetedConf<C>>>,
+    err: &mut ValidationError,
+    conf: impl Fn(&Path, &C, &mut ValidationError),
+) {
+    let spec = Path::at("spec");
+    let gateways = includes_gateways(top);
+    if let Some(from) = from.filter(|f| !f.is_empty()) {
+        if top.is_some_and(|t| t.kind == TargetRefKind::MeshHTTPRoute) {
+            err.add(
+                &spec.field("from"),
+                "must not be defined when spec.kind is MeshHTTPRoute",
+            );
+        } else if gateways {
+            err.add(
+                &spec.field("from"),
+                "must not be defined when the scope includes a Gateway, select only proxyType Sidecar or select only gateways and use spec.to",
+            );
+        } else {
+            let rules = TargetRefRules {
+                kinds: from_kinds,
+                ..Default::default()
+            };
+            validate_entries("from", from, rules, err, |p, e, err| {
+                conf(p, &e.default, err)
+            });
+        }
+    }
+    if let Some(to) = to.filter(|t| !t.is_empty()) {
+        if !gateways {
+            err.add(&spec.field("to"), "must not be defined");
+        } else {
+            let rules = TargetRefRules {
+                kinds: &[TargetRefKind::Mesh],
+                ..Default::default()
+            };
+            validate_entries("to", to, rules, err, |p, e, err| conf(p, &e.default, err));
+        }
+    }
+}
+
 /// Checks inbound `rules` entries' matches, reporting under `spec.rules[i].matches`.
 pub fn validate_rule_matches<C>(
     rules: &[MatchedRule<C>],

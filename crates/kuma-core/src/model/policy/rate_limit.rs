@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    HeaderModifier, MatchedRule, TargetRef, TargetRefKind::*, TargetRefRules, TargetedConf,
-    includes_gateways, kinds, positive_u32, validate_entries, validate_header_modifier,
-    validate_rule_matches, validate_top,
+    HeaderModifier, MatchedRule, TargetRef, TargetRefRules, TargetedConf, includes_gateways, kinds,
+    positive_u32, validate_header_modifier, validate_rule_matches,
+    validate_sidecar_from_gateway_to, validate_top,
 };
 use crate::duration::Duration;
 use crate::validation::{Path, ValidationError};
@@ -164,7 +164,7 @@ impl MeshRateLimitSpec {
             gateway_listener_tags: true,
             inbound_policy: n_from + n_rules > 0,
         };
-        let top_kind = validate_top(self.target_ref.as_ref(), top, &mut err);
+        validate_top(self.target_ref.as_ref(), top, &mut err);
         let gateways = includes_gateways(self.target_ref.as_ref());
         if let Some(rules) = &self.rules {
             if gateways && !rules.is_empty() {
@@ -182,40 +182,14 @@ impl MeshRateLimitSpec {
                 });
             }
         }
-        if let Some(from) = self.from.as_ref().filter(|f| !f.is_empty()) {
-            if top_kind == MeshHTTPRoute {
-                err.add(
-                    &spec.field("from"),
-                    "must not be defined when spec.kind is MeshHTTPRoute",
-                );
-            } else if gateways {
-                err.add(
-                    &spec.field("from"),
-                    "must not be defined when the scope includes a Gateway, select only proxyType Sidecar or select only gateways and use spec.to",
-                );
-            } else {
-                let rules = TargetRefRules {
-                    kinds: kinds::FROM_MESH,
-                    ..Default::default()
-                };
-                validate_entries("from", from, rules, &mut err, |p, e, err| {
-                    e.default.validate(p, err)
-                });
-            }
-        }
-        if let Some(to) = self.to.as_ref().filter(|t| !t.is_empty()) {
-            if !gateways {
-                err.add(&spec.field("to"), "must not be defined");
-            } else {
-                let rules = TargetRefRules {
-                    kinds: &[Mesh],
-                    ..Default::default()
-                };
-                validate_entries("to", to, rules, &mut err, |p, e, err| {
-                    e.default.validate(p, err)
-                });
-            }
-        }
+        validate_sidecar_from_gateway_to(
+            self.target_ref.as_ref(),
+            self.from.as_ref(),
+            kinds::FROM_MESH,
+            self.to.as_ref(),
+            &mut err,
+            |p, c, err| c.validate(p, err),
+        );
         err
     }
 }
