@@ -1,0 +1,11 @@
+//! A generic Envoy xDS server, usable without any Kuma semantics (as go-control-plane is for Go).
+//!
+//! - [`cache::SnapshotCache`] holds one [`cache::Snapshot`] per node id. Versions are derived
+//!   from content, so setting an unchanged snapshot pushes nothing.
+//! - [`server::AdsServer`] serves `envoy.service.discovery.v3.AggregatedDiscoveryService`
+//!   (state-of-the-world) from the cache, with nonce/ACK/NACK tracking and [`server::Callbacks`]
+//!   for stream events.
+
+pub mod cache;
+pub mod server;
+pub mod types;

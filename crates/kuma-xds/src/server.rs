@@ -1,0 +1,301 @@
+//! The ADS server (state of the world) over a [`SnapshotCache`].
+//!
+//! Each stream runs in its own task with a bounded outbox, so a slow or stuck proxy only delays
+//! itself. Per type the stream tracks the subscription, the last nonce and version sent, and
+//! the last version ACKed or NACKed:
+//!
+//! - a request whose `response_nonce` is not the last one sent is stale and ignored;
+//! - a NACK (`error_detail` set) is reported to [`Callbacks::on_nack`]; the rejected version is
+//!   not sent again, the proxy keeps its last good config, and the next different snapshot is
+//!   pushed normally;
+//! - a new snapshot is pushed type by type in [`crate::types::PUSH_ORDER`] (clusters before
+//!   endpoints, listeners before routes), each only when its version changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::{Snapshot, SnapshotCache};
+use crate::types::{CLUSTER, LISTENER, push_rank};
+
+/// Responses buffered per stream before the stream's task waits for the proxy.
+const OUTBOX: usize = 16;
+
+/// Observers of stream events (used, for example, to maintain DataplaneInsight). Every method
+/// has an empty default.
+pub trait Callbacks: Send + Sync + 'static {
+    /// A stream identified its node.
+    fn on_stream_open(&self, _stream_id: u64, _node_id: &str) {}
+    /// A stream ended.
+    fn on_stream_closed(&self, _stream_id: u64, _node_id: &str) {}
+    /// A request arrived (before it is handled).
+    fn on_request(&self, _stream_id: u64, _node_id: &str, _request: &DiscoveryRequest) {}
+    /// A response is about to be sent.
+    fn on_response(&self, _stream_id: u64, _node_id: &str, _response: &DiscoveryResponse) {}
+    /// The proxy accepted `version` of `type_url`.
+    fn on_ack(&self, _stream_id: u64, _node_id: &str, _type_url: &str, _version: &str) {}
+    /// The proxy rejected `version` of `type_url`, saying `error`.
+    fn on_nack(
+        &self,
+        _stream_id: u64,
+        _node_id: &str,
+        _type_url: &str,
+        _version: &str,
+        _error: &str,
+    ) {
+    }
+}
+
+/// Callbacks that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCallbacks;
+
+impl Callbacks for NoCallbacks {}
+
+/// The ADS service.
+pub struct AdsServer<C: Callbacks = NoCallbacks> {
+    cache: Arc<SnapshotCache>,
+    callbacks: Arc<C>,
+    next_stream: AtomicU64,
+}
+
+impl<C: Callbacks> AdsServer<C> {
+    /// A server answering from `cache`, reporting to `callbacks`.
+    pub fn new(cache: Arc<SnapshotCache>, callbacks: Arc<C>) -> Self {
+        AdsServer {
+            cache,
+            callbacks,
+            next_stream: AtomicU64::new(1),
+        }
+    }
+
+    /// The tonic service to add to a `tonic::transport::Server`.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let stream = SotwStream {
+            id: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            node_id: String::new(),
+            cache: self.cache.clone(),
+            callbacks: self.callbacks.clone(),
+            tx,
+            types: BTreeMap::new(),
+            snapshot: None,
+            nonce: 0,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "incremental (delta) ADS is not served yet; use StreamAggregatedResources",
+        ))
+    }
+}
+
+/// What a stream knows about one resource type.
+#[derive(Debug, Default)]
+struct TypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    nonce: Option<String>,
+    sent_version: Option<String>,
+}
+
+struct SotwStream<C: Callbacks> {
+    id: u64,
+    node_id: String,
+    cache: Arc<SnapshotCache>,
+    callbacks: Arc<C>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    types: BTreeMap<String, TypeState>,
+    snapshot: Option<Arc<Snapshot>>,
+    nonce: u64,
+}
+
+/// Types where an empty subscription means "everything" (the others name what they want).
+fn wildcard_capable(type_url: &str) -> bool {
+    type_url == LISTENER || type_url == CLUSTER
+}
+
+/// The proxy went away; stop the stream.
+struct Closed;
+
+impl<C: Callbacks> SotwStream<C> {
+    async fn run(mut self, requests: Streaming<DiscoveryRequest>) {
+        // Requests are read by their own task so that waiting for them stays cancel-safe.
+        let (req_tx, mut req_rx) = mpsc::channel::<DiscoveryRequest>(OUTBOX);
+        let reader = tokio::spawn(read_requests(requests, req_tx));
+        let Some(first) = req_rx.recv().await else {
+            return;
+        };
+        let node_id = first
+            .node
+            .as_ref()
+            .map(|n| n.id.clone())
+            .unwrap_or_default();
+        if node_id.is_empty() {
+            let _ = self
+                .tx
+                .send(Err(Status::invalid_argument(
+                    "the first request must carry node.id",
+                )))
+                .await;
+            reader.abort();
+            return;
+        }
+        self.node_id = node_id;
+        self.callbacks.on_stream_open(self.id, &self.node_id);
+        let mut snapshots: watch::Receiver<Option<Arc<Snapshot>>> =
+            self.cache.subscribe(&self.node_id);
+        self.snapshot = snapshots.borrow_and_update().clone();
+        let mut outcome = self.handle(first).await;
+        while outcome.is_ok() {
+            outcome = tokio::select! {
+                req = req_rx.recv() => match req {
+                    Some(req) => self.handle(req).await,
+                    None => Err(Closed),
+                },
+                changed = snapshots.changed() => match changed {
+                    Ok(()) => {
+                        self.snapshot = snapshots.borrow_and_update().clone();
+                        self.push_all().await
+                    }
+                    // The cache forgot the node: keep serving the last snapshot.
+                    Err(_) => {
+                        snapshots = self.cache.subscribe(&self.node_id);
+                        Ok(())
+                    }
+                },
+            };
+        }
+        reader.abort();
+        self.callbacks.on_stream_closed(self.id, &self.node_id);
+    }
+
+    async fn handle(&mut self, req: DiscoveryRequest) -> Result<(), Closed> {
+        self.callbacks.on_request(self.id, &self.node_id, &req);
+        if req.type_url.is_empty() {
+            return Ok(());
+        }
+        let first_for_type = !self.types.contains_key(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if !req.response_nonce.is_empty()
+            && state.nonce.as_deref() != Some(req.response_nonce.as_str())
+        {
+            return Ok(()); // stale: answers a response that has been superseded
+        }
+        if let Some(err) = &req.error_detail {
+            let version = state.sent_version.clone().unwrap_or_default();
+            self.callbacks.on_nack(
+                self.id,
+                &self.node_id,
+                &req.type_url,
+                &version,
+                &err.message,
+            );
+        } else if !req.response_nonce.is_empty() {
+            self.callbacks
+                .on_ack(self.id, &self.node_id, &req.type_url, &req.version_info);
+        }
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let wildcard = names.contains("*") || (names.is_empty() && wildcard_capable(&req.type_url));
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        let changed = wildcard != state.wildcard || names != state.names;
+        state.wildcard = wildcard;
+        state.names = names;
+        if first_for_type || changed {
+            self.push(&req.type_url, true).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn push_all(&mut self) -> Result<(), Closed> {
+        let mut type_urls: Vec<String> = self.types.keys().cloned().collect();
+        type_urls.sort_by_key(|t| (push_rank(t), t.clone()));
+        for t in type_urls {
+            self.push(&t, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the current snapshot's resources of `type_url` when its version differs from what
+    /// was last sent, or always when `force` (a new or changed subscription).
+    async fn push(&mut self, type_url: &str, force: bool) -> Result<(), Closed> {
+        let Some(snapshot) = self.snapshot.clone() else {
+            return Ok(());
+        };
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let version = snapshot.version(type_url);
+        if !force && state.sent_version.as_deref() == Some(version.as_str()) {
+            return Ok(());
+        }
+        let resources = match snapshot.get(type_url) {
+            None => Vec::new(),
+            Some(t) if state.wildcard => t.resources().values().cloned().collect(),
+            Some(t) => state
+                .names
+                .iter()
+                .filter_map(|n| t.resources().get(n).cloned())
+                .collect(),
+        };
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        state.nonce = Some(nonce.clone());
+        state.sent_version = Some(version.clone());
+        let response = DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        };
+        self.callbacks
+            .on_response(self.id, &self.node_id, &response);
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}
+
+async fn read_requests(
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<DiscoveryRequest>,
+) {
+    while let Ok(Some(req)) = requests.message().await {
+        if tx.send(req).await.is_err() {
+            break;
+        }
+    }
+}
