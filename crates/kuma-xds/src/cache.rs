@@ -13,6 +13,7 @@ use crate::types::{CLUSTER, ENDPOINT};
 pub struct TypeResources {
     version: String,
     resources: BTreeMap<String, Any>,
+    resource_versions: BTreeMap<String, String>,
 }
 
 impl TypeResources {
@@ -24,6 +25,11 @@ impl TypeResources {
     /// The resources by name.
     pub fn resources(&self) -> &BTreeMap<String, Any> {
         &self.resources
+    }
+
+    /// The version of one resource (a hash of its bytes), as incremental xDS reports it.
+    pub fn resource_version(&self, name: &str) -> Option<&str> {
+        self.resource_versions.get(name).map(String::as_str)
     }
 }
 
@@ -85,7 +91,21 @@ impl Snapshot {
                     ""
                 };
                 let version = version_of(&resources, extra);
-                (type_url, TypeResources { version, resources })
+                let resource_versions = resources
+                    .iter()
+                    .map(|(name, any)| {
+                        let h = fnv1a(fnv1a(EMPTY_VERSION_SEED, &any.value), extra.as_bytes());
+                        (name.clone(), format!("{h:016x}"))
+                    })
+                    .collect();
+                (
+                    type_url,
+                    TypeResources {
+                        version,
+                        resources,
+                        resource_versions,
+                    },
+                )
             })
             .collect();
         Snapshot { types }

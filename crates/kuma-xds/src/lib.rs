@@ -2,10 +2,11 @@
 //!
 //! - [`cache::SnapshotCache`] holds one [`cache::Snapshot`] per node id. Versions are derived
 //!   from content, so setting an unchanged snapshot pushes nothing.
-//! - [`server::AdsServer`] serves `envoy.service.discovery.v3.AggregatedDiscoveryService`
-//!   (state-of-the-world) from the cache, with nonce/ACK/NACK tracking and [`server::Callbacks`]
-//!   for stream events.
+//! - [`server::AdsServer`] serves `envoy.service.discovery.v3.AggregatedDiscoveryService`,
+//!   both state-of-the-world and incremental (delta), with nonce/ACK/NACK tracking and
+//!   [`server::Callbacks`] for stream events.
 
 pub mod cache;
+mod delta;
 pub mod server;
 pub mod types;

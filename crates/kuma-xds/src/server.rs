@@ -1,4 +1,5 @@
-//! The ADS server (state of the world) over a [`SnapshotCache`].
+//! The ADS server over a [`SnapshotCache`]: state of the world here, incremental in
+//! [`crate::delta`].
 //!
 //! Each stream runs in its own task with a bounded outbox, so a slow or stuck proxy only delays
 //! itself. Per type the stream tracks the subscription, the last nonce and version sent, and
@@ -31,7 +32,7 @@ use crate::cache::{Snapshot, SnapshotCache};
 use crate::types::{CLUSTER, LISTENER, push_rank};
 
 /// Responses buffered per stream before the stream's task waits for the proxy.
-const OUTBOX: usize = 16;
+pub(crate) const OUTBOX: usize = 16;
 
 /// Observers of stream events (used, for example, to maintain DataplaneInsight). Every method
 /// has an empty default.
@@ -44,6 +45,16 @@ pub trait Callbacks: Send + Sync + 'static {
     fn on_request(&self, _stream_id: u64, _node_id: &str, _request: &DiscoveryRequest) {}
     /// A response is about to be sent.
     fn on_response(&self, _stream_id: u64, _node_id: &str, _response: &DiscoveryResponse) {}
+    /// An incremental request arrived (before it is handled).
+    fn on_delta_request(&self, _stream_id: u64, _node_id: &str, _request: &DeltaDiscoveryRequest) {}
+    /// An incremental response is about to be sent.
+    fn on_delta_response(
+        &self,
+        _stream_id: u64,
+        _node_id: &str,
+        _response: &DeltaDiscoveryResponse,
+    ) {
+    }
     /// The proxy accepted `version` of `type_url`.
     fn on_ack(&self, _stream_id: u64, _node_id: &str, _type_url: &str, _version: &str) {}
     /// The proxy rejected `version` of `type_url`, saying `error`.
@@ -115,11 +126,14 @@ impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "incremental (delta) ADS is not served yet; use StreamAggregatedResources",
-        ))
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream =
+            crate::delta::DeltaStream::new(id, self.cache.clone(), self.callbacks.clone(), tx);
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -144,7 +158,7 @@ struct SotwStream<C: Callbacks> {
 }
 
 /// Types where an empty subscription means "everything" (the others name what they want).
-fn wildcard_capable(type_url: &str) -> bool {
+pub(crate) fn wildcard_capable(type_url: &str) -> bool {
     type_url == LISTENER || type_url == CLUSTER
 }
 
@@ -289,9 +303,10 @@ impl<C: Callbacks> SotwStream<C> {
     }
 }
 
-async fn read_requests(
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<DiscoveryRequest>,
+/// Forwards a gRPC request stream into a channel, so waiting for requests is cancel-safe.
+pub(crate) async fn read_requests<T: Send + 'static>(
+    mut requests: Streaming<T>,
+    tx: mpsc::Sender<T>,
 ) {
     while let Ok(Some(req)) = requests.message().await {
         if tx.send(req).await.is_err() {

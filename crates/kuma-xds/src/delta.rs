@@ -1,0 +1,251 @@
+//! Incremental (delta) ADS streams.
+//!
+//! Per type the stream tracks the subscribed names (or wildcard) and the version of each
+//! resource the proxy has. A push sends only resources whose version differs and lists as
+//! removed those the proxy has that are gone (or that it subscribed to and do not exist). What
+//! was sent counts as known, so a NACKed version is not sent again; ACKs and NACKs are
+//! recognised by nonce, and subscription changes apply whatever the nonce.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use crate::cache::{Snapshot, SnapshotCache};
+use crate::server::{Callbacks, OUTBOX, read_requests, wildcard_capable};
+use crate::types::push_rank;
+
+#[derive(Debug, Default)]
+struct DeltaTypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name -> version the proxy has (or was last sent).
+    known: BTreeMap<String, String>,
+    nonce: Option<String>,
+    /// Names subscribed to that must be answered even if they do not exist.
+    pending: BTreeSet<String>,
+}
+
+pub(crate) struct DeltaStream<C: Callbacks> {
+    id: u64,
+    node_id: String,
+    cache: Arc<SnapshotCache>,
+    callbacks: Arc<C>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    types: BTreeMap<String, DeltaTypeState>,
+    snapshot: Option<Arc<Snapshot>>,
+    nonce: u64,
+}
+
+struct Closed;
+
+impl<C: Callbacks> DeltaStream<C> {
+    pub(crate) fn new(
+        id: u64,
+        cache: Arc<SnapshotCache>,
+        callbacks: Arc<C>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Self {
+        DeltaStream {
+            id,
+            node_id: String::new(),
+            cache,
+            callbacks,
+            tx,
+            types: BTreeMap::new(),
+            snapshot: None,
+            nonce: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self, requests: Streaming<DeltaDiscoveryRequest>) {
+        let (req_tx, mut req_rx) = mpsc::channel::<DeltaDiscoveryRequest>(OUTBOX);
+        let reader = tokio::spawn(read_requests(requests, req_tx));
+        let Some(first) = req_rx.recv().await else {
+            return;
+        };
+        let node_id = first
+            .node
+            .as_ref()
+            .map(|n| n.id.clone())
+            .unwrap_or_default();
+        if node_id.is_empty() {
+            let _ = self
+                .tx
+                .send(Err(Status::invalid_argument(
+                    "the first request must carry node.id",
+                )))
+                .await;
+            reader.abort();
+            return;
+        }
+        self.node_id = node_id;
+        self.callbacks.on_stream_open(self.id, &self.node_id);
+        let mut snapshots: watch::Receiver<Option<Arc<Snapshot>>> =
+            self.cache.subscribe(&self.node_id);
+        self.snapshot = snapshots.borrow_and_update().clone();
+        let mut outcome = self.handle(first).await;
+        while outcome.is_ok() {
+            outcome = tokio::select! {
+                req = req_rx.recv() => match req {
+                    Some(req) => self.handle(req).await,
+                    None => Err(Closed),
+                },
+                changed = snapshots.changed() => match changed {
+                    Ok(()) => {
+                        self.snapshot = snapshots.borrow_and_update().clone();
+                        self.push_all().await
+                    }
+                    Err(_) => {
+                        snapshots = self.cache.subscribe(&self.node_id);
+                        Ok(())
+                    }
+                },
+            };
+        }
+        reader.abort();
+        self.callbacks.on_stream_closed(self.id, &self.node_id);
+    }
+
+    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
+        self.callbacks
+            .on_delta_request(self.id, &self.node_id, &req);
+        if req.type_url.is_empty() {
+            return Ok(());
+        }
+        let first = !self.types.contains_key(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if !req.response_nonce.is_empty()
+            && state.nonce.as_deref() == Some(req.response_nonce.as_str())
+        {
+            match &req.error_detail {
+                Some(err) => self.callbacks.on_nack(
+                    self.id,
+                    &self.node_id,
+                    &req.type_url,
+                    &req.response_nonce,
+                    &err.message,
+                ),
+                None => self.callbacks.on_ack(
+                    self.id,
+                    &self.node_id,
+                    &req.type_url,
+                    &req.response_nonce,
+                ),
+            }
+        }
+        let state = self.types.entry(req.type_url.clone()).or_default();
+        if first {
+            state.known = req.initial_resource_versions.clone().into_iter().collect();
+            state.wildcard =
+                req.resource_names_subscribe.is_empty() && wildcard_capable(&req.type_url);
+        }
+        let mut changed = first;
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                changed |= !state.wildcard;
+                state.wildcard = true;
+            } else if state.names.insert(name.clone()) {
+                state.pending.insert(name.clone());
+                changed = true;
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                state.pending.remove(name);
+            }
+            // The proxy drops what it unsubscribed from; forget its version so a
+            // re-subscription is answered.
+            state.known.remove(name);
+        }
+        if changed {
+            self.push(&req.type_url).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn push_all(&mut self) -> Result<(), Closed> {
+        let mut type_urls: Vec<String> = self.types.keys().cloned().collect();
+        type_urls.sort_by_key(|t| (push_rank(t), t.clone()));
+        for t in type_urls {
+            self.push(&t).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what changed for `type_url` since the proxy's known versions; nothing when nothing
+    /// changed.
+    async fn push(&mut self, type_url: &str) -> Result<(), Closed> {
+        let Some(snapshot) = self.snapshot.clone() else {
+            return Ok(());
+        };
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(());
+        };
+        let current = snapshot.get(type_url);
+        let wanted = |name: &str| state.wildcard || state.names.contains(name);
+        let mut resources = Vec::new();
+        let mut seen = BTreeSet::new();
+        if let Some(t) = current {
+            for (name, any) in t.resources().iter().filter(|(n, _)| wanted(n)) {
+                seen.insert(name.clone());
+                let version = t.resource_version(name).unwrap_or_default().to_string();
+                if state.known.get(name) != Some(&version) {
+                    resources.push(Resource {
+                        name: name.clone(),
+                        version: version.clone(),
+                        resource: Some(any.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let mut removed: Vec<String> = state
+            .known
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        removed.extend(
+            state
+                .pending
+                .iter()
+                .filter(|n| !seen.contains(*n) && !state.known.contains_key(*n))
+                .cloned(),
+        );
+        removed.sort();
+        removed.dedup();
+        state.pending.clear();
+        if resources.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        for r in &resources {
+            state.known.insert(r.name.clone(), r.version.clone());
+        }
+        for name in &removed {
+            state.known.remove(name);
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        state.nonce = Some(nonce.clone());
+        let response = DeltaDiscoveryResponse {
+            system_version_info: snapshot.version(type_url),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        };
+        self.callbacks
+            .on_delta_response(self.id, &self.node_id, &response);
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}

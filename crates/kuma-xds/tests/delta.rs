@@ -1,0 +1,223 @@
+//! The incremental (delta) ADS server against a gRPC client on a real socket.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use kuma_xds::cache::{Snapshot, SnapshotCache};
+use kuma_xds::server::{AdsServer, NoCallbacks};
+use kuma_xds::types::{CLUSTER, ENDPOINT};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::Streaming;
+
+fn cluster(name: &str, v: u32) -> (String, Any) {
+    let c = Cluster {
+        name: name.to_string(),
+        alt_stat_name: format!("v{v}"),
+        ..Default::default()
+    };
+    (
+        name.to_string(),
+        Any {
+            type_url: CLUSTER.to_string(),
+            value: c.encode_to_vec(),
+        },
+    )
+}
+
+fn endpoints(name: &str) -> (String, Any) {
+    let e = ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        ..Default::default()
+    };
+    (
+        name.to_string(),
+        Any {
+            type_url: ENDPOINT.to_string(),
+            value: e.encode_to_vec(),
+        },
+    )
+}
+
+async fn start(cache: Arc<SnapshotCache>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = AdsServer::new(cache, Arc::new(NoCallbacks)).into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+struct Proxy {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Proxy {
+    async fn connect(url: &str) -> Proxy {
+        let mut client = AggregatedDiscoveryServiceClient::connect(url.to_string())
+            .await
+            .unwrap();
+        let (tx, req_rx) = mpsc::channel(16);
+        let rx = client
+            .delta_aggregated_resources(ReceiverStream::new(req_rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Proxy { tx, rx }
+    }
+
+    async fn send(&self, req: DeltaDiscoveryRequest) {
+        self.tx.send(req).await.unwrap();
+    }
+
+    async fn subscribe(&self, node: Option<&str>, type_url: &str, sub: &[&str], unsub: &[&str]) {
+        self.send(DeltaDiscoveryRequest {
+            node: node.map(|id| Node {
+                id: id.to_string(),
+                ..Default::default()
+            }),
+            type_url: type_url.to_string(),
+            resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn ack(&self, r: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("response in time")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn nothing_for(&mut self, ms: u64) {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(ms), self.rx.message()).await {
+            panic!("unexpected response: {r:?}");
+        }
+    }
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_sends_only_what_changed() {
+    let cache = Arc::new(SnapshotCache::new());
+    let url = start(cache.clone()).await;
+    cache.set(
+        "n",
+        Snapshot::new([cluster("a", 1), cluster("b", 1), cluster("c", 1)]),
+    );
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), CLUSTER, &[], &[]).await;
+    let r1 = p.next().await;
+    assert_eq!(names(&r1), ["a", "b", "c"]);
+    assert!(r1.resources.iter().all(|r| !r.version.is_empty()));
+    p.ack(&r1).await;
+    p.nothing_for(200).await;
+
+    cache.set("n", Snapshot::new([cluster("a", 1), cluster("b", 2)]));
+    let r2 = p.next().await;
+    assert_eq!(names(&r2), ["b"], "only the changed resource");
+    assert_eq!(r2.removed_resources, ["c"]);
+
+    // A NACK does not make the server resend the same versions.
+    p.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.to_string(),
+        response_nonce: r2.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "rejected".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    p.nothing_for(300).await;
+    assert!(!cache.set("n", Snapshot::new([cluster("b", 2), cluster("a", 1)])));
+    p.nothing_for(200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_subscriptions_report_missing_and_resubscribe() {
+    let cache = Arc::new(SnapshotCache::new());
+    let url = start(cache.clone()).await;
+    cache.set("n", Snapshot::new([endpoints("a"), endpoints("b")]));
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), ENDPOINT, &["a", "missing"], &[])
+        .await;
+    let r1 = p.next().await;
+    assert_eq!(names(&r1), ["a"]);
+    assert_eq!(
+        r1.removed_resources,
+        ["missing"],
+        "a subscribed name that does not exist is said so"
+    );
+    p.ack(&r1).await;
+    p.subscribe(None, ENDPOINT, &["b"], &[]).await;
+    assert_eq!(names(&p.next().await), ["b"]);
+    p.subscribe(None, ENDPOINT, &[], &["a"]).await;
+    p.nothing_for(200).await;
+    p.subscribe(None, ENDPOINT, &["a"], &[]).await;
+    assert_eq!(names(&p.next().await), ["a"], "re-subscribing is answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_with_known_versions_sends_only_news() {
+    let cache = Arc::new(SnapshotCache::new());
+    let url = start(cache.clone()).await;
+    cache.set("n", Snapshot::new([cluster("a", 1), cluster("b", 1)]));
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), CLUSTER, &[], &[]).await;
+    let r1 = p.next().await;
+    let known: HashMap<String, String> = r1
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(p);
+
+    cache.set("n", Snapshot::new([cluster("a", 1), cluster("b", 7)]));
+    let mut q = Proxy::connect(&url).await;
+    q.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: "n".into(),
+            ..Default::default()
+        }),
+        type_url: CLUSTER.to_string(),
+        initial_resource_versions: known,
+        ..Default::default()
+    })
+    .await;
+    let r2 = q.next().await;
+    assert_eq!(names(&r2), ["b"]);
+    assert!(r2.removed_resources.is_empty());
+}
