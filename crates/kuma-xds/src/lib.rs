@@ -8,5 +8,7 @@
 
 pub mod cache;
 mod delta;
+pub mod envoy;
+pub mod generate;
 pub mod server;
 pub mod types;

@@ -1,0 +1,193 @@
+//! Kuma config generation: from a Dataplane and its mesh to an xDS [`Snapshot`].
+//!
+//! This first generator set gives each proxy TCP proxying with Kuma's resource names:
+//! - per inbound, listener `inbound:<ip>:<port>` to the local cluster `localhost:<servicePort>`;
+//! - per explicit outbound, listener `outbound:<ip>:<port>` to cluster `<service>`, whose
+//!   endpoints are every inbound in the mesh tagged with that `kuma.io/service`.
+
+use std::collections::BTreeMap;
+
+use kuma_core::model::common::SERVICE_TAG;
+use kuma_core::model::dataplane::DataplaneSpec;
+use kuma_core::resource::Resource;
+
+use crate::cache::Snapshot;
+use crate::envoy::{any, eds_cluster, load_assignment, static_cluster, tcp_proxy_listener};
+
+/// Envoy's node id for a Dataplane: `<mesh>.<name>`.
+pub fn node_id(mesh: &str, name: &str) -> String {
+    format!("{mesh}.{name}")
+}
+
+/// What a generator sees: one proxy and the Dataplanes of its mesh.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyContext<'a> {
+    /// The proxy's mesh.
+    pub mesh: &'a str,
+    /// The proxy's Dataplane name.
+    pub name: &'a str,
+    /// The proxy's Dataplane.
+    pub dataplane: &'a DataplaneSpec,
+    /// Every Dataplane of the mesh (the proxy's own included).
+    pub mesh_dataplanes: &'a [Resource],
+}
+
+/// Turns a proxy's context into its xDS snapshot. Implement it to generate your own config.
+pub trait SnapshotGenerator: Send + Sync + 'static {
+    /// The snapshot for the proxy.
+    fn generate(&self, ctx: &ProxyContext<'_>) -> Snapshot;
+}
+
+/// The built-in generators (see the module docs).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultGenerator;
+
+/// Where other proxies reach `inbound` of `dp`: advertised address, inbound address, address.
+fn reachable_ip<'a>(dp: &'a DataplaneSpec, inbound_address: Option<&'a str>) -> Option<&'a str> {
+    let n = dp.networking.as_ref()?;
+    n.advertised_address
+        .as_deref()
+        .or(inbound_address)
+        .or(n.address.as_deref())
+}
+
+/// Endpoints of `service` in the mesh: `(ip, inbound port)` of every matching inbound.
+pub fn service_endpoints(mesh_dataplanes: &[Resource], service: &str) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = mesh_dataplanes
+        .iter()
+        .filter_map(|r| r.spec_as::<DataplaneSpec>())
+        .flat_map(|dp| {
+            dp.inbounds()
+                .iter()
+                .filter(|i| i.tags.get(SERVICE_TAG).is_some_and(|s| s == service))
+                .filter_map(move |i| {
+                    reachable_ip(dp, i.address.as_deref()).map(|ip| (ip.to_string(), i.port))
+                })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl SnapshotGenerator for DefaultGenerator {
+    fn generate(&self, ctx: &ProxyContext<'_>) -> Snapshot {
+        let dp = ctx.dataplane;
+        let address = dp
+            .networking
+            .as_ref()
+            .and_then(|n| n.address.as_deref())
+            .unwrap_or("127.0.0.1");
+        let mut resources = Vec::new();
+        for inbound in dp.inbounds() {
+            let ip = inbound.address.as_deref().unwrap_or(address);
+            let workload_ip = inbound.service_address.as_deref().unwrap_or(address);
+            let port = inbound.workload_port();
+            let cluster = format!("localhost:{port}");
+            let listener = format!("inbound:{ip}:{}", inbound.port);
+            resources.push((
+                cluster.clone(),
+                any(&static_cluster(
+                    &cluster,
+                    &[(workload_ip.to_string(), port)],
+                )),
+            ));
+            let stat = format!("localhost_{port}");
+            resources.push((
+                listener.clone(),
+                any(&tcp_proxy_listener(
+                    &listener,
+                    ip,
+                    inbound.port,
+                    &stat,
+                    &cluster,
+                )),
+            ));
+        }
+        let mut services = BTreeMap::new();
+        for outbound in dp.outbounds() {
+            let Some(service) = outbound.service() else {
+                continue;
+            };
+            let ip = outbound.address.as_deref().unwrap_or("127.0.0.1");
+            let listener = format!("outbound:{ip}:{}", outbound.port);
+            resources.push((
+                listener.clone(),
+                any(&tcp_proxy_listener(
+                    &listener,
+                    ip,
+                    outbound.port,
+                    service,
+                    service,
+                )),
+            ));
+            services.insert(service.to_string(), ());
+        }
+        for service in services.keys() {
+            resources.push((service.clone(), any(&eds_cluster(service))));
+            let endpoints = service_endpoints(ctx.mesh_dataplanes, service);
+            resources.push((service.clone(), any(&load_assignment(service, &endpoints))));
+        }
+        Snapshot::new(resources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{CLUSTER, ENDPOINT, LISTENER};
+    use kuma_core::resource::parse_yaml;
+
+    fn dp(name: &str, address: &str, extra: &str) -> Resource {
+        parse_yaml(&format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn names_follow_kuma() {
+        let web = dp(
+            "web",
+            "10.0.0.1",
+            "  inbound:\n  - port: 8080\n    servicePort: 18080\n    tags: {kuma.io/service: web}\n  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n",
+        );
+        let b1 = dp(
+            "b1",
+            "10.0.0.2",
+            "  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n",
+        );
+        let b2 = dp(
+            "b2",
+            "10.0.0.3",
+            "  advertisedAddress: 192.168.1.3\n  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n",
+        );
+        let all = vec![web.clone(), b1, b2];
+        let ctx = ProxyContext {
+            mesh: "default",
+            name: "web",
+            dataplane: web.spec_as().unwrap(),
+            mesh_dataplanes: &all,
+        };
+        let snap = DefaultGenerator.generate(&ctx);
+        let names = |t: &str| {
+            snap.get(t)
+                .map(|r| r.resources().keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            names(LISTENER),
+            ["inbound:10.0.0.1:8080", "outbound:127.0.0.1:33033"]
+        );
+        assert_eq!(names(CLUSTER), ["backend", "localhost:18080"]);
+        assert_eq!(names(ENDPOINT), ["backend"]);
+        assert_eq!(
+            service_endpoints(&all, "backend"),
+            [
+                ("10.0.0.2".to_string(), 9000),
+                ("192.168.1.3".to_string(), 9000)
+            ]
+        );
+        assert_eq!(node_id("default", "web"), "default.web");
+    }
+}
