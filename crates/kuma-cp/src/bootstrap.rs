@@ -1,0 +1,280 @@
+//! `POST /bootstrap`: the Envoy bootstrap for a data-plane proxy.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use kuma_core::config::BootstrapParams;
+use kuma_core::manager::ResourceManager;
+use kuma_core::model::common::SERVICE_TAG;
+use kuma_core::model::dataplane::DataplaneSpec;
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_yaml};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::lifecycle::DATAPLANE_RESOURCE;
+
+/// The body kuma-dp sends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BootstrapRequest {
+    /// Mesh of the proxy.
+    pub mesh: String,
+    /// Dataplane name.
+    pub name: String,
+    /// `dataplane`, `ingress` or `egress`.
+    pub proxy_type: String,
+    /// Dataplane token (checked once tokens exist; see the issue notes).
+    pub dataplane_token: String,
+    /// The Dataplane as YAML or JSON text.
+    pub dataplane_resource: String,
+    /// Versions of kuma-dp and Envoy.
+    pub version: Value,
+    /// CA of the control plane, as kuma-dp saw it.
+    pub ca_cert: String,
+    /// Port of kuma-dp's DNS proxy.
+    pub dns_port: u32,
+    /// Port of kuma-dp's readiness reporter.
+    pub readiness_port: u32,
+    /// kuma-dp's working directory.
+    pub workdir: String,
+    /// Features kuma-dp supports.
+    pub features: Vec<String>,
+}
+
+/// What the bootstrap handler needs.
+#[derive(Clone)]
+pub struct BootstrapState {
+    /// Validating access to the store.
+    pub manager: ResourceManager,
+    /// `bootstrapServer.params`.
+    pub params: BootstrapParams,
+    /// Port of the dp-server (the xDS port given to Envoy unless params say otherwise).
+    pub dp_server_port: u16,
+}
+
+fn problem(status: StatusCode, title: &str, detail: String) -> Response {
+    let body =
+        json!({"type": "/std-errors", "status": status.as_u16(), "title": title, "detail": detail});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Handles `POST /bootstrap`.
+pub async fn handle(
+    State(state): State<BootstrapState>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let req: BootstrapRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                format!("invalid bootstrap request: {e}"),
+            );
+        }
+    };
+    if !req.proxy_type.is_empty() && req.proxy_type != "dataplane" {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            format!(
+                "proxyType {:?} is not supported yet (only dataplane)",
+                req.proxy_type
+            ),
+        );
+    }
+    let dataplane = match dataplane_of(&req) {
+        Ok(dp) => dp,
+        Err(e) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Could not process a resource",
+                e,
+            );
+        }
+    };
+    if let Err(e) = dataplane.validate() {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Could not process a resource",
+            e.to_string(),
+        );
+    }
+    let mesh_key = ResourceKey::global(ResourceType::Mesh, &dataplane.meta.mesh);
+    if state.manager.get(&mesh_key).await.is_err() {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            format!("mesh {:?} does not exist", dataplane.meta.mesh),
+        );
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .map_or(h, |(host, _)| host)
+                .trim_matches(['[', ']'])
+                .to_string()
+        })
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let bootstrap = envoy_bootstrap(&state, &req, &dataplane, &host);
+    let yaml = serde_norway::to_string(&bootstrap).unwrap_or_default();
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    if wants_json {
+        let body = json!({
+            "bootstrap": base64::engine::general_purpose::STANDARD.encode(&yaml),
+            "kumaSidecarConfiguration": {"networking": {"isUsingTransparentProxy": false}},
+        });
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/x-yaml")], yaml).into_response()
+    }
+}
+
+fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, String> {
+    if req.dataplane_resource.is_empty() {
+        return Err(
+            "dataplaneResource: must be defined (universal proxies send their Dataplane)".into(),
+        );
+    }
+    let mut dp = parse_yaml(&req.dataplane_resource).map_err(|e| e.to_string())?;
+    if dp.rtype() != ResourceType::Dataplane {
+        return Err(format!(
+            "dataplaneResource: expected a Dataplane, got {}",
+            dp.rtype()
+        ));
+    }
+    for (field, given, in_resource) in [
+        ("mesh", &req.mesh, &mut dp.meta.mesh),
+        ("name", &req.name, &mut dp.meta.name),
+    ] {
+        if in_resource.is_empty() {
+            *in_resource = given.clone();
+        } else if !given.is_empty() && given != in_resource {
+            return Err(format!(
+                "{field}: {given:?} does not match the dataplaneResource's {in_resource:?}"
+            ));
+        }
+    }
+    Ok(dp)
+}
+
+fn envoy_bootstrap(
+    state: &BootstrapState,
+    req: &BootstrapRequest,
+    dp: &Resource,
+    host: &str,
+) -> Value {
+    let spec = dp.spec_as::<DataplaneSpec>();
+    let service = spec
+        .and_then(|s| {
+            s.inbounds()
+                .first()
+                .and_then(|i| i.tags.get(SERVICE_TAG).cloned())
+        })
+        .or_else(|| {
+            spec.and_then(|s| s.networking.as_ref())
+                .and_then(|n| n.gateway.as_ref())
+                .and_then(|g| g.tags.get(SERVICE_TAG).cloned())
+        })
+        .unwrap_or_else(|| dp.meta.name.clone());
+    let admin_port = spec
+        .and_then(|s| s.networking.as_ref())
+        .and_then(|n| n.admin.as_ref())
+        .map(|a| a.port)
+        .filter(|p| *p != 0)
+        .unwrap_or(u32::from(state.params.admin_port));
+    let readiness_port = if req.readiness_port == 0 {
+        9902
+    } else {
+        req.readiness_port
+    };
+    let xds_host = if state.params.xds_host.is_empty() {
+        host
+    } else {
+        state.params.xds_host.as_str()
+    };
+    let xds_port = if state.params.xds_port == 0 {
+        state.dp_server_port
+    } else {
+        state.params.xds_port
+    };
+    let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    let mut metadata = json!({
+        DATAPLANE_RESOURCE: dp.to_json(),
+        "dataplane.admin.port": admin_port.to_string(),
+        "dataplane.admin.address": state.params.admin_address,
+        "dataplane.readinessReporter.port": readiness_port.to_string(),
+    });
+    if !req.version.is_null()
+        && let Some(m) = metadata.as_object_mut()
+    {
+        m.insert("version".into(), req.version.clone());
+    }
+    if !req.dataplane_token.is_empty()
+        && let Some(m) = metadata.as_object_mut()
+    {
+        m.insert("dataplane.token.present".into(), Value::Bool(true));
+    }
+    json!({
+        "node": {
+            "id": kuma_xds::generate::node_id(&dp.meta.mesh, &dp.meta.name),
+            "cluster": service,
+            "metadata": metadata,
+        },
+        "admin": {
+            "access_log": [{
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": state.params.admin_access_log_path,
+                },
+            }],
+            "address": {"socket_address": {"address": state.params.admin_address, "port_value": admin_port}},
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "ads_cluster"}}],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": "ads_cluster",
+                "type": "STRICT_DNS",
+                // `localhost` must reach an IPv4 listener even where ::1 resolves first.
+                "dns_lookup_family": "V4_PREFERRED",
+                "connect_timeout": state.params.xds_connect_timeout.as_str(),
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": "ads_cluster",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": xds_host, "port_value": xds_port}}}}]}],
+                },
+            }],
+        },
+    })
+}

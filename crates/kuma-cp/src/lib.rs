@@ -1,0 +1,171 @@
+//! Assembles the kuma-rs crates into a running control plane.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), kuma_cp::StartError> {
+//! let config = kuma_core::config::Config::load(None, |k| std::env::var(k).ok())?;
+//! let cp = kuma_cp::ControlPlane::start(config).await?;
+//! println!("dp-server on {}", cp.dp_server_addr());
+//! cp.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! What runs today: the store (memory), the resource manager with the `default` mesh, the
+//! event-driven reconciler that turns store changes into xDS snapshots, and the dp-server port
+//! serving ADS (gRPC, state of the world and delta) and `POST /bootstrap` side by side, with the
+//! universal Dataplane lifecycle.
+
+pub mod bootstrap;
+pub mod lifecycle;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::post;
+use kuma_core::config::{Config, ConfigError, Mode, StoreType};
+use kuma_core::manager::{ManagerError, ManagerOptions, ResourceManager};
+use kuma_store::MemoryStore;
+use kuma_xds::cache::SnapshotCache;
+use kuma_xds::generate::{DefaultGenerator, SnapshotGenerator};
+use kuma_xds::server::AdsServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long proxies' streams get to close before shutdown cuts them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long store changes are collected before proxies' configs are regenerated.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Why the control plane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A setting this build cannot honour yet.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Initial resources could not be created.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    manager: ResourceManager,
+    cache: Arc<SnapshotCache>,
+    dp_server_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    reconciler: JoinHandle<()>,
+}
+
+impl ControlPlane {
+    /// Starts every component the configured mode serves.
+    pub async fn start(config: Config) -> Result<ControlPlane, StartError> {
+        config
+            .validate()
+            .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
+        if config.mode == Mode::Global {
+            return Err(StartError::Unsupported(
+                "global mode is not available yet; run standalone".into(),
+            ));
+        }
+        if config.store.kind != StoreType::Memory {
+            return Err(StartError::Unsupported(
+                "store.type postgres is not available yet; use memory".into(),
+            ));
+        }
+        let zone = (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone());
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions { zone });
+        if !config.defaults.skip_mesh_creation {
+            manager.ensure_default_mesh().await?;
+        }
+
+        let cache = Arc::new(SnapshotCache::new());
+        let generator: Arc<dyn SnapshotGenerator> = Arc::new(DefaultGenerator);
+        let reconciler =
+            reconcile::Reconciler::new(manager.clone(), cache.clone(), generator, DEBOUNCE);
+        let reconciler = tokio::spawn(reconciler.run());
+
+        let lifecycle = lifecycle::Lifecycle::new(
+            manager.clone(),
+            config.xds_server.dataplane_deregistration_delay.get(),
+            tokio::runtime::Handle::current(),
+        );
+        let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle)).into_service();
+        let bootstrap_state = bootstrap::BootstrapState {
+            manager: manager.clone(),
+            params: config.bootstrap_server.params.clone(),
+            dp_server_port: config.dp_server.port,
+        };
+        let router = tonic::service::Routes::new(ads).into_axum_router().route(
+            "/bootstrap",
+            post(bootstrap::handle).with_state(bootstrap_state),
+        );
+
+        let addr = format!("0.0.0.0:{}", config.dp_server.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let dp_server_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: "dp-server".into(),
+            source,
+        })?;
+        let (shutdown, mut stop) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = graceful.await {
+                tracing::error!(error = %e, "dp-server failed");
+            }
+        });
+        tracing::info!(%dp_server_addr, "dp-server (ADS and /bootstrap) listening");
+        Ok(ControlPlane {
+            manager,
+            cache,
+            dp_server_addr,
+            shutdown,
+            server,
+            reconciler,
+        })
+    }
+
+    /// Where the dp-server listens.
+    pub fn dp_server_addr(&self) -> SocketAddr {
+        self.dp_server_addr
+    }
+
+    /// The resource manager (validating access to the store).
+    pub fn manager(&self) -> &ResourceManager {
+        &self.manager
+    }
+
+    /// The xDS snapshot cache.
+    pub fn cache(&self) -> &Arc<SnapshotCache> {
+        &self.cache
+    }
+
+    /// Stops accepting connections, gives open streams a moment to end, then stops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        self.reconciler.abort();
+    }
+}

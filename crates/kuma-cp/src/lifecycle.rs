@@ -1,0 +1,158 @@
+//! Universal data-plane lifecycle: a proxy's Dataplane exists while it is connected.
+//!
+//! The first request of an ADS stream carries the Dataplane (node metadata
+//! `dataplane.resource`, put there by the bootstrap). It is validated and applied like any
+//! write. When the node's last stream ends, the Dataplane is deleted after a delay; a stream
+//! that reconnects within the delay keeps it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::value::Kind;
+use kuma_core::manager::ResourceManager;
+use kuma_core::resource::{ResourceKey, ResourceType, parse_json};
+use kuma_xds::server::Callbacks;
+use tokio::runtime::Handle;
+
+/// Node metadata key holding the Dataplane JSON.
+pub const DATAPLANE_RESOURCE: &str = "dataplane.resource";
+
+#[derive(Default)]
+struct Nodes {
+    /// Open streams per node id, and a counter that changes whenever one opens.
+    open: HashMap<String, (usize, u64)>,
+    /// Streams whose Dataplane was already registered.
+    registered: HashSet<u64>,
+    /// Node id -> Dataplane key it registered.
+    keys: HashMap<String, ResourceKey>,
+}
+
+/// [`Callbacks`] creating and removing Dataplanes as proxies come and go.
+pub struct Lifecycle {
+    manager: ResourceManager,
+    delay: Duration,
+    runtime: Handle,
+    nodes: Arc<Mutex<Nodes>>,
+}
+
+impl Lifecycle {
+    /// Deletes a disconnected proxy's Dataplane `delay` after its last stream ends.
+    pub fn new(manager: ResourceManager, delay: Duration, runtime: Handle) -> Self {
+        Lifecycle {
+            manager,
+            delay,
+            runtime,
+            nodes: Arc::new(Mutex::new(Nodes::default())),
+        }
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, stream_id: u64, node_id: &str, node: Option<&Node>) {
+        if !self.nodes().registered.insert(stream_id) {
+            return;
+        }
+        let Some(json) = node
+            .and_then(|n| n.metadata.as_ref())
+            .and_then(|m| m.fields.get(DATAPLANE_RESOURCE))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+        else {
+            return;
+        };
+        let dataplane = match parse_json(&json) {
+            Ok(r) if r.rtype() == ResourceType::Dataplane => r,
+            Ok(r) => {
+                tracing::warn!(node_id, rtype = %r.rtype(), "node metadata holds a non-Dataplane resource");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node_id, error = %e, "node metadata holds an invalid Dataplane");
+                return;
+            }
+        };
+        if kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name) != node_id {
+            tracing::warn!(
+                node_id,
+                "the Dataplane in node metadata does not match the node id"
+            );
+            return;
+        }
+        self.nodes()
+            .keys
+            .insert(node_id.to_string(), dataplane.key());
+        let manager = self.manager.clone();
+        let node_id = node_id.to_string();
+        self.runtime.spawn(async move {
+            if let Err(e) = manager.apply(dataplane).await {
+                tracing::warn!(node_id, error = %e, "cannot register the Dataplane");
+            }
+        });
+    }
+}
+
+impl Callbacks for Lifecycle {
+    fn on_stream_open(&self, _stream_id: u64, node_id: &str) {
+        let mut nodes = self.nodes();
+        let entry = nodes.open.entry(node_id.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += 1;
+    }
+
+    fn on_request(&self, stream_id: u64, node_id: &str, request: &DiscoveryRequest) {
+        self.register(stream_id, node_id, request.node.as_ref());
+    }
+
+    fn on_delta_request(&self, stream_id: u64, node_id: &str, request: &DeltaDiscoveryRequest) {
+        self.register(stream_id, node_id, request.node.as_ref());
+    }
+
+    fn on_stream_closed(&self, stream_id: u64, node_id: &str) {
+        let generation = {
+            let mut nodes = self.nodes();
+            nodes.registered.remove(&stream_id);
+            let Some(entry) = nodes.open.get_mut(node_id) else {
+                return;
+            };
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 > 0 {
+                return;
+            }
+            entry.1
+        };
+        let Some(key) = self.nodes().keys.get(node_id).cloned() else {
+            return;
+        };
+        let manager = self.manager.clone();
+        let delay = self.delay;
+        let node_id = node_id.to_string();
+        let this_generation = generation;
+        let nodes = self.nodes.clone();
+        // Re-checked after the delay: a reconnect bumps the generation.
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let gone = {
+                let n = nodes.lock().unwrap_or_else(|p| p.into_inner());
+                n.open
+                    .get(&node_id)
+                    .is_none_or(|(open, generation)| *open == 0 && *generation == this_generation)
+            };
+            if gone {
+                match manager.delete(&key, false).await {
+                    Ok(()) => tracing::info!(
+                        node_id,
+                        "deregistered the Dataplane of a disconnected proxy"
+                    ),
+                    Err(e) => tracing::debug!(node_id, error = %e, "Dataplane already gone"),
+                }
+            }
+        });
+    }
+}

