@@ -118,7 +118,13 @@ struct Dp {
     readiness_port: u16,
 }
 
-async fn kuma_dp(dir: &std::path::Path, cp_port: u16, name: &str, dataplane: &str) -> Dp {
+async fn kuma_dp(
+    dir: &std::path::Path,
+    cp_port: u16,
+    ca_file: &str,
+    name: &str,
+    dataplane: &str,
+) -> Dp {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, dataplane).unwrap();
     let (admin_port, readiness_port) = (free_port().await, free_port().await);
@@ -126,7 +132,9 @@ async fn kuma_dp(dir: &std::path::Path, cp_port: u16, name: &str, dataplane: &st
         .args([
             "run",
             "--cp-address",
-            &format!("http://127.0.0.1:{cp_port}"),
+            &format!("https://localhost:{cp_port}"),
+            "--ca-cert-file",
+            ca_file,
             "--dataplane-file",
         ])
         .arg(&file)
@@ -178,11 +186,59 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         .unwrap()
         .unwrap();
     assert!(first.contains("running"), "{first}");
-    let table = lines.next_line().await.unwrap().unwrap();
+    let table = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("standalone prints its table")
+        .unwrap()
+        .unwrap();
     assert!(
         table.contains(&format!(":{cp_port}")),
         "the listen table names the dp-server port: {table}"
     );
+    let ca_line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("standalone prints its table")
+        .unwrap()
+        .unwrap();
+    let ca_file = ca_line.split_whitespace().last().unwrap().to_string();
+    assert!(
+        std::fs::read_to_string(&ca_file)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"),
+        "{ca_line}"
+    );
+
+    // An agent trusting another CA is refused before anything starts.
+    let foreign = dir.join("foreign-ca.crt");
+    let other = kuma_cp::tls::CpCertificate::load_or_generate(
+        "",
+        "",
+        &dir.join("foreign"),
+        &["localhost".into()],
+    )
+    .unwrap();
+    std::fs::write(&foreign, other.ca_pem).unwrap();
+    std::fs::write(
+        dir.join("any.yaml"),
+        "type: Dataplane\nmesh: default\nname: x\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+        .args([
+            "run",
+            "--cp-address",
+            &format!("https://localhost:{cp_port}"),
+            "--ca-cert-file",
+        ])
+        .arg(&foreign)
+        .args(["--binary-path", &envoy_binary(), "--dataplane-file"])
+        .arg(dir.join("any.yaml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "a foreign CA is refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
 
     let echo = echo_server().await;
     let (b_in, w_in, w_out) = (free_port().await, free_port().await, free_port().await);
@@ -193,8 +249,8 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {w_in}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {w_out}\n    tags:\n      kuma.io/service: backend\n",
         free_port().await
     );
-    let mut b = kuma_dp(&dir, cp_port, "backend-1", &backend).await;
-    let mut w = kuma_dp(&dir, cp_port, "web-1", &web).await;
+    let mut b = kuma_dp(&dir, cp_port, &ca_file, "backend-1", &backend).await;
+    let mut w = kuma_dp(&dir, cp_port, &ca_file, "web-1", &web).await;
 
     eventually("web's kuma-dp reports ready", || async {
         http_get(w.readiness_port, "/ready").await.0 == 200

@@ -51,6 +51,8 @@ pub struct BootstrapState {
     pub params: BootstrapParams,
     /// Port of the dp-server (the xDS port given to Envoy unless params say otherwise).
     pub dp_server_port: u16,
+    /// CA of the dp-server certificate, PEM: Envoy verifies the control plane with it.
+    pub ca_pem: String,
 }
 
 fn problem(status: StatusCode, title: &str, detail: String) -> Response {
@@ -270,6 +272,7 @@ fn envoy_bootstrap(
                         "explicit_http_config": {"http2_protocol_options": {}},
                     },
                 },
+                "transport_socket": ads_tls(state, xds_host),
                 "load_assignment": {
                     "cluster_name": "ads_cluster",
                     "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": xds_host, "port_value": xds_port}}}}]}],
@@ -277,4 +280,26 @@ fn envoy_bootstrap(
             }],
         },
     })
+}
+
+/// Envoy's TLS to the control plane: trust its CA, check the name it is reached by.
+fn ads_tls(state: &BootstrapState, xds_host: &str) -> Value {
+    let is_ip = xds_host.parse::<std::net::IpAddr>().is_ok();
+    let mut tls = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": {"inline_string": state.ca_pem},
+                "match_typed_subject_alt_names": [{
+                    "san_type": if is_ip { "IP_ADDRESS" } else { "DNS" },
+                    "matcher": {"exact": xds_host},
+                }],
+            },
+        },
+    });
+    if !is_ip && let Some(t) = tls.as_object_mut() {
+        t.insert("sni".into(), Value::String(xds_host.to_string()));
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": tls})
 }

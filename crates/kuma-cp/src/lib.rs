@@ -11,12 +11,14 @@
 //!
 //! What runs today: the store (memory), the resource manager with the `default` mesh, the
 //! event-driven reconciler that turns store changes into xDS snapshots, and the dp-server port
-//! serving ADS (gRPC, state of the world and delta) and `POST /bootstrap` side by side, with the
+//! serving ADS (gRPC, state of the world and delta) and `POST /bootstrap` side by side over one
+//! TLS port (certificate configured, or generated at start under its own CA), with the
 //! universal Dataplane lifecycle.
 
 pub mod bootstrap;
 pub mod lifecycle;
 pub mod reconcile;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +56,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS certificate could not be loaded or generated.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Initial resources could not be created.
     #[error(transparent)]
     Manager(#[from] ManagerError),
@@ -64,6 +69,8 @@ pub struct ControlPlane {
     manager: ResourceManager,
     cache: Arc<SnapshotCache>,
     dp_server_addr: SocketAddr,
+    ca_pem: String,
+    ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     reconciler: JoinHandle<()>,
@@ -103,10 +110,38 @@ impl ControlPlane {
             tokio::runtime::Handle::current(),
         );
         let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle)).into_service();
+        let work_dir = if config.general.work_dir.is_empty() {
+            std::env::temp_dir().join(format!("kuma-rs-cp-{}", std::process::id()))
+        } else {
+            std::path::PathBuf::from(&config.general.work_dir)
+        };
+        let tls_dir = work_dir.join("tls");
+        let (cert_file, key_file) = if config.dp_server.tls_cert_file.is_empty() {
+            (&config.general.tls_cert_file, &config.general.tls_key_file)
+        } else {
+            (
+                &config.dp_server.tls_cert_file,
+                &config.dp_server.tls_key_file,
+            )
+        };
+        let certificate = tls::CpCertificate::load_or_generate(
+            cert_file,
+            key_file,
+            &tls_dir,
+            &tls::default_hosts(),
+        )
+        .map_err(StartError::Tls)?;
+        let server_tls = certificate.server_config().map_err(StartError::Tls)?;
+        let ca_path = if cert_file.is_empty() {
+            Some(tls::CpCertificate::ca_path(&tls_dir))
+        } else {
+            None
+        };
         let bootstrap_state = bootstrap::BootstrapState {
             manager: manager.clone(),
             params: config.bootstrap_server.params.clone(),
             dp_server_port: config.dp_server.port,
+            ca_pem: certificate.ca_pem.clone(),
         };
         let router = tonic::service::Routes::new(ads).into_axum_router().route(
             "/bootstrap",
@@ -122,6 +157,11 @@ impl ControlPlane {
             source,
         })?;
         let (shutdown, mut stop) = watch::channel(false);
+        let listener =
+            tls::TlsListener::new(listener, server_tls).map_err(|source| StartError::Bind {
+                addr: "dp-server".into(),
+                source,
+            })?;
         let server = tokio::spawn(async move {
             let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -130,11 +170,13 @@ impl ControlPlane {
                 tracing::error!(error = %e, "dp-server failed");
             }
         });
-        tracing::info!(%dp_server_addr, "dp-server (ADS and /bootstrap) listening");
+        tracing::info!(%dp_server_addr, "dp-server (TLS: ADS and /bootstrap) listening");
         Ok(ControlPlane {
             manager,
             cache,
             dp_server_addr,
+            ca_pem: certificate.ca_pem,
+            ca_path,
             shutdown,
             server,
             reconciler,
@@ -144,6 +186,16 @@ impl ControlPlane {
     /// Where the dp-server listens.
     pub fn dp_server_addr(&self) -> SocketAddr {
         self.dp_server_addr
+    }
+
+    /// The CA proxies and kuma-dp must trust for the dp-server, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Where the generated CA certificate was written (`None` with a configured certificate).
+    pub fn ca_path(&self) -> Option<&std::path::Path> {
+        self.ca_path.as_deref()
     }
 
     /// The resource manager (validating access to the store).

@@ -75,15 +75,28 @@ async fn http(port: u16, request: String) -> (u16, String) {
     (status, body)
 }
 
-async fn post_bootstrap(cp_port: u16, body: &str) -> (u16, String) {
-    http(
-        cp_port,
-        format!(
-            "POST /bootstrap HTTP/1.1\r\nHost: localhost:{cp_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-    .await
+async fn post_bootstrap(cp_port: u16, ca: &str, body: &str) -> (u16, String) {
+    let config = kuma_cp::tls::client_config(Some(ca)).unwrap();
+    let mut s = kuma_cp::tls::connect("localhost", cp_port, config)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /bootstrap HTTP/1.1\r\nHost: localhost:{cp_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await; // peers may close without close_notify
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 async fn stats(admin_port: u16) -> String {
@@ -108,11 +121,11 @@ struct Proxy {
     dir: std::path::PathBuf,
 }
 
-async fn start_proxy(cp_port: u16, name: &str, dataplane_yaml: &str) -> Proxy {
+async fn start_proxy(cp_port: u16, ca: &str, name: &str, dataplane_yaml: &str) -> Proxy {
     let admin_port = free_port().await;
     let yaml = format!("{dataplane_yaml}  admin:\n    port: {admin_port}\n");
     let req = serde_json::json!({"mesh": "default", "name": name, "proxyType": "dataplane", "dataplaneResource": yaml});
-    let (status, bootstrap) = post_bootstrap(cp_port, &req.to_string()).await;
+    let (status, bootstrap) = post_bootstrap(cp_port, ca, &req.to_string()).await;
     assert_eq!(status, 200, "bootstrap for {name}: {bootstrap}");
     assert!(
         bootstrap.contains("default.") && bootstrap.contains("ads_cluster"),
@@ -224,16 +237,47 @@ async fn envoy_data_path_through_generated_config() {
         .await
         .expect("control plane starts");
     let cp_port = cp.dp_server_addr().port();
+    let ca = cp.ca_pem().to_string();
+    let ca = ca.as_str();
+
+    // The dp-server speaks TLS only, with a certificate an independent verifier (rustls with
+    // the control plane's CA) accepts for "localhost"; a client trusting another CA is refused.
+    let other_ca = kuma_cp::tls::CpCertificate::load_or_generate(
+        "",
+        "",
+        &std::env::temp_dir().join(format!("kuma-cp-e2e-other-ca-{}", std::process::id())),
+        &["localhost".to_string()],
+    )
+    .unwrap();
+    let wrong = kuma_cp::tls::client_config(Some(&other_ca.ca_pem)).unwrap();
+    assert!(
+        kuma_cp::tls::connect("localhost", cp_port, wrong)
+            .await
+            .is_err(),
+        "a foreign CA must not verify"
+    );
+    assert_eq!(
+        http(
+            cp_port,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()
+        )
+        .await
+        .0,
+        0,
+        "no plaintext"
+    );
 
     // Bootstrap errors.
-    assert_eq!(post_bootstrap(cp_port, "{not json").await.0, 400);
+    assert_eq!(post_bootstrap(cp_port, ca, "{not json").await.0, 400);
     let unknown_mesh = serde_json::json!({"mesh": "nope", "name": "x", "dataplaneResource": dataplane("x", 1, 2, "s", None).replace("mesh: default", "mesh: nope")});
     assert_eq!(
-        post_bootstrap(cp_port, &unknown_mesh.to_string()).await.0,
+        post_bootstrap(cp_port, ca, &unknown_mesh.to_string())
+            .await
+            .0,
         404
     );
     let invalid = serde_json::json!({"mesh": "default", "name": "x", "dataplaneResource": dataplane("x", 0, 2, "s", None)});
-    let (status, body) = post_bootstrap(cp_port, &invalid.to_string()).await;
+    let (status, body) = post_bootstrap(cp_port, ca, &invalid.to_string()).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("networking.inbound[0].port"), "{body}");
 
@@ -241,12 +285,14 @@ async fn envoy_data_path_through_generated_config() {
     let (b1_in, web_in, web_out) = (free_port().await, free_port().await, free_port().await);
     let b1 = start_proxy(
         cp_port,
+        ca,
         "backend-1",
         &dataplane("backend-1", b1_in, echo1, "backend", None),
     )
     .await;
     let web = start_proxy(
         cp_port,
+        ca,
         "web",
         &dataplane(
             "web",
@@ -279,6 +325,7 @@ async fn envoy_data_path_through_generated_config() {
     let b2_in = free_port().await;
     let mut b2 = start_proxy(
         cp_port,
+        ca,
         "backend-2",
         &dataplane("backend-2", b2_in, echo2, "backend", None),
     )

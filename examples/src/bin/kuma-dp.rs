@@ -4,7 +4,7 @@
 //! 200 once Envoy is live, 503 before).
 //!
 //! ```text
-//! kuma-dp run --cp-address http://localhost:5678 --dataplane-file dp.yaml [--name N] [--mesh M]
+//! kuma-dp run --cp-address https://localhost:5678 --dataplane-file dp.yaml [--name N] [--mesh M]
 //!             [--dataplane-token-file F] [--binary-path envoy] [--admin-port P]
 //!             [--readiness-port 9902] [--ca-cert-file F] [--config-dir D]
 //! ```
@@ -44,7 +44,7 @@ fn parse_args() -> Result<Args, String> {
         it.next();
     }
     let mut a = Args {
-        cp_address: "http://localhost:5678".into(),
+        cp_address: "https://localhost:5678".into(),
         dataplane_file: None,
         name: None,
         mesh: None,
@@ -90,14 +90,12 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// `http://host:port` -> (host, port).
+/// `https://host:port` -> (host, port).
 fn cp_host_port(address: &str) -> Result<(String, u16), String> {
-    let rest = address.strip_prefix("http://").ok_or_else(|| {
-        if address.starts_with("https://") {
-            format!("--cp-address {address:?}: TLS to the control plane is not available yet; use http://")
-        } else {
-            format!("--cp-address {address:?}: expected http://host:port")
-        }
+    let rest = address.strip_prefix("https://").ok_or_else(|| {
+        format!(
+            "--cp-address {address:?}: expected https://host:port (the dp-server only speaks TLS)"
+        )
     })?;
     let rest = rest.trim_end_matches('/');
     match rest.rsplit_once(':') {
@@ -109,8 +107,19 @@ fn cp_host_port(address: &str) -> Result<(String, u16), String> {
     }
 }
 
-async fn post_bootstrap(host: &str, port: u16, body: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect((host, port))
+async fn post_bootstrap(
+    host: &str,
+    port: u16,
+    ca_pem: Option<&str>,
+    body: &str,
+) -> Result<String, String> {
+    if ca_pem.is_none() {
+        eprintln!(
+            "kuma-dp: warning: no --ca-cert-file: the control plane's certificate is not verified"
+        );
+    }
+    let tls = kuma_cp::tls::client_config(ca_pem)?;
+    let mut s = kuma_cp::tls::connect(host, port, tls)
         .await
         .map_err(|e| format!("cannot reach the control plane at {host}:{port}: {e}"))?;
     let req = format!(
@@ -121,7 +130,12 @@ async fn post_bootstrap(host: &str, port: u16, body: &str) -> Result<String, Str
         .await
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    // The server may close without a TLS close_notify; what was read is still complete.
+    if let Err(e) = s.read_to_end(&mut out).await
+        && out.is_empty()
+    {
+        return Err(e.to_string());
+    }
     let out = String::from_utf8_lossy(&out);
     let (head, body) = out
         .split_once("\r\n\r\n")
@@ -244,7 +258,8 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         "readinessPort": a.readiness_port,
     });
     let (host, port) = cp_host_port(&a.cp_address)?;
-    let bootstrap = post_bootstrap(&host, port, &request.to_string()).await?;
+    let ca = (!ca_cert.is_empty()).then_some(ca_cert.as_str());
+    let bootstrap = post_bootstrap(&host, port, ca, &request.to_string()).await?;
 
     let dir = a
         .config_dir

@@ -94,9 +94,16 @@ async fn main() -> ExitCode {
     println!("kuma-rs standalone control plane is running");
     println!(
         "  {:<44} {}",
-        "dp-server: ADS (gRPC) + POST /bootstrap",
+        "dp-server (TLS): ADS (gRPC) + POST /bootstrap",
         cp.dp_server_addr()
     );
+    if let Some(ca) = cp.ca_path() {
+        println!(
+            "  {:<44} {}",
+            "CA certificate (kuma-dp --ca-cert-file)",
+            ca.display()
+        );
+    }
     terminated().await;
     println!("shutting down");
     cp.shutdown().await;

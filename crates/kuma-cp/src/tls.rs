@@ -1,0 +1,327 @@
+//! TLS of the control plane's servers: a certificate (configured, or generated at first start
+//! under a CA of its own), the server side, and a client side for agents and tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Time a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The control plane's certificate chain and key, and the CA proxies must trust.
+#[derive(Clone)]
+pub struct CpCertificate {
+    /// Server certificate chain, PEM (leaf first).
+    pub chain_pem: String,
+    /// Private key, PEM. Never logged.
+    pub key_pem: String,
+    /// The CA that signed the chain, PEM: what proxies and kuma-dp trust.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for CpCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpCertificate")
+            .field("ca_pem", &self.ca_pem)
+            .field("key_pem", &"*****")
+            .finish()
+    }
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> String {
+    format!("{context}: {e}")
+}
+
+impl CpCertificate {
+    /// Uses `cert_file`/`key_file` when given (the CA is the chain's last certificate);
+    /// otherwise reuses or generates a CA and a server certificate in `dir` for `hosts`.
+    pub fn load_or_generate(
+        cert_file: &str,
+        key_file: &str,
+        dir: &Path,
+        hosts: &[String],
+    ) -> Result<CpCertificate, String> {
+        if !cert_file.is_empty() {
+            let chain_pem = std::fs::read_to_string(cert_file).map_err(|e| err(cert_file, e))?;
+            let key_pem = std::fs::read_to_string(key_file).map_err(|e| err(key_file, e))?;
+            let last = chain_pem
+                .rfind("-----BEGIN CERTIFICATE-----")
+                .ok_or_else(|| format!("{cert_file}: no certificate"))?;
+            let ca_pem = chain_pem[last..].to_string();
+            return Ok(CpCertificate {
+                chain_pem,
+                key_pem,
+                ca_pem,
+            });
+        }
+        let (ca_path, cert_path, key_path) =
+            (dir.join("ca.crt"), dir.join("cp.crt"), dir.join("cp.key"));
+        if let (Ok(ca_pem), Ok(chain_pem), Ok(key_pem)) = (
+            std::fs::read_to_string(&ca_path),
+            std::fs::read_to_string(&cert_path),
+            std::fs::read_to_string(&key_path),
+        ) {
+            return Ok(CpCertificate {
+                chain_pem,
+                key_pem,
+                ca_pem,
+            });
+        }
+        let generated =
+            generate(hosts).map_err(|e| err("generating the control plane certificate", e))?;
+        std::fs::create_dir_all(dir).map_err(|e| err(&dir.display().to_string(), e))?;
+        std::fs::write(&ca_path, &generated.ca_pem)
+            .map_err(|e| err(&ca_path.display().to_string(), e))?;
+        std::fs::write(&cert_path, &generated.chain_pem)
+            .map_err(|e| err(&cert_path.display().to_string(), e))?;
+        write_private(&key_path, &generated.key_pem)
+            .map_err(|e| err(&key_path.display().to_string(), e))?;
+        Ok(generated)
+    }
+
+    /// Where the CA certificate lives for a generated certificate in `dir`.
+    pub fn ca_path(dir: &Path) -> PathBuf {
+        dir.join("ca.crt")
+    }
+
+    /// The rustls server side (ALPN `h2` for gRPC, `http/1.1` for `/bootstrap`).
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| err("certificate chain", e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| err("private key", e))?;
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| err("TLS versions", e))?
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .map_err(|e| err("certificate", e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+fn generate(hosts: &[String]) -> Result<CpCertificate, rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kuma-rs control plane CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kuma-rs control plane");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CpCertificate {
+        chain_pem: format!("{}{}", cert.pem(), ca_cert.pem()),
+        key_pem: key.serialize_pem(),
+        ca_pem: ca_cert.pem(),
+    })
+}
+
+/// The names a generated certificate covers: localhost, loopback addresses and this host's name.
+pub fn default_hosts() -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && !hosts.iter().any(|x| x == h) {
+            hosts.push(h.to_string());
+        }
+    }
+    hosts
+}
+
+/// A TLS listener for `axum::serve`: handshakes run concurrently, failed ones are dropped.
+pub struct TlsListener {
+    local: SocketAddr,
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    /// Accepts TLS connections on `listener`.
+    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (tx, accepted) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { local, accepted })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(c) => c,
+            // The accept loop only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// A client configuration trusting `ca_pem` (HTTP/1.1). Without a CA the server is not
+/// verified, as Kuma's `kuma-dp` does without `--ca-cert-file`; callers should warn.
+pub fn client_config(ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("TLS versions", e))?;
+    let mut config = match ca_pem {
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(cert.map_err(|e| err("CA certificate", e))?)
+                    .map_err(|e| err("CA certificate", e))?;
+            }
+            if roots.is_empty() {
+                return Err("CA certificate: no certificate in the file".into());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Connects to `host:port` over TLS with `config`.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    config: Arc<ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| err(&format!("{host}:{port}"), e))?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| err(host, e))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| err("TLS handshake with the control plane", e))
+}
+
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
