@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
-use envoy_types::pb::google::protobuf::{Any, Duration};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use prost::{Message, Name};
 
 /// Packs a message into an `Any` with its canonical type URL.
@@ -96,6 +96,10 @@ pub fn load_assignment(cluster: &str, endpoints: &[(String, u32)]) -> ClusterLoa
                     ..Default::default()
                 })
                 .collect(),
+            // gRPC's xDS client drops localities without a weight; Envoy ignores it unless
+            // locality-weighted balancing is on.
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            locality: Some(envoy_types::pb::envoy::config::core::v3::Locality::default()),
             ..Default::default()
         }],
         ..Default::default()
