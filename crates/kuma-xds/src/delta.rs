@@ -12,12 +12,14 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tokio::sync::mpsc;
+use tonic::Status;
 
-use crate::cache::{Snapshot, SnapshotCache};
-use crate::server::{Callbacks, OUTBOX, read_requests, wildcard_capable};
+use crate::cache::Snapshot;
+use crate::server::{Callbacks, wildcard_capable};
+use crate::stream::{Closed, Protocol};
 use crate::types::push_rank;
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 #[derive(Debug, Default)]
 struct DeltaTypeState {
@@ -33,7 +35,6 @@ struct DeltaTypeState {
 pub(crate) struct DeltaStream<C: Callbacks> {
     id: u64,
     node_id: String,
-    cache: Arc<SnapshotCache>,
     callbacks: Arc<C>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     types: BTreeMap<String, DeltaTypeState>,
@@ -41,19 +42,15 @@ pub(crate) struct DeltaStream<C: Callbacks> {
     nonce: u64,
 }
 
-struct Closed;
-
 impl<C: Callbacks> DeltaStream<C> {
     pub(crate) fn new(
         id: u64,
-        cache: Arc<SnapshotCache>,
         callbacks: Arc<C>,
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) -> Self {
         DeltaStream {
             id,
             node_id: String::new(),
-            cache,
             callbacks,
             tx,
             types: BTreeMap::new(),
@@ -62,56 +59,7 @@ impl<C: Callbacks> DeltaStream<C> {
         }
     }
 
-    pub(crate) async fn run(mut self, requests: Streaming<DeltaDiscoveryRequest>) {
-        let (req_tx, mut req_rx) = mpsc::channel::<DeltaDiscoveryRequest>(OUTBOX);
-        let reader = tokio::spawn(read_requests(requests, req_tx));
-        let Some(first) = req_rx.recv().await else {
-            return;
-        };
-        let node_id = first
-            .node
-            .as_ref()
-            .map(|n| n.id.clone())
-            .unwrap_or_default();
-        if node_id.is_empty() {
-            let _ = self
-                .tx
-                .send(Err(Status::invalid_argument(
-                    "the first request must carry node.id",
-                )))
-                .await;
-            reader.abort();
-            return;
-        }
-        self.node_id = node_id;
-        self.callbacks.on_stream_open(self.id, &self.node_id);
-        let mut snapshots: watch::Receiver<Option<Arc<Snapshot>>> =
-            self.cache.subscribe(&self.node_id);
-        self.snapshot = snapshots.borrow_and_update().clone();
-        let mut outcome = self.handle(first).await;
-        while outcome.is_ok() {
-            outcome = tokio::select! {
-                req = req_rx.recv() => match req {
-                    Some(req) => self.handle(req).await,
-                    None => Err(Closed),
-                },
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        self.snapshot = snapshots.borrow_and_update().clone();
-                        self.push_all().await
-                    }
-                    Err(_) => {
-                        snapshots = self.cache.subscribe(&self.node_id);
-                        Ok(())
-                    }
-                },
-            };
-        }
-        reader.abort();
-        self.callbacks.on_stream_closed(self.id, &self.node_id);
-    }
-
-    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
+    async fn handle_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
         self.callbacks
             .on_delta_request(self.id, &self.node_id, &req);
         if req.type_url.is_empty() {
@@ -247,5 +195,28 @@ impl<C: Callbacks> DeltaStream<C> {
         self.callbacks
             .on_delta_response(self.id, &self.node_id, &response);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}
+
+impl<C: Callbacks> Protocol for DeltaStream<C> {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>) {
+        self.node_id = node_id;
+        self.snapshot = snapshot;
+    }
+
+    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
+        self.handle_request(req).await
+    }
+
+    async fn snapshot_changed(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), Closed> {
+        self.snapshot = snapshot;
+        self.push_all().await
     }
 }

@@ -11,4 +11,5 @@ mod delta;
 pub mod envoy;
 pub mod generate;
 pub mod server;
+mod stream;
 pub mod types;

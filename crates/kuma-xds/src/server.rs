@@ -23,16 +23,15 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
+use crate::stream::{Closed, OUTBOX, Protocol, drive};
 use crate::types::{CLUSTER, LISTENER, push_rank};
-
-/// Responses buffered per stream before the stream's task waits for the proxy.
-pub(crate) const OUTBOX: usize = 16;
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// Observers of stream events (used, for example, to maintain DataplaneInsight). Every method
 /// has an empty default.
@@ -110,17 +109,24 @@ impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOX);
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let stream = SotwStream {
-            id: self.next_stream.fetch_add(1, Ordering::Relaxed),
+            id,
             node_id: String::new(),
-            cache: self.cache.clone(),
             callbacks: self.callbacks.clone(),
-            tx,
+            tx: tx.clone(),
             types: BTreeMap::new(),
             snapshot: None,
             nonce: 0,
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(drive(
+            stream,
+            id,
+            request.into_inner(),
+            tx,
+            self.cache.clone(),
+            self.callbacks.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -130,9 +136,15 @@ impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let stream =
-            crate::delta::DeltaStream::new(id, self.cache.clone(), self.callbacks.clone(), tx);
-        tokio::spawn(stream.run(request.into_inner()));
+        let stream = crate::delta::DeltaStream::new(id, self.callbacks.clone(), tx.clone());
+        tokio::spawn(drive(
+            stream,
+            id,
+            request.into_inner(),
+            tx,
+            self.cache.clone(),
+            self.callbacks.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -149,7 +161,6 @@ struct TypeState {
 struct SotwStream<C: Callbacks> {
     id: u64,
     node_id: String,
-    cache: Arc<SnapshotCache>,
     callbacks: Arc<C>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     types: BTreeMap<String, TypeState>,
@@ -162,62 +173,31 @@ pub(crate) fn wildcard_capable(type_url: &str) -> bool {
     type_url == LISTENER || type_url == CLUSTER
 }
 
-/// The proxy went away; stop the stream.
-struct Closed;
+impl<C: Callbacks> Protocol for SotwStream<C> {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
 
-impl<C: Callbacks> SotwStream<C> {
-    async fn run(mut self, requests: Streaming<DiscoveryRequest>) {
-        // Requests are read by their own task so that waiting for them stays cancel-safe.
-        let (req_tx, mut req_rx) = mpsc::channel::<DiscoveryRequest>(OUTBOX);
-        let reader = tokio::spawn(read_requests(requests, req_tx));
-        let Some(first) = req_rx.recv().await else {
-            return;
-        };
-        let node_id = first
-            .node
-            .as_ref()
-            .map(|n| n.id.clone())
-            .unwrap_or_default();
-        if node_id.is_empty() {
-            let _ = self
-                .tx
-                .send(Err(Status::invalid_argument(
-                    "the first request must carry node.id",
-                )))
-                .await;
-            reader.abort();
-            return;
-        }
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>) {
         self.node_id = node_id;
-        self.callbacks.on_stream_open(self.id, &self.node_id);
-        let mut snapshots: watch::Receiver<Option<Arc<Snapshot>>> =
-            self.cache.subscribe(&self.node_id);
-        self.snapshot = snapshots.borrow_and_update().clone();
-        let mut outcome = self.handle(first).await;
-        while outcome.is_ok() {
-            outcome = tokio::select! {
-                req = req_rx.recv() => match req {
-                    Some(req) => self.handle(req).await,
-                    None => Err(Closed),
-                },
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        self.snapshot = snapshots.borrow_and_update().clone();
-                        self.push_all().await
-                    }
-                    // The cache forgot the node: keep serving the last snapshot.
-                    Err(_) => {
-                        snapshots = self.cache.subscribe(&self.node_id);
-                        Ok(())
-                    }
-                },
-            };
-        }
-        reader.abort();
-        self.callbacks.on_stream_closed(self.id, &self.node_id);
+        self.snapshot = snapshot;
     }
 
     async fn handle(&mut self, req: DiscoveryRequest) -> Result<(), Closed> {
+        self.handle_request(req).await
+    }
+
+    async fn snapshot_changed(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), Closed> {
+        self.snapshot = snapshot;
+        self.push_all().await
+    }
+}
+
+impl<C: Callbacks> SotwStream<C> {
+    async fn handle_request(&mut self, req: DiscoveryRequest) -> Result<(), Closed> {
         self.callbacks.on_request(self.id, &self.node_id, &req);
         if req.type_url.is_empty() {
             return Ok(());
@@ -300,17 +280,5 @@ impl<C: Callbacks> SotwStream<C> {
         self.callbacks
             .on_response(self.id, &self.node_id, &response);
         self.tx.send(Ok(response)).await.map_err(|_| Closed)
-    }
-}
-
-/// Forwards a gRPC request stream into a channel, so waiting for requests is cancel-safe.
-pub(crate) async fn read_requests<T: Send + 'static>(
-    mut requests: Streaming<T>,
-    tx: mpsc::Sender<T>,
-) {
-    while let Ok(Some(req)) = requests.message().await {
-        if tx.send(req).await.is_err() {
-            break;
-        }
     }
 }

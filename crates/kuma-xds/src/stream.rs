@@ -1,0 +1,104 @@
+//! The life of one ADS stream, shared by state-of-the-world and delta: learn the node from the
+//! first request, follow the node's snapshots, hand requests and snapshot changes to the
+//! protocol, and report open/close to the callbacks.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::cache::{Snapshot, SnapshotCache};
+use crate::server::Callbacks;
+
+/// Requests buffered per stream, and responses buffered before the stream waits for the proxy.
+pub(crate) const OUTBOX: usize = 16;
+
+/// The proxy went away; the stream ends.
+pub(crate) struct Closed;
+
+/// One xDS protocol variant's handling of a stream.
+pub(crate) trait Protocol: Send + 'static {
+    /// Requests of this variant.
+    type Request: Send + 'static;
+    /// Responses of this variant.
+    type Response: Send + 'static;
+
+    /// The node a request carries.
+    fn node(request: &Self::Request) -> Option<&Node>;
+
+    /// The stream identified its node; `snapshot` is the node's current one.
+    fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>);
+
+    /// Handles one request.
+    fn handle(&mut self, request: Self::Request)
+    -> impl Future<Output = Result<(), Closed>> + Send;
+
+    /// The node's snapshot changed.
+    fn snapshot_changed(
+        &mut self,
+        snapshot: Option<Arc<Snapshot>>,
+    ) -> impl Future<Output = Result<(), Closed>> + Send;
+}
+
+/// Runs one stream to its end.
+pub(crate) async fn drive<P: Protocol, C: Callbacks>(
+    mut protocol: P,
+    id: u64,
+    requests: Streaming<P::Request>,
+    refuse: mpsc::Sender<Result<P::Response, Status>>,
+    cache: Arc<SnapshotCache>,
+    callbacks: Arc<C>,
+) {
+    // Requests are read by their own task so that waiting for them stays cancel-safe.
+    let (req_tx, mut req_rx) = mpsc::channel::<P::Request>(OUTBOX);
+    let reader = tokio::spawn(read_requests(requests, req_tx));
+    let Some(first) = req_rx.recv().await else {
+        return;
+    };
+    let node_id = P::node(&first).map(|n| n.id.clone()).unwrap_or_default();
+    if node_id.is_empty() {
+        let _ = refuse
+            .send(Err(Status::invalid_argument(
+                "the first request must carry node.id",
+            )))
+            .await;
+        reader.abort();
+        return;
+    }
+    drop(refuse);
+    callbacks.on_stream_open(id, &node_id);
+    let mut snapshots = cache.subscribe(&node_id);
+    protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
+    let mut outcome = protocol.handle(first).await;
+    while outcome.is_ok() {
+        outcome = tokio::select! {
+            req = req_rx.recv() => match req {
+                Some(req) => protocol.handle(req).await,
+                None => Err(Closed),
+            },
+            changed = snapshots.changed() => match changed {
+                Ok(()) => {
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    protocol.snapshot_changed(snapshot).await
+                }
+                // The cache forgot the node: keep serving the last snapshot.
+                Err(_) => {
+                    snapshots = cache.subscribe(&node_id);
+                    Ok(())
+                }
+            },
+        };
+    }
+    reader.abort();
+    callbacks.on_stream_closed(id, &node_id);
+}
+
+async fn read_requests<T: Send + 'static>(mut requests: Streaming<T>, tx: mpsc::Sender<T>) {
+    while let Ok(Some(req)) = requests.message().await {
+        if tx.send(req).await.is_err() {
+            break;
+        }
+    }
+}
