@@ -109,7 +109,10 @@ impl ControlPlane {
             config.xds_server.dataplane_deregistration_delay.get(),
             tokio::runtime::Handle::current(),
         );
-        let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle)).into_service();
+        let (shutdown, _) = watch::channel(false);
+        let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle))
+            .with_shutdown(shutdown.subscribe())
+            .into_service();
         let work_dir = if config.general.work_dir.is_empty() {
             std::env::temp_dir().join(format!("kuma-rs-cp-{}", std::process::id()))
         } else {
@@ -156,7 +159,7 @@ impl ControlPlane {
             addr: "dp-server".into(),
             source,
         })?;
-        let (shutdown, mut stop) = watch::channel(false);
+        let mut stop = shutdown.subscribe();
         let listener =
             tls::TlsListener::new(listener, server_tls).map_err(|source| StartError::Bind {
                 addr: "dp-server".into(),
@@ -208,7 +211,8 @@ impl ControlPlane {
         &self.cache
     }
 
-    /// Stops accepting connections, gives open streams a moment to end, then stops.
+    /// Ends every ADS stream with `UNAVAILABLE` (proxies reconnect and keep their config
+    /// meanwhile), stops accepting connections, and waits for open ones to finish.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let mut server = self.server;

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -79,6 +79,7 @@ pub struct AdsServer<C: Callbacks = NoCallbacks> {
     cache: Arc<SnapshotCache>,
     callbacks: Arc<C>,
     next_stream: AtomicU64,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl<C: Callbacks> AdsServer<C> {
@@ -88,7 +89,15 @@ impl<C: Callbacks> AdsServer<C> {
             cache,
             callbacks,
             next_stream: AtomicU64::new(1),
+            shutdown: None,
         }
+    }
+
+    /// Ends every stream with `UNAVAILABLE` once `shutdown` turns true, so proxies reconnect
+    /// elsewhere instead of holding the server's connections open.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// The tonic service to add to a `tonic::transport::Server`.
@@ -126,6 +135,7 @@ impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
             tx,
             self.cache.clone(),
             self.callbacks.clone(),
+            self.shutdown.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -144,6 +154,7 @@ impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
             tx,
             self.cache.clone(),
             self.callbacks.clone(),
+            self.shutdown.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
@@ -47,9 +47,11 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     mut protocol: P,
     id: u64,
     requests: Streaming<P::Request>,
+    // Carries the stream-ending status (missing node id, shutdown) to the proxy.
     refuse: mpsc::Sender<Result<P::Response, Status>>,
     cache: Arc<SnapshotCache>,
     callbacks: Arc<C>,
+    mut shutdown: Option<watch::Receiver<bool>>,
 ) {
     // Requests are read by their own task so that waiting for them stays cancel-safe.
     let (req_tx, mut req_rx) = mpsc::channel::<P::Request>(OUTBOX);
@@ -67,7 +69,6 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         reader.abort();
         return;
     }
-    drop(refuse);
     callbacks.on_stream_open(id, &node_id);
     let mut snapshots = cache.subscribe(&node_id);
     protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
@@ -78,6 +79,10 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
                 Some(req) => protocol.handle(req).await,
                 None => Err(Closed),
             },
+            () = shutting_down(&mut shutdown) => {
+                let _ = refuse.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                Err(Closed)
+            }
             changed = snapshots.changed() => match changed {
                 Ok(()) => {
                     let snapshot = snapshots.borrow_and_update().clone();
@@ -93,6 +98,18 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     }
     reader.abort();
     callbacks.on_stream_closed(id, &node_id);
+}
+
+/// Resolves once `shutdown` says so; never without a shutdown signal.
+async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            if rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn read_requests<T: Send + 'static>(mut requests: Streaming<T>, tx: mpsc::Sender<T>) {

@@ -345,3 +345,29 @@ async fn a_stream_without_node_id_is_refused() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("node.id"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_streams_with_unavailable() {
+    let cache = Arc::new(SnapshotCache::new());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let service = AdsServer::new(cache.clone(), Arc::new(Recorder::default()))
+        .with_shutdown(stop_rx)
+        .into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    cache.set("n", Snapshot::new([cluster("a", 1)]));
+    let mut p = Proxy::connect(&url).await;
+    p.request(Some("n"), CLUSTER, &[], None).await;
+    p.next().await;
+    stop.send(true).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), p.rx.message())
+        .await
+        .unwrap()
+        .expect_err("stream ended");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+}
