@@ -1,5 +1,5 @@
-//! Scale harness for the xDS server: N simulated proxies (SotW ADS clients, multiplexed over
-//! 100 HTTP/2 connections) connect, receive their config and ACK it. Measured for N = 1,000
+//! Scale harness for the xDS server: N simulated proxies (state-of-the-world and delta ADS
+//! clients, multiplexed over 100 HTTP/2 connections) connect, receive their config and ACK it. Measured for N = 1,000
 //! and 10,000 (override with `XDS_SCALE_N=...`):
 //! - convergence: time from changing every proxy's snapshot (one store change reaching every
 //!   proxy) to every proxy having received and ACKed it;
@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use kuma_xds::cache::{Snapshot, SnapshotCache};
 use kuma_xds::envoy::{any, eds_cluster};
 use kuma_xds::server::{AdsServer, NoCallbacks};
@@ -75,7 +75,91 @@ async fn wait_for(progress: &Progress, generation: usize, n: usize) {
     }
 }
 
-async fn run(n: usize) {
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    Sotw,
+    Delta,
+}
+
+/// One simulated proxy: subscribe to clusters, ACK every response, count them.
+async fn proxy(
+    mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    i: usize,
+    variant: Variant,
+    progress: Arc<Progress>,
+) {
+    let node = Some(Node {
+        id: format!("node-{i}"),
+        ..Default::default()
+    });
+    let count = |progress: &Progress, count: usize| {
+        if count < progress.received.len() {
+            progress.received[count].fetch_add(1, Ordering::SeqCst);
+            progress.done.notify_waiters();
+        }
+    };
+    match variant {
+        Variant::Sotw => {
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(DiscoveryRequest {
+                node,
+                type_url: CLUSTER.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+            let mut responses = client
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .expect("stream")
+                .into_inner();
+            let mut n = 0;
+            while let Ok(Some(r)) = responses.message().await {
+                let ack = DiscoveryRequest {
+                    type_url: r.type_url,
+                    version_info: r.version_info,
+                    response_nonce: r.nonce,
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+                n += 1;
+                count(&progress, n);
+            }
+        }
+        Variant::Delta => {
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(DeltaDiscoveryRequest {
+                node,
+                type_url: CLUSTER.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+            let mut responses = client
+                .delta_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .expect("stream")
+                .into_inner();
+            let mut n = 0;
+            while let Ok(Some(r)) = responses.message().await {
+                let ack = DeltaDiscoveryRequest {
+                    type_url: r.type_url,
+                    response_nonce: r.nonce,
+                    ..Default::default()
+                };
+                if tx.send(ack).await.is_err() {
+                    break;
+                }
+                n += 1;
+                count(&progress, n);
+            }
+        }
+    }
+}
+
+async fn run(n: usize, variant: Variant) {
     let cache = Arc::new(SnapshotCache::new());
     for i in 0..n {
         cache.set(&format!("node-{i}"), snapshot(1));
@@ -107,42 +191,8 @@ async fn run(n: usize) {
     let rss_before = rss_kib();
     let started = Instant::now();
     for i in 0..n {
-        let mut client = AggregatedDiscoveryServiceClient::new(channels[i % CONNECTIONS].clone());
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            let (tx, rx) = mpsc::channel(4);
-            let first = DiscoveryRequest {
-                node: Some(Node {
-                    id: format!("node-{i}"),
-                    ..Default::default()
-                }),
-                type_url: CLUSTER.to_string(),
-                ..Default::default()
-            };
-            tx.send(first).await.expect("send");
-            let mut responses = client
-                .stream_aggregated_resources(ReceiverStream::new(rx))
-                .await
-                .expect("stream")
-                .into_inner();
-            let mut count = 0;
-            while let Ok(Some(r)) = responses.message().await {
-                let ack = DiscoveryRequest {
-                    type_url: r.type_url.clone(),
-                    version_info: r.version_info.clone(),
-                    response_nonce: r.nonce.clone(),
-                    ..Default::default()
-                };
-                if tx.send(ack).await.is_err() {
-                    break;
-                }
-                count += 1;
-                if count < progress.received.len() {
-                    progress.received[count].fetch_add(1, Ordering::SeqCst);
-                    progress.done.notify_waiters();
-                }
-            }
-        });
+        let client = AggregatedDiscoveryServiceClient::new(channels[i % CONNECTIONS].clone());
+        tokio::spawn(proxy(client, i, variant, progress.clone()));
     }
     wait_for(&progress, 1, n).await;
     let connect_time = started.elapsed();
@@ -159,7 +209,7 @@ async fn run(n: usize) {
     let cpu = cpu_time().saturating_sub(cpu_before);
 
     println!(
-        "N={n:>6}  connect+initial config: {:>8.1} ms  convergence after a change: {:>8.1} ms  \
+        "{variant:?} N={n:>6}  connect+initial config: {:>8.1} ms  convergence after a change: {:>8.1} ms  \
          memory per idle stream: {:>6.1} KiB  CPU per pushed update: {:>6.1} µs",
         connect_time.as_secs_f64() * 1e3,
         converge.as_secs_f64() * 1e3,
@@ -179,7 +229,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    for n in sizes {
-        rt.block_on(run(n));
+    for variant in [Variant::Sotw, Variant::Delta] {
+        for &n in &sizes {
+            rt.block_on(run(n, variant));
+        }
     }
 }
