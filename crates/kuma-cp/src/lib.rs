@@ -213,15 +213,19 @@ impl ControlPlane {
 
     /// Ends every ADS stream with `UNAVAILABLE` (proxies reconnect and keep their config
     /// meanwhile), stops accepting connections, and waits for open ones to finish.
-    pub async fn shutdown(self) {
+    ///
+    /// Returns true when every connection finished on its own, false when some had to be cut
+    /// after the grace period.
+    pub async fn shutdown(self) -> bool {
         let _ = self.shutdown.send(true);
         let mut server = self.server;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+        let graceful = tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !graceful {
             server.abort();
         }
         self.reconciler.abort();
+        graceful
     }
 }

@@ -106,6 +106,10 @@ async fn main() -> ExitCode {
     }
     terminated().await;
     println!("shutting down");
-    cp.shutdown().await;
+    if cp.shutdown().await {
+        println!("stopped: every connection closed");
+    } else {
+        println!("stopped: connections still open after the grace period were cut");
+    }
     ExitCode::SUCCESS
 }
