@@ -188,7 +188,7 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     let echo = echo_server().await;
     let (b_in, w_in, w_out) = (free_port().await, free_port().await, free_port().await);
     let backend = format!(
-        "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {echo}\n    tags:\n      kuma.io/service: backend\n"
+        "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: {b_in}\n    servicePort: {echo}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: backend\n"
     );
     let web = format!(
         "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {w_in}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {w_out}\n    tags:\n      kuma.io/service: backend\n",
@@ -203,6 +203,15 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     .await;
     eventually("traffic flows web -> backend", || async {
         echoes(w_out).await
+    })
+    .await;
+    // The backend's address is not loopback's 127.0.0.1, so its Envoy also gets the
+    // `kuma:envoy:admin` listener on <address>:<admin port>, serving kuma-dp's readiness.
+    eventually("backend /ready through kuma:envoy:admin", || async {
+        kuma_testkit::http_get_at("127.0.0.2", b.admin_port, "/ready")
+            .await
+            .1
+            .ends_with("READY")
     })
     .await;
     let (_, stats) = http_get(w.admin_port, "/stats").await;
@@ -228,7 +237,7 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         !http_get(w.admin_port, "/clusters")
             .await
             .1
-            .contains(&format!("127.0.0.1:{b_in}::"))
+            .contains(&format!("127.0.0.2:{b_in}::"))
     })
     .await;
 

@@ -100,14 +100,21 @@ impl ControlPlane {
 
         let cache = Arc::new(SnapshotCache::new());
         let generator: Arc<dyn SnapshotGenerator> = Arc::new(DefaultGenerator);
-        let reconciler =
-            reconcile::Reconciler::new(manager.clone(), cache.clone(), generator, DEBOUNCE);
+        let registry = Arc::new(lifecycle::ProxyRegistry::default());
+        let reconciler = reconcile::Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            generator,
+            registry.clone(),
+            DEBOUNCE,
+        );
         let reconciler = tokio::spawn(reconciler.run());
 
         let lifecycle = lifecycle::Lifecycle::new(
             manager.clone(),
             config.xds_server.dataplane_deregistration_delay.get(),
             tokio::runtime::Handle::current(),
+            registry,
         );
         let (shutdown, _) = watch::channel(false);
         let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle))

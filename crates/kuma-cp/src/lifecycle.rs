@@ -14,11 +14,58 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use envoy_types::pb::google::protobuf::value::Kind;
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{ResourceKey, ResourceType, parse_json};
+use kuma_xds::generate::ProxyMetadata;
 use kuma_xds::server::Callbacks;
 use tokio::runtime::Handle;
 
 /// Node metadata key holding the Dataplane JSON.
 pub const DATAPLANE_RESOURCE: &str = "dataplane.resource";
+/// Node metadata key holding Envoy's admin port.
+pub const ADMIN_PORT: &str = "dataplane.admin.port";
+/// Node metadata key holding kuma-dp's readiness port.
+pub const READINESS_PORT: &str = "dataplane.readinessReporter.port";
+
+/// What connected proxies reported about themselves, by node id; read by config generation.
+#[derive(Default)]
+pub struct ProxyRegistry {
+    nodes: Mutex<HashMap<String, ProxyMetadata>>,
+}
+
+impl ProxyRegistry {
+    /// What `node_id` reported (default when it never connected).
+    pub fn get(&self, node_id: &str) -> ProxyMetadata {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn set(&self, node_id: &str, metadata: ProxyMetadata) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id.to_string(), metadata);
+    }
+
+    fn remove(&self, node_id: &str) {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node_id);
+    }
+}
+
+fn port_field(node: Option<&Node>, key: &str) -> Option<u32> {
+    let value = node?.metadata.as_ref()?.fields.get(key)?;
+    match &value.kind {
+        Some(Kind::StringValue(s)) => s.parse().ok(),
+        Some(Kind::NumberValue(n)) if *n >= 1.0 && *n <= 65535.0 => Some(*n as u32),
+        _ => None,
+    }
+    .filter(|p| (1..=65535).contains(p))
+}
 
 #[derive(Default)]
 struct Nodes {
@@ -36,16 +83,24 @@ pub struct Lifecycle {
     delay: Duration,
     runtime: Handle,
     nodes: Arc<Mutex<Nodes>>,
+    registry: Arc<ProxyRegistry>,
 }
 
 impl Lifecycle {
-    /// Deletes a disconnected proxy's Dataplane `delay` after its last stream ends.
-    pub fn new(manager: ResourceManager, delay: Duration, runtime: Handle) -> Self {
+    /// Deletes a disconnected proxy's Dataplane `delay` after its last stream ends; records
+    /// what proxies report about themselves in `registry`.
+    pub fn new(
+        manager: ResourceManager,
+        delay: Duration,
+        runtime: Handle,
+        registry: Arc<ProxyRegistry>,
+    ) -> Self {
         Lifecycle {
             manager,
             delay,
             runtime,
             nodes: Arc::new(Mutex::new(Nodes::default())),
+            registry,
         }
     }
 
@@ -88,6 +143,11 @@ impl Lifecycle {
         self.nodes()
             .keys
             .insert(node_id.to_string(), dataplane.key());
+        let metadata = ProxyMetadata {
+            admin_port: port_field(node, ADMIN_PORT),
+            readiness_port: port_field(node, READINESS_PORT),
+        };
+        self.registry.set(node_id, metadata);
         let manager = self.manager.clone();
         let node_id = node_id.to_string();
         self.runtime.spawn(async move {
@@ -135,6 +195,7 @@ impl Callbacks for Lifecycle {
         let node_id = node_id.to_string();
         let this_generation = generation;
         let nodes = self.nodes.clone();
+        let registry = self.registry.clone();
         // Re-checked after the delay: a reconnect bumps the generation.
         self.runtime.spawn(async move {
             tokio::time::sleep(delay).await;
@@ -145,6 +206,7 @@ impl Callbacks for Lifecycle {
                     .is_none_or(|(open, generation)| *open == 0 && *generation == this_generation)
             };
             if gone {
+                registry.remove(&node_id);
                 match manager.delete(&key, false).await {
                     Ok(()) => tracing::info!(
                         node_id,

@@ -16,6 +16,8 @@ use kuma_core::resource::{ResourceType, Scope};
 use kuma_core::store::ListQuery;
 use kuma_xds::cache::SnapshotCache;
 use kuma_xds::generate::{ProxyContext, SnapshotGenerator, node_id};
+
+use crate::lifecycle::ProxyRegistry;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Keeps the snapshot cache in step with the store.
@@ -23,6 +25,7 @@ pub struct Reconciler {
     manager: ResourceManager,
     cache: Arc<SnapshotCache>,
     generator: Arc<dyn SnapshotGenerator>,
+    registry: Arc<ProxyRegistry>,
     debounce: Duration,
     /// Node ids with a snapshot, per mesh (to drop those whose Dataplane is gone).
     nodes: BTreeMap<String, BTreeSet<String>>,
@@ -34,12 +37,14 @@ impl Reconciler {
         manager: ResourceManager,
         cache: Arc<SnapshotCache>,
         generator: Arc<dyn SnapshotGenerator>,
+        registry: Arc<ProxyRegistry>,
         debounce: Duration,
     ) -> Self {
         Reconciler {
             manager,
             cache,
             generator,
+            registry,
             debounce,
             nodes: BTreeMap::new(),
         }
@@ -76,6 +81,7 @@ impl Reconciler {
                 name: &r.meta.name,
                 dataplane: dp,
                 mesh_dataplanes: &dataplanes,
+                metadata: self.registry.get(&node_id(mesh, &r.meta.name)),
             };
             let node = node_id(mesh, &r.meta.name);
             self.cache.set(&node, self.generator.generate(&ctx));

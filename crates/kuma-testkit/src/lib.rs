@@ -50,7 +50,13 @@ where
 /// `GET path` over plain HTTP/1.1 on 127.0.0.1:`port`: (status, whole response). Status 0
 /// when nothing listens.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+    http_get_at("127.0.0.1", port, path).await
+}
+
+/// `GET path` over plain HTTP/1.1 on `ip:port`: (status, whole response). Status 0 when
+/// nothing listens.
+pub async fn http_get_at(ip: &str, port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect((ip, port)).await else {
         return (0, String::new());
     };
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");

@@ -132,3 +132,66 @@ pub fn tcp_proxy_listener(
         ..Default::default()
     }
 }
+
+/// A listener on `ip:port` serving HTTP, routing each path prefix to a cluster (prefix kept).
+pub fn http_route_listener(
+    name: &str,
+    ip: &str,
+    port: u32,
+    stat_prefix: &str,
+    routes: &[(&str, &str)],
+) -> Listener {
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter};
+
+    let routes = routes
+        .iter()
+        .map(|(prefix, cluster)| Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix((*prefix).to_string())),
+                ..Default::default()
+            }),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(RouteCluster::Cluster((*cluster).to_string())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    let hcm = HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            virtual_hosts: vec![VirtualHost {
+                name: name.to_string(),
+                domains: vec!["*".to_string()],
+                routes,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_string(),
+            config_type: Some(HttpConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(socket_address(ip, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

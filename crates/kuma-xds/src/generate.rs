@@ -3,7 +3,10 @@
 //! This first generator set gives each proxy TCP proxying with Kuma's resource names:
 //! - per inbound, listener `inbound:<ip>:<port>` to the local cluster `localhost:<servicePort>`;
 //! - per explicit outbound, listener `outbound:<ip>:<port>` to cluster `<service>`, whose
-//!   endpoints are every inbound in the mesh tagged with that `kuma.io/service`.
+//!   endpoints are every inbound in the mesh tagged with that `kuma.io/service`;
+//! - when the proxy's address is not where Envoy's admin binds (127.0.0.1), listener
+//!   `kuma:envoy:admin` on `<address>:<admin port>` exposing `/ready` from kuma-dp's readiness
+//!   reporter (cluster `kuma:readiness`), plus cluster `kuma:envoy:admin`, as Kuma does.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +15,22 @@ use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::resource::Resource;
 
 use crate::cache::Snapshot;
-use crate::envoy::{any, eds_cluster, load_assignment, static_cluster, tcp_proxy_listener};
+use crate::envoy::{
+    any, eds_cluster, http_route_listener, load_assignment, static_cluster, tcp_proxy_listener,
+};
 
 /// Envoy's node id for a Dataplane: `<mesh>.<name>`.
 pub fn node_id(mesh: &str, name: &str) -> String {
     format!("{mesh}.{name}")
+}
+
+/// What a proxy told the control plane about itself (node metadata from its bootstrap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyMetadata {
+    /// Envoy's admin port (bound on 127.0.0.1).
+    pub admin_port: Option<u32>,
+    /// kuma-dp's readiness port (on 127.0.0.1).
+    pub readiness_port: Option<u32>,
 }
 
 /// What a generator sees: one proxy and the Dataplanes of its mesh.
@@ -30,6 +44,8 @@ pub struct ProxyContext<'a> {
     pub dataplane: &'a DataplaneSpec,
     /// Every Dataplane of the mesh (the proxy's own included).
     pub mesh_dataplanes: &'a [Resource],
+    /// What the proxy reported about itself (default when not connected yet).
+    pub metadata: ProxyMetadata,
 }
 
 /// Turns a proxy's context into its xDS snapshot. Implement it to generate your own config.
@@ -123,6 +139,31 @@ impl SnapshotGenerator for DefaultGenerator {
             ));
             services.insert(service.to_string(), ());
         }
+        if let (Some(admin), Some(readiness)) =
+            (ctx.metadata.admin_port, ctx.metadata.readiness_port)
+            && !matches!(address, "127.0.0.1" | "0.0.0.0" | "")
+        {
+            let loopback = "127.0.0.1".to_string();
+            resources.push((
+                "kuma:envoy:admin".into(),
+                any(&static_cluster(
+                    "kuma:envoy:admin",
+                    &[(loopback.clone(), admin)],
+                )),
+            ));
+            resources.push((
+                "kuma:readiness".into(),
+                any(&static_cluster("kuma:readiness", &[(loopback, readiness)])),
+            ));
+            let listener = http_route_listener(
+                "kuma:envoy:admin",
+                address,
+                admin,
+                "kuma_envoy_admin",
+                &[("/ready", "kuma:readiness")],
+            );
+            resources.push(("kuma:envoy:admin".into(), any(&listener)));
+        }
         for service in services.keys() {
             resources.push((service.clone(), any(&eds_cluster(service))));
             let endpoints = service_endpoints(ctx.mesh_dataplanes, service);
@@ -163,11 +204,16 @@ mod tests {
             "  advertisedAddress: 192.168.1.3\n  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n",
         );
         let all = vec![web.clone(), b1, b2];
+        let metadata = ProxyMetadata {
+            admin_port: Some(9901),
+            readiness_port: Some(9902),
+        };
         let ctx = ProxyContext {
             mesh: "default",
             name: "web",
             dataplane: web.spec_as().unwrap(),
             mesh_dataplanes: &all,
+            metadata,
         };
         let snap = DefaultGenerator.generate(&ctx);
         let names = |t: &str| {
@@ -177,9 +223,42 @@ mod tests {
         };
         assert_eq!(
             names(LISTENER),
-            ["inbound:10.0.0.1:8080", "outbound:127.0.0.1:33033"]
+            [
+                "inbound:10.0.0.1:8080",
+                "kuma:envoy:admin",
+                "outbound:127.0.0.1:33033"
+            ]
         );
-        assert_eq!(names(CLUSTER), ["backend", "localhost:18080"]);
+        assert_eq!(
+            names(CLUSTER),
+            [
+                "backend",
+                "kuma:envoy:admin",
+                "kuma:readiness",
+                "localhost:18080"
+            ]
+        );
+        // On 127.0.0.1 the admin listener would clash with Envoy's own admin: none is generated.
+        let local = dp(
+            "local",
+            "127.0.0.1",
+            "  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n",
+        );
+        let ctx = ProxyContext {
+            mesh: "default",
+            name: "local",
+            dataplane: local.spec_as().unwrap(),
+            mesh_dataplanes: &all,
+            metadata,
+        };
+        let local_snap = DefaultGenerator.generate(&ctx);
+        assert!(
+            !local_snap
+                .get(LISTENER)
+                .unwrap()
+                .resources()
+                .contains_key("kuma:envoy:admin")
+        );
         assert_eq!(names(ENDPOINT), ["backend"]);
         assert_eq!(
             service_endpoints(&all, "backend"),
