@@ -119,13 +119,18 @@ pub fn tcp_proxy_listener(
         cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
         ..Default::default()
     };
+    single_filter_listener(name, ip, port, "envoy.filters.network.tcp_proxy", any(&tcp))
+}
+
+/// A listener on `ip:port` with one filter chain holding one network filter.
+fn single_filter_listener(name: &str, ip: &str, port: u32, filter: &str, config: Any) -> Listener {
     Listener {
         name: name.to_string(),
         address: Some(socket_address(ip, port)),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
-                name: "envoy.filters.network.tcp_proxy".to_string(),
-                config_type: Some(ConfigType::TypedConfig(any(&tcp))),
+                name: filter.to_string(),
+                config_type: Some(ConfigType::TypedConfig(config)),
             }],
             ..Default::default()
         }],
@@ -182,16 +187,11 @@ pub fn http_route_listener(
         }],
         ..Default::default()
     };
-    Listener {
-        name: name.to_string(),
-        address: Some(socket_address(ip, port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_string(),
-                config_type: Some(ConfigType::TypedConfig(any(&hcm))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    single_filter_listener(
+        name,
+        ip,
+        port,
+        "envoy.filters.network.http_connection_manager",
+        any(&hcm),
+    )
 }

@@ -108,6 +108,28 @@ impl<C: Callbacks> AdsServer<C> {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+impl<C: Callbacks> AdsServer<C> {
+    /// Runs a new stream with the protocol `make` builds from the stream id and its outbox.
+    fn open<P: Protocol>(
+        &self,
+        requests: Streaming<P::Request>,
+        make: impl FnOnce(u64, mpsc::Sender<Result<P::Response, Status>>) -> P,
+    ) -> Response<ResponseStream<P::Response>> {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let protocol = make(id, tx.clone());
+        let (cache, callbacks, shutdown) = (
+            self.cache.clone(),
+            self.callbacks.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(drive(
+            protocol, id, requests, tx, cache, callbacks, shutdown,
+        ));
+        Response::new(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
 #[tonic::async_trait]
 impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -117,46 +139,24 @@ impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(OUTBOX);
-        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let stream = SotwStream {
+        Ok(self.open(request.into_inner(), |id, tx| SotwStream {
             id,
             node_id: String::new(),
             callbacks: self.callbacks.clone(),
-            tx: tx.clone(),
+            tx,
             types: BTreeMap::new(),
             snapshot: None,
             nonce: 0,
-        };
-        tokio::spawn(drive(
-            stream,
-            id,
-            request.into_inner(),
-            tx,
-            self.cache.clone(),
-            self.callbacks.clone(),
-            self.shutdown.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(OUTBOX);
-        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let stream = crate::delta::DeltaStream::new(id, self.callbacks.clone(), tx.clone());
-        tokio::spawn(drive(
-            stream,
-            id,
-            request.into_inner(),
-            tx,
-            self.cache.clone(),
-            self.callbacks.clone(),
-            self.shutdown.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.open(request.into_inner(), |id, tx| {
+            crate::delta::DeltaStream::new(id, self.callbacks.clone(), tx)
+        }))
     }
 }
 
