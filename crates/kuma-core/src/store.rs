@@ -156,22 +156,30 @@ pub struct Page {
 }
 
 impl Page {
-    /// Cuts a page out of `matching` (already filtered and sorted by mesh, name).
-    pub fn slice(matching: Vec<Resource>, query: &ListQuery) -> Result<Page, StoreError> {
+    /// Cuts a page out of `matching` (already filtered and sorted by mesh, name): counts every
+    /// match, clones only the resources on the page.
+    pub fn collect<'a>(
+        matching: impl Iterator<Item = &'a Resource>,
+        query: &ListQuery,
+    ) -> Result<Page, StoreError> {
         let start = query.start()?;
-        let total = matching.len();
+        let end = query.size.map(|s| start.saturating_add(s.max(1)));
+        let mut total = 0usize;
+        let mut items = Vec::new();
+        for r in matching {
+            if total >= start && end.is_none_or(|end| total < end) {
+                items.push(r.clone());
+            }
+            total += 1;
+        }
         if start > total {
             return Err(StoreError::InvalidOffset(start.to_string()));
         }
-        let end = query
-            .size
-            .map_or(total, |s| start.saturating_add(s.max(1)).min(total));
-        let items = matching.into_iter().skip(start).take(end - start).collect();
-        let next_offset = (end < total).then(|| end.to_string());
+        let end = end.map_or(total, |e| e.min(total));
         Ok(Page {
             items,
             total,
-            next_offset,
+            next_offset: (end < total).then(|| end.to_string()),
         })
     }
 }

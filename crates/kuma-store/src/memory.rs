@@ -216,10 +216,9 @@ impl ResourceStore for MemoryStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let start = query.start()?;
         let st = self.read();
         let Some(all) = st.by_type.get(&query.rtype) else {
-            return Page::slice(Vec::new(), query);
+            return Page::collect(std::iter::empty(), query);
         };
         let in_scope: Box<dyn Iterator<Item = &Entry>> = match &query.mesh {
             Some(m) => Box::new(
@@ -229,25 +228,10 @@ impl ResourceStore for MemoryStore {
             ),
             None => Box::new(all.values()),
         };
-        // Count every match, clone only the requested page.
-        let end = query.size.map(|s| start.saturating_add(s.max(1)));
-        let mut total = 0usize;
-        let mut items = Vec::new();
-        for e in in_scope.filter(|e| query.matches(&e.resource)) {
-            if total >= start && end.is_none_or(|end| total < end) {
-                items.push(e.resource.clone());
-            }
-            total += 1;
-        }
-        if start > total {
-            return Err(StoreError::InvalidOffset(start.to_string()));
-        }
-        let end = end.map_or(total, |e| e.min(total));
-        Ok(Page {
-            items,
-            total,
-            next_offset: (end < total).then(|| end.to_string()),
-        })
+        Page::collect(
+            in_scope.map(|e| &e.resource).filter(|r| query.matches(r)),
+            query,
+        )
     }
 
     fn watch(&self) -> broadcast::Receiver<StoreEvent> {
