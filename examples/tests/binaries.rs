@@ -10,44 +10,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-async fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 256];
-                if let Ok(n) = s.read(&mut buf).await {
-                    let _ = s.write_all(&buf[..n]).await;
-                }
-            });
-        }
-    });
-    port
-}
-
-async fn echoes(port: u16) -> bool {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    else {
-        return false;
-    };
-    if s.write_all(b"hello").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 5];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"hello"
-}
 
 fn sigterm(child: &Child) {
     kill(
@@ -61,6 +25,11 @@ struct Dp {
     child: Child,
     admin_port: u16,
     readiness_port: u16,
+}
+
+/// Whether "hello" comes back through `port`.
+async fn echoes(port: u16) -> bool {
+    kuma_testkit::round_trip(port, b"hello").await.as_deref() == Some(b"hello".as_slice())
 }
 
 async fn kuma_dp(
@@ -185,7 +154,7 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TLS handshake"), "{stderr}");
 
-    let echo = echo_server().await;
+    let echo = kuma_testkit::echo_server("").await;
     let (b_in, w_in, w_out) = (free_port().await, free_port().await, free_port().await);
     let backend = format!(
         "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.2\n  inbound:\n  - port: {b_in}\n    servicePort: {echo}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: backend\n"

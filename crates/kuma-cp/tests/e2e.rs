@@ -12,45 +12,9 @@ use kuma_core::config::Config;
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_cp::ControlPlane;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 /// An echo service that prefixes replies with `id:`.
-async fn echo_server(id: &'static str) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 256];
-                if let Ok(n) = s.read(&mut buf).await {
-                    let mut reply = format!("{id}:").into_bytes();
-                    reply.extend_from_slice(&buf[..n]);
-                    let _ = s.write_all(&reply).await;
-                }
-            });
-        }
-    });
-    port
-}
-
-async fn http(port: u16, request: String) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 async fn post_bootstrap(cp_port: u16, ca: &str, body: &str) -> (u16, String) {
     let config = kuma_cp::tls::client_config(Some(ca)).unwrap();
     let mut s = kuma_cp::tls::connect("localhost", cp_port, config)
@@ -63,22 +27,20 @@ async fn post_bootstrap(cp_port: u16, ca: &str, body: &str) -> (u16, String) {
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await; // peers may close without close_notify
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let body = kuma_testkit::response_body(&out).to_string();
+    (kuma_testkit::response_status(&out), body)
 }
 
 struct Proxy {
     child: Child,
     admin_port: u16,
     dir: std::path::PathBuf,
+}
+
+/// Which backend answered "ping" through `port` (its echo prefix), if any.
+async fn call(port: u16) -> Option<String> {
+    let reply = String::from_utf8(kuma_testkit::round_trip(port, b"ping").await?).ok()?;
+    reply.strip_suffix(":ping").map(str::to_string)
 }
 
 async fn start_proxy(cp_port: u16, ca: &str, name: &str, dataplane_yaml: &str) -> Proxy {
@@ -138,26 +100,6 @@ fn dataplane(
     y
 }
 
-async fn call(port: u16) -> Option<String> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(1),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    s.write_all(b"ping").await.ok()?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out))
-        .await
-        .ok()?
-        .ok()?;
-    let reply = String::from_utf8(out).ok()?;
-    reply
-        .ends_with(":ping")
-        .then(|| reply.trim_end_matches(":ping").to_string())
-}
-
 /// Which backends answer within `tries` calls.
 async fn backends_seen(port: u16, tries: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
@@ -203,12 +145,7 @@ async fn envoy_data_path_through_generated_config() {
         "a foreign CA must not verify"
     );
     assert_eq!(
-        http(
-            cp_port,
-            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into()
-        )
-        .await
-        .0,
+        kuma_testkit::http_get(cp_port, "/").await.0,
         0,
         "no plaintext"
     );
@@ -227,7 +164,7 @@ async fn envoy_data_path_through_generated_config() {
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("networking.inbound[0].port"), "{body}");
 
-    let echo1 = echo_server("backend-1").await;
+    let echo1 = kuma_testkit::echo_server("backend-1:").await;
     let (b1_in, web_in, web_out) = (free_port().await, free_port().await, free_port().await);
     let b1 = start_proxy(
         cp_port,
@@ -267,7 +204,7 @@ async fn envoy_data_path_through_generated_config() {
         .expect("web registered on connect");
 
     // A second backend joins: traffic reaches it without restarting anything.
-    let echo2 = echo_server("backend-2").await;
+    let echo2 = kuma_testkit::echo_server("backend-2:").await;
     let b2_in = free_port().await;
     let mut b2 = start_proxy(
         cp_port,
@@ -289,14 +226,7 @@ async fn envoy_data_path_through_generated_config() {
     })
     .await;
     let web_admin = web.admin_port;
-    let clusters = || async move {
-        http(
-            web_admin,
-            "GET /clusters HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
-        )
-        .await
-        .1
-    };
+    let clusters = || async move { kuma_testkit::http_get(web_admin, "/clusters").await.1 };
     assert!(
         clusters()
             .await

@@ -65,12 +65,7 @@ pub async fn http_get_at(ip: &str, port: u16, path: &str) -> (u16, String) {
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
+    (response_status(&out), out)
 }
 
 /// The value of counter or gauge `name` in Envoy's `/stats` text.
@@ -87,4 +82,56 @@ pub fn stat(stats: &str, name: &str) -> Option<u64> {
 /// Envoy's `/stats` on its admin port.
 pub async fn envoy_stats(admin_port: u16) -> String {
     http_get(admin_port, "/stats").await.1
+}
+
+/// The status code of a raw HTTP/1.1 response (0 when there is none).
+pub fn response_status(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The body of a raw HTTP/1.1 response (empty when there is none).
+pub fn response_body(raw: &str) -> &str {
+    raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A TCP service on 127.0.0.1 that answers each connection's first read with `prefix` and the
+/// bytes read, then closes. Returns its port.
+pub async fn echo_server(prefix: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the echo service");
+    let port = l.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let mut reply = prefix.as_bytes().to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = s.write_all(&reply).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `payload` to 127.0.0.1:`port` and returns everything read until the peer closes;
+/// `None` when connecting, writing or reading fails or takes more than a second.
+pub async fn round_trip(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    let connect = TcpStream::connect(("127.0.0.1", port));
+    let mut s = tokio::time::timeout(Duration::from_secs(1), connect)
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(payload).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    Some(out)
 }

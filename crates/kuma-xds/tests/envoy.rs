@@ -31,8 +31,7 @@ use kuma_xds::cache::{Snapshot, SnapshotCache};
 use kuma_xds::server::{AdsServer, Callbacks};
 use kuma_xds::types::{CLUSTER, ENDPOINT, LISTENER};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Default)]
@@ -123,41 +122,9 @@ fn snapshot(listen_ip: &str, listen_port: u16, echo_port: u16) -> Snapshot {
     s
 }
 
-async fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-async fn echo_through(port: u16) -> bool {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_secs(1),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    else {
-        return false;
-    };
-    if s.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"ping"
+/// Whether "ping" comes back through `port`.
+async fn echoes(port: u16) -> bool {
+    kuma_testkit::round_trip(port, b"ping").await.as_deref() == Some(b"ping".as_slice())
 }
 
 async fn run_against_envoy(api_type: &str) {
@@ -172,8 +139,11 @@ async fn run_against_envoy(api_type: &str) {
             .serve_with_incoming(TcpListenerStream::new(xds)),
     );
 
-    let (echo_port, listen_port, admin_port) =
-        (echo_server().await, free_port().await, free_port().await);
+    let (echo_port, listen_port, admin_port) = (
+        kuma_testkit::echo_server("").await,
+        free_port().await,
+        free_port().await,
+    );
     cache.set("envoy-1", snapshot("127.0.0.1", listen_port, echo_port));
 
     let dir =
@@ -223,7 +193,7 @@ static_resources:
 
     let mut flowing = false;
     for _ in 0..100 {
-        if echo_through(listen_port).await {
+        if echoes(listen_port).await {
             flowing = true;
             break;
         }
@@ -285,7 +255,7 @@ static_resources:
         "{recorded:?}"
     );
     assert!(
-        echo_through(listen_port).await,
+        echoes(listen_port).await,
         "the last good config keeps serving"
     );
 
