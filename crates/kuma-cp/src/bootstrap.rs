@@ -12,7 +12,7 @@ use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_yaml};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::lifecycle::DATAPLANE_RESOURCE;
+use crate::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT};
 
 /// The body kuma-dp sends.
 #[derive(Debug, Default, Deserialize)]
@@ -219,19 +219,14 @@ fn envoy_bootstrap(
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
     let mut metadata = json!({
         DATAPLANE_RESOURCE: dp.to_json(),
-        "dataplane.admin.port": admin_port.to_string(),
+        ADMIN_PORT: admin_port.to_string(),
         "dataplane.admin.address": state.params.admin_address,
-        "dataplane.readinessReporter.port": readiness_port.to_string(),
+        READINESS_PORT: readiness_port.to_string(),
     });
     if !req.version.is_null()
         && let Some(m) = metadata.as_object_mut()
     {
         m.insert("version".into(), req.version.clone());
-    }
-    if !req.dataplane_token.is_empty()
-        && let Some(m) = metadata.as_object_mut()
-    {
-        m.insert("dataplane.token.present".into(), Value::Bool(true));
     }
     json!({
         "node": {
