@@ -76,14 +76,14 @@ impl Reconciler {
             let Some(dp) = r.spec_as::<DataplaneSpec>() else {
                 continue;
             };
+            let node = node_id(mesh, &r.meta.name);
             let ctx = ProxyContext {
                 mesh,
                 name: &r.meta.name,
                 dataplane: dp,
                 mesh_dataplanes: &dataplanes,
-                metadata: self.registry.get(&node_id(mesh, &r.meta.name)),
+                metadata: self.registry.get(&node),
             };
-            let node = node_id(mesh, &r.meta.name);
             self.cache.set(&node, self.generator.generate(&ctx));
             current.insert(node);
         }
