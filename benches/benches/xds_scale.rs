@@ -1,15 +1,24 @@
-//! Scale harness for the xDS server: N simulated proxies (state-of-the-world and delta ADS
-//! clients, multiplexed over 100 HTTP/2 connections) connect, receive their config and ACK it. Measured for N = 1,000
-//! and 10,000 (override with `XDS_SCALE_N=...`):
-//! - convergence: time from changing every proxy's snapshot (one store change reaching every
-//!   proxy) to every proxy having received and ACKed it;
-//! - memory: resident-set growth per connected idle stream;
-//! - CPU: process CPU time per pushed update.
+//! Scale harness for config distribution: N simulated proxies (state-of-the-world and delta
+//! ADS clients) connect to the control plane's xDS server, receive their config and ACK it.
+//! Measured for N = 1,000 and 10,000 (override with `XDS_SCALE_N=...`).
 //!
-//! Clients run in the same process, so memory and CPU include the client side: upper bounds.
+//! The control-plane side is the real pipeline: a memory store holding N Dataplanes (each with
+//! one inbound and an outbound to `backend`) plus two `backend` Dataplanes, the reconciler that
+//! turns store changes into snapshots, and the ADS server. The simulated proxies run in a
+//! child process (this same binary, re-executed), so every figure below is the control plane's
+//! alone:
+//! - initial: time from the first connection to every proxy having ACKed its whole config;
+//! - convergence: time from one store change (a third `backend` Dataplane is created) to every
+//!   proxy having ACKed the new endpoints. It includes the reconciler's debounce
+//!   ([`kuma_cp::DEBOUNCE`]) and the regeneration of every snapshot of the mesh;
+//! - memory: the control plane's resident-set growth per connected idle stream, and per
+//!   generated snapshot;
+//! - CPU: the control plane's CPU time (user + system) for that change, per proxy.
 //!
 //! Run: `cargo bench -p kuma-benches --bench xds_scale`
 
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,22 +26,25 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::envoy::{any, eds_cluster};
-use kuma_xds::server::{AdsServer, NoCallbacks};
-use kuma_xds::types::CLUSTER;
+use kuma_core::manager::{ManagerOptions, ResourceManager};
+use kuma_core::resource::parse_yaml;
+use kuma_cp::lifecycle::ProxyRegistry;
+use kuma_cp::reconcile::Reconciler;
+use kuma_store::MemoryStore;
+use kuma_xds::cache::SnapshotCache;
+use kuma_xds::generate::{DefaultGenerator, node_id};
+use kuma_xds::server::{AdsServer, Callbacks};
+use kuma_xds::types::{CLUSTER, ENDPOINT, LISTENER};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 
+/// HTTP/2 connections the simulated proxies share (Envoys each have their own; the server's
+/// per-stream cost is what is measured, and 10,000 sockets would only measure the kernel).
 const CONNECTIONS: usize = 100;
-const CLUSTERS: usize = 20;
-
-fn snapshot(generation: usize) -> Snapshot {
-    Snapshot::new((0..CLUSTERS).map(|i| {
-        let name = format!("service-{i}-g{}", if i == 0 { generation } else { 0 });
-        (name.clone(), any(&eds_cluster(&name)))
-    }))
-}
+const CLIENTS_ENV: &str = "XDS_SCALE_CLIENTS";
+/// Each measured run is its own process, so one run's freed memory does not hide the next
+/// one's growth.
+const RUN_ENV: &str = "XDS_SCALE_RUN";
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -59,90 +71,272 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
-struct Progress {
-    /// Clients that received (and ACKed) at least `generation` responses.
-    received: Vec<AtomicUsize>,
-    done: Notify,
+/// ACKs the server received, per type.
+#[derive(Default)]
+struct AckCounter {
+    endpoints: AtomicUsize,
+    listeners: AtomicUsize,
+    changed: Notify,
 }
 
-async fn wait_for(progress: &Progress, generation: usize, n: usize) {
-    loop {
-        let notified = progress.done.notified();
-        if progress.received[generation].load(Ordering::SeqCst) >= n {
-            return;
-        }
-        notified.await;
+impl Callbacks for AckCounter {
+    fn on_ack(&self, _: u64, _: &str, type_url: &str, _: &str) {
+        let counter = match type_url {
+            ENDPOINT => &self.endpoints,
+            LISTENER => &self.listeners,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+impl AckCounter {
+    async fn wait(&self, done: impl Fn(&AckCounter) -> bool) {
+        loop {
+            let notified = self.changed.notified();
+            if done(self) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
     Sotw,
     Delta,
 }
 
-/// One simulated proxy: subscribe to clusters, ACK every response, count them.
+fn dataplane(name: &str, ip: &str, service: &str, outbound: bool) -> kuma_core::resource::Resource {
+    let outbound = if outbound {
+        "  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n"
+    } else {
+        ""
+    };
+    parse_yaml(&format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  \
+         - port: 8080\n    servicePort: 18080\n    tags: {{kuma.io/service: {service}}}\n{outbound}"
+    ))
+    .expect("dataplane")
+}
+
+fn ip(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}
+
+async fn run(n: usize, variant: Variant) {
+    let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+    manager.ensure_default_mesh().await.expect("mesh");
+    for i in 0..n {
+        let dp = dataplane(&format!("dp-{i}"), &ip(i + 10), &format!("svc-{i}"), true);
+        manager.create(dp).await.expect("create");
+    }
+    for b in 0..2 {
+        let dp = dataplane(&format!("backend-{b}"), &ip(b + 1), "backend", false);
+        manager.create(dp).await.expect("create");
+    }
+
+    let rss_start = rss_kib();
+    let cache = Arc::new(SnapshotCache::new());
+    let reconciler = Reconciler::new(
+        manager.clone(),
+        cache.clone(),
+        Arc::new(DefaultGenerator),
+        Arc::new(ProxyRegistry::default()),
+        kuma_cp::DEBOUNCE,
+    );
+    let reconciler = tokio::spawn(reconciler.run());
+    while cache.node_ids().len() < n + 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rss_snapshots = rss_kib();
+
+    let acks = Arc::new(AckCounter::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = AdsServer::new(cache.clone(), acks.clone()).into_service();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let started = Instant::now();
+    let mut clients = spawn_clients(addr, n, variant);
+    acks.wait(|a| {
+        a.endpoints.load(Ordering::SeqCst) >= n && a.listeners.load(Ordering::SeqCst) >= n
+    })
+    .await;
+    let initial = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = rss_kib();
+
+    let before = acks.endpoints.load(Ordering::SeqCst);
+    let cpu_before = cpu_time();
+    let changed = Instant::now();
+    let dp = dataplane("backend-2", &ip(3), "backend", false);
+    manager.create(dp).await.expect("create");
+    acks.wait(|a| a.endpoints.load(Ordering::SeqCst) >= before + n)
+        .await;
+    let converge = changed.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+
+    println!(
+        "{variant:?} N={n:>6}  initial config: {:>8.1} ms  convergence after a change: {:>7.1} ms  \
+         memory per idle stream: {:>5.1} KiB  per snapshot: {:>5.1} KiB  CPU per proxy per change: {:>5.1} µs",
+        initial.as_secs_f64() * 1e3,
+        converge.as_secs_f64() * 1e3,
+        rss_connected.saturating_sub(rss_snapshots) as f64 / n as f64,
+        rss_snapshots.saturating_sub(rss_start) as f64 / (n + 2) as f64,
+        cpu.as_secs_f64() * 1e6 / n as f64,
+    );
+    let _ = clients.kill();
+    let _ = clients.wait();
+    server.abort();
+    reconciler.abort();
+}
+
+fn spawn_clients(addr: std::net::SocketAddr, n: usize, variant: Variant) -> Child {
+    let exe = std::env::current_exe().expect("own executable");
+    let mut child = Command::new(exe)
+        .env(CLIENTS_ENV, format!("{addr} {n} {variant:?}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("client process");
+    // The child says when its connections are open, so connection setup is not timed.
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("client process ready");
+    assert_eq!(line.trim(), "connected", "client process failed");
+    child
+}
+
+// ---- the client process ----
+
+fn client_main(spec: &str) {
+    let mut parts = spec.split_whitespace();
+    let (Some(addr), Some(n), Some(variant)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("{CLIENTS_ENV} must be `ADDR N VARIANT`");
+    };
+    let n: usize = n.parse().expect("N");
+    let variant = if variant == "Delta" {
+        Variant::Delta
+    } else {
+        Variant::Sotw
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut channels = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+            channels.push(ch);
+        }
+        println!("connected");
+        std::io::stdout().flush().expect("stdout");
+        for i in 0..n {
+            let client = AggregatedDiscoveryServiceClient::new(channels[i % CONNECTIONS].clone());
+            tokio::spawn(proxy(
+                client,
+                node_id("default", &format!("dp-{i}")),
+                variant,
+            ));
+        }
+        // Run until the parent closes stdin (or kills us).
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
+        })
+        .await
+        .ok();
+    });
+}
+
+/// One simulated proxy: subscribe to clusters, listeners and the `backend` endpoints, ACK
+/// every response.
 async fn proxy(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
-    i: usize,
+    node: String,
     variant: Variant,
-    progress: Arc<Progress>,
 ) {
     let node = Some(Node {
-        id: format!("node-{i}"),
+        id: node,
         ..Default::default()
     });
-    let count = |progress: &Progress, count: usize| {
-        if count < progress.received.len() {
-            progress.received[count].fetch_add(1, Ordering::SeqCst);
-            progress.done.notify_waiters();
-        }
-    };
+    let subscriptions = [
+        (CLUSTER, vec![]),
+        (LISTENER, vec![]),
+        (ENDPOINT, vec!["backend".to_string()]),
+    ];
     match variant {
         Variant::Sotw => {
-            let (tx, rx) = mpsc::channel(4);
-            tx.send(DiscoveryRequest {
-                node,
-                type_url: CLUSTER.to_string(),
-                ..Default::default()
-            })
-            .await
-            .expect("send");
-            let mut responses = client
+            let (tx, rx) = mpsc::channel(8);
+            for (i, (type_url, names)) in subscriptions.into_iter().enumerate() {
+                let request = DiscoveryRequest {
+                    node: if i == 0 { node.clone() } else { None },
+                    type_url: type_url.to_string(),
+                    resource_names: names,
+                    ..Default::default()
+                };
+                tx.send(request).await.expect("send");
+            }
+            let Ok(responses) = client
                 .stream_aggregated_resources(ReceiverStream::new(rx))
                 .await
-                .expect("stream")
-                .into_inner();
-            let mut n = 0;
+            else {
+                return;
+            };
+            let mut responses = responses.into_inner();
             while let Ok(Some(r)) = responses.message().await {
+                // An ACK repeats the subscription; only endpoints are subscribed by name.
+                let resource_names = if r.type_url == ENDPOINT {
+                    vec!["backend".to_string()]
+                } else {
+                    vec![]
+                };
                 let ack = DiscoveryRequest {
                     type_url: r.type_url,
                     version_info: r.version_info,
                     response_nonce: r.nonce,
+                    resource_names,
                     ..Default::default()
                 };
                 if tx.send(ack).await.is_err() {
                     break;
                 }
-                n += 1;
-                count(&progress, n);
             }
         }
         Variant::Delta => {
-            let (tx, rx) = mpsc::channel(4);
-            tx.send(DeltaDiscoveryRequest {
-                node,
-                type_url: CLUSTER.to_string(),
-                ..Default::default()
-            })
-            .await
-            .expect("send");
-            let mut responses = client
+            let (tx, rx) = mpsc::channel(8);
+            for (i, (type_url, names)) in subscriptions.into_iter().enumerate() {
+                let request = DeltaDiscoveryRequest {
+                    node: if i == 0 { node.clone() } else { None },
+                    type_url: type_url.to_string(),
+                    resource_names_subscribe: names,
+                    ..Default::default()
+                };
+                tx.send(request).await.expect("send");
+            }
+            let Ok(responses) = client
                 .delta_aggregated_resources(ReceiverStream::new(rx))
                 .await
-                .expect("stream")
-                .into_inner();
-            let mut n = 0;
+            else {
+                return;
+            };
+            let mut responses = responses.into_inner();
             while let Ok(Some(r)) = responses.message().await {
                 let ack = DeltaDiscoveryRequest {
                     type_url: r.type_url,
@@ -152,86 +346,42 @@ async fn proxy(
                 if tx.send(ack).await.is_err() {
                     break;
                 }
-                n += 1;
-                count(&progress, n);
             }
         }
     }
 }
 
-async fn run(n: usize, variant: Variant) {
-    let cache = Arc::new(SnapshotCache::new());
-    for i in 0..n {
-        cache.set(&format!("node-{i}"), snapshot(1));
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let service = AdsServer::new(cache.clone(), Arc::new(NoCallbacks)).into_service();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-
-    let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        channels.push(ch);
-    }
-    let progress = Arc::new(Progress {
-        received: (0..4).map(|_| AtomicUsize::new(0)).collect(),
-        done: Notify::new(),
-    });
-    let rss_before = rss_kib();
-    let started = Instant::now();
-    for i in 0..n {
-        let client = AggregatedDiscoveryServiceClient::new(channels[i % CONNECTIONS].clone());
-        tokio::spawn(proxy(client, i, variant, progress.clone()));
-    }
-    wait_for(&progress, 1, n).await;
-    let connect_time = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_connected = rss_kib();
-
-    let cpu_before = cpu_time();
-    let changed = Instant::now();
-    for i in 0..n {
-        cache.set(&format!("node-{i}"), snapshot(2));
-    }
-    wait_for(&progress, 2, n).await;
-    let converge = changed.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
-
-    println!(
-        "{variant:?} N={n:>6}  connect+initial config: {:>8.1} ms  convergence after a change: {:>8.1} ms  \
-         memory per idle stream: {:>6.1} KiB  CPU per pushed update: {:>6.1} µs",
-        connect_time.as_secs_f64() * 1e3,
-        converge.as_secs_f64() * 1e3,
-        (rss_connected.saturating_sub(rss_before)) as f64 / n as f64,
-        cpu.as_secs_f64() * 1e6 / n as f64,
-    );
-}
-
 fn main() {
+    if let Ok(spec) = std::env::var(CLIENTS_ENV) {
+        return client_main(&spec);
+    }
+    if let Ok(spec) = std::env::var(RUN_ENV) {
+        let (n, variant) = spec.split_once(' ').expect("N VARIANT");
+        let variant = if variant == "Delta" {
+            Variant::Delta
+        } else {
+            Variant::Sotw
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        return rt.block_on(run(n.parse().expect("N"), variant));
+    }
     // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
     let sizes: Vec<usize> = match std::env::var("XDS_SCALE_N") {
         Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
         Err(_) => vec![1_000, 10_000],
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let exe = std::env::current_exe().expect("own executable");
     for variant in [Variant::Sotw, Variant::Delta] {
         for &n in &sizes {
-            rt.block_on(run(n, variant));
+            let status = Command::new(&exe)
+                .env(RUN_ENV, format!("{n} {variant:?}"))
+                .status()
+                .expect("run");
+            assert!(status.success(), "{variant:?} N={n} failed");
         }
     }
 }

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 /// How long proxies' streams get to close before shutdown cuts them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long store changes are collected before proxies' configs are regenerated.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// Why the control plane did not start.
 #[derive(Debug, thiserror::Error)]

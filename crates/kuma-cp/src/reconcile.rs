@@ -15,7 +15,7 @@ use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::resource::{ResourceType, Scope};
 use kuma_core::store::ListQuery;
 use kuma_xds::cache::SnapshotCache;
-use kuma_xds::generate::{ProxyContext, SnapshotGenerator, node_id};
+use kuma_xds::generate::{MeshContext, ProxyContext, SnapshotGenerator, node_id};
 
 use crate::lifecycle::ProxyRegistry;
 use tokio::sync::broadcast::error::RecvError;
@@ -72,16 +72,16 @@ impl Reconciler {
             }
         };
         let mut current = BTreeSet::new();
+        let mesh_context = MeshContext::new(mesh, &dataplanes);
         for r in &dataplanes {
             let Some(dp) = r.spec_as::<DataplaneSpec>() else {
                 continue;
             };
             let node = node_id(mesh, &r.meta.name);
             let ctx = ProxyContext {
-                mesh,
+                mesh: &mesh_context,
                 name: &r.meta.name,
                 dataplane: dp,
-                mesh_dataplanes: &dataplanes,
                 metadata: self.registry.get(&node),
             };
             self.cache.set(&node, self.generator.generate(&ctx));

@@ -1,18 +1,114 @@
 //! Snapshots of xDS resources per node, with content-derived versions.
+//!
+//! Resources are held encoded ([`EncodedResource`]): a resource is serialised once, and every
+//! snapshot and every stream that carries it shares those bytes. Build a resource that is the
+//! same for many proxies once and clone it into each snapshot.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
 use tokio::sync::watch;
 
 use crate::types::{CLUSTER, ENDPOINT};
+
+/// One xDS resource serialised once as a `google.protobuf.Any`. Clones share the bytes (one
+/// reference count), so a resource identical across proxies costs its size once, however many
+/// snapshots and streams hold it.
+#[derive(Clone)]
+pub struct EncodedResource(Arc<Encoded>);
+
+struct Encoded {
+    type_url: String,
+    /// The encoded `google.protobuf.Any` (type URL and value).
+    any: Vec<u8>,
+    /// FNV-1a of `any`: cheap inequality and the basis of versions.
+    hash: u64,
+}
+
+impl EncodedResource {
+    /// Encodes `any`.
+    pub fn new(any: &Any) -> Self {
+        let bytes = any.encode_to_vec();
+        EncodedResource(Arc::new(Encoded {
+            type_url: any.type_url.clone(),
+            hash: fnv1a(EMPTY_VERSION_SEED, &bytes),
+            any: bytes,
+        }))
+    }
+
+    /// Encodes an Envoy message under its own type URL.
+    pub fn from_message<M: Message + Name>(message: &M) -> Self {
+        Self::new(&Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec(),
+        })
+    }
+
+    /// The resource's type URL.
+    pub fn type_url(&self) -> &str {
+        &self.0.type_url
+    }
+
+    /// The encoded `google.protobuf.Any`, as it goes on the wire.
+    pub fn encoded_any(&self) -> &[u8] {
+        &self.0.any
+    }
+
+    /// The resource decoded back into an `Any`.
+    pub fn to_any(&self) -> Any {
+        // The bytes were produced by encoding an `Any`, so decoding cannot fail; an empty Any
+        // is returned should it ever.
+        Any::decode(self.0.any.as_slice()).unwrap_or_default()
+    }
+
+    /// Whether `self` and `other` share one allocation (not merely equal content).
+    pub fn shares_bytes_with(&self, other: &EncodedResource) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    fn hash(&self) -> u64 {
+        self.0.hash
+    }
+}
+
+impl PartialEq for EncodedResource {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || (self.0.hash == other.0.hash && self.0.any == other.0.any)
+    }
+}
+
+impl Eq for EncodedResource {}
+
+impl fmt::Debug for EncodedResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedResource")
+            .field("type_url", &self.0.type_url)
+            .field("bytes", &self.0.any.len())
+            .field("hash", &format_args!("{:016x}", self.0.hash))
+            .finish()
+    }
+}
+
+impl From<Any> for EncodedResource {
+    fn from(any: Any) -> Self {
+        EncodedResource::new(&any)
+    }
+}
+
+impl From<&Any> for EncodedResource {
+    fn from(any: &Any) -> Self {
+        EncodedResource::new(any)
+    }
+}
 
 /// The resources of one type in a snapshot, by name, and their version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypeResources {
     version: String,
-    resources: BTreeMap<String, Any>,
+    resources: BTreeMap<String, EncodedResource>,
     resource_versions: BTreeMap<String, String>,
 }
 
@@ -23,7 +119,7 @@ impl TypeResources {
     }
 
     /// The resources by name.
-    pub fn resources(&self) -> &BTreeMap<String, Any> {
+    pub fn resources(&self) -> &BTreeMap<String, EncodedResource> {
         &self.resources
     }
 
@@ -54,14 +150,12 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn version_of(resources: &BTreeMap<String, Any>, extra: &str) -> String {
+fn version_of(resources: &BTreeMap<String, EncodedResource>, extra: &str) -> String {
     let mut h = EMPTY_VERSION_SEED;
-    for (name, any) in resources {
+    for (name, resource) in resources {
         h = fnv1a(h, name.as_bytes());
         h = fnv1a(h, &[0]);
-        h = fnv1a(h, any.type_url.as_bytes());
-        h = fnv1a(h, &(any.value.len() as u64).to_le_bytes());
-        h = fnv1a(h, &any.value);
+        h = fnv1a(h, &resource.hash().to_le_bytes());
     }
     h = fnv1a(h, extra.as_bytes());
     format!("{h:016x}")
@@ -70,13 +164,14 @@ fn version_of(resources: &BTreeMap<String, Any>, extra: &str) -> String {
 impl Snapshot {
     /// A snapshot of `(name, resource)` pairs; each resource's type URL groups it. A later
     /// resource with the same type and name replaces an earlier one.
-    pub fn new(resources: impl IntoIterator<Item = (String, Any)>) -> Self {
-        let mut grouped: BTreeMap<String, BTreeMap<String, Any>> = BTreeMap::new();
-        for (name, any) in resources {
+    pub fn new<R: Into<EncodedResource>>(resources: impl IntoIterator<Item = (String, R)>) -> Self {
+        let mut grouped: BTreeMap<String, BTreeMap<String, EncodedResource>> = BTreeMap::new();
+        for (name, resource) in resources {
+            let resource = resource.into();
             grouped
-                .entry(any.type_url.clone())
+                .entry(resource.type_url().to_string())
                 .or_default()
-                .insert(name, any);
+                .insert(name, resource);
         }
         let cluster_version = grouped
             .get(CLUSTER)
@@ -93,8 +188,8 @@ impl Snapshot {
                 let version = version_of(&resources, extra);
                 let resource_versions = resources
                     .iter()
-                    .map(|(name, any)| {
-                        let h = fnv1a(fnv1a(EMPTY_VERSION_SEED, &any.value), extra.as_bytes());
+                    .map(|(name, resource)| {
+                        let h = fnv1a(resource.hash(), extra.as_bytes());
                         (name.clone(), format!("{h:016x}"))
                     })
                     .collect();
@@ -242,6 +337,26 @@ mod tests {
         let a = Snapshot::new([("c1".to_string(), any(CLUSTER, b"x")), e.clone()]);
         let b = Snapshot::new([("c1".to_string(), any(CLUSTER, b"changed")), e]);
         assert_ne!(a.version(ENDPOINT), b.version(ENDPOINT));
+    }
+
+    #[test]
+    fn resources_round_trip_and_share_bytes() {
+        let original = any(CLUSTER, b"payload");
+        let shared = EncodedResource::from(&original);
+        assert_eq!(shared.to_any(), original);
+        assert_eq!(shared.type_url(), CLUSTER);
+        let a = Snapshot::new([("c".to_string(), shared.clone())]);
+        let b = Snapshot::new([("c".to_string(), shared.clone())]);
+        let in_a = &a.get(CLUSTER).unwrap().resources()["c"];
+        let in_b = &b.get(CLUSTER).unwrap().resources()["c"];
+        assert!(
+            in_a.shares_bytes_with(in_b),
+            "one allocation for both snapshots"
+        );
+        let copy = EncodedResource::from(&original);
+        assert!(!copy.shares_bytes_with(&shared));
+        assert_eq!(copy, shared, "equal content compares equal");
+        assert_ne!(EncodedResource::from(any(CLUSTER, b"other")), shared);
     }
 
     #[test]

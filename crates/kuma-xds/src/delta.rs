@@ -9,9 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -19,6 +17,7 @@ use crate::cache::Snapshot;
 use crate::server::{Callbacks, wildcard_capable};
 use crate::stream::{Closed, Protocol};
 use crate::types::push_rank;
+use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 #[derive(Debug, Default)]
@@ -36,7 +35,7 @@ pub(crate) struct DeltaStream<C: Callbacks> {
     id: u64,
     node_id: String,
     callbacks: Arc<C>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
     types: BTreeMap<String, DeltaTypeState>,
     snapshot: Option<Arc<Snapshot>>,
     nonce: u64,
@@ -46,7 +45,7 @@ impl<C: Callbacks> DeltaStream<C> {
     pub(crate) fn new(
         id: u64,
         callbacks: Arc<C>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Result<DeltaResponse, Status>>,
     ) -> Self {
         DeltaStream {
             id,
@@ -147,11 +146,10 @@ impl<C: Callbacks> DeltaStream<C> {
                 seen.insert(name.clone());
                 let version = t.resource_version(name).unwrap_or_default().to_string();
                 if state.known.get(name) != Some(&version) {
-                    resources.push(Resource {
+                    resources.push(DeltaResource {
                         name: name.clone(),
                         version: version.clone(),
-                        resource: Some(any.clone()),
-                        ..Default::default()
+                        resource: any.clone(),
                     });
                 }
             }
@@ -184,13 +182,12 @@ impl<C: Callbacks> DeltaStream<C> {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         state.nonce = Some(nonce.clone());
-        let response = DeltaDiscoveryResponse {
+        let response = DeltaResponse {
             system_version_info: snapshot.version(type_url),
             resources,
             type_url: type_url.to_string(),
             removed_resources: removed,
             nonce,
-            ..Default::default()
         };
         self.callbacks
             .on_delta_response(self.id, &self.node_id, &response);
@@ -200,7 +197,7 @@ impl<C: Callbacks> DeltaStream<C> {
 
 impl<C: Callbacks> Protocol for DeltaStream<C> {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()

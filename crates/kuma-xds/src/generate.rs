@@ -14,9 +14,9 @@ use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::resource::Resource;
 
-use crate::cache::Snapshot;
+use crate::cache::{EncodedResource, Snapshot};
 use crate::envoy::{
-    any, eds_cluster, http_route_listener, load_assignment, static_cluster, tcp_proxy_listener,
+    eds_cluster, http_route_listener, load_assignment, static_cluster, tcp_proxy_listener,
 };
 
 /// Envoy's node id for a Dataplane: `<mesh>.<name>`.
@@ -33,17 +33,101 @@ pub struct ProxyMetadata {
     pub readiness_port: Option<u32>,
 }
 
-/// What a generator sees: one proxy and the Dataplanes of its mesh.
+/// What every proxy of a mesh shares, computed once per regeneration of the mesh: the
+/// endpoints of each service, and each service's outbound cluster and endpoints encoded once
+/// (every proxy's snapshot holds the same bytes).
+#[derive(Debug)]
+pub struct MeshContext<'a> {
+    /// The mesh.
+    pub mesh: &'a str,
+    /// Every Dataplane of the mesh.
+    pub dataplanes: &'a [Resource],
+    services: BTreeMap<String, ServiceResources>,
+}
+
+#[derive(Debug)]
+struct ServiceResources {
+    endpoints: Vec<(String, u32)>,
+    cluster: EncodedResource,
+    load_assignment: EncodedResource,
+}
+
+impl ServiceResources {
+    fn new(service: &str, endpoints: Vec<(String, u32)>) -> Self {
+        ServiceResources {
+            cluster: EncodedResource::from_message(&eds_cluster(service)),
+            load_assignment: EncodedResource::from_message(&load_assignment(service, &endpoints)),
+            endpoints,
+        }
+    }
+}
+
+impl<'a> MeshContext<'a> {
+    /// Indexes `dataplanes` (the whole mesh) by service, in one pass.
+    pub fn new(mesh: &'a str, dataplanes: &'a [Resource]) -> Self {
+        let mut endpoints: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
+        for dp in dataplanes
+            .iter()
+            .filter_map(|r| r.spec_as::<DataplaneSpec>())
+        {
+            for inbound in dp.inbounds() {
+                let (Some(service), Some(ip)) = (
+                    inbound.tags.get(SERVICE_TAG),
+                    reachable_ip(dp, inbound.address.as_deref()),
+                ) else {
+                    continue;
+                };
+                endpoints
+                    .entry(service)
+                    .or_default()
+                    .push((ip.to_string(), inbound.port));
+            }
+        }
+        let services = endpoints
+            .into_iter()
+            .map(|(service, mut list)| {
+                list.sort();
+                list.dedup();
+                (service.to_string(), ServiceResources::new(service, list))
+            })
+            .collect();
+        MeshContext {
+            mesh,
+            dataplanes,
+            services,
+        }
+    }
+
+    /// Endpoints of `service`: `(ip, inbound port)` of every inbound tagged with it, sorted.
+    pub fn endpoints(&self, service: &str) -> &[(String, u32)] {
+        self.services
+            .get(service)
+            .map(|s| s.endpoints.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The outbound cluster and endpoints of `service`: shared when the service has endpoints,
+    /// built on the spot (empty) when it has none.
+    fn outbound_resources(&self, service: &str) -> (EncodedResource, EncodedResource) {
+        match self.services.get(service) {
+            Some(s) => (s.cluster.clone(), s.load_assignment.clone()),
+            None => {
+                let s = ServiceResources::new(service, Vec::new());
+                (s.cluster, s.load_assignment)
+            }
+        }
+    }
+}
+
+/// What a generator sees: one proxy and its mesh.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxyContext<'a> {
-    /// The proxy's mesh.
-    pub mesh: &'a str,
+    /// The proxy's mesh and what its proxies share.
+    pub mesh: &'a MeshContext<'a>,
     /// The proxy's Dataplane name.
     pub name: &'a str,
     /// The proxy's Dataplane.
     pub dataplane: &'a DataplaneSpec,
-    /// Every Dataplane of the mesh (the proxy's own included).
-    pub mesh_dataplanes: &'a [Resource],
     /// What the proxy reported about itself (default when not connected yet).
     pub metadata: ProxyMetadata,
 }
@@ -67,25 +151,6 @@ fn reachable_ip<'a>(dp: &'a DataplaneSpec, inbound_address: Option<&'a str>) -> 
         .or(n.address.as_deref())
 }
 
-/// Endpoints of `service` in the mesh: `(ip, inbound port)` of every matching inbound.
-pub fn service_endpoints(mesh_dataplanes: &[Resource], service: &str) -> Vec<(String, u32)> {
-    let mut out: Vec<(String, u32)> = mesh_dataplanes
-        .iter()
-        .filter_map(|r| r.spec_as::<DataplaneSpec>())
-        .flat_map(|dp| {
-            dp.inbounds()
-                .iter()
-                .filter(|i| i.tags.get(SERVICE_TAG).is_some_and(|s| s == service))
-                .filter_map(move |i| {
-                    reachable_ip(dp, i.address.as_deref()).map(|ip| (ip.to_string(), i.port))
-                })
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 impl SnapshotGenerator for DefaultGenerator {
     fn generate(&self, ctx: &ProxyContext<'_>) -> Snapshot {
         let dp = ctx.dataplane;
@@ -94,7 +159,7 @@ impl SnapshotGenerator for DefaultGenerator {
             .as_ref()
             .and_then(|n| n.address.as_deref())
             .unwrap_or("127.0.0.1");
-        let mut resources = Vec::new();
+        let mut resources: Vec<(String, EncodedResource)> = Vec::new();
         for inbound in dp.inbounds() {
             let ip = inbound.address.as_deref().unwrap_or(address);
             let workload_ip = inbound.service_address.as_deref().unwrap_or(address);
@@ -103,7 +168,7 @@ impl SnapshotGenerator for DefaultGenerator {
             let listener = format!("inbound:{ip}:{}", inbound.port);
             resources.push((
                 cluster.clone(),
-                any(&static_cluster(
+                EncodedResource::from_message(&static_cluster(
                     &cluster,
                     &[(workload_ip.to_string(), port)],
                 )),
@@ -111,7 +176,7 @@ impl SnapshotGenerator for DefaultGenerator {
             let stat = format!("localhost_{port}");
             resources.push((
                 listener.clone(),
-                any(&tcp_proxy_listener(
+                EncodedResource::from_message(&tcp_proxy_listener(
                     &listener,
                     ip,
                     inbound.port,
@@ -129,7 +194,7 @@ impl SnapshotGenerator for DefaultGenerator {
             let listener = format!("outbound:{ip}:{}", outbound.port);
             resources.push((
                 listener.clone(),
-                any(&tcp_proxy_listener(
+                EncodedResource::from_message(&tcp_proxy_listener(
                     &listener,
                     ip,
                     outbound.port,
@@ -146,14 +211,17 @@ impl SnapshotGenerator for DefaultGenerator {
             let loopback = "127.0.0.1".to_string();
             resources.push((
                 "kuma:envoy:admin".into(),
-                any(&static_cluster(
+                EncodedResource::from_message(&static_cluster(
                     "kuma:envoy:admin",
                     &[(loopback.clone(), admin)],
                 )),
             ));
             resources.push((
                 "kuma:readiness".into(),
-                any(&static_cluster("kuma:readiness", &[(loopback, readiness)])),
+                EncodedResource::from_message(&static_cluster(
+                    "kuma:readiness",
+                    &[(loopback, readiness)],
+                )),
             ));
             let listener = http_route_listener(
                 "kuma:envoy:admin",
@@ -162,12 +230,15 @@ impl SnapshotGenerator for DefaultGenerator {
                 "kuma_envoy_admin",
                 &[("/ready", "kuma:readiness")],
             );
-            resources.push(("kuma:envoy:admin".into(), any(&listener)));
+            resources.push((
+                "kuma:envoy:admin".into(),
+                EncodedResource::from_message(&listener),
+            ));
         }
         for service in services.keys() {
-            resources.push((service.clone(), any(&eds_cluster(service))));
-            let endpoints = service_endpoints(ctx.mesh_dataplanes, service);
-            resources.push((service.clone(), any(&load_assignment(service, &endpoints))));
+            let (cluster, endpoints) = ctx.mesh.outbound_resources(service);
+            resources.push((service.clone(), cluster));
+            resources.push((service.clone(), endpoints));
         }
         Snapshot::new(resources)
     }
@@ -204,15 +275,15 @@ mod tests {
             "  advertisedAddress: 192.168.1.3\n  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n",
         );
         let all = vec![web.clone(), b1, b2];
+        let mesh = MeshContext::new("default", &all);
         let metadata = ProxyMetadata {
             admin_port: Some(9901),
             readiness_port: Some(9902),
         };
         let ctx = ProxyContext {
-            mesh: "default",
+            mesh: &mesh,
             name: "web",
             dataplane: web.spec_as().unwrap(),
-            mesh_dataplanes: &all,
             metadata,
         };
         let snap = DefaultGenerator.generate(&ctx);
@@ -245,10 +316,9 @@ mod tests {
             "  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n",
         );
         let ctx = ProxyContext {
-            mesh: "default",
+            mesh: &mesh,
             name: "local",
             dataplane: local.spec_as().unwrap(),
-            mesh_dataplanes: &all,
             metadata,
         };
         let local_snap = DefaultGenerator.generate(&ctx);
@@ -261,12 +331,25 @@ mod tests {
         );
         assert_eq!(names(ENDPOINT), ["backend"]);
         assert_eq!(
-            service_endpoints(&all, "backend"),
+            mesh.endpoints("backend"),
             [
                 ("10.0.0.2".to_string(), 9000),
                 ("192.168.1.3".to_string(), 9000)
             ]
         );
+        assert!(mesh.endpoints("nobody").is_empty());
+        // A second proxy of the mesh with the same outbound gets the very same bytes.
+        let twin = DefaultGenerator.generate(&ProxyContext {
+            mesh: &mesh,
+            name: "web-2",
+            dataplane: web.spec_as().unwrap(),
+            metadata,
+        });
+        for t in [CLUSTER, ENDPOINT] {
+            let mine = &snap.get(t).unwrap().resources()["backend"];
+            let theirs = &twin.get(t).unwrap().resources()["backend"];
+            assert!(mine.shares_bytes_with(theirs), "{t} encoded once per mesh");
+        }
         assert_eq!(node_id("default", "web"), "default.web");
     }
 }

@@ -5,6 +5,8 @@
 //! - [`server::AdsServer`] serves `envoy.service.discovery.v3.AggregatedDiscoveryService`,
 //!   both state-of-the-world and incremental (delta), with nonce/ACK/NACK tracking and
 //!   [`server::Callbacks`] for stream events.
+//! - Resources are encoded once ([`cache::EncodedResource`]) and written into every stream from
+//!   the same bytes ([`wire`]).
 
 pub mod cache;
 mod delta;
@@ -13,3 +15,4 @@ pub mod generate;
 pub mod server;
 mod stream;
 pub mod types;
+pub mod wire;

@@ -17,21 +17,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::{Response, Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
 use crate::stream::{Closed, OUTBOX, Protocol, drive};
 use crate::types::{CLUSTER, LISTENER, push_rank};
-use envoy_types::pb::envoy::config::core::v3::Node;
+use crate::wire::{DeltaResponse, SotwResponse, XdsCodec};
 
 /// Observers of stream events (used, for example, to maintain DataplaneInsight). Every method
 /// has an empty default.
@@ -43,17 +44,11 @@ pub trait Callbacks: Send + Sync + 'static {
     /// A request arrived (before it is handled).
     fn on_request(&self, _stream_id: u64, _node_id: &str, _request: &DiscoveryRequest) {}
     /// A response is about to be sent.
-    fn on_response(&self, _stream_id: u64, _node_id: &str, _response: &DiscoveryResponse) {}
+    fn on_response(&self, _stream_id: u64, _node_id: &str, _response: &SotwResponse) {}
     /// An incremental request arrived (before it is handled).
     fn on_delta_request(&self, _stream_id: u64, _node_id: &str, _request: &DeltaDiscoveryRequest) {}
     /// An incremental response is about to be sent.
-    fn on_delta_response(
-        &self,
-        _stream_id: u64,
-        _node_id: &str,
-        _response: &DeltaDiscoveryResponse,
-    ) {
-    }
+    fn on_delta_response(&self, _stream_id: u64, _node_id: &str, _response: &DeltaResponse) {}
     /// The proxy accepted `version` of `type_url`.
     fn on_ack(&self, _stream_id: u64, _node_id: &str, _type_url: &str, _version: &str) {}
     /// The proxy rejected `version` of `type_url`, saying `error`.
@@ -100,9 +95,10 @@ impl<C: Callbacks> AdsServer<C> {
         self
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
+    /// The tonic service to add to a `tonic::transport::Server` (or to route with other
+    /// services, as gRPC over HTTP/2 at `/envoy.service.discovery.v3.AggregatedDiscoveryService/*`).
+    pub fn into_service(self) -> AdsService<C> {
+        AdsService(Arc::new(self))
     }
 }
 
@@ -130,33 +126,95 @@ impl<C: Callbacks> AdsServer<C> {
     }
 }
 
-#[tonic::async_trait]
-impl<C: Callbacks> AggregatedDiscoveryService for AdsServer<C> {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` as a tower service. Responses are
+/// written from the snapshots' shared encoded resources (see [`crate::wire`]); on the wire they
+/// are Envoy's `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+pub struct AdsService<C: Callbacks = NoCallbacks>(Arc<AdsServer<C>>);
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(self.open(request.into_inner(), |id, tx| SotwStream {
-            id,
-            node_id: String::new(),
-            callbacks: self.callbacks.clone(),
-            tx,
-            types: BTreeMap::new(),
-            snapshot: None,
-            nonce: 0,
-        }))
+impl<C: Callbacks> Clone for AdsService<C> {
+    fn clone(&self) -> Self {
+        AdsService(self.0.clone())
+    }
+}
+
+impl<C: Callbacks> NamedService for AdsService<C> {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+impl<C, B> Service<http::Request<B>> for AdsService<C>
+where
+    C: Callbacks,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(self.open(request.into_inner(), |id, tx| {
-            crate::delta::DeltaStream::new(id, self.callbacks.clone(), tx)
-        }))
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let server = self.0.clone();
+        match req.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let mut grpc = Grpc::new(XdsCodec::<SotwResponse, DiscoveryRequest>::default());
+                Ok(grpc.streaming(SotwMethod(server), req).await)
+            }),
+            DELTA_PATH => Box::pin(async move {
+                let mut grpc =
+                    Grpc::new(XdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
+                Ok(grpc.streaming(DeltaMethod(server), req).await)
+            }),
+            _ => Box::pin(async move {
+                Ok(Status::unimplemented("no such method of the ADS service").into_http())
+            }),
+        }
+    }
+}
+
+struct SotwMethod<C: Callbacks>(Arc<AdsServer<C>>);
+struct DeltaMethod<C: Callbacks>(Arc<AdsServer<C>>);
+
+impl<C: Callbacks> StreamingService<DiscoveryRequest> for SotwMethod<C> {
+    type Response = SotwResponse;
+    type ResponseStream = ResponseStream<SotwResponse>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move {
+            Ok(server.open(request.into_inner(), |id, tx| SotwStream {
+                id,
+                node_id: String::new(),
+                callbacks: server.callbacks.clone(),
+                tx,
+                types: BTreeMap::new(),
+                snapshot: None,
+                nonce: 0,
+            }))
+        })
+    }
+}
+
+impl<C: Callbacks> StreamingService<DeltaDiscoveryRequest> for DeltaMethod<C> {
+    type Response = DeltaResponse;
+    type ResponseStream = ResponseStream<DeltaResponse>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let server = self.0.clone();
+        Box::pin(async move {
+            Ok(server.open(request.into_inner(), |id, tx| {
+                crate::delta::DeltaStream::new(id, server.callbacks.clone(), tx)
+            }))
+        })
     }
 }
 
@@ -173,7 +231,7 @@ struct SotwStream<C: Callbacks> {
     id: u64,
     node_id: String,
     callbacks: Arc<C>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<SotwResponse, Status>>,
     types: BTreeMap<String, TypeState>,
     snapshot: Option<Arc<Snapshot>>,
     nonce: u64,
@@ -186,7 +244,7 @@ pub(crate) fn wildcard_capable(type_url: &str) -> bool {
 
 impl<C: Callbacks> Protocol for SotwStream<C> {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
@@ -281,12 +339,11 @@ impl<C: Callbacks> SotwStream<C> {
         let nonce = self.nonce.to_string();
         state.nonce = Some(nonce.clone());
         state.sent_version = Some(version.clone());
-        let response = DiscoveryResponse {
+        let response = SotwResponse {
             version_info: version,
             resources,
             type_url: type_url.to_string(),
             nonce,
-            ..Default::default()
         };
         self.callbacks
             .on_response(self.id, &self.node_id, &response);

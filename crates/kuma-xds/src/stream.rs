@@ -47,17 +47,23 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     mut protocol: P,
     id: u64,
     requests: Streaming<P::Request>,
-    // Carries the stream-ending status (missing node id, shutdown) to the proxy.
+    // Carries the stream-ending status (missing node id, malformed request, shutdown) to the
+    // proxy.
     refuse: mpsc::Sender<Result<P::Response, Status>>,
     cache: Arc<SnapshotCache>,
     callbacks: Arc<C>,
     mut shutdown: Option<watch::Receiver<bool>>,
 ) {
     // Requests are read by their own task so that waiting for them stays cancel-safe.
-    let (req_tx, mut req_rx) = mpsc::channel::<P::Request>(OUTBOX);
+    let (req_tx, mut req_rx) = mpsc::channel::<Result<P::Request, Status>>(OUTBOX);
     let reader = tokio::spawn(read_requests(requests, req_tx));
-    let Some(first) = req_rx.recv().await else {
-        return;
+    let first = match req_rx.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(status)) => {
+            let _ = refuse.send(Err(status)).await;
+            return;
+        }
+        None => return,
     };
     let node_id = P::node(&first).map(|n| n.id.clone()).unwrap_or_default();
     if node_id.is_empty() {
@@ -76,7 +82,12 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     while outcome.is_ok() {
         outcome = tokio::select! {
             req = req_rx.recv() => match req {
-                Some(req) => protocol.handle(req).await,
+                Some(Ok(req)) => protocol.handle(req).await,
+                // A request that does not decode ends the stream with the reason.
+                Some(Err(status)) => {
+                    let _ = refuse.send(Err(status)).await;
+                    Err(Closed)
+                }
                 None => Err(Closed),
             },
             () = shutting_down(&mut shutdown) => {
@@ -112,10 +123,21 @@ async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
-async fn read_requests<T: Send + 'static>(mut requests: Streaming<T>, tx: mpsc::Sender<T>) {
-    while let Ok(Some(req)) = requests.message().await {
-        if tx.send(req).await.is_err() {
-            break;
+/// Forwards requests until the proxy closes its side or sends something that does not decode
+/// (that error is forwarded too, and ends the stream).
+async fn read_requests<T: Send + 'static>(
+    mut requests: Streaming<T>,
+    tx: mpsc::Sender<Result<T, Status>>,
+) {
+    loop {
+        let next = match requests.message().await {
+            Ok(Some(req)) => Ok(req),
+            Ok(None) => return,
+            Err(status) => Err(status),
+        };
+        let failed = next.is_err();
+        if tx.send(next).await.is_err() || failed {
+            return;
         }
     }
 }

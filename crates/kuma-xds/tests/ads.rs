@@ -371,3 +371,85 @@ async fn shutdown_ends_streams_with_unavailable() {
         .expect_err("stream ended");
     assert_eq!(err.code(), tonic::Code::Unavailable);
 }
+
+/// Sends raw bytes as request messages, so a test can put garbage on the wire.
+#[derive(Default)]
+struct RawCodec;
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = DiscoveryResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = DiscoveryResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+        DiscoveryResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_ends_its_stream_with_the_reason() {
+    let cache = Arc::new(SnapshotCache::new());
+    cache.set("n", Snapshot::new([cluster("a", 1)]));
+    let recorder = Arc::new(Recorder::default());
+    let url = start(cache, recorder.clone()).await;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
+    // Field 1 with wire type 7, which does not exist: not a DiscoveryRequest.
+    let garbage = tokio_stream::iter(vec![vec![0x0f, 0xff, 0xff]]);
+    let mut responses = grpc
+        .streaming(tonic::Request::new(garbage), path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(5), responses.message())
+        .await
+        .unwrap()
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("malformed request"), "{err:?}");
+
+    // The server is unharmed: a well-formed proxy is served.
+    let mut p = Proxy::connect(&url).await;
+    p.request(Some("n"), CLUSTER, &[], None).await;
+    assert_eq!(names(&p.next().await), ["a"]);
+}
