@@ -4,7 +4,7 @@
 //! is deregistered, and SIGTERM stops the control plane cleanly.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use kuma_testkit::{envoy_binary, eventually, free_port, http_get};
+use kuma_testkit::{envoy_binary, eventually, free_port, http_get, http_request, response_body};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -85,8 +85,14 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     let dir = std::env::temp_dir().join(format!("kuma-binaries-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cp_port = free_port().await;
+    let api_port = free_port().await;
+    let api_tls_port = free_port().await;
+    let diagnostics_port = free_port().await;
     let mut cp = Command::new(env!("CARGO_BIN_EXE_standalone"))
         .env("KUMA_DP_SERVER_PORT", cp_port.to_string())
+        .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
+        .env("KUMA_API_SERVER_HTTPS_PORT", api_tls_port.to_string())
+        .env("KUMA_DIAGNOSTICS_SERVER_PORT", diagnostics_port.to_string())
         .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -100,20 +106,25 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         .unwrap()
         .unwrap();
     assert!(first.contains("running"), "{first}");
-    let table = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("standalone prints its table")
-        .unwrap()
-        .unwrap();
-    assert!(
-        table.contains(&format!(":{cp_port}")),
-        "the listen table names the dp-server port: {table}"
-    );
-    let ca_line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("standalone prints its table")
-        .unwrap()
-        .unwrap();
+    let mut table = Vec::new();
+    let ca_line = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("standalone prints its table")
+            .unwrap()
+            .expect("the table ends with the CA line");
+        if line.contains("CA certificate") {
+            break line;
+        }
+        table.push(line);
+    };
+    let table = table.join("\n");
+    for port in [diagnostics_port, cp_port, api_port, api_tls_port] {
+        assert!(
+            table.contains(&format!(":{port}")),
+            "the listen table names port {port}: {table}"
+        );
+    }
     let ca_file = ca_line.split_whitespace().last().unwrap().to_string();
     assert!(
         std::fs::read_to_string(&ca_file)
@@ -121,6 +132,31 @@ async fn standalone_and_kuma_dp_carry_traffic() {
             .contains("BEGIN CERTIFICATE"),
         "{ca_line}"
     );
+
+    // Once the table is printed every component has started.
+    assert_eq!(http_get(diagnostics_port, "/ready").await.0, 200);
+    assert_eq!(http_get(diagnostics_port, "/healthy").await.0, 200);
+
+    // The API answers over HTTP and, with the same CA, over HTTPS.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+        .await
+        .unwrap();
+    let mesh = r#"{"type":"Mesh","name":"demo"}"#;
+    let (status, raw) = http_request(tcp, "PUT", "/meshes/demo", &[], mesh).await;
+    assert_eq!(status, 201, "{raw}");
+    let ca_pem = std::fs::read_to_string(&ca_file).unwrap();
+    let tls = kuma_cp::tls::client_config(Some(&ca_pem)).unwrap();
+    let stream = kuma_cp::tls::connect("localhost", api_tls_port, tls.clone())
+        .await
+        .unwrap();
+    let (status, raw) = http_request(stream, "GET", "/meshes/demo", &[], "").await;
+    assert_eq!(status, 200, "{raw}");
+    assert!(response_body(&raw).contains(r#""name":"demo""#), "{raw}");
+    let stream = kuma_cp::tls::connect("localhost", api_tls_port, tls)
+        .await
+        .unwrap();
+    let (status, _) = http_request(stream, "GET", "/meshes/nope", &[], "").await;
+    assert_eq!(status, 404);
 
     // An agent trusting another CA is refused before anything starts.
     let foreign = dir.join("foreign-ca.crt");

@@ -89,6 +89,8 @@ pub struct ListQuery {
     /// Only Dataplanes with an inbound (or gateway) matching these tags, Kuma-style: the value
     /// must be contained in the tag's value; `*` matches any.
     pub tags: BTreeMap<String, String>,
+    /// Only Dataplanes of this gateway kind (Kuma's `?gateway=` filter).
+    pub gateway: Option<GatewayFilter>,
     /// Page size (`None`: everything).
     pub size: Option<usize>,
     /// Where to continue: the `next_offset` of the previous page.
@@ -104,6 +106,7 @@ impl ListQuery {
             name_contains: None,
             labels: BTreeMap::new(),
             tags: BTreeMap::new(),
+            gateway: None,
             size: None,
             offset: None,
         }
@@ -132,6 +135,10 @@ impl ListQuery {
             && (self.tags.is_empty()
                 || r.spec_as::<crate::model::dataplane::DataplaneSpec>()
                     .is_some_and(|dp| dp.matches_tags_fuzzy(&self.tags)))
+            && self.gateway.is_none_or(|g| {
+                r.spec_as::<crate::model::dataplane::DataplaneSpec>()
+                    .is_some_and(|dp| g.matches(dp))
+            })
     }
 
     /// The numeric position encoded in `offset` (0 when absent).
@@ -140,6 +147,47 @@ impl ListQuery {
             None => Ok(0),
             Some(o) if o.is_empty() => Ok(0),
             Some(o) => o.parse().map_err(|_| StoreError::InvalidOffset(o.clone())),
+        }
+    }
+}
+
+/// Which Dataplanes a list keeps, by their gateway settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayFilter {
+    /// Gateways of either kind (`gateway=true`).
+    Any,
+    /// Ordinary sidecars (`gateway=false`).
+    None,
+    /// Kuma's built-in gateways (`gateway=builtin`).
+    Builtin,
+    /// Delegated gateways (`gateway=delegated`).
+    Delegated,
+}
+
+impl GatewayFilter {
+    /// Parses Kuma's `gateway` query value (`true`, `false`, `builtin`, `delegated`).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "true" => Some(Self::Any),
+            "false" => Some(Self::None),
+            "builtin" => Some(Self::Builtin),
+            "delegated" => Some(Self::Delegated),
+            _ => None,
+        }
+    }
+
+    fn matches(self, dp: &crate::model::dataplane::DataplaneSpec) -> bool {
+        use crate::model::dataplane::GatewayType;
+        let kind = dp
+            .networking
+            .as_ref()
+            .and_then(|n| n.gateway.as_ref())
+            .map(|g| g.kind.unwrap_or(GatewayType::Delegated));
+        match self {
+            Self::Any => kind.is_some(),
+            Self::None => kind.is_none(),
+            Self::Builtin => kind == Some(GatewayType::Builtin),
+            Self::Delegated => kind == Some(GatewayType::Delegated),
         }
     }
 }

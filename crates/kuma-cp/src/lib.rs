@@ -68,12 +68,98 @@ pub enum StartError {
 pub struct ControlPlane {
     manager: ResourceManager,
     cache: Arc<SnapshotCache>,
+    readiness: Arc<kuma_api::diagnostics::Readiness>,
+    diagnostics_addr: SocketAddr,
     dp_server_addr: SocketAddr,
+    api_http_addr: Option<SocketAddr>,
+    api_https_addr: Option<SocketAddr>,
     ca_pem: String,
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    servers: Servers,
     reconciler: JoinHandle<()>,
+}
+
+/// The control plane's server tasks; dropping the set stops them.
+struct Servers(Vec<JoinHandle<()>>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for server in &self.0 {
+            server.abort();
+        }
+    }
+}
+
+/// Binds `interface:port`.
+async fn bind(
+    what: &str,
+    interface: &str,
+    port: u16,
+) -> Result<tokio::net::TcpListener, StartError> {
+    let addr = format!("{interface}:{port}");
+    tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: format!("{addr} ({what})"),
+            source,
+        })
+}
+
+fn local_addr(what: &str, l: &tokio::net::TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind {
+        addr: what.into(),
+        source,
+    })
+}
+
+/// Serves `router` on `listener` until `stop` turns true, then lets open connections finish.
+fn spawn_server<L>(
+    what: &'static str,
+    listener: L,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
+    // `tap_io` gives the connections of any listener the peer address as connect info.
+    let listener = listener.tap_io(|_| {});
+    tokio::spawn(async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = graceful.await {
+            tracing::error!(error = %e, server = what, "server failed");
+        }
+    })
+}
+
+/// The configuration as `GET /config` shows it: every password, token and key file masked.
+pub fn masked_config(config: &Config) -> serde_json::Value {
+    fn mask(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    let lower = k.to_ascii_lowercase();
+                    let secret = lower.contains("password")
+                        || lower.contains("token") && !lower.contains("file");
+                    if secret && v.as_str().is_some_and(|s| !s.is_empty()) {
+                        *v = serde_json::Value::String("*****".into());
+                    } else {
+                        mask(v);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(mask),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    mask(&mut value);
+    value
 }
 
 impl ControlPlane {
@@ -92,6 +178,19 @@ impl ControlPlane {
                 "store.type postgres is not available yet; use memory".into(),
             ));
         }
+        let (shutdown, _) = watch::channel(false);
+        let readiness = Arc::new(kuma_api::diagnostics::Readiness::default());
+        let l = bind("diagnostics", "0.0.0.0", config.diagnostics.server_port).await?;
+        let diagnostics_addr = local_addr("diagnostics", &l)?;
+        // Servers stop when this set is dropped: a start that fails half-way leaves nothing
+        // listening.
+        let mut servers = Servers(vec![spawn_server(
+            "diagnostics",
+            l,
+            kuma_api::diagnostics::router(readiness.clone()),
+            shutdown.subscribe(),
+        )]);
+
         let zone = (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone());
         let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions { zone });
         if !config.defaults.skip_mesh_creation {
@@ -116,7 +215,6 @@ impl ControlPlane {
             tokio::runtime::Handle::current(),
             registry,
         );
-        let (shutdown, _) = watch::channel(false);
         let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle))
             .with_shutdown(shutdown.subscribe())
             .into_service();
@@ -158,39 +256,104 @@ impl ControlPlane {
             post(bootstrap::handle).with_state(bootstrap_state),
         );
 
-        let addr = format!("0.0.0.0:{}", config.dp_server.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let dp_server_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: "dp-server".into(),
-            source,
-        })?;
-        let mut stop = shutdown.subscribe();
-        let listener =
-            tls::TlsListener::new(listener, server_tls).map_err(|source| StartError::Bind {
+        let listener = bind("dp-server", "0.0.0.0", config.dp_server.port).await?;
+        let dp_server_addr = local_addr("dp-server", &listener)?;
+        let listener = tls::TlsListener::new(listener, server_tls.clone()).map_err(|source| {
+            StartError::Bind {
                 addr: "dp-server".into(),
                 source,
-            })?;
-        let server = tokio::spawn(async move {
-            let graceful = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = graceful.await {
-                tracing::error!(error = %e, "dp-server failed");
             }
-        });
+        })?;
+        servers.0.push(spawn_server(
+            "dp-server",
+            listener,
+            router,
+            shutdown.subscribe(),
+        ));
         tracing::info!(%dp_server_addr, "dp-server (TLS: ADS and /bootstrap) listening");
+
+        let api = &config.api_server;
+        let hostname = tls::hostname();
+        let mut info = kuma_api::ServerInfo::local(&hostname);
+        info.mode = match config.mode {
+            Mode::Standalone => "standalone",
+            Mode::Zone => "zone",
+            Mode::Global => "global",
+        }
+        .into();
+        let api_state = Arc::new(kuma_api::ApiState {
+            config: masked_config(&config),
+            read_only: api.read_only,
+            localhost_is_admin: api.authn.localhost_is_admin,
+            ..kuma_api::ApiState::new(manager.clone(), info)
+        });
+        let api_router = kuma_api::router(api_state);
+        let mut api_http_addr = None;
+        if api.http.enabled {
+            let l = bind("API (HTTP)", &api.http.interface, api.http.port).await?;
+            api_http_addr = Some(local_addr("API (HTTP)", &l)?);
+            let router = api_router
+                .clone()
+                .layer(axum::Extension(kuma_api::Scheme("http")));
+            servers
+                .0
+                .push(spawn_server("API (HTTP)", l, router, shutdown.subscribe()));
+        }
+        let mut api_https_addr = None;
+        if api.https.enabled {
+            let tls = if api.https.tls_cert_file.is_empty() {
+                server_tls.clone()
+            } else {
+                tls::CpCertificate::load_or_generate(
+                    &api.https.tls_cert_file,
+                    &api.https.tls_key_file,
+                    &tls_dir,
+                    &tls::default_hosts(),
+                )
+                .and_then(|c| c.server_config())
+                .map_err(StartError::Tls)?
+            };
+            let l = bind("API (HTTPS)", &api.https.interface, api.https.port).await?;
+            api_https_addr = Some(local_addr("API (HTTPS)", &l)?);
+            let l = tls::TlsListener::new(l, tls).map_err(|source| StartError::Bind {
+                addr: "API (HTTPS)".into(),
+                source,
+            })?;
+            let router = api_router.layer(axum::Extension(kuma_api::Scheme("https")));
+            servers
+                .0
+                .push(spawn_server("API (HTTPS)", l, router, shutdown.subscribe()));
+        }
+        readiness.set(true);
         Ok(ControlPlane {
             manager,
             cache,
+            readiness,
+            diagnostics_addr,
             dp_server_addr,
+            api_http_addr,
+            api_https_addr,
             ca_pem: certificate.ca_pem,
             ca_path,
             shutdown,
-            server,
+            servers,
             reconciler,
         })
+    }
+
+    /// Where the diagnostics port (`/ready`, `/healthy`) listens.
+    pub fn diagnostics_addr(&self) -> SocketAddr {
+        self.diagnostics_addr
+    }
+
+    /// Where the API serves plain HTTP (`None`: disabled).
+    pub fn api_http_addr(&self) -> Option<SocketAddr> {
+        self.api_http_addr
+    }
+
+    /// Where the API serves HTTPS (`None`: disabled).
+    pub fn api_https_addr(&self) -> Option<SocketAddr> {
+        self.api_https_addr
     }
 
     /// Where the dp-server listens.
@@ -224,13 +387,19 @@ impl ControlPlane {
     /// Returns true when every connection finished on its own, false when some had to be cut
     /// after the grace period.
     pub async fn shutdown(self) -> bool {
+        self.readiness.set(false);
         let _ = self.shutdown.send(true);
-        let mut server = self.server;
-        let graceful = tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
-            .await
-            .is_ok();
-        if !graceful {
-            server.abort();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut graceful = true;
+        let mut servers = self.servers;
+        for server in &mut servers.0 {
+            if tokio::time::timeout_at(deadline, &mut *server)
+                .await
+                .is_err()
+            {
+                server.abort();
+                graceful = false;
+            }
         }
         self.reconciler.abort();
         graceful

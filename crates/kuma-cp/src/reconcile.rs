@@ -140,11 +140,31 @@ impl Reconciler {
     }
 }
 
-/// The mesh a change belongs to (a Mesh's own name for Mesh changes; empty for other global types).
+/// The mesh a change belongs to (a Mesh's own name for Mesh changes; empty for other global
+/// types and for insights, which describe proxies and never feed config generation).
 fn mesh_of(key: &kuma_core::resource::ResourceKey) -> String {
     match (key.rtype, key.rtype.scope()) {
+        (ResourceType::DataplaneInsight | ResourceType::ZoneInsight, _) => String::new(),
         (ResourceType::Mesh, _) => key.name.clone(),
         (_, Scope::Mesh) => key.mesh.clone(),
         (_, Scope::Global) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kuma_core::resource::ResourceKey;
+
+    #[test]
+    fn insights_never_mark_a_mesh_dirty() {
+        let key = |t, mesh, name| ResourceKey::new(t, mesh, name);
+        assert_eq!(mesh_of(&key(ResourceType::Dataplane, "m1", "dp")), "m1");
+        assert_eq!(mesh_of(&key(ResourceType::Mesh, "", "m2")), "m2");
+        assert_eq!(
+            mesh_of(&key(ResourceType::DataplaneInsight, "m1", "dp")),
+            ""
+        );
+        assert_eq!(mesh_of(&key(ResourceType::Zone, "", "z")), "");
     }
 }

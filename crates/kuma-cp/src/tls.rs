@@ -159,6 +159,15 @@ fn generate(hosts: &[String]) -> Result<CpCertificate, rcgen::Error> {
     })
 }
 
+/// This machine's host name (`localhost` when unknown).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The names a generated certificate covers: localhost, loopback addresses and this host's name.
 pub fn default_hosts() -> Vec<String> {
     let mut hosts = vec![
@@ -166,11 +175,9 @@ pub fn default_hosts() -> Vec<String> {
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
-        let h = h.trim();
-        if !h.is_empty() && !hosts.iter().any(|x| x == h) {
-            hosts.push(h.to_string());
-        }
+    let h = hostname();
+    if !hosts.contains(&h) {
+        hosts.push(h);
     }
     hosts
 }

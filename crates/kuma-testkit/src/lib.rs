@@ -68,6 +68,44 @@ pub async fn http_get_at(ip: &str, port: u16, path: &str) -> (u16, String) {
     (response_status(&out), out)
 }
 
+/// Sends one HTTP/1.1 request over `stream` (plain TCP or TLS) and reads the whole response:
+/// (status, raw response). Status 0 when the exchange fails.
+pub async fn http_request<S>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    (response_status(&out), out)
+}
+
+/// The value of header `name` (case-insensitive) in a raw HTTP response.
+pub fn response_header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    raw.split("\r\n\r\n").next()?.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
 /// The value of counter or gauge `name` in Envoy's `/stats` text.
 pub fn stat(stats: &str, name: &str) -> Option<u64> {
     stats.lines().find_map(|l| {

@@ -94,9 +94,20 @@ async fn main() -> ExitCode {
     println!("kuma-rs standalone control plane is running");
     println!(
         "  {:<44} {}",
+        "diagnostics: /ready /healthy",
+        cp.diagnostics_addr()
+    );
+    println!(
+        "  {:<44} {}",
         "dp-server (TLS): ADS (gRPC) + POST /bootstrap",
         cp.dp_server_addr()
     );
+    if let Some(addr) = cp.api_http_addr() {
+        println!("  {:<44} {}", "HTTP API (kumactl)", addr);
+    }
+    if let Some(addr) = cp.api_https_addr() {
+        println!("  {:<44} {}", "HTTPS API", addr);
+    }
     if let Some(ca) = cp.ca_path() {
         println!(
             "  {:<44} {}",

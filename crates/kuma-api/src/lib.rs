@@ -1,0 +1,182 @@
+//! Kuma's HTTP API as an axum [`Router`] any program can mount.
+//!
+//! ```no_run
+//! # async fn run(manager: kuma_core::manager::ResourceManager) {
+//! use std::sync::Arc;
+//! let state = kuma_api::ApiState::new(manager, kuma_api::ServerInfo::local("my-cp"));
+//! let app = kuma_api::router(Arc::new(state));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5681").await.unwrap();
+//! axum::serve(
+//!     listener,
+//!     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+//! )
+//! .await
+//! .unwrap();
+//! # }
+//! ```
+//!
+//! - [`resources`]: CRUD for every registered type, paging and filters;
+//! - [`access`]: who the caller is (localhost admin, user token, anonymous) and what they may do;
+//! - [`error`]: Kuma's error body with `invalid_parameters`;
+//! - [`diagnostics`]: the diagnostics port's `/ready` and `/healthy`.
+//!
+//! Serve it with [`axum::Router::into_make_service_with_connect_info`]`::<SocketAddr>` so the
+//! caller's address is known (over a custom listener such as TLS, wrap it with
+//! `axum::serve::ListenerExt::tap_io`, which gives it that connect info); without it every
+//! caller is remote.
+
+pub mod access;
+pub mod diagnostics;
+pub mod error;
+pub mod resources;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use kuma_core::manager::ResourceManager;
+use kuma_core::resource::MAX_DOCUMENT_BYTES;
+use serde_json::{Value, json};
+
+use crate::access::{Identity, UserTokenValidator};
+use crate::error::ApiError;
+
+/// What `GET /` says about this control plane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerInfo {
+    /// Host name.
+    pub hostname: String,
+    /// Unique id of this instance.
+    pub instance_id: String,
+    /// Id of the cluster (all instances sharing one store).
+    pub cluster_id: String,
+    /// Product name.
+    pub product: String,
+    /// Version.
+    pub version: String,
+    /// Mode (`standalone`, `zone`, `global`).
+    pub mode: String,
+    /// Zone name, when in a zone.
+    pub zone: String,
+}
+
+impl ServerInfo {
+    /// Info for a standalone instance on `hostname`.
+    pub fn local(hostname: &str) -> Self {
+        ServerInfo {
+            hostname: hostname.to_string(),
+            instance_id: format!("{hostname}-{}", std::process::id()),
+            cluster_id: String::new(),
+            product: "Kuma".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: "standalone".into(),
+            zone: String::new(),
+        }
+    }
+}
+
+/// Everything the API handlers share.
+pub struct ApiState {
+    /// Validating access to the store.
+    pub manager: ResourceManager,
+    /// What `GET /` reports.
+    pub info: ServerInfo,
+    /// The running configuration, secrets already masked (`GET /config`).
+    pub config: Value,
+    /// Refuse every write.
+    pub read_only: bool,
+    /// Requests from a loopback address are admin.
+    pub localhost_is_admin: bool,
+    /// Verifies user tokens; without it, bearer tokens are refused.
+    pub tokens: Option<Arc<dyn UserTokenValidator>>,
+}
+
+impl ApiState {
+    /// State with Kuma's defaults: writable, localhost is admin, no user tokens.
+    pub fn new(manager: ResourceManager, info: ServerInfo) -> Self {
+        ApiState {
+            manager,
+            info,
+            config: json!({}),
+            read_only: false,
+            localhost_is_admin: true,
+            tokens: None,
+        }
+    }
+}
+
+/// The URL scheme of the listener a request came in on (for absolute `next` links). Add it
+/// as an [`Extension`] layer per listener; `http` when absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheme(pub &'static str);
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    use resources::*;
+    Router::new()
+        .route("/", get(index))
+        .route("/config", get(config))
+        .route("/who-am-i", get(who_am_i))
+        .route("/policies", get(policies))
+        .route("/_resources", get(catalogue))
+        .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{collection}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .route("/{collection}", get(list_top))
+        .route(
+            "/{collection}/{name}",
+            get(get_global).put(put_global).delete(delete_global),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::identify,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
+        .layer(middleware::from_fn(default_scheme))
+        .with_state(state)
+}
+
+async fn default_scheme(
+    mut req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    if req.extensions().get::<Scheme>().is_none() {
+        req.extensions_mut().insert(Scheme("http"));
+    }
+    next.run(req).await
+}
+
+async fn index(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let i = &state.info;
+    Json(json!({
+        "hostname": i.hostname,
+        "product": i.product,
+        "version": i.version,
+        "instanceId": i.instance_id,
+        "clusterId": i.cluster_id,
+        "gui": "/gui",
+        "basedOnKuma": i.version,
+    }))
+}
+
+async fn config(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(state.config.clone())
+}
+
+async fn who_am_i(Extension(who): Extension<Identity>) -> Json<Value> {
+    Json(json!({"name": who.name, "groups": who.groups}))
+}
+
+/// 405 for methods a route does not have, in Kuma's error body.
+pub fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not Allowed",
+        "this method is not allowed here",
+    )
+}

@@ -1,0 +1,452 @@
+//! CRUD for every resource type of the registry.
+//!
+//! - `GET|PUT|DELETE /meshes/{mesh}/{collection}/{name}` and `GET /meshes/{mesh}/{collection}`
+//!   for mesh-scoped types;
+//! - `GET|PUT|DELETE /{collection}/{name}` and `GET /{collection}` for global-scoped types;
+//!   `GET /{collection}` of a mesh-scoped type lists across meshes.
+//!
+//! `PUT` creates (201) or replaces (200). An `If-Match: "<version>"` header (the `ETag` of a
+//! `GET`) makes the replacement conditional: a stale version is refused with 409. Lists page
+//! with `size` (default 100, at most 1000) and `offset`, and filter with `name` (substring),
+//! `filter[labels.<key>]=<value>`, `tag=<key>:<value>` (repeatable, Dataplanes) and `gateway`
+//! (`true`, `false`, `builtin`, `delegated`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kuma_core::resource::{ParseError, Resource, ResourceKey, ResourceType, Scope, parse_yaml};
+use kuma_core::store::{GatewayFilter, ListQuery, Page};
+use kuma_core::validation::ValidationError;
+use serde_json::{Value, json};
+
+use crate::access::{Identity, check_read, check_write};
+use crate::error::ApiError;
+use crate::{ApiState, Scheme};
+
+/// Default page size.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+const GET_TITLE: &str = "Could not retrieve a resource";
+const LIST_TITLE: &str = "Could not list resources";
+const PUT_TITLE: &str = "Could not process a resource";
+const DELETE_TITLE: &str = "Could not delete a resource";
+
+/// The type served under `collection` with the given scope.
+fn resolve(collection: &str, scope: Option<Scope>) -> Result<ResourceType, ApiError> {
+    ResourceType::from_collection(collection)
+        .filter(|t| scope.is_none_or(|s| t.scope() == s))
+        .ok_or_else(|| ApiError::not_found(format!("no resource collection {collection:?}")))
+}
+
+/// The list filters and page of a query string.
+pub(crate) fn list_query(rtype: ResourceType, raw: Option<&str>) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery::all(rtype);
+    q.size = Some(DEFAULT_PAGE_SIZE);
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "size" => {
+                let size = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|s| (1..=MAX_PAGE_SIZE).contains(s));
+                let Some(size) = size else {
+                    return Err(ApiError::bad_field(
+                        LIST_TITLE,
+                        "size",
+                        format!(
+                            "invalid page size {value:?}: must be between 1 and {MAX_PAGE_SIZE}"
+                        ),
+                    ));
+                };
+                q.size = Some(size);
+            }
+            "offset" => q.offset = Some(value.into_owned()),
+            "name" => q.name_contains = Some(value.into_owned()).filter(|n| !n.is_empty()),
+            "tag" => {
+                let Some((k, v)) = value.split_once(':') else {
+                    return Err(ApiError::bad_field(
+                        LIST_TITLE,
+                        "tag",
+                        format!("{value:?} must be key:value"),
+                    ));
+                };
+                q.tags.insert(k.to_string(), v.to_string());
+            }
+            "gateway" => {
+                q.gateway = Some(GatewayFilter::parse(&value).ok_or_else(|| {
+                    ApiError::bad_field(
+                        LIST_TITLE,
+                        "gateway",
+                        format!("{value:?} must be one of true, false, builtin, delegated"),
+                    )
+                })?);
+            }
+            k => {
+                if let Some(label) = k
+                    .strip_prefix("filter[labels.")
+                    .and_then(|l| l.strip_suffix(']'))
+                {
+                    q.labels.insert(label.to_string(), value.into_owned());
+                }
+                // Other parameters (e.g. `format`) are ignored, as Kuma does.
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// The absolute URL of the next page: the request's URL with `offset` replaced.
+fn next_url(scheme: &str, headers: &HeaderMap, uri: &axum::http::Uri, offset: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if k != "offset" {
+            query.append_pair(&k, &v);
+        }
+    }
+    query.append_pair("offset", offset);
+    format!("{scheme}://{host}{}?{}", uri.path(), query.finish())
+}
+
+fn page_body(page: Page, next: Option<String>, render: impl Fn(&Resource) -> Value) -> Value {
+    json!({
+        "total": page.total,
+        "items": page.items.iter().map(render).collect::<Vec<_>>(),
+        "next": next,
+    })
+}
+
+async fn list(
+    state: &ApiState,
+    who: &Identity,
+    rtype: ResourceType,
+    mesh: Option<String>,
+    scheme: &str,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Response, ApiError> {
+    check_read(who, rtype)?;
+    let mut query = list_query(rtype, uri.query())?;
+    if let Some(mesh) = &mesh {
+        ensure_mesh(state, mesh, LIST_TITLE).await?;
+    }
+    query.mesh = mesh;
+    let page = state
+        .manager
+        .list(&query)
+        .await
+        .map_err(|e| ApiError::from_manager(LIST_TITLE, e))?;
+    let next = page
+        .next_offset
+        .as_deref()
+        .map(|o| next_url(scheme, headers, uri, o));
+    Ok(Json(page_body(page, next, Resource::to_value)).into_response())
+}
+
+/// 404 unless `mesh` exists.
+async fn ensure_mesh(state: &ApiState, mesh: &str, _title: &str) -> Result<(), ApiError> {
+    state
+        .manager
+        .get(&ResourceKey::global(ResourceType::Mesh, mesh))
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::from_manager("Failed to retrieve Mesh", e))
+}
+
+fn etag(r: &Resource) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("\"{}\"", r.meta.version.0)).ok()
+}
+
+async fn get(state: &ApiState, who: &Identity, key: ResourceKey) -> Result<Response, ApiError> {
+    check_read(who, key.rtype)?;
+    let r = state
+        .manager
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_manager(GET_TITLE, e))?;
+    let mut response = Json(r.to_value()).into_response();
+    if let Some(tag) = etag(&r) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    Ok(response)
+}
+
+fn parse_body(body: &str) -> Result<Resource, ApiError> {
+    parse_yaml(body).map_err(|e| match e {
+        ParseError::Invalid(v) => ApiError::invalid(PUT_TITLE, &v),
+        other => ApiError::new(StatusCode::BAD_REQUEST, PUT_TITLE, other.to_string()),
+    })
+}
+
+/// The version an `If-Match` header asks for (`None`: unconditional).
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_string()
+        })
+        .filter(|v| !v.is_empty() && v != "*")
+}
+
+/// Types only the control plane writes.
+fn check_writable(rtype: ResourceType) -> Result<(), ApiError> {
+    if matches!(
+        rtype,
+        ResourceType::DataplaneInsight | ResourceType::ZoneInsight
+    ) {
+        return Err(ApiError::method_not_allowed(format!(
+            "{rtype} is maintained by the control plane and cannot be written"
+        )));
+    }
+    Ok(())
+}
+
+async fn put(
+    state: &ApiState,
+    who: &Identity,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<Response, ApiError> {
+    check_write(state, who, key.rtype)?;
+    check_writable(key.rtype)?;
+    let mut resource = parse_body(body)?;
+    let mut err = ValidationError::new();
+    if resource.rtype() != key.rtype {
+        err.add(
+            &kuma_core::validation::Path::at("type"),
+            format!(
+                "type from the URL ({}) has to be the same as in the body ({})",
+                key.rtype,
+                resource.rtype()
+            ),
+        );
+    }
+    if resource.meta.name != key.name {
+        err.add(
+            &kuma_core::validation::Path::at("name"),
+            "name from the URL has to be the same as in the body",
+        );
+    }
+    if key.rtype.scope() == Scope::Mesh && resource.meta.mesh != key.mesh {
+        err.add(
+            &kuma_core::validation::Path::at("mesh"),
+            "mesh from the URL has to be the same as in the body",
+        );
+    }
+    if !err.is_empty() {
+        return Err(ApiError::invalid(PUT_TITLE, &err));
+    }
+    let expected = if_match(headers);
+    let current = match state.manager.get(&key).await {
+        Ok(r) => Some(r),
+        Err(kuma_core::manager::ManagerError::Store(kuma_core::store::StoreError::NotFound(_))) => {
+            None
+        }
+        Err(e) => return Err(ApiError::from_manager(PUT_TITLE, e)),
+    };
+    let (status, written) = match current {
+        Some(current) => {
+            resource.meta.version = match expected {
+                Some(v) => kuma_core::resource::Version(v),
+                None => current.meta.version,
+            };
+            let written = state
+                .manager
+                .update(resource)
+                .await
+                .map_err(|e| ApiError::from_manager(PUT_TITLE, e))?;
+            (StatusCode::OK, written)
+        }
+        None if expected.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("{key} does not exist: If-Match cannot hold"),
+            ));
+        }
+        None => {
+            let written = state
+                .manager
+                .create(resource)
+                .await
+                .map_err(|e| ApiError::from_manager(PUT_TITLE, e))?;
+            (StatusCode::CREATED, written)
+        }
+    };
+    let mut response = (status, Json(json!({"warnings": []}))).into_response();
+    if let Some(tag) = etag(&written) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    Ok(response)
+}
+
+async fn delete(state: &ApiState, who: &Identity, key: ResourceKey) -> Result<Response, ApiError> {
+    check_write(state, who, key.rtype)?;
+    check_writable(key.rtype)?;
+    state
+        .manager
+        .delete(&key, false)
+        .await
+        .map_err(|e| ApiError::from_manager(DELETE_TITLE, e))?;
+    Ok(Json(json!({})).into_response())
+}
+
+type Ctx = State<Arc<ApiState>>;
+
+/// `GET /meshes/{mesh}/{collection}`.
+pub(crate) async fn list_in_mesh(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    Path((mesh, collection)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Mesh))?;
+    list(&state, &who, rtype, Some(mesh), scheme.0, &headers, &uri).await
+}
+
+/// `GET /{collection}`: a global type, or a mesh-scoped one across meshes.
+pub(crate) async fn list_top(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    Path(collection): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, None)?;
+    list(&state, &who, rtype, None, scheme.0, &headers, &uri).await
+}
+
+/// `GET /meshes/{mesh}/{collection}/{name}`.
+pub(crate) async fn get_in_mesh(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Mesh))?;
+    get(&state, &who, ResourceKey::new(rtype, &mesh, &name)).await
+}
+
+/// `GET /{collection}/{name}`.
+pub(crate) async fn get_global(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Path((collection, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Global))?;
+    get(&state, &who, ResourceKey::global(rtype, &name)).await
+}
+
+/// `PUT /meshes/{mesh}/{collection}/{name}`.
+pub(crate) async fn put_in_mesh(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Mesh))?;
+    put(
+        &state,
+        &who,
+        ResourceKey::new(rtype, &mesh, &name),
+        &headers,
+        &body,
+    )
+    .await
+}
+
+/// `PUT /{collection}/{name}`.
+pub(crate) async fn put_global(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Path((collection, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Global))?;
+    put(
+        &state,
+        &who,
+        ResourceKey::global(rtype, &name),
+        &headers,
+        &body,
+    )
+    .await
+}
+
+/// `DELETE /meshes/{mesh}/{collection}/{name}`.
+pub(crate) async fn delete_in_mesh(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Mesh))?;
+    delete(&state, &who, ResourceKey::new(rtype, &mesh, &name)).await
+}
+
+/// `DELETE /{collection}/{name}`.
+pub(crate) async fn delete_global(
+    State(state): Ctx,
+    Extension(who): Extension<Identity>,
+    Path((collection, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let rtype = resolve(&collection, Some(Scope::Global))?;
+    delete(&state, &who, ResourceKey::global(rtype, &name)).await
+}
+
+/// `GET /_resources`: the resource types this server knows.
+pub(crate) async fn catalogue() -> Json<Value> {
+    let resources: Vec<Value> = ResourceType::ALL
+        .iter()
+        .filter_map(|t| {
+            let path = t.collection()?;
+            Some(json!({
+                "name": t.name(),
+                "scope": match t.scope() { Scope::Mesh => "Mesh", Scope::Global => "Global" },
+                "path": path,
+                "readOnly": matches!(t, ResourceType::DataplaneInsight | ResourceType::ZoneInsight),
+                "policy": t.is_policy().then(|| json!({"isTargetRef": true, "isFromAsRules": false})),
+            }))
+        })
+        .collect();
+    Json(json!({ "resources": resources }))
+}
+
+/// `GET /policies`: the policy types.
+pub(crate) async fn policies() -> Json<Value> {
+    let policies: Vec<Value> = ResourceType::ALL
+        .iter()
+        .filter(|t| t.is_policy())
+        .filter_map(|t| {
+            let path = t.collection()?;
+            Some(json!({
+                "name": t.name(),
+                "readOnly": false,
+                "path": path,
+                "singularDisplayName": t.name(),
+                "pluralDisplayName": path,
+                "isExperimental": false,
+                "isTargetRefBased": true,
+                "isInbound": false,
+                "isOutbound": false,
+            }))
+        })
+        .collect();
+    Json(json!({ "policies": policies }))
+}

@@ -1,0 +1,460 @@
+//! The API router over a memory store, called as a local admin and as a remote client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use kuma_api::access::{Identity, UserTokenValidator};
+use kuma_api::{ApiState, ServerInfo, router};
+use kuma_core::manager::{ManagerOptions, ResourceManager};
+use kuma_store::MemoryStore;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const LOCAL: &str = "127.0.0.1:40000";
+const REMOTE: &str = "10.1.2.3:40000";
+
+struct Api {
+    state: Arc<ApiState>,
+}
+
+struct Reply {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Value,
+}
+
+/// Accepts the token `good-admin` (an admin) and `good-user` (a plain user).
+struct FixedTokens;
+
+impl UserTokenValidator for FixedTokens {
+    fn validate(&self, token: &str) -> Result<Identity, String> {
+        match token {
+            "good-admin" => Ok(Identity::admin()),
+            "good-user" => Ok(Identity {
+                name: "jane".into(),
+                groups: vec!["mesh-system:authenticated".into()],
+            }),
+            _ => Err("signature does not verify".into()),
+        }
+    }
+}
+
+impl Api {
+    async fn new(configure: impl FnOnce(&mut ApiState)) -> Api {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        let mut state = ApiState::new(manager, ServerInfo::local("test-host"));
+        state.tokens = Some(Arc::new(FixedTokens));
+        configure(&mut state);
+        Api {
+            state: Arc::new(state),
+        }
+    }
+
+    async fn call(
+        &self,
+        from: &str,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "cp.example:5681");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(Body::from(body.to_string())).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(from.parse::<SocketAddr>().unwrap()));
+        let resp = router(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, etag, body }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.call(LOCAL, "GET", uri, &[], "").await
+    }
+
+    async fn put(&self, uri: &str, body: Value) -> Reply {
+        self.call(LOCAL, "PUT", uri, &[], &body.to_string()).await
+    }
+}
+
+fn dataplane(name: &str, service: &str, port: u32) -> Value {
+    json!({
+        "type": "Dataplane", "mesh": "default", "name": name,
+        "labels": {"team": if port.is_multiple_of(2) { "even" } else { "odd" }},
+        "networking": {
+            "address": "10.0.0.1",
+            "inbound": [{"port": port, "tags": {"kuma.io/service": service}}]
+        }
+    })
+}
+
+#[tokio::test]
+async fn create_update_get_delete() {
+    let api = Api::new(|_| {}).await;
+    let index = api.get("/").await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert_eq!(index.body["hostname"], "test-host");
+    assert_eq!(index.body["product"], "Kuma");
+
+    let mesh = json!({"type": "Mesh", "name": "demo"});
+    assert_eq!(
+        api.put("/meshes/demo", mesh.clone()).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(api.put("/meshes/demo", mesh).await.status, StatusCode::OK);
+    let got = api.get("/meshes/demo").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["type"], "Mesh");
+    assert_eq!(got.body["name"], "demo");
+    assert!(got.body["creationTime"].is_string());
+
+    let dp = dataplane("web-1", "web", 8080);
+    let created = api
+        .put("/meshes/default/dataplanes/web-1", dp.clone())
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let got = api.get("/meshes/default/dataplanes/web-1").await;
+    assert_eq!(got.body["networking"]["inbound"][0]["port"], 8080);
+    // Mesh-scoped types list across meshes at the top level too.
+    assert_eq!(api.get("/dataplanes").await.body["total"], 1);
+
+    let deleted = api
+        .call(LOCAL, "DELETE", "/meshes/default/dataplanes/web-1", &[], "")
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let gone = api.get("/meshes/default/dataplanes/web-1").await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(gone.body["type"], "/std-errors");
+    assert_eq!(gone.body["status"], 404);
+    assert_eq!(
+        api.get("/meshes/nope/dataplanes").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/meshes/default/nothings").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/no/such/endpoint/at/all").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn invalid_resources_name_their_fields() {
+    let api = Api::new(|_| {}).await;
+    let mut dp = dataplane("web-1", "web", 8080);
+    dp["networking"]["inbound"][0]["tags"] = json!({});
+    let r = api.put("/meshes/default/dataplanes/web-1", dp).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["title"], "Could not process a resource");
+    assert_eq!(r.body["detail"], "Resource is not valid");
+    let fields: Vec<&str> = r.body["invalid_parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.starts_with("networking.inbound[0].tags")),
+        "{fields:?}"
+    );
+
+    let r = api
+        .put(
+            "/meshes/default/dataplanes/other",
+            dataplane("web-1", "web", 8080),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["invalid_parameters"][0]["field"], "name");
+
+    let r = api
+        .call(
+            LOCAL,
+            "PUT",
+            "/meshes/default/dataplanes/x",
+            &[],
+            "{not json",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let r = api
+        .put("/meshes/missing/dataplanes/web-1", {
+            let mut d = dataplane("web-1", "web", 8080);
+            d["mesh"] = json!("missing");
+            d
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.body["invalid_parameters"][0]["field"], "mesh",
+        "{:?}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn stale_if_match_is_a_conflict() {
+    let api = Api::new(|_| {}).await;
+    api.put(
+        "/meshes/default/dataplanes/web-1",
+        dataplane("web-1", "web", 8080),
+    )
+    .await;
+    let first = api.get("/meshes/default/dataplanes/web-1").await;
+    let etag = first.etag.expect("ETag on GET");
+    let ok = api
+        .call(
+            LOCAL,
+            "PUT",
+            "/meshes/default/dataplanes/web-1",
+            &[("If-Match", &etag)],
+            &dataplane("web-1", "web", 8081).to_string(),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let stale = api
+        .call(
+            LOCAL,
+            "PUT",
+            "/meshes/default/dataplanes/web-1",
+            &[("If-Match", &etag)],
+            &dataplane("web-1", "web", 8082).to_string(),
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{:?}", stale.body);
+    assert_eq!(stale.body["title"], "Conflict");
+    let now = api.get("/meshes/default/dataplanes/web-1").await;
+    assert_eq!(
+        now.body["networking"]["inbound"][0]["port"], 8081,
+        "the stale write changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn paging_and_filters() {
+    let api = Api::new(|_| {}).await;
+    for i in 0..25u32 {
+        let service = if i < 5 { "backend" } else { "web" };
+        let r = api
+            .put(
+                &format!("/meshes/default/dataplanes/dp-{i:02}"),
+                dataplane(&format!("dp-{i:02}"), service, 8000 + i),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let mut names = Vec::new();
+    let mut url = "/meshes/default/dataplanes?size=10".to_string();
+    loop {
+        let page = api.get(&url).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.body["total"], 25);
+        for item in page.body["items"].as_array().unwrap() {
+            names.push(item["name"].as_str().unwrap().to_string());
+        }
+        match page.body["next"].as_str() {
+            Some(next) => {
+                let rest = next
+                    .strip_prefix("http://cp.example:5681")
+                    .expect("absolute next URL");
+                assert!(rest.contains("size=10"), "{rest}");
+                url = rest.to_string();
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("dp-{i:02}")).collect();
+    assert_eq!(names, expected, "every item once, in name order");
+
+    let backend = api
+        .get("/meshes/default/dataplanes?tag=kuma.io/service:backend")
+        .await;
+    assert_eq!(backend.body["total"], 5);
+    let named = api.get("/meshes/default/dataplanes?name=dp-1").await;
+    assert_eq!(named.body["total"], 10);
+    let even = api
+        .get("/meshes/default/dataplanes?filter%5Blabels.team%5D=even")
+        .await;
+    assert_eq!(even.body["total"], 13);
+    let gateways = api.get("/meshes/default/dataplanes?gateway=true").await;
+    assert_eq!(gateways.body["total"], 0);
+    let sidecars = api.get("/meshes/default/dataplanes?gateway=false").await;
+    assert_eq!(sidecars.body["total"], 25);
+
+    for bad in [
+        "size=0",
+        "size=1001",
+        "size=x",
+        "offset=999",
+        "gateway=maybe",
+        "tag=nocolon",
+    ] {
+        let r = api.get(&format!("/meshes/default/dataplanes?{bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            r.body["invalid_parameters"][0]["field"].is_string(),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn remote_callers_need_a_token_and_secrets_need_an_admin() {
+    let api = Api::new(|_| {}).await;
+    let secret = json!({"type": "Secret", "mesh": "default", "name": "s1", "data": "c2VjcmV0"});
+    let dp = dataplane("web-1", "web", 8080).to_string();
+
+    // Anonymous remote: reads yes, writes no, secrets never.
+    let who = api.call(REMOTE, "GET", "/who-am-i", &[], "").await;
+    assert_eq!(who.body["name"], "mesh-system:anonymous");
+    assert_eq!(
+        api.call(REMOTE, "GET", "/meshes", &[], "").await.status,
+        StatusCode::OK
+    );
+    let write = api
+        .call(REMOTE, "PUT", "/meshes/default/dataplanes/web-1", &[], &dp)
+        .await;
+    assert_eq!(write.status, StatusCode::UNAUTHORIZED);
+    let secrets = api
+        .call(REMOTE, "GET", "/meshes/default/secrets", &[], "")
+        .await;
+    assert_eq!(secrets.status, StatusCode::FORBIDDEN);
+
+    // A token that does not verify is refused outright.
+    let bad = api
+        .call(
+            REMOTE,
+            "GET",
+            "/meshes",
+            &[("Authorization", "Bearer forged")],
+            "",
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        bad.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("invalid user token")
+    );
+
+    // A plain user writes ordinary resources but not secrets.
+    let user = [("Authorization", "Bearer good-user")];
+    let write = api
+        .call(
+            REMOTE,
+            "PUT",
+            "/meshes/default/dataplanes/web-1",
+            &user,
+            &dp,
+        )
+        .await;
+    assert_eq!(write.status, StatusCode::CREATED);
+    let put_secret = api
+        .call(
+            REMOTE,
+            "PUT",
+            "/meshes/default/secrets/s1",
+            &user,
+            &secret.to_string(),
+        )
+        .await;
+    assert_eq!(put_secret.status, StatusCode::FORBIDDEN);
+
+    // An admin token, like localhost, may do everything.
+    let admin = [("Authorization", "Bearer good-admin")];
+    let put_secret = api
+        .call(
+            REMOTE,
+            "PUT",
+            "/meshes/default/secrets/s1",
+            &admin,
+            &secret.to_string(),
+        )
+        .await;
+    assert_eq!(put_secret.status, StatusCode::CREATED);
+    let local = api.get("/meshes/default/secrets/s1").await;
+    assert_eq!(local.status, StatusCode::OK);
+    assert_eq!(local.body["data"], "c2VjcmV0");
+}
+
+#[tokio::test]
+async fn read_only_mode_refuses_writes() {
+    let api = Api::new(|s| s.read_only = true).await;
+    let r = api
+        .put("/meshes/demo", json!({"type": "Mesh", "name": "demo"}))
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(api.get("/meshes/default").await.status, StatusCode::OK);
+    let insight = api
+        .put(
+            "/meshes/default/dataplane-insights/x",
+            json!({"type": "DataplaneInsight", "mesh": "default", "name": "x"}),
+        )
+        .await;
+    assert_eq!(insight.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn catalogues() {
+    let api = Api::new(|_| {}).await;
+    let resources = api.get("/_resources").await;
+    let names: Vec<&str> = resources.body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"Dataplane") && names.contains(&"MeshTimeout"));
+    let policies = api.get("/policies").await;
+    assert!(
+        policies.body["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "MeshRetry" && p["path"] == "meshretries")
+    );
+    assert_eq!(api.get("/config").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ready_flips_only_when_told() {
+    use kuma_api::diagnostics::{Readiness, router as diagnostics};
+    let readiness = Arc::new(Readiness::default());
+    let status = |path: &'static str| {
+        let app = diagnostics(readiness.clone());
+        async move {
+            let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(status("/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status("/healthy").await, StatusCode::OK);
+    readiness.set(true);
+    assert_eq!(status("/ready").await, StatusCode::OK);
+    readiness.set(false);
+    assert_eq!(status("/ready").await, StatusCode::SERVICE_UNAVAILABLE);
+}
