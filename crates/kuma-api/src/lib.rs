@@ -33,7 +33,6 @@ pub mod resources;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use kuma_core::manager::ResourceManager;
@@ -170,13 +169,4 @@ async fn config(State(state): State<Arc<ApiState>>) -> Json<Value> {
 
 async fn who_am_i(Extension(who): Extension<Identity>) -> Json<Value> {
     Json(json!({"name": who.name, "groups": who.groups}))
-}
-
-/// 405 for methods a route does not have, in Kuma's error body.
-pub fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method not Allowed",
-        "this method is not allowed here",
-    )
 }

@@ -136,7 +136,7 @@ async fn list(
     check_read(who, rtype)?;
     let mut query = list_query(rtype, uri.query())?;
     if let Some(mesh) = &mesh {
-        ensure_mesh(state, mesh, LIST_TITLE).await?;
+        ensure_mesh(state, mesh).await?;
     }
     query.mesh = mesh;
     let page = state
@@ -152,7 +152,7 @@ async fn list(
 }
 
 /// 404 unless `mesh` exists.
-async fn ensure_mesh(state: &ApiState, mesh: &str, _title: &str) -> Result<(), ApiError> {
+async fn ensure_mesh(state: &ApiState, mesh: &str) -> Result<(), ApiError> {
     state
         .manager
         .get(&ResourceKey::global(ResourceType::Mesh, mesh))

@@ -458,3 +458,35 @@ async fn ready_flips_only_when_told() {
     readiness.set(false);
     assert_eq!(status("/ready").await, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn policies_are_resources_like_any_other() {
+    let api = Api::new(|_| {}).await;
+    let timeout = json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "short",
+        "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "2s"}}]
+        }
+    });
+    let r = api
+        .put("/meshes/default/meshtimeouts/short", timeout.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let got = api.get("/meshes/default/meshtimeouts/short").await;
+    assert_eq!(
+        got.body["spec"]["to"][0]["default"]["connectionTimeout"],
+        "2s"
+    );
+    assert_eq!(api.get("/meshtimeouts").await.body["total"], 1);
+
+    let mut bad = timeout;
+    bad["spec"]["to"][0]["default"]["connectionTimeout"] = json!("soon");
+    let r = api.put("/meshes/default/meshtimeouts/short", bad).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let field = r.body["invalid_parameters"][0]["field"].as_str().unwrap();
+    assert!(
+        field.starts_with("spec.to[0].default.connectionTimeout"),
+        "{field}"
+    );
+}
