@@ -16,7 +16,7 @@ use tonic::Status;
 use crate::cache::Snapshot;
 use crate::server::{Callbacks, wildcard_capable};
 use crate::stream::{Closed, Protocol};
-use crate::types::push_rank;
+use crate::types::in_push_order;
 use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
 
@@ -120,9 +120,7 @@ impl<C: Callbacks> DeltaStream<C> {
     }
 
     async fn push_all(&mut self) -> Result<(), Closed> {
-        let mut type_urls: Vec<String> = self.types.keys().cloned().collect();
-        type_urls.sort_by_key(|t| (push_rank(t), t.clone()));
-        for t in type_urls {
+        for t in in_push_order(self.types.keys()) {
             self.push(&t).await?;
         }
         Ok(())

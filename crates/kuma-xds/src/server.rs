@@ -31,7 +31,7 @@ use tonic::{Response, Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
 use crate::stream::{Closed, OUTBOX, Protocol, drive};
-use crate::types::{CLUSTER, LISTENER, push_rank};
+use crate::types::{CLUSTER, LISTENER, in_push_order};
 use crate::wire::{DeltaResponse, SotwResponse, XdsCodec};
 
 /// Observers of stream events (used, for example, to maintain DataplaneInsight). Every method
@@ -305,9 +305,7 @@ impl<C: Callbacks> SotwStream<C> {
     }
 
     async fn push_all(&mut self) -> Result<(), Closed> {
-        let mut type_urls: Vec<String> = self.types.keys().cloned().collect();
-        type_urls.sort_by_key(|t| (push_rank(t), t.clone()));
-        for t in type_urls {
+        for t in in_push_order(self.types.keys()) {
             self.push(&t, false).await?;
         }
         Ok(())

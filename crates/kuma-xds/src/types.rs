@@ -22,3 +22,10 @@ pub fn push_rank(type_url: &str) -> usize {
         .position(|t| *t == type_url)
         .unwrap_or(PUSH_ORDER.len())
 }
+
+/// `type_urls` sorted for pushing: [`PUSH_ORDER`] first, other types after, by name.
+pub fn in_push_order<'a>(type_urls: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut sorted: Vec<String> = type_urls.into_iter().cloned().collect();
+    sorted.sort_by_key(|t| (push_rank(t), t.clone()));
+    sorted
+}
