@@ -4,133 +4,43 @@
 //! is deregistered, and SIGTERM stops the control plane cleanly.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use kuma_testkit::{envoy_binary, eventually, free_port, http_get, http_request, response_body};
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-fn sigterm(child: &Child) {
-    kill(
-        Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-}
-
-struct Dp {
-    child: Child,
-    admin_port: u16,
-    readiness_port: u16,
-}
+use common::{Standalone, kuma_dp, sigterm, test_dir};
+use kuma_testkit::{envoy_binary, eventually, free_port, http_get, http_request, response_body};
+use tokio::process::Command;
 
 /// Whether "hello" comes back through `port`.
 async fn echoes(port: u16) -> bool {
     kuma_testkit::round_trip(port, b"hello").await.as_deref() == Some(b"hello".as_slice())
 }
 
-async fn kuma_dp(
-    dir: &std::path::Path,
-    cp_port: u16,
-    ca_file: &str,
-    name: &str,
-    dataplane: &str,
-) -> Dp {
-    let file = dir.join(format!("{name}.yaml"));
-    std::fs::write(&file, dataplane).unwrap();
-    let (admin_port, readiness_port) = (free_port().await, free_port().await);
-    let child = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
-        .args([
-            "run",
-            "--cp-address",
-            &format!("https://localhost:{cp_port}"),
-            "--ca-cert-file",
-            ca_file,
-            "--dataplane-file",
-        ])
-        .arg(&file)
-        .args([
-            "--binary-path",
-            &envoy_binary(),
-            "--admin-port",
-            &admin_port.to_string(),
-        ])
-        .args([
-            "--readiness-port",
-            &readiness_port.to_string(),
-            "--config-dir",
-        ])
-        .arg(dir.join(name))
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join(format!("{name}.log")))
-                .map(Stdio::from)
-                .unwrap(),
-        )
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Dp {
-        child,
-        admin_port,
-        readiness_port,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_and_kuma_dp_carry_traffic() {
-    let dir = std::env::temp_dir().join(format!("kuma-binaries-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cp_port = free_port().await;
-    let api_port = free_port().await;
-    let api_tls_port = free_port().await;
-    let diagnostics_port = free_port().await;
-    let mut cp = Command::new(env!("CARGO_BIN_EXE_standalone"))
-        .env("KUMA_DP_SERVER_PORT", cp_port.to_string())
-        .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
-        .env("KUMA_API_SERVER_HTTPS_PORT", api_tls_port.to_string())
-        .env("KUMA_DIAGNOSTICS_SERVER_PORT", diagnostics_port.to_string())
-        .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(cp.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(first.contains("running"), "{first}");
-    let mut table = Vec::new();
-    let ca_line = loop {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("standalone prints its table")
-            .unwrap()
-            .expect("the table ends with the CA line");
-        if line.contains("CA certificate") {
-            break line;
-        }
-        table.push(line);
-    };
-    let table = table.join("\n");
+    let dir = test_dir("binaries");
+    let Standalone {
+        child: mut cp,
+        mut lines,
+        table,
+        dp_port: cp_port,
+        api_port,
+        api_tls_port,
+        diagnostics_port,
+        ca_file,
+    } = Standalone::start(&[]).await;
     for port in [diagnostics_port, cp_port, api_port, api_tls_port] {
         assert!(
             table.contains(&format!(":{port}")),
             "the listen table names port {port}: {table}"
         );
     }
-    let ca_file = ca_line.split_whitespace().last().unwrap().to_string();
     assert!(
         std::fs::read_to_string(&ca_file)
             .unwrap()
             .contains("BEGIN CERTIFICATE"),
-        "{ca_line}"
+        "{ca_file}"
     );
 
     // Once the table is printed every component has started.

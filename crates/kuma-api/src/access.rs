@@ -68,9 +68,10 @@ impl Identity {
 }
 
 /// Verifies user tokens. The control plane provides one backed by its signing keys.
+#[async_trait::async_trait]
 pub trait UserTokenValidator: Send + Sync + 'static {
     /// The identity `token` carries, or why it is refused (expired, bad signature, revoked…).
-    fn validate(&self, token: &str) -> Result<Identity, String>;
+    async fn validate(&self, token: &str) -> Result<Identity, String>;
 }
 
 /// Middleware: decides the caller's [`Identity`] and stores it in the request's extensions.
@@ -94,7 +95,7 @@ pub async fn identify(
         let Some(validator) = &state.tokens else {
             return ApiError::unauthenticated("user tokens are not enabled").into_response();
         };
-        match validator.validate(token) {
+        match validator.validate(token).await {
             Ok(identity) => identity,
             Err(reason) => {
                 return ApiError::unauthenticated(format!("invalid user token: {reason}"))

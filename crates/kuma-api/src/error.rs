@@ -69,6 +69,16 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "Method not Allowed", detail)
     }
 
+    /// 500: the server failed (the detail is logged, not sent).
+    pub fn internal(title: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            title,
+            "Internal Server Error",
+        )
+    }
+
     /// Maps a manager failure; `title` says what was attempted.
     pub fn from_manager(title: &str, err: ManagerError) -> Self {
         match err {

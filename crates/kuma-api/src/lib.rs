@@ -18,6 +18,7 @@
 //! - [`resources`]: CRUD for every registered type, paging and filters;
 //! - [`access`]: who the caller is (localhost admin, user token, anonymous) and what they may do;
 //! - [`error`]: Kuma's error body with `invalid_parameters`;
+//! - [`inspect`]: Dataplane overviews, the global insight and the config a proxy is served;
 //! - [`diagnostics`]: the diagnostics port's `/ready` and `/healthy`.
 //!
 //! Serve it with [`axum::Router::into_make_service_with_connect_info`]`::<SocketAddr>` so the
@@ -28,6 +29,7 @@
 pub mod access;
 pub mod diagnostics;
 pub mod error;
+pub mod inspect;
 pub mod resources;
 
 use std::sync::Arc;
@@ -90,6 +92,8 @@ pub struct ApiState {
     pub localhost_is_admin: bool,
     /// Verifies user tokens; without it, bearer tokens are refused.
     pub tokens: Option<Arc<dyn UserTokenValidator>>,
+    /// The Envoy config served to proxies (`_config`); without it `_config` is 404.
+    pub proxy_configs: Option<Arc<dyn inspect::ProxyConfigSource>>,
 }
 
 impl ApiState {
@@ -102,6 +106,7 @@ impl ApiState {
             read_only: false,
             localhost_is_admin: true,
             tokens: None,
+            proxy_configs: None,
         }
     }
 }
@@ -120,6 +125,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/who-am-i", get(who_am_i))
         .route("/policies", get(policies))
         .route("/_resources", get(catalogue))
+        .route("/global-insight", get(inspect::global_insight))
+        .route(
+            "/meshes/{mesh}/dataplanes+insights",
+            get(inspect::list_overviews),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes+insights/{name}",
+            get(inspect::get_overview),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_overview",
+            get(inspect::get_overview),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_config",
+            get(inspect::proxy_config),
+        )
         .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{collection}/{name}",

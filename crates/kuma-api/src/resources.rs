@@ -101,7 +101,12 @@ pub(crate) fn list_query(rtype: ResourceType, raw: Option<&str>) -> Result<ListQ
 }
 
 /// The absolute URL of the next page: the request's URL with `offset` replaced.
-fn next_url(scheme: &str, headers: &HeaderMap, uri: &axum::http::Uri, offset: &str) -> String {
+pub(crate) fn next_url(
+    scheme: &str,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    offset: &str,
+) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -152,7 +157,7 @@ async fn list(
 }
 
 /// 404 unless `mesh` exists.
-async fn ensure_mesh(state: &ApiState, mesh: &str) -> Result<(), ApiError> {
+pub(crate) async fn ensure_mesh(state: &ApiState, mesh: &str) -> Result<(), ApiError> {
     state
         .manager
         .get(&ResourceKey::global(ResourceType::Mesh, mesh))

@@ -30,8 +30,9 @@ struct Reply {
 /// Accepts the token `good-admin` (an admin) and `good-user` (a plain user).
 struct FixedTokens;
 
+#[async_trait::async_trait]
 impl UserTokenValidator for FixedTokens {
-    fn validate(&self, token: &str) -> Result<Identity, String> {
+    async fn validate(&self, token: &str) -> Result<Identity, String> {
         match token {
             "good-admin" => Ok(Identity::admin()),
             "good-user" => Ok(Identity {

@@ -85,16 +85,37 @@ impl ResourceManager {
         }
     }
 
+    /// What a new resource is owned by: a DataplaneInsight by its Dataplane, anything else
+    /// mesh-scoped by its Mesh. Deleting the owner deletes what it owns.
     fn owner(resource: &Resource) -> Option<ResourceKey> {
-        (resource.rtype().scope() == Scope::Mesh)
-            .then(|| ResourceKey::global(ResourceType::Mesh, &resource.meta.mesh))
+        let meta = &resource.meta;
+        match resource.rtype() {
+            ResourceType::DataplaneInsight => Some(ResourceKey::new(
+                ResourceType::Dataplane,
+                &meta.mesh,
+                &meta.name,
+            )),
+            t if t.scope() == Scope::Mesh => {
+                Some(ResourceKey::global(ResourceType::Mesh, &meta.mesh))
+            }
+            _ => None,
+        }
     }
 
     fn map_owner_error(e: StoreError, resource: &Resource) -> ManagerError {
         match e {
-            StoreError::OwnerNotFound(_) => ManagerError::Invalid(ValidationError::single(
-                "mesh",
-                format!("mesh {:?} does not exist", resource.meta.mesh),
+            StoreError::OwnerNotFound(owner) if owner.rtype == ResourceType::Mesh => {
+                ManagerError::Invalid(ValidationError::single(
+                    "mesh",
+                    format!("mesh {:?} does not exist", resource.meta.mesh),
+                ))
+            }
+            StoreError::OwnerNotFound(owner) => ManagerError::Invalid(ValidationError::single(
+                "name",
+                format!(
+                    "{} {:?} does not exist in mesh {:?}",
+                    owner.rtype, owner.name, owner.mesh
+                ),
             )),
             e => ManagerError::Store(e),
         }

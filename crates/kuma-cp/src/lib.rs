@@ -15,8 +15,12 @@
 //! TLS port (certificate configured, or generated at start under its own CA), with the
 //! universal Dataplane lifecycle.
 
+pub mod auth;
 pub mod bootstrap;
+pub mod insights;
+pub mod inspect;
 pub mod lifecycle;
+pub mod metrics;
 pub mod reconcile;
 pub mod tls;
 
@@ -24,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::post;
+use axum::routing::{get, post};
 use kuma_core::config::{Config, ConfigError, Mode, StoreType};
 use kuma_core::manager::{ManagerError, ManagerOptions, ResourceManager};
 use kuma_store::MemoryStore;
@@ -38,6 +42,8 @@ use tokio::task::JoinHandle;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long store changes are collected before proxies' configs are regenerated.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How often a proxy's DataplaneInsight is written at most.
+pub const INSIGHT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the control plane did not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,9 @@ pub enum StartError {
     /// Initial resources could not be created.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// The admin user token could not be bootstrapped.
+    #[error("admin user token: {0}")]
+    Tokens(#[from] kuma_ca::TokenError),
 }
 
 /// A running control plane.
@@ -78,6 +87,7 @@ pub struct ControlPlane {
     shutdown: watch::Sender<bool>,
     servers: Servers,
     reconciler: JoinHandle<()>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// The control plane's server tasks; dropping the set stops them.
@@ -184,15 +194,27 @@ impl ControlPlane {
         let diagnostics_addr = local_addr("diagnostics", &l)?;
         // Servers stop when this set is dropped: a start that fails half-way leaves nothing
         // listening.
+        let metrics = Arc::new(metrics::Metrics::default());
+        let diagnostics =
+            kuma_api::diagnostics::router(readiness.clone()).route(
+                "/metrics",
+                get({
+                    let metrics = metrics.clone();
+                    move |headers: axum::http::HeaderMap| async move {
+                        metrics::serve(&metrics, &headers)
+                    }
+                }),
+            );
         let mut servers = Servers(vec![spawn_server(
             "diagnostics",
             l,
-            kuma_api::diagnostics::router(readiness.clone()),
+            diagnostics,
             shutdown.subscribe(),
         )]);
 
         let zone = (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone());
-        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions { zone });
+        let store = metrics::MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let manager = ResourceManager::new(Arc::new(store), ManagerOptions { zone });
         if !config.defaults.skip_mesh_creation {
             manager.ensure_default_mesh().await?;
         }
@@ -206,7 +228,8 @@ impl ControlPlane {
             generator,
             registry.clone(),
             DEBOUNCE,
-        );
+        )
+        .with_metrics(metrics.clone());
         let reconciler = tokio::spawn(reconciler.run());
 
         let lifecycle = lifecycle::Lifecycle::new(
@@ -215,7 +238,27 @@ impl ControlPlane {
             tokio::runtime::Handle::current(),
             registry,
         );
-        let ads = AdsServer::new(cache.clone(), Arc::new(lifecycle))
+        let hostname = tls::hostname();
+        let mut info = kuma_api::ServerInfo::local(&hostname);
+        info.mode = match config.mode {
+            Mode::Standalone => "standalone",
+            Mode::Zone => "zone",
+            Mode::Global => "global",
+        }
+        .into();
+        let insights = insights::InsightRecorder::new(
+            manager.clone(),
+            &info.instance_id,
+            config.metrics.dataplane.subscription_limit,
+        );
+        let insight_writer = tokio::spawn(
+            insights
+                .clone()
+                .run(INSIGHT_FLUSH_INTERVAL, shutdown.subscribe()),
+        );
+        servers.0.push(insight_writer);
+        let callbacks = (lifecycle, (insights, metrics::XdsMetrics(metrics.clone())));
+        let ads = AdsServer::new(cache.clone(), Arc::new(callbacks))
             .with_shutdown(shutdown.subscribe())
             .into_service();
         let work_dir = if config.general.work_dir.is_empty() {
@@ -273,21 +316,27 @@ impl ControlPlane {
         tracing::info!(%dp_server_addr, "dp-server (TLS: ADS and /bootstrap) listening");
 
         let api = &config.api_server;
-        let hostname = tls::hostname();
-        let mut info = kuma_api::ServerInfo::local(&hostname);
-        info.mode = match config.mode {
-            Mode::Standalone => "standalone",
-            Mode::Zone => "zone",
-            Mode::Global => "global",
+        let user_tokens = Arc::new(kuma_ca::user_token::UserTokens::new(manager.clone()));
+        if api.authn.tokens.bootstrap_admin_token && user_tokens.bootstrap_admin_token().await? {
+            tracing::info!(
+                "admin user token generated and stored as the global secret {:?}; an admin reads it \
+                 with `curl http://localhost:{}/global-secrets/{0} | jq -r .data | base64 -d`",
+                kuma_ca::user_token::ADMIN_USER_TOKEN,
+                api.http.port,
+            );
         }
-        .into();
         let api_state = Arc::new(kuma_api::ApiState {
             config: masked_config(&config),
             read_only: api.read_only,
             localhost_is_admin: api.authn.localhost_is_admin,
+            tokens: Some(Arc::new(auth::TokenAuthenticator(user_tokens))),
+            proxy_configs: Some(Arc::new(inspect::CacheInspector(cache.clone()))),
             ..kuma_api::ApiState::new(manager.clone(), info)
         });
-        let api_router = kuma_api::router(api_state);
+        let api_router = kuma_api::router(api_state).layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            metrics::count_api_requests,
+        ));
         let mut api_http_addr = None;
         if api.http.enabled {
             let l = bind("API (HTTP)", &api.http.interface, api.http.port).await?;
@@ -338,6 +387,7 @@ impl ControlPlane {
             shutdown,
             servers,
             reconciler,
+            metrics,
         })
     }
 
@@ -374,6 +424,11 @@ impl ControlPlane {
     /// The resource manager (validating access to the store).
     pub fn manager(&self) -> &ResourceManager {
         &self.manager
+    }
+
+    /// The control plane's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.metrics
     }
 
     /// The xDS snapshot cache.

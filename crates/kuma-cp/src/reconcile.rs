@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kuma_core::manager::ResourceManager;
 use kuma_core::model::dataplane::DataplaneSpec;
@@ -18,6 +18,7 @@ use kuma_xds::cache::SnapshotCache;
 use kuma_xds::generate::{MeshContext, ProxyContext, SnapshotGenerator, node_id};
 
 use crate::lifecycle::ProxyRegistry;
+use crate::metrics::Metrics;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Keeps the snapshot cache in step with the store.
@@ -29,6 +30,9 @@ pub struct Reconciler {
     debounce: Duration,
     /// Node ids with a snapshot, per mesh (to drop those whose Dataplane is gone).
     nodes: BTreeMap<String, BTreeSet<String>>,
+    metrics: Option<Arc<Metrics>>,
+    /// When the first change of the batch being applied arrived.
+    changed_at: Instant,
 }
 
 impl Reconciler {
@@ -47,7 +51,15 @@ impl Reconciler {
             registry,
             debounce,
             nodes: BTreeMap::new(),
+            metrics: None,
+            changed_at: Instant::now(),
         }
+    }
+
+    /// Records generation times, and the snapshots waiting for delivery, in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn all_meshes(&self) -> BTreeSet<String> {
@@ -84,7 +96,20 @@ impl Reconciler {
                 dataplane: dp,
                 metadata: self.registry.get(&node),
             };
-            self.cache.set(&node, self.generator.generate(&ctx));
+            let started = Instant::now();
+            let snapshot = self.generator.generate(&ctx);
+            if let Some(m) = &self.metrics {
+                m.generation.observe(started.elapsed().as_secs_f64());
+                let versions: Vec<(String, String)> = snapshot
+                    .type_urls()
+                    .map(|t| (t.to_string(), snapshot.version(t)))
+                    .collect();
+                if self.cache.set(&node, snapshot) {
+                    m.snapshot_set(&node, self.changed_at, versions);
+                }
+            } else {
+                self.cache.set(&node, snapshot);
+            }
             current.insert(node);
         }
         for gone in self
@@ -105,6 +130,7 @@ impl Reconciler {
     /// Runs until the store's change stream closes.
     pub async fn run(mut self) {
         let mut events = self.manager.store().watch();
+        self.changed_at = Instant::now();
         for mesh in self.all_meshes().await {
             self.sync_mesh(&mesh).await;
         }
@@ -113,11 +139,16 @@ impl Reconciler {
             let mut everything = false;
             match events.recv().await {
                 Ok(e) => {
-                    dirty.insert(mesh_of(&e.key));
+                    let mesh = mesh_of(&e.key);
+                    if mesh.is_empty() {
+                        continue; // nothing to regenerate: no need to wait for more
+                    }
+                    dirty.insert(mesh);
                 }
                 Err(RecvError::Lagged(_)) => everything = true,
                 Err(RecvError::Closed) => return,
             }
+            self.changed_at = Instant::now();
             tokio::time::sleep(self.debounce).await;
             loop {
                 match events.try_recv() {

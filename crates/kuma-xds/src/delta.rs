@@ -27,6 +27,8 @@ struct DeltaTypeState {
     /// Name -> version the proxy has (or was last sent).
     known: BTreeMap<String, String>,
     nonce: Option<String>,
+    /// The type's snapshot version when `nonce` was sent (what an ACK of it accepts).
+    sent_version: String,
     /// Names subscribed to that must be answered even if they do not exist.
     pending: BTreeSet<String>,
 }
@@ -74,14 +76,14 @@ impl<C: Callbacks> DeltaStream<C> {
                     self.id,
                     &self.node_id,
                     &req.type_url,
-                    &req.response_nonce,
+                    &state.sent_version,
                     &err.message,
                 ),
                 None => self.callbacks.on_ack(
                     self.id,
                     &self.node_id,
                     &req.type_url,
-                    &req.response_nonce,
+                    &state.sent_version,
                 ),
             }
         }
@@ -180,8 +182,9 @@ impl<C: Callbacks> DeltaStream<C> {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         state.nonce = Some(nonce.clone());
+        state.sent_version = snapshot.version(type_url);
         let response = DeltaResponse {
-            system_version_info: snapshot.version(type_url),
+            system_version_info: state.sent_version.clone(),
             resources,
             type_url: type_url.to_string(),
             removed_resources: removed,

@@ -7,11 +7,14 @@
 //!   [`server::Callbacks`] for stream events.
 //! - Resources are encoded once ([`cache::EncodedResource`]) and written into every stream from
 //!   the same bytes ([`wire`]).
+//! - With the `inspect` feature, `inspect` renders snapshots as canonical protobuf JSON.
 
 pub mod cache;
 mod delta;
 pub mod envoy;
 pub mod generate;
+#[cfg(feature = "inspect")]
+pub mod inspect;
 pub mod server;
 mod stream;
 pub mod types;

@@ -63,6 +63,42 @@ pub trait Callbacks: Send + Sync + 'static {
     }
 }
 
+/// Two observers of the same streams: every event goes to the first, then the second.
+impl<A: Callbacks, B: Callbacks> Callbacks for (A, B) {
+    fn on_stream_open(&self, stream_id: u64, node_id: &str) {
+        self.0.on_stream_open(stream_id, node_id);
+        self.1.on_stream_open(stream_id, node_id);
+    }
+    fn on_stream_closed(&self, stream_id: u64, node_id: &str) {
+        self.0.on_stream_closed(stream_id, node_id);
+        self.1.on_stream_closed(stream_id, node_id);
+    }
+    fn on_request(&self, stream_id: u64, node_id: &str, request: &DiscoveryRequest) {
+        self.0.on_request(stream_id, node_id, request);
+        self.1.on_request(stream_id, node_id, request);
+    }
+    fn on_response(&self, stream_id: u64, node_id: &str, response: &SotwResponse) {
+        self.0.on_response(stream_id, node_id, response);
+        self.1.on_response(stream_id, node_id, response);
+    }
+    fn on_delta_request(&self, stream_id: u64, node_id: &str, request: &DeltaDiscoveryRequest) {
+        self.0.on_delta_request(stream_id, node_id, request);
+        self.1.on_delta_request(stream_id, node_id, request);
+    }
+    fn on_delta_response(&self, stream_id: u64, node_id: &str, response: &DeltaResponse) {
+        self.0.on_delta_response(stream_id, node_id, response);
+        self.1.on_delta_response(stream_id, node_id, response);
+    }
+    fn on_ack(&self, stream_id: u64, node_id: &str, type_url: &str, version: &str) {
+        self.0.on_ack(stream_id, node_id, type_url, version);
+        self.1.on_ack(stream_id, node_id, type_url, version);
+    }
+    fn on_nack(&self, stream_id: u64, node_id: &str, type_url: &str, version: &str, error: &str) {
+        self.0.on_nack(stream_id, node_id, type_url, version, error);
+        self.1.on_nack(stream_id, node_id, type_url, version, error);
+    }
+}
+
 /// Callbacks that do nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoCallbacks;

@@ -116,6 +116,8 @@ pub struct Config {
     pub diagnostics: DiagnosticsConfig,
     /// The port proxies connect to (ADS, SDS, bootstrap).
     pub dp_server: DpServerConfig,
+    /// What is recorded about proxies.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -134,6 +136,7 @@ impl Default for Config {
             multizone: MultizoneConfig::default(),
             diagnostics: DiagnosticsConfig::default(),
             dp_server: DpServerConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -370,6 +373,8 @@ pub struct ApiAuthnConfig {
     pub kind: String,
     /// Requests from localhost act as admin.
     pub localhost_is_admin: bool,
+    /// User tokens.
+    pub tokens: ApiTokensConfig,
 }
 
 impl Default for ApiAuthnConfig {
@@ -377,6 +382,23 @@ impl Default for ApiAuthnConfig {
         ApiAuthnConfig {
             kind: "tokens".into(),
             localhost_is_admin: true,
+            tokens: ApiTokensConfig::default(),
+        }
+    }
+}
+
+/// `apiServer.authn.tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ApiTokensConfig {
+    /// Store an admin user token as the global secret `admin-user-token` at first start.
+    pub bootstrap_admin_token: bool,
+}
+
+impl Default for ApiTokensConfig {
+    fn default() -> Self {
+        ApiTokensConfig {
+            bootstrap_admin_token: true,
         }
     }
 }
@@ -557,6 +579,30 @@ impl Default for DiagnosticsConfig {
         DiagnosticsConfig {
             server_port: 5680,
             debug_endpoints: false,
+        }
+    }
+}
+
+/// `metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// DataplaneInsight.
+    pub dataplane: DataplaneMetricsConfig,
+}
+
+/// `metrics.dataplane`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DataplaneMetricsConfig {
+    /// How many of the latest xDS subscriptions a DataplaneInsight keeps (0: all).
+    pub subscription_limit: usize,
+}
+
+impl Default for DataplaneMetricsConfig {
+    fn default() -> Self {
+        DataplaneMetricsConfig {
+            subscription_limit: 2,
         }
     }
 }

@@ -143,8 +143,12 @@ macro_rules! registry {
                 match self { $(ResourceType::$variant => Spec::$variant(Default::default())),* }
             }
 
-            /// The type served under this REST collection.
+            /// The type served under this REST collection (or Kuma's alternative path, such
+            /// as `global-secrets` for `globalsecrets`).
             pub fn from_collection(collection: &str) -> Option<Self> {
+                if collection == "global-secrets" {
+                    return Some(ResourceType::GlobalSecret);
+                }
                 Self::ALL.iter().copied().find(|t| t.collection() == Some(collection))
             }
         }

@@ -1,0 +1,330 @@
+//! Proxy inspection: Dataplane overviews (the Dataplane with its DataplaneInsight), the
+//! global insight, and the Envoy config a proxy is being served.
+//!
+//! - `GET /meshes/{mesh}/dataplanes+insights[/{name}]` and
+//!   `GET /meshes/{mesh}/dataplanes/{name}/_overview`: `DataplaneOverview`s, paged and
+//!   filtered like Dataplane lists;
+//! - `GET /meshes/{mesh}/dataplanes/{name}/_config`: `{"xds": {typeUrl: {name: resource}}}`;
+//! - `GET /global-insight`: counts of meshes, data planes (online, offline, partially
+//!   degraded), services, policies and every resource type.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use kuma_core::model::common::SERVICE_TAG;
+use kuma_core::model::dataplane::{DataplaneSpec, GatewayType};
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
+use kuma_core::store::ListQuery;
+use serde_json::{Map, Value, json};
+
+use crate::access::{Identity, check_read};
+use crate::error::ApiError;
+use crate::resources::{ensure_mesh, list_query, next_url};
+use crate::{ApiState, Scheme};
+
+/// Where the API finds the Envoy config each proxy is served.
+pub trait ProxyConfigSource: Send + Sync + 'static {
+    /// The config served to Dataplane `name` of `mesh` as type URL -> resource name ->
+    /// resource (canonical protobuf JSON); `None` when it is served nothing (yet).
+    fn proxy_config(&self, mesh: &str, name: &str) -> Option<Result<Value, String>>;
+}
+
+const TITLE: &str = "Could not retrieve the dataplane overview";
+
+/// Whether an insight has a subscription that has not ended (the proxy is connected).
+pub fn is_online(insight: Option<&Resource>) -> bool {
+    let Some(Spec::DataplaneInsight(spec)) = insight.map(|r| &r.spec) else {
+        return false;
+    };
+    spec.get("subscriptions")
+        .and_then(Value::as_array)
+        .is_some_and(|subs| {
+            subs.iter()
+                .any(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none())
+        })
+}
+
+fn overview(dataplane: &Resource, insight: Option<&Resource>) -> Value {
+    let mut out = Map::new();
+    out.insert("type".into(), json!("DataplaneOverview"));
+    let full = dataplane.to_value();
+    let mut spec = Map::new();
+    if let Value::Object(fields) = full {
+        for (k, v) in fields {
+            match k.as_str() {
+                "mesh" | "name" | "creationTime" | "modificationTime" | "labels" => {
+                    out.insert(k, v);
+                }
+                "type" => {}
+                _ => {
+                    spec.insert(k, v);
+                }
+            }
+        }
+    }
+    out.insert("dataplane".into(), Value::Object(spec));
+    let insight = match insight.map(|r| &r.spec) {
+        Some(Spec::DataplaneInsight(s)) => Value::Object(s.clone()),
+        _ => json!({}),
+    };
+    out.insert("dataplaneInsight".into(), insight);
+    Value::Object(out)
+}
+
+async fn insights_of(state: &ApiState, items: &[Resource]) -> HashMap<(String, String), Resource> {
+    let mut out = HashMap::new();
+    for dp in items {
+        let key = ResourceKey::new(ResourceType::DataplaneInsight, &dp.meta.mesh, &dp.meta.name);
+        if let Ok(insight) = state.manager.get(&key).await {
+            out.insert((dp.meta.mesh.clone(), dp.meta.name.clone()), insight);
+        }
+    }
+    out
+}
+
+/// `GET /meshes/{mesh}/dataplanes+insights`.
+pub(crate) async fn list_overviews(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    Path(mesh): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_read(&who, ResourceType::Dataplane)?;
+    let mut query = list_query(ResourceType::Dataplane, uri.query())?;
+    ensure_mesh(&state, &mesh).await?;
+    query.mesh = Some(mesh);
+    let page = state
+        .manager
+        .list(&query)
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let insights = insights_of(&state, &page.items).await;
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|dp| {
+            overview(
+                dp,
+                insights.get(&(dp.meta.mesh.clone(), dp.meta.name.clone())),
+            )
+        })
+        .collect();
+    let next = page
+        .next_offset
+        .as_deref()
+        .map(|o| next_url(scheme.0, &headers, &uri, o));
+    Ok(Json(json!({"total": page.total, "items": items, "next": next})).into_response())
+}
+
+/// `GET /meshes/{mesh}/dataplanes+insights/{name}` and `.../dataplanes/{name}/_overview`.
+pub(crate) async fn get_overview(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_read(&who, ResourceType::Dataplane)?;
+    ensure_mesh(&state, &mesh).await?;
+    let dp = state
+        .manager
+        .get(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let insights = insights_of(&state, std::slice::from_ref(&dp)).await;
+    Ok(Json(overview(&dp, insights.get(&(mesh, name)))).into_response())
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/_config`.
+pub(crate) async fn proxy_config(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    const CONFIG_TITLE: &str = "Could not inspect the proxy config";
+    check_read(&who, ResourceType::Dataplane)?;
+    ensure_mesh(&state, &mesh).await?;
+    state
+        .manager
+        .get(&ResourceKey::new(ResourceType::Dataplane, &mesh, &name))
+        .await
+        .map_err(|e| ApiError::from_manager(CONFIG_TITLE, e))?;
+    let Some(source) = &state.proxy_configs else {
+        return Err(ApiError::not_found(
+            "proxy config inspection is not available",
+        ));
+    };
+    match source.proxy_config(&mesh, &name) {
+        Some(Ok(xds)) => Ok(Json(json!({"xds": xds})).into_response()),
+        Some(Err(e)) => Err(ApiError::internal(CONFIG_TITLE, e)),
+        None => Ok(Json(json!({"xds": {}})).into_response()),
+    }
+}
+
+#[derive(Default)]
+struct Status {
+    total: u64,
+    online: u64,
+    offline: u64,
+    degraded: u64,
+}
+
+impl Status {
+    fn add(&mut self, online: bool, degraded: bool) {
+        self.total += 1;
+        match (online, degraded) {
+            (false, _) => self.offline += 1,
+            (true, true) => self.degraded += 1,
+            (true, false) => self.online += 1,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "total": self.total,
+            "online": self.online,
+            "offline": self.offline,
+            "partiallyDegraded": self.degraded,
+        })
+    }
+}
+
+async fn all(state: &ApiState, rtype: ResourceType) -> Result<Vec<Resource>, ApiError> {
+    state
+        .manager
+        .list(&ListQuery::all(rtype))
+        .await
+        .map(|p| p.items)
+        .map_err(|e| ApiError::from_manager("Could not compute the global insight", e))
+}
+
+/// `GET /global-insight`.
+pub(crate) async fn global_insight(
+    State(state): State<Arc<ApiState>>,
+) -> Result<Response, ApiError> {
+    let mut resources = Map::new();
+    let mut policies = 0u64;
+    for rtype in ResourceType::ALL {
+        let query = ListQuery {
+            size: Some(1),
+            ..ListQuery::all(*rtype)
+        };
+        let total = state
+            .manager
+            .list(&query)
+            .await
+            .map(|p| p.total)
+            .map_err(|e| ApiError::from_manager("Could not compute the global insight", e))?;
+        if rtype.is_policy() {
+            policies += total as u64;
+        }
+        resources.insert(rtype.name().to_string(), json!({"total": total}));
+    }
+    let meshes = resources
+        .get("Mesh")
+        .and_then(|m| m["total"].as_u64())
+        .unwrap_or_default();
+
+    let dataplanes = all(&state, ResourceType::Dataplane).await?;
+    let insights = insights_of(&state, &dataplanes).await;
+    let (mut standard, mut builtin, mut delegated) =
+        (Status::default(), Status::default(), Status::default());
+    // Per service (mesh, kind, name): (instances online, instances).
+    let mut services: BTreeMap<(String, &'static str, String), (u64, u64)> = BTreeMap::new();
+    for dp in &dataplanes {
+        let Some(spec) = dp.spec_as::<DataplaneSpec>() else {
+            continue;
+        };
+        let online = is_online(insights.get(&(dp.meta.mesh.clone(), dp.meta.name.clone())));
+        let Some(networking) = &spec.networking else {
+            continue;
+        };
+        let inbounds = &networking.inbound;
+        let unhealthy = inbounds
+            .iter()
+            .any(|i| i.health.as_ref().is_some_and(|h| h.ready == Some(false)));
+        let (status, kind, tags) = match &networking.gateway {
+            Some(g) if g.kind == Some(GatewayType::Builtin) => {
+                (&mut builtin, "builtin", vec![&g.tags])
+            }
+            Some(g) => (&mut delegated, "delegated", vec![&g.tags]),
+            None => (
+                &mut standard,
+                "internal",
+                inbounds.iter().map(|i| &i.tags).collect(),
+            ),
+        };
+        status.add(online, unhealthy);
+        for tags in tags {
+            if let Some(service) = tags.get(SERVICE_TAG) {
+                let entry = services
+                    .entry((dp.meta.mesh.clone(), kind, service.clone()))
+                    .or_default();
+                entry.1 += 1;
+                if online {
+                    entry.0 += 1;
+                }
+            }
+        }
+    }
+    let mut by_kind: HashMap<&'static str, Status> = HashMap::new();
+    for ((_, kind, _), (online, total)) in &services {
+        let s = by_kind.entry(kind).or_default();
+        s.total += 1;
+        if *online == 0 {
+            s.offline += 1;
+        } else if online < total {
+            s.degraded += 1;
+        } else {
+            s.online += 1;
+        }
+    }
+    let kind = |k: &str| {
+        by_kind
+            .get(k)
+            .map(Status::to_json)
+            .unwrap_or_else(|| Status::default().to_json())
+    };
+    let external = resources
+        .get("ExternalService")
+        .and_then(|m| m["total"].as_u64())
+        .unwrap_or_default();
+    let zone_count = |name: &str| {
+        resources
+            .get(name)
+            .and_then(|m| m["total"].as_u64())
+            .unwrap_or_default()
+    };
+    let body = json!({
+        "createdAt": chrono_now(),
+        "services": {
+            "total": services.len() as u64 + external,
+            "internal": kind("internal"),
+            "external": {"total": external},
+            "gatewayBuiltin": kind("builtin"),
+            "gatewayDelegated": kind("delegated"),
+        },
+        "zones": {
+            "controlPlanes": {"online": 0, "total": zone_count("Zone")},
+            "zoneEgresses": {"online": 0, "total": zone_count("ZoneEgress")},
+            "zoneIngresses": {"online": 0, "total": zone_count("ZoneIngress")},
+        },
+        "dataplanes": {
+            "standard": standard.to_json(),
+            "gatewayBuiltin": builtin.to_json(),
+            "gatewayDelegated": delegated.to_json(),
+        },
+        "policies": {"total": policies},
+        "meshes": {"total": meshes},
+        "resources": resources,
+    });
+    Ok(Json(body).into_response())
+}
+
+fn chrono_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

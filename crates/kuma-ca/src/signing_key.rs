@@ -1,0 +1,223 @@
+//! RSA signing keys stored as global secrets, as Kuma stores them.
+//!
+//! A key named `<prefix>-<serial>` (e.g. `user-token-signing-key-1`) holds a PEM RSA private key
+//! (PKCS#1 `RSA PRIVATE KEY` or PKCS#8 `PRIVATE KEY`); the bare `<prefix>` is serial 0. Tokens
+//! are signed with the highest serial and carry it as `kid`, so rotating means adding the next
+//! serial and removing the old one once its tokens are gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kuma_core::manager::{ManagerError, ResourceManager};
+use kuma_core::model::system::SecretSpec;
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
+use kuma_core::store::{ListQuery, StoreError};
+use ring::signature::{self, RsaKeyPair};
+use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
+use rsa::pkcs8::DecodePrivateKey as _;
+
+use crate::TokenError;
+
+/// Size of generated keys, as Kuma's.
+pub const KEY_BITS: usize = 2048;
+/// The key id of the first key.
+pub const DEFAULT_KEY_ID: &str = "1";
+
+/// One RSA key, able to sign and verify RS256.
+#[derive(Clone)]
+pub struct SigningKey {
+    kid: String,
+    pair: Arc<RsaKeyPair>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A new random RSA key as PKCS#1 PEM (what Kuma stores).
+    pub fn generate_pem() -> Result<String, TokenError> {
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, KEY_BITS)
+            .map_err(|e| TokenError::Key(format!("could not generate an RSA key: {e}")))?;
+        let pem = key
+            .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+            .map_err(|e| TokenError::Key(format!("could not encode the RSA key: {e}")))?;
+        Ok(pem.to_string())
+    }
+
+    /// Reads a PEM RSA private key (PKCS#1 or PKCS#8).
+    pub fn from_pem(kid: &str, pem: &[u8]) -> Result<Self, TokenError> {
+        let text = std::str::from_utf8(pem)
+            .map_err(|_| TokenError::Key("the key is not PEM text".into()))?;
+        let key = rsa::RsaPrivateKey::from_pkcs1_pem(text)
+            .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(text))
+            .map_err(|_| TokenError::Key("not a PEM RSA private key (PKCS#1 or PKCS#8)".into()))?;
+        let der = key
+            .to_pkcs1_der()
+            .map_err(|e| TokenError::Key(format!("could not encode the RSA key: {e}")))?;
+        let pair = RsaKeyPair::from_der(der.as_bytes())
+            .map_err(|e| TokenError::Key(format!("unusable RSA key: {e}")))?;
+        Ok(SigningKey {
+            kid: kid.to_string(),
+            pair: Arc::new(pair),
+        })
+    }
+
+    /// The key id tokens signed with it carry.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// RSASSA-PKCS1-v1_5 SHA-256 signature of `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
+        let mut sig = vec![0; self.pair.public().modulus_len()];
+        self.pair
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                message,
+                &mut sig,
+            )
+            .map_err(|_| TokenError::Key("signing failed".into()))?;
+        Ok(sig)
+    }
+
+    /// Whether `sig` is this key's RS256 signature of `message`.
+    pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
+        signature::UnparsedPublicKey::new(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            self.pair.public().as_ref(),
+        )
+        .verify(message, sig)
+        .is_ok()
+    }
+}
+
+/// The serial of a key named `name`, if it is one of `prefix`'s keys.
+pub fn serial_of(prefix: &str, name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    rest.strip_prefix('-')?.parse().ok()
+}
+
+/// The secret name holding key `kid` of `prefix`.
+pub fn secret_name(prefix: &str, kid: &str) -> String {
+    if kid == "0" {
+        prefix.to_string()
+    } else {
+        format!("{prefix}-{kid}")
+    }
+}
+
+/// The signing keys with one prefix, read from global secrets (parsed keys are cached by
+/// content, so rotation and deletion are seen at once).
+pub struct SigningKeys {
+    manager: ResourceManager,
+    prefix: String,
+    parsed: Mutex<HashMap<String, (String, SigningKey)>>,
+}
+
+impl SigningKeys {
+    /// Keys named `<prefix>-<serial>` in `manager`'s store.
+    pub fn new(manager: ResourceManager, prefix: &str) -> Self {
+        SigningKeys {
+            manager,
+            prefix: prefix.to_string(),
+            parsed: Mutex::default(),
+        }
+    }
+
+    /// The key with the highest serial.
+    pub async fn latest(&self) -> Result<SigningKey, TokenError> {
+        let page = self
+            .manager
+            .list(&ListQuery::all(ResourceType::GlobalSecret))
+            .await?;
+        let newest = page
+            .items
+            .iter()
+            .filter_map(|r| serial_of(&self.prefix, &r.meta.name).map(|s| (s, r)))
+            .max_by_key(|(s, _)| *s);
+        match newest {
+            Some((serial, resource)) => self.parse(&serial.to_string(), resource),
+            None => Err(TokenError::SigningKeyNotFound {
+                kid: DEFAULT_KEY_ID.into(),
+                name: secret_name(&self.prefix, DEFAULT_KEY_ID),
+            }),
+        }
+    }
+
+    /// The key with id `kid`.
+    pub async fn get(&self, kid: &str) -> Result<SigningKey, TokenError> {
+        let name = secret_name(&self.prefix, kid);
+        let not_found = || TokenError::SigningKeyNotFound {
+            kid: kid.into(),
+            name: name.clone(),
+        };
+        if kid.parse::<u64>().is_err() {
+            return Err(not_found());
+        }
+        match self
+            .manager
+            .get(&ResourceKey::global(ResourceType::GlobalSecret, &name))
+            .await
+        {
+            Ok(resource) => self.parse(kid, &resource),
+            Err(ManagerError::Store(StoreError::NotFound(_))) => Err(not_found()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates key [`DEFAULT_KEY_ID`] unless some key exists; whether it created one.
+    pub async fn ensure_default(&self) -> Result<bool, TokenError> {
+        match self.latest().await {
+            Ok(_) => return Ok(false),
+            Err(TokenError::SigningKeyNotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let pem = SigningKey::generate_pem()?;
+        let secret = Resource::new(
+            "",
+            &secret_name(&self.prefix, DEFAULT_KEY_ID),
+            Spec::GlobalSecret(SecretSpec::from_bytes(pem.as_bytes())),
+        );
+        match self.manager.create(secret).await {
+            Ok(_) => Ok(true),
+            // Another instance made it first: theirs is as good.
+            Err(ManagerError::Store(StoreError::AlreadyExists(_))) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn parse(&self, kid: &str, resource: &Resource) -> Result<SigningKey, TokenError> {
+        let Spec::GlobalSecret(secret) = &resource.spec else {
+            return Err(TokenError::Key(format!(
+                "{} is not a GlobalSecret",
+                resource.meta.name
+            )));
+        };
+        let data = secret.data.clone().unwrap_or_default();
+        let mut parsed = self
+            .parsed
+            .lock()
+            .map_err(|_| TokenError::Key("signing key cache poisoned".into()))?;
+        if let Some((seen, key)) = parsed.get(&resource.meta.name)
+            && *seen == data
+        {
+            return Ok(key.clone());
+        }
+        let pem = secret.bytes().ok_or_else(|| {
+            TokenError::Key(format!("{}: data is not base64", resource.meta.name))
+        })?;
+        let key = SigningKey::from_pem(kid, &pem)
+            .map_err(|e| TokenError::Key(format!("{}: {e}", resource.meta.name)))?;
+        parsed.insert(resource.meta.name.clone(), (data, key.clone()));
+        Ok(key)
+    }
+}

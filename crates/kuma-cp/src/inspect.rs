@@ -1,0 +1,18 @@
+//! The API's view of what the snapshot cache serves each proxy.
+
+use std::sync::Arc;
+
+use kuma_api::inspect::ProxyConfigSource;
+use kuma_xds::cache::SnapshotCache;
+use kuma_xds::generate::node_id;
+use serde_json::Value;
+
+/// Renders the snapshot the cache holds for a Dataplane.
+pub struct CacheInspector(pub Arc<SnapshotCache>);
+
+impl ProxyConfigSource for CacheInspector {
+    fn proxy_config(&self, mesh: &str, name: &str) -> Option<Result<Value, String>> {
+        let snapshot = self.0.get(&node_id(mesh, name))?;
+        Some(kuma_xds::inspect::snapshot_json(&snapshot))
+    }
+}

@@ -1,0 +1,597 @@
+//! `kumactl`: manage a Kuma-compatible control plane through its HTTP API, with Kuma's verbs.
+//!
+//! ```text
+//! kumactl config control-planes add --name local --address http://localhost:5681 \
+//!     [--auth-type tokens --auth-conf token=<token>] [--ca-cert-file ca.crt] [--overwrite]
+//! kumactl apply -f resources.yaml [--dry-run]        # or -f - for stdin
+//! kumactl get meshes|dataplanes|<policies> [-m mesh] [-o table|yaml|json] [--size N --offset O]
+//! kumactl get dataplane NAME -m MESH [-o yaml]
+//! kumactl delete dataplane NAME -m MESH
+//! kumactl inspect dataplanes [-m mesh]
+//! kumactl inspect dataplane NAME -m MESH --type config
+//! ```
+
+mod client;
+mod config;
+mod output;
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kuma_core::resource::{ResourceType, Scope, parse_documents};
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::config::{ApiServer, KumactlConfig};
+use crate::output::{Format, Table, ago, tags};
+
+#[derive(Parser)]
+#[command(
+    name = "kumactl",
+    about = "Manage a Kuma-compatible control plane",
+    version
+)]
+struct Cli {
+    /// Path to the configuration file.
+    #[arg(long, global = true)]
+    config_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage kumactl's configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Create or modify resources from a file (multi-document YAML or JSON).
+    Apply {
+        /// File to read, or `-` for stdin.
+        #[arg(short = 'f', long = "file")]
+        file: String,
+        /// Check and print the resources instead of applying them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show resources.
+    Get {
+        /// Type (`meshes`, `dataplanes`, `meshtrafficpermissions`, ...; singular with a name).
+        kind: String,
+        /// Name of one resource.
+        name: Option<String>,
+        #[command(flatten)]
+        common: Common,
+        /// Page size.
+        #[arg(long)]
+        size: Option<usize>,
+        /// Offset of the page (from the previous page's footer).
+        #[arg(long)]
+        offset: Option<String>,
+    },
+    /// Delete a resource.
+    Delete {
+        /// Type (singular or plural).
+        kind: String,
+        /// Name.
+        name: String,
+        /// Mesh of a mesh-scoped resource.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+    },
+    /// Inspect data plane proxies.
+    Inspect {
+        #[command(subcommand)]
+        command: InspectCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Mesh.
+    #[arg(short = 'm', long, default_value = "default")]
+    mesh: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Manage known control planes.
+    ControlPlanes {
+        #[command(subcommand)]
+        command: ControlPlanesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControlPlanesCommand {
+    /// Add a control plane and make it the current one.
+    Add {
+        /// Name of the control plane.
+        #[arg(long)]
+        name: String,
+        /// URL of its API server, e.g. http://localhost:5681 or https://cp:5682.
+        #[arg(long)]
+        address: String,
+        /// Authentication: `tokens`.
+        #[arg(long)]
+        auth_type: Option<String>,
+        /// Authentication settings, e.g. `token=<user token>`.
+        #[arg(long)]
+        auth_conf: Vec<String>,
+        /// CA certificate the HTTPS API's certificate must chain to.
+        #[arg(long)]
+        ca_cert_file: Option<String>,
+        /// Do not verify the HTTPS API's certificate.
+        #[arg(long)]
+        skip_verify: bool,
+        /// Replace a control plane of the same name.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// List known control planes.
+    List,
+}
+
+#[derive(Subcommand)]
+enum InspectCommand {
+    /// Data plane proxies with their xDS status.
+    Dataplanes {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// One data plane proxy.
+    Dataplane {
+        /// Name.
+        name: String,
+        /// Mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        /// What to show: `config` (the Envoy config the control plane serves it).
+        #[arg(long = "type", default_value = "config")]
+        kind: String,
+    },
+}
+
+/// The type a command-line word names (`meshes`, `mesh`, `meshtrafficpermissions`,
+/// `global-secrets`...), and whether it was plural.
+fn resolve_type(word: &str) -> Option<(ResourceType, bool)> {
+    // Kuma accepts `global-secrets` and `zone-ingresses` as well as `globalsecrets`...
+    let word = word.to_ascii_lowercase().replace('-', "");
+    for t in ResourceType::ALL.iter().copied() {
+        let singular = t.name().to_ascii_lowercase();
+        let plural = if singular.ends_with('s') {
+            format!("{singular}es")
+        } else {
+            format!("{singular}s")
+        };
+        let collection = t.collection().unwrap_or_default().replace('-', "");
+        if word == plural || word == collection {
+            return Some((t, true));
+        }
+        let collection_singular = collection
+            .strip_suffix("sses")
+            .map(|s| format!("{s}ss"))
+            .or_else(|| {
+                collection
+                    .strip_suffix("es")
+                    .filter(|s| s.ends_with("ss"))
+                    .map(str::to_string)
+            })
+            .or_else(|| collection.strip_suffix('s').map(str::to_string));
+        if word == singular || Some(&word) == collection_singular.as_ref() {
+            return Some((t, false));
+        }
+    }
+    None
+}
+
+fn resource_path(rtype: ResourceType, mesh: &str, name: Option<&str>) -> Result<String, String> {
+    let collection = rtype
+        .collection()
+        .ok_or_else(|| format!("{rtype} is not served by the API"))?;
+    let base = match rtype.scope() {
+        Scope::Mesh => format!("/meshes/{mesh}/{collection}"),
+        Scope::Global => format!("/{collection}"),
+    };
+    Ok(match name {
+        Some(n) => format!("{base}/{n}"),
+        None => base,
+    })
+}
+
+fn rows_for(rtype: ResourceType, items: &[Value]) -> Table {
+    match rtype {
+        ResourceType::Mesh => Table {
+            headers: vec!["NAME", "mTLS", "LOCALITY", "ZONEEGRESS", "AGE"],
+            rows: items
+                .iter()
+                .map(|m| {
+                    let mtls = match m["mtls"]["enabledBackend"].as_str() {
+                        Some(b) if !b.is_empty() => {
+                            let kind = m["mtls"]["backends"]
+                                .as_array()
+                                .and_then(|bs| bs.iter().find(|x| x["name"] == b))
+                                .and_then(|x| x["type"].as_str())
+                                .unwrap_or("");
+                            format!("{kind}/{b}")
+                        }
+                        _ => "off".into(),
+                    };
+                    let on = |v: &Value| {
+                        if v.as_bool() == Some(true) {
+                            "on"
+                        } else {
+                            "off"
+                        }
+                    };
+                    vec![
+                        m["name"].as_str().unwrap_or_default().into(),
+                        mtls,
+                        on(&m["routing"]["localityAwareLoadBalancing"]).into(),
+                        on(&m["routing"]["zoneEgress"]).into(),
+                        ago(&m["modificationTime"]),
+                    ]
+                })
+                .collect(),
+        },
+        ResourceType::Dataplane => Table {
+            headers: vec!["MESH", "NAME", "TAGS", "ADDRESS", "AGE"],
+            rows: items
+                .iter()
+                .map(|d| {
+                    let n = &d["networking"];
+                    let address = n["advertisedAddress"]
+                        .as_str()
+                        .or(n["address"].as_str())
+                        .unwrap_or_default();
+                    vec![
+                        d["mesh"].as_str().unwrap_or_default().into(),
+                        d["name"].as_str().unwrap_or_default().into(),
+                        tags(d),
+                        address.into(),
+                        ago(&d["modificationTime"]),
+                    ]
+                })
+                .collect(),
+        },
+        t if t.scope() == Scope::Mesh => Table {
+            headers: vec!["MESH", "NAME", "AGE"],
+            rows: items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r["mesh"].as_str().unwrap_or_default().into(),
+                        r["name"].as_str().unwrap_or_default().into(),
+                        ago(&r["modificationTime"]),
+                    ]
+                })
+                .collect(),
+        },
+        _ => Table {
+            headers: vec!["NAME", "AGE"],
+            rows: items
+                .iter()
+                .map(|r| {
+                    vec![
+                        r["name"].as_str().unwrap_or_default().into(),
+                        ago(&r["modificationTime"]),
+                    ]
+                })
+                .collect(),
+        },
+    }
+}
+
+fn print(format: Format, value: &Value, table: impl FnOnce() -> String) {
+    match format {
+        Format::Json => println!("{}", output::json(value)),
+        Format::Yaml => print!("{}", output::yaml(value)),
+        Format::Table => print!("{}", table()),
+    }
+}
+
+/// The latest subscription of an insight (the open one, else the last).
+fn latest_subscription(insight: &Value) -> Option<&Value> {
+    let subs = insight["subscriptions"].as_array()?;
+    subs.iter()
+        .rev()
+        .find(|s| s.get("disconnectTime").is_none())
+        .or(subs.last())
+}
+
+fn inspect_row(overview: &Value) -> Vec<String> {
+    let insight = &overview["dataplaneInsight"];
+    let subs = insight["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let online = subs
+        .iter()
+        .any(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
+    let latest = latest_subscription(insight);
+    let sum = |field: &str| -> u64 {
+        subs.iter()
+            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
+            .sum()
+    };
+    let version = |component: &str| -> String {
+        latest
+            .and_then(|s| s["version"][component]["version"].as_str())
+            .unwrap_or("unknown")
+            .to_string()
+    };
+    // The most recent ACK and NACK over all types, from the control plane's xDS record.
+    let xds = insight["metadata"]["xds"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let last = |time_key: &str| {
+        xds.iter()
+            .filter_map(|(kind, s)| {
+                s[time_key]
+                    .as_str()
+                    .map(|t| (t.to_string(), kind.clone(), s.clone()))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+    };
+    let last_ack = last("lastAckTime")
+        .map(|(t, kind, _)| format!("{kind} {}", ago(&Value::String(t))))
+        .unwrap_or_else(|| "never".into());
+    let last_nack = last("lastNackTime")
+        .map(|(_, kind, s)| {
+            let error = s["lastNackError"].as_str().unwrap_or_default();
+            format!("{kind}: {}", error.trim().replace('\n', " "))
+        })
+        .unwrap_or_else(|| "-".into());
+    let dataplane = &overview["dataplane"];
+    vec![
+        overview["mesh"].as_str().unwrap_or_default().into(),
+        overview["name"].as_str().unwrap_or_default().into(),
+        tags(dataplane),
+        if online { "Online" } else { "Offline" }.into(),
+        latest
+            .map(|s| ago(&s["connectTime"]))
+            .unwrap_or_else(|| "never".into()),
+        latest
+            .map(|s| ago(&s["status"]["lastUpdateTime"]))
+            .unwrap_or_else(|| "never".into()),
+        sum("responsesSent").to_string(),
+        sum("responsesRejected").to_string(),
+        ago(&insight["mTLS"]["lastCertificateRegeneration"]),
+        ago(&insight["mTLS"]["certificateExpirationTime"]).replace("never", "-"),
+        insight["mTLS"]["certificateRegenerations"]
+            .as_u64()
+            .unwrap_or_default()
+            .to_string(),
+        insight["mTLS"]["issuedBackend"]
+            .as_str()
+            .unwrap_or("-")
+            .into(),
+        "-".into(),
+        version("kumaDp"),
+        version("envoy"),
+        "-".into(),
+        "-".into(),
+        last_ack,
+        last_nack,
+    ]
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let config_path = cli.config_file.clone().unwrap_or_else(config::default_path);
+    let mut config = KumactlConfig::load(&config_path)?;
+    let client = || Client::new(&config.current());
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::ControlPlanes { command },
+        } => match command {
+            ControlPlanesCommand::Add {
+                name,
+                address,
+                auth_type,
+                auth_conf,
+                ca_cert_file,
+                skip_verify,
+                overwrite,
+            } => {
+                let mut conf = std::collections::BTreeMap::new();
+                for kv in auth_conf {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("--auth-conf {kv:?} must be key=value"))?;
+                    conf.insert(k.to_string(), v.to_string());
+                }
+                let api = ApiServer {
+                    url: address,
+                    auth_type: auth_type.unwrap_or_default(),
+                    auth_conf: conf,
+                    ca_cert_file,
+                    skip_verify,
+                };
+                // Check that it answers before saving, as Kuma does.
+                let info = Client::new(&api)?.get("/").await.map_err(|e| {
+                    format!("could not connect to the Control Plane API Server: {e}")
+                })?;
+                config.add(&name, api, overwrite)?;
+                config.save(&config_path)?;
+                println!(
+                    "added Control Plane {name:?} ({} {})\nswitched active Control Plane to {name:?}",
+                    info["product"].as_str().unwrap_or("Kuma"),
+                    info["version"].as_str().unwrap_or_default()
+                );
+            }
+            ControlPlanesCommand::List => {
+                let table = Table {
+                    headers: vec!["ACTIVE", "NAME", "ADDRESS"],
+                    rows: config
+                        .control_planes
+                        .iter()
+                        .map(|c| {
+                            let active = config.contexts.iter().any(|x| {
+                                x.name == config.current_context && x.control_plane == c.name
+                            });
+                            vec![
+                                if active { "*" } else { "" }.into(),
+                                c.name.clone(),
+                                c.coordinates.api_server.url.clone(),
+                            ]
+                        })
+                        .collect(),
+                };
+                print!("{table}");
+            }
+        },
+        Command::Apply { file, dry_run } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| format!("cannot read stdin: {e}"))?;
+                s
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?
+            };
+            let resources = parse_documents(&text).map_err(|e| format!("{file}: {e}"))?;
+            if dry_run {
+                for (i, r) in resources.iter().enumerate() {
+                    if i > 0 {
+                        println!("---");
+                    }
+                    print!("{}", output::yaml(&r.to_value()));
+                }
+                return Ok(());
+            }
+            let client = client()?;
+            for r in resources {
+                let path = resource_path(r.rtype(), &r.meta.mesh, Some(&r.meta.name))?;
+                client
+                    .put(&path, r.to_value().to_string())
+                    .await
+                    .map_err(|e| format!("{} {:?}: {e}", r.rtype(), r.meta.name))?;
+            }
+        }
+        Command::Get {
+            kind,
+            name,
+            common,
+            size,
+            offset,
+        } => {
+            let (rtype, plural) =
+                resolve_type(&kind).ok_or_else(|| format!("unknown resource type {kind:?}"))?;
+            let client = client()?;
+            match (name, plural) {
+                (Some(name), false) => {
+                    let value = client
+                        .get(&resource_path(rtype, &common.mesh, Some(&name))?)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    print(common.output, &value, || {
+                        rows_for(rtype, std::slice::from_ref(&value)).to_string()
+                    });
+                }
+                (None, true) => {
+                    let mut path = resource_path(rtype, &common.mesh, None)?;
+                    let mut query = Vec::new();
+                    if let Some(s) = size {
+                        query.push(format!("size={s}"));
+                    }
+                    if let Some(o) = offset {
+                        query.push(format!("offset={o}"));
+                    }
+                    if !query.is_empty() {
+                        path = format!("{path}?{}", query.join("&"));
+                    }
+                    let list = client.get(&path).await.map_err(|e| e.to_string())?;
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    print(common.output, &list, || {
+                        let mut out = rows_for(rtype, &items).to_string();
+                        if let Some(footer) = output::pagination_footer(&list) {
+                            out.push_str(&format!("\n{footer}\n"));
+                        }
+                        out
+                    });
+                }
+                (Some(_), true) => {
+                    return Err(format!("use the singular form of {kind:?} with a name"));
+                }
+                (None, false) => return Err(format!("{kind:?} needs a name")),
+            }
+        }
+        Command::Delete { kind, name, mesh } => {
+            let (rtype, _) =
+                resolve_type(&kind).ok_or_else(|| format!("unknown resource type {kind:?}"))?;
+            client()?
+                .delete(&resource_path(rtype, &mesh, Some(&name))?)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("deleted {} {name:?}", rtype);
+        }
+        Command::Inspect { command } => match command {
+            InspectCommand::Dataplanes { common } => {
+                let list = client()?
+                    .get(&format!("/meshes/{}/dataplanes+insights", common.mesh))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                print(common.output, &list, || {
+                    Table {
+                        headers: vec![
+                            "MESH",
+                            "NAME",
+                            "TAGS",
+                            "STATUS",
+                            "LAST CONNECTED AGO",
+                            "LAST UPDATED AGO",
+                            "TOTAL UPDATES",
+                            "TOTAL ERRORS",
+                            "CERT REGENERATED AGO",
+                            "CERT EXPIRATION",
+                            "CERT REGENERATIONS",
+                            "CERT BACKEND",
+                            "SUPPORTED CERT BACKENDS",
+                            "KUMA-DP VERSION",
+                            "ENVOY VERSION",
+                            "DEPENDENCIES VERSIONS",
+                            "NOTES",
+                            "LAST ACK",
+                            "LAST NACK",
+                        ],
+                        rows: items.iter().map(inspect_row).collect(),
+                    }
+                    .to_string()
+                });
+            }
+            InspectCommand::Dataplane { name, mesh, kind } => {
+                if kind != "config" {
+                    return Err(format!(
+                        "--type {kind:?} is not supported yet: use --type config"
+                    ));
+                }
+                let value = client()?
+                    .get(&format!("/meshes/{mesh}/dataplanes/{name}/_config"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{}", output::json(&value["xds"]));
+            }
+        },
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What the binary tests share: starting `standalone` on free ports and `kuma-dp` agents.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use kuma_testkit::{envoy_binary, free_port};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    kill(
+        Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// A running `standalone` and where it listens.
+pub struct Standalone {
+    pub child: Child,
+    pub lines: Lines<BufReader<ChildStdout>>,
+    /// The port table it printed.
+    pub table: String,
+    pub dp_port: u16,
+    pub api_port: u16,
+    pub api_tls_port: u16,
+    pub diagnostics_port: u16,
+    /// The CA of its generated certificate (dp-server and HTTPS API).
+    pub ca_file: String,
+}
+
+impl Standalone {
+    /// Starts `standalone` on free ports with `env` added, and waits for its port table.
+    pub async fn start(env: &[(&str, &str)]) -> Standalone {
+        let (dp_port, api_port, api_tls_port, diagnostics_port) = (
+            free_port().await,
+            free_port().await,
+            free_port().await,
+            free_port().await,
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_standalone"));
+        cmd.env("KUMA_DP_SERVER_PORT", dp_port.to_string())
+            .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
+            .env("KUMA_API_SERVER_HTTPS_PORT", api_tls_port.to_string())
+            .env("KUMA_DIAGNOSTICS_SERVER_PORT", diagnostics_port.to_string())
+            .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(first.contains("running"), "{first}");
+        let mut table = Vec::new();
+        let ca_line = loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("standalone prints its table")
+                .unwrap()
+                .expect("the table ends with the CA line");
+            if line.contains("CA certificate") {
+                break line;
+            }
+            table.push(line);
+        };
+        Standalone {
+            child,
+            lines,
+            table: table.join("\n"),
+            dp_port,
+            api_port,
+            api_tls_port,
+            diagnostics_port,
+            ca_file: ca_line.split_whitespace().last().unwrap().to_string(),
+        }
+    }
+}
+
+/// A running `kuma-dp` (and its Envoy).
+pub struct Dp {
+    pub child: Child,
+    pub admin_port: u16,
+    pub readiness_port: u16,
+}
+
+/// Starts `kuma-dp run` for `dataplane` (YAML) against the dp-server on `cp_port`; its files
+/// and log go under `dir`.
+pub async fn kuma_dp(dir: &Path, cp_port: u16, ca_file: &str, name: &str, dataplane: &str) -> Dp {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, dataplane).unwrap();
+    let (admin_port, readiness_port) = (free_port().await, free_port().await);
+    let child = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+        .args([
+            "run",
+            "--cp-address",
+            &format!("https://localhost:{cp_port}"),
+            "--ca-cert-file",
+            ca_file,
+            "--dataplane-file",
+        ])
+        .arg(&file)
+        .args([
+            "--binary-path",
+            &envoy_binary(),
+            "--admin-port",
+            &admin_port.to_string(),
+        ])
+        .args([
+            "--readiness-port",
+            &readiness_port.to_string(),
+            "--config-dir",
+        ])
+        .arg(dir.join(name))
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(format!("{name}.log")))
+                .map(Stdio::from)
+                .unwrap(),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Dp {
+        child,
+        admin_port,
+        readiness_port,
+    }
+}
+
+/// A fresh directory for one test's files.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kuma-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
