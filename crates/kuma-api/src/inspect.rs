@@ -1,8 +1,8 @@
 //! Proxy inspection: Dataplane overviews (the Dataplane with its DataplaneInsight), the
 //! global insight, and the Envoy config a proxy is being served.
 //!
-//! - `GET /meshes/{mesh}/dataplanes+insights[/{name}]` and
-//!   `GET /meshes/{mesh}/dataplanes/{name}/_overview`: `DataplaneOverview`s, paged and
+//! - `GET /meshes/{mesh}/dataplanes+insights[/{name}]`, `GET /meshes/{mesh}/dataplanes/_overview`
+//!   and `GET /meshes/{mesh}/dataplanes/{name}/_overview`: `DataplaneOverview`s, paged and
 //!   filtered like Dataplane lists;
 //! - `GET /meshes/{mesh}/dataplanes/{name}/_config`: `{"xds": {typeUrl: {name: resource}}}`;
 //! - `GET /global-insight`: counts of meshes, data planes (online, offline, partially
@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use crate::access::{Identity, check_read};
 use crate::error::ApiError;
-use crate::resources::{ensure_mesh, list_query, next_url};
+use crate::resources::{ensure_mesh, list_query, next_url, page_body};
 use crate::{ApiState, Scheme};
 
 /// Where the API finds the Envoy config each proxy is served.
@@ -119,7 +119,7 @@ pub(crate) async fn list_overviews(
         .next_offset
         .as_deref()
         .map(|o| next_url(scheme.0, &headers, &uri, o));
-    Ok(Json(json!({"total": page.total, "items": items, "next": next})).into_response())
+    Ok(Json(page_body(page.total, items, next)).into_response())
 }
 
 /// `GET /meshes/{mesh}/dataplanes+insights/{name}` and `.../dataplanes/{name}/_overview`.

@@ -18,7 +18,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kuma_core::resource::{ParseError, Resource, ResourceKey, ResourceType, Scope, parse_yaml};
-use kuma_core::store::{GatewayFilter, ListQuery, Page};
+use kuma_core::store::{GatewayFilter, ListQuery};
 use kuma_core::validation::ValidationError;
 use serde_json::{Value, json};
 
@@ -121,12 +121,13 @@ pub(crate) fn next_url(
     format!("{scheme}://{host}{}?{}", uri.path(), query.finish())
 }
 
-fn page_body(page: Page, next: Option<String>, render: impl Fn(&Resource) -> Value) -> Value {
-    json!({
-        "total": page.total,
-        "items": page.items.iter().map(render).collect::<Vec<_>>(),
-        "next": next,
-    })
+/// A list page; `next` is left out on the last page (the API schema types it as a string).
+pub(crate) fn page_body(total: usize, items: Vec<Value>, next: Option<String>) -> Value {
+    let mut body = json!({"total": total, "items": items});
+    if let Some(next) = next {
+        body["next"] = Value::String(next);
+    }
+    body
 }
 
 async fn list(
@@ -153,7 +154,8 @@ async fn list(
         .next_offset
         .as_deref()
         .map(|o| next_url(scheme, headers, uri, o));
-    Ok(Json(page_body(page, next, Resource::to_value)).into_response())
+    let items = page.items.iter().map(Resource::to_value).collect();
+    Ok(Json(page_body(page.total, items, next)).into_response())
 }
 
 /// 404 unless `mesh` exists.
@@ -341,8 +343,24 @@ pub(crate) async fn list_top(
 pub(crate) async fn get_in_mesh(
     State(state): Ctx,
     Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
     Path((mesh, collection, name)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Kuma's `/meshes/{mesh}/dataplanes/_overview` lists overviews. (A static route for it
+    // does not win over this one in axum's router, so it is dispatched here.)
+    if collection == "dataplanes" && name == "_overview" {
+        return crate::inspect::list_overviews(
+            State(state),
+            Extension(who),
+            Extension(scheme),
+            Path(mesh),
+            uri,
+            headers,
+        )
+        .await;
+    }
     let rtype = resolve(&collection, Some(Scope::Mesh))?;
     get(&state, &who, ResourceKey::new(rtype, &mesh, &name)).await
 }
@@ -421,16 +439,102 @@ pub(crate) async fn catalogue() -> Json<Value> {
         .iter()
         .filter_map(|t| {
             let path = t.collection()?;
-            Some(json!({
+            let (singular, plural) = display_names(t.name());
+            let mut entry = json!({
                 "name": t.name(),
                 "scope": match t.scope() { Scope::Mesh => "Mesh", Scope::Global => "Global" },
                 "path": path,
                 "readOnly": matches!(t, ResourceType::DataplaneInsight | ResourceType::ZoneInsight),
-                "policy": t.is_policy().then(|| json!({"isTargetRef": true, "isFromAsRules": false})),
-            }))
+                "singularDisplayName": singular,
+                "pluralDisplayName": plural,
+                "shortName": short_name(*t),
+                "includeInFederation": t.kds_to_zone() || t.is_policy(),
+            });
+            if let Some((to, from, rules, from_as_rules)) = policy_target_refs(*t) {
+                entry["policy"] = json!({
+                    "isTargetRef": true,
+                    "hasToTargetRef": to,
+                    "hasFromTargetRef": from,
+                    "hasRulesTargetRef": rules,
+                    "isFromAsRules": from_as_rules,
+                });
+            }
+            Some(entry)
         })
         .collect();
     Json(json!({ "resources": resources }))
+}
+
+/// "MeshHTTPRoute" -> ("Mesh HTTP Route", "Mesh HTTP Routes").
+fn display_names(name: &str) -> (String, String) {
+    let chars: Vec<char> = name.chars().collect();
+    let mut singular = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        let starts_word = i > 0
+            && c.is_uppercase()
+            && (chars[i - 1].is_lowercase() || chars.get(i + 1).is_some_and(|n| n.is_lowercase()));
+        if starts_word {
+            singular.push(' ');
+        }
+        singular.push(*c);
+    }
+    let plural = if let Some(stem) = singular.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if singular.ends_with("ch") || singular.ends_with('s') || singular.ends_with('S') {
+        format!("{singular}es")
+    } else {
+        format!("{singular}s")
+    };
+    (singular, plural)
+}
+
+/// Kuma's short name of a policy type; the initials of other types.
+fn short_name(t: ResourceType) -> String {
+    let known = match t {
+        ResourceType::MeshAccessLog => "mal",
+        ResourceType::MeshCircuitBreaker => "mcb",
+        ResourceType::MeshFaultInjection => "mfi",
+        ResourceType::MeshHealthCheck => "mhc",
+        ResourceType::MeshHTTPRoute => "mhttpr",
+        ResourceType::MeshLoadBalancingStrategy => "mlbs",
+        ResourceType::MeshMetric => "mm",
+        ResourceType::MeshPassthrough => "mp",
+        ResourceType::MeshProxyPatch => "mpp",
+        ResourceType::MeshRateLimit => "mrl",
+        ResourceType::MeshRetry => "mr",
+        ResourceType::MeshTCPRoute => "mtcpr",
+        ResourceType::MeshTimeout => "mt",
+        ResourceType::MeshTLS => "mtls",
+        ResourceType::MeshTrace => "mtr",
+        ResourceType::MeshTrafficPermission => "mtp",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.into();
+    }
+    t.name()
+        .chars()
+        .filter(|c| c.is_uppercase())
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Which target references a policy type has: (`to`, `from`, `rules`, `from` merged as rules).
+fn policy_target_refs(t: ResourceType) -> Option<(bool, bool, bool, bool)> {
+    use ResourceType::*;
+    Some(match t {
+        MeshAccessLog | MeshCircuitBreaker | MeshRateLimit | MeshTimeout => {
+            (true, true, true, true)
+        }
+        MeshFaultInjection => (true, true, true, false),
+        MeshHealthCheck | MeshHTTPRoute | MeshLoadBalancingStrategy | MeshRetry | MeshTCPRoute => {
+            (true, false, false, false)
+        }
+        MeshTLS => (false, true, true, true),
+        MeshTrafficPermission => (false, true, true, false),
+        t if t.is_policy() => (false, false, false, false),
+        _ => return None,
+    })
 }
 
 /// `GET /policies`: the policy types.

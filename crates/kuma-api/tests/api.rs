@@ -430,6 +430,28 @@ async fn catalogues() {
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"Dataplane") && names.contains(&"MeshTimeout"));
+    let find = |name: &str| {
+        resources.body["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let route = find("MeshHTTPRoute");
+    assert_eq!(route["singularDisplayName"], "Mesh HTTP Route");
+    assert_eq!(route["pluralDisplayName"], "Mesh HTTP Routes");
+    assert_eq!(route["shortName"], "mhttpr");
+    assert_eq!(route["policy"]["hasToTargetRef"], true);
+    assert_eq!(route["policy"]["hasFromTargetRef"], false);
+    assert_eq!(find("MeshRetry")["pluralDisplayName"], "Mesh Retries");
+    assert_eq!(find("MeshTLS")["pluralDisplayName"], "Mesh TLSes");
+    assert_eq!(
+        find("MeshTrafficPermission")["policy"]["hasRulesTargetRef"],
+        true
+    );
+    assert!(find("Dataplane").get("policy").is_none());
     let policies = api.get("/policies").await;
     assert!(
         policies.body["policies"]
@@ -490,4 +512,94 @@ async fn policies_are_resources_like_any_other() {
         field.starts_with("spec.to[0].default.connectionTimeout"),
         "{field}"
     );
+}
+
+#[tokio::test]
+async fn overviews_join_dataplanes_with_their_insights() {
+    use kuma_core::resource::{Resource, Spec};
+    let api = Api::new(|_| {}).await;
+    for (name, port) in [("dp-1", 8080), ("dp-2", 8081)] {
+        let r = api
+            .put(
+                &format!("/meshes/default/dataplanes/{name}"),
+                dataplane(name, "web", port),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    // The control plane writes insights; dp-1 has an open subscription.
+    let insight = json!({"subscriptions": [{"id": "s1", "connectTime": "2026-01-01T00:00:00Z"}]});
+    let Value::Object(spec) = insight else {
+        unreachable!()
+    };
+    api.state
+        .manager
+        .create(Resource::new(
+            "default",
+            "dp-1",
+            Spec::DataplaneInsight(spec),
+        ))
+        .await
+        .unwrap();
+
+    let list = api.get("/meshes/default/dataplanes+insights").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["total"], 2);
+    let first = &list.body["items"][0];
+    assert_eq!(first["type"], "DataplaneOverview");
+    assert_eq!(first["name"], "dp-1");
+    assert_eq!(first["dataplane"]["networking"]["inbound"][0]["port"], 8080);
+    assert_eq!(first["dataplaneInsight"]["subscriptions"][0]["id"], "s1");
+    assert_eq!(list.body["items"][1]["dataplaneInsight"], json!({}));
+    // The same through Kuma's other paths; the static segment does not shadow names.
+    let paged = api.get("/meshes/default/dataplanes/_overview?size=1").await;
+    assert_eq!(
+        paged.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        paged.body
+    );
+    assert!(paged.body["next"].as_str().unwrap().contains("offset="));
+    let one = api.get("/meshes/default/dataplanes/dp-2/_overview").await;
+    assert_eq!(one.body["name"], "dp-2");
+    assert_eq!(
+        api.get("/meshes/default/dataplanes+insights/dp-1")
+            .await
+            .body["name"],
+        "dp-1"
+    );
+    assert_eq!(
+        api.get("/meshes/default/dataplanes/dp-1").await.body["type"],
+        "Dataplane"
+    );
+    assert_eq!(
+        api.get("/meshes/default/dataplanes+insights/nope")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/meshes/nope/dataplanes+insights").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Without a config source, _config is 404 (the binaries provide one).
+    assert_eq!(
+        api.get("/meshes/default/dataplanes/dp-1/_config")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    let global = api.get("/global-insight").await;
+    assert_eq!(global.status, StatusCode::OK);
+    let g = &global.body;
+    assert_eq!(g["meshes"]["total"], 1);
+    assert_eq!(
+        g["dataplanes"]["standard"],
+        json!({"total": 2, "online": 1, "offline": 1, "partiallyDegraded": 0})
+    );
+    // One service, one of its two instances online: partially degraded.
+    assert_eq!(g["services"]["internal"]["partiallyDegraded"], 1);
+    assert_eq!(g["resources"]["Dataplane"]["total"], 2);
+    assert_eq!(g["resources"]["DataplaneInsight"]["total"], 1);
 }

@@ -370,25 +370,11 @@ impl Callbacks for InsightRecorder {
     }
 
     fn on_request(&self, stream_id: u64, node_id: &str, request: &DiscoveryRequest) {
-        if let Some(node) = &request.node {
-            let version = node_version(node);
-            self.with_stream(node_id, stream_id, |s| {
-                if s.envoy_version.is_none() {
-                    s.envoy_version = version;
-                }
-            });
-        }
+        self.node_seen(stream_id, node_id, request.node.as_ref());
     }
 
     fn on_delta_request(&self, stream_id: u64, node_id: &str, request: &DeltaDiscoveryRequest) {
-        if let Some(node) = &request.node {
-            let version = node_version(node);
-            self.with_stream(node_id, stream_id, |s| {
-                if s.envoy_version.is_none() {
-                    s.envoy_version = version;
-                }
-            });
-        }
+        self.node_seen(stream_id, node_id, request.node.as_ref());
     }
 
     fn on_response(&self, stream_id: u64, node_id: &str, response: &SotwResponse) {
@@ -419,6 +405,21 @@ impl Callbacks for InsightRecorder {
 }
 
 impl InsightRecorder {
+    /// Records the Envoy version a request's node reports (the first request carries it).
+    fn node_seen(
+        &self,
+        stream_id: u64,
+        node_id: &str,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) {
+        let Some(version) = node.and_then(node_version) else {
+            return;
+        };
+        self.with_stream(node_id, stream_id, |s| {
+            s.envoy_version.get_or_insert(version);
+        });
+    }
+
     fn sent(&self, stream_id: u64, node_id: &str, type_url: &str) {
         self.with_stream(node_id, stream_id, |s| {
             s.stats.entry(short_type(type_url)).or_default().sent += 1;

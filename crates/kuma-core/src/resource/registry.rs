@@ -143,11 +143,13 @@ macro_rules! registry {
                 match self { $(ResourceType::$variant => Spec::$variant(Default::default())),* }
             }
 
-            /// The type served under this REST collection (or Kuma's alternative path, such
-            /// as `global-secrets` for `globalsecrets`).
+            /// The type served under this REST collection (or Kuma's alternative path:
+            /// `global-secrets` for `globalsecrets`, `zone-ingresses` for `zoneingresses`).
             pub fn from_collection(collection: &str) -> Option<Self> {
-                if collection == "global-secrets" {
-                    return Some(ResourceType::GlobalSecret);
+                match collection {
+                    "global-secrets" => return Some(ResourceType::GlobalSecret),
+                    "zone-ingresses" => return Some(ResourceType::ZoneIngress),
+                    _ => {}
                 }
                 Self::ALL.iter().copied().find(|t| t.collection() == Some(collection))
             }
@@ -194,7 +196,7 @@ registry! {
     Mesh(MeshSpec) = "Mesh", Global, Some("meshes"), to_zone: true, to_global: false, policy: false;
     Dataplane(DataplaneSpec) = "Dataplane", Mesh, Some("dataplanes"), to_zone: false, to_global: true, policy: false;
     DataplaneInsight(UntypedSpec) = "DataplaneInsight", Mesh, Some("dataplane-insights"), to_zone: false, to_global: true, policy: false;
-    ZoneIngress(ZoneIngressSpec) = "ZoneIngress", Global, Some("zone-ingresses"), to_zone: true, to_global: true, policy: false;
+    ZoneIngress(ZoneIngressSpec) = "ZoneIngress", Global, Some("zoneingresses"), to_zone: true, to_global: true, policy: false;
     ZoneEgress(ZoneEgressSpec) = "ZoneEgress", Global, Some("zoneegresses"), to_zone: false, to_global: true, policy: false;
     Zone(ZoneSpec) = "Zone", Global, Some("zones"), to_zone: false, to_global: false, policy: false;
     ZoneInsight(UntypedSpec) = "ZoneInsight", Global, Some("zone-insights"), to_zone: false, to_global: false, policy: false;
