@@ -218,10 +218,21 @@ impl InsightRecorder {
                 None => self.resolve(&node_id).await,
             };
             let Some(key) = key else {
-                tracing::debug!(
-                    node_id,
-                    "no Dataplane for this node yet; insight not written"
-                );
+                // Its Dataplane is being registered: keep what happened for the next flush
+                // (an open stream keeps the entry; a closed one has nothing left to show).
+                tracing::debug!(node_id, "no Dataplane for this node yet; insight deferred");
+                if let Some(p) = self
+                    .inner
+                    .proxies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&node_id)
+                {
+                    p.dirty = true;
+                    let closed = subs.into_iter().filter(|s| s.disconnect_time.is_some());
+                    p.closed.extend(closed);
+                    self.inner.wake.notify_one();
+                }
                 continue;
             };
             if let Some(p) = self
@@ -444,5 +455,105 @@ fn node_version(node: &envoy_types::pb::envoy::config::core::v3::Node) -> Option
             Some((v.clone(), node.user_agent_name.clone()))
         }
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kuma_core::manager::ManagerOptions;
+    use kuma_store::MemoryStore;
+    use kuma_xds::types::{CLUSTER, LISTENER};
+
+    use super::*;
+
+    fn response(type_url: &str) -> SotwResponse {
+        SotwResponse {
+            type_url: type_url.into(),
+            version_info: "v1".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn insight(manager: &ResourceManager) -> Value {
+        let r = manager
+            .get(&ResourceKey::new(
+                ResourceType::DataplaneInsight,
+                "default",
+                "web-1",
+            ))
+            .await
+            .unwrap();
+        match r.spec {
+            Spec::DataplaneInsight(s) => Value::Object(s),
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_streams_acks_and_nacks_and_waits_for_the_dataplane() {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        let recorder = InsightRecorder::new(manager.clone(), "cp-1", 2);
+
+        // Events before the Dataplane exists are kept, not lost.
+        recorder.on_stream_open(7, "default.web-1");
+        recorder.on_response(7, "default.web-1", &response(CLUSTER));
+        recorder.on_ack(7, "default.web-1", CLUSTER, "v1");
+        recorder.flush().await;
+        let dp = kuma_core::resource::parse_yaml(
+            "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n",
+        )
+        .unwrap();
+        manager.create(dp).await.unwrap();
+        recorder.on_response(7, "default.web-1", &response(LISTENER));
+        recorder.on_nack(7, "default.web-1", LISTENER, "v2", "bad listener");
+        recorder.flush().await;
+
+        let i = insight(&manager).await;
+        let sub = &i["subscriptions"][0];
+        assert_eq!(sub["controlPlaneInstanceId"], "cp-1");
+        assert!(sub["connectTime"].is_string() && sub.get("disconnectTime").is_none());
+        assert_eq!(
+            sub["status"]["cds"],
+            json!({"responsesSent": 1, "responsesAcknowledged": 1, "responsesRejected": 0})
+        );
+        assert_eq!(sub["status"]["lds"]["responsesRejected"], 1);
+        assert_eq!(sub["status"]["total"]["responsesSent"], 2);
+        assert_eq!(i["metadata"]["xds"]["cds"]["lastAckedVersion"], "v1");
+        assert_eq!(i["metadata"]["xds"]["lds"]["lastNackedVersion"], "v2");
+        assert_eq!(i["metadata"]["xds"]["lds"]["lastNackError"], "bad listener");
+
+        // Closing ends the subscription; only the latest two are kept.
+        recorder.on_stream_closed(7, "default.web-1");
+        for stream in [8, 9] {
+            recorder.on_stream_open(stream, "default.web-1");
+            recorder.flush().await;
+        }
+        let i = insight(&manager).await;
+        let subs = i["subscriptions"].as_array().unwrap();
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs[0]["id"], "cp-1-8");
+        assert_eq!(subs[1]["id"], "cp-1-9");
+
+        // The insight goes with its Dataplane.
+        manager
+            .delete(
+                &ResourceKey::new(ResourceType::Dataplane, "default", "web-1"),
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(
+            manager
+                .get(&ResourceKey::new(
+                    ResourceType::DataplaneInsight,
+                    "default",
+                    "web-1"
+                ))
+                .await
+                .is_err()
+        );
     }
 }
