@@ -230,7 +230,12 @@ pub(crate) async fn global_insight(
         .unwrap_or_default();
 
     let dataplanes = all(&state, ResourceType::Dataplane).await?;
-    let insights = insights_of(&state, &dataplanes).await;
+    // Every insight is needed: one list, not a read per data plane.
+    let insights: HashMap<(String, String), Resource> = all(&state, ResourceType::DataplaneInsight)
+        .await?
+        .into_iter()
+        .map(|r| ((r.meta.mesh.clone(), r.meta.name.clone()), r))
+        .collect();
     let (mut standard, mut builtin, mut delegated) =
         (Status::default(), Status::default(), Status::default());
     // Per service (mesh, kind, name): (instances online, instances).
@@ -300,7 +305,7 @@ pub(crate) async fn global_insight(
             .unwrap_or_default()
     };
     let body = json!({
-        "createdAt": chrono_now(),
+        "createdAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "services": {
             "total": services.len() as u64 + external,
             "internal": kind("internal"),
@@ -323,8 +328,4 @@ pub(crate) async fn global_insight(
         "resources": resources,
     });
     Ok(Json(body).into_response())
-}
-
-fn chrono_now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

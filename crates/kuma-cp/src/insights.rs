@@ -151,8 +151,12 @@ impl InsightRecorder {
         }
     }
 
+    fn proxies(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proxy>> {
+        self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn with_stream(&self, node_id: &str, stream_id: u64, f: impl FnOnce(&mut Subscription)) {
-        let mut proxies = self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut proxies = self.proxies();
         let proxy = proxies.entry(node_id.to_string()).or_default();
         if let Some(sub) = proxy.open.get_mut(&stream_id) {
             f(sub);
@@ -163,7 +167,7 @@ impl InsightRecorder {
     }
 
     fn with_type(&self, node_id: &str, type_url: &str, f: impl FnOnce(&mut TypeStatus)) {
-        let mut proxies = self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut proxies = self.proxies();
         let proxy = proxies.entry(node_id.to_string()).or_default();
         f(proxy.xds.entry(short_type(type_url)).or_default());
         proxy.dirty = true;
@@ -188,7 +192,7 @@ impl InsightRecorder {
     /// Writes every insight that changed since the last flush.
     pub async fn flush(&self) {
         let dirty: Vec<Pending> = {
-            let mut proxies = self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner());
+            let mut proxies = self.proxies();
             let mut out = Vec::new();
             proxies.retain(|node_id, p| {
                 if p.dirty {
@@ -221,13 +225,7 @@ impl InsightRecorder {
                 // Its Dataplane is being registered: keep what happened for the next flush
                 // (an open stream keeps the entry; a closed one has nothing left to show).
                 tracing::debug!(node_id, "no Dataplane for this node yet; insight deferred");
-                if let Some(p) = self
-                    .inner
-                    .proxies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_mut(&node_id)
-                {
+                if let Some(p) = self.proxies().get_mut(&node_id) {
                     p.dirty = true;
                     let closed = subs.into_iter().filter(|s| s.disconnect_time.is_some());
                     p.closed.extend(closed);
@@ -235,13 +233,7 @@ impl InsightRecorder {
                 }
                 continue;
             };
-            if let Some(p) = self
-                .inner
-                .proxies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&node_id)
-            {
+            if let Some(p) = self.proxies().get_mut(&node_id) {
                 p.key = Some(key.clone());
             }
             if let Err(e) = self.write(&key, subs, &xds).await {
@@ -359,7 +351,7 @@ impl Callbacks for InsightRecorder {
             envoy_version: None,
             generation: 0,
         };
-        let mut proxies = self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut proxies = self.proxies();
         let proxy = proxies.entry(node_id.to_string()).or_default();
         proxy.open.insert(stream_id, sub);
         proxy.dirty = true;
@@ -368,7 +360,7 @@ impl Callbacks for InsightRecorder {
     }
 
     fn on_stream_closed(&self, stream_id: u64, node_id: &str) {
-        let mut proxies = self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut proxies = self.proxies();
         if let Some(proxy) = proxies.get_mut(node_id)
             && let Some(mut sub) = proxy.open.remove(&stream_id)
         {

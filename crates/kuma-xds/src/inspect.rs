@@ -193,17 +193,10 @@ mod tests {
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-    use envoy_types::pb::google::protobuf::{Any, Duration};
-    use prost::{Message, Name};
+    use envoy_types::pb::google::protobuf::Duration;
+    use prost::Message;
 
     use super::*;
-
-    fn any<M: Message + Name>(m: &M) -> Any {
-        Any {
-            type_url: M::type_url(),
-            value: m.encode_to_vec(),
-        }
-    }
 
     #[test]
     fn resources_render_as_protojson() {
@@ -236,11 +229,15 @@ mod tests {
                 filters: vec![
                     Filter {
                         name: "envoy.filters.network.http_connection_manager".into(),
-                        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+                        config_type: Some(filter::ConfigType::TypedConfig(
+                            EncodedResource::from_message(&hcm).to_any(),
+                        )),
                     },
                     Filter {
                         name: "envoy.filters.network.tcp_proxy".into(),
-                        config_type: Some(filter::ConfigType::TypedConfig(any(&tcp))),
+                        config_type: Some(filter::ConfigType::TypedConfig(
+                            EncodedResource::from_message(&tcp).to_any(),
+                        )),
                     },
                 ],
                 ..Default::default()

@@ -174,17 +174,7 @@ fn resolve_type(word: &str) -> Option<(ResourceType, bool)> {
         if word == plural || word == collection {
             return Some((t, true));
         }
-        let collection_singular = collection
-            .strip_suffix("sses")
-            .map(|s| format!("{s}ss"))
-            .or_else(|| {
-                collection
-                    .strip_suffix("es")
-                    .filter(|s| s.ends_with("ss"))
-                    .map(str::to_string)
-            })
-            .or_else(|| collection.strip_suffix('s').map(str::to_string));
-        if word == singular || Some(&word) == collection_singular.as_ref() {
+        if word == singular {
             return Some((t, false));
         }
     }
