@@ -28,5 +28,6 @@ pub mod duration;
 pub mod manager;
 pub mod model;
 pub mod resource;
+pub mod rules;
 pub mod store;
 pub mod validation;

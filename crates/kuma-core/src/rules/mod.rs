@@ -1,0 +1,518 @@
+//! The policy engine: which targetRef policies select a proxy, in which order they apply, and
+//! what their entries merge into for each destination (`to`), each inbound (`from` and `rules`)
+//! and the proxy as a whole (single-`default` policies).
+//!
+//! 1. **Selection** by the top-level `targetRef` ([`selects_inbound`], [`selects_proxy`]): `Mesh`
+//!    selects every proxy (narrowed by `proxyTypes`), `MeshSubset` the inbounds whose tags contain
+//!    the given tags, `MeshService` the inbounds tagged `kuma.io/service: <name>`,
+//!    `MeshServiceSubset` both, `Dataplane` a proxy by name or labels (one inbound with
+//!    `sectionName`). Outbound (`to`) rules apply when any inbound of the proxy is selected.
+//! 2. **Order**: by top-level kind (`Mesh` < `Dataplane` < `MeshSubset` < `MeshService` <
+//!    `MeshServiceSubset`), then origin (`global` before `zone`), then name, the lexicographically
+//!    smaller name last (so it wins).
+//! 3. **Merge**: entries are concatenated in that order; for each destination the `default`s of
+//!    the entries whose targetRef covers it merge field by field, later wins ([`merge`]).
+//!
+//! [`MeshPolicies`] prepares a mesh's policies once; [`MeshPolicies::rules`] answers per proxy.
+
+pub mod merge;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use serde::Deserialize as _;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::model::common::{SERVICE_TAG, Tags};
+use crate::model::dataplane::{DataplaneSpec, Inbound};
+use crate::model::policy::{ProxyType, TargetRef, TargetRefKind};
+use crate::resource::{Labels, Resource, ResourceMeta, ResourceType};
+
+/// Label naming where a policy was created (`global` or `zone`).
+pub const ORIGIN_LABEL: &str = "kuma.io/origin";
+/// Label carrying a resource's name as its author wrote it.
+pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+
+/// A proxy as the engine sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyView<'a> {
+    /// The Dataplane's name.
+    pub name: &'a str,
+    /// The Dataplane's labels.
+    pub labels: &'a Labels,
+    /// The Dataplane.
+    pub spec: &'a DataplaneSpec,
+}
+
+impl<'a> ProxyView<'a> {
+    /// The view of a Dataplane resource (`None` for other types).
+    pub fn of(r: &'a Resource) -> Option<Self> {
+        Some(ProxyView {
+            name: &r.meta.name,
+            labels: &r.meta.labels,
+            spec: r.spec_as()?,
+        })
+    }
+
+    fn is_gateway(&self) -> bool {
+        self.spec
+            .networking
+            .as_ref()
+            .is_some_and(|n| n.gateway.is_some())
+    }
+}
+
+/// A policy that contributed to a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Its type.
+    pub rtype: ResourceType,
+    /// Its mesh.
+    pub mesh: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+impl Origin {
+    fn of(rtype: ResourceType, meta: &ResourceMeta) -> Self {
+        Origin {
+            rtype,
+            mesh: meta.mesh.clone(),
+            name: meta.name.clone(),
+            labels: meta.labels.clone(),
+        }
+    }
+
+    /// Kuma's `{type, mesh, name, labels}` reference.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "type": self.rtype.name(),
+            "mesh": self.mesh,
+            "name": self.name,
+            "labels": self.labels,
+        })
+    }
+}
+
+/// One merged configuration and the subset of traffic it applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Tags a destination (for `to`) or source (for `from`) must carry; empty means all.
+    pub subset: Tags,
+    /// The merged `default`.
+    pub conf: Value,
+    /// The policies whose entries were merged, in merge order.
+    pub origins: Vec<Origin>,
+}
+
+impl Rule {
+    /// The merged configuration as the policy's typed conf.
+    pub fn conf_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.conf)
+    }
+
+    fn covers(&self, element: &Tags) -> bool {
+        self.subset.iter().all(|(k, v)| element.get(k) == Some(v))
+    }
+}
+
+/// The rules of one policy type for one inbound.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundRules {
+    /// The inbound's port.
+    pub port: u32,
+    /// The inbound's name, when it has one.
+    pub name: Option<String>,
+    /// The inbound's tags.
+    pub tags: Tags,
+    /// Its rules, most specific first.
+    pub rules: Vec<Rule>,
+}
+
+/// Everything one policy type configures on one proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRules {
+    /// The policy type.
+    pub rtype: ResourceType,
+    /// Every policy of the type that selects the proxy (or one of its inbounds), in merge order.
+    pub matched: Vec<Origin>,
+    /// Rules for outbound traffic, most specific first.
+    pub to: Vec<Rule>,
+    /// Rules for inbound traffic, per inbound (in the Dataplane's order).
+    pub from: Vec<InboundRules>,
+    /// The merged top-level `default` of single-item policies (MeshTrace, MeshMetric, ...).
+    pub single: Option<Rule>,
+}
+
+impl ProxyRules {
+    /// The rule for traffic to `service`.
+    pub fn to_rule(&self, service: &str) -> Option<&Rule> {
+        let element = Tags::from([(SERVICE_TAG.to_string(), service.to_string())]);
+        self.to.iter().find(|r| r.covers(&element))
+    }
+
+    /// The typed conf for traffic to `service` (`None` when no policy applies; an error when the
+    /// merged conf does not fit the type, which validation should have prevented).
+    pub fn to_conf<T: DeserializeOwned>(
+        &self,
+        service: &str,
+    ) -> Option<Result<T, serde_json::Error>> {
+        self.to_rule(service).map(Rule::conf_as)
+    }
+
+    /// The rule for traffic from any source into the inbound on `port`.
+    pub fn from_rule(&self, port: u32) -> Option<&Rule> {
+        let inbound = self.from.iter().find(|i| i.port == port)?;
+        inbound.rules.iter().find(|r| r.subset.is_empty())
+    }
+
+    /// True when nothing of this type applies to the proxy.
+    pub fn is_empty(&self) -> bool {
+        self.to.is_empty() && self.from.iter().all(|i| i.rules.is_empty()) && self.single.is_none()
+    }
+}
+
+/// One `to`/`from` entry: its target and its `default`.
+#[derive(Debug, Clone)]
+struct Entry {
+    target: TargetRef,
+    conf: Value,
+}
+
+/// A policy prepared for matching.
+#[derive(Debug, Clone)]
+struct Prepared {
+    origin: Origin,
+    top: TargetRef,
+    to: Vec<Entry>,
+    from: Vec<Entry>,
+    single: Option<Value>,
+}
+
+type SortKey = (u8, u8, u8, Reverse<String>);
+
+impl Prepared {
+    fn new(r: &Resource) -> Self {
+        let rtype = r.rtype();
+        let spec = r.spec.to_value();
+        let top = spec
+            .get("targetRef")
+            .and_then(|t| TargetRef::deserialize(t).ok())
+            .unwrap_or_else(TargetRef::mesh);
+        let entries = |section: &str| -> Vec<&Value> {
+            spec.get(section)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().collect())
+                .unwrap_or_default()
+        };
+        let mut to = Vec::new();
+        for e in entries("to") {
+            let Some(target) = e.get("targetRef").and_then(|t| TargetRef::deserialize(t).ok())
+            else {
+                continue;
+            };
+            let conf = match rtype {
+                ResourceType::MeshHTTPRoute => {
+                    serde_json::json!({ "rules": e.get("rules").cloned().unwrap_or(Value::Array(vec![])) })
+                }
+                // Kuma applies the first rule of a TCP route.
+                ResourceType::MeshTCPRoute => e
+                    .get("rules")
+                    .and_then(|r| r.get(0))
+                    .and_then(|r| r.get("default"))
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Default::default())),
+                _ => e.get("default").cloned().unwrap_or(Value::Null),
+            };
+            to.push(Entry { target, conf });
+        }
+        let mut from = Vec::new();
+        for e in entries("from") {
+            if let Some(target) = e.get("targetRef").and_then(|t| TargetRef::deserialize(t).ok()) {
+                let conf = e.get("default").cloned().unwrap_or(Value::Null);
+                from.push(Entry { target, conf });
+            }
+        }
+        // `rules` entries apply to every source, after the policy's `from` entries.
+        if rtype != ResourceType::MeshTrafficPermission {
+            for e in entries("rules") {
+                let conf = e.get("default").cloned().unwrap_or(Value::Null);
+                from.push(Entry {
+                    target: TargetRef::mesh(),
+                    conf,
+                });
+            }
+        }
+        let single = (to.is_empty() && from.is_empty())
+            .then(|| spec.get("default").cloned())
+            .flatten();
+        Prepared {
+            origin: Origin::of(rtype, &r.meta),
+            top,
+            to,
+            from,
+            single,
+        }
+    }
+
+    fn sort_key(&self) -> SortKey {
+        let t = &self.top;
+        let dataplane_rank = if t.kind == TargetRefKind::Dataplane {
+            u8::from(t.name.is_some()) + 2 * u8::from(t.section_name.is_some())
+        } else {
+            0
+        };
+        let origin_rank = match self.origin.labels.get(ORIGIN_LABEL).map(String::as_str) {
+            Some("global") => 0,
+            _ => 1,
+        };
+        let name = self
+            .origin
+            .labels
+            .get(DISPLAY_NAME_LABEL)
+            .unwrap_or(&self.origin.name)
+            .clone();
+        (t.kind.specificity(), dataplane_rank, origin_rank, Reverse(name))
+    }
+}
+
+/// Whether the top-level `top` selects the inbound `inbound` of `proxy`.
+pub fn selects_inbound(top: &TargetRef, proxy: &ProxyView<'_>, inbound: &Inbound) -> bool {
+    let tags_match = |want: &Option<Tags>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| inbound.tags.get(k) == Some(v))
+    };
+    let service_is =
+        |name: &Option<String>| name.as_deref().is_some_and(|n| inbound.service() == Some(n));
+    match top.kind {
+        TargetRefKind::Mesh => proxy_type_matches(top, proxy),
+        TargetRefKind::MeshSubset => proxy_type_matches(top, proxy) && tags_match(&top.tags),
+        TargetRefKind::MeshService => service_is(&top.name),
+        TargetRefKind::MeshServiceSubset => service_is(&top.name) && tags_match(&top.tags),
+        TargetRefKind::Dataplane => {
+            dataplane_matches(top, proxy)
+                && top.section_name.as_deref().is_none_or(|section| {
+                    inbound.name.as_deref() == Some(section)
+                        || section.parse::<u32>().ok() == Some(inbound.port)
+                })
+        }
+        // Gateways, routes and real service resources select no sidecar inbound here.
+        _ => false,
+    }
+}
+
+/// Whether the top-level `top` selects `proxy` at all (for its outbound rules).
+pub fn selects_proxy(top: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+    match top.kind {
+        TargetRefKind::Mesh => proxy_type_matches(top, proxy),
+        TargetRefKind::Dataplane if top.section_name.is_none() => dataplane_matches(top, proxy),
+        _ => proxy
+            .spec
+            .inbounds()
+            .iter()
+            .any(|i| selects_inbound(top, proxy, i)),
+    }
+}
+
+fn proxy_type_matches(top: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+    let wanted = if proxy.is_gateway() {
+        ProxyType::Gateway
+    } else {
+        ProxyType::Sidecar
+    };
+    top.proxy_types
+        .as_ref()
+        .is_none_or(|types| types.is_empty() || types.contains(&wanted))
+}
+
+fn dataplane_matches(top: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+    match (&top.name, &top.labels) {
+        (Some(name), _) => name == proxy.name,
+        (None, Some(labels)) => labels.iter().all(|(k, v)| proxy.labels.get(k) == Some(v)),
+        (None, None) => true,
+    }
+}
+
+/// The tags a `to`/`from` targetRef stands for (`None`: a kind these rules do not cover).
+fn subset_of(target: &TargetRef) -> Option<Tags> {
+    let service = |name: &Option<String>| {
+        name.as_ref()
+            .map(|n| (SERVICE_TAG.to_string(), n.clone()))
+            .into_iter()
+    };
+    match target.kind {
+        TargetRefKind::Mesh => Some(Tags::new()),
+        TargetRefKind::MeshSubset => Some(target.tags.clone().unwrap_or_default()),
+        TargetRefKind::MeshService => Some(service(&target.name).collect()),
+        TargetRefKind::MeshServiceSubset => {
+            let mut tags: Tags = service(&target.name).collect();
+            tags.extend(target.tags.clone().unwrap_or_default());
+            Some(tags)
+        }
+        _ => None,
+    }
+}
+
+/// Builds the rules of `entries` (in merge order): one per distinct subset, each merging the
+/// entries whose subset it contains; most specific first.
+fn build_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> {
+    let with_subsets: Vec<(Tags, &Entry, &Origin)> = entries
+        .iter()
+        .filter_map(|(e, o)| subset_of(&e.target).map(|s| (s, *e, *o)))
+        .collect();
+    let mut subsets: Vec<&Tags> = Vec::new();
+    for (s, _, _) in &with_subsets {
+        if !subsets.contains(&s) {
+            subsets.push(s);
+        }
+    }
+    let mut rules: Vec<Rule> = subsets
+        .into_iter()
+        .map(|subset| {
+            let relevant: Vec<&(Tags, &Entry, &Origin)> = with_subsets
+                .iter()
+                .filter(|(s, _, _)| s.iter().all(|(k, v)| subset.get(k) == Some(v)))
+                .collect();
+            let confs = relevant.iter().map(|(_, e, _)| &e.conf);
+            let conf = if rtype == ResourceType::MeshHTTPRoute {
+                merge::merge_route_rules(confs)
+            } else {
+                merge::merge_confs(confs)
+            };
+            let mut origins: Vec<Origin> = Vec::new();
+            for (_, _, o) in &relevant {
+                if !origins.contains(o) {
+                    origins.push((*o).clone());
+                }
+            }
+            Rule {
+                subset: subset.clone(),
+                conf,
+                origins,
+            }
+        })
+        .collect();
+    rules.sort_by_key(|r| Reverse(r.subset.len()));
+    rules
+}
+
+/// The policies of one mesh, prepared once and sorted in merge order per type.
+#[derive(Debug, Clone, Default)]
+pub struct MeshPolicies {
+    by_type: BTreeMap<ResourceType, Vec<Prepared>>,
+}
+
+impl MeshPolicies {
+    /// Prepares `policies` (resources of other types are ignored).
+    pub fn new<'a>(policies: impl IntoIterator<Item = &'a Resource>) -> Self {
+        let mut by_type: BTreeMap<ResourceType, Vec<Prepared>> = BTreeMap::new();
+        for r in policies.into_iter().filter(|r| r.rtype().is_policy()) {
+            by_type.entry(r.rtype()).or_default().push(Prepared::new(r));
+        }
+        for list in by_type.values_mut() {
+            list.sort_by_cached_key(Prepared::sort_key);
+        }
+        MeshPolicies { by_type }
+    }
+
+    /// True when the mesh has no policy of `rtype`.
+    pub fn has(&self, rtype: ResourceType) -> bool {
+        self.by_type.get(&rtype).is_some_and(|l| !l.is_empty())
+    }
+
+    /// The rules of `rtype` for `proxy`.
+    pub fn rules(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> ProxyRules {
+        let list = self
+            .by_type
+            .get(&rtype)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let inbounds = proxy.spec.inbounds();
+        let mut matched = Vec::new();
+        let mut to = Vec::new();
+        let mut single = Vec::new();
+        for p in list {
+            let whole = selects_proxy(&p.top, proxy);
+            let any_inbound = inbounds.iter().any(|i| selects_inbound(&p.top, proxy, i));
+            if !whole && !any_inbound {
+                continue;
+            }
+            matched.push(p.origin.clone());
+            if whole {
+                to.extend(p.to.iter().map(|e| (e, &p.origin)));
+                if let Some(conf) = &p.single {
+                    single.push((conf, &p.origin));
+                }
+            }
+        }
+        let from = inbounds
+            .iter()
+            .map(|inbound| {
+                let entries: Vec<(&Entry, &Origin)> = list
+                    .iter()
+                    .filter(|p| selects_inbound(&p.top, proxy, inbound))
+                    .flat_map(|p| p.from.iter().map(move |e| (e, &p.origin)))
+                    .collect();
+                InboundRules {
+                    port: inbound.port,
+                    name: inbound.name.clone(),
+                    tags: inbound.tags.clone(),
+                    rules: build_rules(rtype, &entries),
+                }
+            })
+            .collect();
+        let single = (!single.is_empty()).then(|| Rule {
+            subset: Tags::new(),
+            conf: merge::merge_confs(single.iter().map(|(c, _)| *c)),
+            origins: single.iter().map(|(_, o)| (*o).clone()).collect(),
+        });
+        ProxyRules {
+            rtype,
+            matched,
+            to: build_rules(rtype, &to),
+            from,
+            single,
+        }
+    }
+
+    /// The names of the policies of `rtype` that select `proxy`, in merge order.
+    pub fn matching(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> Vec<&str> {
+        self.by_type
+            .get(&rtype)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                selects_proxy(&p.top, proxy)
+                    || proxy
+                        .spec
+                        .inbounds()
+                        .iter()
+                        .any(|i| selects_inbound(&p.top, proxy, i))
+            })
+            .map(|p| p.origin.name.as_str())
+            .collect()
+    }
+
+    /// The policy types with at least one policy, in registry order.
+    pub fn types(&self) -> impl Iterator<Item = ResourceType> + '_ {
+        self.by_type.keys().copied()
+    }
+}
+
+/// Whether `policy` (a targetRef policy) selects `proxy`: Kuma's "dataplanes of a policy".
+pub fn policy_selects(policy: &Resource, proxy: &ProxyView<'_>) -> bool {
+    let p = Prepared::new(policy);
+    selects_proxy(&p.top, proxy)
+        || proxy
+            .spec
+            .inbounds()
+            .iter()
+            .any(|i| selects_inbound(&p.top, proxy, i))
+}

@@ -1,0 +1,271 @@
+use super::*;
+use crate::resource::parse_documents;
+use serde_json::json;
+
+const MESH: &str = r#"
+type: Dataplane
+mesh: default
+name: web-1
+labels: {team: a}
+networking:
+  address: 10.0.0.1
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web, version: v1}
+  - port: 9090
+    name: admin
+    tags: {kuma.io/service: web-admin}
+---
+type: Dataplane
+mesh: default
+name: db-1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db}
+"#;
+
+fn resources(yaml: &str) -> Vec<Resource> {
+    parse_documents(yaml).expect("valid yaml")
+}
+
+fn timeout(name: &str, top: &str, to: &str) -> String {
+    format!(
+        "---\ntype: MeshTimeout\nmesh: default\nname: {name}\nspec:\n  targetRef: {top}\n  to:\n{to}"
+    )
+}
+
+#[test]
+fn to_rules_merge_in_kuma_order() {
+    let dps = resources(MESH);
+    let policies = resources(&[
+        // More specific top-level kind: applied after the Mesh ones.
+        timeout(
+            "svc",
+            "{kind: MeshService, name: web}",
+            "  - targetRef: {kind: Mesh}\n    default: {idleTimeout: 20s}\n",
+        ),
+        timeout(
+            "b-mesh",
+            "{kind: Mesh}",
+            "  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 1s, idleTimeout: 1s, http: {requestTimeout: 1s}}\n  - targetRef: {kind: MeshService, name: backend}\n    default: {http: {requestTimeout: 7s}}\n",
+        ),
+        // Same kind, smaller name: merged last, so it wins over b-mesh.
+        timeout(
+            "a-mesh",
+            "{kind: Mesh}",
+            "  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 2s}\n",
+        ),
+        // Selects nobody here.
+        timeout(
+            "other",
+            "{kind: MeshService, name: nobody}",
+            "  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 9s}\n",
+        ),
+    ]
+    .concat());
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &web);
+    let names: Vec<_> = rules.matched.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["b-mesh", "a-mesh", "svc"]);
+    assert_eq!(
+        rules.to_rule("backend").unwrap().conf,
+        json!({"connectionTimeout": "2s", "idleTimeout": "20s", "http": {"requestTimeout": "7s"}})
+    );
+    assert_eq!(
+        rules.to_rule("anything").unwrap().conf,
+        json!({"connectionTimeout": "2s", "idleTimeout": "20s", "http": {"requestTimeout": "1s"}})
+    );
+    let backend = rules.to_rule("backend").unwrap();
+    let origin_names: Vec<_> = backend.origins.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(origin_names, ["b-mesh", "a-mesh", "svc"]);
+    // The specific rule comes first.
+    assert_eq!(rules.to[0].subset.get(SERVICE_TAG).unwrap(), "backend");
+
+    let conf: crate::model::policy::TimeoutConf =
+        rules.to_conf("backend").unwrap().expect("typed conf");
+    assert_eq!(conf.http.unwrap().request_timeout.unwrap().get().as_secs(), 7);
+
+    // db-1 is selected by the Mesh policies only.
+    let db = ProxyView::of(&dps[1]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &db);
+    assert_eq!(
+        rules.to_rule("x").unwrap().conf,
+        json!({"connectionTimeout": "2s", "idleTimeout": "1s", "http": {"requestTimeout": "1s"}})
+    );
+    assert!(mesh.rules(ResourceType::MeshRetry, &db).is_empty());
+}
+
+#[test]
+fn from_rules_are_per_inbound() {
+    let dps = resources(MESH);
+    let policies = resources(
+        r#"
+type: MeshTimeout
+mesh: default
+name: inbound-all
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {idleTimeout: 10s, http: {requestTimeout: 3s}}
+---
+type: MeshTimeout
+mesh: default
+name: inbound-admin
+spec:
+  targetRef: {kind: Dataplane, name: web-1, sectionName: admin}
+  rules:
+  - default: {http: {requestTimeout: 30s}}
+---
+type: MeshTimeout
+mesh: default
+name: by-labels
+spec:
+  targetRef: {kind: Dataplane, labels: {team: a}}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {connectionTimeout: 4s}
+---
+type: MeshTimeout
+mesh: default
+name: v2-only
+spec:
+  targetRef: {kind: MeshSubset, tags: {version: v2}}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {connectionTimeout: 9s}
+"#,
+    );
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &web);
+    assert_eq!(
+        rules.from_rule(8080).unwrap().conf,
+        json!({"idleTimeout": "10s", "connectionTimeout": "4s", "http": {"requestTimeout": "3s"}})
+    );
+    assert_eq!(
+        rules.from_rule(9090).unwrap().conf,
+        json!({"idleTimeout": "10s", "connectionTimeout": "4s", "http": {"requestTimeout": "30s"}})
+    );
+    let admin = rules.from_rule(9090).unwrap();
+    let names: Vec<_> = admin.origins.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["inbound-all", "by-labels", "inbound-admin"]);
+    // The labels policy does not select db-1; the section policy neither.
+    let db = ProxyView::of(&dps[1]).unwrap();
+    assert_eq!(
+        mesh.matching(ResourceType::MeshTimeout, &db),
+        ["inbound-all"]
+    );
+    assert!(!policy_selects(&policies[3], &web));
+    assert!(policy_selects(&policies[1], &web));
+}
+
+#[test]
+fn http_routes_merge_rules_by_matches() {
+    let dps = resources(MESH);
+    let policies = resources(
+        r#"
+type: MeshHTTPRoute
+mesh: default
+name: mesh-wide
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend-v1}]
+    - matches: [{headers: [{name: x-version, value: v2}]}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend-v2}]
+---
+type: MeshHTTPRoute
+mesh: default
+name: web-only
+spec:
+  targetRef: {kind: MeshService, name: web}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend-v3}]
+"#,
+    );
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshHTTPRoute, &web);
+    let conf = &rules.to_rule("backend").unwrap().conf;
+    let backends: Vec<_> = conf["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["default"]["backendRefs"][0]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(backends, ["backend-v3", "backend-v2"]);
+    assert!(rules.to_rule("elsewhere").is_none());
+}
+
+#[test]
+fn gateway_proxy_types_and_single_defaults() {
+    let dps = resources(
+        r#"
+type: Dataplane
+mesh: default
+name: gw
+networking:
+  address: 10.0.0.9
+  gateway: {tags: {kuma.io/service: edge}}
+"#,
+    );
+    let policies = resources(
+        r#"
+type: MeshTimeout
+mesh: default
+name: sidecars
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {idleTimeout: 1s}
+---
+type: MeshTimeout
+mesh: default
+name: gateways
+spec:
+  targetRef: {kind: Mesh, proxyTypes: [Gateway]}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {idleTimeout: 2s}
+"#,
+    );
+    let mesh = MeshPolicies::new(&policies);
+    let gw = ProxyView::of(&dps[0]).unwrap();
+    assert_eq!(mesh.matching(ResourceType::MeshTimeout, &gw), ["gateways"]);
+
+    let traces = resources(
+        r#"
+type: MeshTrace
+mesh: default
+name: b
+spec:
+  default: {sampling: {overall: 10}, tags: [{name: a, literal: x}]}
+---
+type: MeshTrace
+mesh: default
+name: a
+spec:
+  default: {sampling: {random: 5}, tags: [{name: b, literal: y}]}
+"#,
+    );
+    let mesh = MeshPolicies::new(&traces);
+    let single = mesh.rules(ResourceType::MeshTrace, &gw).single.unwrap();
+    assert_eq!(
+        single.conf,
+        json!({"sampling": {"overall": 10, "random": 5}, "tags": [{"name": "b", "literal": "y"}]})
+    );
+}
