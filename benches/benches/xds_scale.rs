@@ -32,7 +32,7 @@ use kuma_cp::lifecycle::ProxyRegistry;
 use kuma_cp::reconcile::Reconciler;
 use kuma_store::MemoryStore;
 use kuma_xds::cache::SnapshotCache;
-use kuma_xds::generate::{DefaultGenerator, node_id};
+use kuma_xds::generate::{GeneratorList, node_id};
 use kuma_xds::server::{AdsServer, Callbacks};
 use kuma_xds::types::{CLUSTER, ENDPOINT, LISTENER};
 use tokio::sync::{Notify, mpsc};
@@ -143,7 +143,7 @@ async fn run(n: usize, variant: Variant) {
     let reconciler = Reconciler::new(
         manager.clone(),
         cache.clone(),
-        Arc::new(DefaultGenerator),
+        Arc::new(GeneratorList::kuma_profile()),
         Arc::new(ProxyRegistry::default()),
         kuma_cp::DEBOUNCE,
     );

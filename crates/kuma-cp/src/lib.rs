@@ -33,7 +33,7 @@ use kuma_core::config::{Config, ConfigError, Mode, StoreType};
 use kuma_core::manager::{ManagerError, ManagerOptions, ResourceManager};
 use kuma_store::MemoryStore;
 use kuma_xds::cache::SnapshotCache;
-use kuma_xds::generate::{DefaultGenerator, SnapshotGenerator};
+use kuma_xds::generate::{GeneratorList, SnapshotGenerator};
 use kuma_xds::server::AdsServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -220,7 +220,7 @@ impl ControlPlane {
         }
 
         let cache = Arc::new(SnapshotCache::new());
-        let generator: Arc<dyn SnapshotGenerator> = Arc::new(DefaultGenerator);
+        let generator: Arc<dyn SnapshotGenerator> = Arc::new(GeneratorList::kuma_profile());
         let registry = Arc::new(lifecycle::ProxyRegistry::default());
         let reconciler = reconcile::Reconciler::new(
             manager.clone(),

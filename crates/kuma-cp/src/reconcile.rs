@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kuma_core::manager::ResourceManager;
-use kuma_core::model::dataplane::DataplaneSpec;
-use kuma_core::resource::{ResourceType, Scope};
+use kuma_core::model::mesh::MeshSpec;
+use kuma_core::resource::{ResourceKey, ResourceType, Scope};
 use kuma_core::store::ListQuery;
 use kuma_xds::cache::SnapshotCache;
 use kuma_xds::generate::{MeshContext, ProxyContext, SnapshotGenerator, node_id};
@@ -83,21 +83,39 @@ impl Reconciler {
                 return;
             }
         };
+        let mut policies = Vec::new();
+        for rtype in ResourceType::ALL.iter().filter(|t| t.is_policy()) {
+            match self.manager.list(&ListQuery::in_mesh(*rtype, mesh)).await {
+                Ok(page) => policies.extend(page.items),
+                Err(e) => {
+                    tracing::warn!(mesh, error = %e, "cannot list {rtype}; keeping current snapshots");
+                    return;
+                }
+            }
+        }
+        let mesh_spec = match self.manager.get(&ResourceKey::global(ResourceType::Mesh, mesh)).await {
+            Ok(r) => r.spec_as::<MeshSpec>().cloned().unwrap_or_default(),
+            Err(_) => MeshSpec::default(),
+        };
         let mut current = BTreeSet::new();
-        let mesh_context = MeshContext::new(mesh, &dataplanes);
+        let mesh_context = MeshContext::new(mesh, &dataplanes)
+            .with_spec(&mesh_spec)
+            .with_policies(&policies);
         for r in &dataplanes {
-            let Some(dp) = r.spec_as::<DataplaneSpec>() else {
+            let node = node_id(mesh, &r.meta.name);
+            let Some(ctx) = ProxyContext::new(&mesh_context, r, self.registry.get(&node)) else {
                 continue;
             };
-            let node = node_id(mesh, &r.meta.name);
-            let ctx = ProxyContext {
-                mesh: &mesh_context,
-                name: &r.meta.name,
-                dataplane: dp,
-                metadata: self.registry.get(&node),
-            };
+            current.insert(node.clone());
             let started = Instant::now();
-            let snapshot = self.generator.generate(&ctx);
+            let snapshot = match self.generator.generate(&ctx) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The proxy keeps the last configuration it accepted.
+                    tracing::warn!(node, error = %e, "cannot generate config; keeping the current snapshot");
+                    continue;
+                }
+            };
             if let Some(m) = &self.metrics {
                 m.generation.observe(started.elapsed().as_secs_f64());
                 let versions: Vec<(String, String)> = snapshot
@@ -110,7 +128,6 @@ impl Reconciler {
             } else {
                 self.cache.set(&node, snapshot);
             }
-            current.insert(node);
         }
         for gone in self
             .nodes
@@ -185,7 +202,6 @@ fn mesh_of(key: &kuma_core::resource::ResourceKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kuma_core::resource::ResourceKey;
 
     #[test]
     fn insights_never_mark_a_mesh_dirty() {

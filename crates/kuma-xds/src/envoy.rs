@@ -14,11 +14,19 @@ use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use prost::{Message, Name};
 
 /// Packs a message into an `Any` with its canonical type URL.
@@ -106,92 +114,68 @@ pub fn load_assignment(cluster: &str, endpoints: &[(String, u32)]) -> ClusterLoa
     }
 }
 
-/// A listener on `ip:port` that proxies TCP to `cluster`.
-pub fn tcp_proxy_listener(
-    name: &str,
-    ip: &str,
-    port: u32,
-    stat_prefix: &str,
-    cluster: &str,
-) -> Listener {
-    let tcp = TcpProxy {
-        stat_prefix: stat_prefix.to_string(),
-        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
-        ..Default::default()
-    };
-    single_filter_listener(name, ip, port, "envoy.filters.network.tcp_proxy", any(&tcp))
-}
-
-/// A listener on `ip:port` with one filter chain holding one network filter.
-fn single_filter_listener(name: &str, ip: &str, port: u32, filter: &str, config: Any) -> Listener {
+/// A listener on `ip:port` (filter chains are added by the caller).
+pub fn listener(name: &str, ip: &str, port: u32, direction: TrafficDirection) -> Listener {
     Listener {
         name: name.to_string(),
         address: Some(socket_address(ip, port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: filter.to_string(),
-                config_type: Some(ConfigType::TypedConfig(config)),
-            }],
-            ..Default::default()
-        }],
+        traffic_direction: direction as i32,
         ..Default::default()
     }
 }
 
-/// A listener on `ip:port` serving HTTP, routing each path prefix to a cluster (prefix kept).
-pub fn http_route_listener(
-    name: &str,
-    ip: &str,
-    port: u32,
-    stat_prefix: &str,
-    routes: &[(&str, &str)],
-) -> Listener {
-    use envoy_types::pb::envoy::config::route::v3::route::Action;
-    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier as RouteCluster;
-    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
-    use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
-    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpConfigType;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter};
-
-    let routes = routes
-        .iter()
-        .map(|(prefix, cluster)| Route {
-            r#match: Some(RouteMatch {
-                path_specifier: Some(PathSpecifier::Prefix((*prefix).to_string())),
-                ..Default::default()
-            }),
-            action: Some(Action::Route(RouteAction {
-                cluster_specifier: Some(RouteCluster::Cluster((*cluster).to_string())),
-                ..Default::default()
-            })),
-            ..Default::default()
-        })
-        .collect();
-    let hcm = HttpConnectionManager {
+/// TCP proxying to `cluster`.
+pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> TcpProxy {
+    TcpProxy {
         stat_prefix: stat_prefix.to_string(),
-        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
-            virtual_hosts: vec![VirtualHost {
-                name: name.to_string(),
-                domains: vec!["*".to_string()],
-                routes,
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(HttpConfigType::TypedConfig(any(&Router::default()))),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager (filters and routes are added by the caller).
+pub fn http_connection_manager(stat_prefix: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_string(),
+        codec_type: CodecType::Auto as i32,
+        ..Default::default()
+    }
+}
+
+/// A route table with one virtual host answering every domain.
+pub fn route_table(name: &str, virtual_host: &str, routes: Vec<Route>) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: virtual_host.to_string(),
+            domains: vec!["*".to_string()],
+            routes,
             ..Default::default()
         }],
+        validate_clusters: Some(BoolValue { value: false }),
         ..Default::default()
-    };
-    single_filter_listener(
-        name,
-        ip,
-        port,
-        "envoy.filters.network.http_connection_manager",
-        any(&hcm),
-    )
+    }
+}
+
+/// Requests whose path matches `path` go to `cluster`.
+pub fn cluster_route(path: PathSpecifier, cluster: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(RouteCluster::Cluster(cluster.to_string())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A protobuf duration from a std one.
+pub fn duration(d: std::time::Duration) -> Duration {
+    Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
 }

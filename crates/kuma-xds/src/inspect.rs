@@ -1,10 +1,9 @@
 //! Envoy resources as canonical protobuf JSON, for inspection (`_config` in the HTTP API).
 //!
-//! The bytes a snapshot holds are decoded against the xDS API's descriptors (those the `xds-api`
-//! crate ships), so every field, including the `Any`s inside (filters, transport sockets),
-//! comes out as protojson writes it. An `Any` whose type those descriptors lack (some
-//! extensions, e.g. `tcp_proxy`) is shown as `{"@type": ..., "value": <base64 bytes>}`, which
-//! is what protojson itself would need the type to expand.
+//! The bytes a snapshot holds are decoded against Envoy's descriptors (the set the `envoy-types`
+//! package ships, copied at build time), so every field, including the `Any`s inside (filters,
+//! transport sockets, extensions), comes out as protojson writes it. An `Any` of a type the set
+//! lacks would be shown as `{"@type": ..., "value": <base64 bytes>}`.
 
 use std::sync::OnceLock;
 
@@ -18,10 +17,13 @@ use serde_json::{Map, Value, json};
 use crate::cache::{EncodedResource, Snapshot};
 use crate::types::in_push_order;
 
+/// Envoy's descriptor set, as the `envoy-types` package ships it (copied by build.rs).
+const ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"));
+
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
     POOL.get_or_init(|| {
-        DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())
+        DescriptorPool::decode(ENVOY_DESCRIPTORS).map_err(|e| e.to_string())
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -194,7 +196,6 @@ mod tests {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
     use envoy_types::pb::google::protobuf::Duration;
-    use prost::Message;
 
     use super::*;
 
@@ -254,12 +255,13 @@ mod tests {
                 "statPrefix": "web",
             })
         );
-        // Not in the descriptors: shown with its bytes, which decode back to the filter.
-        let raw = filters[1]["typedConfig"]["value"].as_str().unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .unwrap();
-        assert_eq!(TcpProxy::decode(bytes.as_slice()).unwrap(), tcp);
+        assert_eq!(
+            filters[1]["typedConfig"],
+            json!({
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "statPrefix": "db",
+            })
+        );
     }
 
     #[test]

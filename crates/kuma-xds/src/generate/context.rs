@@ -1,0 +1,270 @@
+//! What generators read: the mesh (indexed once per regeneration) and one proxy.
+
+use std::collections::BTreeMap;
+
+use kuma_core::model::common::{PROTOCOL_TAG, SERVICE_TAG, Tags};
+use kuma_core::model::dataplane::DataplaneSpec;
+use kuma_core::model::mesh::MeshSpec;
+use kuma_core::resource::{Labels, Resource, ResourceType};
+use kuma_core::rules::{MeshPolicies, ProxyRules, ProxyView};
+
+use crate::cache::EncodedResource;
+use crate::envoy::load_assignment;
+
+/// What a proxy told the control plane about itself (node metadata from its bootstrap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyMetadata {
+    /// Envoy's admin port (bound on 127.0.0.1).
+    pub admin_port: Option<u32>,
+    /// kuma-dp's readiness port (on 127.0.0.1).
+    pub readiness_port: Option<u32>,
+}
+
+/// The application protocol of an inbound or a service (`kuma.io/protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// Plain TCP (also the default, and the common protocol of a mixed set).
+    Tcp,
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2.
+    Http2,
+    /// gRPC (HTTP/2).
+    Grpc,
+    /// Kafka (proxied as TCP).
+    Kafka,
+}
+
+impl Protocol {
+    /// The protocol a `kuma.io/protocol` tag names (absent or unknown: TCP).
+    pub fn of_tags(tags: &Tags) -> Self {
+        match tags.get(PROTOCOL_TAG).map(String::as_str) {
+            Some("http") => Protocol::Http,
+            Some("http2") => Protocol::Http2,
+            Some("grpc") => Protocol::Grpc,
+            Some("kafka") => Protocol::Kafka,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// True for protocols proxied by Envoy's HTTP connection manager.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// True for protocols that need HTTP/2 towards the upstream.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// The protocol both sides speak: grpc < http2 < tcp, http < tcp, kafka < tcp.
+    pub fn common(self, other: Protocol) -> Protocol {
+        use Protocol::*;
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Grpc, Http2) | (Http2, Grpc) => Http2,
+            _ => Tcp,
+        }
+    }
+}
+
+/// One endpoint of a service: an inbound of some Dataplane of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where other proxies reach it.
+    pub ip: String,
+    /// The inbound's port.
+    pub port: u32,
+    /// The inbound's tags.
+    pub tags: Tags,
+}
+
+/// One service of the mesh: its ready endpoints, their common protocol, and its endpoints
+/// encoded once for every proxy that sends traffic to it.
+#[derive(Debug)]
+pub struct Service {
+    /// Ready endpoints, sorted by address.
+    pub endpoints: Vec<Endpoint>,
+    /// The protocol every inbound of the service speaks (TCP when they differ).
+    pub protocol: Protocol,
+    load_assignment: EncodedResource,
+}
+
+/// What every proxy of a mesh shares, computed once per regeneration of the mesh.
+#[derive(Debug)]
+pub struct MeshContext<'a> {
+    /// The mesh's name.
+    pub mesh: &'a str,
+    /// The Mesh resource's spec (default when the mesh is not known).
+    pub spec: &'a MeshSpec,
+    /// Every Dataplane of the mesh.
+    pub dataplanes: &'a [Resource],
+    /// The mesh's targetRef policies, prepared for matching.
+    pub policies: MeshPolicies,
+    services: BTreeMap<String, Service>,
+}
+
+static DEFAULT_MESH: std::sync::LazyLock<MeshSpec> = std::sync::LazyLock::new(MeshSpec::default);
+
+impl<'a> MeshContext<'a> {
+    /// Indexes `dataplanes` (the whole mesh) by service, in one pass.
+    pub fn new(mesh: &'a str, dataplanes: &'a [Resource]) -> Self {
+        let mut by_service: BTreeMap<&str, (Vec<Endpoint>, Option<Protocol>)> = BTreeMap::new();
+        for dp in dataplanes
+            .iter()
+            .filter_map(|r| r.spec_as::<DataplaneSpec>())
+        {
+            for inbound in dp.inbounds() {
+                let (Some(service), Some(ip)) = (
+                    inbound.tags.get(SERVICE_TAG),
+                    reachable_ip(dp, inbound.address.as_deref()),
+                ) else {
+                    continue;
+                };
+                let entry = by_service.entry(service).or_default();
+                let protocol = Protocol::of_tags(&inbound.tags);
+                entry.1 = Some(entry.1.map_or(protocol, |p| p.common(protocol)));
+                if inbound.health.as_ref().is_some_and(|h| h.ready == Some(false)) {
+                    continue; // not ready: no traffic until it is
+                }
+                entry.0.push(Endpoint {
+                    ip: ip.to_string(),
+                    port: inbound.port,
+                    tags: inbound.tags.clone(),
+                });
+            }
+        }
+        let services = by_service
+            .into_iter()
+            .map(|(service, (mut endpoints, protocol))| {
+                endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
+                endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+                let load_assignment =
+                    EncodedResource::from_message(&load_assignment(service, &addresses(&endpoints)));
+                let entry = Service {
+                    endpoints,
+                    protocol: protocol.unwrap_or(Protocol::Tcp),
+                    load_assignment,
+                };
+                (service.to_string(), entry)
+            })
+            .collect();
+        MeshContext {
+            mesh,
+            spec: &DEFAULT_MESH,
+            dataplanes,
+            policies: MeshPolicies::default(),
+            services,
+        }
+    }
+
+    /// Uses the Mesh resource's spec (metrics backends, mTLS, ...).
+    pub fn with_spec(mut self, spec: &'a MeshSpec) -> Self {
+        self.spec = spec;
+        self
+    }
+
+    /// Uses `policies` (every targetRef policy of the mesh; other resources are ignored).
+    pub fn with_policies<'p>(mut self, policies: impl IntoIterator<Item = &'p Resource>) -> Self {
+        self.policies = MeshPolicies::new(policies);
+        self
+    }
+
+    /// A service of the mesh.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// Ready endpoints of `service`, sorted.
+    pub fn endpoints(&self, service: &str) -> &[Endpoint] {
+        self.services
+            .get(service)
+            .map(|s| s.endpoints.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The protocol of `service` (TCP when unknown).
+    pub fn protocol(&self, service: &str) -> Protocol {
+        self.services
+            .get(service)
+            .map_or(Protocol::Tcp, |s| s.protocol)
+    }
+
+    /// The endpoints of `service` as a `ClusterLoadAssignment` named after it: encoded once per
+    /// mesh when the service exists, built on the spot (empty) otherwise.
+    pub fn load_assignment(&self, service: &str) -> EncodedResource {
+        match self.services.get(service) {
+            Some(s) => s.load_assignment.clone(),
+            None => EncodedResource::from_message(&load_assignment(service, &[])),
+        }
+    }
+}
+
+/// `(ip, port)` pairs of `endpoints`.
+pub fn addresses(endpoints: &[Endpoint]) -> Vec<(String, u32)> {
+    endpoints.iter().map(|e| (e.ip.clone(), e.port)).collect()
+}
+
+/// Where other proxies reach an inbound of `dp`: advertised address, inbound address, address.
+fn reachable_ip<'a>(dp: &'a DataplaneSpec, inbound_address: Option<&'a str>) -> Option<&'a str> {
+    let n = dp.networking.as_ref()?;
+    n.advertised_address
+        .as_deref()
+        .or(inbound_address)
+        .or(n.address.as_deref())
+}
+
+/// What a generator sees: one proxy and its mesh.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyContext<'a> {
+    /// The proxy's mesh and what its proxies share.
+    pub mesh: &'a MeshContext<'a>,
+    /// The proxy's Dataplane name.
+    pub name: &'a str,
+    /// The proxy's Dataplane labels.
+    pub labels: &'a Labels,
+    /// The proxy's Dataplane.
+    pub dataplane: &'a DataplaneSpec,
+    /// What the proxy reported about itself (default when not connected yet).
+    pub metadata: ProxyMetadata,
+}
+
+impl<'a> ProxyContext<'a> {
+    /// The context of the Dataplane `resource` (`None` for other types).
+    pub fn new(
+        mesh: &'a MeshContext<'a>,
+        resource: &'a Resource,
+        metadata: ProxyMetadata,
+    ) -> Option<Self> {
+        Some(ProxyContext {
+            mesh,
+            name: &resource.meta.name,
+            labels: &resource.meta.labels,
+            dataplane: resource.spec_as()?,
+            metadata,
+        })
+    }
+
+    /// The proxy as the policy engine sees it.
+    pub fn view(&self) -> ProxyView<'a> {
+        ProxyView {
+            name: self.name,
+            labels: self.labels,
+            spec: self.dataplane,
+        }
+    }
+
+    /// The rules of policy type `rtype` for this proxy.
+    pub fn rules(&self, rtype: ResourceType) -> ProxyRules {
+        self.mesh.policies.rules(rtype, &self.view())
+    }
+
+    /// The proxy's address (`127.0.0.1` when it has none).
+    pub fn address(&self) -> &'a str {
+        self.dataplane
+            .networking
+            .as_ref()
+            .and_then(|n| n.address.as_deref())
+            .unwrap_or("127.0.0.1")
+    }
+}

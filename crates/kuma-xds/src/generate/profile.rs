@@ -1,0 +1,373 @@
+//! The core of Kuma's default profile: what every proxy gets before policies apply.
+//!
+//! | generator | what it adds |
+//! |---|---|
+//! | `inbound` | per inbound, listener `inbound:<ip>:<port>` (TCP proxy, or HTTP for `kuma.io/protocol` http, http2, grpc) and the local cluster `localhost:<workload port>` |
+//! | `outbound` | per explicit outbound, listener `outbound:<ip>:<port>` and the service's EDS cluster and ready endpoints |
+//! | `admin` | cluster `kuma:envoy:admin`; on a non-loopback address also listener `kuma:envoy:admin` exposing `/ready` from kuma-dp (cluster `kuma:readiness`) |
+//! | `probes` | virtual probes: listener `probe:listener` mapping `/<port>/<path>` to the workload |
+//! | `prometheus` | when the mesh (or the Dataplane) enables a Prometheus backend, listener `_kuma:metrics:prometheus:<backend>` serving Envoy's stats |
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::route::v3::Route;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use kuma_core::model::common::{SERVICE_TAG, Tags};
+use kuma_core::model::mesh::MetricsBackend;
+
+use super::context::{Protocol, ProxyContext, addresses};
+use super::resources::{
+    ClusterDraft, ClusterRole, Endpoints, HttpDraft, InboundInfo, ListenerDraft, OutboundInfo,
+    ResourceSet, Terminal,
+};
+use super::ResourceGenerator;
+use crate::envoy::{
+    cluster_route, eds_cluster, http_connection_manager, listener, load_assignment, route_table,
+    static_cluster, tcp_proxy,
+};
+
+/// The core generators, in order.
+pub fn core() -> Vec<Box<dyn ResourceGenerator>> {
+    vec![
+        Box::new(Inbound),
+        Box::new(Outbound),
+        Box::new(Admin),
+        Box::new(Probes),
+        Box::new(Prometheus),
+    ]
+}
+
+/// Name of Envoy's admin cluster.
+pub const ADMIN_CLUSTER: &str = "kuma:envoy:admin";
+/// Name of the readiness cluster (kuma-dp's readiness reporter).
+pub const READINESS_CLUSTER: &str = "kuma:readiness";
+
+/// A listener whose terminal filter serves HTTP with one route table.
+fn http_listener(
+    l: envoy_types::pb::envoy::config::listener::v3::Listener,
+    stat_prefix: &str,
+    route_name: &str,
+    virtual_host: &str,
+    routes: Vec<Route>,
+) -> ListenerDraft {
+    ListenerDraft {
+        listener: l,
+        network_filters: Vec::new(),
+        terminal: Terminal::Http(Box::new(HttpDraft {
+            hcm: http_connection_manager(stat_prefix),
+            filters: Vec::new(),
+            route: route_table(route_name, virtual_host, routes),
+        })),
+    }
+}
+
+fn prefix(p: &str) -> PathSpecifier {
+    PathSpecifier::Prefix(p.to_string())
+}
+
+/// Listeners and local clusters of the proxy's inbounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound;
+
+impl ResourceGenerator for Inbound {
+    fn name(&self) -> &str {
+        "inbound"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let address = ctx.address();
+        for inbound in ctx.dataplane.inbounds() {
+            let ip = inbound.address.as_deref().unwrap_or(address);
+            let workload_ip = inbound.service_address.as_deref().unwrap_or(address);
+            let port = inbound.workload_port();
+            let service = inbound.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+            let protocol = Protocol::of_tags(&inbound.tags);
+            let cluster = format!("localhost:{port}");
+            let name = format!("inbound:{ip}:{}", inbound.port);
+            let stat = format!("localhost_{port}");
+            rs.clusters.insert(
+                cluster.clone(),
+                ClusterDraft::new(
+                    static_cluster(&cluster, &[(workload_ip.to_string(), port)]),
+                    ClusterRole::Inbound { port: inbound.port },
+                    protocol,
+                ),
+            );
+            let l = listener(&name, ip, inbound.port, TrafficDirection::Inbound);
+            let draft = if protocol.is_http() {
+                http_listener(
+                    l,
+                    &stat,
+                    &format!("inbound:{service}"),
+                    &service,
+                    vec![cluster_route(prefix("/"), &cluster)],
+                )
+            } else {
+                ListenerDraft {
+                    listener: l,
+                    network_filters: Vec::new(),
+                    terminal: Terminal::Tcp(tcp_proxy(&stat, &cluster)),
+                }
+            };
+            rs.listeners.insert(name.clone(), draft);
+            rs.inbounds.push(InboundInfo {
+                listener: name,
+                cluster,
+                port: inbound.port,
+                service,
+                protocol,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Adds the EDS cluster `name` sending to `service` (its endpoints narrowed to `subset` when
+/// given), unless the set has it already.
+pub fn add_service_cluster(
+    ctx: &ProxyContext<'_>,
+    rs: &mut ResourceSet,
+    name: &str,
+    service: &str,
+    subset: Option<&Tags>,
+) {
+    if rs.clusters.contains_key(name) {
+        return;
+    }
+    let protocol = ctx.mesh.protocol(service);
+    rs.clusters.insert(
+        name.to_string(),
+        ClusterDraft::new(
+            eds_cluster(name),
+            ClusterRole::Outbound {
+                service: service.to_string(),
+            },
+            protocol,
+        ),
+    );
+    let endpoints = match subset.filter(|s| !s.is_empty()) {
+        None if name == service => Endpoints::Shared(ctx.mesh.load_assignment(service)),
+        subset => {
+            let matching: Vec<_> = ctx
+                .mesh
+                .endpoints(service)
+                .iter()
+                .filter(|e| subset.is_none_or(|s| s.iter().all(|(k, v)| e.tags.get(k) == Some(v))))
+                .cloned()
+                .collect();
+            Endpoints::Owned(load_assignment(name, &addresses(&matching)))
+        }
+    };
+    rs.endpoints.insert(name.to_string(), endpoints);
+}
+
+/// Listeners, clusters and endpoints of the proxy's explicit outbounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Outbound;
+
+impl ResourceGenerator for Outbound {
+    fn name(&self) -> &str {
+        "outbound"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        for outbound in ctx.dataplane.outbounds() {
+            let Some(service) = outbound.service() else {
+                continue;
+            };
+            let ip = outbound.address.as_deref().unwrap_or("127.0.0.1");
+            let name = format!("outbound:{ip}:{}", outbound.port);
+            let protocol = ctx.mesh.protocol(service);
+            add_service_cluster(ctx, rs, service, service, None);
+            let l = listener(&name, ip, outbound.port, TrafficDirection::Outbound);
+            let draft = if protocol.is_http() {
+                http_listener(
+                    l,
+                    service,
+                    &format!("outbound:{service}"),
+                    service,
+                    vec![cluster_route(prefix("/"), service)],
+                )
+            } else {
+                ListenerDraft {
+                    listener: l,
+                    network_filters: Vec::new(),
+                    terminal: Terminal::Tcp(tcp_proxy(service, service)),
+                }
+            };
+            rs.listeners.insert(name.clone(), draft);
+            rs.outbounds.push(OutboundInfo {
+                listener: name,
+                service: service.to_string(),
+                protocol,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Envoy's admin cluster; the admin listener exposing readiness on the proxy's address.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl ResourceGenerator for Admin {
+    fn name(&self) -> &str {
+        "admin"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let Some(admin) = ctx.metadata.admin_port else {
+            return Ok(());
+        };
+        let loopback = "127.0.0.1".to_string();
+        rs.clusters.insert(
+            ADMIN_CLUSTER.into(),
+            ClusterDraft::new(
+                static_cluster(ADMIN_CLUSTER, &[(loopback.clone(), admin)]),
+                ClusterRole::System,
+                Protocol::Http,
+            ),
+        );
+        let address = ctx.address();
+        // On loopback the listener would clash with Envoy's own admin.
+        let Some(readiness) = ctx.metadata.readiness_port else {
+            return Ok(());
+        };
+        if matches!(address, "127.0.0.1" | "0.0.0.0" | "" | "::1" | "::") {
+            return Ok(());
+        }
+        rs.clusters.insert(
+            READINESS_CLUSTER.into(),
+            ClusterDraft::new(
+                static_cluster(READINESS_CLUSTER, &[(loopback, readiness)]),
+                ClusterRole::System,
+                Protocol::Http,
+            ),
+        );
+        let l = listener(ADMIN_CLUSTER, address, admin, TrafficDirection::Inbound);
+        rs.listeners.insert(
+            ADMIN_CLUSTER.into(),
+            http_listener(
+                l,
+                "kuma_envoy_admin",
+                ADMIN_CLUSTER,
+                ADMIN_CLUSTER,
+                vec![cluster_route(prefix("/ready"), READINESS_CLUSTER)],
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// Virtual probes: `GET /<port>/<path>` on the probe port reaches the workload's `/<path>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Probes;
+
+impl ResourceGenerator for Probes {
+    fn name(&self) -> &str {
+        "probes"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let Some(probes) = ctx.dataplane.probes.as_ref().filter(|p| p.port != 0) else {
+            return Ok(());
+        };
+        let address = ctx.address();
+        let mut routes = Vec::new();
+        for p in &probes.endpoints {
+            let cluster = format!("localhost:{}", p.inbound_port);
+            if !rs.clusters.contains_key(&cluster) {
+                let workload_ip = ctx
+                    .dataplane
+                    .inbounds()
+                    .iter()
+                    .find(|i| i.workload_port() == p.inbound_port)
+                    .and_then(|i| i.service_address.as_deref())
+                    .unwrap_or(address);
+                rs.clusters.insert(
+                    cluster.clone(),
+                    ClusterDraft::new(
+                        static_cluster(&cluster, &[(workload_ip.to_string(), p.inbound_port)]),
+                        ClusterRole::System,
+                        Protocol::Http,
+                    ),
+                );
+            }
+            let mut route = cluster_route(PathSpecifier::Path(p.path.clone()), &cluster);
+            if let Some(Action::Route(action)) = route.action.as_mut() {
+                action.prefix_rewrite = p.inbound_path.clone();
+            }
+            routes.push(route);
+        }
+        let l = listener("probe:listener", address, probes.port, TrafficDirection::Inbound);
+        rs.listeners.insert(
+            "probe:listener".into(),
+            http_listener(l, "probe_listener", "probe:route_configuration", "probe", routes),
+        );
+        Ok(())
+    }
+}
+
+/// The Prometheus scrape listener, when a Prometheus backend is enabled.
+#[derive(Debug, Clone, Copy)]
+pub struct Prometheus;
+
+/// Kuma's default Prometheus port and path.
+const PROMETHEUS_PORT: u32 = 5670;
+const PROMETHEUS_PATH: &str = "/metrics";
+
+impl ResourceGenerator for Prometheus {
+    fn name(&self) -> &str {
+        "prometheus"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let Some(backend) = prometheus_backend(ctx) else {
+            return Ok(());
+        };
+        if ctx.metadata.admin_port.is_none() {
+            return Ok(()); // nothing to serve the stats from yet
+        }
+        let conf = backend.conf.as_ref();
+        let port = conf
+            .and_then(|c| c.get("port"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(PROMETHEUS_PORT);
+        let path = conf
+            .and_then(|c| c.get("path"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(PROMETHEUS_PATH);
+        let backend_name = backend.name.as_deref().unwrap_or("prometheus");
+        let name = format!("_kuma:metrics:prometheus:{backend_name}");
+        let mut route = cluster_route(PathSpecifier::Path(path.to_string()), ADMIN_CLUSTER);
+        if let Some(Action::Route(action)) = route.action.as_mut() {
+            action.prefix_rewrite = "/stats/prometheus".into();
+        }
+        let l = listener(&name, ctx.address(), port, TrafficDirection::Inbound);
+        rs.listeners.insert(
+            name.clone(),
+            http_listener(
+                l,
+                &format!("_kuma_metrics_prometheus_{backend_name}"),
+                &name,
+                &name,
+                vec![route],
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// The Prometheus backend in force: the Dataplane's own, else the mesh's enabled backend.
+fn prometheus_backend<'a>(ctx: &ProxyContext<'a>) -> Option<&'a MetricsBackend> {
+    if let Some(own) = ctx.dataplane.metrics.as_ref() {
+        return (own.kind == "prometheus").then_some(own);
+    }
+    let metrics = ctx.mesh.spec.metrics.as_ref()?;
+    let enabled = metrics.enabled_backend.as_deref()?;
+    metrics
+        .backends
+        .iter()
+        .find(|b| b.name.as_deref() == Some(enabled) && b.kind == "prometheus")
+}

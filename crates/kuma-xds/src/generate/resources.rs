@@ -1,0 +1,264 @@
+//! The resources of one proxy while generators build them.
+//!
+//! Generators add and edit typed Envoy messages here; a listener's last network filter (TCP
+//! proxy or HTTP connection manager), its HTTP filters and its route table stay separate until
+//! [`ResourceSet::into_snapshot`] assembles and encodes them, so a policy edits a route or adds
+//! an HTTP filter without decoding anything. Endpoints a whole mesh shares stay encoded.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
+
+use super::context::Protocol;
+use crate::cache::{EncodedResource, Snapshot};
+use crate::envoy::any;
+
+/// The HTTP connection manager of a listener, its HTTP filters (the router is added last) and
+/// its route table (inlined into the manager).
+#[derive(Debug, Clone)]
+pub struct HttpDraft {
+    /// The manager, without filters and routes.
+    pub hcm: HttpConnectionManager,
+    /// HTTP filters before the router, in order.
+    pub filters: Vec<HttpFilter>,
+    /// The route table.
+    pub route: RouteConfiguration,
+}
+
+/// The last network filter of a listener.
+#[derive(Debug, Clone)]
+pub enum Terminal {
+    /// Proxy TCP.
+    Tcp(TcpProxy),
+    /// Serve HTTP.
+    Http(Box<HttpDraft>),
+}
+
+/// A listener with one filter chain, in parts.
+#[derive(Debug, Clone)]
+pub struct ListenerDraft {
+    /// The listener (its filter chain is assembled from the parts below).
+    pub listener: Listener,
+    /// Network filters before the terminal one.
+    pub network_filters: Vec<Filter>,
+    /// The terminal network filter.
+    pub terminal: Terminal,
+}
+
+impl ListenerDraft {
+    /// The HTTP parts, when the listener serves HTTP.
+    pub fn http_mut(&mut self) -> Option<&mut HttpDraft> {
+        match &mut self.terminal {
+            Terminal::Http(h) => Some(h),
+            Terminal::Tcp(_) => None,
+        }
+    }
+
+    fn build(self) -> Listener {
+        let (name, config) = match self.terminal {
+            Terminal::Tcp(tcp) => ("envoy.filters.network.tcp_proxy", any(&tcp)),
+            Terminal::Http(http) => {
+                let HttpDraft {
+                    mut hcm,
+                    mut filters,
+                    route,
+                } = *http;
+                filters.push(HttpFilter {
+                    name: "envoy.filters.http.router".into(),
+                    config_type: Some(HttpConfigType::TypedConfig(any(&Router::default()))),
+                    ..Default::default()
+                });
+                hcm.http_filters = filters;
+                hcm.route_specifier = Some(RouteSpecifier::RouteConfig(route));
+                ("envoy.filters.network.http_connection_manager", any(&hcm))
+            }
+        };
+        let mut filters = self.network_filters;
+        filters.push(Filter {
+            name: name.into(),
+            config_type: Some(ConfigType::TypedConfig(config)),
+        });
+        let mut listener = self.listener;
+        listener.filter_chains = vec![FilterChain {
+            filters,
+            ..Default::default()
+        }];
+        listener
+    }
+}
+
+/// What a cluster is for (policies pick clusters by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// Traffic to a mesh service.
+    Outbound {
+        /// The destination service.
+        service: String,
+    },
+    /// Traffic from an inbound to the local workload.
+    Inbound {
+        /// The inbound's port.
+        port: u32,
+    },
+    /// The proxy's own plumbing (admin, readiness).
+    System,
+}
+
+/// A cluster and its HTTP upstream options (encoded into the cluster at the end).
+#[derive(Debug, Clone)]
+pub struct ClusterDraft {
+    /// The cluster.
+    pub cluster: Cluster,
+    /// What it is for.
+    pub role: ClusterRole,
+    /// The protocol spoken to its endpoints.
+    pub protocol: Protocol,
+    /// HTTP options (idle timeouts, stream limits); written when the protocol is HTTP.
+    pub http_options: HttpProtocolOptions,
+}
+
+impl ClusterDraft {
+    /// A cluster for `role` speaking `protocol`.
+    pub fn new(cluster: Cluster, role: ClusterRole, protocol: Protocol) -> Self {
+        ClusterDraft {
+            cluster,
+            role,
+            protocol,
+            http_options: HttpProtocolOptions::default(),
+        }
+    }
+
+    /// The service this cluster sends traffic to, for an outbound cluster.
+    pub fn service(&self) -> Option<&str> {
+        match &self.role {
+            ClusterRole::Outbound { service } => Some(service),
+            _ => None,
+        }
+    }
+
+    fn build(self) -> Cluster {
+        let mut cluster = self.cluster;
+        if self.protocol.is_http() {
+            let mut options = self.http_options;
+            if options.upstream_protocol_options.is_none() {
+                let config = if self.protocol.is_http2() {
+                    ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+                } else {
+                    ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+                };
+                options.upstream_protocol_options =
+                    Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                        protocol_config: Some(config),
+                    }));
+            }
+            cluster.typed_extension_protocol_options.insert(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+                any(&options),
+            );
+        }
+        cluster
+    }
+}
+
+/// Endpoints of a cluster: shared bytes, or built for this proxy.
+#[derive(Debug, Clone)]
+pub enum Endpoints {
+    /// Encoded once for the mesh.
+    Shared(EncodedResource),
+    /// Built for this proxy.
+    Owned(ClusterLoadAssignment),
+}
+
+/// An inbound the generators set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundInfo {
+    /// Its listener's name.
+    pub listener: String,
+    /// The local cluster its traffic goes to.
+    pub cluster: String,
+    /// The inbound's port.
+    pub port: u32,
+    /// The inbound's `kuma.io/service`.
+    pub service: String,
+    /// The protocol it serves.
+    pub protocol: Protocol,
+}
+
+/// An outbound the generators set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundInfo {
+    /// Its listener's name.
+    pub listener: String,
+    /// The destination service.
+    pub service: String,
+    /// The protocol it proxies.
+    pub protocol: Protocol,
+}
+
+/// Every resource of one proxy, by name, while generators run.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceSet {
+    /// Listeners.
+    pub listeners: BTreeMap<String, ListenerDraft>,
+    /// Clusters.
+    pub clusters: BTreeMap<String, ClusterDraft>,
+    /// Endpoints of EDS clusters, by cluster name.
+    pub endpoints: BTreeMap<String, Endpoints>,
+    /// Inbounds set up so far.
+    pub inbounds: Vec<InboundInfo>,
+    /// Outbounds set up so far.
+    pub outbounds: Vec<OutboundInfo>,
+}
+
+impl ResourceSet {
+    /// Encodes everything into a snapshot.
+    pub fn into_snapshot(self) -> Snapshot {
+        let mut out: Vec<(String, EncodedResource)> = Vec::with_capacity(
+            self.listeners.len() + self.clusters.len() + self.endpoints.len(),
+        );
+        for (name, l) in self.listeners {
+            out.push((name, EncodedResource::from_message(&l.build())));
+        }
+        for (name, c) in self.clusters {
+            out.push((name, EncodedResource::from_message(&c.build())));
+        }
+        for (name, e) in self.endpoints {
+            let encoded = match e {
+                Endpoints::Shared(bytes) => bytes,
+                Endpoints::Owned(cla) => EncodedResource::from_message(&cla),
+            };
+            out.push((name, encoded));
+        }
+        Snapshot::new(out)
+    }
+
+    /// Outbound listeners serving HTTP, with the service each one proxies.
+    pub fn outbound_http(&mut self) -> impl Iterator<Item = (&str, &mut HttpDraft)> + '_ {
+        let services: BTreeMap<&str, &str> = self
+            .outbounds
+            .iter()
+            .map(|o| (o.listener.as_str(), o.service.as_str()))
+            .collect();
+        self.listeners.iter_mut().filter_map(move |(name, l)| {
+            let service = services.get(name.as_str())?;
+            Some((*service, l.http_mut()?))
+        })
+    }
+}

@@ -1,0 +1,124 @@
+use super::*;
+use crate::types::{CLUSTER, ENDPOINT, LISTENER};
+use kuma_core::resource::{Resource, parse_yaml};
+
+fn dp(name: &str, address: &str, extra: &str) -> Resource {
+    parse_yaml(&format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn names(snap: &Snapshot, t: &str) -> Vec<String> {
+    snap.get(t)
+        .map(|r| r.resources().keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn names_follow_kuma() {
+    let web = dp(
+        "web",
+        "10.0.0.1",
+        "  inbound:\n  - port: 8080\n    servicePort: 18080\n    tags: {kuma.io/service: web}\n  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n",
+    );
+    let b1 = dp(
+        "b1",
+        "10.0.0.2",
+        "  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n",
+    );
+    let b2 = dp(
+        "b2",
+        "10.0.0.3",
+        "  advertisedAddress: 192.168.1.3\n  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n",
+    );
+    let b3 = dp(
+        "b3",
+        "10.0.0.4",
+        "  inbound:\n  - port: 9000\n    tags: {kuma.io/service: backend}\n    health: {ready: false}\n",
+    );
+    let all = vec![web.clone(), b1, b2, b3];
+    let mesh = MeshContext::new("default", &all);
+    let metadata = ProxyMetadata {
+        admin_port: Some(9901),
+        readiness_port: Some(9902),
+    };
+    let generator = GeneratorList::kuma_profile();
+    let ctx = ProxyContext::new(&mesh, &web, metadata).unwrap();
+    let snap = generator.generate(&ctx).unwrap();
+    assert_eq!(
+        names(&snap, LISTENER),
+        [
+            "inbound:10.0.0.1:8080",
+            "kuma:envoy:admin",
+            "outbound:127.0.0.1:33033"
+        ]
+    );
+    assert_eq!(
+        names(&snap, CLUSTER),
+        [
+            "backend",
+            "kuma:envoy:admin",
+            "kuma:readiness",
+            "localhost:18080"
+        ]
+    );
+    // On 127.0.0.1 the admin listener would clash with Envoy's own admin: none is generated.
+    let local = dp(
+        "local",
+        "127.0.0.1",
+        "  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n",
+    );
+    let ctx = ProxyContext::new(&mesh, &local, metadata).unwrap();
+    let local_snap = generator.generate(&ctx).unwrap();
+    assert!(!names(&local_snap, LISTENER).contains(&"kuma:envoy:admin".to_string()));
+    assert_eq!(names(&snap, ENDPOINT), ["backend"]);
+    // Not-ready inbounds get no traffic.
+    let endpoints: Vec<_> = mesh
+        .endpoints("backend")
+        .iter()
+        .map(|e| (e.ip.as_str(), e.port))
+        .collect();
+    assert_eq!(endpoints, [("10.0.0.2", 9000), ("192.168.1.3", 9000)]);
+    assert!(mesh.endpoints("nobody").is_empty());
+    // A second proxy of the mesh with the same outbound gets the very same endpoint bytes.
+    let twin = generator
+        .generate(&ProxyContext::new(&mesh, &web, metadata).unwrap())
+        .unwrap();
+    let mine = &snap.get(ENDPOINT).unwrap().resources()["backend"];
+    let theirs = &twin.get(ENDPOINT).unwrap().resources()["backend"];
+    assert!(mine.shares_bytes_with(theirs), "endpoints encoded once per mesh");
+    assert_eq!(node_id("default", "web"), "default.web");
+}
+
+#[test]
+fn a_failing_generator_names_itself() {
+    struct Broken;
+    impl ResourceGenerator for Broken {
+        fn name(&self) -> &str {
+            "broken"
+        }
+        fn apply(&self, _: &ProxyContext<'_>, _: &mut ResourceSet) -> Result<(), String> {
+            Err("no luck".into())
+        }
+    }
+    let web = dp("web", "10.0.0.1", "");
+    let all = vec![web.clone()];
+    let mesh = MeshContext::new("default", &all);
+    let list = GeneratorList::kuma_profile().with(Broken);
+    let err = list
+        .generate(&ProxyContext::new(&mesh, &web, ProxyMetadata::default()).unwrap())
+        .unwrap_err();
+    assert_eq!(err.generator, "broken");
+    assert_eq!(err.to_string(), "generator \"broken\" failed: no luck");
+    assert_eq!(list.names().first(), Some(&"inbound"));
+}
+
+#[test]
+fn protocols_join_on_kuma_lattice() {
+    use Protocol::*;
+    assert_eq!(Grpc.common(Http2), Http2);
+    assert_eq!(Http.common(Http), Http);
+    assert_eq!(Http.common(Http2), Tcp);
+    assert_eq!(Kafka.common(Tcp), Tcp);
+}
