@@ -173,3 +173,48 @@ pub async fn round_trip(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
         .ok()?;
     Some(out)
 }
+
+/// A bootstrap for an Envoy that fetches everything over ADS (`api_type` `GRPC` or
+/// `DELTA_GRPC`) from 127.0.0.1:`xds_port`, with its admin on 127.0.0.1:`admin_port`.
+pub fn ads_bootstrap(node: &str, xds_port: u16, admin_port: u16, api_type: &str) -> String {
+    format!(
+        r#"node: {{id: {node}, cluster: test}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+"#
+    )
+}
+
+/// Starts Envoy with `bootstrap` (written into `dir`, where its log goes too); killed when the
+/// handle drops. `base_id` keeps concurrent Envoys' shared memory apart.
+pub fn spawn_envoy(dir: &std::path::Path, bootstrap: &str, base_id: u16) -> tokio::process::Child {
+    std::fs::create_dir_all(dir).expect("create the Envoy directory");
+    let path = dir.join("bootstrap.yaml");
+    std::fs::write(&path, bootstrap).expect("write the bootstrap");
+    let log = std::fs::File::create(dir.join("envoy.log")).expect("create the Envoy log");
+    tokio::process::Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&path)
+        .args(["--base-id", &base_id.to_string(), "-l", "warning"])
+        .args(["--drain-time-s", "1", "--drain-strategy", "immediate"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("envoy starts")
+}
