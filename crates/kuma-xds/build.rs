@@ -38,7 +38,9 @@ fn find_descriptors() -> Result<PathBuf, String> {
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
-    let packages = meta["packages"].as_array().ok_or("no packages in metadata")?;
+    let packages = meta["packages"]
+        .as_array()
+        .ok_or("no packages in metadata")?;
     let package = packages
         .iter()
         .find(|p| p["name"] == "envoy-types")

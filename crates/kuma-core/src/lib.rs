@@ -24,6 +24,7 @@
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod defaults;
 pub mod duration;
 pub mod manager;
 pub mod model;

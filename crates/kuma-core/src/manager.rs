@@ -126,10 +126,32 @@ impl ResourceManager {
         self.apply_defaults(&mut resource);
         resource.validate()?;
         let owner = Self::owner(&resource);
-        self.store
+        let created = self
+            .store
             .create(resource.clone(), owner)
             .await
-            .map_err(|e| Self::map_owner_error(e, &resource))
+            .map_err(|e| Self::map_owner_error(e, &resource))?;
+        if let Spec::Mesh(mesh) = &created.spec {
+            self.create_default_policies(&created.meta.name, &mesh.skip_creating_initial_policies)
+                .await?;
+        }
+        Ok(created)
+    }
+
+    /// Creates the default policies of a new mesh (those that exist already are kept).
+    async fn create_default_policies(
+        &self,
+        mesh: &str,
+        skip: &[String],
+    ) -> Result<(), ManagerError> {
+        for policy in crate::defaults::default_policies(mesh, skip) {
+            let owner = Self::owner(&policy);
+            match self.store.create(policy, owner).await {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Validates and replaces a resource; `resource.meta.version` must be current.

@@ -93,7 +93,11 @@ impl Reconciler {
                 }
             }
         }
-        let mesh_spec = match self.manager.get(&ResourceKey::global(ResourceType::Mesh, mesh)).await {
+        let mesh_spec = match self
+            .manager
+            .get(&ResourceKey::global(ResourceType::Mesh, mesh))
+            .await
+        {
             Ok(r) => r.spec_as::<MeshSpec>().cloned().unwrap_or_default(),
             Err(_) => MeshSpec::default(),
         };

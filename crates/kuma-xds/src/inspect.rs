@@ -22,11 +22,9 @@ const ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy
 
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(ENVOY_DESCRIPTORS).map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+    POOL.get_or_init(|| DescriptorPool::decode(ENVOY_DESCRIPTORS).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// One resource as JSON (no `@type`: the type is the key it is listed under).

@@ -16,7 +16,9 @@ use std::time::Duration;
 use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Resource, ResourceType, parse_documents};
 use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::generate::{GeneratorList, MeshContext, ProxyContext, ProxyMetadata, SnapshotGenerator};
+use kuma_xds::generate::{
+    GeneratorList, MeshContext, ProxyContext, ProxyMetadata, SnapshotGenerator,
+};
 use kuma_xds::server::{AdsServer, Callbacks};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -34,7 +36,11 @@ fn cases() -> Vec<(String, PathBuf)> {
         .unwrap()
         .filter_map(|e| {
             let path = e.ok()?.path();
-            let name = path.file_name()?.to_str()?.strip_suffix(".input.yaml")?.to_string();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".input.yaml")?
+                .to_string();
             Some((name, path))
         })
         .collect();
@@ -52,7 +58,11 @@ fn generate(input: &Path) -> Snapshot {
             .unwrap_or_else(|e| panic!("{}: {} is invalid: {e}", input.display(), r.meta.name));
     }
     let of = |t: ResourceType| -> Vec<Resource> {
-        resources.iter().filter(|r| r.rtype() == t).cloned().collect()
+        resources
+            .iter()
+            .filter(|r| r.rtype() == t)
+            .cloned()
+            .collect()
     };
     let dataplanes = of(ResourceType::Dataplane);
     let mesh_spec = resources

@@ -32,18 +32,13 @@ fn merge_into(target: &mut Value, patch: &Value) {
             Value::Null => {
                 target.remove(key);
             }
-            Value::Array(items) if key.starts_with("append") => {
-                match target.get_mut(key) {
-                    Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
-                    _ => {
-                        target.insert(key.clone(), value.clone());
-                    }
+            Value::Array(items) if key.starts_with("append") => match target.get_mut(key) {
+                Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
+                _ => {
+                    target.insert(key.clone(), value.clone());
                 }
-            }
-            Value::Object(_) => merge_into(
-                target.entry(key.clone()).or_insert(Value::Null),
-                value,
-            ),
+            },
+            Value::Object(_) => merge_into(target.entry(key.clone()).or_insert(Value::Null), value),
             other => {
                 target.insert(key.clone(), other.clone());
             }

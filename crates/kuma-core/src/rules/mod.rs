@@ -213,7 +213,9 @@ impl Prepared {
         };
         let mut to = Vec::new();
         for e in entries("to") {
-            let Some(target) = e.get("targetRef").and_then(|t| TargetRef::deserialize(t).ok())
+            let Some(target) = e
+                .get("targetRef")
+                .and_then(|t| TargetRef::deserialize(t).ok())
             else {
                 continue;
             };
@@ -234,7 +236,10 @@ impl Prepared {
         }
         let mut from = Vec::new();
         for e in entries("from") {
-            if let Some(target) = e.get("targetRef").and_then(|t| TargetRef::deserialize(t).ok()) {
+            if let Some(target) = e
+                .get("targetRef")
+                .and_then(|t| TargetRef::deserialize(t).ok())
+            {
                 let conf = e.get("default").cloned().unwrap_or(Value::Null);
                 from.push(Entry { target, conf });
             }
@@ -278,7 +283,12 @@ impl Prepared {
             .get(DISPLAY_NAME_LABEL)
             .unwrap_or(&self.origin.name)
             .clone();
-        (t.kind.specificity(), dataplane_rank, origin_rank, Reverse(name))
+        (
+            t.kind.specificity(),
+            dataplane_rank,
+            origin_rank,
+            Reverse(name),
+        )
     }
 }
 
@@ -289,8 +299,10 @@ pub fn selects_inbound(top: &TargetRef, proxy: &ProxyView<'_>, inbound: &Inbound
             .flatten()
             .all(|(k, v)| inbound.tags.get(k) == Some(v))
     };
-    let service_is =
-        |name: &Option<String>| name.as_deref().is_some_and(|n| inbound.service() == Some(n));
+    let service_is = |name: &Option<String>| {
+        name.as_deref()
+            .is_some_and(|n| inbound.service() == Some(n))
+    };
     match top.kind {
         TargetRefKind::Mesh => proxy_type_matches(top, proxy),
         TargetRefKind::MeshSubset => proxy_type_matches(top, proxy) && tags_match(&top.tags),

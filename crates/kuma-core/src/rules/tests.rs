@@ -86,7 +86,10 @@ fn to_rules_merge_in_kuma_order() {
 
     let conf: crate::model::policy::TimeoutConf =
         rules.to_conf("backend").unwrap().expect("typed conf");
-    assert_eq!(conf.http.unwrap().request_timeout.unwrap().get().as_secs(), 7);
+    assert_eq!(
+        conf.http.unwrap().request_timeout.unwrap().get().as_secs(),
+        7
+    );
 
     // db-1 is selected by the Mesh policies only.
     let db = ProxyView::of(&dps[1]).unwrap();

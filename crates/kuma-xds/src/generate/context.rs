@@ -124,7 +124,11 @@ impl<'a> MeshContext<'a> {
                 let entry = by_service.entry(service).or_default();
                 let protocol = Protocol::of_tags(&inbound.tags);
                 entry.1 = Some(entry.1.map_or(protocol, |p| p.common(protocol)));
-                if inbound.health.as_ref().is_some_and(|h| h.ready == Some(false)) {
+                if inbound
+                    .health
+                    .as_ref()
+                    .is_some_and(|h| h.ready == Some(false))
+                {
                     continue; // not ready: no traffic until it is
                 }
                 entry.0.push(Endpoint {
@@ -139,8 +143,10 @@ impl<'a> MeshContext<'a> {
             .map(|(service, (mut endpoints, protocol))| {
                 endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
                 endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-                let load_assignment =
-                    EncodedResource::from_message(&load_assignment(service, &addresses(&endpoints)));
+                let load_assignment = EncodedResource::from_message(&load_assignment(
+                    service,
+                    &addresses(&endpoints),
+                ));
                 let entry = Service {
                     endpoints,
                     protocol: protocol.unwrap_or(Protocol::Tcp),

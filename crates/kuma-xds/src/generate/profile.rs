@@ -15,12 +15,12 @@ use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
 use kuma_core::model::mesh::MetricsBackend;
 
+use super::ResourceGenerator;
 use super::context::{Protocol, ProxyContext, addresses};
 use super::resources::{
     ClusterDraft, ClusterRole, Endpoints, HttpDraft, InboundInfo, ListenerDraft, OutboundInfo,
     ResourceSet, Terminal,
 };
-use super::ResourceGenerator;
 use crate::envoy::{
     cluster_route, eds_cluster, http_connection_manager, listener, load_assignment, route_table,
     static_cluster, tcp_proxy,
@@ -299,10 +299,21 @@ impl ResourceGenerator for Probes {
             }
             routes.push(route);
         }
-        let l = listener("probe:listener", address, probes.port, TrafficDirection::Inbound);
+        let l = listener(
+            "probe:listener",
+            address,
+            probes.port,
+            TrafficDirection::Inbound,
+        );
         rs.listeners.insert(
             "probe:listener".into(),
-            http_listener(l, "probe_listener", "probe:route_configuration", "probe", routes),
+            http_listener(
+                l,
+                "probe_listener",
+                "probe:route_configuration",
+                "probe",
+                routes,
+            ),
         );
         Ok(())
     }

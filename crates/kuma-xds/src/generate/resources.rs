@@ -163,10 +163,11 @@ impl ClusterDraft {
                 } else {
                     ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
                 };
-                options.upstream_protocol_options =
-                    Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                options.upstream_protocol_options = Some(
+                    UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
                         protocol_config: Some(config),
-                    }));
+                    }),
+                );
             }
             cluster.typed_extension_protocol_options.insert(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
@@ -230,9 +231,8 @@ pub struct ResourceSet {
 impl ResourceSet {
     /// Encodes everything into a snapshot.
     pub fn into_snapshot(self) -> Snapshot {
-        let mut out: Vec<(String, EncodedResource)> = Vec::with_capacity(
-            self.listeners.len() + self.clusters.len() + self.endpoints.len(),
-        );
+        let mut out: Vec<(String, EncodedResource)> =
+            Vec::with_capacity(self.listeners.len() + self.clusters.len() + self.endpoints.len());
         for (name, l) in self.listeners {
             out.push((name, EncodedResource::from_message(&l.build())));
         }

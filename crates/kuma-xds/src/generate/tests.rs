@@ -87,7 +87,10 @@ fn names_follow_kuma() {
         .unwrap();
     let mine = &snap.get(ENDPOINT).unwrap().resources()["backend"];
     let theirs = &twin.get(ENDPOINT).unwrap().resources()["backend"];
-    assert!(mine.shares_bytes_with(theirs), "endpoints encoded once per mesh");
+    assert!(
+        mine.shares_bytes_with(theirs),
+        "endpoints encoded once per mesh"
+    );
     assert_eq!(node_id("default", "web"), "default.web");
 }
 

@@ -2,19 +2,109 @@
 //! ([`kuma_core::rules`]) to what the core generators built. They run in this order: routes
 //! first (they add clusters), then what configures clusters, routes and listeners.
 
+mod circuit_breaker;
+mod health_check;
+mod http_route;
+mod retry;
+mod tcp_route;
 mod timeout;
 
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
+use kuma_core::model::common::Tags;
+use kuma_core::model::policy::{
+    BackendRef, HeaderMatch, HeaderMatchType, HeaderModifier, TargetRefKind,
+};
 use kuma_core::resource::ResourceType;
 use kuma_core::rules::{ProxyRules, Rule};
 use serde::de::DeserializeOwned;
 
 use super::ResourceGenerator;
+use super::context::ProxyContext;
+use super::profile::add_service_cluster;
+use super::resources::ResourceSet;
 
+pub use circuit_breaker::MeshCircuitBreaker;
+pub use health_check::MeshHealthCheck;
+pub use http_route::MeshHttpRoute;
+pub use retry::MeshRetry;
+pub use tcp_route::MeshTcpRoute;
 pub use timeout::MeshTimeout;
 
 /// Every policy generator, in the order they apply.
 pub fn all() -> Vec<Box<dyn ResourceGenerator>> {
-    vec![Box::new(MeshTimeout)]
+    vec![
+        Box::new(MeshTcpRoute),
+        Box::new(MeshHttpRoute),
+        Box::new(MeshCircuitBreaker),
+        Box::new(MeshHealthCheck),
+        Box::new(MeshTimeout),
+        Box::new(MeshRetry),
+    ]
+}
+
+/// A string matcher of one pattern.
+fn string_matcher(pattern: MatchPattern) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case: false,
+    }
+}
+
+/// An exact header value match.
+fn string_exact(value: &str) -> HeaderMatchSpecifier {
+    HeaderMatchSpecifier::StringMatch(string_matcher(MatchPattern::Exact(value.to_string())))
+}
+
+/// An Envoy header matcher from a policy's header match.
+fn header_matcher(h: &HeaderMatch) -> HeaderMatcher {
+    let value = h.value.clone().unwrap_or_default();
+    let specifier = match h.kind.unwrap_or(HeaderMatchType::Exact) {
+        HeaderMatchType::Exact => string_exact(&value),
+        HeaderMatchType::Prefix => {
+            HeaderMatchSpecifier::StringMatch(string_matcher(MatchPattern::Prefix(value)))
+        }
+        HeaderMatchType::RegularExpression => HeaderMatchSpecifier::StringMatch(string_matcher(
+            MatchPattern::SafeRegex(RegexMatcher {
+                regex: value,
+                ..Default::default()
+            }),
+        )),
+        HeaderMatchType::Present => HeaderMatchSpecifier::PresentMatch(true),
+        HeaderMatchType::Absent => HeaderMatchSpecifier::PresentMatch(false),
+    };
+    HeaderMatcher {
+        name: h.name.clone(),
+        header_match_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+/// Endpoint metadata (`envoy.lb`) holding `tags`.
+fn lb_metadata(tags: Option<&Tags>) -> Metadata {
+    let fields = tags
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                PbValue {
+                    kind: Some(Kind::StringValue(v.clone())),
+                },
+            )
+        })
+        .collect();
+    Metadata {
+        filter_metadata: [("envoy.lb".to_string(), Struct { fields })].into(),
+        ..Default::default()
+    }
 }
 
 /// The typed conf of `rule`, or an error naming the policies it came from.
@@ -39,4 +129,69 @@ fn from_conf<T: DeserializeOwned>(rules: &ProxyRules, port: u32) -> Result<Optio
         .from_rule(port)
         .map(|r| typed(rules.rtype, r))
         .transpose()
+}
+
+/// Headers to add (`add`: appended) and set (`set`: overwritten).
+fn header_values(m: &HeaderModifier) -> Vec<HeaderValueOption> {
+    let option = |key: &str, value: &str, action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for kv in m.add.iter().flatten() {
+        out.push(option(
+            &kv.name,
+            &kv.value,
+            HeaderAppendAction::AppendIfExistsOrAdd,
+        ));
+    }
+    for kv in m.set.iter().flatten() {
+        out.push(option(
+            &kv.name,
+            &kv.value,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+    out
+}
+
+/// The cluster a route backend sends to, added to the set when missing: the service's own
+/// cluster for `MeshService`, a cluster of the matching endpoints for `MeshServiceSubset`.
+/// `None` for kinds this control plane has no resources for yet.
+fn backend_cluster(ctx: &ProxyContext<'_>, rs: &mut ResourceSet, b: &BackendRef) -> Option<String> {
+    let service = b.name.as_deref()?;
+    match b.kind {
+        TargetRefKind::MeshService => {
+            add_service_cluster(ctx, rs, service, service, None);
+            Some(service.to_string())
+        }
+        TargetRefKind::MeshServiceSubset => {
+            let tags = b.tags.clone().unwrap_or_default();
+            if tags.is_empty() {
+                add_service_cluster(ctx, rs, service, service, None);
+                return Some(service.to_string());
+            }
+            let name = format!("{service}-{:016x}", fnv1a(&tags));
+            add_service_cluster(ctx, rs, &name, service, Some(&tags));
+            Some(name)
+        }
+        _ => None,
+    }
+}
+
+/// A stable 64-bit FNV-1a hash of tags (cluster names must not change between runs).
+fn fnv1a(tags: &Tags) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in tags {
+        for b in k.bytes().chain([b'=']).chain(v.bytes()).chain([b';']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }

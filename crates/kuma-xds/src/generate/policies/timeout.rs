@@ -7,17 +7,17 @@
 //! - `from`/`rules` (per inbound): the same on the inbound listener and its local cluster.
 
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as CommonHttp;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use kuma_core::model::policy::TimeoutConf;
 use kuma_core::resource::ResourceType;
 
 use super::{from_conf, to_conf};
 use crate::envoy::duration;
+use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::{ClusterDraft, ClusterRole, ResourceSet, Terminal};
-use crate::generate::ResourceGenerator;
 
 /// Applies MeshTimeout.
 #[derive(Debug, Clone, Copy)]
