@@ -501,7 +501,22 @@ async fn policies_are_resources_like_any_other() {
         got.body["spec"]["to"][0]["default"]["connectionTimeout"],
         "2s"
     );
-    assert_eq!(api.get("/meshtimeouts").await.body["total"], 1);
+    // Next to the two timeouts every mesh gets (sidecars and gateways).
+    let all = api.get("/meshtimeouts").await.body;
+    let names: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mesh-gateways-timeout-all-default",
+            "mesh-timeout-all-default",
+            "short"
+        ]
+    );
 
     let mut bad = timeout;
     bad["spec"]["to"][0]["default"]["connectionTimeout"] = json!("soon");

@@ -5,6 +5,7 @@
 mod circuit_breaker;
 mod health_check;
 mod http_route;
+mod load_balancing;
 mod retry;
 mod tcp_route;
 mod timeout;
@@ -34,6 +35,7 @@ use super::resources::ResourceSet;
 pub use circuit_breaker::MeshCircuitBreaker;
 pub use health_check::MeshHealthCheck;
 pub use http_route::MeshHttpRoute;
+pub use load_balancing::MeshLoadBalancingStrategy;
 pub use retry::MeshRetry;
 pub use tcp_route::MeshTcpRoute;
 pub use timeout::MeshTimeout;
@@ -43,6 +45,7 @@ pub fn all() -> Vec<Box<dyn ResourceGenerator>> {
     vec![
         Box::new(MeshTcpRoute),
         Box::new(MeshHttpRoute),
+        Box::new(MeshLoadBalancingStrategy),
         Box::new(MeshCircuitBreaker),
         Box::new(MeshHealthCheck),
         Box::new(MeshTimeout),
