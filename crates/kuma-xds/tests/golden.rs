@@ -194,12 +194,14 @@ async fn goldens_are_accepted_by_envoy() {
                 .cloned()
                 .collect();
             assert!(rejected.is_empty(), "{name}: Envoy rejected {rejected:?}");
-            let acked = verdicts.acked.lock().unwrap();
-            if wanted.iter().all(|(t, v)| acked.get(t) == Some(v)) {
+            let all_acked = {
+                let acked = verdicts.acked.lock().unwrap();
+                wanted.iter().all(|(t, v)| acked.get(t) == Some(v))
+            };
+            if all_acked {
                 accepted = true;
                 break;
             }
-            drop(acked);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(

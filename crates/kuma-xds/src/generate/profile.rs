@@ -106,7 +106,7 @@ impl ResourceGenerator for Inbound {
                 ListenerDraft {
                     listener: l,
                     network_filters: Vec::new(),
-                    terminal: Terminal::Tcp(tcp_proxy(&stat, &cluster)),
+                    terminal: Terminal::Tcp(Box::new(tcp_proxy(&stat, &cluster))),
                 }
             };
             rs.listeners.insert(name.clone(), draft);
@@ -192,7 +192,7 @@ impl ResourceGenerator for Outbound {
                 ListenerDraft {
                     listener: l,
                     network_filters: Vec::new(),
-                    terminal: Terminal::Tcp(tcp_proxy(service, service)),
+                    terminal: Terminal::Tcp(Box::new(tcp_proxy(service, service))),
                 }
             };
             rs.listeners.insert(name.clone(), draft);

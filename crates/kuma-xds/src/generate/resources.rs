@@ -46,7 +46,7 @@ pub struct HttpDraft {
 #[derive(Debug, Clone)]
 pub enum Terminal {
     /// Proxy TCP.
-    Tcp(TcpProxy),
+    Tcp(Box<TcpProxy>),
     /// Serve HTTP.
     Http(Box<HttpDraft>),
 }
@@ -73,7 +73,7 @@ impl ListenerDraft {
 
     fn build(self) -> Listener {
         let (name, config) = match self.terminal {
-            Terminal::Tcp(tcp) => ("envoy.filters.network.tcp_proxy", any(&tcp)),
+            Terminal::Tcp(tcp) => ("envoy.filters.network.tcp_proxy", any(tcp.as_ref())),
             Terminal::Http(http) => {
                 let HttpDraft {
                     mut hcm,

@@ -83,7 +83,7 @@ impl ResourceGenerator for MeshHttpRoute {
                     routes.push((Specificity::of(m), route));
                 }
             }
-            routes.sort_by(|a, b| b.0.cmp(&a.0));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.0));
             let Some(http) = rs.listeners.get_mut(&listener).and_then(|l| l.http_mut()) else {
                 continue;
             };

@@ -26,9 +26,9 @@ use kuma_core::resource::ResourceType;
 
 use super::to_conf;
 use crate::envoy::{duration, load_assignment};
+use crate::generate::ResourceGenerator;
 use crate::generate::context::{Endpoint, ProxyContext, addresses};
 use crate::generate::resources::{ClusterDraft, Endpoints, ResourceSet};
-use crate::generate::ResourceGenerator;
 
 /// Applies MeshLoadBalancingStrategy.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +47,15 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
         let local_tags = proxy_tags(ctx);
         let names: Vec<String> = rs.clusters.keys().cloned().collect();
         for name in names {
-            let Some(draft) = rs.clusters.get_mut(&name) else { continue };
-            let Some(service) = draft.service().map(str::to_string) else { continue };
-            let Some(conf) = to_conf::<LoadBalancingConf>(&rules, &service)? else { continue };
+            let Some(draft) = rs.clusters.get_mut(&name) else {
+                continue;
+            };
+            let Some(service) = draft.service().map(str::to_string) else {
+                continue;
+            };
+            let Some(conf) = to_conf::<LoadBalancingConf>(&rules, &service)? else {
+                continue;
+            };
             algorithm(draft, &conf);
             if let Some(levels) = locality_levels(&conf, &local_tags) {
                 let endpoints = subset_endpoints(ctx, rs, &name, &service);
@@ -60,7 +66,9 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
             }
         }
         for o in &rs.outbounds {
-            let Some(conf) = to_conf::<LoadBalancingConf>(&rules, &o.service)? else { continue };
+            let Some(conf) = to_conf::<LoadBalancingConf>(&rules, &o.service)? else {
+                continue;
+            };
             let policies = hash_policies(&conf);
             if policies.is_empty() {
                 continue;
@@ -81,7 +89,9 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
 }
 
 fn algorithm(draft: &mut ClusterDraft, conf: &LoadBalancingConf) {
-    let Some(lb) = &conf.load_balancer else { return };
+    let Some(lb) = &conf.load_balancer else {
+        return;
+    };
     let cluster = &mut draft.cluster;
     let (policy, config) = match lb.kind {
         LoadBalancerType::RoundRobin => (LbPolicy::RoundRobin, None),
@@ -109,8 +119,12 @@ fn algorithm(draft: &mut ClusterDraft, conf: &LoadBalancingConf) {
             (
                 LbPolicy::RingHash,
                 Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
-                    minimum_ring_size: r.min_ring_size.map(|v| UInt64Value { value: u64::from(v) }),
-                    maximum_ring_size: r.max_ring_size.map(|v| UInt64Value { value: u64::from(v) }),
+                    minimum_ring_size: r.min_ring_size.map(|v| UInt64Value {
+                        value: u64::from(v),
+                    }),
+                    maximum_ring_size: r.max_ring_size.map(|v| UInt64Value {
+                        value: u64::from(v),
+                    }),
                     hash_function: match r.hash_function {
                         Some(HashFunctionType::MurmurHash2) => HashFunction::MurmurHash2,
                         _ => HashFunction::XxHash,
@@ -123,7 +137,9 @@ fn algorithm(draft: &mut ClusterDraft, conf: &LoadBalancingConf) {
             (
                 LbPolicy::Maglev,
                 Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
-                    table_size: m.table_size.map(|v| UInt64Value { value: u64::from(v) }),
+                    table_size: m.table_size.map(|v| UInt64Value {
+                        value: u64::from(v),
+                    }),
                 })),
             )
         }
@@ -138,8 +154,14 @@ fn hash_policies(conf: &LoadBalancingConf) -> Vec<EnvoyHashPolicy> {
     let list = conf
         .hash_policies
         .as_ref()
-        .or_else(|| lb.and_then(|l| l.ring_hash.as_ref()).and_then(|r| r.hash_policies.as_ref()))
-        .or_else(|| lb.and_then(|l| l.maglev.as_ref()).and_then(|m| m.hash_policies.as_ref()));
+        .or_else(|| {
+            lb.and_then(|l| l.ring_hash.as_ref())
+                .and_then(|r| r.hash_policies.as_ref())
+        })
+        .or_else(|| {
+            lb.and_then(|l| l.maglev.as_ref())
+                .and_then(|m| m.hash_policies.as_ref())
+        });
     list.into_iter().flatten().filter_map(hash_policy).collect()
 }
 
@@ -252,7 +274,11 @@ fn cla_addresses(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
 }
 
 /// Endpoints grouped into priorities: level i holds those matching `levels[i]` first.
-fn prioritised(name: &str, endpoints: &[Endpoint], levels: &[(String, String)]) -> ClusterLoadAssignment {
+fn prioritised(
+    name: &str,
+    endpoints: &[Endpoint],
+    levels: &[(String, String)],
+) -> ClusterLoadAssignment {
     let mut groups: Vec<Vec<Endpoint>> = vec![Vec::new(); levels.len() + 1];
     for e in endpoints {
         let level = levels

@@ -2,10 +2,13 @@
 //! ([`kuma_core::rules`]) to what the core generators built. They run in this order: routes
 //! first (they add clusters), then what configures clusters, routes and listeners.
 
+mod access_log;
 mod circuit_breaker;
+mod fault_injection;
 mod health_check;
 mod http_route;
 mod load_balancing;
+mod rate_limit;
 mod retry;
 mod tcp_route;
 mod timeout;
@@ -32,10 +35,13 @@ use super::context::ProxyContext;
 use super::profile::add_service_cluster;
 use super::resources::ResourceSet;
 
+pub use access_log::MeshAccessLog;
 pub use circuit_breaker::MeshCircuitBreaker;
+pub use fault_injection::MeshFaultInjection;
 pub use health_check::MeshHealthCheck;
 pub use http_route::MeshHttpRoute;
 pub use load_balancing::MeshLoadBalancingStrategy;
+pub use rate_limit::MeshRateLimit;
 pub use retry::MeshRetry;
 pub use tcp_route::MeshTcpRoute;
 pub use timeout::MeshTimeout;
@@ -50,6 +56,9 @@ pub fn all() -> Vec<Box<dyn ResourceGenerator>> {
         Box::new(MeshHealthCheck),
         Box::new(MeshTimeout),
         Box::new(MeshRetry),
+        Box::new(MeshRateLimit),
+        Box::new(MeshFaultInjection),
+        Box::new(MeshAccessLog),
     ]
 }
 

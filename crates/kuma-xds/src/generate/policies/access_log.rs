@@ -1,0 +1,194 @@
+//! MeshAccessLog: access logs of outbound (`to`) and inbound (`from`/`rules`) traffic.
+//!
+//! File backends become Envoy file access logs on the listener's HTTP connection manager or
+//! TCP proxy, in Kuma's default plain formats unless a `plain` or `json` format is given.
+//! Kuma's placeholders are filled in here: `%KUMA_MESH%`, `%KUMA_SOURCE_SERVICE%`,
+//! `%KUMA_DESTINATION_SERVICE%`, `%KUMA_SOURCE_ADDRESS%` and
+//! `%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%`. TCP and OpenTelemetry backends need kuma-dp's log
+//! forwarder and a collector cluster; they are not generated yet (skipped, not an error).
+
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
+use kuma_core::model::common::SERVICE_TAG;
+use kuma_core::model::policy::{AccessLogBackendType, AccessLogConf, LogFormat, LogFormatType};
+use kuma_core::resource::ResourceType;
+
+use super::{from_conf, to_conf};
+use crate::envoy::any;
+use crate::generate::ResourceGenerator;
+use crate::generate::context::ProxyContext;
+use crate::generate::resources::{ResourceSet, Terminal};
+
+/// Kuma's default format of HTTP access log lines.
+const HTTP_FORMAT: &str = "[%START_TIME%] %KUMA_MESH% \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%KUMA_SOURCE_SERVICE%\" \"%KUMA_DESTINATION_SERVICE%\" \"%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%\" \"%UPSTREAM_HOST%\"\n";
+/// Kuma's default format of TCP access log lines.
+const TCP_FORMAT: &str = "[%START_TIME%] %RESPONSE_FLAGS% %KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%(%KUMA_SOURCE_SERVICE%)->%UPSTREAM_HOST%(%KUMA_DESTINATION_SERVICE%) took %DURATION%ms, sent %BYTES_SENT% bytes, received: %BYTES_RECEIVED% bytes\n";
+
+/// Applies MeshAccessLog.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshAccessLog;
+
+/// Values for Kuma's placeholders.
+struct Placeholders<'a> {
+    mesh: &'a str,
+    source_service: &'a str,
+    destination_service: &'a str,
+    source_address: &'a str,
+}
+
+impl Placeholders<'_> {
+    fn fill(&self, s: &str) -> String {
+        s.replace("%KUMA_MESH%", self.mesh)
+            .replace("%KUMA_SOURCE_SERVICE%", self.source_service)
+            .replace("%KUMA_DESTINATION_SERVICE%", self.destination_service)
+            .replace(
+                "%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%",
+                if self.source_address.is_empty() {
+                    "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+                } else {
+                    self.source_address
+                },
+            )
+            .replace(
+                "%KUMA_SOURCE_ADDRESS%",
+                if self.source_address.is_empty() {
+                    "%DOWNSTREAM_REMOTE_ADDRESS%"
+                } else {
+                    self.source_address
+                },
+            )
+    }
+}
+
+fn format(
+    format: Option<&LogFormat>,
+    http: bool,
+    p: &Placeholders<'_>,
+) -> SubstitutionFormatString {
+    let default = if http { HTTP_FORMAT } else { TCP_FORMAT };
+    let (body, omit) = match format {
+        Some(f) if f.kind == LogFormatType::Json => {
+            let fields = f
+                .json
+                .iter()
+                .flatten()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        PbValue {
+                            kind: Some(Kind::StringValue(p.fill(&kv.value))),
+                        },
+                    )
+                })
+                .collect();
+            (Format::JsonFormat(Struct { fields }), f.omit_empty_values)
+        }
+        Some(f) => (
+            text(&p.fill(f.plain.as_deref().unwrap_or(default))),
+            f.omit_empty_values,
+        ),
+        None => (text(&p.fill(default)), false),
+    };
+    SubstitutionFormatString {
+        format: Some(body),
+        omit_empty_values: omit,
+        ..Default::default()
+    }
+}
+
+fn text(s: &str) -> Format {
+    let mut line = s.to_string();
+    if !line.ends_with('\n') {
+        line.push('\n');
+    }
+    Format::TextFormatSource(DataSource {
+        specifier: Some(Specifier::InlineString(line)),
+        ..Default::default()
+    })
+}
+
+/// The access logs `conf` asks for.
+fn logs(conf: &AccessLogConf, http: bool, p: &Placeholders<'_>) -> Vec<AccessLog> {
+    conf.backends
+        .iter()
+        .flatten()
+        .filter(|b| b.kind == AccessLogBackendType::File)
+        .filter_map(|b| b.file.as_ref())
+        .map(|f| AccessLog {
+            name: "envoy.access_loggers.file".into(),
+            config_type: Some(ConfigType::TypedConfig(any(&FileAccessLog {
+                path: f.path.clone(),
+                access_log_format: Some(AccessLogFormat::LogFormat(format(
+                    f.format.as_ref(),
+                    http,
+                    p,
+                ))),
+            }))),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn attach(terminal: &mut Terminal, conf: &AccessLogConf, p: &Placeholders<'_>) {
+    match terminal {
+        Terminal::Tcp(tcp) => tcp.access_log.extend(logs(conf, false, p)),
+        Terminal::Http(http) => http.hcm.access_log.extend(logs(conf, true, p)),
+    }
+}
+
+impl ResourceGenerator for MeshAccessLog {
+    fn name(&self) -> &str {
+        "MeshAccessLog"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let rules = ctx.rules(ResourceType::MeshAccessLog);
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let own_service = ctx
+            .dataplane
+            .inbounds()
+            .first()
+            .and_then(|i| i.tags.get(SERVICE_TAG))
+            .map_or("unknown", String::as_str);
+        for o in &rs.outbounds {
+            let Some(conf) = to_conf::<AccessLogConf>(&rules, &o.service)? else {
+                continue;
+            };
+            let Some(l) = rs.listeners.get_mut(&o.listener) else {
+                continue;
+            };
+            let p = Placeholders {
+                mesh: ctx.mesh.mesh,
+                source_service: own_service,
+                destination_service: &o.service,
+                source_address: ctx.address(),
+            };
+            attach(&mut l.terminal, &conf, &p);
+        }
+        for i in &rs.inbounds {
+            let Some(conf) = from_conf::<AccessLogConf>(&rules, i.port)? else {
+                continue;
+            };
+            let Some(l) = rs.listeners.get_mut(&i.listener) else {
+                continue;
+            };
+            let p = Placeholders {
+                mesh: ctx.mesh.mesh,
+                source_service: "unknown",
+                destination_service: &i.service,
+                source_address: "",
+            };
+            attach(&mut l.terminal, &conf, &p);
+        }
+        Ok(())
+    }
+}
