@@ -30,6 +30,7 @@ pub mod access;
 pub mod diagnostics;
 pub mod error;
 pub mod inspect;
+mod matching;
 pub mod resources;
 
 use std::sync::Arc;
@@ -141,6 +142,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/meshes/{mesh}/dataplanes/{name}/_config",
             get(inspect::proxy_config),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_rules",
+            get(matching::dataplane_rules),
+        )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/_policies",
+            get(matching::dataplane_policies),
+        )
+        .route(
+            "/meshes/{mesh}/{collection}/{name}/_resources/dataplanes",
+            get(matching::policy_dataplanes),
         )
         .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
         .route(

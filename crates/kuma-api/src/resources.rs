@@ -489,7 +489,7 @@ fn display_names(name: &str) -> (String, String) {
 }
 
 /// Kuma's short name of a policy type; the initials of other types.
-fn short_name(t: ResourceType) -> String {
+pub(crate) fn short_name(t: ResourceType) -> String {
     let known = match t {
         ResourceType::MeshAccessLog => "mal",
         ResourceType::MeshCircuitBreaker => "mcb",

@@ -618,3 +618,103 @@ async fn overviews_join_dataplanes_with_their_insights() {
     assert_eq!(g["resources"]["Dataplane"]["total"], 2);
     assert_eq!(g["resources"]["DataplaneInsight"]["total"], 1);
 }
+
+#[tokio::test]
+async fn rules_show_merged_policies_and_their_origins() {
+    let api = Api::new(|_| {}).await;
+    for (name, service, port) in [("web-1", "web", 8080), ("db-1", "db", 5432)] {
+        let dp = json!({
+            "type": "Dataplane", "mesh": "default", "name": name,
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": port, "tags": {"kuma.io/service": service}}]}
+        });
+        let r = api
+            .put(&format!("/meshes/default/dataplanes/{name}"), dp)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    }
+    let timeout = json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "web-to-db",
+        "spec": {
+            "targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectionTimeout": "2s"}}]
+        }
+    });
+    let r = api
+        .put("/meshes/default/meshtimeouts/web-to-db", timeout)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let trace = json!({
+        "type": "MeshTrace", "mesh": "default", "name": "trace-all",
+        "spec": {"default": {"sampling": {"overall": 10}}}
+    });
+    assert_eq!(
+        api.put("/meshes/default/meshtraces/trace-all", trace)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    let rules = api.get("/meshes/default/dataplanes/web-1/_rules").await;
+    assert_eq!(rules.status, StatusCode::OK, "{:?}", rules.body);
+    assert_eq!(rules.body["resource"]["name"], "web-1");
+    let timeouts = rules.body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "MeshTimeout")
+        .expect("MeshTimeout rules");
+    // The rule for db merges the default (connect 5s, request 15s, ...) with web-to-db.
+    let to_db = &timeouts["toRules"][0];
+    assert_eq!(
+        to_db["matchers"],
+        json!([{"key": "kuma.io/service", "value": "db", "not": false}])
+    );
+    assert_eq!(to_db["conf"]["connectionTimeout"], "2s");
+    assert_eq!(to_db["conf"]["http"]["requestTimeout"], "15s");
+    let origins: Vec<&str> = to_db["origin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(origins, ["mesh-timeout-all-default", "web-to-db"]);
+    // Inbound rules come from the default timeout's `from`.
+    assert_eq!(
+        timeouts["fromRules"][0]["rules"][0]["conf"]["connectionTimeout"],
+        "10s"
+    );
+    assert_eq!(timeouts["inboundRules"][0]["inbound"]["port"], 8080);
+
+    let policies = api.get("/meshes/default/dataplanes/web-1/_policies").await;
+    assert_eq!(
+        policies.body,
+        json!({"policies": [{
+            "kind": "MeshTrace",
+            "conf": {"sampling": {"overall": 10}},
+            "origins": [{"kri": "kri_mtr_default___trace-all_"}]
+        }]})
+    );
+
+    let selected = api
+        .get("/meshes/default/meshtimeouts/web-to-db/_resources/dataplanes")
+        .await;
+    assert_eq!(selected.body["total"], 1);
+    assert_eq!(selected.body["items"][0]["name"], "web-1");
+    let all = api
+        .get("/meshes/default/meshtimeouts/mesh-timeout-all-default/_resources/dataplanes?size=1")
+        .await;
+    assert_eq!(all.body["total"], 2);
+    assert!(all.body["next"].as_str().unwrap().contains("offset=1"));
+    assert_eq!(
+        api.get("/meshes/default/dataplanes/nobody/_rules")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/meshes/default/meshtimeouts/nope/_resources/dataplanes")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}

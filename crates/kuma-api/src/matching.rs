@@ -1,0 +1,233 @@
+//! Policy matching, as the policy engine computes it for config generation:
+//!
+//! - `GET /meshes/{mesh}/dataplanes/{name}/_rules`: per policy type, the merged `to` rules
+//!   (with the tags each applies to), the `from` rules per inbound, the proxy-wide rule, and the
+//!   policies each came from, in merge order;
+//! - `GET /meshes/{mesh}/dataplanes/{name}/_policies`: the proxy-wide confs (single-`default`
+//!   policies such as MeshTrace or MeshMetric) with the KRIs of their policies;
+//! - `GET /meshes/{mesh}/{policies}/{name}/_resources/dataplanes`: the data planes a policy's
+//!   top-level targetRef selects, paged with `size` and `offset`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
+use kuma_core::rules::{MeshPolicies, Origin, ProxyRules, ProxyView, Rule, policy_selects};
+use kuma_core::store::ListQuery;
+use serde_json::{Value, json};
+
+use crate::access::{Identity, check_read};
+use crate::error::ApiError;
+use crate::resources::{ensure_mesh, next_url, page_body, short_name};
+use crate::{ApiState, Scheme};
+
+const TITLE: &str = "Could not compute the policies of a data plane";
+
+fn meta(r: &Resource) -> Value {
+    json!({
+        "type": r.rtype().name(),
+        "mesh": r.meta.mesh,
+        "name": r.meta.name,
+        "labels": r.meta.labels,
+    })
+}
+
+/// Kuma's resource identifier of a policy in this (zone-less, namespace-less) control plane.
+fn kri(o: &Origin) -> String {
+    format!("kri_{}_{}___{}_", short_name(o.rtype), o.mesh, o.name)
+}
+
+async fn load(
+    state: &ApiState,
+    who: &Identity,
+    mesh: &str,
+    name: &str,
+) -> Result<(Resource, Vec<Resource>), ApiError> {
+    check_read(who, ResourceType::Dataplane)?;
+    ensure_mesh(state, mesh).await?;
+    let dp = state
+        .manager
+        .get(&ResourceKey::new(ResourceType::Dataplane, mesh, name))
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let mut policies = Vec::new();
+    for rtype in ResourceType::ALL.iter().filter(|t| t.is_policy()) {
+        let page = state
+            .manager
+            .list(&ListQuery::in_mesh(*rtype, mesh))
+            .await
+            .map_err(|e| ApiError::from_manager(TITLE, e))?;
+        policies.extend(page.items);
+    }
+    Ok((dp, policies))
+}
+
+fn rule_json(rule: &Rule) -> Value {
+    let matchers: Vec<Value> = rule
+        .subset
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": v, "not": false}))
+        .collect();
+    json!({
+        "matchers": matchers,
+        "conf": rule.conf,
+        "origin": rule.origins.iter().map(Origin::to_json).collect::<Vec<_>>(),
+    })
+}
+
+fn inspect_rule(rules: &ProxyRules) -> Value {
+    let mut out = json!({
+        "type": rules.rtype.name(),
+        "toRules": rules.to.iter().map(rule_json).collect::<Vec<_>>(),
+        "toResourceRules": [],
+    });
+    let inbound = |i: &kuma_core::rules::InboundRules| {
+        let mut v = json!({"port": i.port, "tags": i.tags});
+        if let Some(n) = &i.name {
+            v["name"] = json!(n);
+        }
+        v
+    };
+    let from: Vec<Value> = rules
+        .from
+        .iter()
+        .filter(|i| !i.rules.is_empty())
+        .map(|i| json!({"inbound": inbound(i), "rules": i.rules.iter().map(rule_json).collect::<Vec<_>>()}))
+        .collect();
+    let inbound_rules: Vec<Value> = rules
+        .from
+        .iter()
+        .filter_map(|i| {
+            let rule = i.rules.iter().find(|r| r.subset.is_empty())?;
+            let origin: Vec<Value> = rule
+                .origins
+                .iter()
+                .map(|o| json!({"resourceMeta": o.to_json(), "ruleIndex": 0}))
+                .collect();
+            Some(json!({
+                "inbound": inbound(i),
+                "rules": [{"conf": [rule.conf], "origin": origin}],
+            }))
+        })
+        .collect();
+    out["fromRules"] = Value::Array(from);
+    out["inboundRules"] = Value::Array(inbound_rules);
+    if let Some(single) = &rules.single {
+        out["proxyRule"] = json!({
+            "conf": single.conf,
+            "origin": single.origins.iter().map(Origin::to_json).collect::<Vec<_>>(),
+        });
+    }
+    out
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/_rules`.
+pub(crate) async fn dataplane_rules(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (dp, policies) = load(&state, &who, &mesh, &name).await?;
+    let engine = MeshPolicies::new(&policies);
+    let view = ProxyView::of(&dp).ok_or_else(|| ApiError::internal(TITLE, "not a data plane"))?;
+    let rules: Vec<Value> = engine
+        .types()
+        .map(|t| engine.rules(t, &view))
+        .filter(|r| !r.matched.is_empty())
+        .map(|r| inspect_rule(&r))
+        .collect();
+    Ok(Json(json!({"resource": meta(&dp), "rules": rules, "httpMatches": []})).into_response())
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/_policies`.
+pub(crate) async fn dataplane_policies(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (dp, policies) = load(&state, &who, &mesh, &name).await?;
+    let engine = MeshPolicies::new(&policies);
+    let view = ProxyView::of(&dp).ok_or_else(|| ApiError::internal(TITLE, "not a data plane"))?;
+    let list: Vec<Value> = engine
+        .types()
+        .filter_map(|t| {
+            let single = engine.rules(t, &view).single?;
+            Some(json!({
+                "kind": t.name(),
+                "conf": single.conf,
+                "origins": single.origins.iter().map(|o| json!({"kri": kri(o)})).collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    Ok(Json(json!({"policies": list})).into_response())
+}
+
+/// `GET /meshes/{mesh}/{policies}/{name}/_resources/dataplanes`.
+pub(crate) async fn policy_dataplanes(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    Path((mesh, collection, name)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    const POLICY_TITLE: &str = "Could not list the data planes of a policy";
+    let rtype = ResourceType::from_collection(&collection)
+        .filter(|t| t.is_policy() && t.scope() == Scope::Mesh)
+        .ok_or_else(|| ApiError::not_found(format!("no policy collection {collection:?}")))?;
+    check_read(&who, rtype)?;
+    check_read(&who, ResourceType::Dataplane)?;
+    ensure_mesh(&state, &mesh).await?;
+    let policy = state
+        .manager
+        .get(&ResourceKey::new(rtype, &mesh, &name))
+        .await
+        .map_err(|e| ApiError::from_manager(POLICY_TITLE, e))?;
+    let (mut size, mut offset) = (crate::resources::DEFAULT_PAGE_SIZE, 0usize);
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "size" => {
+                size = v
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=crate::resources::MAX_PAGE_SIZE).contains(s))
+                    .ok_or_else(|| {
+                        ApiError::bad_field(
+                            POLICY_TITLE,
+                            "size",
+                            format!("invalid page size {v:?}"),
+                        )
+                    })?
+            }
+            "offset" => {
+                offset = v.parse().map_err(|_| {
+                    ApiError::bad_field(POLICY_TITLE, "offset", format!("invalid offset {v:?}"))
+                })?
+            }
+            _ => {}
+        }
+    }
+    let dataplanes = state
+        .manager
+        .list(&ListQuery::in_mesh(ResourceType::Dataplane, &mesh))
+        .await
+        .map_err(|e| ApiError::from_manager(POLICY_TITLE, e))?
+        .items;
+    let selected: Vec<&Resource> = dataplanes
+        .iter()
+        .filter(|dp| ProxyView::of(dp).is_some_and(|v| policy_selects(&policy, &v)))
+        .collect();
+    let total = selected.len();
+    let items: Vec<Value> = selected
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|r| meta(r))
+        .collect();
+    let next = (offset + size < total)
+        .then(|| next_url(scheme.0, &headers, &uri, &(offset + size).to_string()));
+    Ok(Json(page_body(total, items, next)).into_response())
+}
