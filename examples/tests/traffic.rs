@@ -42,7 +42,7 @@ async fn service(name: &'static str, behaviour: Behaviour) -> u16 {
                 .to_string();
             let status = match behaviour {
                 Behaviour::Ok => StatusCode::OK,
-                Behaviour::FailEveryOther if n % 2 == 0 => StatusCode::SERVICE_UNAVAILABLE,
+                Behaviour::FailEveryOther if n.is_multiple_of(2) => StatusCode::SERVICE_UNAVAILABLE,
                 Behaviour::FailEveryOther => StatusCode::OK,
                 Behaviour::Slow(d) => {
                     tokio::time::sleep(d).await;
