@@ -1,0 +1,129 @@
+//! Config generation cost: one proxy, and every proxy of a mesh after a mesh-wide policy
+//! change, for meshes of 100, 1,000 and 5,000 services (one proxy each, 10 explicit outbounds
+//! per proxy, 5 policies of each of the 10 applied policy types), plus the encoded snapshot
+//! size per proxy. `GENERATION_N=100,1000` picks other sizes.
+//!
+//! Prints a table (single-threaded CPU time, as the reconciler runs one mesh on one task).
+
+use std::time::Instant;
+
+use kuma_core::resource::{Resource, parse_yaml};
+use kuma_xds::generate::{
+    GeneratorList, MeshContext, ProxyContext, ProxyMetadata, SnapshotGenerator,
+};
+
+fn dataplanes(n: usize) -> Vec<Resource> {
+    (0..n)
+        .map(|i| {
+            let mut yaml = format!(
+                "type: Dataplane\nmesh: default\nname: svc-{i}\nnetworking:\n  address: 10.{}.{}.{}\n  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: svc-{i}, kuma.io/protocol: http, version: v{}}}\n  outbound:\n",
+                i / 65536 % 256,
+                i / 256 % 256,
+                i % 256,
+                i % 2
+            );
+            for k in 1..=10 {
+                yaml.push_str(&format!(
+                    "  - port: {}\n    tags: {{kuma.io/service: svc-{}}}\n",
+                    20000 + k,
+                    (i + k) % n
+                ));
+            }
+            parse_yaml(&yaml).expect("valid dataplane")
+        })
+        .collect()
+}
+
+fn policies(n: usize, change: usize) -> Vec<Resource> {
+    let mut out = Vec::new();
+    for p in 0..5 {
+        let target = format!("svc-{}", (p * 7) % n);
+        let docs = [
+            format!(
+                "type: MeshTimeout\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    default: {{connectionTimeout: {}s, http: {{requestTimeout: 5s}}}}\n  from:\n  - targetRef: {{kind: Mesh}}\n    default: {{idleTimeout: 1h}}",
+                change + 1
+            ),
+            format!(
+                "type: MeshRetry\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: Mesh}}\n    default: {{http: {{numRetries: {}}}, tcp: {{maxConnectAttempt: 3}}}}",
+                p + 1
+            ),
+            format!(
+                "type: MeshCircuitBreaker\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    default: {{connectionLimits: {{maxConnections: 100}}, outlierDetection: {{detectors: {{totalFailures: {{consecutive: 5}}}}}}}}"
+            ),
+            format!(
+                "type: MeshHealthCheck\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    default: {{interval: 10s, http: {{path: /health}}}}"
+            ),
+            format!(
+                "type: MeshLoadBalancingStrategy\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    default: {{loadBalancer: {{type: LeastRequest}}}}"
+            ),
+            format!(
+                "type: MeshHTTPRoute\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    rules:\n    - matches: [{{path: {{type: PathPrefix, value: /v{p}}}}}]\n      default: {{backendRefs: [{{kind: MeshServiceSubset, name: {target}, tags: {{version: v1}}, weight: 90}}, {{kind: MeshServiceSubset, name: {target}, tags: {{version: v0}}, weight: 10}}]}}"
+            ),
+            format!(
+                "type: MeshTCPRoute\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    rules:\n    - default: {{backendRefs: [{{kind: MeshService, name: {target}}}]}}"
+            ),
+            format!(
+                "type: MeshRateLimit\nspec:\n  targetRef: {{kind: MeshService, name: {target}}}\n  from:\n  - targetRef: {{kind: Mesh}}\n    default: {{local: {{http: {{requestRate: {{num: 100, interval: 1s}}}}}}}}"
+            ),
+            format!(
+                "type: MeshFaultInjection\nspec:\n  targetRef: {{kind: MeshService, name: {target}}}\n  from:\n  - targetRef: {{kind: Mesh}}\n    default: {{http: [{{abort: {{httpStatus: 500, percentage: 1}}}}]}}"
+            ),
+            format!(
+                "type: MeshAccessLog\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: {target}}}\n    default: {{backends: [{{type: File, file: {{path: /tmp/log}}}}]}}"
+            ),
+        ];
+        for (t, body) in docs.iter().enumerate() {
+            let text = format!("mesh: default\nname: p-{t}-{p}\n{body}");
+            out.push(parse_yaml(&text).expect("valid policy"));
+        }
+    }
+    out
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("generation: bench");
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("GENERATION_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 1000, 5000]);
+    let generator = GeneratorList::kuma_profile();
+    let metadata = ProxyMetadata {
+        admin_port: Some(9901),
+        readiness_port: Some(9902),
+    };
+    println!(
+        "| services | policies | mesh context | one proxy (mean) | every proxy | snapshot bytes/proxy |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for n in sizes {
+        let dps = dataplanes(n);
+        let pols = policies(n, 1);
+        let started = Instant::now();
+        let mesh = MeshContext::new("default", &dps).with_policies(&pols);
+        let context = started.elapsed();
+        let started = Instant::now();
+        let mut bytes = 0usize;
+        for dp in &dps {
+            let ctx = ProxyContext::new(&mesh, dp, metadata).expect("a dataplane");
+            let snapshot = generator.generate(&ctx).expect("generation succeeds");
+            bytes += snapshot
+                .type_urls()
+                .filter_map(|t| snapshot.get(t))
+                .flat_map(|r| r.resources().values())
+                .map(|r| r.encoded_any().len())
+                .sum::<usize>();
+        }
+        let all = started.elapsed();
+        println!(
+            "| {n} | {} | {:.1} ms | {:.1} us | {:.1} ms | {} |",
+            pols.len(),
+            context.as_secs_f64() * 1e3,
+            all.as_secs_f64() * 1e6 / n as f64,
+            all.as_secs_f64() * 1e3,
+            bytes / n
+        );
+    }
+}
