@@ -121,16 +121,9 @@ impl Mesh {
 }
 
 fn collection(rtype: &str) -> &'static str {
-    match rtype {
-        "MeshHTTPRoute" => "meshhttproutes",
-        "MeshRetry" => "meshretries",
-        "MeshTimeout" => "meshtimeouts",
-        "MeshFaultInjection" => "meshfaultinjections",
-        "MeshRateLimit" => "meshratelimits",
-        "MeshHealthCheck" => "meshhealthchecks",
-        "MeshCircuitBreaker" => "meshcircuitbreakers",
-        other => panic!("no collection for {other}"),
-    }
+    kuma_core::resource::ResourceType::from_name(rtype)
+        .and_then(|t| t.collection())
+        .unwrap_or_else(|| panic!("no collection for {rtype}"))
 }
 
 /// One proxied endpoint: Dataplane name, service, version, address, behaviour.

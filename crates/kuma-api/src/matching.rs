@@ -15,13 +15,15 @@ use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
-use kuma_core::rules::{MeshPolicies, Origin, ProxyRules, ProxyView, Rule, policy_selects};
+use kuma_core::rules::{
+    MeshPolicies, Origin, ProxyRules, ProxyView, Rule, selects_proxy, top_level,
+};
 use kuma_core::store::ListQuery;
 use serde_json::{Value, json};
 
 use crate::access::{Identity, check_read};
 use crate::error::ApiError;
-use crate::resources::{ensure_mesh, next_url, page_body, short_name};
+use crate::resources::{ensure_mesh, list_query, next_url, page_body, short_name};
 use crate::{ApiState, Scheme};
 
 const TITLE: &str = "Could not compute the policies of a data plane";
@@ -40,12 +42,13 @@ fn kri(o: &Origin) -> String {
     format!("kri_{}_{}___{}_", short_name(o.rtype), o.mesh, o.name)
 }
 
+/// The Dataplane `name` and the rules of every policy type with policies in `mesh` for it.
 async fn load(
     state: &ApiState,
     who: &Identity,
     mesh: &str,
     name: &str,
-) -> Result<(Resource, Vec<Resource>), ApiError> {
+) -> Result<(Resource, Vec<ProxyRules>), ApiError> {
     check_read(who, ResourceType::Dataplane)?;
     ensure_mesh(state, mesh).await?;
     let dp = state
@@ -53,16 +56,15 @@ async fn load(
         .get(&ResourceKey::new(ResourceType::Dataplane, mesh, name))
         .await
         .map_err(|e| ApiError::from_manager(TITLE, e))?;
-    let mut policies = Vec::new();
-    for rtype in ResourceType::ALL.iter().filter(|t| t.is_policy()) {
-        let page = state
-            .manager
-            .list(&ListQuery::in_mesh(*rtype, mesh))
-            .await
-            .map_err(|e| ApiError::from_manager(TITLE, e))?;
-        policies.extend(page.items);
-    }
-    Ok((dp, policies))
+    let policies = state
+        .manager
+        .mesh_policies(mesh)
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let engine = MeshPolicies::new(&policies);
+    let view = ProxyView::of(&dp).ok_or_else(|| ApiError::internal(TITLE, "not a data plane"))?;
+    let rules = engine.types().map(|t| engine.rules(t, &view)).collect();
+    Ok((dp, rules))
 }
 
 fn rule_json(rule: &Rule) -> Value {
@@ -130,14 +132,11 @@ pub(crate) async fn dataplane_rules(
     Extension(who): Extension<Identity>,
     Path((mesh, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (dp, policies) = load(&state, &who, &mesh, &name).await?;
-    let engine = MeshPolicies::new(&policies);
-    let view = ProxyView::of(&dp).ok_or_else(|| ApiError::internal(TITLE, "not a data plane"))?;
-    let rules: Vec<Value> = engine
-        .types()
-        .map(|t| engine.rules(t, &view))
+    let (dp, rules) = load(&state, &who, &mesh, &name).await?;
+    let rules: Vec<Value> = rules
+        .iter()
         .filter(|r| !r.matched.is_empty())
-        .map(|r| inspect_rule(&r))
+        .map(inspect_rule)
         .collect();
     Ok(Json(json!({"resource": meta(&dp), "rules": rules, "httpMatches": []})).into_response())
 }
@@ -148,15 +147,13 @@ pub(crate) async fn dataplane_policies(
     Extension(who): Extension<Identity>,
     Path((mesh, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (dp, policies) = load(&state, &who, &mesh, &name).await?;
-    let engine = MeshPolicies::new(&policies);
-    let view = ProxyView::of(&dp).ok_or_else(|| ApiError::internal(TITLE, "not a data plane"))?;
-    let list: Vec<Value> = engine
-        .types()
-        .filter_map(|t| {
-            let single = engine.rules(t, &view).single?;
+    let (_, rules) = load(&state, &who, &mesh, &name).await?;
+    let list: Vec<Value> = rules
+        .iter()
+        .filter_map(|r| {
+            let single = r.single.as_ref()?;
             Some(json!({
-                "kind": t.name(),
+                "kind": r.rtype.name(),
                 "conf": single.conf,
                 "origins": single.origins.iter().map(|o| json!({"kri": kri(o)})).collect::<Vec<_>>(),
             }))
@@ -186,30 +183,16 @@ pub(crate) async fn policy_dataplanes(
         .get(&ResourceKey::new(rtype, &mesh, &name))
         .await
         .map_err(|e| ApiError::from_manager(POLICY_TITLE, e))?;
-    let (mut size, mut offset) = (crate::resources::DEFAULT_PAGE_SIZE, 0usize);
-    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "size" => {
-                size = v
-                    .parse()
-                    .ok()
-                    .filter(|s| (1..=crate::resources::MAX_PAGE_SIZE).contains(s))
-                    .ok_or_else(|| {
-                        ApiError::bad_field(
-                            POLICY_TITLE,
-                            "size",
-                            format!("invalid page size {v:?}"),
-                        )
-                    })?
-            }
-            "offset" => {
-                offset = v.parse().map_err(|_| {
-                    ApiError::bad_field(POLICY_TITLE, "offset", format!("invalid offset {v:?}"))
-                })?
-            }
-            _ => {}
-        }
-    }
+    // The page parameters of any list; the offset here counts data planes.
+    let page = list_query(ResourceType::Dataplane, uri.query())?;
+    let size = page.size.unwrap_or(crate::resources::DEFAULT_PAGE_SIZE);
+    let offset: usize = match page.offset.as_deref() {
+        None | Some("") => 0,
+        Some(o) => o.parse().map_err(|_| {
+            ApiError::bad_field(POLICY_TITLE, "offset", format!("invalid offset {o:?}"))
+        })?,
+    };
+    let top = top_level(&policy);
     let dataplanes = state
         .manager
         .list(&ListQuery::in_mesh(ResourceType::Dataplane, &mesh))
@@ -218,7 +201,7 @@ pub(crate) async fn policy_dataplanes(
         .items;
     let selected: Vec<&Resource> = dataplanes
         .iter()
-        .filter(|dp| ProxyView::of(dp).is_some_and(|v| policy_selects(&policy, &v)))
+        .filter(|dp| ProxyView::of(dp).is_some_and(|v| selects_proxy(&top, &v)))
         .collect();
     let total = selected.len();
     let items: Vec<Value> = selected

@@ -208,6 +208,15 @@ impl ResourceManager {
         Ok(self.store.list(query).await?)
     }
 
+    /// Every targetRef policy of `mesh`, of every policy type.
+    pub async fn mesh_policies(&self, mesh: &str) -> Result<Vec<Resource>, ManagerError> {
+        let mut policies = Vec::new();
+        for rtype in ResourceType::ALL.iter().filter(|t| t.is_policy()) {
+            policies.extend(self.list(&ListQuery::in_mesh(*rtype, mesh)).await?.items);
+        }
+        Ok(policies)
+    }
+
     /// Creates the `default` mesh unless it exists. Returns whether it was created.
     pub async fn ensure_default_mesh(&self) -> Result<bool, ManagerError> {
         let mesh = Resource::new("", DEFAULT_MESH, MeshSpec::default());

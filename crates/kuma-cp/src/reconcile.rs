@@ -83,16 +83,13 @@ impl Reconciler {
                 return;
             }
         };
-        let mut policies = Vec::new();
-        for rtype in ResourceType::ALL.iter().filter(|t| t.is_policy()) {
-            match self.manager.list(&ListQuery::in_mesh(*rtype, mesh)).await {
-                Ok(page) => policies.extend(page.items),
-                Err(e) => {
-                    tracing::warn!(mesh, error = %e, "cannot list {rtype}; keeping current snapshots");
-                    return;
-                }
+        let policies = match self.manager.mesh_policies(mesh).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(mesh, error = %e, "cannot list policies; keeping current snapshots");
+                return;
             }
-        }
+        };
         let mesh_spec = match self
             .manager
             .get(&ResourceKey::global(ResourceType::Mesh, mesh))

@@ -4,7 +4,7 @@
 //! not resent, and Envoy keeps serving its last good config.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use kuma_testkit::{envoy_binary, envoy_stats as stats, free_port, stat};
+use kuma_testkit::{envoy_stats as stats, free_port, stat};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,48 +148,8 @@ async fn run_against_envoy(api_type: &str) {
 
     let dir =
         std::env::temp_dir().join(format!("kuma-xds-envoy-{api_type}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bootstrap = format!(
-        r#"node: {{id: envoy-1, cluster: test}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#
-    );
-    let path = dir.join("bootstrap.yaml");
-    std::fs::write(&path, bootstrap).unwrap();
-    let mut envoy = tokio::process::Command::new(envoy_binary())
-        .args([
-            "-c",
-            path.to_str().unwrap(),
-            "--base-id",
-            &listen_port.to_string(),
-            "-l",
-            "warning",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join("envoy.log"))
-                .map(std::process::Stdio::from)
-                .unwrap(),
-        )
-        .kill_on_drop(true)
-        .spawn()
-        .expect("envoy starts");
+    let bootstrap = kuma_testkit::ads_bootstrap("envoy-1", xds_port, admin_port, api_type);
+    let mut envoy = kuma_testkit::spawn_envoy(&dir, &bootstrap, listen_port);
 
     let mut flowing = false;
     for _ in 0..100 {

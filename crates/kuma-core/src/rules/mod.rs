@@ -201,10 +201,7 @@ impl Prepared {
     fn new(r: &Resource) -> Self {
         let rtype = r.rtype();
         let spec = r.spec.to_value();
-        let top = spec
-            .get("targetRef")
-            .and_then(|t| TargetRef::deserialize(t).ok())
-            .unwrap_or_else(TargetRef::mesh);
+        let top = top_of(&spec);
         let entries = |section: &str| -> Vec<&Value> {
             spec.get(section)
                 .and_then(Value::as_array)
@@ -320,7 +317,8 @@ pub fn selects_inbound(top: &TargetRef, proxy: &ProxyView<'_>, inbound: &Inbound
     }
 }
 
-/// Whether the top-level `top` selects `proxy` at all (for its outbound rules).
+/// Whether the top-level `top` selects `proxy` at all: the whole proxy (`Mesh`, `Dataplane`
+/// without a section) or one of its inbounds. Such a policy's `to` entries apply to the proxy.
 pub fn selects_proxy(top: &TargetRef, proxy: &ProxyView<'_>) -> bool {
     match top.kind {
         TargetRefKind::Mesh => proxy_type_matches(top, proxy),
@@ -451,17 +449,13 @@ impl MeshPolicies {
         let mut to = Vec::new();
         let mut single = Vec::new();
         for p in list {
-            let whole = selects_proxy(&p.top, proxy);
-            let any_inbound = inbounds.iter().any(|i| selects_inbound(&p.top, proxy, i));
-            if !whole && !any_inbound {
+            if !selects_proxy(&p.top, proxy) {
                 continue;
             }
             matched.push(p.origin.clone());
-            if whole {
-                to.extend(p.to.iter().map(|e| (e, &p.origin)));
-                if let Some(conf) = &p.single {
-                    single.push((conf, &p.origin));
-                }
+            to.extend(p.to.iter().map(|e| (e, &p.origin)));
+            if let Some(conf) = &p.single {
+                single.push((conf, &p.origin));
             }
         }
         let from = inbounds
@@ -500,14 +494,7 @@ impl MeshPolicies {
             .get(&rtype)
             .into_iter()
             .flatten()
-            .filter(|p| {
-                selects_proxy(&p.top, proxy)
-                    || proxy
-                        .spec
-                        .inbounds()
-                        .iter()
-                        .any(|i| selects_inbound(&p.top, proxy, i))
-            })
+            .filter(|p| selects_proxy(&p.top, proxy))
             .map(|p| p.origin.name.as_str())
             .collect()
     }
@@ -518,13 +505,20 @@ impl MeshPolicies {
     }
 }
 
+/// The top-level targetRef of a policy spec (absent: `Mesh`).
+fn top_of(spec: &Value) -> TargetRef {
+    spec.get("targetRef")
+        .and_then(|t| TargetRef::deserialize(t).ok())
+        .unwrap_or_else(TargetRef::mesh)
+}
+
+/// The top-level targetRef of `policy` (absent: `Mesh`); with [`selects_proxy`], the proxies
+/// it selects.
+pub fn top_level(policy: &Resource) -> TargetRef {
+    top_of(&policy.spec.to_value())
+}
+
 /// Whether `policy` (a targetRef policy) selects `proxy`: Kuma's "dataplanes of a policy".
 pub fn policy_selects(policy: &Resource, proxy: &ProxyView<'_>) -> bool {
-    let p = Prepared::new(policy);
-    selects_proxy(&p.top, proxy)
-        || proxy
-            .spec
-            .inbounds()
-            .iter()
-            .any(|i| selects_inbound(&p.top, proxy, i))
+    selects_proxy(&top_level(policy), proxy)
 }

@@ -16,7 +16,7 @@ use kuma_core::model::common::{SERVICE_TAG, Tags};
 use kuma_core::model::mesh::MetricsBackend;
 
 use super::ResourceGenerator;
-use super::context::{Protocol, ProxyContext, addresses};
+use super::context::{Endpoint, Protocol, ProxyContext, addresses};
 use super::resources::{
     ClusterDraft, ClusterRole, Endpoints, HttpDraft, InboundInfo, ListenerDraft, OutboundInfo,
     ResourceSet, Terminal,
@@ -134,31 +134,34 @@ pub fn add_service_cluster(
     if rs.clusters.contains_key(name) {
         return;
     }
-    let protocol = ctx.mesh.protocol(service);
-    rs.clusters.insert(
-        name.to_string(),
-        ClusterDraft::new(
-            eds_cluster(name),
-            ClusterRole::Outbound {
-                service: service.to_string(),
-            },
-            protocol,
-        ),
-    );
-    let endpoints = match subset.filter(|s| !s.is_empty()) {
-        None if name == service => Endpoints::Shared(ctx.mesh.load_assignment(service)),
-        subset => {
-            let matching: Vec<_> = ctx
-                .mesh
-                .endpoints(service)
-                .iter()
-                .filter(|e| subset.is_none_or(|s| s.iter().all(|(k, v)| e.tags.get(k) == Some(v))))
-                .cloned()
-                .collect();
-            Endpoints::Owned(load_assignment(name, &addresses(&matching)))
-        }
+    let subset = subset.cloned().unwrap_or_default();
+    let endpoints = if subset.is_empty() && name == service {
+        Endpoints::Shared(ctx.mesh.load_assignment(service))
+    } else {
+        let matching: Vec<_> = ctx
+            .mesh
+            .endpoints(service)
+            .iter()
+            .filter(|e| in_subset(e, &subset))
+            .cloned()
+            .collect();
+        Endpoints::Owned(load_assignment(name, &addresses(&matching)))
     };
+    let mut draft = ClusterDraft::new(
+        eds_cluster(name),
+        ClusterRole::Outbound {
+            service: service.to_string(),
+        },
+        ctx.mesh.protocol(service),
+    );
+    draft.subset = subset;
+    rs.clusters.insert(name.to_string(), draft);
     rs.endpoints.insert(name.to_string(), endpoints);
+}
+
+/// Whether `endpoint` carries every tag of `subset`.
+pub fn in_subset(endpoint: &Endpoint, subset: &Tags) -> bool {
+    subset.iter().all(|(k, v)| endpoint.tags.get(k) == Some(v))
 }
 
 /// Listeners, clusters and endpoints of the proxy's explicit outbounds.

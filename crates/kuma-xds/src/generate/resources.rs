@@ -26,6 +26,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Http2ProtocolOptions};
 
+use kuma_core::model::common::Tags;
+
 use super::context::Protocol;
 use crate::cache::{EncodedResource, Snapshot};
 use crate::envoy::any;
@@ -130,6 +132,8 @@ pub struct ClusterDraft {
     pub role: ClusterRole,
     /// The protocol spoken to its endpoints.
     pub protocol: Protocol,
+    /// Tags its endpoints are narrowed to (a route's `MeshServiceSubset`); empty for all.
+    pub subset: Tags,
     /// HTTP options (idle timeouts, stream limits); written when the protocol is HTTP.
     pub http_options: HttpProtocolOptions,
 }
@@ -141,6 +145,7 @@ impl ClusterDraft {
             cluster,
             role,
             protocol,
+            subset: Tags::new(),
             http_options: HttpProtocolOptions::default(),
         }
     }
@@ -247,18 +252,5 @@ impl ResourceSet {
             out.push((name, encoded));
         }
         Snapshot::new(out)
-    }
-
-    /// Outbound listeners serving HTTP, with the service each one proxies.
-    pub fn outbound_http(&mut self) -> impl Iterator<Item = (&str, &mut HttpDraft)> + '_ {
-        let services: BTreeMap<&str, &str> = self
-            .outbounds
-            .iter()
-            .map(|o| (o.listener.as_str(), o.service.as_str()))
-            .collect();
-        self.listeners.iter_mut().filter_map(move |(name, l)| {
-            let service = services.get(name.as_str())?;
-            Some((*service, l.http_mut()?))
-        })
     }
 }

@@ -13,11 +13,15 @@ use kuma_core::model::common::IntOrString;
 use kuma_core::model::policy::CircuitBreakerConf;
 use kuma_core::resource::ResourceType;
 
-use super::{from_conf, to_conf};
+use super::cluster_conf;
 use crate::envoy::duration;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
-use crate::generate::resources::{ClusterRole, ResourceSet};
+use crate::generate::resources::ResourceSet;
+
+fn u32v(v: Option<u32>) -> Option<UInt32Value> {
+    v.map(|value| UInt32Value { value })
+}
 
 /// Applies MeshCircuitBreaker.
 #[derive(Debug, Clone, Copy)]
@@ -34,17 +38,10 @@ impl ResourceGenerator for MeshCircuitBreaker {
             return Ok(());
         }
         for draft in rs.clusters.values_mut() {
-            let conf = match &draft.role {
-                ClusterRole::Outbound { service } => {
-                    to_conf::<CircuitBreakerConf>(&rules, service)?
-                }
-                ClusterRole::Inbound { port } => from_conf::<CircuitBreakerConf>(&rules, *port)?,
-                ClusterRole::System => None,
-            };
+            let conf = cluster_conf::<CircuitBreakerConf>(&rules, &draft.role)?;
             let Some(conf) = conf else { continue };
             let cluster = &mut draft.cluster;
             if let Some(l) = &conf.connection_limits {
-                let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
                 cluster.circuit_breakers = Some(CircuitBreakers {
                     thresholds: vec![Thresholds {
                         max_connections: u32v(l.max_connections),
@@ -62,7 +59,6 @@ impl ResourceGenerator for MeshCircuitBreaker {
                 .as_ref()
                 .filter(|o| o.disabled != Some(true))
             {
-                let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
                 let on = |set: bool| {
                     Some(UInt32Value {
                         value: if set { 100 } else { 0 },

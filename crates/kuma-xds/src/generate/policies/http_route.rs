@@ -35,7 +35,10 @@ use kuma_core::model::policy::{
 };
 use kuma_core::resource::ResourceType;
 
-use super::{backend_cluster, header_matcher, header_values, string_exact, string_matcher};
+use super::{
+    add_service_cluster, backend_cluster, header_matcher, header_values, string_exact,
+    string_matcher,
+};
 use crate::envoy::cluster_route;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
@@ -190,7 +193,7 @@ fn backends(
 ) -> Vec<(String, u32)> {
     match refs {
         None => {
-            super::super::profile::add_service_cluster(ctx, rs, service, service, None);
+            add_service_cluster(ctx, rs, service, service, None);
             vec![(service.to_string(), 1)]
         }
         Some(refs) => refs

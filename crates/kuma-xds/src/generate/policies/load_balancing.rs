@@ -28,6 +28,7 @@ use super::to_conf;
 use crate::envoy::{duration, load_assignment};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Endpoint, ProxyContext, addresses};
+use crate::generate::profile::in_subset;
 use crate::generate::resources::{ClusterDraft, Endpoints, ResourceSet};
 
 /// Applies MeshLoadBalancingStrategy.
@@ -45,11 +46,7 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
             return Ok(());
         }
         let local_tags = proxy_tags(ctx);
-        let names: Vec<String> = rs.clusters.keys().cloned().collect();
-        for name in names {
-            let Some(draft) = rs.clusters.get_mut(&name) else {
-                continue;
-            };
+        for (name, draft) in &mut rs.clusters {
             let Some(service) = draft.service().map(str::to_string) else {
                 continue;
             };
@@ -58,10 +55,16 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
             };
             algorithm(draft, &conf);
             if let Some(levels) = locality_levels(&conf, &local_tags) {
-                let endpoints = subset_endpoints(ctx, rs, &name, &service);
+                let endpoints: Vec<Endpoint> = ctx
+                    .mesh
+                    .endpoints(&service)
+                    .iter()
+                    .filter(|e| in_subset(e, &draft.subset))
+                    .cloned()
+                    .collect();
                 rs.endpoints.insert(
                     name.clone(),
-                    Endpoints::Owned(prioritised(&name, &endpoints, &levels)),
+                    Endpoints::Owned(prioritised(name, &endpoints, &levels)),
                 );
             }
         }
@@ -231,46 +234,6 @@ fn locality_levels(conf: &LoadBalancingConf, local: &Tags) -> Option<Vec<(String
         }
     }
     (!levels.is_empty()).then_some(levels)
-}
-
-/// The endpoints cluster `name` holds (its subset's, for a subset cluster).
-fn subset_endpoints(
-    ctx: &ProxyContext<'_>,
-    rs: &ResourceSet,
-    name: &str,
-    service: &str,
-) -> Vec<Endpoint> {
-    let all = ctx.mesh.endpoints(service);
-    match rs.endpoints.get(name) {
-        Some(Endpoints::Owned(cla)) => {
-            let wanted = cla_addresses(cla);
-            all.iter()
-                .filter(|e| wanted.contains(&(e.ip.clone(), e.port)))
-                .cloned()
-                .collect()
-        }
-        _ => all.to_vec(),
-    }
-}
-
-fn cla_addresses(cla: &ClusterLoadAssignment) -> Vec<(String, u32)> {
-    use envoy_types::pb::envoy::config::core::v3::address::Address;
-    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-    cla.endpoints
-        .iter()
-        .flat_map(|l| &l.lb_endpoints)
-        .filter_map(|e| match &e.host_identifier {
-            Some(HostIdentifier::Endpoint(ep)) => match ep.address.as_ref()?.address.as_ref()? {
-                Address::SocketAddress(s) => match s.port_specifier {
-                    Some(PortSpecifier::PortValue(p)) => Some((s.address.clone(), p)),
-                    _ => None,
-                },
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
 }
 
 /// Endpoints grouped into priorities: level i holds those matching `levels[i]` first.

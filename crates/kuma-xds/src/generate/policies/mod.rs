@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use super::ResourceGenerator;
 use super::context::ProxyContext;
 use super::profile::add_service_cluster;
-use super::resources::ResourceSet;
+use super::resources::{ClusterRole, ResourceSet};
 
 pub use access_log::MeshAccessLog;
 pub use circuit_breaker::MeshCircuitBreaker;
@@ -133,6 +133,19 @@ fn to_conf<T: DeserializeOwned>(rules: &ProxyRules, service: &str) -> Result<Opt
         .to_rule(service)
         .map(|r| typed(rules.rtype, r))
         .transpose()
+}
+
+/// The typed conf for a cluster: the `to` rule of an outbound cluster's service, the `from`
+/// rule of an inbound's local cluster, none for the proxy's own clusters.
+fn cluster_conf<T: DeserializeOwned>(
+    rules: &ProxyRules,
+    role: &ClusterRole,
+) -> Result<Option<T>, String> {
+    match role {
+        ClusterRole::Outbound { service } => to_conf(rules, service),
+        ClusterRole::Inbound { port } => from_conf(rules, *port),
+        ClusterRole::System => Ok(None),
+    }
 }
 
 /// The typed conf for traffic into the inbound on `port`.

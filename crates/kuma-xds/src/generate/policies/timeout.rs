@@ -13,11 +13,11 @@ use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use kuma_core::model::policy::TimeoutConf;
 use kuma_core::resource::ResourceType;
 
-use super::{from_conf, to_conf};
+use super::{cluster_conf, from_conf, to_conf};
 use crate::envoy::duration;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
-use crate::generate::resources::{ClusterDraft, ClusterRole, ResourceSet, Terminal};
+use crate::generate::resources::{ClusterDraft, ResourceSet, Terminal};
 
 /// Applies MeshTimeout.
 #[derive(Debug, Clone, Copy)]
@@ -34,11 +34,7 @@ impl ResourceGenerator for MeshTimeout {
             return Ok(());
         }
         for cluster in rs.clusters.values_mut() {
-            let conf = match &cluster.role {
-                ClusterRole::Outbound { service } => to_conf::<TimeoutConf>(&rules, service)?,
-                ClusterRole::Inbound { port } => from_conf::<TimeoutConf>(&rules, *port)?,
-                ClusterRole::System => None,
-            };
+            let conf = cluster_conf::<TimeoutConf>(&rules, &cluster.role)?;
             if let Some(conf) = conf {
                 cluster_timeouts(cluster, &conf);
             }
@@ -125,7 +121,7 @@ fn listener_timeouts(terminal: &mut Terminal, conf: &TimeoutConf) {
 }
 
 /// Sets the request timeout, stream idle timeout and max stream duration on every route.
-pub(crate) fn route_timeouts(table: &mut RouteConfiguration, conf: &TimeoutConf) {
+fn route_timeouts(table: &mut RouteConfiguration, conf: &TimeoutConf) {
     let Some(h) = &conf.http else {
         return;
     };
