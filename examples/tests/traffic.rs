@@ -1,5 +1,5 @@
 //! Mesh policies shaping real traffic: `standalone` + `kuma-dp` + Envoy per proxy + small HTTP
-//! services on loopback. Every assertion is on what a client observes through the web proxy's
+//! and gRPC services on loopback. Every assertion is on what a client observes through the web proxy's
 //! outbound listeners, never on config text. Policies are applied and removed through the HTTP
 //! API while everything keeps running.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -14,6 +14,11 @@ use axum::http::{HeaderMap, StatusCode};
 use common::{Standalone, kuma_dp, test_dir};
 use kuma_testkit::{eventually, free_port};
 use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// How a test service answers.
 #[derive(Clone, Copy)]
@@ -26,10 +31,30 @@ enum Behaviour {
     Slow(Duration),
     /// 500 always.
     Broken,
+    /// A gRPC server (the `grpc.health.v1.Health` service): `Check` answers SERVING.
+    GrpcOk,
+    /// A gRPC server whose `Check` fails with UNAVAILABLE on every other call.
+    GrpcFailEveryOther,
 }
 
-/// Starts an HTTP service on 127.0.0.1 answering `name` (and echoing `x-routed`).
+impl Behaviour {
+    /// The `kuma.io/protocol` tag of a service behaving so.
+    fn protocol(self) -> &'static str {
+        match self {
+            Behaviour::GrpcOk | Behaviour::GrpcFailEveryOther => "grpc",
+            _ => "http",
+        }
+    }
+}
+
+/// Starts a service on 127.0.0.1 answering `name` (and echoing `x-routed`): HTTP, or gRPC for
+/// the gRPC behaviours.
 async fn service(name: &'static str, behaviour: Behaviour) -> u16 {
+    match behaviour {
+        Behaviour::GrpcOk => return grpc_service(name, false).await,
+        Behaviour::GrpcFailEveryOther => return grpc_service(name, true).await,
+        _ => {}
+    }
     let count = Arc::new(AtomicU64::new(0));
     let handler = move |headers: HeaderMap| {
         let count = count.clone();
@@ -48,7 +73,9 @@ async fn service(name: &'static str, behaviour: Behaviour) -> u16 {
                     tokio::time::sleep(d).await;
                     StatusCode::OK
                 }
-                Behaviour::Broken => StatusCode::INTERNAL_SERVER_ERROR,
+                Behaviour::Broken | Behaviour::GrpcOk | Behaviour::GrpcFailEveryOther => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             };
             (status, [("x-seen-routed", routed)], name)
         }
@@ -60,16 +87,86 @@ async fn service(name: &'static str, behaviour: Behaviour) -> u16 {
     port
 }
 
+/// The gRPC test service: `grpc.health.v1.Health/Check` answering SERVING with its name in
+/// the `x-served-by` response metadata and the request's `x-routed` in `x-seen-routed`.
+struct GrpcReplier {
+    name: &'static str,
+    fail_every_other: bool,
+    calls: AtomicU64,
+}
+
+#[tonic::async_trait]
+impl Health for GrpcReplier {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_every_other && n.is_multiple_of(2) {
+            return Err(tonic::Status::unavailable("every other call fails"));
+        }
+        let routed = request
+            .metadata()
+            .get("x-routed")
+            .cloned()
+            .unwrap_or_else(|| MetadataValue::from_static(""));
+        let mut response = tonic::Response::new(HealthCheckResponse {
+            status: ServingStatus::Serving.into(),
+        });
+        let md = response.metadata_mut();
+        md.insert("x-served-by", MetadataValue::from_static(self.name));
+        md.insert("x-seen-routed", routed);
+        Ok(response)
+    }
+
+    type WatchStream = tonic::codegen::BoxStream<HealthCheckResponse>;
+
+    async fn watch(
+        &self,
+        _: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the test service only answers Check",
+        ))
+    }
+}
+
+async fn grpc_service(name: &'static str, fail_every_other: bool) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let replier = GrpcReplier {
+        name,
+        fail_every_other,
+        calls: AtomicU64::new(0),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthServer::new(replier))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    port
+}
+
+/// What a gRPC client saw: the backend that served the call and the `x-routed` it was sent
+/// with, or the call's status code.
+type GrpcOutcome = Result<(String, String), tonic::Code>;
+
 struct Mesh {
     cp: Standalone,
     http: reqwest::Client,
-    _dps: Vec<common::Dp>,
+    dps: Vec<common::Dp>,
     /// web's outbound port per service.
     outbound: std::collections::BTreeMap<&'static str, u16>,
 }
 
 impl Mesh {
-    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> StatusCode {
+    /// Calls the HTTP API: (status, response body).
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
         let url = format!("http://127.0.0.1:{}{path}", self.cp.api_port);
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
@@ -77,8 +174,9 @@ impl Mesh {
                 .header("content-type", "application/json")
                 .body(serde_json::to_vec(&b).unwrap());
         }
-        let status = req.send().await.unwrap().status();
-        StatusCode::from_u16(status.as_u16()).unwrap()
+        let response = req.send().await.unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (status, response.text().await.unwrap_or_default())
     }
 
     async fn apply(&self, policy: Value) {
@@ -87,14 +185,14 @@ impl Mesh {
             collection(policy["type"].as_str().unwrap()),
             policy["name"].as_str().unwrap()
         );
-        let status = self.api(reqwest::Method::PUT, &path, Some(policy)).await;
-        assert!(status.is_success(), "PUT {path}: {status}");
+        let (status, body) = self.api(reqwest::Method::PUT, &path, Some(policy)).await;
+        assert!(status.is_success(), "PUT {path}: {status} {body}");
     }
 
     async fn remove(&self, rtype: &str, name: &str) {
         let path = format!("/meshes/default/{}/{name}", collection(rtype));
-        let status = self.api(reqwest::Method::DELETE, &path, None).await;
-        assert!(status.is_success(), "DELETE {path}: {status}");
+        let (status, body) = self.api(reqwest::Method::DELETE, &path, None).await;
+        assert!(status.is_success(), "DELETE {path}: {status} {body}");
     }
 
     /// GET through web's outbound to `service`: (status, body, x-seen-routed).
@@ -117,6 +215,53 @@ impl Mesh {
             }
             Err(_) => (0, String::new(), String::new()),
         }
+    }
+}
+
+impl Mesh {
+    /// The web proxy's Envoy statistics (admin `/stats`).
+    async fn web_stats(&self) -> String {
+        let web = self.dps.last().expect("web runs last");
+        kuma_testkit::http_get(web.admin_port, "/stats").await.1
+    }
+
+    /// `grpc.health.v1.Health/Check` through web's outbound to `service`, over HTTP/2 on a
+    /// fresh connection.
+    async fn grpc_call(
+        &self,
+        service: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> GrpcOutcome {
+        let url = format!("http://127.0.0.1:{}", self.outbound[service]);
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|_| tonic::Code::Unavailable)?;
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        for (k, v) in headers {
+            request
+                .metadata_mut()
+                .insert(*k, MetadataValue::from_static(v));
+        }
+        let response = HealthClient::new(channel)
+            .check(request)
+            .await
+            .map_err(|s| s.code())?;
+        let md = response.metadata();
+        let text = |k: &str| {
+            md.get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        assert_eq!(
+            response.get_ref().status,
+            i32::from(ServingStatus::Serving),
+            "the status crossed both proxies intact"
+        );
+        Ok((text("x-served-by"), text("x-seen-routed")))
     }
 }
 
@@ -147,8 +292,9 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
     for (name, svc, version, address, behaviour) in endpoints {
         let app = service(version, *behaviour).await;
         let inbound = free_port().await;
+        let protocol = behaviour.protocol();
         let yaml = format!(
-            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: {svc}\n      kuma.io/protocol: http\n      version: {version}\n"
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: {svc}\n      kuma.io/protocol: {protocol}\n      version: {version}\n"
         );
         dps.push(kuma_dp(&dir, cp.dp_port, &cp.ca_file, name, &yaml).await);
     }
@@ -169,11 +315,21 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
     let mesh = Mesh {
         cp,
         http,
-        _dps: dps,
+        dps,
         outbound,
     };
     // Kuma's default retries would hide the failures some scenarios start from.
     mesh.remove("MeshRetry", "mesh-retry-all-default").await;
+    // Every endpoint is known to web's Envoy before a scenario counts anything.
+    eventually("web's Envoy knows every endpoint", || async {
+        let clusters = kuma_testkit::http_get(mesh.dps.last().unwrap().admin_port, "/clusters")
+            .await
+            .1;
+        endpoints
+            .iter()
+            .all(|(_, _, _, address, _)| clusters.contains(&format!("::{address}:")))
+    })
+    .await;
     for svc in services {
         eventually(&format!("traffic flows web -> {svc}"), || async {
             mesh.call(svc, &[]).await.0 != 0
@@ -214,7 +370,8 @@ async fn routes_split_and_match_real_traffic() {
                      "default": {"backendRefs": [
                         {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 80},
                         {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 20}]}},
-                    {"matches": [{"headers": [{"name": "x-version", "value": "v2"}]}],
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                                  "headers": [{"name": "x-version", "value": "v2"}]}],
                      "default": {
                         "backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}],
                         "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-routed", "value": "by-header"}]}}]}}
@@ -406,5 +563,200 @@ async fn inbound_policies_abort_and_limit() {
     assert_eq!(
         statuses, [429; 5],
         "the bucket stays empty within the minute"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_flows_routes_and_retries() {
+    let mesh = start_mesh(
+        "grpc",
+        &[
+            (
+                "greeter-v1",
+                "greeter",
+                "v1",
+                "127.0.0.41",
+                Behaviour::GrpcOk,
+            ),
+            (
+                "greeter-v2",
+                "greeter",
+                "v2",
+                "127.0.0.42",
+                Behaviour::GrpcOk,
+            ),
+            (
+                "flakyrpc-1",
+                "flakyrpc",
+                "v1",
+                "127.0.0.43",
+                Behaviour::GrpcFailEveryOther,
+            ),
+        ],
+        &["greeter", "flakyrpc"],
+    )
+    .await;
+
+    // gRPC crosses both proxies (HTTP/2 end to end) and reaches both versions.
+    eventually("gRPC reaches greeter", || async {
+        mesh.grpc_call("greeter", &[]).await.is_ok()
+    })
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (served_by, _) = mesh.grpc_call("greeter", &[]).await.unwrap();
+        seen.insert(served_by);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["v1", "v2"]);
+
+    // A gRPC failure reaches the client as its gRPC status; MeshRetry's grpc section retries
+    // UNAVAILABLE until every call succeeds.
+    let mut unavailable = 0;
+    for _ in 0..20 {
+        match mesh.grpc_call("flakyrpc", &[]).await {
+            Ok(_) => {}
+            Err(tonic::Code::Unavailable) => unavailable += 1,
+            Err(other) => panic!("unexpected gRPC status {other:?}"),
+        }
+    }
+    assert!(
+        unavailable >= 8,
+        "only {unavailable} of 20 calls failed before retries"
+    );
+    mesh.apply(json!({
+        "type": "MeshRetry", "mesh": "default", "name": "grpc-retries",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{
+            "targetRef": {"kind": "MeshService", "name": "flakyrpc"},
+            "default": {"grpc": {"numRetries": 3, "retryOn": ["Unavailable"]}}}]}
+    }))
+    .await;
+    eventually("20 gRPC calls in a row succeed", || async {
+        for _ in 0..20 {
+            if mesh.grpc_call("flakyrpc", &[]).await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    // MeshHTTPRoute routes gRPC by its path and metadata: everything to v1, except calls
+    // carrying `x-version: v2`, which go to v2 with a header added on the way.
+    mesh.apply(json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "greeter-routes",
+        "spec": {
+            "targetRef": {"kind": "MeshService", "name": "web"},
+            "to": [{
+                "targetRef": {"kind": "MeshService", "name": "greeter"},
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/grpc.health.v1.Health"}}],
+                     "default": {"backendRefs": [
+                        {"kind": "MeshServiceSubset", "name": "greeter", "tags": {"version": "v1"}}]}},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/grpc.health.v1.Health"},
+                                  "headers": [{"name": "x-version", "value": "v2"}]}],
+                     "default": {
+                        "backendRefs": [{"kind": "MeshServiceSubset", "name": "greeter", "tags": {"version": "v2"}}],
+                        "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-routed", "value": "by-metadata"}]}}]}}
+                ]
+            }]
+        }
+    }))
+    .await;
+    eventually("the metadata route is in force", || async {
+        mesh.grpc_call("greeter", &[("x-version", "v2")]).await
+            == Ok(("v2".into(), "by-metadata".into()))
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            mesh.grpc_call("greeter", &[("x-version", "v2")]).await,
+            Ok(("v2".into(), "by-metadata".into()))
+        );
+        assert_eq!(
+            mesh.grpc_call("greeter", &[]).await,
+            Ok(("v1".into(), String::new()))
+        );
+    }
+
+    // MeshFaultInjection on greeter's inbounds: the HTTP 503 abort reaches a gRPC client as
+    // UNAVAILABLE; removing it restores service.
+    mesh.apply(json!({
+        "type": "MeshFaultInjection", "mesh": "default", "name": "greeter-abort",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "greeter"}, "from": [{
+            "targetRef": {"kind": "Mesh"},
+            "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 100}}]}}]}
+    }))
+    .await;
+    eventually("gRPC calls are aborted", || async {
+        mesh.grpc_call("greeter", &[]).await == Err(tonic::Code::Unavailable)
+    })
+    .await;
+    mesh.remove("MeshFaultInjection", "greeter-abort").await;
+    eventually("gRPC calls succeed again", || async {
+        mesh.grpc_call("greeter", &[]).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_ejects_a_failing_endpoint() {
+    let mesh = start_mesh(
+        "outlier",
+        &[
+            ("duo-ok", "duo", "ok", "127.0.0.51", Behaviour::Ok),
+            (
+                "duo-broken",
+                "duo",
+                "broken",
+                "127.0.0.52",
+                Behaviour::Broken,
+            ),
+        ],
+        &["duo"],
+    )
+    .await;
+    // Round robin over both endpoints: about half the calls fail.
+    let mut failures = 0;
+    for _ in 0..20 {
+        if mesh.call("duo", &[]).await.0 != 200 {
+            failures += 1;
+        }
+    }
+    assert!(
+        failures >= 5,
+        "only {failures} of 20 failed before the circuit breaker"
+    );
+
+    // Outlier detection (no active health check): two consecutive 5xx eject the endpoint for a
+    // minute, and from then on every call succeeds.
+    mesh.apply(json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "duo-outliers",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{
+            "targetRef": {"kind": "MeshService", "name": "duo"},
+            "default": {"outlierDetection": {
+                "interval": "1s", "baseEjectionTime": "1m", "maxEjectionPercent": 50,
+                "detectors": {"totalFailures": {"consecutive": 2}}}}}]}
+    }))
+    .await;
+    eventually("the failing endpoint is ejected", || async {
+        for _ in 0..20 {
+            if mesh.call("duo", &[]).await.0 != 200 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let stats = mesh.web_stats().await;
+    let ejected: u64 = stats
+        .lines()
+        .filter(|l| {
+            l.contains("duo") && l.contains("outlier_detection.ejections_enforced_consecutive_5xx:")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        ejected >= 1,
+        "Envoy counted no consecutive-5xx ejection:\n{stats}"
     );
 }

@@ -1,5 +1,10 @@
 //! Builders for the Envoy resources the generators emit.
 
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::Hash;
+use std::sync::LazyLock;
+
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
@@ -26,8 +31,41 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::CodecType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{
+    Any, BoolValue, Duration, Struct, UInt32Value, Value as PbValue,
+};
 use prost::{Message, Name};
+
+/// A map whose protobuf encoding depends only on its entries.
+///
+/// prost encodes a map field in the map's iteration order, and every `HashMap` built with a
+/// fresh `RandomState` iterates in its own order: the same config would encode differently on
+/// each generation, change its content-derived version and be pushed again to every proxy.
+/// Maps built here share one process-wide hasher and receive their entries in key order, so
+/// equal entries give equal bytes (within a process; a restart re-seeds, which costs one push).
+pub fn ordered_map<K: Ord + Hash, V>(entries: impl IntoIterator<Item = (K, V)>) -> HashMap<K, V> {
+    static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    let mut sorted: Vec<(K, V)> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0)); // stable: a repeated key keeps its last value
+    let mut map = HashMap::with_capacity_and_hasher(sorted.len(), HASHER.clone());
+    map.extend(sorted);
+    map
+}
+
+/// A `google.protobuf.Struct` of string fields, encoded the same way every time.
+pub fn string_struct(fields: impl IntoIterator<Item = (String, String)>) -> Struct {
+    Struct {
+        fields: ordered_map(fields.into_iter().map(|(k, v)| {
+            (
+                k,
+                PbValue {
+                    kind: Some(Kind::StringValue(v)),
+                },
+            )
+        })),
+    }
+}
 
 /// Packs a message into an `Any` with its canonical type URL.
 pub fn any<M: Message + Name>(m: &M) -> Any {

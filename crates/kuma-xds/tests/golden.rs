@@ -137,6 +137,26 @@ fn goldens_match() {
     );
 }
 
+/// Equal inputs give equal bytes, hence equal versions: maps inside resources (struct fields
+/// of endpoint metadata, JSON log formats, retry predicates) must not encode in a random order,
+/// or every regeneration would push unchanged config to every proxy.
+#[test]
+fn generation_is_deterministic() {
+    for (name, input) in cases() {
+        let first = generate(&input);
+        for _ in 0..10 {
+            let again = generate(&input);
+            for t in first.type_urls() {
+                assert_eq!(
+                    first.version(t),
+                    again.version(t),
+                    "{name}: {t} encodes differently on regeneration"
+                );
+            }
+        }
+    }
+}
+
 /// ACKed and NACKed versions per type, as Envoy reported them.
 #[derive(Default)]
 struct Verdicts {

@@ -7,7 +7,13 @@
 //! kuma-dp run --cp-address https://localhost:5678 --dataplane-file dp.yaml [--name N] [--mesh M]
 //!             [--dataplane-token-file F] [--binary-path envoy] [--admin-port P]
 //!             [--readiness-port 9902] [--ca-cert-file F] [--config-dir D]
+//!             [--drain-time 30s] [--envoy-log-level info] [--concurrency N]
 //! ```
+//!
+//! Envoy runs as Kuma runs it: `--drain-strategy immediate` with `--drain-time-s` from
+//! `--drain-time`, so a listener replaced by new config closes its connections on their next
+//! response instead of keeping old filters alive for minutes; hot restart disabled; and, on
+//! Linux, Envoy is killed when kuma-dp dies, even by SIGKILL, so no Envoy outlives its agent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 const USAGE: &str =
     "usage: kuma-dp run --cp-address <url> --dataplane-file <path> [--name <name>] [--mesh <mesh>]
                    [--dataplane-token-file <path>] [--binary-path <envoy>] [--admin-port <port>]
-                   [--readiness-port <port>] [--ca-cert-file <path>] [--config-dir <dir>]";
+                   [--readiness-port <port>] [--ca-cert-file <path>] [--config-dir <dir>]
+                   [--drain-time <duration>] [--envoy-log-level <level>] [--concurrency <n>]";
 
 #[derive(Debug)]
 struct Args {
@@ -36,6 +43,9 @@ struct Args {
     readiness_port: u16,
     ca_cert_file: Option<PathBuf>,
     config_dir: Option<PathBuf>,
+    drain_time: Duration,
+    envoy_log_level: String,
+    concurrency: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -54,6 +64,9 @@ fn parse_args() -> Result<Args, String> {
         readiness_port: 9902,
         ca_cert_file: None,
         config_dir: None,
+        drain_time: Duration::from_secs(30),
+        envoy_log_level: "info".into(),
+        concurrency: None,
     };
     while let Some(flag) = it.next() {
         let (flag, inline) = match flag.split_once('=') {
@@ -84,6 +97,22 @@ fn parse_args() -> Result<Args, String> {
             "--readiness-port" => a.readiness_port = port(&value)?,
             "--ca-cert-file" => a.ca_cert_file = Some(value.into()),
             "--config-dir" => a.config_dir = Some(value.into()),
+            "--drain-time" => {
+                let d: kuma_core::duration::Duration = value
+                    .parse()
+                    .map_err(|e| format!("--drain-time {value:?}: {e}"))?;
+                if d.get() < Duration::from_secs(1) {
+                    return Err(format!("--drain-time {value:?}: must be at least 1s"));
+                }
+                a.drain_time = d.get();
+            }
+            "--envoy-log-level" => a.envoy_log_level = value,
+            "--concurrency" => {
+                a.concurrency =
+                    Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--concurrency {value:?}: not a positive number")
+                    })?);
+            }
             other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
         }
     }
@@ -270,10 +299,7 @@ async fn run(a: Args) -> Result<ExitCode, String> {
     std::fs::write(&bootstrap_path, bootstrap)
         .map_err(|e| format!("cannot write {}: {e}", bootstrap_path.display()))?;
 
-    let mut envoy = tokio::process::Command::new(&a.binary_path)
-        .arg("-c")
-        .arg(&bootstrap_path)
-        .arg("--disable-hot-restart")
+    let mut envoy = envoy_command(&a, &bootstrap_path)
         .spawn()
         .map_err(|e| format!("cannot start Envoy ({:?}): {e}", a.binary_path))?;
     let envoy_pid = envoy
@@ -303,6 +329,54 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         }
     }
 }
+
+/// Envoy's command line, as Kuma's kuma-dp builds it.
+fn envoy_command(a: &Args, bootstrap: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&a.binary_path);
+    cmd.arg("--config-path")
+        .arg(bootstrap)
+        .arg("--drain-time-s")
+        .arg(a.drain_time.as_secs().to_string())
+        .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
+        .args(["--log-level", &a.envoy_log_level]);
+    match a.concurrency {
+        Some(n) => {
+            cmd.args(["--concurrency", &n.to_string()]);
+        }
+        None => {
+            cmd.arg("--cpuset-threads");
+        }
+    }
+    kill_with_parent(&mut cmd);
+    cmd
+}
+
+/// Asks the kernel to SIGKILL the child when this process dies (Linux's parent-death signal),
+/// as Kuma's kuma-dp does: a kuma-dp killed without warning must not leave its Envoy running
+/// with the ports and the identity of a proxy nobody supervises.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn kill_with_parent(cmd: &mut tokio::process::Command) {
+    // The signal is tied to the thread that forks. `run` spawns Envoy from the main thread
+    // (the runtime's `block_on`), which lives as long as the process.
+    //
+    // SAFETY: the closure runs in the child between fork and exec; it only makes the
+    // `prctl` system call, which is async-signal-safe, and allocates nothing.
+    let parent = Pid::this();
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent may have died before prctl took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("kuma-dp exited while starting Envoy"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn kill_with_parent(_: &mut tokio::process::Command) {}
 
 fn forward(pid: Option<Pid>, signal: Signal) {
     if let Some(pid) = pid

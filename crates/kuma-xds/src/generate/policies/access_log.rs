@@ -14,14 +14,12 @@ use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format
 use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
-use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
 use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::policy::{AccessLogBackendType, AccessLogConf, LogFormat, LogFormatType};
 use kuma_core::resource::ResourceType;
 
 use super::{from_conf, to_conf};
-use crate::envoy::any;
+use crate::envoy::{any, string_struct};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::{ResourceSet, Terminal};
@@ -79,16 +77,11 @@ fn format(
                 .json
                 .iter()
                 .flatten()
-                .map(|kv| {
-                    (
-                        kv.key.clone(),
-                        PbValue {
-                            kind: Some(Kind::StringValue(p.fill(&kv.value))),
-                        },
-                    )
-                })
-                .collect();
-            (Format::JsonFormat(Struct { fields }), f.omit_empty_values)
+                .map(|kv| (kv.key.clone(), p.fill(&kv.value)));
+            (
+                Format::JsonFormat(string_struct(fields)),
+                f.omit_empty_values,
+            )
         }
         Some(f) => (
             text(&p.fill(f.plain.as_deref().unwrap_or(default))),

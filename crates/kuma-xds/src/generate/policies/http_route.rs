@@ -100,12 +100,16 @@ impl ResourceGenerator for MeshHttpRoute {
     }
 }
 
-/// Gateway API's precedence of a match: larger is more specific.
+/// The precedence of a match, as Kuma orders them (Gateway API's rules): larger comes first.
+/// A match with a path beats one without; then exact beats prefix beats regular expression,
+/// and between two prefixes or two expressions the longer value wins; then a method match;
+/// then more header matches; then more query matches. Ties keep the merged rules' order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Specificity {
-    /// Exact path 2, regular expression 1, prefix 0.
+    /// No path 0, regular expression 1, prefix 2, exact 3.
     path_kind: u8,
-    prefix_len: usize,
+    /// The prefix or expression length (0 for exact paths, which tie).
+    path_len: usize,
     method: bool,
     headers: usize,
     query: usize,
@@ -113,18 +117,17 @@ struct Specificity {
 
 impl Specificity {
     fn of(m: &HttpMatch) -> Self {
-        // No path match means the prefix `/`.
-        let (path_kind, prefix_len) = match &m.path {
+        let (path_kind, path_len) = match &m.path {
+            None => (0, 0),
             Some(p) => match p.kind {
-                PathMatchType::Exact => (2, p.value.len()),
-                PathMatchType::RegularExpression => (1, 0),
-                PathMatchType::PathPrefix => (0, p.value.trim_end_matches('/').len().max(1)),
+                PathMatchType::RegularExpression => (1, p.value.len()),
+                PathMatchType::PathPrefix => (2, p.value.len()),
+                PathMatchType::Exact => (3, 0),
             },
-            None => (0, 1),
         };
         Specificity {
             path_kind,
-            prefix_len,
+            path_len,
             method: m.method.is_some(),
             headers: m.headers.as_ref().map_or(0, Vec::len),
             query: m.query_params.as_ref().map_or(0, Vec::len),
@@ -349,5 +352,73 @@ fn apply_action(route: &mut Route, action: &Action, conf: &HttpRouteConf) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn m(json: serde_json::Value) -> HttpMatch {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn matches_are_ordered_as_kuma_orders_them() {
+        let matches = [
+            (
+                "headers only",
+                m(serde_json::json!({"headers": [{"name": "a", "value": "1"}]})),
+            ),
+            (
+                "regex",
+                m(serde_json::json!({"path": {"type": "RegularExpression", "value": "/a.*"}})),
+            ),
+            (
+                "short prefix",
+                m(serde_json::json!({"path": {"type": "PathPrefix", "value": "/"}})),
+            ),
+            (
+                "prefix + header",
+                m(
+                    serde_json::json!({"path": {"type": "PathPrefix", "value": "/"}, "headers": [{"name": "a", "value": "1"}]}),
+                ),
+            ),
+            (
+                "prefix + method",
+                m(
+                    serde_json::json!({"path": {"type": "PathPrefix", "value": "/"}, "method": "GET"}),
+                ),
+            ),
+            (
+                "long prefix",
+                m(serde_json::json!({"path": {"type": "PathPrefix", "value": "/api/v1"}})),
+            ),
+            (
+                "exact",
+                m(serde_json::json!({"path": {"type": "Exact", "value": "/x"}})),
+            ),
+            ("nothing", m(serde_json::json!({}))),
+        ];
+        let mut ordered: Vec<_> = matches
+            .iter()
+            .map(|(name, m)| (Specificity::of(m), *name))
+            .collect();
+        ordered.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let names: Vec<&str> = ordered.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "exact",
+                "long prefix",
+                "prefix + method",
+                "prefix + header",
+                "short prefix",
+                "regex",
+                "headers only",
+                "nothing"
+            ]
+        );
     }
 }

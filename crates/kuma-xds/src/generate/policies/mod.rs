@@ -20,8 +20,6 @@ use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
-use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
 use kuma_core::model::common::Tags;
 use kuma_core::model::policy::{
     BackendRef, HeaderMatch, HeaderMatchType, HeaderModifier, TargetRefKind,
@@ -34,6 +32,7 @@ use super::ResourceGenerator;
 use super::context::ProxyContext;
 use super::profile::add_service_cluster;
 use super::resources::{ClusterRole, ResourceSet};
+use crate::envoy::string_struct;
 
 pub use access_log::MeshAccessLog;
 pub use circuit_breaker::MeshCircuitBreaker;
@@ -104,17 +103,9 @@ fn lb_metadata(tags: Option<&Tags>) -> Metadata {
     let fields = tags
         .into_iter()
         .flatten()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                PbValue {
-                    kind: Some(Kind::StringValue(v.clone())),
-                },
-            )
-        })
-        .collect();
+        .map(|(k, v)| (k.clone(), v.clone()));
     Metadata {
-        filter_metadata: [("envoy.lb".to_string(), Struct { fields })].into(),
+        filter_metadata: [("envoy.lb".to_string(), string_struct(fields))].into(),
         ..Default::default()
     }
 }
