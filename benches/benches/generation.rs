@@ -93,6 +93,7 @@ fn main() {
     let metadata = ProxyMetadata {
         admin_port: Some(9901),
         readiness_port: Some(9902),
+        workdir: Some("/tmp".into()),
     };
     println!(
         "| services | policies | mesh context | one proxy (mean) | every proxy | snapshot bytes/proxy |"
@@ -107,7 +108,7 @@ fn main() {
         let started = Instant::now();
         let mut bytes = 0usize;
         for dp in &dps {
-            let ctx = ProxyContext::new(&mesh, dp, metadata).expect("a dataplane");
+            let ctx = ProxyContext::new(&mesh, dp, metadata.clone()).expect("a dataplane");
             let snapshot = generator.generate(&ctx).expect("generation succeeds");
             bytes += snapshot
                 .type_urls()

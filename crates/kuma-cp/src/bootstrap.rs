@@ -12,7 +12,7 @@ use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_yaml};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT};
+use crate::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT, WORKDIR};
 
 /// The body kuma-dp sends.
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +222,7 @@ fn envoy_bootstrap(
         ADMIN_PORT: admin_port.to_string(),
         "dataplane.admin.address": state.params.admin_address,
         READINESS_PORT: readiness_port.to_string(),
+        WORKDIR: req.workdir,
     });
     if !req.version.is_null()
         && let Some(m) = metadata.as_object_mut()

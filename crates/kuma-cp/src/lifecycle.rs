@@ -24,6 +24,8 @@ pub const DATAPLANE_RESOURCE: &str = "dataplane.resource";
 pub const ADMIN_PORT: &str = "dataplane.admin.port";
 /// Node metadata key holding kuma-dp's readiness port.
 pub const READINESS_PORT: &str = "dataplane.readinessReporter.port";
+/// Node metadata key holding kuma-dp's work directory.
+pub const WORKDIR: &str = "workdir";
 
 /// What connected proxies reported about themselves, by node id; read by config generation.
 #[derive(Default)]
@@ -38,7 +40,7 @@ impl ProxyRegistry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node_id)
-            .copied()
+            .cloned()
             .unwrap_or_default()
     }
 
@@ -54,6 +56,14 @@ impl ProxyRegistry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(node_id);
+    }
+}
+
+fn string_field(node: Option<&Node>, key: &str) -> Option<String> {
+    let value = node?.metadata.as_ref()?.fields.get(key)?;
+    match &value.kind {
+        Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -146,6 +156,7 @@ impl Lifecycle {
         let metadata = ProxyMetadata {
             admin_port: port_field(node, ADMIN_PORT),
             readiness_port: port_field(node, READINESS_PORT),
+            workdir: string_field(node, WORKDIR),
         };
         self.registry.set(node_id, metadata);
         let manager = self.manager.clone();

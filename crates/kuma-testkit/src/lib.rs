@@ -24,12 +24,51 @@ pub fn envoy_binary() -> String {
     path
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port on 127.0.0.1 for a peer (Envoy, a binary) to bind, reserved for this test run.
+///
+/// Ports come from 20000..32000, below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection of any process can be holding one when its peer binds it. Test
+/// processes run concurrently, so each port is also claimed with a file in a shared
+/// directory (created exclusively; claims older than 15 minutes are stale and reused) before
+/// it is checked to be free.
 pub async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind an ephemeral port");
-    l.local_addr().expect("local address").port()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let claims = std::env::temp_dir().join("kuma-rs-test-ports");
+    std::fs::create_dir_all(&claims).expect("create the port claims directory");
+    for _ in 0..10_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + u16::try_from(h.finish() % 12_000).expect("below 12000");
+        if claim(&claims.join(port.to_string()))
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
+}
+
+/// Claims `file` unless another process claimed it within the last 15 minutes.
+fn claim(file: &std::path::Path) -> bool {
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(file)
+            .is_ok()
+    };
+    if create() {
+        return true;
+    }
+    let stale = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(15 * 60));
+    stale && std::fs::remove_file(file).is_ok() && create()
 }
 
 /// Polls `check` every 100 ms for up to 15 s; panics naming `what` when it never holds.

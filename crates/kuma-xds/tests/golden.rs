@@ -24,11 +24,15 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-/// Admin and readiness ports every golden proxy reports.
-const METADATA: ProxyMetadata = ProxyMetadata {
-    admin_port: Some(29901),
-    readiness_port: Some(29902),
-};
+/// What every golden proxy reports: admin and readiness ports, and a work directory (where
+/// Envoy, in the acceptance test, opens the access-log pipe of TCP log backends as a file).
+fn metadata() -> ProxyMetadata {
+    ProxyMetadata {
+        admin_port: Some(29901),
+        readiness_port: Some(29902),
+        workdir: Some("/tmp".into()),
+    }
+}
 
 fn cases() -> Vec<(String, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -73,7 +77,7 @@ fn generate(input: &Path) -> Snapshot {
         .with_spec(&mesh_spec)
         .with_policies(&resources);
     let proxy = dataplanes.first().expect("a Dataplane in the input");
-    let ctx = ProxyContext::new(&mesh, proxy, METADATA).unwrap();
+    let ctx = ProxyContext::new(&mesh, proxy, metadata()).unwrap();
     GeneratorList::kuma_profile()
         .generate(&ctx)
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()))

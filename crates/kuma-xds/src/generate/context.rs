@@ -12,12 +12,31 @@ use crate::cache::EncodedResource;
 use crate::envoy::load_assignment;
 
 /// What a proxy told the control plane about itself (node metadata from its bootstrap).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProxyMetadata {
     /// Envoy's admin port (bound on 127.0.0.1).
     pub admin_port: Option<u32>,
     /// kuma-dp's readiness port (on 127.0.0.1).
     pub readiness_port: Option<u32>,
+    /// kuma-dp's work directory, where its access-log pipe lives.
+    pub workdir: Option<String>,
+}
+
+/// The named pipe kuma-dp reads access logs for TCP collectors from, as Kuma names it:
+/// `<workdir>/kuma-al-<name>-<mesh>`, cut to 98 bytes (Unix socket paths are short on some
+/// systems), then `.sock`.
+pub fn access_log_pipe(workdir: &str, name: &str, mesh: &str) -> String {
+    let mut path = std::path::Path::new(workdir)
+        .join(format!("kuma-al-{name}-{mesh}"))
+        .to_string_lossy()
+        .into_owned();
+    let mut cut = path.len().min(98);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    path.truncate(cut);
+    path.push_str(".sock");
+    path
 }
 
 /// The application protocol of an inbound or a service (`kuma.io/protocol`).
@@ -221,7 +240,7 @@ fn reachable_ip<'a>(dp: &'a DataplaneSpec, inbound_address: Option<&'a str>) -> 
 }
 
 /// What a generator sees: one proxy and its mesh.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProxyContext<'a> {
     /// The proxy's mesh and what its proxies share.
     pub mesh: &'a MeshContext<'a>,

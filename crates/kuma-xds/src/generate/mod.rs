@@ -20,7 +20,9 @@ pub mod resources;
 #[cfg(test)]
 mod tests;
 
-pub use context::{Endpoint, MeshContext, Protocol, ProxyContext, ProxyMetadata, Service};
+pub use context::{
+    Endpoint, MeshContext, Protocol, ProxyContext, ProxyMetadata, Service, access_log_pipe,
+};
 pub use resources::ResourceSet;
 
 use crate::cache::Snapshot;

@@ -42,9 +42,10 @@ fn names_follow_kuma() {
     let metadata = ProxyMetadata {
         admin_port: Some(9901),
         readiness_port: Some(9902),
+        workdir: None,
     };
     let generator = GeneratorList::kuma_profile();
-    let ctx = ProxyContext::new(&mesh, &web, metadata).unwrap();
+    let ctx = ProxyContext::new(&mesh, &web, metadata.clone()).unwrap();
     let snap = generator.generate(&ctx).unwrap();
     assert_eq!(
         names(&snap, LISTENER),
@@ -69,7 +70,7 @@ fn names_follow_kuma() {
         "127.0.0.1",
         "  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n",
     );
-    let ctx = ProxyContext::new(&mesh, &local, metadata).unwrap();
+    let ctx = ProxyContext::new(&mesh, &local, metadata.clone()).unwrap();
     let local_snap = generator.generate(&ctx).unwrap();
     assert!(!names(&local_snap, LISTENER).contains(&"kuma:envoy:admin".to_string()));
     assert_eq!(names(&snap, ENDPOINT), ["backend"]);
@@ -83,7 +84,7 @@ fn names_follow_kuma() {
     assert!(mesh.endpoints("nobody").is_empty());
     // A second proxy of the mesh with the same outbound gets the very same endpoint bytes.
     let twin = generator
-        .generate(&ProxyContext::new(&mesh, &web, metadata).unwrap())
+        .generate(&ProxyContext::new(&mesh, &web, metadata.clone()).unwrap())
         .unwrap();
     let mine = &snap.get(ENDPOINT).unwrap().resources()["backend"];
     let theirs = &twin.get(ENDPOINT).unwrap().resources()["backend"];

@@ -4,8 +4,13 @@
 //! TCP proxy, in Kuma's default plain formats unless a `plain` or `json` format is given.
 //! Kuma's placeholders are filled in here: `%KUMA_MESH%`, `%KUMA_SOURCE_SERVICE%`,
 //! `%KUMA_DESTINATION_SERVICE%`, `%KUMA_SOURCE_ADDRESS%` and
-//! `%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%`. TCP and OpenTelemetry backends need kuma-dp's log
-//! forwarder and a collector cluster; they are not generated yet (skipped, not an error).
+//! `%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%`.
+//!
+//! TCP backends work as in Kuma: Envoy writes one JSON object per entry,
+//! `{"address": "<collector>", "message": <line or JSON object>}`, to kuma-dp's access-log pipe
+//! ([`access_log_pipe`](crate::generate::access_log_pipe) in the work directory the proxy
+//! reported), and kuma-dp forwards each message to its collector over TCP. OpenTelemetry
+//! backends need a collector cluster and are not generated yet (skipped, not an error).
 
 use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType;
@@ -14,14 +19,18 @@ use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format
 use envoy_types::pb::envoy::config::core::v3::{DataSource, SubstitutionFormatString};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
 use kuma_core::model::common::SERVICE_TAG;
-use kuma_core::model::policy::{AccessLogBackendType, AccessLogConf, LogFormat, LogFormatType};
+use kuma_core::model::policy::{
+    AccessLogBackendType, AccessLogConf, LogFormat, LogFormatType, TcpBackend,
+};
 use kuma_core::resource::ResourceType;
 
 use super::{from_conf, to_conf};
-use crate::envoy::{any, string_struct};
+use crate::envoy::{any, ordered_map, string_struct};
 use crate::generate::ResourceGenerator;
-use crate::generate::context::ProxyContext;
+use crate::generate::context::{ProxyContext, access_log_pipe};
 use crate::generate::resources::{ResourceSet, Terminal};
 
 /// Kuma's default format of HTTP access log lines.
@@ -65,29 +74,61 @@ impl Placeholders<'_> {
     }
 }
 
-fn format(
-    format: Option<&LogFormat>,
-    http: bool,
-    p: &Placeholders<'_>,
-) -> SubstitutionFormatString {
+fn string(s: String) -> PbValue {
+    PbValue {
+        kind: Some(Kind::StringValue(s)),
+    }
+}
+
+/// One log entry as a format describes it, before its backend wraps it.
+enum Entry {
+    /// A text line, newline included.
+    Line(String),
+    /// A JSON object.
+    Object(Struct),
+}
+
+/// The entry `format` asks for (Kuma's default line when none) and whether empty values are
+/// left out.
+fn entry(format: Option<&LogFormat>, http: bool, p: &Placeholders<'_>) -> (Entry, bool) {
+    let line = |s: &str| {
+        let mut line = p.fill(s);
+        if !line.ends_with('\n') {
+            line.push('\n');
+        }
+        Entry::Line(line)
+    };
     let default = if http { HTTP_FORMAT } else { TCP_FORMAT };
-    let (body, omit) = match format {
+    match format {
         Some(f) if f.kind == LogFormatType::Json => {
             let fields = f
                 .json
                 .iter()
                 .flatten()
                 .map(|kv| (kv.key.clone(), p.fill(&kv.value)));
-            (
-                Format::JsonFormat(string_struct(fields)),
-                f.omit_empty_values,
-            )
+            (Entry::Object(string_struct(fields)), f.omit_empty_values)
         }
         Some(f) => (
-            text(&p.fill(f.plain.as_deref().unwrap_or(default))),
+            line(f.plain.as_deref().unwrap_or(default)),
             f.omit_empty_values,
         ),
-        None => (text(&p.fill(default)), false),
+        None => (line(default), false),
+    }
+}
+
+/// A file backend's format: the entry itself.
+fn file_format(
+    format: Option<&LogFormat>,
+    http: bool,
+    p: &Placeholders<'_>,
+) -> SubstitutionFormatString {
+    let (entry, omit) = entry(format, http, p);
+    let body = match entry {
+        Entry::Line(line) => Format::TextFormatSource(DataSource {
+            specifier: Some(Specifier::InlineString(line)),
+            ..Default::default()
+        }),
+        Entry::Object(object) => Format::JsonFormat(object),
     };
     SubstitutionFormatString {
         format: Some(body),
@@ -96,43 +137,63 @@ fn format(
     }
 }
 
-fn text(s: &str) -> Format {
-    let mut line = s.to_string();
-    if !line.ends_with('\n') {
-        line.push('\n');
-    }
-    Format::TextFormatSource(DataSource {
-        specifier: Some(Specifier::InlineString(line)),
+/// A TCP backend's format, what kuma-dp's pipe expects: `{"address", "message"}`, the message
+/// the entry's line or object.
+fn tcp_format(backend: &TcpBackend, http: bool, p: &Placeholders<'_>) -> SubstitutionFormatString {
+    let (entry, omit) = entry(backend.format.as_ref(), http, p);
+    let message = match entry {
+        Entry::Line(line) => string(line),
+        Entry::Object(object) => PbValue {
+            kind: Some(Kind::StructValue(object)),
+        },
+    };
+    let envelope = Struct {
+        fields: ordered_map([
+            ("address".to_string(), string(backend.address.clone())),
+            ("message".to_string(), message),
+        ]),
+    };
+    SubstitutionFormatString {
+        format: Some(Format::JsonFormat(envelope)),
+        omit_empty_values: omit,
         ..Default::default()
-    })
+    }
 }
 
-/// The access logs `conf` asks for.
-fn logs(conf: &AccessLogConf, http: bool, p: &Placeholders<'_>) -> Vec<AccessLog> {
+fn file_log(path: String, format: SubstitutionFormatString) -> AccessLog {
+    AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&FileAccessLog {
+            path,
+            access_log_format: Some(AccessLogFormat::LogFormat(format)),
+        }))),
+        ..Default::default()
+    }
+}
+
+/// The access logs `conf` asks for; TCP backends write to `pipe`.
+fn logs(conf: &AccessLogConf, http: bool, p: &Placeholders<'_>, pipe: &str) -> Vec<AccessLog> {
     conf.backends
         .iter()
         .flatten()
-        .filter(|b| b.kind == AccessLogBackendType::File)
-        .filter_map(|b| b.file.as_ref())
-        .map(|f| AccessLog {
-            name: "envoy.access_loggers.file".into(),
-            config_type: Some(ConfigType::TypedConfig(any(&FileAccessLog {
-                path: f.path.clone(),
-                access_log_format: Some(AccessLogFormat::LogFormat(format(
-                    f.format.as_ref(),
-                    http,
-                    p,
-                ))),
-            }))),
-            ..Default::default()
+        .filter_map(|b| match b.kind {
+            AccessLogBackendType::File => b
+                .file
+                .as_ref()
+                .map(|f| file_log(f.path.clone(), file_format(f.format.as_ref(), http, p))),
+            AccessLogBackendType::Tcp => b
+                .tcp
+                .as_ref()
+                .map(|t| file_log(pipe.to_string(), tcp_format(t, http, p))),
+            AccessLogBackendType::OpenTelemetry => None,
         })
         .collect()
 }
 
-fn attach(terminal: &mut Terminal, conf: &AccessLogConf, p: &Placeholders<'_>) {
+fn attach(terminal: &mut Terminal, conf: &AccessLogConf, p: &Placeholders<'_>, pipe: &str) {
     match terminal {
-        Terminal::Tcp(tcp) => tcp.access_log.extend(logs(conf, false, p)),
-        Terminal::Http(http) => http.hcm.access_log.extend(logs(conf, true, p)),
+        Terminal::Tcp(tcp) => tcp.access_log.extend(logs(conf, false, p, pipe)),
+        Terminal::Http(http) => http.hcm.access_log.extend(logs(conf, true, p, pipe)),
     }
 }
 
@@ -152,6 +213,11 @@ impl ResourceGenerator for MeshAccessLog {
             .first()
             .and_then(|i| i.tags.get(SERVICE_TAG))
             .map_or("unknown", String::as_str);
+        let pipe = access_log_pipe(
+            ctx.metadata.workdir.as_deref().unwrap_or(""),
+            ctx.name,
+            ctx.mesh.mesh,
+        );
         for o in &rs.outbounds {
             let Some(conf) = to_conf::<AccessLogConf>(&rules, &o.service)? else {
                 continue;
@@ -165,7 +231,7 @@ impl ResourceGenerator for MeshAccessLog {
                 destination_service: &o.service,
                 source_address: ctx.address(),
             };
-            attach(&mut l.terminal, &conf, &p);
+            attach(&mut l.terminal, &conf, &p, &pipe);
         }
         for i in &rs.inbounds {
             let Some(conf) = from_conf::<AccessLogConf>(&rules, i.port)? else {
@@ -180,7 +246,7 @@ impl ResourceGenerator for MeshAccessLog {
                 destination_service: &i.service,
                 source_address: "",
             };
-            attach(&mut l.terminal, &conf, &p);
+            attach(&mut l.terminal, &conf, &p, &pipe);
         }
         Ok(())
     }

@@ -10,10 +10,15 @@
 //!             [--drain-time 30s] [--envoy-log-level info] [--concurrency N]
 //! ```
 //!
+//! Entries of MeshAccessLog's TCP backends reach their collectors through kuma-dp: see
+//! [`access_logs`].
+//!
 //! Envoy runs as Kuma runs it: `--drain-strategy immediate` with `--drain-time-s` from
 //! `--drain-time`, so a listener replaced by new config closes its connections on their next
 //! response instead of keeping old filters alive for minutes; hot restart disabled; and, on
 //! Linux, Envoy is killed when kuma-dp dies, even by SIGKILL, so no Envoy outlives its agent.
+
+mod access_logs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -276,6 +281,11 @@ async fn run(a: Args) -> Result<ExitCode, String> {
     let envoy_version = String::from_utf8_lossy(&envoy_version.stdout)
         .trim()
         .to_string();
+    let dir = a
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("kuma-dp-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let request = serde_json::json!({
         "mesh": dp.meta.mesh,
         "name": dp.meta.name,
@@ -285,19 +295,23 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         "version": {"kumaDp": {"version": env!("CARGO_PKG_VERSION")}, "envoy": {"version": envoy_version}},
         "caCert": ca_cert,
         "readinessPort": a.readiness_port,
+        "workdir": dir.to_string_lossy(),
     });
     let (host, port) = cp_host_port(&a.cp_address)?;
     let ca = (!ca_cert.is_empty()).then_some(ca_cert.as_str());
     let bootstrap = post_bootstrap(&host, port, ca, &request.to_string()).await?;
 
-    let dir = a
-        .config_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("kuma-dp-{}", std::process::id())));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let bootstrap_path = dir.join("bootstrap.yaml");
     std::fs::write(&bootstrap_path, bootstrap)
         .map_err(|e| format!("cannot write {}: {e}", bootstrap_path.display()))?;
+
+    let pipe_path = PathBuf::from(kuma_xds::generate::access_log_pipe(
+        &dir.to_string_lossy(),
+        &dp.meta.name,
+        &dp.meta.mesh,
+    ));
+    let pipe = access_logs::open(&pipe_path)?;
+    tokio::spawn(access_logs::forward(pipe, pipe_path));
 
     let mut envoy = envoy_command(&a, &bootstrap_path)
         .spawn()
