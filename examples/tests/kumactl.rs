@@ -466,6 +466,34 @@ async fn kumactl_manages_and_inspects_a_running_control_plane() {
         "EDS"
     );
 
+    // The merged rules, each with the policies it came from: the mesh's default timeout
+    // applies to web's outbound to backend.
+    let rules: Value =
+        serde_json::from_str(&ok(cfg, &["inspect", "dataplane", "web-1", "--type", "rules"]).await)
+            .unwrap();
+    let timeouts = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "MeshTimeout")
+        .unwrap_or_else(|| panic!("no MeshTimeout rules: {rules}"));
+    assert!(
+        timeouts.to_string().contains("mesh-timeout-all-default"),
+        "{timeouts}"
+    );
+    let unknown = kumactl(
+        cfg,
+        &["inspect", "dataplane", "web-1", "--type", "nope"],
+        None,
+    )
+    .await;
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("use config, rules or policies"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
     // An outbound on the inbound's port: Envoy rejects the listeners; the NACK and its text
     // show up.
     let clash = dataplane.replace(&format!("port: {outbound}"), &format!("port: {inbound}"));

@@ -1,25 +1,70 @@
 //! Event-driven config generation: store changes reach the affected proxies only.
 //!
-//! The reconciler listens to the store's change stream. A change marks its mesh dirty; after a
-//! short debounce (changes arriving meanwhile are folded in) every Dataplane of each dirty mesh
-//! gets a freshly generated snapshot. The cache ignores snapshots whose content did not change,
-//! so proxies that are not affected receive nothing. If the reconciler falls behind the stream,
-//! it regenerates everything.
+//! The reconciler listens to the store's change stream and folds the changes arriving within a
+//! short debounce into one batch. Per mesh, a batch regenerates:
+//! - every proxy of the mesh when the Mesh, a policy or any other mesh-scoped resource changed;
+//! - when only Dataplanes changed, those Dataplanes' own proxies and the proxies whose last
+//!   snapshot depends on a service the changed Dataplanes provide, before or after the change
+//!   (see [`Dependencies`]); the rest of the mesh is not regenerated at all.
+//!
+//! The cache ignores snapshots whose content did not change, so proxies whose config is the
+//! same receive nothing. If the reconciler falls behind the stream, it regenerates everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kuma_core::manager::ResourceManager;
+use kuma_core::model::common::SERVICE_TAG;
+use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::mesh::MeshSpec;
-use kuma_core::resource::{ResourceKey, ResourceType, Scope};
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
 use kuma_core::store::ListQuery;
 use kuma_xds::cache::SnapshotCache;
-use kuma_xds::generate::{MeshContext, ProxyContext, SnapshotGenerator, node_id};
+use kuma_xds::generate::{Dependencies, MeshContext, ProxyContext, SnapshotGenerator, node_id};
 
 use crate::lifecycle::ProxyRegistry;
 use crate::metrics::Metrics;
 use tokio::sync::broadcast::error::RecvError;
+
+/// What a batch of changes asks of one mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dirty {
+    /// Regenerate every proxy.
+    Everything,
+    /// Only these Dataplanes (by name) changed.
+    Dataplanes(BTreeSet<String>),
+}
+
+impl Dirty {
+    fn add(&mut self, change: Dirty) {
+        match (self, change) {
+            (Dirty::Dataplanes(mine), Dirty::Dataplanes(more)) => mine.extend(more),
+            (me, _) => *me = Dirty::Everything,
+        }
+    }
+}
+
+/// What the reconciler remembers of a mesh between batches.
+#[derive(Debug, Default)]
+struct MeshState {
+    /// The services each Dataplane provided at the last sync.
+    provides: BTreeMap<String, BTreeSet<String>>,
+    /// What each proxy's snapshot (by Dataplane name) was generated from.
+    dependencies: BTreeMap<String, Dependencies>,
+}
+
+/// The services a Dataplane's inbounds provide.
+fn provided_services(dp: &Resource) -> BTreeSet<String> {
+    dp.spec_as::<DataplaneSpec>()
+        .map(|spec| {
+            spec.inbounds()
+                .iter()
+                .filter_map(|i| i.tags.get(SERVICE_TAG).cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// Keeps the snapshot cache in step with the store.
 pub struct Reconciler {
@@ -28,8 +73,7 @@ pub struct Reconciler {
     generator: Arc<dyn SnapshotGenerator>,
     registry: Arc<ProxyRegistry>,
     debounce: Duration,
-    /// Node ids with a snapshot, per mesh (to drop those whose Dataplane is gone).
-    nodes: BTreeMap<String, BTreeSet<String>>,
+    meshes: BTreeMap<String, MeshState>,
     metrics: Option<Arc<Metrics>>,
     /// When the first change of the batch being applied arrived.
     changed_at: Instant,
@@ -50,7 +94,7 @@ impl Reconciler {
             generator,
             registry,
             debounce,
-            nodes: BTreeMap::new(),
+            meshes: BTreeMap::new(),
             metrics: None,
             changed_at: Instant::now(),
         }
@@ -63,15 +107,15 @@ impl Reconciler {
     }
 
     async fn all_meshes(&self) -> BTreeSet<String> {
-        let mut meshes: BTreeSet<String> = self.nodes.keys().cloned().collect();
+        let mut meshes: BTreeSet<String> = self.meshes.keys().cloned().collect();
         if let Ok(page) = self.manager.list(&ListQuery::all(ResourceType::Mesh)).await {
             meshes.extend(page.items.into_iter().map(|m| m.meta.name));
         }
         meshes
     }
 
-    /// Regenerates the snapshot of every Dataplane in `mesh`.
-    pub async fn sync_mesh(&mut self, mesh: &str) {
+    /// Regenerates what `dirty` asks for in `mesh`; returns how many proxies were generated.
+    pub async fn sync_mesh(&mut self, mesh: &str, dirty: &Dirty) -> usize {
         let dataplanes = match self
             .manager
             .list(&ListQuery::in_mesh(ResourceType::Dataplane, mesh))
@@ -80,14 +124,14 @@ impl Reconciler {
             Ok(page) => page.items,
             Err(e) => {
                 tracing::warn!(mesh, error = %e, "cannot list dataplanes; keeping current snapshots");
-                return;
+                return 0;
             }
         };
         let policies = match self.manager.mesh_policies(mesh).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(mesh, error = %e, "cannot list policies; keeping current snapshots");
-                return;
+                return 0;
             }
         };
         let mesh_spec = match self
@@ -98,25 +142,53 @@ impl Reconciler {
             Ok(r) => r.spec_as::<MeshSpec>().cloned().unwrap_or_default(),
             Err(_) => MeshSpec::default(),
         };
-        let mut current = BTreeSet::new();
+        let mut state = self.meshes.remove(mesh).unwrap_or_default();
+        let provides: BTreeMap<String, BTreeSet<String>> = dataplanes
+            .iter()
+            .map(|r| (r.meta.name.clone(), provided_services(r)))
+            .collect();
+        let touched = match dirty {
+            Dirty::Everything => BTreeSet::new(),
+            Dirty::Dataplanes(changed) => touched_services(changed, &state.provides, &provides),
+        };
+        let selected = |name: &str| match dirty {
+            Dirty::Everything => true,
+            Dirty::Dataplanes(changed) => {
+                changed.contains(name)
+                    || state
+                        .dependencies
+                        .get(name)
+                        .is_none_or(|d| d.touched_by(&touched))
+            }
+        };
+        let targets: Vec<&Resource> = dataplanes
+            .iter()
+            .filter(|r| selected(&r.meta.name))
+            .collect();
         let mesh_context = MeshContext::new(mesh, &dataplanes)
             .with_spec(&mesh_spec)
             .with_policies(&policies);
-        for r in &dataplanes {
+        let mut generated = 0;
+        for r in targets {
             let node = node_id(mesh, &r.meta.name);
             let Some(ctx) = ProxyContext::new(&mesh_context, r, self.registry.get(&node)) else {
                 continue;
             };
-            current.insert(node.clone());
             let started = Instant::now();
-            let snapshot = match self.generator.generate(&ctx) {
+            let (snapshot, dependencies) = match self.generator.generate_tracked(&ctx) {
                 Ok(s) => s,
                 Err(e) => {
                     // The proxy keeps the last configuration it accepted.
                     tracing::warn!(node, error = %e, "cannot generate config; keeping the current snapshot");
+                    state
+                        .dependencies
+                        .entry(r.meta.name.clone())
+                        .or_insert(Dependencies::Everything);
                     continue;
                 }
             };
+            generated += 1;
+            state.dependencies.insert(r.meta.name.clone(), dependencies);
             if let Some(m) = &self.metrics {
                 m.generation.observe(started.elapsed().as_secs_f64());
                 let versions: Vec<(String, String)> = snapshot
@@ -130,19 +202,21 @@ impl Reconciler {
                 self.cache.set(&node, snapshot);
             }
         }
-        for gone in self
-            .nodes
-            .get(mesh)
-            .map(|n| n.difference(&current).cloned().collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            self.cache.remove(&gone);
+        let gone: Vec<String> = state
+            .dependencies
+            .keys()
+            .filter(|name| !provides.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.cache.remove(&node_id(mesh, &name));
+            state.dependencies.remove(&name);
         }
-        if current.is_empty() {
-            self.nodes.remove(mesh);
-        } else {
-            self.nodes.insert(mesh.to_string(), current);
+        state.provides = provides;
+        if !state.dependencies.is_empty() {
+            self.meshes.insert(mesh.to_string(), state);
         }
+        generated
     }
 
     /// Runs until the store's change stream closes.
@@ -150,19 +224,18 @@ impl Reconciler {
         let mut events = self.manager.store().watch();
         self.changed_at = Instant::now();
         for mesh in self.all_meshes().await {
-            self.sync_mesh(&mesh).await;
+            self.sync_mesh(&mesh, &Dirty::Everything).await;
         }
         loop {
-            let mut dirty = BTreeSet::new();
+            let mut dirty: BTreeMap<String, Dirty> = BTreeMap::new();
             let mut everything = false;
             match events.recv().await {
-                Ok(e) => {
-                    let mesh = mesh_of(&e.key);
-                    if mesh.is_empty() {
-                        continue; // nothing to regenerate: no need to wait for more
+                Ok(e) => match dirt(&e.key) {
+                    Some((mesh, d)) => {
+                        dirty.insert(mesh, d);
                     }
-                    dirty.insert(mesh);
-                }
+                    None => continue, // nothing to regenerate: no need to wait for more
+                },
                 Err(RecvError::Lagged(_)) => everything = true,
                 Err(RecvError::Closed) => return,
             }
@@ -171,7 +244,14 @@ impl Reconciler {
             loop {
                 match events.try_recv() {
                     Ok(e) => {
-                        dirty.insert(mesh_of(&e.key));
+                        if let Some((mesh, d)) = dirt(&e.key) {
+                            match dirty.get_mut(&mesh) {
+                                Some(known) => known.add(d),
+                                None => {
+                                    dirty.insert(mesh, d);
+                                }
+                            }
+                        }
                     }
                     Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
                         everything = true
@@ -180,17 +260,52 @@ impl Reconciler {
                 }
             }
             if everything {
-                dirty = self.all_meshes().await;
+                dirty = self
+                    .all_meshes()
+                    .await
+                    .into_iter()
+                    .map(|m| (m, Dirty::Everything))
+                    .collect();
             }
-            for mesh in dirty.into_iter().filter(|m| !m.is_empty()) {
-                self.sync_mesh(&mesh).await;
+            for (mesh, d) in dirty {
+                self.sync_mesh(&mesh, &d).await;
             }
         }
     }
 }
 
+/// The services `changed` Dataplanes provided before (`old`) or provide now (`new`).
+fn touched_services(
+    changed: &BTreeSet<String>,
+    old: &BTreeMap<String, BTreeSet<String>>,
+    new: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeSet<String> {
+    changed
+        .iter()
+        .flat_map(|name| old.get(name).into_iter().chain(new.get(name)))
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// What a change asks for: its mesh and how much of it to regenerate (`None` for insights,
+/// which describe proxies and never feed config generation, and for global types other than
+/// Mesh).
+fn dirt(key: &ResourceKey) -> Option<(String, Dirty)> {
+    let mesh = mesh_of(key);
+    if mesh.is_empty() {
+        return None;
+    }
+    let dirty = if key.rtype == ResourceType::Dataplane {
+        Dirty::Dataplanes(BTreeSet::from([key.name.clone()]))
+    } else {
+        Dirty::Everything
+    };
+    Some((mesh, dirty))
+}
+
 /// The mesh a change belongs to (a Mesh's own name for Mesh changes; empty for other global
-/// types and for insights, which describe proxies and never feed config generation).
+/// types and for insights).
 fn mesh_of(key: &kuma_core::resource::ResourceKey) -> String {
     match (key.rtype, key.rtype.scope()) {
         (ResourceType::DataplaneInsight | ResourceType::ZoneInsight, _) => String::new(),
@@ -202,7 +317,15 @@ fn mesh_of(key: &kuma_core::resource::ResourceKey) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use kuma_core::manager::ManagerOptions;
+    use kuma_core::resource::parse_yaml;
+    use kuma_store::MemoryStore;
+    use kuma_xds::cache::Snapshot;
+    use kuma_xds::generate::{GenerateError, GeneratorList};
 
     #[test]
     fn insights_never_mark_a_mesh_dirty() {
@@ -214,5 +337,166 @@ mod tests {
             ""
         );
         assert_eq!(mesh_of(&key(ResourceType::Zone, "", "z")), "");
+    }
+
+    /// Kuma's profile, counting the proxies it generates.
+    struct Counting(GeneratorList, AtomicUsize);
+
+    impl SnapshotGenerator for Counting {
+        fn generate(&self, ctx: &ProxyContext<'_>) -> Result<Snapshot, GenerateError> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.generate(ctx)
+        }
+
+        fn generate_tracked(
+            &self,
+            ctx: &ProxyContext<'_>,
+        ) -> Result<(Snapshot, Dependencies), GenerateError> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.generate_tracked(ctx)
+        }
+    }
+
+    fn dataplane(name: &str, ip: &str, service: &str, outbounds: &[&str]) -> Resource {
+        let mut yaml = format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {ip}\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: {service}\n"
+        );
+        if !outbounds.is_empty() {
+            yaml.push_str("  outbound:\n");
+            for (i, o) in outbounds.iter().enumerate() {
+                yaml.push_str(&format!(
+                    "  - port: {}\n    tags:\n      kuma.io/service: {o}\n",
+                    10001 + i
+                ));
+            }
+        }
+        parse_yaml(&yaml).unwrap()
+    }
+
+    fn endpoints_of(cache: &SnapshotCache, node: &str, service: &str) -> Vec<String> {
+        let snapshot = cache.get(node).unwrap();
+        let cla = snapshot
+            .get(kuma_xds::types::ENDPOINT)
+            .and_then(|r| r.resources().get(service).cloned())
+            .unwrap();
+        let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            prost::Message::decode(cla.to_any().value.as_slice()).unwrap();
+        let mut ips: Vec<String> = cla
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .filter_map(|e| match e.host_identifier.as_ref()? {
+                envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep) => {
+                    match ep.address.as_ref()?.address.as_ref()? {
+                        envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa) => {
+                            Some(sa.address.clone())
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    #[tokio::test]
+    async fn a_changed_dataplane_regenerates_only_its_dependants() {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        for dp in [
+            dataplane("web", "10.0.0.1", "web", &["backend"]),
+            dataplane("backend-1", "10.0.0.2", "backend", &[]),
+            dataplane("billing", "10.0.0.3", "billing", &["db"]),
+            dataplane("db-1", "10.0.0.4", "db", &[]),
+            dataplane("lonely", "10.0.0.5", "lonely", &[]),
+        ] {
+            manager.apply(dp).await.unwrap();
+        }
+        let cache = Arc::new(SnapshotCache::new());
+        let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            generator.clone(),
+            Arc::new(ProxyRegistry::default()),
+            Duration::ZERO,
+        );
+        let dirty =
+            |names: &[&str]| Dirty::Dataplanes(names.iter().map(|n| n.to_string()).collect());
+        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 5);
+
+        // A new backend endpoint: itself, and web (which calls backend). Web sees it.
+        manager
+            .apply(dataplane("backend-2", "10.0.0.6", "backend", &[]))
+            .await
+            .unwrap();
+        assert_eq!(r.sync_mesh("default", &dirty(&["backend-2"])).await, 2);
+        assert_eq!(
+            endpoints_of(&cache, "default.web", "backend"),
+            ["10.0.0.2", "10.0.0.6"]
+        );
+
+        // A Dataplane nobody calls: only itself.
+        manager
+            .apply(dataplane("lonely", "10.0.0.7", "lonely", &[]))
+            .await
+            .unwrap();
+        assert_eq!(r.sync_mesh("default", &dirty(&["lonely"])).await, 1);
+
+        // backend-2 moves to db: callers of the old and the new service, and itself.
+        manager
+            .apply(dataplane("backend-2", "10.0.0.6", "db", &[]))
+            .await
+            .unwrap();
+        assert_eq!(r.sync_mesh("default", &dirty(&["backend-2"])).await, 3);
+        assert_eq!(endpoints_of(&cache, "default.web", "backend"), ["10.0.0.2"]);
+        assert_eq!(
+            endpoints_of(&cache, "default.billing", "db"),
+            ["10.0.0.4", "10.0.0.6"]
+        );
+
+        // Deleted: its snapshot goes, its callers are regenerated.
+        manager
+            .delete(
+                &ResourceKey::new(ResourceType::Dataplane, "default", "backend-2"),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.sync_mesh("default", &dirty(&["backend-2"])).await, 1);
+        assert!(cache.get("default.backend-2").is_none());
+        assert_eq!(endpoints_of(&cache, "default.billing", "db"), ["10.0.0.4"]);
+
+        // Anything else (here a full resync) regenerates the whole mesh.
+        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 5);
+        assert_eq!(generator.1.load(Ordering::SeqCst), 5 + 2 + 1 + 3 + 1 + 5);
+    }
+
+    #[test]
+    fn batches_widen_to_everything_on_any_other_change() {
+        let dp = |n: &str| ResourceKey::new(ResourceType::Dataplane, "default", n);
+        let (mesh, mut d) = dirt(&dp("a")).unwrap();
+        assert_eq!(mesh, "default");
+        d.add(dirt(&dp("b")).unwrap().1);
+        assert_eq!(
+            d,
+            Dirty::Dataplanes(BTreeSet::from(["a".into(), "b".into()]))
+        );
+        d.add(
+            dirt(&ResourceKey::new(ResourceType::MeshTimeout, "default", "t"))
+                .unwrap()
+                .1,
+        );
+        assert_eq!(d, Dirty::Everything);
+        assert_eq!(
+            dirt(&ResourceKey::new(
+                ResourceType::DataplaneInsight,
+                "default",
+                "a"
+            )),
+            None
+        );
     }
 }

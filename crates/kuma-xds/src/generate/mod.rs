@@ -25,6 +25,8 @@ pub use context::{
 };
 pub use resources::ResourceSet;
 
+use std::collections::BTreeSet;
+
 use crate::cache::Snapshot;
 
 /// Envoy's node id for a Dataplane: `<mesh>.<name>`.
@@ -42,6 +44,28 @@ pub struct GenerateError {
     pub message: String,
 }
 
+/// What else in its mesh a proxy's snapshot was generated from, besides its own Dataplane, the
+/// Mesh and the mesh's policies (a change to any of those regenerates every proxy of the mesh).
+/// A changed Dataplane regenerates itself and the proxies that depend on a service it provides
+/// (before or after the change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dependencies {
+    /// The endpoints and protocols of these services.
+    Services(BTreeSet<String>),
+    /// Possibly any Dataplane of the mesh: every Dataplane change regenerates the proxy.
+    Everything,
+}
+
+impl Dependencies {
+    /// True when a change to a Dataplane providing `services` can change this snapshot.
+    pub fn touched_by(&self, services: &BTreeSet<String>) -> bool {
+        match self {
+            Dependencies::Services(own) => !own.is_disjoint(services),
+            Dependencies::Everything => true,
+        }
+    }
+}
+
 /// Turns a proxy's context into its xDS snapshot. Implement it to generate your own config.
 ///
 /// Generation is synchronous and pure (the context holds everything it reads), so it can run on
@@ -49,9 +73,24 @@ pub struct GenerateError {
 pub trait SnapshotGenerator: Send + Sync + 'static {
     /// The snapshot for the proxy.
     fn generate(&self, ctx: &ProxyContext<'_>) -> Result<Snapshot, GenerateError>;
+
+    /// The snapshot and what it depends on. The default claims [`Dependencies::Everything`],
+    /// always correct; say less to spare regenerations when other Dataplanes change.
+    fn generate_tracked(
+        &self,
+        ctx: &ProxyContext<'_>,
+    ) -> Result<(Snapshot, Dependencies), GenerateError> {
+        Ok((self.generate(ctx)?, Dependencies::Everything))
+    }
 }
 
 /// One step of building a proxy's resources.
+///
+/// Contract with [`GeneratorList`]'s dependency tracking: a generator that reads a service's
+/// endpoints or protocol from the mesh gives that service a cluster with
+/// [`ClusterRole::Outbound`](resources::ClusterRole::Outbound) (as
+/// [`profile::add_service_cluster`] does). The services of those clusters are what the
+/// snapshot depends on.
 pub trait ResourceGenerator: Send + Sync + 'static {
     /// The name errors report.
     fn name(&self) -> &str;
@@ -125,5 +164,14 @@ impl Default for GeneratorList {
 impl SnapshotGenerator for GeneratorList {
     fn generate(&self, ctx: &ProxyContext<'_>) -> Result<Snapshot, GenerateError> {
         Ok(self.build(ctx)?.into_snapshot())
+    }
+
+    fn generate_tracked(
+        &self,
+        ctx: &ProxyContext<'_>,
+    ) -> Result<(Snapshot, Dependencies), GenerateError> {
+        let resources = self.build(ctx)?;
+        let services = resources.services();
+        Ok((resources.into_snapshot(), Dependencies::Services(services)))
     }
 }

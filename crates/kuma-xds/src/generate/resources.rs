@@ -5,7 +5,7 @@
 //! [`ResourceSet::into_snapshot`] assembles and encodes them, so a policy edits a route or adds
 //! an HTTP filter without decoding anything. Endpoints a whole mesh shares stay encoded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -234,6 +234,18 @@ pub struct ResourceSet {
 }
 
 impl ResourceSet {
+    /// The services whose endpoints or protocol went into these resources: those of the
+    /// outbound clusters.
+    pub fn services(&self) -> BTreeSet<String> {
+        self.clusters
+            .values()
+            .filter_map(|c| match &c.role {
+                ClusterRole::Outbound { service } => Some(service.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Encodes everything into a snapshot.
     pub fn into_snapshot(self) -> Snapshot {
         let mut out: Vec<(String, EncodedResource)> =

@@ -8,7 +8,7 @@
 //! kumactl get dataplane NAME -m MESH [-o yaml]
 //! kumactl delete dataplane NAME -m MESH
 //! kumactl inspect dataplanes [-m mesh]
-//! kumactl inspect dataplane NAME -m MESH --type config
+//! kumactl inspect dataplane NAME -m MESH --type config|rules|policies
 //! ```
 
 mod client;
@@ -152,7 +152,9 @@ enum InspectCommand {
         /// Mesh.
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
-        /// What to show: `config` (the Envoy config the control plane serves it).
+        /// What to show: `config` (the Envoy config the control plane serves it), `rules`
+        /// (the merged policy rules, with the policies each came from) or `policies` (the
+        /// proxy-wide policy confs).
         #[arg(long = "type", default_value = "config")]
         kind: String,
     },
@@ -559,16 +561,26 @@ async fn run(cli: Cli) -> Result<(), String> {
                 });
             }
             InspectCommand::Dataplane { name, mesh, kind } => {
-                if kind != "config" {
-                    return Err(format!(
-                        "--type {kind:?} is not supported yet: use --type config"
-                    ));
-                }
+                let endpoint = match kind.as_str() {
+                    "config" => "_config",
+                    "rules" => "_rules",
+                    "policies" => "_policies",
+                    other => {
+                        return Err(format!(
+                            "--type {other:?} is not supported: use config, rules or policies"
+                        ));
+                    }
+                };
                 let value = client()?
-                    .get(&format!("/meshes/{mesh}/dataplanes/{name}/_config"))
+                    .get(&format!("/meshes/{mesh}/dataplanes/{name}/{endpoint}"))
                     .await
                     .map_err(|e| e.to_string())?;
-                println!("{}", output::json(&value["xds"]));
+                let shown = if kind == "config" {
+                    &value["xds"]
+                } else {
+                    &value
+                };
+                println!("{}", output::json(shown));
             }
         },
     }

@@ -1,16 +1,27 @@
 //! MeshLoadBalancingStrategy: the balancing algorithm of destination clusters, hash policies of
 //! outbound routes, and locality awareness (endpoint priorities).
 //!
-//! Locality awareness: unless disabled, endpoints in the proxy's zone (`kuma.io/zone`) come
-//! first; with `localZone.affinityTags`, endpoints sharing the proxy's value of the first tag
-//! come first, then those sharing the second, and so on, then the rest (priorities, so traffic
-//! spills over only when a level has no healthy endpoint). Affinity weights are not applied yet.
+//! Locality awareness, as Kuma does it: unless disabled, endpoints in the proxy's zone
+//! (`kuma.io/zone`; no zone tag on either side counts as the same zone) have priority 0 and
+//! those of other zones priority 1, so traffic leaves the zone only when no local endpoint is
+//! healthy. With `localZone.affinityTags`, the local endpoints are split into localities: an
+//! endpoint sharing the proxy's value of an affinity tag (the first such tag in the list) joins
+//! that tag's locality, weighted by the tag's `weight` (default 9·10^(n-i-1) for the i-th of n
+//! tags: 90, 9 for two), and the rest form a locality of weight 1. Envoy's locality-weighted
+//! balancing then splits traffic by those weights. Cross-zone `failover` lists are not applied
+//! yet (every other zone shares priority 1).
 
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::common_lb_config::{
+    LocalityConfigSpecifier, LocalityWeightedLbConfig,
+};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     LbConfig, LbPolicy, LeastRequestLbConfig, MaglevLbConfig, RingHashLbConfig,
     ring_hash_lb_config::HashFunction,
 };
-use envoy_types::pb::envoy::config::core::v3::RuntimeDouble;
+use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, RuntimeDouble};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as EnvoyHashPolicy;
@@ -54,7 +65,7 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
                 continue;
             };
             algorithm(draft, &conf);
-            if let Some(levels) = locality_levels(&conf, &local_tags) {
+            if let Some(locality) = locality(&conf, &local_tags) {
                 let endpoints: Vec<Endpoint> = ctx
                     .mesh
                     .endpoints(&service)
@@ -64,8 +75,11 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
                     .collect();
                 rs.endpoints.insert(
                     name.clone(),
-                    Endpoints::Owned(prioritised(name, &endpoints, &levels)),
+                    Endpoints::Owned(prioritised(name, &endpoints, &locality)),
                 );
+                if !locality.affinity.is_empty() {
+                    weigh_localities(draft);
+                }
             }
         }
         for o in &rs.outbounds {
@@ -214,56 +228,204 @@ fn proxy_tags(ctx: &ProxyContext<'_>) -> Tags {
         .unwrap_or_default()
 }
 
-/// The (key, local value) pairs that rank endpoints, most preferred first; `None` when locality
-/// awareness is off or there is nothing to rank by.
-fn locality_levels(conf: &LoadBalancingConf, local: &Tags) -> Option<Vec<(String, String)>> {
+/// How endpoints are grouped: the proxy's zone and its affinity groups (key, the proxy's value,
+/// weight), in the policy's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Locality {
+    zone: Option<String>,
+    affinity: Vec<(String, String, u32)>,
+}
+
+/// The grouping `conf` asks for; `None` when locality awareness is off or changes nothing (no
+/// zone and no affinity group).
+fn locality(conf: &LoadBalancingConf, local: &Tags) -> Option<Locality> {
     let awareness = conf.locality_awareness.as_ref();
     if awareness.and_then(|a| a.disabled) == Some(true) {
         return None;
     }
-    let mut levels = Vec::new();
-    if let Some(zone) = local.get(ZONE_TAG) {
-        levels.push((ZONE_TAG.to_string(), zone.clone()));
-    }
-    let affinity = awareness
+    let tags = awareness
         .and_then(|a| a.local_zone.as_ref())
-        .and_then(|z| z.affinity_tags.as_ref());
-    for tag in affinity.into_iter().flatten() {
-        if let Some(v) = local.get(&tag.key) {
-            levels.push((tag.key.clone(), v.clone()));
-        }
-    }
-    (!levels.is_empty()).then_some(levels)
+        .and_then(|z| z.affinity_tags.as_deref())
+        .unwrap_or_default();
+    let affinity: Vec<(String, String, u32)> = tags
+        .iter()
+        .enumerate()
+        .filter_map(|(i, tag)| {
+            let value = local.get(&tag.key)?;
+            let default = u32::try_from(tags.len() - i - 1)
+                .ok()
+                .and_then(|exp| 10u32.checked_pow(exp))
+                .and_then(|p| p.checked_mul(9))
+                .unwrap_or(u32::MAX);
+            Some((
+                tag.key.clone(),
+                value.clone(),
+                tag.weight.unwrap_or(default),
+            ))
+        })
+        .collect();
+    let zone = local.get(ZONE_TAG).cloned();
+    (zone.is_some() || !affinity.is_empty()).then_some(Locality { zone, affinity })
 }
 
-/// Endpoints grouped into priorities: level i holds those matching `levels[i]` first.
-fn prioritised(
-    name: &str,
-    endpoints: &[Endpoint],
-    levels: &[(String, String)],
-) -> ClusterLoadAssignment {
-    let mut groups: Vec<Vec<Endpoint>> = vec![Vec::new(); levels.len() + 1];
+/// Endpoints grouped into localities and priorities as `locality` says.
+fn prioritised(name: &str, endpoints: &[Endpoint], locality: &Locality) -> ClusterLoadAssignment {
+    // (priority, zone, sub-zone) -> (weight, endpoints)
+    let mut groups: BTreeMap<(u32, String, String), (u32, Vec<Endpoint>)> = BTreeMap::new();
     for e in endpoints {
-        let level = levels
-            .iter()
-            .position(|(k, v)| e.tags.get(k) == Some(v))
-            .unwrap_or(levels.len());
-        groups[level].push(e.clone());
+        let zone = e.tags.get(ZONE_TAG);
+        let key = if zone == locality.zone.as_ref() {
+            match locality
+                .affinity
+                .iter()
+                .find(|(k, v, _)| e.tags.get(k) == Some(v))
+            {
+                Some((k, v, w)) => ((0, zone.cloned(), format!("{k}={v}")), *w),
+                None => ((0, zone.cloned(), String::new()), 1),
+            }
+        } else {
+            ((1, zone.cloned(), String::new()), 1)
+        };
+        let ((priority, zone, sub_zone), weight) = key;
+        groups
+            .entry((priority, zone.unwrap_or_default(), sub_zone))
+            .or_insert_with(|| (weight, Vec::new()))
+            .1
+            .push(e.clone());
     }
+    let weighted = !locality.affinity.is_empty();
     let mut cla = load_assignment(name, &[]);
     cla.endpoints = groups
-        .iter()
-        .filter(|g| !g.is_empty())
-        .enumerate()
-        .map(|(priority, g)| {
-            let mut locality: LocalityLbEndpoints = load_assignment(name, &addresses(g))
+        .into_iter()
+        .map(|((priority, zone, sub_zone), (weight, members))| {
+            let mut l: LocalityLbEndpoints = load_assignment(name, &addresses(&members))
                 .endpoints
                 .into_iter()
                 .next()
                 .unwrap_or_default();
-            locality.priority = u32::try_from(priority).unwrap_or(u32::MAX);
-            locality
+            l.priority = priority;
+            l.locality = Some(EnvoyLocality {
+                zone,
+                sub_zone,
+                ..Default::default()
+            });
+            l.load_balancing_weight = weighted.then_some(UInt32Value { value: weight });
+            l
         })
         .collect();
+    // Envoy numbers priorities from 0 without gaps.
+    if cla.endpoints.first().is_some_and(|l| l.priority == 1) {
+        for l in &mut cla.endpoints {
+            l.priority = 0;
+        }
+    }
     cla
+}
+
+/// Turns on locality-weighted balancing, which the affinity weights need.
+fn weigh_localities(draft: &mut ClusterDraft) {
+    let common = draft
+        .cluster
+        .common_lb_config
+        .get_or_insert_with(CommonLbConfig::default);
+    common.locality_config_specifier = Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(
+        LocalityWeightedLbConfig {},
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn conf(json: serde_json::Value) -> LoadBalancingConf {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn endpoint(ip: &str, pairs: &[(&str, &str)]) -> Endpoint {
+        Endpoint {
+            ip: ip.into(),
+            port: 80,
+            tags: tags(pairs),
+        }
+    }
+
+    /// (priority, zone, sub-zone, weight, endpoint ips) per locality.
+    fn localities(cla: &ClusterLoadAssignment) -> Vec<(u32, String, String, Option<u32>, usize)> {
+        cla.endpoints
+            .iter()
+            .map(|l| {
+                let loc = l.locality.clone().unwrap_or_default();
+                (
+                    l.priority,
+                    loc.zone,
+                    loc.sub_zone,
+                    l.load_balancing_weight.map(|w| w.value),
+                    l.lb_endpoints.len(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn affinity_tags_weigh_local_localities_as_kuma_does() {
+        let proxy = tags(&[("kuma.io/zone", "east"), ("node", "n1"), ("rack", "r1")]);
+        let endpoints = [
+            endpoint(
+                "10.0.0.1",
+                &[("kuma.io/zone", "east"), ("node", "n1"), ("rack", "r1")],
+            ),
+            endpoint(
+                "10.0.0.2",
+                &[("kuma.io/zone", "east"), ("node", "n2"), ("rack", "r1")],
+            ),
+            endpoint(
+                "10.0.0.3",
+                &[("kuma.io/zone", "east"), ("node", "n3"), ("rack", "r9")],
+            ),
+            endpoint(
+                "10.0.0.4",
+                &[("kuma.io/zone", "west"), ("node", "n1"), ("rack", "r1")],
+            ),
+        ];
+        // Default weights: 90 for the first of two tags, 9 for the second, 1 for the rest.
+        let c = conf(serde_json::json!({"localityAwareness": {"localZone": {
+            "affinityTags": [{"key": "node"}, {"key": "rack"}]}}}));
+        let l = locality(&c, &proxy).unwrap();
+        assert_eq!(
+            localities(&prioritised("svc", &endpoints, &l)),
+            [
+                (0, "east".into(), String::new(), Some(1), 1),
+                (0, "east".into(), "node=n1".into(), Some(90), 1),
+                (0, "east".into(), "rack=r1".into(), Some(9), 1),
+                (1, "west".into(), String::new(), Some(1), 1),
+            ]
+        );
+        // Explicit weights win; a tag the proxy lacks forms no locality.
+        let c = conf(serde_json::json!({"localityAwareness": {"localZone": {
+            "affinityTags": [{"key": "gpu", "weight": 500}, {"key": "rack", "weight": 30}]}}}));
+        let l = locality(&c, &proxy).unwrap();
+        assert_eq!(l.affinity, [("rack".to_string(), "r1".to_string(), 30)]);
+        // Without zones or affinity nothing changes; disabled means disabled.
+        assert_eq!(
+            locality(&conf(serde_json::json!({})), &tags(&[("node", "n1")])),
+            None
+        );
+        let off = conf(serde_json::json!({"localityAwareness": {"disabled": true}}));
+        assert_eq!(locality(&off, &proxy), None);
+        // Only remote endpoints: they become priority 0 (Envoy's priorities have no gaps).
+        let remote = [endpoint("10.0.0.4", &[("kuma.io/zone", "west")])];
+        let l = locality(&conf(serde_json::json!({})), &proxy).unwrap();
+        assert_eq!(
+            localities(&prioritised("svc", &remote, &l)),
+            [(0, "west".into(), String::new(), None, 1)]
+        );
+    }
 }
