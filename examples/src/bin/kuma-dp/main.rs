@@ -353,13 +353,10 @@ fn envoy_command(a: &Args, bootstrap: &std::path::Path) -> tokio::process::Comma
         .arg(a.drain_time.as_secs().to_string())
         .args(["--drain-strategy", "immediate", "--disable-hot-restart"])
         .args(["--log-level", &a.envoy_log_level]);
-    match a.concurrency {
-        Some(n) => {
-            cmd.args(["--concurrency", &n.to_string()]);
-        }
-        None => {
-            cmd.arg("--cpuset-threads");
-        }
+    // Without --concurrency, Envoy sizes its workers by the CPUs it may run on (its default
+    // since `--cpuset-threads` became one).
+    if let Some(n) = a.concurrency {
+        cmd.args(["--concurrency", &n.to_string()]);
     }
     kill_with_parent(&mut cmd);
     cmd

@@ -1,12 +1,11 @@
 //! MeshHTTPRoute: the routes of HTTP outbounds.
 //!
-//! Each rule becomes one route per match (a rule's matches are alternatives), ordered by
-//! specificity as Gateway API orders them (exact path, then regular expression, then the
-//! longest prefix, then method, then more header matches, then more query matches; ties keep
+//! Each rule becomes one route per match (a rule's matches are alternatives), ordered as Kuma
+//! orders them (see `Specificity`: a match with a path first, exact before prefix before
+//! regular expression, longer values first, then method, header and query matches; ties keep
 //! the merged order, in which the strongest policy comes first), followed by the outbound's
-//! default route. Backends are
-//! weighted clusters (a `MeshServiceSubset` gets its own cluster of the matching endpoints);
-//! filters map to header mutations, redirects, rewrites and mirrors.
+//! default route. Backends are weighted clusters (a `MeshServiceSubset` gets its own cluster of
+//! the matching endpoints); filters map to header mutations, redirects, rewrites and mirrors.
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
