@@ -68,6 +68,9 @@ pub enum StartError {
     /// Initial resources could not be created.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// The store could not be opened (PostgreSQL unreachable, schema not migrated, ...).
+    #[error("store: {0}")]
+    Store(String),
     /// The admin user token could not be bootstrapped.
     #[error("admin user token: {0}")]
     Tokens(#[from] kuma_ca::TokenError),
@@ -183,11 +186,6 @@ impl ControlPlane {
                 "global mode is not available yet; run standalone".into(),
             ));
         }
-        if config.store.kind != StoreType::Memory {
-            return Err(StartError::Unsupported(
-                "store.type postgres is not available yet; use memory".into(),
-            ));
-        }
         let (shutdown, _) = watch::channel(false);
         let readiness = Arc::new(kuma_api::diagnostics::Readiness::default());
         let l = bind("diagnostics", "0.0.0.0", config.diagnostics.server_port).await?;
@@ -213,7 +211,15 @@ impl ControlPlane {
         )]);
 
         let zone = (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone());
-        let store = metrics::MeteredStore::new(Arc::new(MemoryStore::new()), metrics.clone());
+        let backend: Arc<dyn kuma_core::store::ResourceStore> = match config.store.kind {
+            StoreType::Memory => Arc::new(MemoryStore::new()),
+            StoreType::Postgres => Arc::new(
+                kuma_store::PostgresStore::connect(&config.store.postgres)
+                    .await
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            ),
+        };
+        let store = metrics::MeteredStore::new(backend, metrics.clone());
         let manager = ResourceManager::new(Arc::new(store), ManagerOptions { zone });
         if !config.defaults.skip_mesh_creation {
             manager.ensure_default_mesh().await?;

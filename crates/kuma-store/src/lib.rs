@@ -1,12 +1,16 @@
 //! Resource stores for a Kuma-compatible control plane.
 //!
 //! [`MemoryStore`] keeps everything in process memory: the default for standalone and for
-//! tests. A PostgreSQL store joins in a later release; both pass the same conformance suite
-//! (`kuma_core::conformance`).
+//! tests. `PostgresStore` (feature `postgres`) keeps resources in PostgreSQL, shared by several
+//! control-plane instances. Both pass the same conformance suite (`kuma_core::conformance`).
 
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 
 // The README's Rust examples compile as doctests of this crate.
 #[cfg(doctest)]

@@ -257,3 +257,189 @@ pub fn spawn_envoy(dir: &std::path::Path, bootstrap: &str, base_id: u16) -> toki
         .spawn()
         .expect("envoy starts")
 }
+
+/// A throwaway PostgreSQL cluster: `initdb` and `pg_ctl` in a temporary directory, listening
+/// on 127.0.0.1 on a free port, with a `kuma` database owned by user `kuma` (password `kuma`).
+/// Dropping it stops the server and removes the directory, so no test leaves one behind.
+///
+/// Needs Debian's `postgresql` package (`scripts/test` installs it). As root, the server runs
+/// as the `postgres` user (PostgreSQL refuses to run as root).
+pub struct PgCluster {
+    dir: std::path::PathBuf,
+    /// The port it listens on.
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PgCluster {
+    /// Starts a new cluster.
+    pub async fn start() -> PgCluster {
+        let bin = pg_bin_dir();
+        let port = free_port().await;
+        let dir = std::env::temp_dir().join(format!("kuma-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the cluster directory");
+        let as_postgres = nix_is_root();
+        if as_postgres {
+            run(
+                "chown",
+                &["-R", "postgres:postgres", &dir.to_string_lossy()],
+                false,
+            );
+        }
+        let data = dir.join("data");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, "kuma\n").expect("write the password file");
+        if as_postgres {
+            run(
+                "chown",
+                &["postgres:postgres", &pwfile.to_string_lossy()],
+                false,
+            );
+        }
+        let cluster = PgCluster {
+            dir: dir.clone(),
+            port,
+            as_postgres,
+        };
+        cluster.pg(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "kuma",
+                "--auth=scram-sha-256",
+                &format!("--pwfile={}", pwfile.to_string_lossy()),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        // In the cluster's own configuration, so restarts keep the port and socket directory.
+        let settings = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            dir.to_string_lossy()
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("initdb wrote postgresql.conf");
+        text.push_str(&settings);
+        std::fs::write(&conf, text).expect("configure the cluster");
+        cluster.restart();
+        cluster.pg(
+            &bin.join("createdb"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "kuma",
+                "kuma",
+            ],
+        );
+        cluster
+    }
+
+    /// Stops the server (fast shutdown: connections are cut, like a crash seen from clients).
+    pub fn stop(&self) {
+        self.pg(
+            &pg_bin_dir().join("pg_ctl"),
+            &[
+                "-D",
+                &self.dir.join("data").to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub fn restart(&self) {
+        self.pg(
+            &pg_bin_dir().join("pg_ctl"),
+            &[
+                "-D",
+                &self.dir.join("data").to_string_lossy(),
+                "-l",
+                &self.dir.join("log").to_string_lossy(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn pg(&self, program: &std::path::Path, args: &[&str]) {
+        let program = program.to_string_lossy().into_owned();
+        if self.as_postgres {
+            let mut all = vec!["-u", "postgres", "--", program.as_str()];
+            all.extend_from_slice(args);
+            run("runuser", &all, true);
+        } else {
+            run(&program, args, true);
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let program = pg_bin_dir().join("pg_ctl");
+        let args = ["-D", &data.to_string_lossy(), "-m", "immediate", "stop"].map(str::to_string);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            std::process::Command::new(&program)
+        };
+        let _ = cmd
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Where Debian keeps PostgreSQL's server programs (the newest version installed).
+fn pg_bin_dir() -> std::path::PathBuf {
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").exists());
+    versions.sort();
+    versions.pop().expect(
+        "PostgreSQL server programs not found under /usr/lib/postgresql: run scripts/test (it installs Debian's postgresql)",
+    )
+}
+
+fn run(program: &str, args: &[&str], env_password: bool) {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    if env_password {
+        cmd.env("PGPASSWORD", "kuma");
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

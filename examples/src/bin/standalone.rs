@@ -1,8 +1,11 @@
 //! `standalone`: a single-zone Kuma-compatible control plane.
 //!
 //! ```text
-//! standalone [--config-file <path>]
+//! standalone [run] [--config-file <path>]
+//! standalone migrate up [--config-file <path>]
 //! ```
+//! `migrate up` brings the PostgreSQL schema (`store.type: postgres`) to this binary's version;
+//! `run` refuses a database whose schema is older or newer.
 //! Configuration: defaults, then the file (Kuma's `kuma-cp.defaults.yaml` keys), then `KUMA_*`
 //! environment variables. Stops cleanly on SIGINT or SIGTERM.
 
@@ -12,13 +15,39 @@ use std::process::ExitCode;
 use kuma_core::config::{Config, Mode};
 
 fn usage() -> &'static str {
-    "usage: standalone [--config-file <path>]\n\n\
-     Runs a standalone control plane. Settings come from the config file (Kuma's kuma-cp keys)\n\
-     and KUMA_* environment variables, which win over the file."
+    "usage: standalone [run] [--config-file <path>]\n       standalone migrate up [--config-file <path>]\n\n\
+     Runs a standalone control plane, or migrates its PostgreSQL schema. Settings come from the\n\
+     config file (Kuma's kuma-cp keys) and KUMA_* environment variables, which win over the file."
 }
 
-fn config_path() -> Result<Option<PathBuf>, String> {
-    let mut args = std::env::args().skip(1);
+/// What to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Run,
+    MigrateUp,
+}
+
+fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
+    let mut args = std::env::args().skip(1).peekable();
+    let command = match args.peek().map(String::as_str) {
+        Some("run") => {
+            args.next();
+            Command::Run
+        }
+        Some("migrate") => {
+            args.next();
+            match args.next().as_deref() {
+                Some("up") => Command::MigrateUp,
+                other => {
+                    return Err(format!(
+                        "migrate {other:?}: only `migrate up` exists\n\n{}",
+                        usage()
+                    ));
+                }
+            }
+        }
+        _ => Command::Run,
+    };
     let mut path = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -34,7 +63,32 @@ fn config_path() -> Result<Option<PathBuf>, String> {
             other => return Err(format!("unknown argument {other:?}\n\n{}", usage())),
         }
     }
-    Ok(path)
+    Ok((command, path))
+}
+
+/// `migrate up`: applies the schema migrations this binary carries.
+async fn migrate_up(config: &Config) -> ExitCode {
+    if config.store.kind != kuma_core::config::StoreType::Postgres {
+        eprintln!("standalone: migrate up needs store.type postgres (KUMA_STORE_TYPE=postgres)");
+        return ExitCode::from(2);
+    }
+    match kuma_store::postgres::migrate(&config.store.postgres).await {
+        Ok(applied) if applied.is_empty() => {
+            println!(
+                "the schema is up to date (version {})",
+                kuma_store::postgres::schema_version()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("applied migrations {applied:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("standalone: migrate up: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn terminated() {
@@ -65,7 +119,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let path = match config_path() {
+    let (command, path) = match parse_args() {
         Ok(p) => p,
         Err(msg) => {
             eprintln!("{msg}");
@@ -84,6 +138,9 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     config.mode = Mode::Standalone;
+    if command == Command::MigrateUp {
+        return migrate_up(&config).await;
+    }
     let cp = match kuma_cp::ControlPlane::start(config).await {
         Ok(cp) => cp,
         Err(e) => {

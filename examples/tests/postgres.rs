@@ -1,0 +1,166 @@
+//! Several `standalone` instances on one PostgreSQL database (a throwaway cluster), with real
+//! Envoys: a write through one instance's API reaches a proxy connected to the other, and a
+//! restarted instance serves the same config versions it served before.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Standalone, kuma_dp, sigterm, test_dir};
+use kuma_testkit::{PgCluster, eventually, free_port, http_get};
+
+fn pg_env(cluster: &PgCluster) -> Vec<(String, String)> {
+    vec![
+        ("KUMA_STORE_TYPE".into(), "postgres".into()),
+        ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
+        ("KUMA_STORE_POSTGRES_PORT".into(), cluster.port.to_string()),
+        ("KUMA_STORE_POSTGRES_USER".into(), "kuma".into()),
+        ("KUMA_STORE_POSTGRES_PASSWORD".into(), "kuma".into()),
+        ("KUMA_STORE_POSTGRES_DB_NAME".into(), "kuma".into()),
+    ]
+}
+
+fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+async fn standalone(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_standalone"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Envoy's version of the config of `kind` (`cds`, `lds`), from its admin stats.
+async fn envoy_version(admin: u16, kind: &str) -> String {
+    let stats = http_get(admin, "/stats").await.1;
+    let key = match kind {
+        "cds" => "cluster_manager.cds.version_text: ",
+        _ => "listener_manager.lds.version_text: ",
+    };
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or("")
+        .trim_matches('"')
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_database() {
+    let cluster = PgCluster::start().await;
+    let env = pg_env(&cluster);
+
+    // Without migrations the control plane refuses to start, and says how to fix it.
+    let refused = standalone(&[], &env).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("migrate up"), "{stderr}");
+    let migrated = standalone(&["migrate", "up"], &env).await;
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("applied migrations [1]"));
+
+    let dir = test_dir("postgres");
+    let work_b = dir.join("work-b");
+    let mut env_b = env.clone();
+    env_b.push((
+        "KUMA_GENERAL_WORK_DIR".into(),
+        work_b.to_string_lossy().into_owned(),
+    ));
+    let a = Standalone::start(&refs(&env)).await;
+    let b = Standalone::start(&refs(&env_b)).await;
+
+    // web-1's Envoy is connected to B.
+    let outbound = free_port().await;
+    let web = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+        free_port().await,
+        free_port().await
+    );
+    let dp = kuma_dp(&dir, b.dp_port, &b.ca_file, "web-1", &web).await;
+    eventually("web-1's Envoy gets its config from B", || async {
+        !envoy_version(dp.admin_port, "cds").await.is_empty()
+    })
+    .await;
+
+    // A backend endpoint written through A's API reaches the Envoy connected to B.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let backend = "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.77\n  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: backend\n";
+    let written = Instant::now();
+    let status = http
+        .put(format!(
+            "http://127.0.0.1:{}/meshes/default/dataplanes/backend-1",
+            a.api_port
+        ))
+        .header("content-type", "application/yaml")
+        .body(backend)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    eventually("the endpoint written on A reaches B's proxy", || async {
+        http_get(dp.admin_port, "/clusters")
+            .await
+            .1
+            .contains("backend::127.0.0.77:8080")
+    })
+    .await;
+    eprintln!(
+        "write on A -> endpoint in Envoy behind B: {:?}",
+        written.elapsed()
+    );
+
+    // B restarts (same work directory, so the same certificate): the resources are all there
+    // and Envoy, reconnecting, is served exactly the versions it has.
+    let before = (
+        envoy_version(dp.admin_port, "cds").await,
+        envoy_version(dp.admin_port, "lds").await,
+    );
+    let dp_port = b.dp_port.to_string();
+    let api_port = b.api_port.to_string();
+    let tls_port = b.api_tls_port.to_string();
+    let diag_port = b.diagnostics_port.to_string();
+    sigterm(&b.child);
+    drop(b);
+    let mut env_b2 = env_b.clone();
+    env_b2.extend([
+        ("KUMA_DP_SERVER_PORT".to_string(), dp_port),
+        ("KUMA_API_SERVER_HTTP_PORT".to_string(), api_port.clone()),
+        ("KUMA_API_SERVER_HTTPS_PORT".to_string(), tls_port),
+        ("KUMA_DIAGNOSTICS_SERVER_PORT".to_string(), diag_port),
+    ]);
+    let b2 = Standalone::start(&refs(&env_b2)).await;
+    let text = http
+        .get(format!(
+            "http://127.0.0.1:{api_port}/meshes/default/dataplanes/backend-1"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(listed["networking"]["address"], "127.0.0.77", "{listed}");
+    // Envoy reconnects to the new B and stays on the same versions.
+    eventually("Envoy is connected to the restarted B", || async {
+        let stats = http_get(dp.admin_port, "/stats").await.1;
+        stats.contains("control_plane.connected_state: 1")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (
+        envoy_version(dp.admin_port, "cds").await,
+        envoy_version(dp.admin_port, "lds").await,
+    );
+    assert_eq!(before, after, "a restart changes no config version");
+    drop((a, b2, dp));
+}
