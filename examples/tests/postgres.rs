@@ -164,3 +164,47 @@ async fn two_instances_share_one_database() {
     assert_eq!(before, after, "a restart changes no config version");
     drop((a, b2, dp));
 }
+
+/// This instance's `leader` gauge (from its diagnostics port's /metrics).
+async fn leads(diagnostics_port: u16) -> Option<bool> {
+    let metrics = http_get(diagnostics_port, "/metrics").await.1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leader "))
+        .map(|v| v.trim() == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_instance_takes_over_when_the_leader_dies() {
+    let cluster = PgCluster::start().await;
+    let env = pg_env(&cluster);
+    assert!(standalone(&["migrate", "up"], &env).await.status.success());
+    let a = Standalone::start(&refs(&env)).await;
+    let b = Standalone::start(&refs(&env)).await;
+    // Exactly one leads: A, which started first and took the lock.
+    eventually("exactly one instance leads", || async {
+        leads(a.diagnostics_port).await == Some(true)
+            && leads(b.diagnostics_port).await == Some(false)
+    })
+    .await;
+    // The leader dies without a goodbye: its session ends, and B takes over.
+    let killed = Instant::now();
+    drop(a); // kill_on_drop: SIGKILL
+    eventually("B takes over", || async {
+        leads(b.diagnostics_port).await == Some(true)
+    })
+    .await;
+    eprintln!("leader killed -> the other leads: {:?}", killed.elapsed());
+    // The leader-only job ran where it had to: the default mesh exists, created once.
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let meshes = http
+        .get(format!("http://127.0.0.1:{}/meshes", b.api_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let meshes: serde_json::Value = serde_json::from_str(&meshes).unwrap();
+    assert_eq!(meshes["total"], 1, "{meshes}");
+}

@@ -104,6 +104,59 @@ impl Drop for Servers {
     }
 }
 
+/// The resources every zone starts with: a leader-only job (each step is idempotent, so two
+/// leaders in a row cannot duplicate anything).
+struct Defaults {
+    manager: ResourceManager,
+    user_tokens: Arc<kuma_ca::user_token::UserTokens>,
+    mesh: bool,
+    admin_token: bool,
+    api_port: u16,
+}
+
+impl Defaults {
+    async fn ensure(&self) -> Result<(), StartError> {
+        if self.mesh {
+            self.manager.ensure_default_mesh().await?;
+        }
+        if self.admin_token && self.user_tokens.bootstrap_admin_token().await? {
+            tracing::info!(
+                "admin user token generated and stored as the global secret {:?}; an admin reads it \
+                 with `curl http://localhost:{}/global-secrets/{0} | jq -r .data | base64 -d`",
+                kuma_ca::user_token::ADMIN_USER_TOKEN,
+                self.api_port,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the leader-only jobs whenever this instance becomes leader, and reports leadership.
+async fn leader_jobs(
+    mut leader: watch::Receiver<bool>,
+    defaults: Defaults,
+    metrics: Arc<metrics::Metrics>,
+) {
+    let mut was = *leader.borrow_and_update();
+    metrics.leader.set(i64::from(was));
+    loop {
+        if leader.changed().await.is_err() {
+            return;
+        }
+        let now = *leader.borrow_and_update();
+        metrics.leader.set(i64::from(now));
+        if now && !was {
+            tracing::info!("this instance is now the leader");
+            if let Err(e) = defaults.ensure().await {
+                tracing::warn!(error = %e, "leader job `defaults` failed; retried at the next leadership");
+            }
+        } else if !now && was {
+            tracing::info!("this instance is no longer the leader");
+        }
+        was = now;
+    }
+}
+
 /// Binds `interface:port`.
 async fn bind(
     what: &str,
@@ -221,9 +274,16 @@ impl ControlPlane {
         };
         let store = metrics::MeteredStore::new(backend, metrics.clone());
         let manager = ResourceManager::new(Arc::new(store), ManagerOptions { zone });
-        if !config.defaults.skip_mesh_creation {
-            manager.ensure_default_mesh().await?;
-        }
+        // Leadership: the once-per-zone jobs run on the leader only.
+        let leader = match config.store.kind {
+            StoreType::Memory => kuma_store::leader::in_process(),
+            StoreType::Postgres => {
+                let (leader, campaign) =
+                    kuma_store::leader::postgres::campaign(config.store.postgres.clone()).await;
+                servers.0.push(campaign);
+                leader
+            }
+        };
 
         let cache = Arc::new(SnapshotCache::new());
         let generator: Arc<dyn SnapshotGenerator> = Arc::new(GeneratorList::kuma_profile());
@@ -323,14 +383,21 @@ impl ControlPlane {
 
         let api = &config.api_server;
         let user_tokens = Arc::new(kuma_ca::user_token::UserTokens::new(manager.clone()));
-        if api.authn.tokens.bootstrap_admin_token && user_tokens.bootstrap_admin_token().await? {
-            tracing::info!(
-                "admin user token generated and stored as the global secret {:?}; an admin reads it \
-                 with `curl http://localhost:{}/global-secrets/{0} | jq -r .data | base64 -d`",
-                kuma_ca::user_token::ADMIN_USER_TOKEN,
-                api.http.port,
-            );
+        let defaults = Defaults {
+            manager: manager.clone(),
+            user_tokens: user_tokens.clone(),
+            mesh: !config.defaults.skip_mesh_creation,
+            admin_token: api.authn.tokens.bootstrap_admin_token,
+            api_port: api.http.port,
+        };
+        // At start the leader creates the defaults before anything is served; afterwards an
+        // instance that becomes leader (re)checks them.
+        if *leader.borrow() {
+            defaults.ensure().await?;
         }
+        servers
+            .0
+            .push(tokio::spawn(leader_jobs(leader, defaults, metrics.clone())));
         let api_state = Arc::new(kuma_api::ApiState {
             config: masked_config(&config),
             read_only: api.read_only,

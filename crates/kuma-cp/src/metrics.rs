@@ -76,6 +76,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open ADS streams.
     pub streams_active: Gauge,
+    /// 1 while this instance is the zone's leader (runs the once-per-zone jobs), else 0.
+    pub leader: Gauge,
     /// Discovery requests, by type.
     pub requests: Family<TypeLabel, Counter>,
     /// Discovery responses, by type.
@@ -106,6 +108,7 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             streams_active: Gauge::default(),
+            leader: Gauge::default(),
             requests: Family::default(),
             responses: Family::default(),
             nacks: Family::default(),
@@ -121,6 +124,11 @@ impl Default for Metrics {
             "xds_streams_active",
             "ADS streams currently open",
             m.streams_active.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this instance leads (runs the jobs that run once per zone)",
+            m.leader.clone(),
         );
         registry.register(
             "xds_requests_received",

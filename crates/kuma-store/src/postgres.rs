@@ -114,7 +114,7 @@ fn address(config: &PostgresConfig) -> String {
     format!("{}:{}/{}", config.host, config.port, config.db_name)
 }
 
-fn pg_config(config: &PostgresConfig) -> tokio_postgres::Config {
+pub(crate) fn pg_config(config: &PostgresConfig) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     c.host(&config.host)
         .port(config.port)
@@ -143,7 +143,7 @@ async fn connect(config: &PostgresConfig) -> Result<tokio_postgres::Client, Post
 
 /// The database error's own message when there is one (`tokio_postgres::Error`'s display is
 /// only "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => {

@@ -191,3 +191,38 @@ async fn writes_on_one_instance_reach_the_other_and_survive_a_restart() {
         .unwrap();
     assert_eq!(listed.items, vec![updated]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_exclusive_and_lost_with_the_database() {
+    use kuma_store::leader::postgres::{LEASE, campaign};
+    let cluster = PgCluster::start().await;
+    let cfg = config(&cluster, "kuma");
+    let (first, first_task) = campaign(cfg.clone()).await;
+    let (second, second_task) = campaign(cfg.clone()).await;
+    assert!(*first.borrow(), "the first campaigner leads");
+    assert!(!*second.borrow(), "only one leads");
+    // The database goes away: the leader steps down within about a lease.
+    cluster.stop();
+    let mut waited = Duration::ZERO;
+    while *first.borrow() {
+        assert!(
+            waited < LEASE * 5,
+            "the leader kept leading without its database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    // It comes back: exactly one leads again.
+    cluster.restart();
+    let mut waited = Duration::ZERO;
+    while !(*first.borrow() ^ *second.borrow()) {
+        assert!(
+            waited < LEASE * 15,
+            "nobody leads after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    first_task.abort();
+    second_task.abort();
+}
