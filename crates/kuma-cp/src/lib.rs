@@ -89,6 +89,8 @@ pub struct ControlPlane {
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     servers: Servers,
+    /// Tasks that run as long as the control plane (leadership): stopped, not waited for.
+    background: Servers,
     reconciler: JoinHandle<()>,
     metrics: Arc<metrics::Metrics>,
 }
@@ -275,12 +277,13 @@ impl ControlPlane {
         let store = metrics::MeteredStore::new(backend, metrics.clone());
         let manager = ResourceManager::new(Arc::new(store), ManagerOptions { zone });
         // Leadership: the once-per-zone jobs run on the leader only.
+        let mut background = Servers(Vec::new());
         let leader = match config.store.kind {
             StoreType::Memory => kuma_store::leader::in_process(),
             StoreType::Postgres => {
                 let (leader, campaign) =
                     kuma_store::leader::postgres::campaign(config.store.postgres.clone()).await;
-                servers.0.push(campaign);
+                background.0.push(campaign);
                 leader
             }
         };
@@ -395,7 +398,7 @@ impl ControlPlane {
         if *leader.borrow() {
             defaults.ensure().await?;
         }
-        servers
+        background
             .0
             .push(tokio::spawn(leader_jobs(leader, defaults, metrics.clone())));
         let api_state = Arc::new(kuma_api::ApiState {
@@ -459,6 +462,7 @@ impl ControlPlane {
             ca_path,
             shutdown,
             servers,
+            background,
             reconciler,
             metrics,
         })
@@ -530,6 +534,7 @@ impl ControlPlane {
             }
         }
         self.reconciler.abort();
+        drop(self.background);
         graceful
     }
 }
