@@ -1,6 +1,7 @@
 //! The same workload on every store, in one run: create, get and list throughput of
-//! `MemoryStore` against `PostgresStore` (a throwaway local PostgreSQL cluster, as the tests
-//! start), with ratios against memory; and the event latency of PostgreSQL from a write on one
+//! `MemoryStore`, `SqliteStore` (a file in a temporary directory, synchronous commits) and
+//! `PostgresStore` (a throwaway local PostgreSQL cluster, as the tests start, fsync off), with
+//! ratios against memory; and the event latency of PostgreSQL from a write on one
 //! instance to a watcher on another.
 //!
 //! `STORES_N=2000` sets the number of resources (default 1,000). Needs Debian's postgresql
@@ -13,7 +14,7 @@ use kuma_core::config::PostgresConfig;
 use kuma_core::conformance::dataplane;
 use kuma_core::resource::{ResourceKey, ResourceType, parse_yaml};
 use kuma_core::store::{ListQuery, ResourceStore};
-use kuma_store::{MemoryStore, PostgresStore, postgres};
+use kuma_store::{MemoryStore, PostgresStore, SqliteStore, postgres};
 use kuma_testkit::PgCluster;
 
 /// Operations per second of each phase.
@@ -77,6 +78,13 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let memory = workload(&MemoryStore::new(), n).await;
+        let sqlite_dir = std::env::temp_dir().join(format!("kuma-bench-sqlite-{}", std::process::id()));
+        let sqlite = workload(
+            &SqliteStore::open(&sqlite_dir.join("kuma.db")).expect("open sqlite"),
+            n,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&sqlite_dir);
         let cluster = PgCluster::start().await;
         let config = PostgresConfig {
             host: "127.0.0.1".into(),
@@ -93,7 +101,7 @@ fn main() {
         println!("{n} Dataplanes, one writer (operations per second; list = pages of 100)");
         println!("| store | create/s | get/s | list pages/s |");
         println!("|---|---:|---:|---:|");
-        for (name, t) in [("memory", &memory), ("postgres", &pg)] {
+        for (name, t) in [("memory", &memory), ("sqlite", &sqlite), ("postgres", &pg)] {
             println!(
                 "| {name} | {:.0} ({:.3}x) | {:.0} ({:.3}x) | {:.0} ({:.3}x) |",
                 t.create,

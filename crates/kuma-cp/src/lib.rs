@@ -106,6 +106,22 @@ impl Drop for Servers {
     }
 }
 
+/// Where the SQLite store lives: `store.sqlite.path`, else `kuma.db` in `general.workDir`,
+/// else in `$HOME/.kuma-rs` (a persistent place: keeping state is why one picks SQLite).
+fn sqlite_path(config: &Config) -> std::path::PathBuf {
+    if !config.store.sqlite.path.is_empty() {
+        return config.store.sqlite.path.clone().into();
+    }
+    let dir = if config.general.work_dir.is_empty() {
+        std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(".kuma-rs"))
+            .unwrap_or_else(|| std::path::PathBuf::from(".kuma-rs"))
+    } else {
+        config.general.work_dir.clone().into()
+    };
+    dir.join("kuma.db")
+}
+
 /// The resources every zone starts with: a leader-only job (each step is idempotent, so two
 /// leaders in a row cannot duplicate anything).
 struct Defaults {
@@ -273,13 +289,22 @@ impl ControlPlane {
                     .await
                     .map_err(|e| StartError::Store(e.to_string()))?,
             ),
+            StoreType::Sqlite => {
+                let path = sqlite_path(&config);
+                tracing::info!(path = %path.display(), "resources are kept in SQLite");
+                Arc::new(
+                    kuma_store::SqliteStore::open(&path)
+                        .map_err(|e| StartError::Store(e.to_string()))?,
+                )
+            }
         };
         let store = metrics::MeteredStore::new(backend, metrics.clone());
         let manager = ResourceManager::new(Arc::new(store), ManagerOptions { zone });
         // Leadership: the once-per-zone jobs run on the leader only.
         let mut background = Servers(Vec::new());
         let leader = match config.store.kind {
-            StoreType::Memory => kuma_store::leader::in_process(),
+            // One process owns the store: it leads.
+            StoreType::Memory | StoreType::Sqlite => kuma_store::leader::in_process(),
             StoreType::Postgres => {
                 let (leader, campaign) =
                     kuma_store::leader::postgres::campaign(config.store.postgres.clone()).await;

@@ -84,6 +84,8 @@ pub enum StoreType {
     Memory,
     /// PostgreSQL.
     Postgres,
+    /// An embedded SQLite file (single node; not in Kuma).
+    Sqlite,
 }
 
 /// The whole configuration.
@@ -150,6 +152,8 @@ pub struct StoreConfig {
     pub kind: StoreType,
     /// PostgreSQL connection.
     pub postgres: PostgresConfig,
+    /// The SQLite file.
+    pub sqlite: SqliteConfig,
 }
 
 impl Default for StoreConfig {
@@ -157,8 +161,17 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: StoreType::Memory,
             postgres: PostgresConfig::default(),
+            sqlite: SqliteConfig::default(),
         }
     }
+}
+
+/// `store.sqlite`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    /// The database file; empty means `kuma.db` in `general.workDir`.
+    pub path: String,
 }
 
 /// `store.postgres`.

@@ -1,4 +1,5 @@
-//! Several `standalone` instances on one PostgreSQL database (a throwaway cluster), with real
+//! Persistent stores with the real binaries and Envoys. Several `standalone` instances on one
+//! PostgreSQL database (a throwaway cluster), with real
 //! Envoys: a write through one instance's API reaches a proxy connected to the other, and a
 //! restarted instance serves the same config versions it served before.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
@@ -128,7 +129,13 @@ async fn two_instances_share_one_database() {
     let api_port = b.api_port.to_string();
     let tls_port = b.api_tls_port.to_string();
     let diag_port = b.diagnostics_port.to_string();
+    // Its ports must be free again before it restarts on them.
     sigterm(&b.child);
+    let mut b = b;
+    tokio::time::timeout(Duration::from_secs(10), b.child.wait())
+        .await
+        .expect("B stops on SIGTERM")
+        .unwrap();
     drop(b);
     let mut env_b2 = env_b.clone();
     env_b2.extend([
@@ -207,4 +214,96 @@ async fn the_other_instance_takes_over_when_the_leader_dies() {
         .unwrap();
     let meshes: serde_json::Value = serde_json::from_str(&meshes).unwrap();
     assert_eq!(meshes["total"], 1, "{meshes}");
+}
+
+/// `GET path` on the API: the JSON body.
+async fn api_json(api_port: u16, path: &str) -> serde_json::Value {
+    let (status, raw) = http_get(api_port, path).await;
+    assert_eq!(status, 200, "GET {path}: {raw}");
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {raw}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_control_plane_restarts_with_everything() {
+    let dir = test_dir("sqlite-restart");
+    let work = dir.join("work");
+    let env: Vec<(String, String)> = vec![
+        ("KUMA_STORE_TYPE".into(), "sqlite".into()),
+        (
+            "KUMA_GENERAL_WORK_DIR".into(),
+            work.to_string_lossy().into_owned(),
+        ),
+    ];
+    let cp = Standalone::start(&refs(&env)).await;
+    let outbound = free_port().await;
+    let web = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+        free_port().await,
+        free_port().await
+    );
+    let dp = kuma_dp(&dir, cp.dp_port, &cp.ca_file, "web-1", &web).await;
+    eventually("web-1's Envoy is configured", || async {
+        !envoy_version(dp.admin_port, "cds").await.is_empty()
+    })
+    .await;
+    let secrets = |port| async move {
+        let key = api_json(port, "/global-secrets/user-token-signing-key-1").await;
+        let admin = api_json(port, "/global-secrets/admin-user-token").await;
+        (key["data"].clone(), admin["data"].clone())
+    };
+    let before_secrets = secrets(cp.api_port).await;
+    assert!(before_secrets.0.is_string() && before_secrets.1.is_string());
+    let before_meshes = api_json(cp.api_port, "/meshes").await;
+    let before_versions = (
+        envoy_version(dp.admin_port, "cds").await,
+        envoy_version(dp.admin_port, "lds").await,
+    );
+
+    // Restart on the same ports and work directory.
+    let ports = [
+        ("KUMA_DP_SERVER_PORT", cp.dp_port),
+        ("KUMA_API_SERVER_HTTP_PORT", cp.api_port),
+        ("KUMA_API_SERVER_HTTPS_PORT", cp.api_tls_port),
+        ("KUMA_DIAGNOSTICS_SERVER_PORT", cp.diagnostics_port),
+    ];
+    sigterm(&cp.child);
+    let mut cp = cp;
+    tokio::time::timeout(Duration::from_secs(10), cp.child.wait())
+        .await
+        .expect("standalone stops on SIGTERM")
+        .unwrap();
+    drop(cp);
+    let mut env2 = env.clone();
+    env2.extend(ports.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let cp = Standalone::start(&refs(&env2)).await;
+    // (`cp`'s own port fields name the ports it was offered; the overrides above won.)
+    let api_port = ports[1].1;
+
+    // The same resources (versions included), the same signing key and admin token.
+    assert_eq!(api_json(api_port, "/meshes").await, before_meshes);
+    assert_eq!(secrets(api_port).await, before_secrets);
+    let web_1 = api_json(api_port, "/meshes/default/dataplanes/web-1").await;
+    assert_eq!(web_1["name"], "web-1");
+    // Envoy reconnects and is served exactly the versions it has.
+    eventually(
+        "Envoy is connected to the restarted control plane",
+        || async {
+            http_get(dp.admin_port, "/stats")
+                .await
+                .1
+                .contains("control_plane.connected_state: 1")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_versions = (
+        envoy_version(dp.admin_port, "cds").await,
+        envoy_version(dp.admin_port, "lds").await,
+    );
+    assert_eq!(
+        before_versions, after_versions,
+        "a restart changes no config version"
+    );
+    drop((cp, dp));
 }
