@@ -307,3 +307,93 @@ async fn sqlite_control_plane_restarts_with_everything() {
     );
     drop((cp, dp));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_database_restart() {
+    let cluster = PgCluster::start().await;
+    let env = pg_env(&cluster);
+    assert!(standalone(&["migrate", "up"], &env).await.status.success());
+    let a = Standalone::start(&refs(&env)).await;
+    let b = Standalone::start(&refs(&env)).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // A stream of writes alternating between the instances; PostgreSQL restarts in the middle.
+    let writes = 120;
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..writes {
+        if i == 40 {
+            cluster.stop();
+        }
+        if i == 60 {
+            cluster.restart();
+        }
+        let port = if i % 2 == 0 { a.api_port } else { b.api_port };
+        let name = format!("dp-{i}");
+        let body = format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 10.0.{}.{}\n  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: svc\n",
+            i / 250,
+            i % 250 + 1
+        );
+        let response = http
+            .put(format!(
+                "http://127.0.0.1:{port}/meshes/default/dataplanes/{name}"
+            ))
+            .header("content-type", "application/yaml")
+            .body(body)
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => acked.push(name),
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                assert_eq!(status.as_u16(), 503, "{text}");
+                assert!(text.contains("Store unavailable"), "a clear error: {text}");
+                refused.push(name);
+            }
+            Err(e) => panic!("the API itself must answer: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{} writes acknowledged, {} refused",
+        acked.len(),
+        refused.len()
+    );
+    assert!(
+        !refused.is_empty(),
+        "writes while PostgreSQL was down were refused"
+    );
+    assert!(
+        acked.iter().any(|n| n == &format!("dp-{}", writes - 1)),
+        "writes succeed again after the restart, on both instances, without restarting them"
+    );
+    // Every acknowledged write is there, seen through both instances.
+    for port in [a.api_port, b.api_port] {
+        let mut query = format!("http://127.0.0.1:{port}/meshes/default/dataplanes?size=1000");
+        let text = loop {
+            match http.get(&query).send().await {
+                Ok(r) if r.status().is_success() => break r.text().await.unwrap(),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let names: std::collections::BTreeSet<&str> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["name"].as_str())
+            .collect();
+        for name in &acked {
+            assert!(
+                names.contains(name.as_str()),
+                "acknowledged {name} is missing on {port}"
+            );
+        }
+        query.clear();
+    }
+}

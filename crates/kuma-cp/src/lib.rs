@@ -331,7 +331,8 @@ impl ControlPlane {
             config.xds_server.dataplane_deregistration_delay.get(),
             tokio::runtime::Handle::current(),
             registry,
-        );
+        )
+        .with_shutdown(shutdown.subscribe());
         let hostname = tls::hostname();
         let mut info = kuma_api::ServerInfo::local(&hostname);
         info.mode = match config.mode {

@@ -94,6 +94,8 @@ pub struct Lifecycle {
     runtime: Handle,
     nodes: Arc<Mutex<Nodes>>,
     registry: Arc<ProxyRegistry>,
+    /// True once the control plane is stopping: the streams it ends are not proxies leaving.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Lifecycle {
@@ -111,7 +113,16 @@ impl Lifecycle {
             runtime,
             nodes: Arc::new(Mutex::new(Nodes::default())),
             registry,
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Keeps every Dataplane once `stopping` reads true: a control plane that shuts down ends
+    /// its proxies' streams, but the proxies are not leaving (they reconnect to an instance
+    /// that runs).
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
@@ -186,6 +197,9 @@ impl Callbacks for Lifecycle {
     }
 
     fn on_stream_closed(&self, stream_id: u64, node_id: &str) {
+        if *self.stopping.borrow() {
+            return;
+        }
         let generation = {
             let mut nodes = self.nodes();
             nodes.registered.remove(&stream_id);
@@ -207,9 +221,13 @@ impl Callbacks for Lifecycle {
         let this_generation = generation;
         let nodes = self.nodes.clone();
         let registry = self.registry.clone();
+        let stopping = self.stopping.clone();
         // Re-checked after the delay: a reconnect bumps the generation.
         self.runtime.spawn(async move {
             tokio::time::sleep(delay).await;
+            if *stopping.borrow() {
+                return;
+            }
             let gone = {
                 let n = nodes.lock().unwrap_or_else(|p| p.into_inner());
                 n.open
