@@ -94,6 +94,7 @@ fn main() {
             db_name: "kuma".into(),
             connection_timeout: 5,
             max_open_connections: 10,
+        tls: Default::default(),
         };
         postgres::migrate(&config).await.expect("migrate");
         let a = PostgresStore::connect(&config).await.expect("connect");

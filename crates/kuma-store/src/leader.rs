@@ -26,7 +26,6 @@ pub mod postgres {
 
     use kuma_core::config::PostgresConfig;
     use tokio::sync::watch;
-    use tokio_postgres::NoTls;
 
     /// How often a follower tries to take the lock, and how long a leader may go without
     /// confirming its connection before it steps down.
@@ -100,11 +99,8 @@ pub mod postgres {
     }
 
     async fn connect(config: &PostgresConfig) -> Result<tokio_postgres::Client, String> {
-        let (client, connection) = crate::postgres::pg_config(config)
-            .connect(NoTls)
+        crate::postgres::open_session(config, None)
             .await
-            .map_err(|e| crate::postgres::describe(&e))?;
-        tokio::spawn(connection);
-        Ok(client)
+            .map(|(client, _)| client)
     }
 }

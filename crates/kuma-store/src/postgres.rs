@@ -124,21 +124,84 @@ pub(crate) fn pg_config(config: &PostgresConfig) -> tokio_postgres::Config {
         .application_name("kuma-cp")
         .connect_timeout(Duration::from_secs(u64::from(
             config.connection_timeout.max(1),
-        )));
+        )))
+        .ssl_mode(
+            if config.tls.mode == kuma_core::config::PostgresTlsMode::Disable {
+                tokio_postgres::config::SslMode::Disable
+            } else {
+                tokio_postgres::config::SslMode::Require
+            },
+        );
     c
 }
 
 async fn connect(config: &PostgresConfig) -> Result<tokio_postgres::Client, PostgresError> {
-    let (client, connection) =
-        pg_config(config)
-            .connect(NoTls)
-            .await
-            .map_err(|e| PostgresError::Connection {
-                address: address(config),
-                message: describe(&e),
-            })?;
-    tokio::spawn(connection);
-    Ok(client)
+    open_session(config, None)
+        .await
+        .map(|(client, _)| client)
+        .map_err(|message| PostgresError::Connection {
+            address: address(config),
+            message,
+        })
+}
+
+/// One connection, TLS as configured, driven by its own task. Notifications wake `notify`;
+/// the receiver learns why the connection ended.
+pub(crate) async fn open_session(
+    config: &PostgresConfig,
+    notify: Option<Arc<Notify>>,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::sync::oneshot::Receiver<String>,
+    ),
+    String,
+> {
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let pg = pg_config(config);
+    let client = match crate::postgres_tls::client_config(config)? {
+        None => {
+            let (client, connection) = pg.connect(NoTls).await.map_err(|e| describe(&e))?;
+            tokio::spawn(drive(connection, notify, closed_tx));
+            client
+        }
+        Some(tls) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            let (client, connection) = pg.connect(tls).await.map_err(|e| describe(&e))?;
+            tokio::spawn(drive(connection, notify, closed_tx));
+            client
+        }
+    };
+    Ok((client, closed))
+}
+
+/// Polls a connection until it ends, passing notifications on.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notify: Option<Arc<Notify>>,
+    closed: tokio::sync::oneshot::Sender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(_))) => {
+                if let Some(n) = &notify {
+                    n.notify_one();
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let _ = closed.send(describe(&e));
+                return;
+            }
+            None => {
+                let _ = closed.send("connection closed".into());
+                return;
+            }
+        }
+    }
 }
 
 /// The database error's own message when there is one (`tokio_postgres::Error`'s display is
@@ -256,13 +319,23 @@ impl PostgresStore {
             })?
             .get(0);
         drop(client);
-        let manager = Manager::from_config(
-            pg_config(config),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let tls = crate::postgres_tls::client_config(config).map_err(|message| {
+            PostgresError::Connection {
+                address: address(config),
+                message,
+            }
+        })?;
+        let manager = match tls {
+            None => Manager::from_config(pg_config(config), NoTls, manager_config),
+            Some(tls) => Manager::from_config(
+                pg_config(config),
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            ),
+        };
         let pool = Pool::builder(manager)
             .max_size(usize::try_from(config.max_open_connections.max(1)).unwrap_or(1))
             .wait_timeout(Some(Duration::from_secs(u64::from(
@@ -288,6 +361,19 @@ impl PostgresStore {
             wrote,
             reader,
         })
+    }
+
+    /// Whether the store's sessions are encrypted, as the server sees them.
+    pub async fn uses_tls(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(backend)
     }
 
     /// A pooled connection; pool and connection failures are retried with backoff, then
@@ -705,29 +791,8 @@ async fn listen_and_deliver(
     wrote: &Notify,
     last: &mut i64,
 ) -> Result<(), String> {
-    let (client, mut connection) = pg_config(config)
-        .connect(NoTls)
-        .await
-        .map_err(|e| describe(&e))?;
     let notified = Arc::new(Notify::new());
-    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<String>();
-    let signal = notified.clone();
-    tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => signal.notify_one(),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    let _ = closed_tx.send(describe(&e));
-                    return;
-                }
-                None => {
-                    let _ = closed_tx.send("connection closed".into());
-                    return;
-                }
-            }
-        }
-    });
+    let (client, mut closed) = open_session(config, Some(notified.clone())).await?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await

@@ -22,6 +22,7 @@ fn config(cluster: &PgCluster, db: &str) -> PostgresConfig {
         db_name: db.into(),
         connection_timeout: 2,
         max_open_connections: 10,
+        tls: Default::default(),
     }
 }
 
@@ -225,4 +226,68 @@ async fn leadership_is_exclusive_and_lost_with_the_database() {
     }
     first_task.abort();
     second_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_check_what_they_promise() {
+    use kuma_core::config::PostgresTlsMode;
+    let cluster = PgCluster::start().await;
+    let ca = cluster.enable_tls().to_string_lossy().into_owned();
+    let with = |host: &str, mode: PostgresTlsMode, ca: &str| {
+        let mut c = config(&cluster, "kuma");
+        c.host = host.into();
+        c.tls.mode = mode;
+        c.tls.ca_path = ca.into();
+        c
+    };
+    // verifyFull: the certificate names localhost, so localhost passes, 127.0.0.1 does not.
+    postgres::migrate(&with("localhost", PostgresTlsMode::VerifyFull, &ca))
+        .await
+        .unwrap();
+    let store = PostgresStore::connect(&with("localhost", PostgresTlsMode::VerifyFull, &ca))
+        .await
+        .unwrap();
+    store
+        .create(
+            kuma_core::resource::parse_yaml("type: Mesh\nname: tls\n").unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let e = PostgresStore::connect(&with("127.0.0.1", PostgresTlsMode::VerifyFull, &ca))
+        .await
+        .err()
+        .expect("a certificate for another name is refused");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // verifyCa: the chain is checked, not the name.
+    PostgresStore::connect(&with("127.0.0.1", PostgresTlsMode::VerifyCa, &ca))
+        .await
+        .unwrap();
+    // ... and a CA that did not sign it is refused.
+    let other_ca = std::env::temp_dir().join(format!("kuma-other-ca-{}.crt", std::process::id()));
+    let other = PgCluster::start().await;
+    std::fs::copy(other.enable_tls(), &other_ca).unwrap();
+    let e = PostgresStore::connect(&with(
+        "localhost",
+        PostgresTlsMode::VerifyFull,
+        &other_ca.to_string_lossy(),
+    ))
+    .await
+    .err()
+    .expect("an unknown issuer is refused");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // verifyNone: encrypted without checks; the server sees TLS in every mode but disable.
+    for (mode, expect_ssl) in [
+        (PostgresTlsMode::VerifyNone, true),
+        (PostgresTlsMode::Disable, false),
+    ] {
+        let c = with("127.0.0.1", mode, "");
+        let store = PostgresStore::connect(&c).await.unwrap();
+        assert_eq!(
+            store.uses_tls().await.unwrap(),
+            expect_ssl,
+            "{mode:?} decides whether the session is encrypted"
+        );
+    }
+    let _ = std::fs::remove_file(other_ca);
 }

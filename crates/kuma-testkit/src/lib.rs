@@ -341,6 +341,48 @@ impl PgCluster {
         cluster
     }
 
+    /// Turns TLS on with a server certificate for `localhost` from a fresh CA, restarts the
+    /// server, and returns the CA certificate's path. Plain connections are still accepted.
+    pub fn enable_tls(&self) -> std::path::PathBuf {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("server params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        let data = self.dir.join("data");
+        std::fs::write(data.join("server.crt"), cert.pem()).expect("write server.crt");
+        std::fs::write(data.join("server.key"), key.serialize_pem()).expect("write server.key");
+        let ca_path = self.dir.join("ca.crt");
+        std::fs::write(&ca_path, ca.pem()).expect("write ca.crt");
+        run(
+            "chmod",
+            &["600", &data.join("server.key").to_string_lossy()],
+            false,
+        );
+        if self.as_postgres {
+            for f in ["server.crt", "server.key"] {
+                run(
+                    "chown",
+                    &["postgres:postgres", &data.join(f).to_string_lossy()],
+                    false,
+                );
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("enable ssl");
+        self.stop();
+        self.restart();
+        ca_path
+    }
+
     /// Stops the server (fast shutdown: connections are cut, like a crash seen from clients).
     pub fn stop(&self) {
         self.pg(

@@ -192,6 +192,37 @@ pub struct PostgresConfig {
     pub connection_timeout: u32,
     /// Pool size.
     pub max_open_connections: u32,
+    /// TLS to the server.
+    pub tls: PostgresTlsConfig,
+}
+
+/// `store.postgres.tls`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PostgresTlsConfig {
+    /// `disable`, `verifyNone`, `verifyCa` or `verifyFull`.
+    pub mode: PostgresTlsMode,
+    /// Client certificate (PEM), when the server asks for one.
+    pub cert_path: String,
+    /// Its private key (PEM).
+    pub key_path: String,
+    /// CA the server's certificate must chain to (`verifyCa`, `verifyFull`).
+    pub ca_path: String,
+}
+
+/// How the server's certificate is checked (Kuma's names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PostgresTlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// Encrypted; any server certificate.
+    VerifyNone,
+    /// Encrypted; the certificate must chain to `caPath` (any host name).
+    VerifyCa,
+    /// Encrypted; chain to `caPath` and the host name must match.
+    VerifyFull,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -204,6 +235,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("db_name", &self.db_name)
             .field("connection_timeout", &self.connection_timeout)
             .field("max_open_connections", &self.max_open_connections)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -218,6 +250,7 @@ impl Default for PostgresConfig {
             db_name: "kuma".into(),
             connection_timeout: 5,
             max_open_connections: 50,
+            tls: PostgresTlsConfig::default(),
         }
     }
 }
@@ -719,6 +752,23 @@ impl Config {
             }
             if self.store.postgres.port == 0 {
                 err.add(&p.field("port"), "must be set when store.type is postgres");
+            }
+            let tls = &self.store.postgres.tls;
+            if matches!(
+                tls.mode,
+                PostgresTlsMode::VerifyCa | PostgresTlsMode::VerifyFull
+            ) && tls.ca_path.is_empty()
+            {
+                err.add(
+                    &p.field("tls").field("caPath"),
+                    "must be set when tls.mode is verifyCa or verifyFull",
+                );
+            }
+            if tls.cert_path.is_empty() != tls.key_path.is_empty() {
+                err.add(
+                    &p.field("tls").field("keyPath"),
+                    "certPath and keyPath go together: set both or neither",
+                );
             }
         }
         if self.dns_server.domain.is_empty() {

@@ -128,6 +128,9 @@ fn environment_overrides_file() {
         env(&[
             ("KUMA_API_SERVER_HTTP_PORT", "7001"),
             ("KUMA_STORE_TYPE", "postgres"),
+            ("KUMA_STORE_POSTGRES_TLS_MODE", "verifyFull"),
+            ("KUMA_STORE_POSTGRES_TLS_CA_PATH", "/etc/ca.pem"),
+            ("KUMA_STORE_SQLITE_PATH", "/var/lib/kuma.db"),
             ("KUMA_API_SERVER_READ_ONLY", "true"),
             ("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "0s"),
         ]),
@@ -137,6 +140,12 @@ fn environment_overrides_file() {
     assert_eq!(cfg.multizone.zone.name, "east");
     assert_eq!(cfg.api_server.http.port, 7001);
     assert_eq!(cfg.store.kind, StoreType::Postgres);
+    assert_eq!(
+        cfg.store.postgres.tls.mode,
+        crate::config::PostgresTlsMode::VerifyFull
+    );
+    assert_eq!(cfg.store.postgres.tls.ca_path, "/etc/ca.pem");
+    assert_eq!(cfg.store.sqlite.path, "/var/lib/kuma.db");
     assert!(cfg.api_server.read_only);
     assert!(
         cfg.xds_server
