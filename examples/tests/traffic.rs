@@ -289,9 +289,11 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
         .build()
         .unwrap();
     let mut dps = Vec::new();
+    let mut inbounds = Vec::new();
     for (name, svc, version, address, behaviour) in endpoints {
         let app = service(version, *behaviour).await;
         let inbound = free_port().await;
+        inbounds.push((*address, inbound));
         let protocol = behaviour.protocol();
         let yaml = format!(
             "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: {svc}\n      kuma.io/protocol: {protocol}\n      version: {version}\n"
@@ -320,7 +322,14 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
     };
     // Kuma's default retries would hide the failures some scenarios start from.
     mesh.remove("MeshRetry", "mesh-retry-all-default").await;
-    // Every endpoint is known to web's Envoy before a scenario counts anything.
+    // Every endpoint's own Envoy serves its inbound, and web's Envoy knows every endpoint,
+    // before a scenario counts anything.
+    for (address, port) in &inbounds {
+        eventually(&format!("the inbound {address}:{port} answers"), || async {
+            kuma_testkit::http_get_at(address, *port, "/").await.0 != 0
+        })
+        .await;
+    }
     eventually("web's Envoy knows every endpoint", || async {
         let clusters = kuma_testkit::http_get(mesh.dps.last().unwrap().admin_port, "/clusters")
             .await

@@ -525,6 +525,136 @@ async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
     })
 }
 
+/// How a read failed: on a session the server dropped (worth repeating on a fresh one), or
+/// for good.
+enum ReadError {
+    Retry(StoreError),
+    Fail(StoreError),
+}
+
+impl From<StoreError> for ReadError {
+    fn from(e: StoreError) -> Self {
+        ReadError::Fail(e)
+    }
+}
+
+fn dropped(client: &tokio_postgres::Client, e: tokio_postgres::Error) -> ReadError {
+    if client.is_closed() {
+        ReadError::Retry(backend(e))
+    } else {
+        ReadError::Fail(backend(e))
+    }
+}
+
+impl PostgresStore {
+    /// Runs a read, repeating it with backoff when its session was dropped under it (a
+    /// server restart or failover). Writes are not repeated: a write whose commit was cut may
+    /// have been applied, and the caller must learn that.
+    async fn reading<T, F, Fut>(&self, read: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ReadError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match read().await {
+                Ok(v) => return Ok(v),
+                Err(ReadError::Retry(e)) if attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "read on a dropped session; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                    attempt += 1;
+                }
+                Err(ReadError::Retry(e) | ReadError::Fail(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn get_once(&self, key: &ResourceKey) -> Result<Resource, ReadError> {
+        let client = self.client().await.map_err(ReadError::Fail)?;
+        let row = client
+            .query_opt(
+                "SELECT resource, version, creation_time, modification_time FROM resources \
+                 WHERE type = $1 AND mesh = $2 AND name = $3",
+                &[&key.rtype.name(), &key.mesh, &key.name],
+            )
+            .await
+            .map_err(|e| dropped(&client, e))?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        Ok(from_row(&row)?)
+    }
+
+    async fn list_once(&self, query: &ListQuery) -> Result<Page, ReadError> {
+        let client = self.client().await.map_err(ReadError::Fail)?;
+        let start = query.start()?;
+        // Type, mesh, name and labels filter in SQL; Dataplane tag and gateway filters need the
+        // spec's semantics and run here, after SQL.
+        let native = query.tags.is_empty() && query.gateway.is_none();
+        const FILTER: &str = "FROM resources WHERE type = $1 AND ($2::text IS NULL OR mesh = $2) \
+             AND ($3::text IS NULL OR strpos(name, $3) > 0) AND labels @> $4";
+        let mut sql = format!(
+            "SELECT resource, version, creation_time, modification_time, count(*) OVER () {FILTER} \
+             ORDER BY mesh, name"
+        );
+        let rtype = query.rtype.name();
+        let mesh_param: Option<&str> = query.mesh.as_deref();
+        let name_param: Option<&str> = query.name_contains.as_deref();
+        let label_filter = Value::Object(
+            query
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        );
+        if native {
+            if let Some(size) = query.size {
+                sql.push_str(&format!(" LIMIT {} OFFSET {start}", size.max(1)));
+            } else if start > 0 {
+                sql.push_str(&format!(" OFFSET {start}"));
+            }
+        }
+        let rows = client
+            .query(
+                sql.as_str(),
+                &[&rtype, &mesh_param, &name_param, &label_filter],
+            )
+            .await
+            .map_err(|e| dropped(&client, e))?;
+        let resources = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        if !native {
+            return Ok(Page::collect(
+                resources.iter().filter(|r| query.matches(r)),
+                query,
+            )?);
+        }
+        let total = match rows.first() {
+            Some(r) => usize::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+            None if start == 0 => 0,
+            None => {
+                // Past the end, or exactly at it: count to tell the two apart.
+                let row = client
+                    .query_one(
+                        format!("SELECT count(*) {FILTER}").as_str(),
+                        &[&rtype, &mesh_param, &name_param, &label_filter],
+                    )
+                    .await
+                    .map_err(|e| dropped(&client, e))?;
+                usize::try_from(row.get::<_, i64>(0)).unwrap_or(0)
+            }
+        };
+        if start > total {
+            return Err(StoreError::InvalidOffset(start.to_string()).into());
+        }
+        let end = start + resources.len();
+        Ok(Page {
+            items: resources,
+            total,
+            next_offset: (end < total).then(|| end.to_string()),
+        })
+    }
+}
+
 #[async_trait]
 impl ResourceStore for PostgresStore {
     async fn create(
@@ -681,83 +811,11 @@ impl ResourceStore for PostgresStore {
     }
 
     async fn get(&self, key: &ResourceKey) -> Result<Resource, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT resource, version, creation_time, modification_time FROM resources \
-                 WHERE type = $1 AND mesh = $2 AND name = $3",
-                &[&key.rtype.name(), &key.mesh, &key.name],
-            )
-            .await
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        from_row(&row)
+        self.reading(|| self.get_once(key)).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        let client = self.client().await?;
-        let start = query.start()?;
-        // Type, mesh, name and labels filter in SQL; Dataplane tag and gateway filters need the
-        // spec's semantics and run here, after SQL.
-        let native = query.tags.is_empty() && query.gateway.is_none();
-        const FILTER: &str = "FROM resources WHERE type = $1 AND ($2::text IS NULL OR mesh = $2) \
-             AND ($3::text IS NULL OR strpos(name, $3) > 0) AND labels @> $4";
-        let mut sql = format!(
-            "SELECT resource, version, creation_time, modification_time, count(*) OVER () {FILTER} \
-             ORDER BY mesh, name"
-        );
-        let rtype = query.rtype.name();
-        let mesh_param: Option<&str> = query.mesh.as_deref();
-        let name_param: Option<&str> = query.name_contains.as_deref();
-        let label_filter = Value::Object(
-            query
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        );
-        if native {
-            if let Some(size) = query.size {
-                sql.push_str(&format!(" LIMIT {} OFFSET {start}", size.max(1)));
-            } else if start > 0 {
-                sql.push_str(&format!(" OFFSET {start}"));
-            }
-        }
-        let rows = client
-            .query(
-                sql.as_str(),
-                &[&rtype, &mesh_param, &name_param, &label_filter],
-            )
-            .await
-            .map_err(backend)?;
-        let resources = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        if !native {
-            return Page::collect(resources.iter().filter(|r| query.matches(r)), query);
-        }
-        let total = match rows.first() {
-            Some(r) => usize::try_from(r.get::<_, i64>(4)).unwrap_or(0),
-            None if start == 0 => 0,
-            None => {
-                // Past the end, or exactly at it: count to tell the two apart.
-                let row = client
-                    .query_one(
-                        format!("SELECT count(*) {FILTER}").as_str(),
-                        &[&rtype, &mesh_param, &name_param, &label_filter],
-                    )
-                    .await
-                    .map_err(backend)?;
-                usize::try_from(row.get::<_, i64>(0)).unwrap_or(0)
-            }
-        };
-        if start > total {
-            return Err(StoreError::InvalidOffset(start.to_string()));
-        }
-        let end = start + resources.len();
-        Ok(Page {
-            items: resources,
-            total,
-            next_offset: (end < total).then(|| end.to_string()),
-        })
+        self.reading(|| self.list_once(query)).await
     }
 
     fn watch(&self) -> broadcast::Receiver<StoreEvent> {
