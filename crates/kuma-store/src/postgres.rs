@@ -76,8 +76,9 @@ pub fn schema_version() -> i64 {
 /// How often the event reader looks at the log without a notification.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long events stay in the log: an instance that was cut off longer resynchronises by
-/// listing (its watchers are told they lagged).
+/// How long events stay in the log (pruned when resources are deleted). An instance cut off
+/// for longer cannot get the pruned events back: its reader logs the gap as an error, and a
+/// restart of that instance resynchronises it.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Attempts for an operation whose connection could not be obtained.
@@ -864,6 +865,14 @@ async fn listen_and_deliver(
             )
             .await
             .map_err(|e| describe(&e))?;
+        if let Some(first) = rows.first().map(|r| r.get::<_, i64>(0))
+            && first > *last + 1
+        {
+            tracing::error!(
+                missed = first - *last - 1,
+                "store events were pruned before this instance read them; restart it to resynchronise"
+            );
+        }
         for row in rows {
             let revision: i64 = row.get(0);
             let Some(rtype) = ResourceType::from_name(row.get::<_, &str>(2)) else {
