@@ -3,10 +3,13 @@
 //! - [`signing_key`]: RSA signing keys kept as global secrets `<prefix>-<serial>`, the way Kuma
 //!   keeps them (PEM, so keys move between Kuma and kuma-rs stores);
 //! - [`jwt`]: RS256 JSON Web Tokens with the key's serial as `kid`;
-//! - [`user_token`]: user tokens for the HTTP API and the admin token bootstrapped at first start.
+//! - [`user_token`]: user tokens for the HTTP API and the admin token bootstrapped at first start;
+//! - [`ca`]: the `CertificateAuthority` trait, the builtin and provided CA backends, and
+//!   workload identities (SPIFFE and `kuma://` URI SANs).
 //!
 //! Signing and verification use `ring`; the `rsa` crate only generates keys.
 
+pub mod ca;
 pub mod jwt;
 pub mod signing_key;
 pub mod user_token;

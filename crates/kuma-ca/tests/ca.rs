@@ -1,0 +1,141 @@
+//! Certificate authorities, checked by verifiers we did not write: `openssl verify` for the
+//! chain and purposes, `openssl x509` for the names and extensions.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kuma_ca::ca::{
+    BuiltinCa, CaError, CertificateAuthority, IdentityRequest, KeyType, ProvidedCa, SanLayout,
+};
+
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn request(layout: SanLayout) -> IdentityRequest {
+    IdentityRequest {
+        mesh: "payments".into(),
+        services: BTreeSet::from(["backend".to_string(), "backend-admin".to_string()]),
+        tags: BTreeMap::from([
+            (
+                "kuma.io/service".to_string(),
+                BTreeSet::from(["backend".to_string()]),
+            ),
+            ("version".to_string(), BTreeSet::from(["v1".to_string()])),
+        ]),
+        lifetime: Duration::from_secs(24 * 3600),
+        layout,
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn builtin_roots_and_identities_verify_with_openssl() {
+    let dir = std::env::temp_dir().join(format!("kuma-ca-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for key_type in [KeyType::EcdsaP256, KeyType::Rsa2048] {
+        let ca = BuiltinCa::generate("payments", key_type).unwrap();
+        let root = write(&dir, "root.pem", ca.root_pem());
+        let text = openssl(&["x509", "-in", &root, "-noout", "-text"]);
+        assert!(
+            text.contains("O=Kuma, OU=Mesh, CN=payments")
+                || text.contains("O = Kuma, OU = Mesh, CN = payments"),
+            "{text}"
+        );
+        assert!(text.contains("URI:spiffe://payments"), "{text}");
+        assert!(text.contains("CA:TRUE"), "{text}");
+        assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
+
+        let identity = ca.issue(&request(SanLayout::Kuma)).unwrap();
+        let leaf = write(&dir, "leaf.pem", &identity.cert_pem);
+        // The chain verifies, for both TLS purposes.
+        for purpose in ["sslserver", "sslclient"] {
+            let out = openssl(&["verify", "-purpose", purpose, "-CAfile", &root, &leaf]);
+            assert!(out.contains(": OK"), "{out}");
+        }
+        let text = openssl(&["x509", "-in", &leaf, "-noout", "-text"]);
+        for san in [
+            "URI:spiffe://payments/backend",
+            "URI:spiffe://payments/backend-admin",
+            "URI:kuma://kuma.io/service/backend",
+            "URI:kuma://version/v1",
+        ] {
+            assert!(text.contains(san), "{san} missing:\n{text}");
+        }
+        assert!(
+            text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+            "{text}"
+        );
+        // The key is the certificate's.
+        let key = write(&dir, "leaf.key", &identity.key_pem);
+        assert_eq!(
+            openssl(&["x509", "-in", &leaf, "-noout", "-pubkey"]),
+            openssl(&["pkey", "-in", &key, "-pubout"])
+        );
+        // Strict SPIFFE: exactly one URI SAN.
+        let strict = ca.issue(&request(SanLayout::StrictSpiffe)).unwrap();
+        let leaf = write(&dir, "strict.pem", &strict.cert_pem);
+        let text = openssl(&["x509", "-in", &leaf, "-noout", "-ext", "subjectAltName"]);
+        assert_eq!(text.matches("URI:").count(), 1, "{text}");
+        assert!(text.contains("URI:spiffe://payments/backend"), "{text}");
+
+        // Reloaded from its stored PEM, the CA issues identities the same root verifies.
+        let (cert, key) = ca.to_pem();
+        let again = BuiltinCa::from_pem(cert, key, key_type).unwrap();
+        let leaf = write(
+            &dir,
+            "again.pem",
+            &again.issue(&request(SanLayout::Kuma)).unwrap().cert_pem,
+        );
+        assert!(openssl(&["verify", "-CAfile", &root, &leaf]).contains(": OK"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn provided_cas_are_checked() {
+    let real = BuiltinCa::generate("m", KeyType::EcdsaP256).unwrap();
+    let (cert, key) = real.to_pem();
+    let provided = ProvidedCa::from_pem(cert, key, KeyType::EcdsaP256).unwrap();
+    assert_eq!(provided.root_pem(), cert);
+    provided.issue(&request(SanLayout::Kuma)).unwrap();
+
+    // A leaf is not a CA.
+    let leaf = real.issue(&request(SanLayout::Kuma)).unwrap();
+    let err = ProvidedCa::from_pem(&leaf.cert_pem, &leaf.key_pem, KeyType::EcdsaP256)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, CaError::InvalidCa(ref m) if m.contains("not a CA")),
+        "{err}"
+    );
+    // Another CA's key does not belong to the certificate.
+    let other = BuiltinCa::generate("m", KeyType::EcdsaP256).unwrap();
+    let err = ProvidedCa::from_pem(cert, other.to_pem().1, KeyType::EcdsaP256)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not belong"), "{err}");
+    // Garbage is reported, not a panic.
+    let err = ProvidedCa::from_pem("not pem", key, KeyType::EcdsaP256)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not PEM"), "{err}");
+}
