@@ -38,10 +38,7 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let (ecdsa_n, rsa_n) = (
-        count("IDENTITIES_N", 10_000),
-        count("IDENTITIES_RSA_N", 50),
-    );
+    let (ecdsa_n, rsa_n) = (count("IDENTITIES_N", 10_000), count("IDENTITIES_RSA_N", 50));
     let ecdsa = run(KeyType::EcdsaP256, ecdsa_n);
     let rsa = run(KeyType::Rsa2048, rsa_n);
     let per = |d: Duration, n: usize| d.as_secs_f64() * 1e3 / n as f64;

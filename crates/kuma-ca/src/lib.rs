@@ -5,12 +5,14 @@
 //! - [`jwt`]: RS256 JSON Web Tokens with the key's serial as `kid`;
 //! - [`user_token`]: user tokens for the HTTP API and the admin token bootstrapped at first start;
 //! - [`ca`]: the `CertificateAuthority` trait, the builtin and provided CA backends, and
-//!   workload identities (SPIFFE and `kuma://` URI SANs).
+//!   workload identities (SPIFFE and `kuma://` URI SANs);
+//! - [`mesh_ca`]: a mesh's builtin CA kept in the mesh-owned secrets Kuma uses.
 //!
 //! Signing and verification use `ring`; the `rsa` crate only generates keys.
 
 pub mod ca;
 pub mod jwt;
+pub mod mesh_ca;
 pub mod signing_key;
 pub mod user_token;
 

@@ -139,3 +139,51 @@ fn provided_cas_are_checked() {
         .unwrap();
     assert!(err.to_string().contains("not PEM"), "{err}");
 }
+
+#[tokio::test]
+async fn a_mesh_keeps_one_builtin_ca_in_its_secrets() {
+    use kuma_ca::mesh_ca::{builtin_secret_names, ensure_builtin};
+    use kuma_core::manager::{ManagerOptions, ResourceManager};
+    use kuma_core::resource::{ResourceKey, ResourceType, parse_yaml};
+    let manager = ResourceManager::new(
+        std::sync::Arc::new(kuma_store::MemoryStore::new()),
+        ManagerOptions::default(),
+    );
+    manager
+        .create(parse_yaml("type: Mesh\nname: payments\n").unwrap())
+        .await
+        .unwrap();
+    let first = ensure_builtin(&manager, "payments", "ca-1", KeyType::EcdsaP256)
+        .await
+        .unwrap();
+    let again = ensure_builtin(&manager, "payments", "ca-1", KeyType::EcdsaP256)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.root_pem(),
+        again.root_pem(),
+        "the stored CA is reused"
+    );
+    let (cert, key) = builtin_secret_names("payments", "ca-1");
+    assert_eq!(
+        (cert.as_str(), key.as_str()),
+        (
+            "payments.ca-builtin-cert-ca-1",
+            "payments.ca-builtin-key-ca-1"
+        )
+    );
+    // Deleting the mesh deletes its CA.
+    manager
+        .delete(&ResourceKey::new(ResourceType::Mesh, "", "payments"), true)
+        .await
+        .unwrap();
+    for name in [cert, key] {
+        assert!(
+            manager
+                .get(&ResourceKey::new(ResourceType::Secret, "payments", &name))
+                .await
+                .is_err(),
+            "{name} outlived its mesh"
+        );
+    }
+}
