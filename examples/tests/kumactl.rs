@@ -13,7 +13,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Standalone, kuma_dp, test_dir};
+use common::{Standalone, kuma_dp, non_loopback_ip, test_dir};
 use kuma_testkit::{eventually, free_port, http_get, http_request, response_body, response_header};
 use serde_json::Value;
 use tokio::process::Command;
@@ -90,21 +90,6 @@ fn prometheus_parse(module: &str, text: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// This machine's address on its default route: requests to it do not come from loopback.
-fn non_loopback_ip() -> IpAddr {
-    for target in ["192.0.2.1:9", "10.255.255.255:9", "8.8.8.8:53"] {
-        if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0")
-            && sock.connect(target).is_ok()
-            && let Ok(addr) = sock.local_addr()
-            && !addr.ip().is_loopback()
-            && !addr.ip().is_unspecified()
-        {
-            return addr.ip();
-        }
-    }
-    panic!("this machine has no non-loopback IPv4 address to act as a remote client from");
 }
 
 async fn request(

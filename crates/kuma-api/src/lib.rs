@@ -32,6 +32,7 @@ pub mod error;
 pub mod inspect;
 mod matching;
 pub mod resources;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -95,6 +96,8 @@ pub struct ApiState {
     pub tokens: Option<Arc<dyn UserTokenValidator>>,
     /// The Envoy config served to proxies (`_config`); without it `_config` is 404.
     pub proxy_configs: Option<Arc<dyn inspect::ProxyConfigSource>>,
+    /// Issues dataplane tokens (`POST /tokens/dataplane`); without it that route is 404.
+    pub dataplane_tokens: Option<Arc<dyn tokens::DataplaneTokenIssuer>>,
 }
 
 impl ApiState {
@@ -108,6 +111,7 @@ impl ApiState {
             localhost_is_admin: true,
             tokens: None,
             proxy_configs: None,
+            dataplane_tokens: None,
         }
     }
 }
@@ -124,6 +128,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(index))
         .route("/config", get(config))
         .route("/who-am-i", get(who_am_i))
+        .route(
+            "/tokens/dataplane",
+            axum::routing::post(tokens::issue_dataplane_token),
+        )
         .route("/policies", get(policies))
         .route("/_resources", get(catalogue))
         .route("/global-insight", get(inspect::global_insight))

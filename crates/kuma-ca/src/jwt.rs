@@ -91,7 +91,13 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, TokenError> {
 }
 
 impl Unverified<'_> {
-    /// The signing key id.
+    /// A string claim as written, before the signature is checked: only to find the key to
+    /// check it with, never to trust.
+    pub fn claim_str(&self, name: &str) -> Option<&str> {
+        self.claims.get(name)?.as_str()
+    }
+
+    /// The `kid` header.
     pub fn kid(&self) -> &str {
         &self.kid
     }

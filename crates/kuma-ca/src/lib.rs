@@ -6,11 +6,13 @@
 //! - [`user_token`]: user tokens for the HTTP API and the admin token bootstrapped at first start;
 //! - [`ca`]: the `CertificateAuthority` trait, the builtin and provided CA backends, and
 //!   workload identities (SPIFFE and `kuma://` URI SANs);
-//! - [`mesh_ca`]: a mesh's builtin CA kept in the mesh-owned secrets Kuma uses.
+//! - [`mesh_ca`]: a mesh's builtin CA kept in the mesh-owned secrets Kuma uses;
+//! - [`dataplane_token`]: dataplane tokens signed with per-mesh keys, and their checks.
 //!
 //! Signing and verification use `ring`; the `rsa` crate only generates keys.
 
 pub mod ca;
+pub mod dataplane_token;
 pub mod jwt;
 pub mod mesh_ca;
 pub mod signing_key;
@@ -65,4 +67,28 @@ impl From<kuma_core::manager::ManagerError> for TokenError {
     fn from(e: kuma_core::manager::ManagerError) -> Self {
         TokenError::Store(e.to_string())
     }
+}
+
+/// Whether `jti` is listed in the revocation secret at `key` (comma-separated token ids; no
+/// secret means nothing is revoked).
+async fn revoked(
+    manager: &kuma_core::manager::ResourceManager,
+    key: &kuma_core::resource::ResourceKey,
+    jti: &str,
+) -> Result<bool, TokenError> {
+    use kuma_core::manager::ManagerError;
+    use kuma_core::resource::Spec;
+    use kuma_core::store::StoreError;
+    let resource = match manager.get(key).await {
+        Ok(r) => r,
+        Err(ManagerError::Store(StoreError::NotFound(_))) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let (Spec::GlobalSecret(secret) | Spec::Secret(secret)) = &resource.spec else {
+        return Ok(false);
+    };
+    let list = secret.bytes().unwrap_or_default();
+    Ok(String::from_utf8_lossy(&list)
+        .split(',')
+        .any(|id| id.trim() == jti))
 }

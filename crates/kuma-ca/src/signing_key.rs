@@ -115,11 +115,13 @@ pub fn secret_name(prefix: &str, kid: &str) -> String {
     }
 }
 
-/// The signing keys with one prefix, read from global secrets (parsed keys are cached by
-/// content, so rotation and deletion are seen at once).
+/// The signing keys with one prefix, read from global secrets, or from one mesh's secrets
+/// (parsed keys are cached by content, so rotation and deletion are seen at once).
 pub struct SigningKeys {
     manager: ResourceManager,
     prefix: String,
+    /// `None`: global secrets; `Some(mesh)`: that mesh's secrets.
+    mesh: Option<String>,
     parsed: Mutex<HashMap<String, (String, SigningKey)>>,
 }
 
@@ -129,16 +131,33 @@ impl SigningKeys {
         SigningKeys {
             manager,
             prefix: prefix.to_string(),
+            mesh: None,
             parsed: Mutex::default(),
+        }
+    }
+
+    /// Keys named `<prefix>-<serial>` among `mesh`'s secrets (owned by the mesh).
+    pub fn in_mesh(manager: ResourceManager, mesh: &str, prefix: &str) -> Self {
+        SigningKeys {
+            mesh: Some(mesh.to_string()),
+            ..Self::new(manager, prefix)
+        }
+    }
+
+    fn key_of(&self, name: &str) -> ResourceKey {
+        match &self.mesh {
+            None => ResourceKey::global(ResourceType::GlobalSecret, name),
+            Some(mesh) => ResourceKey::new(ResourceType::Secret, mesh, name),
         }
     }
 
     /// The key with the highest serial.
     pub async fn latest(&self) -> Result<SigningKey, TokenError> {
-        let page = self
-            .manager
-            .list(&ListQuery::all(ResourceType::GlobalSecret))
-            .await?;
+        let query = match &self.mesh {
+            None => ListQuery::all(ResourceType::GlobalSecret),
+            Some(mesh) => ListQuery::in_mesh(ResourceType::Secret, mesh),
+        };
+        let page = self.manager.list(&query).await?;
         let newest = page
             .items
             .iter()
@@ -163,11 +182,7 @@ impl SigningKeys {
         if kid.parse::<u64>().is_err() {
             return Err(not_found());
         }
-        match self
-            .manager
-            .get(&ResourceKey::global(ResourceType::GlobalSecret, &name))
-            .await
-        {
+        match self.manager.get(&self.key_of(&name)).await {
             Ok(resource) => self.parse(kid, &resource),
             Err(ManagerError::Store(StoreError::NotFound(_))) => Err(not_found()),
             Err(e) => Err(e.into()),
@@ -182,11 +197,12 @@ impl SigningKeys {
             Err(e) => return Err(e),
         }
         let pem = SigningKey::generate_pem()?;
-        let secret = Resource::new(
-            "",
-            &secret_name(&self.prefix, DEFAULT_KEY_ID),
-            Spec::GlobalSecret(SecretSpec::from_bytes(pem.as_bytes())),
-        );
+        let data = SecretSpec::from_bytes(pem.as_bytes());
+        let name = secret_name(&self.prefix, DEFAULT_KEY_ID);
+        let secret = match &self.mesh {
+            None => Resource::new("", &name, Spec::GlobalSecret(data)),
+            Some(mesh) => Resource::new(mesh, &name, Spec::Secret(data)),
+        };
         match self.manager.create(secret).await {
             Ok(_) => Ok(true),
             // Another instance made it first: theirs is as good.
@@ -196,9 +212,9 @@ impl SigningKeys {
     }
 
     fn parse(&self, kid: &str, resource: &Resource) -> Result<SigningKey, TokenError> {
-        let Spec::GlobalSecret(secret) = &resource.spec else {
+        let (Spec::GlobalSecret(secret) | Spec::Secret(secret)) = &resource.spec else {
             return Err(TokenError::Key(format!(
-                "{} is not a GlobalSecret",
+                "{} is not a secret",
                 resource.meta.name
             )));
         };

@@ -126,18 +126,7 @@ impl UserTokens {
 
     async fn revoked(&self, jti: &str) -> Result<bool, TokenError> {
         let key = ResourceKey::global(ResourceType::GlobalSecret, REVOCATIONS);
-        let resource = match self.manager.get(&key).await {
-            Ok(r) => r,
-            Err(ManagerError::Store(StoreError::NotFound(_))) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
-        let Spec::GlobalSecret(secret) = &resource.spec else {
-            return Ok(false);
-        };
-        let list = secret.bytes().unwrap_or_default();
-        Ok(String::from_utf8_lossy(&list)
-            .split(',')
-            .any(|id| id.trim() == jti))
+        crate::revoked(&self.manager, &key, jti).await
     }
 }
 

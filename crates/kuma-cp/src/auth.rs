@@ -23,3 +23,27 @@ impl UserTokenValidator for TokenAuthenticator {
         })
     }
 }
+
+/// Issues dataplane tokens with [`DataplaneTokens`](kuma_ca::dataplane_token::DataplaneTokens)
+/// for `POST /tokens/dataplane`.
+pub struct DataplaneTokenIssuer(pub kuma_ca::dataplane_token::DataplaneTokens);
+
+#[async_trait::async_trait]
+impl kuma_api::tokens::DataplaneTokenIssuer for DataplaneTokenIssuer {
+    async fn issue(
+        &self,
+        request: &kuma_api::tokens::DataplaneTokenRequest,
+        valid_for: std::time::Duration,
+    ) -> Result<String, String> {
+        let identity = kuma_ca::dataplane_token::DataplaneIdentity {
+            name: request.name.clone(),
+            mesh: request.mesh.clone(),
+            tags: request.tags.clone(),
+            kind: request.kind.clone(),
+        };
+        self.0
+            .issue(&identity, valid_for)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

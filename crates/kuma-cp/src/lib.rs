@@ -433,6 +433,9 @@ impl ControlPlane {
             localhost_is_admin: api.authn.localhost_is_admin,
             tokens: Some(Arc::new(auth::TokenAuthenticator(user_tokens))),
             proxy_configs: Some(Arc::new(inspect::CacheInspector(cache.clone()))),
+            dataplane_tokens: Some(Arc::new(auth::DataplaneTokenIssuer(
+                kuma_ca::dataplane_token::DataplaneTokens::new(manager.clone()),
+            ))),
             ..kuma_api::ApiState::new(manager.clone(), info)
         });
         let api_router = kuma_api::router(api_state).layer(axum::middleware::from_fn_with_state(

@@ -147,3 +147,18 @@ pub fn test_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// This machine's address on its default route: requests to it do not come from loopback.
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    for target in ["192.0.2.1:9", "10.255.255.255:9", "8.8.8.8:53"] {
+        if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0")
+            && sock.connect(target).is_ok()
+            && let Ok(addr) = sock.local_addr()
+            && !addr.ip().is_loopback()
+            && !addr.ip().is_unspecified()
+        {
+            return addr.ip();
+        }
+    }
+    panic!("this machine has no non-loopback IPv4 address to act as a remote client from");
+}

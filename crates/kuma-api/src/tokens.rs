@@ -1,0 +1,106 @@
+//! `POST /tokens/dataplane`: dataplane tokens for admins, as Kuma's API issues them.
+//!
+//! The body is `{"name", "mesh", "tags": {tag: [values]}, "type", "validFor"}` (`validFor` in
+//! Go duration syntax, default 10 years as in kumactl); the answer is the token as text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::ApiState;
+use crate::access::Identity;
+use crate::error::ApiError;
+
+const TITLE: &str = "Could not issue a dataplane token";
+
+/// What a token is requested for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneTokenRequest {
+    /// The Dataplane's name (empty: any).
+    #[serde(default)]
+    pub name: String,
+    /// The mesh.
+    #[serde(default)]
+    pub mesh: String,
+    /// Tags the Dataplane must carry.
+    #[serde(default)]
+    pub tags: BTreeMap<String, BTreeSet<String>>,
+    /// `dataplane` (default), `ingress` or `egress`.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// How long it is valid (`24h`); empty: 10 years.
+    #[serde(default)]
+    pub valid_for: String,
+}
+
+/// Issues dataplane tokens. The control plane provides one backed by the mesh signing keys.
+#[async_trait::async_trait]
+pub trait DataplaneTokenIssuer: Send + Sync + 'static {
+    /// The token, or why none can be issued (the mesh does not exist, ...).
+    async fn issue(
+        &self,
+        request: &DataplaneTokenRequest,
+        valid_for: std::time::Duration,
+    ) -> Result<String, String>;
+}
+
+/// Ten years, kumactl's default validity.
+const DEFAULT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+pub(crate) async fn issue_dataplane_token(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if !who.is_admin() {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} may not generate dataplane tokens (admins only)",
+            who.name
+        )));
+    }
+    let Some(issuer) = &state.dataplane_tokens else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            TITLE,
+            "this control plane does not issue dataplane tokens",
+        ));
+    };
+    let request: DataplaneTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field(TITLE, "body", e.to_string()))?;
+    if request.mesh.is_empty() {
+        return Err(ApiError::bad_field(TITLE, "mesh", "cannot be empty"));
+    }
+    if !matches!(
+        request.kind.as_str(),
+        "" | "dataplane" | "ingress" | "egress"
+    ) {
+        return Err(ApiError::bad_field(
+            TITLE,
+            "type",
+            "must be dataplane, ingress or egress",
+        ));
+    }
+    let valid_for = if request.valid_for.is_empty() {
+        DEFAULT_VALIDITY
+    } else {
+        let d: kuma_core::duration::Duration = request
+            .valid_for
+            .parse()
+            .map_err(|e: String| ApiError::bad_field(TITLE, "validFor", e))?;
+        if d.get().is_zero() {
+            return Err(ApiError::bad_field(TITLE, "validFor", "must be positive"));
+        }
+        d.get()
+    };
+    let token = issuer
+        .issue(&request, valid_for)
+        .await
+        .map_err(|e| ApiError::bad_field(TITLE, "mesh", e))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
+}
