@@ -451,6 +451,41 @@ async fn kumactl_manages_and_inspects_a_running_control_plane() {
         "EDS"
     );
 
+    // A dataplane token for web-1, with its tags (the admin config kumactl uses).
+    let token = ok(
+        cfg,
+        &[
+            "generate",
+            "dataplane-token",
+            "--name",
+            "web-1",
+            "--tag",
+            "kuma.io/service=web",
+            "--valid-for",
+            "1h",
+        ],
+    )
+    .await;
+    let payload = token.trim().split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["Name"], "web-1");
+    assert_eq!(
+        claims["Tags"],
+        serde_json::json!({"kuma.io/service": ["web"]})
+    );
+    let bad = kumactl(
+        cfg,
+        &["generate", "dataplane-token", "--tag", "novalue"],
+        None,
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected key=value"));
+
     // The merged rules, each with the policies it came from: the mesh's default timeout
     // applies to web's outbound to backend.
     let rules: Value =

@@ -130,6 +130,10 @@ impl Client {
         self.send(reqwest::Method::PUT, path, Some(body)).await
     }
 
+    pub async fn post(&self, path: &str, body: String) -> Result<Value, Error> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, Error> {
         self.send(reqwest::Method::DELETE, path, None).await
     }

@@ -9,6 +9,7 @@
 //! kumactl delete dataplane NAME -m MESH
 //! kumactl inspect dataplanes [-m mesh]
 //! kumactl inspect dataplane NAME -m MESH --type config|rules|policies
+//! kumactl generate dataplane-token [--name N] [-m MESH] [--tag k=v]... [--valid-for 24h]
 //! ```
 
 mod client;
@@ -86,6 +87,33 @@ enum Command {
     Inspect {
         #[command(subcommand)]
         command: InspectCommand,
+    },
+    /// Generate tokens.
+    Generate {
+        #[command(subcommand)]
+        command: GenerateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// A dataplane token (admins only), printed to stdout.
+    DataplaneToken {
+        /// The Dataplane's name (none: any name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Mesh.
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        /// A tag the Dataplane must carry, `key=value` (repeat for more).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// How long the token is valid (`24h`; default 10 years).
+        #[arg(long = "valid-for", default_value = "")]
+        valid_for: String,
+        /// `dataplane`, `ingress` or `egress`.
+        #[arg(long = "proxy-type", default_value = "dataplane")]
+        proxy_type: String,
     },
 }
 
@@ -583,6 +611,41 @@ async fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", output::json(shown));
             }
         },
+        Command::Generate {
+            command:
+                GenerateCommand::DataplaneToken {
+                    name,
+                    mesh,
+                    tags,
+                    valid_for,
+                    proxy_type,
+                },
+        } => {
+            let mut by_key: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for t in &tags {
+                let (k, v) = t
+                    .split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| format!("--tag {t:?}: expected key=value"))?;
+                by_key.entry(k.to_string()).or_default().push(v.to_string());
+            }
+            let body = serde_json::json!({
+                "name": name.unwrap_or_default(),
+                "mesh": mesh,
+                "tags": by_key,
+                "type": proxy_type,
+                "validFor": valid_for,
+            });
+            let token = client()?
+                .post("/tokens/dataplane", body.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            match token {
+                Value::String(t) => println!("{t}"),
+                other => return Err(format!("unexpected answer: {other}")),
+            }
+        }
     }
     Ok(())
 }
