@@ -4,6 +4,7 @@
 //! tests. `PostgresStore` (feature `postgres`) keeps resources in PostgreSQL, shared by several
 //! control-plane instances. Both pass the same conformance suite (`kuma_core::conformance`).
 
+mod common;
 pub mod leader;
 mod memory;
 #[cfg(feature = "postgres")]

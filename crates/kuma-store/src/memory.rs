@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::broadcast;
 
+use crate::common::check_version;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Version};
 use kuma_core::store::{EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent};
 
@@ -88,17 +89,6 @@ impl MemoryStore {
             revision,
         });
     }
-}
-
-fn check_version(key: &ResourceKey, current: &Version, given: &Version) -> Result<(), StoreError> {
-    if current != given {
-        return Err(StoreError::Conflict {
-            key: key.clone(),
-            expected: given.clone(),
-            actual: current.clone(),
-        });
-    }
-    Ok(())
 }
 
 #[async_trait]

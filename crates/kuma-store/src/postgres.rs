@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
@@ -30,6 +30,7 @@ use kuma_core::config::PostgresConfig;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Version};
 use kuma_core::store::{EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent};
 
+use crate::common::{check_version, document, now, restore};
 use crate::memory::DEFAULT_EVENT_CAPACITY;
 
 /// The schema, one migration per version; version n is `MIGRATIONS[n - 1]`.
@@ -400,12 +401,6 @@ impl PostgresStore {
     }
 }
 
-/// The current time at PostgreSQL's precision (microseconds), so what a write returns equals
-/// what a read returns.
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
 fn backend(e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(describe(&e))
 }
@@ -442,17 +437,6 @@ async fn current(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-fn check_version(key: &ResourceKey, given: &Version, current: i64) -> Result<(), StoreError> {
-    if given.0 == current.to_string() {
-        return Ok(());
-    }
-    Err(StoreError::Conflict {
-        key: key.clone(),
-        expected: given.clone(),
-        actual: Version(current.to_string()),
-    })
-}
-
 /// Takes the next revision; the row lock it holds until commit orders every writer.
 async fn next_revision(tx: &Transaction<'_>) -> Result<i64, StoreError> {
     tx.query_one(
@@ -480,16 +464,6 @@ async fn log_event(
     Ok(())
 }
 
-/// The document stored for `r`: its universal JSON without version and times (columns).
-fn document(r: &Resource) -> Value {
-    let mut doc = r.to_value();
-    if let Some(o) = doc.as_object_mut() {
-        o.remove("creationTime");
-        o.remove("modificationTime");
-    }
-    doc
-}
-
 fn labels(r: &Resource) -> Value {
     Value::Object(
         r.meta
@@ -502,16 +476,7 @@ fn labels(r: &Resource) -> Value {
 
 /// A resource from a row of (resource, version, creation_time, modification_time).
 fn from_row(row: &Row) -> Result<Resource, StoreError> {
-    let doc: Value = row.get(0);
-    let mut r = Resource::from_value(doc)
-        .map_err(|e| StoreError::Backend(format!("a stored resource does not decode: {e}")))?;
-    let version: i64 = row.get(1);
-    let created: DateTime<Utc> = row.get(2);
-    let modified: DateTime<Utc> = row.get(3);
-    r.meta.version = Version(version.to_string());
-    r.meta.creation_time = Some(created);
-    r.meta.modification_time = Some(modified);
-    Ok(r)
+    restore(row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
 async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
@@ -725,7 +690,7 @@ impl ResourceStore for PostgresStore {
         let (version, created) = current(&tx, &key)
             .await?
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        check_version(&key, &resource.meta.version, version)?;
+        check_version(&key, &Version(version.to_string()), &resource.meta.version)?;
         let now = now();
         resource.meta.version = Version(revision.to_string());
         resource.meta.creation_time = Some(created);
@@ -760,7 +725,7 @@ impl ResourceStore for PostgresStore {
             .await?
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         if let Some(v) = version {
-            check_version(key, v, stored)?;
+            check_version(key, &Version(stored.to_string()), v)?;
         }
         // The owned closure, owner before owned.
         let doomed = tx

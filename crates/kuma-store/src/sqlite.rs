@@ -2,7 +2,8 @@
 //! their state across restarts without running a database server.
 //!
 //! The schema follows the PostgreSQL store's ideas: one `resources` table keyed by
-//! (type, mesh, name) with the resource document, labels, version, timestamps and owner, and a
+//! (type, mesh, name) with the resource document, version, timestamps and owner (filters
+//! other than type and mesh run on the decoded documents, so labels need no column), and a
 //! one-row revision counter, so versions are revisions and survive restarts. The file is
 //! migrated when the store opens (one node owns it); a file written by a newer binary is
 //! refused. One connection serves every operation on a blocking thread; writes are
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -20,6 +21,7 @@ use tokio::sync::broadcast;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Version};
 use kuma_core::store::{EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent};
 
+use crate::common::{check_version, document, now, restore};
 use crate::memory::DEFAULT_EVENT_CAPACITY;
 
 /// The schema, one migration per version; version n is `MIGRATIONS[n - 1]`.
@@ -30,7 +32,6 @@ CREATE TABLE resources (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
     resource TEXT NOT NULL,
-    labels TEXT NOT NULL,
     creation_time TEXT NOT NULL,
     modification_time TEXT NOT NULL,
     owner_type TEXT,
@@ -147,10 +148,6 @@ impl SqliteStore {
     }
 }
 
-fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
 fn next_revision(tx: &Transaction<'_>) -> Result<i64, StoreError> {
     tx.query_row(
         "UPDATE store_revision SET value = value + 1 RETURNING value",
@@ -170,30 +167,6 @@ fn current(tx: &Transaction<'_>, key: &ResourceKey) -> Result<Option<(i64, Strin
     .map_err(backend)
 }
 
-fn check_version(key: &ResourceKey, given: &Version, current: i64) -> Result<(), StoreError> {
-    if given.0 == current.to_string() {
-        return Ok(());
-    }
-    Err(StoreError::Conflict {
-        key: key.clone(),
-        expected: given.clone(),
-        actual: Version(current.to_string()),
-    })
-}
-
-fn document(r: &Resource) -> String {
-    let mut doc = r.to_value();
-    if let Some(o) = doc.as_object_mut() {
-        o.remove("creationTime");
-        o.remove("modificationTime");
-    }
-    doc.to_string()
-}
-
-fn labels(r: &Resource) -> String {
-    serde_json::to_string(&r.meta.labels).unwrap_or_else(|_| "{}".into())
-}
-
 fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -208,12 +181,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
 fn decode(doc: &str, version: i64, created: &str, modified: &str) -> Result<Resource, StoreError> {
     let value: Value = serde_json::from_str(doc)
         .map_err(|e| StoreError::Backend(format!("a stored resource does not decode: {e}")))?;
-    let mut r = Resource::from_value(value)
-        .map_err(|e| StoreError::Backend(format!("a stored resource does not decode: {e}")))?;
-    r.meta.version = Version(version.to_string());
-    r.meta.creation_time = Some(parse_time(created)?);
-    r.meta.modification_time = Some(parse_time(modified)?);
-    Ok(r)
+    restore(value, version, parse_time(created)?, parse_time(modified)?)
 }
 
 fn emit(
@@ -255,15 +223,14 @@ impl ResourceStore for SqliteStore {
             resource.meta.creation_time = Some(now);
             resource.meta.modification_time = Some(now);
             tx.execute(
-                "INSERT INTO resources (type, mesh, name, version, resource, labels, creation_time, modification_time, owner_type, owner_mesh, owner_name) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+                "INSERT INTO resources (type, mesh, name, version, resource, creation_time, modification_time, owner_type, owner_mesh, owner_name) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)",
                 params![
                     key.rtype.name(),
                     key.mesh,
                     key.name,
                     revision,
-                    document(&resource),
-                    labels(&resource),
+                    document(&resource).to_string(),
                     time(&now),
                     owner.as_ref().map(|o| o.rtype.name()),
                     owner.as_ref().map(|o| o.mesh.clone()),
@@ -284,22 +251,21 @@ impl ResourceStore for SqliteStore {
             let tx = c.transaction().map_err(backend)?;
             let (version, created) =
                 current(&tx, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            check_version(&key, &resource.meta.version, version)?;
+            check_version(&key, &Version(version.to_string()), &resource.meta.version)?;
             let revision = next_revision(&tx)?;
             let now = now();
             resource.meta.version = Version(revision.to_string());
             resource.meta.creation_time = Some(parse_time(&created)?);
             resource.meta.modification_time = Some(now);
             tx.execute(
-                "UPDATE resources SET version = ?4, resource = ?5, labels = ?6, modification_time = ?7 \
+                "UPDATE resources SET version = ?4, resource = ?5, modification_time = ?6 \
                  WHERE type = ?1 AND mesh = ?2 AND name = ?3",
                 params![
                     key.rtype.name(),
                     key.mesh,
                     key.name,
                     revision,
-                    document(&resource),
-                    labels(&resource),
+                    document(&resource).to_string(),
                     time(&now),
                 ],
             )
@@ -319,7 +285,7 @@ impl ResourceStore for SqliteStore {
             let (stored, _) =
                 current(&tx, &key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             if let Some(v) = &version {
-                check_version(&key, v, stored)?;
+                check_version(&key, &Version(stored.to_string()), v)?;
             }
             let doomed: Vec<(String, String, String, i64)> = {
                 let mut stmt = tx
