@@ -578,6 +578,7 @@ async fn kumactl_manages_and_inspects_a_running_control_plane() {
             .unwrap()
     };
     assert_eq!(value("xds_streams_active"), 1.0);
+    assert_eq!(value("leader"), 1.0, "a memory-store instance always leads");
     assert!(value("xds_requests_received") >= 3.0);
     assert!(value("xds_responses_sent") >= 4.0);
     assert!(value("xds_nacks_received") >= 1.0);

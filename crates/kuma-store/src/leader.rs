@@ -11,12 +11,10 @@
 
 use tokio::sync::watch;
 
-/// Leadership for a single-instance store: always the leader.
+/// Leadership for a single-instance store: always the leader. The value never changes (its
+/// sender is gone, so `changed()` reports that no change will come).
 pub fn in_process() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(true);
-    // Keep the sender alive: a closed channel would read as "leadership ended".
-    std::mem::forget(tx);
-    rx
+    watch::channel(true).1
 }
 
 /// Leadership through a PostgreSQL advisory lock.
