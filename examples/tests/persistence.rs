@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Standalone, kuma_dp, sigterm, test_dir};
+use common::{Standalone, kuma_dp, test_dir};
 use kuma_testkit::{PgCluster, eventually, free_port, http_get};
 
 fn pg_env(cluster: &PgCluster) -> Vec<(String, String)> {
@@ -50,6 +50,47 @@ async fn envoy_version(admin: u16, kind: &str) -> String {
         .to_string()
 }
 
+/// Envoy's (CDS, LDS) versions.
+async fn config_versions(admin: u16) -> (String, String) {
+    (
+        envoy_version(admin, "cds").await,
+        envoy_version(admin, "lds").await,
+    )
+}
+
+/// Envoy's (CDS, LDS) versions once it has reconnected to a restarted control plane and had
+/// time to be sent anything new.
+async fn versions_after_reconnect(admin: u16) -> (String, String) {
+    eventually(
+        "Envoy is connected to the restarted control plane",
+        || async {
+            http_get(admin, "/stats")
+                .await
+                .1
+                .contains("control_plane.connected_state: 1")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    config_versions(admin).await
+}
+
+/// `web-1` (calling `backend`) with its Envoy, connected to `cp` and configured.
+async fn web_proxy(dir: &std::path::Path, cp: &Standalone) -> common::Dp {
+    let outbound = free_port().await;
+    let web = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
+        free_port().await,
+        free_port().await
+    );
+    let dp = kuma_dp(dir, cp.dp_port, &cp.ca_file, "web-1", &web).await;
+    eventually("web-1's Envoy gets its config", || async {
+        !envoy_version(dp.admin_port, "cds").await.is_empty()
+    })
+    .await;
+    dp
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_database() {
     let cluster = PgCluster::start().await;
@@ -79,17 +120,7 @@ async fn two_instances_share_one_database() {
     let b = Standalone::start(&refs(&env_b)).await;
 
     // web-1's Envoy is connected to B.
-    let outbound = free_port().await;
-    let web = format!(
-        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
-        free_port().await,
-        free_port().await
-    );
-    let dp = kuma_dp(&dir, b.dp_port, &b.ca_file, "web-1", &web).await;
-    eventually("web-1's Envoy gets its config from B", || async {
-        !envoy_version(dp.admin_port, "cds").await.is_empty()
-    })
-    .await;
+    let dp = web_proxy(&dir, &b).await;
 
     // A backend endpoint written through A's API reaches the Envoy connected to B.
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -121,30 +152,9 @@ async fn two_instances_share_one_database() {
 
     // B restarts (same work directory, so the same certificate): the resources are all there
     // and Envoy, reconnecting, is served exactly the versions it has.
-    let before = (
-        envoy_version(dp.admin_port, "cds").await,
-        envoy_version(dp.admin_port, "lds").await,
-    );
-    let dp_port = b.dp_port.to_string();
-    let api_port = b.api_port.to_string();
-    let tls_port = b.api_tls_port.to_string();
-    let diag_port = b.diagnostics_port.to_string();
-    // Its ports must be free again before it restarts on them.
-    sigterm(&b.child);
-    let mut b = b;
-    tokio::time::timeout(Duration::from_secs(10), b.child.wait())
-        .await
-        .expect("B stops on SIGTERM")
-        .unwrap();
-    drop(b);
-    let mut env_b2 = env_b.clone();
-    env_b2.extend([
-        ("KUMA_DP_SERVER_PORT".to_string(), dp_port),
-        ("KUMA_API_SERVER_HTTP_PORT".to_string(), api_port.clone()),
-        ("KUMA_API_SERVER_HTTPS_PORT".to_string(), tls_port),
-        ("KUMA_DIAGNOSTICS_SERVER_PORT".to_string(), diag_port),
-    ]);
-    let b2 = Standalone::start(&refs(&env_b2)).await;
+    let before = config_versions(dp.admin_port).await;
+    let b = b.restart(&env_b).await;
+    let api_port = b.api_port;
     let text = http
         .get(format!(
             "http://127.0.0.1:{api_port}/meshes/default/dataplanes/backend-1"
@@ -158,18 +168,9 @@ async fn two_instances_share_one_database() {
     let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(listed["networking"]["address"], "127.0.0.77", "{listed}");
     // Envoy reconnects to the new B and stays on the same versions.
-    eventually("Envoy is connected to the restarted B", || async {
-        let stats = http_get(dp.admin_port, "/stats").await.1;
-        stats.contains("control_plane.connected_state: 1")
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = (
-        envoy_version(dp.admin_port, "cds").await,
-        envoy_version(dp.admin_port, "lds").await,
-    );
+    let after = versions_after_reconnect(dp.admin_port).await;
     assert_eq!(before, after, "a restart changes no config version");
-    drop((a, b2, dp));
+    drop((a, b, dp));
 }
 
 /// This instance's `leader` gauge (from its diagnostics port's /metrics).
@@ -236,17 +237,7 @@ async fn sqlite_control_plane_restarts_with_everything() {
         ),
     ];
     let cp = Standalone::start(&refs(&env)).await;
-    let outbound = free_port().await;
-    let web = format!(
-        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n",
-        free_port().await,
-        free_port().await
-    );
-    let dp = kuma_dp(&dir, cp.dp_port, &cp.ca_file, "web-1", &web).await;
-    eventually("web-1's Envoy is configured", || async {
-        !envoy_version(dp.admin_port, "cds").await.is_empty()
-    })
-    .await;
+    let dp = web_proxy(&dir, &cp).await;
     let secrets = |port| async move {
         let key = api_json(port, "/global-secrets/user-token-signing-key-1").await;
         let admin = api_json(port, "/global-secrets/admin-user-token").await;
@@ -255,30 +246,11 @@ async fn sqlite_control_plane_restarts_with_everything() {
     let before_secrets = secrets(cp.api_port).await;
     assert!(before_secrets.0.is_string() && before_secrets.1.is_string());
     let before_meshes = api_json(cp.api_port, "/meshes").await;
-    let before_versions = (
-        envoy_version(dp.admin_port, "cds").await,
-        envoy_version(dp.admin_port, "lds").await,
-    );
+    let before_versions = config_versions(dp.admin_port).await;
 
     // Restart on the same ports and work directory.
-    let ports = [
-        ("KUMA_DP_SERVER_PORT", cp.dp_port),
-        ("KUMA_API_SERVER_HTTP_PORT", cp.api_port),
-        ("KUMA_API_SERVER_HTTPS_PORT", cp.api_tls_port),
-        ("KUMA_DIAGNOSTICS_SERVER_PORT", cp.diagnostics_port),
-    ];
-    sigterm(&cp.child);
-    let mut cp = cp;
-    tokio::time::timeout(Duration::from_secs(10), cp.child.wait())
-        .await
-        .expect("standalone stops on SIGTERM")
-        .unwrap();
-    drop(cp);
-    let mut env2 = env.clone();
-    env2.extend(ports.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let cp = Standalone::start(&refs(&env2)).await;
-    // (`cp`'s own port fields name the ports it was offered; the overrides above won.)
-    let api_port = ports[1].1;
+    let cp = cp.restart(&env).await;
+    let api_port = cp.api_port;
 
     // The same resources (versions included), the same signing key and admin token.
     assert_eq!(api_json(api_port, "/meshes").await, before_meshes);
@@ -286,21 +258,7 @@ async fn sqlite_control_plane_restarts_with_everything() {
     let web_1 = api_json(api_port, "/meshes/default/dataplanes/web-1").await;
     assert_eq!(web_1["name"], "web-1");
     // Envoy reconnects and is served exactly the versions it has.
-    eventually(
-        "Envoy is connected to the restarted control plane",
-        || async {
-            http_get(dp.admin_port, "/stats")
-                .await
-                .1
-                .contains("control_plane.connected_state: 1")
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after_versions = (
-        envoy_version(dp.admin_port, "cds").await,
-        envoy_version(dp.admin_port, "lds").await,
-    );
+    let after_versions = versions_after_reconnect(dp.admin_port).await;
     assert_eq!(
         before_versions, after_versions,
         "a restart changes no config version"

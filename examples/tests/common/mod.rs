@@ -35,13 +35,24 @@ pub struct Standalone {
 }
 
 impl Standalone {
-    /// Starts `standalone` on free ports with `env` added, and waits for its port table.
+    /// Starts `standalone` on free ports (or those `env` names) with `env` added, and waits for
+    /// its port table.
     pub async fn start(env: &[(&str, &str)]) -> Standalone {
+        // Ports given in `env` win (a restart on the same ports); the others are free ones.
+        let port = |var: &str| {
+            env.iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| v.parse::<u16>().expect("a port"))
+        };
+        let pick = async |var: &str| match port(var) {
+            Some(p) => p,
+            None => free_port().await,
+        };
         let (dp_port, api_port, api_tls_port, diagnostics_port) = (
-            free_port().await,
-            free_port().await,
-            free_port().await,
-            free_port().await,
+            pick("KUMA_DP_SERVER_PORT").await,
+            pick("KUMA_API_SERVER_HTTP_PORT").await,
+            pick("KUMA_API_SERVER_HTTPS_PORT").await,
+            pick("KUMA_DIAGNOSTICS_SERVER_PORT").await,
         );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_standalone"));
         cmd.env("KUMA_DP_SERVER_PORT", dp_port.to_string())
@@ -161,4 +172,34 @@ pub fn non_loopback_ip() -> std::net::IpAddr {
         }
     }
     panic!("this machine has no non-loopback IPv4 address to act as a remote client from");
+}
+
+impl Standalone {
+    /// The `KUMA_*` settings that put a new instance on this one's ports.
+    pub fn port_env(&self) -> Vec<(String, String)> {
+        [
+            ("KUMA_DP_SERVER_PORT", self.dp_port),
+            ("KUMA_API_SERVER_HTTP_PORT", self.api_port),
+            ("KUMA_API_SERVER_HTTPS_PORT", self.api_tls_port),
+            ("KUMA_DIAGNOSTICS_SERVER_PORT", self.diagnostics_port),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Stops this instance with SIGTERM, waits until it has exited (its ports are free), and
+    /// starts a new one on the same ports with `env`.
+    pub async fn restart(mut self, env: &[(String, String)]) -> Standalone {
+        let mut env = env.to_vec();
+        env.extend(self.port_env());
+        sigterm(&self.child);
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("standalone stops on SIGTERM")
+            .unwrap();
+        drop(self);
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Standalone::start(&refs).await
+    }
 }
