@@ -25,37 +25,42 @@ pub fn client_config(config: &PostgresConfig) -> Result<Option<ClientConfig>, St
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS versions: {e}"))?;
-    let verifier: Arc<dyn ServerCertVerifier> =
-        match tls.mode {
-            PostgresTlsMode::VerifyNone => Arc::new(AnyServer(provider)),
-            PostgresTlsMode::VerifyCa | PostgresTlsMode::VerifyFull => {
-                if tls.ca_path.is_empty() {
-                    return Err(format!(
-                        "store.postgres.tls.caPath is required with mode {:?}",
-                        tls.mode
-                    ));
-                }
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(&tls.ca_path)
-                    .map_err(|e| format!("store.postgres.tls.caPath {:?}: {e}", tls.ca_path))?
-                {
-                    roots
-                        .add(cert.map_err(|e| {
-                            format!("store.postgres.tls.caPath {:?}: {e}", tls.ca_path)
-                        })?)
-                        .map_err(|e| format!("store.postgres.tls.caPath {:?}: {e}", tls.ca_path))?;
-                }
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| format!("store.postgres.tls.caPath {:?}: {e}", tls.ca_path))?;
-                if tls.mode == PostgresTlsMode::VerifyCa {
-                    Arc::new(AnyName(webpki))
-                } else {
-                    webpki
-                }
+    let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
+        PostgresTlsMode::VerifyNone => Arc::new(Relaxed {
+            chain: None,
+            provider,
+        }),
+        PostgresTlsMode::VerifyCa | PostgresTlsMode::VerifyFull => {
+            if tls.ca_path.is_empty() {
+                return Err(format!(
+                    "store.postgres.tls.caPath is required with mode {:?}",
+                    tls.mode
+                ));
             }
-            PostgresTlsMode::Disable => unreachable!("handled above"),
-        };
+            let ca_err = |e: &dyn std::fmt::Display| {
+                format!("store.postgres.tls.caPath {:?}: {e}", tls.ca_path)
+            };
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(&tls.ca_path).map_err(|e| ca_err(&e))? {
+                roots
+                    .add(cert.map_err(|e| ca_err(&e))?)
+                    .map_err(|e| ca_err(&e))?;
+            }
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| ca_err(&e))?;
+            if tls.mode == PostgresTlsMode::VerifyCa {
+                Arc::new(Relaxed {
+                    chain: Some(webpki),
+                    provider,
+                })
+            } else {
+                webpki
+            }
+        }
+        PostgresTlsMode::Disable => unreachable!("handled above"),
+    };
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -74,60 +79,16 @@ pub fn client_config(config: &PostgresConfig) -> Result<Option<ClientConfig>, St
     Ok(Some(config))
 }
 
-/// `verifyNone`: any certificate (the handshake signatures are still checked).
+/// The relaxed modes. `verifyNone` (`chain: None`): any certificate. `verifyCa`: the chain
+/// must be valid, the name in it need not match the host. Either way the handshake signatures
+/// are checked.
 #[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Relaxed {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verifyCa`: the chain must be valid; the name in it need not match the host.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Relaxed {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -136,10 +97,10 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -153,7 +114,12 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -162,10 +128,17 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
