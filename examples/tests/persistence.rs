@@ -154,18 +154,7 @@ async fn two_instances_share_one_database() {
     // and Envoy, reconnecting, is served exactly the versions it has.
     let before = config_versions(dp.admin_port).await;
     let b = b.restart(&env_b).await;
-    let api_port = b.api_port;
-    let text = http
-        .get(format!(
-            "http://127.0.0.1:{api_port}/meshes/default/dataplanes/backend-1"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let listed = api_json(b.api_port, "/meshes/default/dataplanes/backend-1").await;
     assert_eq!(listed["networking"]["address"], "127.0.0.77", "{listed}");
     // Envoy reconnects to the new B and stays on the same versions.
     let after = versions_after_reconnect(dp.admin_port).await;
@@ -204,16 +193,7 @@ async fn the_other_instance_takes_over_when_the_leader_dies() {
     .await;
     eprintln!("leader killed -> the other leads: {:?}", killed.elapsed());
     // The leader-only job ran where it had to: the default mesh exists, created once.
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let meshes = http
-        .get(format!("http://127.0.0.1:{}/meshes", b.api_port))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let meshes: serde_json::Value = serde_json::from_str(&meshes).unwrap();
+    let meshes = api_json(b.api_port, "/meshes").await;
     assert_eq!(meshes["total"], 1, "{meshes}");
 }
 
