@@ -1,13 +1,17 @@
-//! Where a mesh's builtin CA lives: the mesh-scoped secrets Kuma uses,
+//! A mesh's CA backends ([`load_backend`]). Where a mesh's builtin CA lives: the mesh-scoped secrets Kuma uses,
 //! `<mesh>.ca-builtin-cert-<backend>` and `<mesh>.ca-builtin-key-<backend>` (PEM). Being
 //! mesh-scoped, they are owned by the Mesh: deleting the mesh deletes its CA.
 
+use std::sync::Arc;
+
 use kuma_core::manager::{ManagerError, ResourceManager};
+use kuma_core::model::common::DataSource;
+use kuma_core::model::mesh::CaBackend;
 use kuma_core::model::system::SecretSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
 use kuma_core::store::StoreError;
 
-use crate::ca::{BuiltinCa, CaError, KeyType};
+use crate::ca::{BuiltinCa, CaError, CertificateAuthority, KeyType, ProvidedCa};
 
 /// Why a mesh's CA could not be loaded or stored.
 #[derive(Debug, thiserror::Error)]
@@ -113,4 +117,68 @@ pub async fn ensure_builtin(
         secret: cert_name,
         source: CaError::InvalidCa("another instance created a key without its certificate".into()),
     })
+}
+
+/// The CA of `backend` of `mesh`: a `builtin` one through [`ensure_builtin`], a `provided`
+/// one from its `conf.cert` and `conf.key` data sources (a secret of the mesh, a file on the
+/// control plane, or inline). Errors name the backend and what is wrong with it.
+pub async fn load_backend(
+    manager: &ResourceManager,
+    mesh: &str,
+    backend: &CaBackend,
+    key_type: KeyType,
+) -> Result<Arc<dyn CertificateAuthority>, MeshCaError> {
+    let invalid = |what: &str, message: String| MeshCaError::Invalid {
+        secret: format!("mesh {mesh:?} mtls backend {:?} {what}", backend.name),
+        source: CaError::InvalidCa(message),
+    };
+    match backend.kind.as_str() {
+        "builtin" => Ok(Arc::new(
+            ensure_builtin(manager, mesh, &backend.name, key_type).await?,
+        )),
+        "provided" => {
+            let conf = backend
+                .provided_conf()
+                .map_err(|e| invalid("conf", e.to_string()))?;
+            let mut pems = Vec::new();
+            for (field, source) in [("cert", &conf.cert), ("key", &conf.key)] {
+                let source = source
+                    .as_ref()
+                    .ok_or_else(|| invalid(&format!("conf.{field}"), "must be defined".into()))?;
+                let pem = read_data_source(manager, mesh, source)
+                    .await?
+                    .ok_or_else(|| invalid(&format!("conf.{field}"), "cannot be read".into()))?;
+                pems.push(pem);
+            }
+            let ca = ProvidedCa::from_pem(&pems[0], &pems[1], key_type)
+                .map_err(|e| invalid("conf", e.to_string()))?;
+            Ok(Arc::new(ca))
+        }
+        other => Err(invalid(
+            "type",
+            format!("{other:?} is not a CA type (\"builtin\" or \"provided\")"),
+        )),
+    }
+}
+
+/// The text of `source` (`None` when its secret or file does not exist, or it is not UTF-8).
+async fn read_data_source(
+    manager: &ResourceManager,
+    mesh: &str,
+    source: &DataSource,
+) -> Result<Option<String>, MeshCaError> {
+    use base64::Engine as _;
+    if let Some(name) = &source.secret {
+        return read_secret(manager, mesh, name).await;
+    }
+    if let Some(path) = &source.file {
+        return Ok(std::fs::read_to_string(path).ok());
+    }
+    if let Some(b64) = &source.inline {
+        return Ok(base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()));
+    }
+    Ok(source.inline_string.clone())
 }

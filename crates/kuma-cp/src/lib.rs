@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod identities;
 pub mod insights;
 pub mod inspect;
 pub mod lifecycle;
@@ -323,7 +324,8 @@ impl ControlPlane {
             registry.clone(),
             DEBOUNCE,
         )
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_mtls_config(&config.mtls);
         let reconciler = tokio::spawn(reconciler.run());
 
         let lifecycle = lifecycle::Lifecycle::new(

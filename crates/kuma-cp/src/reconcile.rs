@@ -7,6 +7,9 @@
 //!   snapshot depends on a service the changed Dataplanes provide, before or after the change
 //!   (see [`Dependencies`]); the rest of the mesh is not regenerated at all.
 //!
+//! In a mesh with mTLS, each proxy gets its workload certificate from [`Identities`]; the
+//! reconciler also wakes up when a certificate is due for renewal and regenerates its proxy.
+//!
 //! The cache ignores snapshots whose content did not change, so proxies whose config is the
 //! same receive nothing. If the reconciler falls behind the stream, it regenerates everything.
 
@@ -23,8 +26,10 @@ use kuma_core::store::ListQuery;
 use kuma_xds::cache::SnapshotCache;
 use kuma_xds::generate::{Dependencies, MeshContext, ProxyContext, SnapshotGenerator, node_id};
 
+use crate::identities::Identities;
 use crate::lifecycle::ProxyRegistry;
 use crate::metrics::Metrics;
+use kuma_core::config::MtlsConfig;
 use tokio::sync::broadcast::error::RecvError;
 
 /// What a batch of changes asks of one mesh.
@@ -77,6 +82,8 @@ pub struct Reconciler {
     metrics: Option<Arc<Metrics>>,
     /// When the first change of the batch being applied arrived.
     changed_at: Instant,
+    /// Mesh CAs and workload certificates.
+    identities: Identities,
 }
 
 impl Reconciler {
@@ -89,15 +96,22 @@ impl Reconciler {
         debounce: Duration,
     ) -> Self {
         Reconciler {
-            manager,
             cache,
             generator,
             registry,
             debounce,
             meshes: BTreeMap::new(),
+            identities: Identities::new(manager.clone(), &MtlsConfig::default()),
+            manager,
             metrics: None,
             changed_at: Instant::now(),
         }
+    }
+
+    /// Issues certificates as `config` says (key type, SAN layout).
+    pub fn with_mtls_config(mut self, config: &MtlsConfig) -> Self {
+        self.identities = Identities::new(self.manager.clone(), config);
+        self
     }
 
     /// Records generation times, and the snapshots waiting for delivery, in `metrics`.
@@ -142,6 +156,13 @@ impl Reconciler {
             Ok(r) => r.spec_as::<MeshSpec>().cloned().unwrap_or_default(),
             Err(_) => MeshSpec::default(),
         };
+        let authority = match self.identities.mesh(mesh, &mesh_spec).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(mesh, error = %e, "cannot load the mesh CA; keeping current snapshots");
+                return 0;
+            }
+        };
         let mut state = self.meshes.remove(mesh).unwrap_or_default();
         let provides: BTreeMap<String, BTreeSet<String>> = dataplanes
             .iter()
@@ -165,15 +186,31 @@ impl Reconciler {
             .iter()
             .filter(|r| selected(&r.meta.name))
             .collect();
-        let mesh_context = MeshContext::new(mesh, &dataplanes)
+        let mut mesh_context = MeshContext::new(mesh, &dataplanes)
             .with_spec(&mesh_spec)
             .with_policies(&policies);
+        if let Some(a) = &authority {
+            mesh_context = mesh_context.with_mtls(a.mtls.clone());
+        }
         let mut generated = 0;
         for r in targets {
             let node = node_id(mesh, &r.meta.name);
-            let Some(ctx) = ProxyContext::new(&mesh_context, r, self.registry.get(&node)) else {
+            let Some(mut ctx) = ProxyContext::new(&mesh_context, r, self.registry.get(&node))
+            else {
                 continue;
             };
+            if let Some(a) = &authority {
+                match self
+                    .identities
+                    .certificate(a, mesh, &r.meta.name, ctx.dataplane)
+                {
+                    Ok(cert) => ctx = ctx.with_identity(cert),
+                    Err(e) => {
+                        tracing::warn!(node, error = %e, "cannot issue a workload certificate; keeping the current snapshot");
+                        continue;
+                    }
+                }
+            }
             let started = Instant::now();
             let (snapshot, dependencies) = match self.generator.generate_tracked(&ctx) {
                 Ok(s) => s,
@@ -212,6 +249,9 @@ impl Reconciler {
             self.cache.remove(&node_id(mesh, &name));
             state.dependencies.remove(&name);
         }
+        self.identities.retain(mesh, |name| {
+            authority.is_some() && provides.contains_key(name)
+        });
         state.provides = provides;
         if !state.dependencies.is_empty() {
             self.meshes.insert(mesh.to_string(), state);
@@ -229,15 +269,37 @@ impl Reconciler {
         loop {
             let mut dirty: BTreeMap<String, Dirty> = BTreeMap::new();
             let mut everything = false;
-            match events.recv().await {
-                Ok(e) => match dirt(&e.key) {
+            let renewal = self.identities.next_renewal().map(|(at, _, _)| at);
+            let until_renewal = async {
+                match renewal {
+                    Some(at) => {
+                        let wait = at
+                            .duration_since(std::time::SystemTime::now())
+                            .unwrap_or_default();
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = events.recv() => Some(e),
+                () = until_renewal => None,
+            };
+            match event {
+                // Certificates are due: their proxies get new ones.
+                None => {
+                    for (mesh, names) in self.identities.due(std::time::SystemTime::now()) {
+                        dirty.insert(mesh, Dirty::Dataplanes(names));
+                    }
+                }
+                Some(Ok(e)) => match dirt(&e.key) {
                     Some((mesh, d)) => {
                         dirty.insert(mesh, d);
                     }
                     None => continue, // nothing to regenerate: no need to wait for more
                 },
-                Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => return,
+                Some(Err(RecvError::Lagged(_))) => everything = true,
+                Some(Err(RecvError::Closed)) => return,
             }
             self.changed_at = Instant::now();
             tokio::time::sleep(self.debounce).await;

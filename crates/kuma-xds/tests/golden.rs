@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kuma_core::model::mesh::MeshSpec;
+use kuma_core::model::mesh::{MeshSpec, MtlsMode};
 use kuma_core::resource::{Resource, ResourceType, parse_documents};
 use kuma_xds::cache::{Snapshot, SnapshotCache};
 use kuma_xds::generate::{
-    GeneratorList, MeshContext, ProxyContext, ProxyMetadata, SnapshotGenerator,
+    GeneratorList, MeshContext, MeshMtls, ProxyContext, ProxyMetadata, SnapshotGenerator,
+    WorkloadCertificate,
 };
 use kuma_xds::server::{AdsServer, Callbacks};
 use serde_json::Value;
@@ -32,6 +33,15 @@ fn metadata() -> ProxyMetadata {
         readiness_port: Some(29902),
         workdir: Some("/tmp".into()),
     }
+}
+
+/// A fixed certificate or key of the mTLS cases (a CA and a workload certificate it issued,
+/// made once with openssl), so their goldens do not change from run to run.
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn cases() -> Vec<(String, PathBuf)> {
@@ -73,11 +83,28 @@ fn generate(input: &Path) -> Snapshot {
         .iter()
         .find_map(|r| r.spec_as::<MeshSpec>().cloned())
         .unwrap_or_default();
-    let mesh = MeshContext::new("default", &dataplanes)
+    let mut mesh = MeshContext::new("default", &dataplanes)
         .with_spec(&mesh_spec)
         .with_policies(&resources);
+    let backend = mesh_spec.mtls.as_ref().and_then(|m| {
+        let enabled = m.enabled_backend.as_deref()?;
+        m.backends.iter().find(|b| b.name == enabled)
+    });
+    if let Some(b) = backend {
+        mesh = mesh.with_mtls(MeshMtls {
+            permissive: b.mode() == MtlsMode::Permissive,
+            ca_pem: fixture("mtls-fixture-ca.pem"),
+            strict_spiffe: false,
+        });
+    }
+    let identity = WorkloadCertificate {
+        cert_pem: fixture("mtls-fixture-identity.pem"),
+        key_pem: fixture("mtls-fixture-identity.key"),
+    };
     let proxy = dataplanes.first().expect("a Dataplane in the input");
-    let ctx = ProxyContext::new(&mesh, proxy, metadata()).unwrap();
+    let ctx = ProxyContext::new(&mesh, proxy, metadata())
+        .unwrap()
+        .with_identity(&identity);
     GeneratorList::kuma_profile()
         .generate(&ctx)
         .unwrap_or_else(|e| panic!("{}: {e}", input.display()))

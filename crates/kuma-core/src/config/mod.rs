@@ -120,6 +120,43 @@ pub struct Config {
     pub dp_server: DpServerConfig,
     /// What is recorded about proxies.
     pub metrics: MetricsConfig,
+    /// Mesh mTLS settings of this implementation (not in Kuma).
+    pub mtls: MtlsConfig,
+}
+
+/// `mtls`: how this control plane issues mesh certificates. Kuma has no such settings; the
+/// defaults are Kuma's behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MtlsConfig {
+    /// Key type of new builtin CAs and of workload certificates.
+    pub key_type: MtlsKeyType,
+    /// URI SANs of workload certificates.
+    pub san_layout: SanLayoutConfig,
+}
+
+/// `mtls.keyType`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MtlsKeyType {
+    /// RSA 2048, as Kuma.
+    #[default]
+    #[serde(rename = "rsa2048")]
+    Rsa2048,
+    /// ECDSA P-256: much faster to generate, smaller certificates.
+    #[serde(rename = "ecdsaP256")]
+    EcdsaP256,
+}
+
+/// `mtls.sanLayout`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SanLayoutConfig {
+    /// Kuma's: a `spiffe://` SAN per service and a `kuma://` SAN per tag value.
+    #[default]
+    #[serde(rename = "kuma")]
+    Kuma,
+    /// One `spiffe://<mesh>/<service>` SAN, a valid X.509-SVID.
+    #[serde(rename = "strictSpiffe")]
+    StrictSpiffe,
 }
 
 impl Default for Config {
@@ -139,6 +176,7 @@ impl Default for Config {
             diagnostics: DiagnosticsConfig::default(),
             dp_server: DpServerConfig::default(),
             metrics: MetricsConfig::default(),
+            mtls: MtlsConfig::default(),
         }
     }
 }

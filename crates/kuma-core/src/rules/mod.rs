@@ -488,6 +488,31 @@ impl MeshPolicies {
         }
     }
 
+    /// The `from` entries of `rtype` for the inbound on `port` of `proxy`, unmerged: one rule
+    /// per entry, in merge order, so for any source the last entry covering it decides. Use it
+    /// where the decision must be expressed per source (RBAC principals) rather than per
+    /// subset.
+    pub fn from_entries(&self, rtype: ResourceType, proxy: &ProxyView<'_>, port: u32) -> Vec<Rule> {
+        let Some(inbound) = proxy.spec.inbounds().iter().find(|i| i.port == port) else {
+            return Vec::new();
+        };
+        self.by_type
+            .get(&rtype)
+            .into_iter()
+            .flatten()
+            .filter(|p| selects_inbound(&p.top, proxy, inbound))
+            .flat_map(|p| {
+                p.from.iter().filter_map(|e| {
+                    Some(Rule {
+                        subset: subset_of(&e.target)?,
+                        conf: e.conf.clone(),
+                        origins: vec![p.origin.clone()],
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// The names of the policies of `rtype` that select `proxy`, in merge order.
     pub fn matching(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> Vec<&str> {
         self.by_type

@@ -39,6 +39,38 @@ pub fn access_log_pipe(workdir: &str, name: &str, mesh: &str) -> String {
     path
 }
 
+/// Mesh mTLS as generation needs it: whether plaintext is still accepted, and the roots every
+/// proxy of the mesh trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshMtls {
+    /// `PERMISSIVE`: inbounds accept plaintext as well as mTLS.
+    pub permissive: bool,
+    /// The mesh CA's root certificate(s), PEM.
+    pub ca_pem: String,
+    /// Workload certificates carry one `spiffe://` URI SAN only, so permissions on tags other
+    /// than `kuma.io/service` are resolved by the control plane (to the services whose
+    /// endpoints carry them) instead of matched against `kuma://` SANs.
+    pub strict_spiffe: bool,
+}
+
+/// A proxy's workload certificate and its private key (PEM). `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkloadCertificate {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for WorkloadCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadCertificate")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The application protocol of an inbound or a service (`kuma.io/protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -120,6 +152,8 @@ pub struct MeshContext<'a> {
     pub dataplanes: &'a [Resource],
     /// The mesh's targetRef policies, prepared for matching.
     pub policies: MeshPolicies,
+    /// mTLS, when the mesh enables it and its CA is available.
+    pub mtls: Option<MeshMtls>,
     services: BTreeMap<String, Service>,
 }
 
@@ -179,6 +213,7 @@ impl<'a> MeshContext<'a> {
             spec: &DEFAULT_MESH,
             dataplanes,
             policies: MeshPolicies::default(),
+            mtls: None,
             services,
         }
     }
@@ -186,6 +221,12 @@ impl<'a> MeshContext<'a> {
     /// Uses the Mesh resource's spec (metrics backends, mTLS, ...).
     pub fn with_spec(mut self, spec: &'a MeshSpec) -> Self {
         self.spec = spec;
+        self
+    }
+
+    /// Turns mTLS on for the mesh's proxies.
+    pub fn with_mtls(mut self, mtls: MeshMtls) -> Self {
+        self.mtls = Some(mtls);
         self
     }
 
@@ -198,6 +239,11 @@ impl<'a> MeshContext<'a> {
     /// A service of the mesh.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.get(name)
+    }
+
+    /// Every service of the mesh, by name.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &Service)> {
+        self.services.iter().map(|(name, s)| (name.as_str(), s))
     }
 
     /// Ready endpoints of `service`, sorted.
@@ -252,6 +298,8 @@ pub struct ProxyContext<'a> {
     pub dataplane: &'a DataplaneSpec,
     /// What the proxy reported about itself (default when not connected yet).
     pub metadata: ProxyMetadata,
+    /// The proxy's workload certificate, when its mesh has mTLS.
+    pub identity: Option<&'a WorkloadCertificate>,
 }
 
 impl<'a> ProxyContext<'a> {
@@ -267,7 +315,14 @@ impl<'a> ProxyContext<'a> {
             labels: &resource.meta.labels,
             dataplane: resource.spec_as()?,
             metadata,
+            identity: None,
         })
+    }
+
+    /// Gives the proxy its workload certificate.
+    pub fn with_identity(mut self, identity: &'a WorkloadCertificate) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// The proxy as the policy engine sees it.

@@ -13,6 +13,7 @@
 //! tables `inbound:<service>` and `outbound:<service>`.
 
 pub mod context;
+pub mod mtls;
 pub mod policies;
 pub mod profile;
 pub mod resources;
@@ -21,7 +22,8 @@ pub mod resources;
 mod tests;
 
 pub use context::{
-    Endpoint, MeshContext, Protocol, ProxyContext, ProxyMetadata, Service, access_log_pipe,
+    Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata, Service,
+    WorkloadCertificate, access_log_pipe,
 };
 pub use resources::ResourceSet;
 
@@ -127,6 +129,7 @@ impl GeneratorList {
         for g in policies::all() {
             list.generators.push(g);
         }
+        list.generators.push(Box::new(mtls::MutualTls));
         list
     }
 
@@ -171,7 +174,11 @@ impl SnapshotGenerator for GeneratorList {
         ctx: &ProxyContext<'_>,
     ) -> Result<(Snapshot, Dependencies), GenerateError> {
         let resources = self.build(ctx)?;
-        let services = resources.services();
-        Ok((resources.into_snapshot(), Dependencies::Services(services)))
+        let dependencies = if resources.reads_every_dataplane {
+            Dependencies::Everything
+        } else {
+            Dependencies::Services(resources.services())
+        };
+        Ok((resources.into_snapshot(), dependencies))
     }
 }

@@ -53,6 +53,7 @@ fn http_listener(
     ListenerDraft {
         listener: l,
         network_filters: Vec::new(),
+        tls: None,
         terminal: Terminal::Http(Box::new(HttpDraft {
             hcm: http_connection_manager(stat_prefix),
             filters: Vec::new(),
@@ -106,6 +107,7 @@ impl ResourceGenerator for Inbound {
                 ListenerDraft {
                     listener: l,
                     network_filters: Vec::new(),
+                    tls: None,
                     terminal: Terminal::Tcp(Box::new(tcp_proxy(&stat, &cluster))),
                 }
             };
@@ -195,6 +197,7 @@ impl ResourceGenerator for Outbound {
                 ListenerDraft {
                     listener: l,
                     network_filters: Vec::new(),
+                    tls: None,
                     terminal: Terminal::Tcp(Box::new(tcp_proxy(service, service))),
                 }
             };

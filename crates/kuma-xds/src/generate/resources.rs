@@ -10,7 +10,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, Secret,
+};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
@@ -62,6 +71,18 @@ pub struct ListenerDraft {
     pub network_filters: Vec<Filter>,
     /// The terminal network filter.
     pub terminal: Terminal,
+    /// TLS the listener terminates (mTLS on inbounds); `None` for plaintext.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS terminated by a listener.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Certificates, and how clients are verified.
+    pub context: DownstreamTlsContext,
+    /// Plaintext connections are accepted too (mTLS `PERMISSIVE`): the listener tells TLS from
+    /// plaintext with the TLS inspector and serves each on its own filter chain.
+    pub plaintext_too: bool,
 }
 
 impl ListenerDraft {
@@ -98,10 +119,45 @@ impl ListenerDraft {
             config_type: Some(ConfigType::TypedConfig(config)),
         });
         let mut listener = self.listener;
-        listener.filter_chains = vec![FilterChain {
-            filters,
+        let Some(tls) = self.tls else {
+            listener.filter_chains = vec![FilterChain {
+                filters,
+                ..Default::default()
+            }];
+            return listener;
+        };
+        let mut secure = FilterChain {
+            filters: filters.clone(),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(SocketConfig::TypedConfig(any(&tls.context))),
+            }),
             ..Default::default()
-        }];
+        };
+        if !tls.plaintext_too {
+            listener.filter_chains = vec![secure];
+            return listener;
+        }
+        let by_transport = |protocol: &str| {
+            Some(FilterChainMatch {
+                transport_protocol: protocol.into(),
+                ..Default::default()
+            })
+        };
+        secure.filter_chain_match = by_transport("tls");
+        let plain = FilterChain {
+            filters,
+            filter_chain_match: by_transport("raw_buffer"),
+            ..Default::default()
+        };
+        listener.filter_chains = vec![secure, plain];
+        listener.listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
         listener
     }
 }
@@ -227,10 +283,15 @@ pub struct ResourceSet {
     pub clusters: BTreeMap<String, ClusterDraft>,
     /// Endpoints of EDS clusters, by cluster name.
     pub endpoints: BTreeMap<String, Endpoints>,
+    /// SDS secrets, by name.
+    pub secrets: BTreeMap<String, Secret>,
     /// Inbounds set up so far.
     pub inbounds: Vec<InboundInfo>,
     /// Outbounds set up so far.
     pub outbounds: Vec<OutboundInfo>,
+    /// A generator read Dataplanes beyond the endpoints of the outbound clusters' services:
+    /// any Dataplane change may change these resources.
+    pub reads_every_dataplane: bool,
 }
 
 impl ResourceSet {
@@ -262,6 +323,9 @@ impl ResourceSet {
                 Endpoints::Owned(cla) => EncodedResource::from_message(&cla),
             };
             out.push((name, encoded));
+        }
+        for (name, secret) in self.secrets {
+            out.push((name, EncodedResource::from_message(&secret)));
         }
         Snapshot::new(out)
     }

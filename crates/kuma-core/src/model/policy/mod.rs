@@ -26,6 +26,8 @@ pub use rate_limit::*;
 pub use retry::*;
 pub use tcp_route::*;
 pub use timeout::*;
+/// A MeshTrafficPermission action (`Action` alone clashes with other policies's).
+pub use traffic_permission::Action as PermissionAction;
 pub use traffic_permission::*;
 
 use serde::{Deserialize, Serialize};

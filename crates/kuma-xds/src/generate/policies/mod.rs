@@ -12,6 +12,7 @@ mod rate_limit;
 mod retry;
 mod tcp_route;
 mod timeout;
+mod traffic_permission;
 
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -44,6 +45,7 @@ pub use rate_limit::MeshRateLimit;
 pub use retry::MeshRetry;
 pub use tcp_route::MeshTcpRoute;
 pub use timeout::MeshTimeout;
+pub use traffic_permission::MeshTrafficPermission;
 
 /// Every policy generator, in the order they apply.
 pub fn all() -> Vec<Box<dyn ResourceGenerator>> {
@@ -58,6 +60,7 @@ pub fn all() -> Vec<Box<dyn ResourceGenerator>> {
         Box::new(MeshRateLimit),
         Box::new(MeshFaultInjection),
         Box::new(MeshAccessLog),
+        Box::new(MeshTrafficPermission),
     ]
 }
 

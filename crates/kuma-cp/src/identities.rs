@@ -1,0 +1,182 @@
+//! Mesh mTLS for config generation: each mesh's CA, and each proxy's workload certificate,
+//! kept until it must be replaced.
+//!
+//! A proxy's certificate is issued when it first needs one and re-issued when
+//! - 80 % of its lifetime has passed (the reconciler wakes up for that: [`Identities::next_renewal`]);
+//! - what it asserts changed: the proxy's services or tags, the SAN layout, or the lifetime
+//!   (`dpCert.rotation.expiration`, 24 h by default);
+//! - the mesh's roots changed (another backend, a replaced provided CA).
+//!
+//! Envoy swaps a renewed certificate in through SDS: open connections keep going.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kuma_ca::ca::{CertificateAuthority, IdentityRequest, KeyType, SanLayout};
+use kuma_ca::mesh_ca::{MeshCaError, load_backend};
+use kuma_core::config::{MtlsConfig, MtlsKeyType, SanLayoutConfig};
+use kuma_core::duration::parse_mesh_duration;
+use kuma_core::manager::ResourceManager;
+use kuma_core::model::common::SERVICE_TAG;
+use kuma_core::model::dataplane::DataplaneSpec;
+use kuma_core::model::mesh::{MeshSpec, MtlsMode};
+use kuma_xds::generate::{MeshMtls, WorkloadCertificate};
+
+/// Kuma's default workload certificate lifetime.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The mTLS of one mesh, ready to issue certificates.
+pub struct MeshAuthority {
+    /// What config generation needs.
+    pub mtls: MeshMtls,
+    ca: Arc<dyn CertificateAuthority>,
+    lifetime: Duration,
+}
+
+struct Issued {
+    request: IdentityRequest,
+    root_pem: String,
+    cert: WorkloadCertificate,
+    renew_at: SystemTime,
+}
+
+/// Loads mesh CAs and keeps every proxy's workload certificate.
+pub struct Identities {
+    manager: ResourceManager,
+    key_type: KeyType,
+    layout: SanLayout,
+    /// By (mesh, Dataplane name).
+    issued: BTreeMap<(String, String), Issued>,
+}
+
+impl Identities {
+    /// Identities issued as `config` says.
+    pub fn new(manager: ResourceManager, config: &MtlsConfig) -> Self {
+        Identities {
+            manager,
+            key_type: match config.key_type {
+                MtlsKeyType::Rsa2048 => KeyType::Rsa2048,
+                MtlsKeyType::EcdsaP256 => KeyType::EcdsaP256,
+            },
+            layout: match config.san_layout {
+                SanLayoutConfig::Kuma => SanLayout::Kuma,
+                SanLayoutConfig::StrictSpiffe => SanLayout::StrictSpiffe,
+            },
+            issued: BTreeMap::new(),
+        }
+    }
+
+    /// The mTLS of `mesh` (`None` when it has no enabled backend), loading its CA (a builtin
+    /// one is created on first use).
+    pub async fn mesh(
+        &self,
+        mesh: &str,
+        spec: &MeshSpec,
+    ) -> Result<Option<MeshAuthority>, MeshCaError> {
+        let Some(mtls) = spec.mtls.as_ref() else {
+            return Ok(None);
+        };
+        let Some(enabled) = mtls.enabled_backend.as_deref().filter(|b| !b.is_empty()) else {
+            return Ok(None);
+        };
+        let Some(backend) = mtls.backends.iter().find(|b| b.name == enabled) else {
+            return Err(MeshCaError::Invalid {
+                secret: format!("mesh {mesh:?} mtls.enabledBackend"),
+                source: kuma_ca::ca::CaError::InvalidCa(format!("no backend is named {enabled:?}")),
+            });
+        };
+        let ca = load_backend(&self.manager, mesh, backend, self.key_type).await?;
+        let lifetime = backend
+            .dp_cert
+            .as_ref()
+            .and_then(|d| d.rotation.as_ref())
+            .and_then(|r| r.expiration.as_deref())
+            .and_then(|e| parse_mesh_duration(e).ok())
+            .unwrap_or(DEFAULT_LIFETIME);
+        Ok(Some(MeshAuthority {
+            mtls: MeshMtls {
+                permissive: backend.mode() == MtlsMode::Permissive,
+                ca_pem: ca.root_pem().to_string(),
+                strict_spiffe: self.layout == SanLayout::StrictSpiffe,
+            },
+            ca,
+            lifetime,
+        }))
+    }
+
+    /// The workload certificate of Dataplane `name` (spec `dp`) in `mesh`: the one issued
+    /// before while it is current, a new one otherwise.
+    pub fn certificate(
+        &mut self,
+        authority: &MeshAuthority,
+        mesh: &str,
+        name: &str,
+        dp: &DataplaneSpec,
+    ) -> Result<&WorkloadCertificate, kuma_ca::ca::CaError> {
+        let mut services = BTreeSet::new();
+        let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for inbound in dp.inbounds() {
+            for (k, v) in &inbound.tags {
+                if k == SERVICE_TAG {
+                    services.insert(v.clone());
+                }
+                tags.entry(k.clone()).or_default().insert(v.clone());
+            }
+        }
+        let request = IdentityRequest {
+            mesh: mesh.to_string(),
+            services,
+            tags,
+            lifetime: authority.lifetime,
+            layout: self.layout,
+        };
+        let key = (mesh.to_string(), name.to_string());
+        let now = SystemTime::now();
+        let current = self.issued.get(&key).is_some_and(|i| {
+            i.request == request && i.root_pem == authority.mtls.ca_pem && now < i.renew_at
+        });
+        if !current {
+            let identity = authority.ca.issue(&request)?;
+            tracing::info!(mesh, dataplane = name, expires = ?identity.not_after, "issued a workload certificate");
+            self.issued.insert(
+                key.clone(),
+                Issued {
+                    renew_at: identity.renew_at(now),
+                    request,
+                    root_pem: authority.mtls.ca_pem.clone(),
+                    cert: WorkloadCertificate {
+                        cert_pem: identity.cert_pem,
+                        key_pem: identity.key_pem,
+                    },
+                },
+            );
+        }
+        Ok(&self.issued[&key].cert)
+    }
+
+    /// Forgets the certificates of `mesh` except those of `keep` (Dataplane names).
+    pub fn retain(&mut self, mesh: &str, keep: impl Fn(&str) -> bool) {
+        self.issued
+            .retain(|(m, name), _| m != mesh || keep(name.as_str()));
+    }
+
+    /// When the next certificate is due for renewal, and whose it is: (mesh, Dataplane name).
+    pub fn next_renewal(&self) -> Option<(SystemTime, &str, &str)> {
+        self.issued
+            .iter()
+            .map(|((mesh, name), i)| (i.renew_at, mesh.as_str(), name.as_str()))
+            .min()
+    }
+
+    /// The Dataplanes whose certificates are due at `now`, by mesh.
+    pub fn due(&self, now: SystemTime) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for ((mesh, name), i) in &self.issued {
+            if i.renew_at <= now {
+                out.entry(mesh.clone()).or_default().insert(name.clone());
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,239 @@
+//! MeshTrafficPermission: an RBAC filter in front of every inbound of a mesh with mTLS.
+//!
+//! Sources are told apart by their certificates (there is no identity without mTLS, so the
+//! policy does nothing then, as in Kuma). A source's action is that of the last `from` entry in
+//! merge order whose subset it carries; each entry becomes the principal "carries the entry's
+//! tags and none of the later entries' subsets", and the filter allows the principals of
+//! `Allow` and `AllowWithShadowDeny` entries. With no entry at all, nothing is allowed.
+//! `AllowWithShadowDeny` principals also go into shadow rules, which only count denials.
+//!
+//! Tags become SAN matchers: `kuma.io/service: web` matches `spiffe://<mesh>/web`, any other
+//! tag `k: v` matches `kuma://k/v`. With strict SPIFFE certificates (one SAN per proxy) the
+//! control plane resolves other tags itself: to the services with an endpoint carrying them.
+//!
+//! The network filter `envoy.filters.network.rbac` guards TCP inbounds (a denied connection is
+//! closed); on HTTP inbounds the HTTP filter `envoy.filters.http.rbac` answers 403.
+
+use envoy_types::pb::envoy::config::listener::v3::Filter;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::rbac::v3::permission::Rule as PermissionRule;
+use envoy_types::pb::envoy::config::rbac::v3::principal::{Authenticated, Identifier, Set};
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action as RbacAction;
+use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, Principal, Rbac};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use kuma_core::model::common::{SERVICE_TAG, Tags};
+use kuma_core::model::policy::{PermissionAction as Action, TrafficPermissionConf};
+use kuma_core::resource::ResourceType;
+use kuma_core::rules::Rule;
+
+use super::super::ResourceGenerator;
+use super::super::context::ProxyContext;
+use super::super::resources::{ResourceSet, Terminal};
+use super::typed;
+use crate::envoy::{any, ordered_map};
+
+/// The RBAC filters of MeshTrafficPermission (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct MeshTrafficPermission;
+
+const POLICY: &str = "MeshTrafficPermission";
+
+impl ResourceGenerator for MeshTrafficPermission {
+    fn name(&self) -> &str {
+        "MeshTrafficPermission"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let Some(mtls) = &ctx.mesh.mtls else {
+            return Ok(());
+        };
+        let view = ctx.view();
+        for inbound in &rs.inbounds {
+            let entries = ctx.mesh.policies.from_entries(
+                ResourceType::MeshTrafficPermission,
+                &view,
+                inbound.port,
+            );
+            let mut allowed = Vec::new();
+            let mut shadow_denied = Vec::new();
+            for (i, entry) in entries.iter().enumerate() {
+                let conf: TrafficPermissionConf =
+                    typed(ResourceType::MeshTrafficPermission, entry)?;
+                let action = conf.action.unwrap_or(Action::Deny);
+                if action == Action::Deny {
+                    continue;
+                }
+                let matcher = SourceMatcher {
+                    ctx,
+                    strict_spiffe: mtls.strict_spiffe,
+                };
+                let principal = matcher.last_covering(&entry.subset, &entries[i + 1..]);
+                if mtls.strict_spiffe {
+                    // Tags resolve through other Dataplanes' endpoints.
+                    rs.reads_every_dataplane = true;
+                }
+                if action == Action::AllowWithShadowDeny {
+                    shadow_denied.push(principal.clone());
+                }
+                allowed.push(principal);
+            }
+            let rules = rbac(RbacAction::Allow, allowed);
+            let shadow = (!shadow_denied.is_empty()).then(|| rbac(RbacAction::Deny, shadow_denied));
+            let Some(l) = rs.listeners.get_mut(&inbound.listener) else {
+                continue;
+            };
+            match &mut l.terminal {
+                Terminal::Http(http) => http.filters.insert(
+                    0,
+                    HttpFilter {
+                        name: "envoy.filters.http.rbac".into(),
+                        config_type: Some(HttpConfigType::TypedConfig(any(&HttpRbac {
+                            rules: Some(rules),
+                            shadow_rules: shadow,
+                            ..Default::default()
+                        }))),
+                        ..Default::default()
+                    },
+                ),
+                Terminal::Tcp(_) => l.network_filters.insert(
+                    0,
+                    Filter {
+                        name: "envoy.filters.network.rbac".into(),
+                        config_type: Some(ConfigType::TypedConfig(any(&NetworkRbac {
+                            stat_prefix: format!("{}.", inbound.cluster.replace(':', "_")),
+                            rules: Some(rules),
+                            shadow_rules: shadow,
+                            ..Default::default()
+                        }))),
+                    },
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An RBAC of one policy granting or denying everything to `principals` (none: the policy is
+/// left out, so an ALLOW RBAC allows nothing).
+fn rbac(action: RbacAction, principals: Vec<Principal>) -> Rbac {
+    let policies = (!principals.is_empty()).then(|| {
+        (
+            POLICY.to_string(),
+            Policy {
+                permissions: vec![Permission {
+                    rule: Some(PermissionRule::Any(true)),
+                }],
+                principals,
+                ..Default::default()
+            },
+        )
+    });
+    Rbac {
+        action: action as i32,
+        policies: ordered_map(policies),
+        ..Default::default()
+    }
+}
+
+fn principal(identifier: Identifier) -> Principal {
+    Principal {
+        identifier: Some(identifier),
+    }
+}
+
+fn and(mut ids: Vec<Principal>) -> Principal {
+    match ids.len() {
+        0 => principal(Identifier::Any(true)),
+        1 => ids.remove(0),
+        _ => principal(Identifier::AndIds(Set { ids })),
+    }
+}
+
+fn or(mut ids: Vec<Principal>) -> Principal {
+    match ids.len() {
+        0 => principal(Identifier::NotId(Box::new(principal(Identifier::Any(
+            true,
+        ))))),
+        1 => ids.remove(0),
+        _ => principal(Identifier::OrIds(Set { ids })),
+    }
+}
+
+fn san(uri: String) -> Principal {
+    principal(Identifier::Authenticated(Authenticated {
+        principal_name: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(uri)),
+            ignore_case: false,
+        }),
+    }))
+}
+
+/// Turns tag subsets into principals.
+struct SourceMatcher<'c, 'a> {
+    ctx: &'c ProxyContext<'a>,
+    strict_spiffe: bool,
+}
+
+impl SourceMatcher<'_, '_> {
+    /// A source carrying `subset` and none of the subsets of `later`.
+    fn last_covering(&self, subset: &Tags, later: &[Rule]) -> Principal {
+        // The empty subset is anyone: only the exclusions remain.
+        let mut ids = Vec::new();
+        if !subset.is_empty() {
+            ids.push(self.carries(subset));
+        }
+        for r in later {
+            ids.push(principal(Identifier::NotId(Box::new(
+                self.carries(&r.subset),
+            ))));
+        }
+        and(ids)
+    }
+
+    /// A source carrying every tag of `subset` (the empty subset: anyone).
+    fn carries(&self, subset: &Tags) -> Principal {
+        let mesh = self.ctx.mesh.mesh;
+        let spiffe = |service: &str| san(format!("spiffe://{mesh}/{service}"));
+        if !self.strict_spiffe {
+            let ids = subset
+                .iter()
+                .map(|(k, v)| {
+                    if k == SERVICE_TAG {
+                        spiffe(v)
+                    } else {
+                        san(format!("kuma://{k}/{v}"))
+                    }
+                })
+                .collect();
+            return and(ids);
+        }
+        let others: Tags = subset
+            .iter()
+            .filter(|(k, _)| k.as_str() != SERVICE_TAG)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if others.is_empty() {
+            return and(subset.values().map(|v| spiffe(v)).collect());
+        }
+        // Only the service is in the certificate: the services some endpoint of which carries
+        // the subset's tags stand for it.
+        let services = self
+            .ctx
+            .mesh
+            .services()
+            .filter(|(name, s)| {
+                subset.get(SERVICE_TAG).is_none_or(|wanted| wanted == *name)
+                    && s.endpoints
+                        .iter()
+                        .any(|e| others.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+            })
+            .map(|(name, _)| spiffe(name))
+            .collect();
+        or(services)
+    }
+}

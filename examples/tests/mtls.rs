@@ -1,0 +1,357 @@
+//! Mesh mTLS and MeshTrafficPermission with real Envoys: `standalone` + `kuma-dp` + Envoy per
+//! proxy, an HTTP service and a TCP echo service behind their proxies, and two callers (`web`
+//! and `other`). mTLS is switched on, off and to PERMISSIVE on the live mesh; every assertion
+//! is on what clients, workloads and Envoy observe.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use common::{Dp, Standalone, kuma_dp, test_dir};
+use kuma_testkit::{eventually, free_port, http_get, stat};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP service answering 200 with the `x-forwarded-client-cert` it received.
+async fn xfcc_service() -> u16 {
+    let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        headers
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// A TCP service echoing everything back on each connection until the peer closes.
+async fn echo_service() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// One echo exchange on a fresh connection to 127.0.0.1:`port`: whether `ping` came back.
+async fn echoes(port: u16) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    exchange(&mut s, b"ping").await
+}
+
+/// Writes `payload` on `s` and reads it back (within 2 s).
+async fn exchange(s: &mut TcpStream, payload: &[u8]) -> bool {
+    if s.write_all(payload).await.is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; payload.len()];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if buf == payload
+    )
+}
+
+struct Mesh {
+    cp: Standalone,
+    http: reqwest::Client,
+    backend: Dp,
+    backend_inbound: u16,
+    /// (proxy, outbound port to backend, outbound port to echo) of web and other.
+    web: (Dp, u16, u16),
+    other: (Dp, u16, u16),
+}
+
+impl Mesh {
+    async fn put(&self, path: &str, body: Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.cp.api_port);
+        let r = self
+            .http
+            .put(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "PUT {path}: {status} {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    async fn mtls(&self, mode: Option<&str>) {
+        let mut mesh = json!({"type": "Mesh", "name": "default"});
+        if let Some(mode) = mode {
+            mesh["mtls"] = json!({
+                "enabledBackend": "ca-1",
+                "backends": [{
+                    "name": "ca-1",
+                    "type": "builtin",
+                    "mode": mode,
+                    "dpCert": {"rotation": {"expiration": "1m"}},
+                }],
+            });
+        }
+        self.put("/meshes/default", mesh).await;
+    }
+
+    /// GET through a caller's outbound to backend: (status, body); status 0 when the
+    /// connection failed.
+    async fn call(&self, outbound: u16) -> (u16, String) {
+        match self
+            .http
+            .get(format!("http://127.0.0.1:{outbound}/"))
+            .send()
+            .await
+        {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+}
+
+/// The serial number and URI SANs of the certificate Envoy on `admin_port` presents.
+async fn presented_cert(admin_port: u16) -> Option<(String, Vec<String>)> {
+    let certs: Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .ok()?
+        .get(format!("http://127.0.0.1:{admin_port}/certs"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())?;
+    let chain = certs["certificates"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["cert_chain"].as_array().and_then(|a| a.first()).cloned())?;
+    let sans = chain["subject_alt_names"]
+        .as_array()?
+        .iter()
+        .filter_map(|s| s["uri"].as_str().map(String::from))
+        .collect();
+    Some((chain["serial_number"].as_str()?.to_string(), sans))
+}
+
+/// MeshTrafficPermission `allow-all` for the whole mesh with `from` entries (kind, name,
+/// action).
+fn permission(from: &[(&str, Option<&str>, &str)]) -> Value {
+    let from: Vec<Value> = from
+        .iter()
+        .map(|(kind, name, action)| {
+            let mut target = json!({"kind": kind});
+            if let Some(n) = name {
+                target["name"] = json!(n);
+            }
+            json!({"targetRef": target, "default": {"action": action}})
+        })
+        .collect();
+    json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-all",
+           "spec": {"targetRef": {"kind": "Mesh"}, "from": from}})
+}
+
+async fn start() -> Mesh {
+    let dir = test_dir("mtls");
+    let cp = Standalone::start(&[]).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let (app, echo) = (xfcc_service().await, echo_service().await);
+    let (backend_inbound, echo_inbound) = (free_port().await, free_port().await);
+    let backend = kuma_dp(
+        &dir,
+        cp.dp_port,
+        &cp.ca_file,
+        "backend-1",
+        &format!(
+            "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {backend_inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      version: v1\n  - port: {echo_inbound}\n    servicePort: {echo}\n    tags:\n      kuma.io/service: echo\n      kuma.io/protocol: tcp\n"
+        ),
+    )
+    .await;
+    let mut callers = Vec::new();
+    for name in ["web", "other"] {
+        let (to_backend, to_echo, inbound) =
+            (free_port().await, free_port().await, free_port().await);
+        let dp = kuma_dp(
+            &dir,
+            cp.dp_port,
+            &cp.ca_file,
+            &format!("{name}-1"),
+            &format!(
+                "type: Dataplane\nmesh: default\nname: {name}-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: {name}\n      kuma.io/protocol: http\n  outbound:\n  - port: {to_backend}\n    tags:\n      kuma.io/service: backend\n  - port: {to_echo}\n    tags:\n      kuma.io/service: echo\n"
+            ),
+        )
+        .await;
+        callers.push((dp, to_backend, to_echo));
+    }
+    let other = callers.pop().unwrap();
+    let web = callers.pop().unwrap();
+    let mesh = Mesh {
+        cp,
+        http,
+        backend,
+        backend_inbound,
+        web,
+        other,
+    };
+    for (_, to_backend, to_echo) in [&mesh.web, &mesh.other] {
+        eventually("plaintext traffic flows", || async {
+            mesh.call(*to_backend).await == (200, "none".into()) && echoes(*to_echo).await
+        })
+        .await;
+    }
+    mesh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_permissions_and_rotation() {
+    let mesh = start().await;
+    let (web_to_backend, web_to_echo) = (mesh.web.1, mesh.web.2);
+    let (other_to_backend, other_to_echo) = (mesh.other.1, mesh.other.2);
+
+    // With mTLS on, nothing passes unless a MeshTrafficPermission allows it.
+    mesh.put(
+        "/meshes/default/meshtrafficpermissions/allow-all",
+        permission(&[("Mesh", None, "Allow")]),
+    )
+    .await;
+    mesh.mtls(Some("STRICT")).await;
+
+    // STRICT: callers reach backend over mTLS, and backend's workload sees web's identity.
+    eventually("web reaches backend over mTLS", || async {
+        let (status, xfcc) = mesh.call(web_to_backend).await;
+        status == 200 && xfcc.contains("URI=spiffe://default/web")
+    })
+    .await;
+    eventually("TCP traffic crosses mTLS", || async {
+        echoes(web_to_echo).await
+    })
+    .await;
+    let backend_stats = kuma_testkit::envoy_stats(mesh.backend.admin_port).await;
+    let listener = format!("listener.127.0.0.1_{}.ssl.handshake", mesh.backend_inbound);
+    assert!(
+        stat(&backend_stats, &listener).unwrap_or(0) > 0,
+        "{listener}"
+    );
+    let web_stats = kuma_testkit::envoy_stats(mesh.web.0.admin_port).await;
+    assert!(stat(&web_stats, "cluster.backend.ssl.handshake").unwrap_or(0) > 0);
+    assert_eq!(
+        stat(&web_stats, "cluster.backend.ssl.fail_verify_san"),
+        Some(0)
+    );
+    let (serial, sans) = presented_cert(mesh.backend.admin_port).await.unwrap();
+    for san in [
+        "spiffe://default/backend",
+        "spiffe://default/echo",
+        "kuma://version/v1",
+    ] {
+        assert!(sans.iter().any(|s| s == san), "{san} in {sans:?}");
+    }
+    // A plaintext client straight to the inbound gets no HTTP answer.
+    assert_eq!(http_get(mesh.backend_inbound, "/").await.0, 0);
+
+    // Deny `other`: 403 over HTTP, a closed connection over TCP; web still passes. Entries
+    // merge in order, so the later, narrower one decides for `other`.
+    mesh.put(
+        "/meshes/default/meshtrafficpermissions/allow-all",
+        permission(&[
+            ("Mesh", None, "Allow"),
+            ("MeshService", Some("other"), "Deny"),
+        ]),
+    )
+    .await;
+    eventually("other is denied", || async {
+        mesh.call(other_to_backend).await.0 == 403 && !echoes(other_to_echo).await
+    })
+    .await;
+    assert_eq!(mesh.call(web_to_backend).await.0, 200);
+    assert!(echoes(web_to_echo).await);
+    mesh.put(
+        "/meshes/default/meshtrafficpermissions/allow-all",
+        permission(&[("Mesh", None, "Allow")]),
+    )
+    .await;
+    eventually("other passes again", || async {
+        mesh.call(other_to_backend).await.0 == 200 && echoes(other_to_echo).await
+    })
+    .await;
+
+    // Rotation: the certificates live a minute and are replaced at 80 %; one TCP stream and
+    // a request every 200 ms run across the replacement without a single failure.
+    let mut stream = TcpStream::connect(("127.0.0.1", web_to_echo))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut exchanges = 0;
+    let rotated = loop {
+        assert!(
+            exchange(&mut stream, b"still here").await,
+            "the long stream broke after {exchanges} exchanges"
+        );
+        let (status, _) = mesh.call(web_to_backend).await;
+        assert_eq!(status, 200, "a request failed during rotation");
+        exchanges += 1;
+        if let Some((now, _)) = presented_cert(mesh.backend.admin_port).await
+            && now != serial
+        {
+            break now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(75),
+            "no new certificate within 75 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(rotated, serial);
+    // A few more exchanges on the same connection, after the new certificate is in use.
+    for _ in 0..5 {
+        assert!(exchange(&mut stream, b"after rotation").await);
+        assert_eq!(mesh.call(web_to_backend).await.0, 200);
+    }
+
+    // PERMISSIVE: plaintext straight to the inbound is served, mTLS still works.
+    mesh.mtls(Some("PERMISSIVE")).await;
+    eventually("plaintext is accepted in PERMISSIVE", || async {
+        http_get(mesh.backend_inbound, "/").await.0 == 200
+    })
+    .await;
+    assert!(
+        mesh.call(web_to_backend)
+            .await
+            .1
+            .contains("URI=spiffe://default/web")
+    );
+
+    // mTLS off: plaintext between the proxies again, no restart.
+    mesh.mtls(None).await;
+    eventually("plaintext between proxies", || async {
+        mesh.call(web_to_backend).await == (200, "none".into())
+    })
+    .await;
+}
