@@ -83,7 +83,7 @@ async fn web_proxy(dir: &std::path::Path, cp: &Standalone) -> common::Dp {
         free_port().await,
         free_port().await
     );
-    let dp = kuma_dp(dir, cp.dp_port, &cp.ca_file, "web-1", &web).await;
+    let dp = kuma_dp(dir, cp.dp_port, cp.api_port, &cp.ca_file, "web-1", &web).await;
     eventually("web-1's Envoy gets its config", || async {
         !envoy_version(dp.admin_port, "cds").await.is_empty()
     })

@@ -92,3 +92,150 @@ async fn admins_generate_dataplane_tokens() {
         );
     }
 }
+
+/// Runs `kuma-dp run` for Dataplane `web-1` with `token` (none when `None`); it must exit
+/// without starting Envoy. Returns its stderr.
+async fn refused_kuma_dp(cp: &Standalone, dir: &std::path::Path, token: Option<&str>) -> String {
+    let dataplane = dir.join("web-1.yaml");
+    std::fs::write(
+        &dataplane,
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 24001\n    servicePort: 24002\n    tags:\n      kuma.io/service: web\n",
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-dp"));
+    cmd.kill_on_drop(true)
+        .args(["run", "--cp-address"])
+        .arg(format!("https://localhost:{}", cp.dp_port))
+        .args(["--ca-cert-file", &cp.ca_file, "--binary-path"])
+        .arg(kuma_testkit::envoy_binary())
+        .arg("--dataplane-file")
+        .arg(&dataplane)
+        .arg("--config-dir")
+        .arg(dir.join("web-1"));
+    if let Some(token) = token {
+        let file = dir.join("token");
+        std::fs::write(&file, token).unwrap();
+        cmd.arg("--dataplane-token-file").arg(&file);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), cmd.output())
+        .await
+        .expect("kuma-dp gives up instead of running")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("Envoy started"), "{stderr}");
+    stderr
+}
+
+fn token_id(token: &str) -> String {
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_without_a_valid_token_are_refused() {
+    let cp = Standalone::start(&[]).await;
+    let dir = common::test_dir("token-refusals");
+    let issue = async |body: &str| {
+        let (status, token) = post(cp.api_port, body).await;
+        assert_eq!(status, 200, "{token}");
+        token
+    };
+
+    let stderr = refused_kuma_dp(&cp, &dir, None).await;
+    assert!(
+        stderr.contains("(401)") && stderr.contains("a dataplane token is required"),
+        "{stderr}"
+    );
+
+    let other = issue(r#"{"name": "db-1", "mesh": "default"}"#).await;
+    let stderr = refused_kuma_dp(&cp, &dir, Some(&other)).await;
+    assert!(
+        stderr.contains(r#"the token is for Dataplane \"db-1\", not \"web-1\""#),
+        "{stderr}"
+    );
+
+    let wrong_tag =
+        issue(r#"{"name": "web-1", "mesh": "default", "tags": {"kuma.io/service": ["db"]}}"#).await;
+    let stderr = refused_kuma_dp(&cp, &dir, Some(&wrong_tag)).await;
+    assert!(
+        stderr.contains("requires tag kuma.io/service=db"),
+        "{stderr}"
+    );
+
+    let short = issue(r#"{"name": "web-1", "mesh": "default", "validFor": "1s"}"#).await;
+    // Past its expiry and the 5 s of clock skew every token is given.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let stderr = refused_kuma_dp(&cp, &dir, Some(&short)).await;
+    assert!(stderr.contains("the token has expired"), "{stderr}");
+
+    let revoked = issue(r#"{"name": "web-1", "mesh": "default"}"#).await;
+    let secret = serde_json::json!({
+        "type": "Secret", "mesh": "default", "name": "dataplane-token-revocations-default",
+        "data": base64::engine::general_purpose::STANDARD.encode(token_id(&revoked)),
+    });
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(format!(
+            "http://127.0.0.1:{}/meshes/default/secrets/dataplane-token-revocations-default",
+            cp.api_port
+        ))
+        .header("content-type", "application/json")
+        .body(secret.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let stderr = refused_kuma_dp(&cp, &dir, Some(&revoked)).await;
+    assert!(stderr.contains("the token is revoked"), "{stderr}");
+
+    let forged = format!("{}x", &revoked[..revoked.len() - 1]);
+    let stderr = refused_kuma_dp(&cp, &dir, Some(&forged)).await;
+    assert!(stderr.contains("invalid dataplane token"), "{stderr}");
+
+    // Nothing of web-1 reached the store.
+    let (status, _) = kuma_testkit::http_get(cp.api_port, "/meshes/default/dataplanes/web-1").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_checks_can_be_switched_off_for_development() {
+    let cp = Standalone::start(&[("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none")]).await;
+    let dir = common::test_dir("token-none");
+    let dataplane = dir.join("web-1.yaml");
+    std::fs::write(
+        &dataplane,
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 24011\n    servicePort: 24012\n    tags:\n      kuma.io/service: web\n",
+    )
+    .unwrap();
+    let admin = kuma_testkit::free_port().await;
+    let mut dp = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+        .kill_on_drop(true)
+        .args(["run", "--cp-address"])
+        .arg(format!("https://localhost:{}", cp.dp_port))
+        .args(["--ca-cert-file", &cp.ca_file, "--binary-path"])
+        .arg(kuma_testkit::envoy_binary())
+        .arg("--dataplane-file")
+        .arg(&dataplane)
+        .args(["--admin-port", &admin.to_string(), "--readiness-port"])
+        .arg(kuma_testkit::free_port().await.to_string())
+        .arg("--config-dir")
+        .arg(dir.join("web-1"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Without a token, the proxy gets its config over ADS.
+    kuma_testkit::eventually("web-1 receives its listeners", || async {
+        let stats = kuma_testkit::envoy_stats(admin).await;
+        kuma_testkit::stat(&stats, "listener_manager.lds.update_success").unwrap_or(0) > 0
+    })
+    .await;
+    dp.kill().await.unwrap();
+}

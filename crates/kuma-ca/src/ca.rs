@@ -159,6 +159,8 @@ impl Signer {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = sans;
+        // basicConstraints CA:FALSE, present (as Kuma's, and as X.509-SVIDs require).
+        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

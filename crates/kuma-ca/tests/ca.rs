@@ -1,5 +1,6 @@
 //! Certificate authorities, checked by verifiers we did not write: `openssl verify` for the
-//! chain and purposes, `openssl x509` for the names and extensions.
+//! chain and purposes, `openssl x509` for the names and extensions, py-spiffe for the
+//! X.509-SVID rules.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,27 @@ fn openssl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The SPIFFE ID py-spiffe reads from the X.509-SVID in `cert` and `key` (PEM files), or
+/// its error.
+fn py_spiffe(cert: &str, key: &str) -> Result<String, String> {
+    let script = r#"
+import sys
+from cryptography.hazmat.primitives.serialization import Encoding
+from spiffe import X509Svid
+svid = X509Svid.load(sys.argv[1], sys.argv[2], Encoding.PEM)
+print(svid.spiffe_id)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, cert, key])
+        .output()
+        .expect("python3 runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn request(layout: SanLayout) -> IdentityRequest {
@@ -96,6 +118,17 @@ fn builtin_roots_and_identities_verify_with_openssl() {
         let text = openssl(&["x509", "-in", &leaf, "-noout", "-ext", "subjectAltName"]);
         assert_eq!(text.matches("URI:").count(), 1, "{text}");
         assert!(text.contains("URI:spiffe://payments/backend"), "{text}");
+        // py-spiffe, which enforces the X.509-SVID rules (exactly one URI SAN holding a
+        // SPIFFE ID, a leaf that may not sign, digitalSignature), accepts the strict layout
+        // and rejects Kuma's.
+        let strict_key = write(&dir, "strict.key", &strict.key_pem);
+        assert_eq!(
+            py_spiffe(&leaf, &strict_key).unwrap(),
+            "spiffe://payments/backend"
+        );
+        let kuma_leaf = write(&dir, "kuma.pem", &identity.cert_pem);
+        let e = py_spiffe(&kuma_leaf, &key).unwrap_err();
+        assert!(e.contains("multiple URI SAN"), "{e}");
 
         // Reloaded from its stored PEM, the CA issues identities the same root verifies.
         let (cert, key) = ca.to_pem();

@@ -1,5 +1,5 @@
 //! Dataplane tokens: issuance, validation, matching against Dataplanes, revocation, and the
-//! signature checked by a second RSA implementation.
+//! signature checked by a second RSA implementation and by PyJWT.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +21,39 @@ fn dataplane(mesh: &str, name: &str, version: &str) -> Resource {
         "type: Dataplane\nmesh: {mesh}\nname: {name}\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n      version: {version}\n"
     ))
     .unwrap()
+}
+
+/// Decodes `token` with PyJWT (RS256, the public half of `private_pem`, the registered
+/// claims required): "<Name> <Mesh> <Type>", or PyJWT's error.
+fn pyjwt_decode(private_pem: &str, token: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    let script = r#"
+import sys, jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+key = load_pem_private_key(sys.stdin.buffer.read(), None).public_key()
+claims = jwt.decode(sys.argv[1], key, algorithms=["RS256"],
+                    options={"require": ["exp", "iat", "nbf", "jti"]})
+print(claims["Name"], claims["Mesh"], claims["Type"])
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, token])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(private_pem.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn claims(token: &str) -> serde_json::Value {
@@ -81,6 +114,21 @@ async fn tokens_admit_their_dataplane_only() {
     let sig = rsa::pkcs1v15::Signature::try_from(URL_SAFE_NO_PAD.decode(sig).unwrap().as_slice())
         .unwrap();
     verifier.verify(input.as_bytes(), &sig).unwrap();
+    // And a standard JWT library (PyJWT) accepts it with Kuma's claims, and refuses it
+    // tampered with.
+    let pem = String::from_utf8(s.bytes().unwrap()).unwrap();
+    assert_eq!(
+        pyjwt_decode(&pem, &token).unwrap(),
+        "web-1 default dataplane"
+    );
+    let (head, rest) = token.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let forged_claims = URL_SAFE_NO_PAD.encode(
+        serde_json::to_vec(&serde_json::json!({"Name": "web-2", "Mesh": "default"})).unwrap(),
+    );
+    let forged = format!("{head}.{forged_claims}.{sig}");
+    let e = pyjwt_decode(&pem, &forged).unwrap_err();
+    assert!(e.contains("InvalidSignatureError"), "{e}");
 
     // It admits web-1 with version v1, and nothing else.
     let granted = tokens.validate(&token).await.unwrap();

@@ -1,6 +1,14 @@
-//! User-token authentication for the HTTP API, backed by the signing keys in the store.
+//! Authentication backed by the signing keys in the store: user tokens for the HTTP API,
+//! dataplane tokens for the dp-server.
 
 use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind;
+use kuma_core::manager::ResourceManager;
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_json};
+
+use crate::lifecycle::DATAPLANE_RESOURCE;
 
 use kuma_api::access::{AUTHENTICATED_GROUP, Identity, UserTokenValidator};
 use kuma_ca::user_token::UserTokens;
@@ -45,5 +53,104 @@ impl kuma_api::tokens::DataplaneTokenIssuer for DataplaneTokenIssuer {
             .issue(&identity, valid_for)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Admits a data-plane proxy only with a dataplane token that verifies, is not revoked and
+/// grants the Dataplane it runs (`dpServer.authn.dpProxy.type: dpToken`, the default). Used by
+/// `/bootstrap` and by ADS, where the token arrives in the `authorization` metadata.
+pub struct DataplaneTokenAuthenticator {
+    tokens: kuma_ca::dataplane_token::DataplaneTokens,
+    manager: ResourceManager,
+}
+
+impl DataplaneTokenAuthenticator {
+    /// Tokens and Dataplanes from `manager`'s store.
+    pub fn new(manager: ResourceManager) -> Self {
+        DataplaneTokenAuthenticator {
+            tokens: kuma_ca::dataplane_token::DataplaneTokens::new(manager.clone()),
+            manager,
+        }
+    }
+
+    /// Whether `token` lets `dataplane` run; the error says why not (never the token).
+    pub async fn admit(&self, token: &str, dataplane: &Resource) -> Result<(), String> {
+        let token = token.trim();
+        let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+        if token.is_empty() {
+            return Err(
+                "a dataplane token is required (kuma-dp --dataplane-token-file; the control plane runs with dpServer.authn.dpProxy.type dpToken)"
+                    .into(),
+            );
+        }
+        let identity = self
+            .tokens
+            .validate(token)
+            .await
+            .map_err(|e| format!("invalid dataplane token: {e}"))?;
+        if !identity.kind.is_empty() && identity.kind != "dataplane" {
+            return Err(format!(
+                "invalid dataplane token: it is for a proxy of type {:?}, not a dataplane",
+                identity.kind
+            ));
+        }
+        identity
+            .admits(dataplane)
+            .map_err(|e| format!("the dataplane token does not match: {e}"))
+    }
+
+    /// The Dataplane a stream's node runs: from its metadata (what the proxy will register),
+    /// else the stored one named by the node id `<mesh>.<name>`.
+    async fn dataplane_of(&self, node: &Node) -> Result<Resource, String> {
+        let from_metadata = node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(DATAPLANE_RESOURCE))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            });
+        if let Some(json) = from_metadata {
+            return parse_json(json)
+                .map_err(|e| format!("node metadata {DATAPLANE_RESOURCE}: {e}"))
+                .and_then(|r| {
+                    if r.rtype() == ResourceType::Dataplane {
+                        Ok(r)
+                    } else {
+                        Err(format!(
+                            "node metadata {DATAPLANE_RESOURCE}: not a Dataplane"
+                        ))
+                    }
+                });
+        }
+        let (mesh, name) = node
+            .id
+            .split_once('.')
+            .ok_or_else(|| format!("node id {:?} is not <mesh>.<name>", node.id))?;
+        self.manager
+            .get(&ResourceKey::new(ResourceType::Dataplane, mesh, name))
+            .await
+            .map_err(|_| format!("no Dataplane {name:?} in mesh {mesh:?}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl kuma_xds::server::StreamAuthenticator for DataplaneTokenAuthenticator {
+    async fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        node: &Node,
+    ) -> Result<(), tonic::Status> {
+        let dataplane = self
+            .dataplane_of(node)
+            .await
+            .map_err(tonic::Status::permission_denied)?;
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        self.admit(token, &dataplane)
+            .await
+            .map_err(tonic::Status::unauthenticated)
     }
 }

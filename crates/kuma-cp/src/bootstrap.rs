@@ -24,7 +24,7 @@ pub struct BootstrapRequest {
     pub name: String,
     /// `dataplane`, `ingress` or `egress`.
     pub proxy_type: String,
-    /// Dataplane token (checked once tokens exist; see the issue notes).
+    /// Dataplane token (required unless `dpServer.authn.dpProxy.type` is `none`).
     pub dataplane_token: String,
     /// The Dataplane as YAML or JSON text.
     pub dataplane_resource: String,
@@ -53,6 +53,8 @@ pub struct BootstrapState {
     pub dp_server_port: u16,
     /// CA of the dp-server certificate, PEM: Envoy verifies the control plane with it.
     pub ca_pem: String,
+    /// Checks the request's dataplane token (`None`: `dpServer.authn.dpProxy.type: none`).
+    pub dp_auth: Option<std::sync::Arc<crate::auth::DataplaneTokenAuthenticator>>,
 }
 
 fn problem(status: StatusCode, title: &str, detail: String) -> Response {
@@ -116,6 +118,12 @@ pub async fn handle(
             "Not Found",
             format!("mesh {:?} does not exist", dataplane.meta.mesh),
         );
+    }
+    if let Some(auth) = &state.dp_auth
+        && let Err(reason) = auth.admit(&req.dataplane_token, &dataplane).await
+    {
+        tracing::warn!(mesh = %dataplane.meta.mesh, name = %dataplane.meta.name, %reason, "refused a bootstrap request");
+        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason);
     }
     let host = headers
         .get(header::HOST)
@@ -229,6 +237,12 @@ fn envoy_bootstrap(
     {
         m.insert("version".into(), req.version.clone());
     }
+    // The token goes with every ADS stream, as Kuma's bootstrap sends it.
+    let mut ads_service = json!({"envoy_grpc": {"cluster_name": "ads_cluster"}});
+    if !req.dataplane_token.is_empty() {
+        ads_service["initial_metadata"] =
+            json!([{"key": "authorization", "value": req.dataplane_token.trim()}]);
+    }
     json!({
         "node": {
             "id": kuma_xds::generate::node_id(&dp.meta.mesh, &dp.meta.name),
@@ -250,7 +264,7 @@ fn envoy_bootstrap(
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "ads_cluster"}}],
+                "grpc_services": [ads_service],
             },
             "cds_config": ads,
             "lds_config": ads,

@@ -180,3 +180,94 @@ impl Identities {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kuma_core::manager::ManagerOptions;
+    use kuma_core::resource::{Resource, parse_yaml};
+
+    fn dataplane(version: &str) -> Resource {
+        parse_yaml(&format!(
+            "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags: {{kuma.io/service: web, version: {version}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn mesh(expiration: &str) -> MeshSpec {
+        let mesh = parse_yaml(&format!(
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert: {{rotation: {{expiration: {expiration}}}}}\n"
+        ))
+        .unwrap();
+        mesh.spec_as::<MeshSpec>().cloned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn certificates_are_kept_until_due_or_changed() {
+        let manager = ResourceManager::new(
+            Arc::new(kuma_store::MemoryStore::new()),
+            ManagerOptions::default(),
+        );
+        manager
+            .create(parse_yaml("type: Mesh\nname: default\n").unwrap())
+            .await
+            .unwrap();
+        let config = MtlsConfig {
+            key_type: MtlsKeyType::EcdsaP256,
+            ..Default::default()
+        };
+        let mut ids = Identities::new(manager.clone(), &config);
+        assert!(
+            ids.mesh("default", &MeshSpec::default())
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let authority = ids.mesh("default", &mesh("1h")).await.unwrap().unwrap();
+        let v1 = dataplane("v1");
+        let spec = v1.spec_as::<DataplaneSpec>().unwrap();
+        let first = ids
+            .certificate(&authority, "default", "web-1", spec)
+            .unwrap()
+            .clone();
+        // The same request: the same certificate. Its renewal is due at 80 % of an hour.
+        let again = ids
+            .certificate(&authority, "default", "web-1", spec)
+            .unwrap();
+        assert_eq!(again, &first);
+        let (due, mesh_name, name) = ids.next_renewal().unwrap();
+        assert_eq!((mesh_name, name), ("default", "web-1"));
+        let in_48_min = SystemTime::now() + Duration::from_secs(48 * 60);
+        assert!(due <= in_48_min && due > in_48_min - Duration::from_secs(60));
+        assert!(ids.due(SystemTime::now()).is_empty());
+        assert_eq!(ids.due(in_48_min).len(), 1);
+
+        // Another tag value, another certificate.
+        let v2 = dataplane("v2");
+        let changed = ids
+            .certificate(&authority, "default", "web-1", v2.spec_as().unwrap())
+            .unwrap()
+            .clone();
+        assert_ne!(changed, first);
+
+        // A 1 s lifetime: due within the second, then replaced.
+        let short = ids.mesh("default", &mesh("1s")).await.unwrap().unwrap();
+        let brief = ids
+            .certificate(&short, "default", "web-1", v2.spec_as().unwrap())
+            .unwrap()
+            .clone();
+        assert_ne!(brief, changed);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(ids.due(SystemTime::now()).contains_key("default"));
+        let renewed = ids
+            .certificate(&short, "default", "web-1", v2.spec_as().unwrap())
+            .unwrap();
+        assert_ne!(renewed, &brief);
+
+        // A mesh without mTLS forgets its certificates.
+        ids.retain("default", |_| false);
+        assert!(ids.next_renewal().is_none());
+    }
+}

@@ -355,9 +355,19 @@ impl ControlPlane {
         );
         servers.0.push(insight_writer);
         let callbacks = (lifecycle, (insights, metrics::XdsMetrics(metrics.clone())));
-        let ads = AdsServer::new(cache.clone(), Arc::new(callbacks))
-            .with_shutdown(shutdown.subscribe())
-            .into_service();
+        // Kuma's default: proxies prove who they are with a dataplane token.
+        let dp_auth = match config.dp_server.authn.dp_proxy.kind.as_str() {
+            "none" => None,
+            _ => Some(Arc::new(auth::DataplaneTokenAuthenticator::new(
+                manager.clone(),
+            ))),
+        };
+        let mut ads =
+            AdsServer::new(cache.clone(), Arc::new(callbacks)).with_shutdown(shutdown.subscribe());
+        if let Some(a) = &dp_auth {
+            ads = ads.with_authenticator(a.clone());
+        }
+        let ads = ads.into_service();
         let work_dir = if config.general.work_dir.is_empty() {
             std::env::temp_dir().join(format!("kuma-rs-cp-{}", std::process::id()))
         } else {
@@ -390,6 +400,7 @@ impl ControlPlane {
             params: config.bootstrap_server.params.clone(),
             dp_server_port: config.dp_server.port,
             ca_pem: certificate.ca_pem.clone(),
+            dp_auth,
         };
         let router = tonic::service::Routes::new(ads).into_axum_router().route(
             "/bootstrap",

@@ -8,6 +8,7 @@ use kuma_testkit::{envoy_binary, envoy_stats as stats, eventually, free_port, st
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use kuma_ca::dataplane_token::{DataplaneIdentity, DataplaneTokens};
 use kuma_core::config::Config;
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_cp::ControlPlane;
@@ -43,16 +44,49 @@ async fn call(port: u16) -> Option<String> {
     reply.strip_suffix(":ping").map(str::to_string)
 }
 
-async fn start_proxy(cp_port: u16, ca: &str, name: &str, dataplane_yaml: &str) -> Proxy {
+/// A dataplane token for Dataplane `name` of mesh `default`, valid for an hour.
+async fn token(cp: &ControlPlane, name: &str) -> String {
+    let identity = DataplaneIdentity {
+        name: name.into(),
+        mesh: "default".into(),
+        ..Default::default()
+    };
+    DataplaneTokens::new(cp.manager().clone())
+        .issue(&identity, Duration::from_secs(3600))
+        .await
+        .unwrap()
+}
+
+/// Fetches the bootstrap of Dataplane `name` (presenting `token`) and runs an Envoy with it.
+async fn start_proxy(
+    cp_port: u16,
+    ca: &str,
+    name: &str,
+    dataplane_yaml: &str,
+    token: &str,
+) -> Proxy {
+    start_proxy_with(cp_port, ca, name, dataplane_yaml, token, |b| b).await
+}
+
+/// As [`start_proxy`], running Envoy with `edit` applied to the bootstrap.
+async fn start_proxy_with(
+    cp_port: u16,
+    ca: &str,
+    name: &str,
+    dataplane_yaml: &str,
+    token: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Proxy {
     let admin_port = free_port().await;
     let yaml = format!("{dataplane_yaml}  admin:\n    port: {admin_port}\n");
-    let req = serde_json::json!({"mesh": "default", "name": name, "proxyType": "dataplane", "dataplaneResource": yaml});
+    let req = serde_json::json!({"mesh": "default", "name": name, "proxyType": "dataplane", "dataplaneResource": yaml, "dataplaneToken": token});
     let (status, bootstrap) = post_bootstrap(cp_port, ca, &req.to_string()).await;
     assert_eq!(status, 200, "bootstrap for {name}: {bootstrap}");
     assert!(
         bootstrap.contains("default.") && bootstrap.contains("ads_cluster"),
         "{bootstrap}"
     );
+    let bootstrap = edit(bootstrap);
     let dir = std::env::temp_dir().join(format!("kuma-cp-e2e-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bootstrap.yaml");
@@ -171,6 +205,7 @@ async fn envoy_data_path_through_generated_config() {
         ca,
         "backend-1",
         &dataplane("backend-1", b1_in, echo1, "backend", None),
+        &token(&cp, "backend-1").await,
     )
     .await;
     let web = start_proxy(
@@ -184,6 +219,7 @@ async fn envoy_data_path_through_generated_config() {
             "web",
             Some((web_out, "backend")),
         ),
+        &token(&cp, "web").await,
     )
     .await;
 
@@ -211,6 +247,7 @@ async fn envoy_data_path_through_generated_config() {
         ca,
         "backend-2",
         &dataplane("backend-2", b2_in, echo2, "backend", None),
+        &token(&cp, "backend-2").await,
     )
     .await;
     eventually("both backends answer", || async {
@@ -246,7 +283,53 @@ async fn envoy_data_path_through_generated_config() {
         .await
         .expect("connected proxies stay registered");
 
-    for mut p in [b1, web, b2] {
+    // ADS admits a stream only with a token for its Dataplane. This Envoy's bootstrap is
+    // genuine, but its ADS metadata carries web's token: the stream is refused with the
+    // reason, and nothing is served or registered.
+    let intruder_token = token(&cp, "intruder").await;
+    let web_token = token(&cp, "web").await;
+    let intruder = start_proxy_with(
+        cp_port,
+        ca,
+        "intruder",
+        &dataplane(
+            "intruder",
+            free_port().await,
+            free_port().await,
+            "backend",
+            None,
+        ),
+        &intruder_token,
+        |b| b.replace(&intruder_token, &web_token),
+    )
+    .await;
+    let log = intruder.dir.join("envoy.log");
+    eventually("Envoy reports the refusal", || async {
+        // Envoy logs the gRPC status message percent-encoded, as it travels.
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .replace("%20", " ")
+            .replace("%22", "'")
+            .contains("closed: 16, the dataplane token does not match: invalid claims: the token is for Dataplane 'web', not 'intruder'")
+    })
+    .await;
+    let s = stats(intruder.admin_port).await;
+    assert_eq!(
+        stat(&s, "cluster_manager.cds.update_success"),
+        Some(0),
+        "no clusters served"
+    );
+    assert_eq!(
+        stat(&s, "listener_manager.lds.update_success"),
+        Some(0),
+        "no listeners served"
+    );
+    assert!(
+        cp.manager().get(&key("intruder")).await.is_err(),
+        "not registered"
+    );
+
+    for mut p in [b1, web, b2, intruder] {
         p.child.kill().await.ok();
         std::fs::remove_dir_all(&p.dir).ok();
     }

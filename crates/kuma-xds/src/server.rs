@@ -26,11 +26,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::metadata::MetadataMap;
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Response, Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
-use crate::stream::{Closed, OUTBOX, Protocol, drive};
+use crate::stream::{Closed, OUTBOX, Protocol, StreamContext, drive};
 use crate::types::{CLUSTER, LISTENER, in_push_order};
 use crate::wire::{DeltaResponse, SotwResponse, XdsCodec};
 
@@ -99,6 +100,16 @@ impl<A: Callbacks, B: Callbacks> Callbacks for (A, B) {
     }
 }
 
+/// Decides, once per stream and before anything is sent, whether the proxy may be served: from
+/// the stream's gRPC metadata (such as `authorization`) and the node of its first request. A
+/// refusal ends the stream with the returned status (say `UNAUTHENTICATED` or
+/// `PERMISSION_DENIED`, with the reason).
+#[async_trait::async_trait]
+pub trait StreamAuthenticator: Send + Sync + 'static {
+    /// `Ok` to serve the stream.
+    async fn authenticate(&self, metadata: &MetadataMap, node: &Node) -> Result<(), Status>;
+}
+
 /// Callbacks that do nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoCallbacks;
@@ -111,6 +122,7 @@ pub struct AdsServer<C: Callbacks = NoCallbacks> {
     callbacks: Arc<C>,
     next_stream: AtomicU64,
     shutdown: Option<watch::Receiver<bool>>,
+    authenticator: Option<Arc<dyn StreamAuthenticator>>,
 }
 
 impl<C: Callbacks> AdsServer<C> {
@@ -121,7 +133,14 @@ impl<C: Callbacks> AdsServer<C> {
             callbacks,
             next_stream: AtomicU64::new(1),
             shutdown: None,
+            authenticator: None,
         }
+    }
+
+    /// Serves only the streams `authenticator` admits.
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn StreamAuthenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
     }
 
     /// Ends every stream with `UNAVAILABLE` once `shutdown` turns true, so proxies reconnect
@@ -144,20 +163,21 @@ impl<C: Callbacks> AdsServer<C> {
     /// Runs a new stream with the protocol `make` builds from the stream id and its outbox.
     fn open<P: Protocol>(
         &self,
-        requests: Streaming<P::Request>,
+        request: tonic::Request<Streaming<P::Request>>,
         make: impl FnOnce(u64, mpsc::Sender<Result<P::Response, Status>>) -> P,
     ) -> Response<ResponseStream<P::Response>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let protocol = make(id, tx.clone());
-        let (cache, callbacks, shutdown) = (
-            self.cache.clone(),
-            self.callbacks.clone(),
-            self.shutdown.clone(),
-        );
-        tokio::spawn(drive(
-            protocol, id, requests, tx, cache, callbacks, shutdown,
-        ));
+        let (metadata, _, requests) = request.into_parts();
+        let context = StreamContext {
+            cache: self.cache.clone(),
+            callbacks: self.callbacks.clone(),
+            shutdown: self.shutdown.clone(),
+            authenticator: self.authenticator.clone(),
+            metadata,
+        };
+        tokio::spawn(drive(protocol, id, requests, tx, context));
         Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
@@ -226,7 +246,7 @@ impl<C: Callbacks> StreamingService<DiscoveryRequest> for SotwMethod<C> {
     fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
         let server = self.0.clone();
         Box::pin(async move {
-            Ok(server.open(request.into_inner(), |id, tx| SotwStream {
+            Ok(server.open(request, |id, tx| SotwStream {
                 id,
                 node_id: String::new(),
                 callbacks: server.callbacks.clone(),
@@ -247,7 +267,7 @@ impl<C: Callbacks> StreamingService<DeltaDiscoveryRequest> for DeltaMethod<C> {
     fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
         let server = self.0.clone();
         Box::pin(async move {
-            Ok(server.open(request.into_inner(), |id, tx| {
+            Ok(server.open(request, |id, tx| {
                 crate::delta::DeltaStream::new(id, server.callbacks.clone(), tx)
             }))
         })

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::{mpsc, watch};
+use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
-use crate::server::Callbacks;
+use crate::server::{Callbacks, StreamAuthenticator};
 
 /// Requests buffered per stream, and responses buffered before the stream waits for the proxy.
 pub(crate) const OUTBOX: usize = 16;
@@ -42,18 +43,33 @@ pub(crate) trait Protocol: Send + 'static {
     ) -> impl Future<Output = Result<(), Closed>> + Send;
 }
 
+/// What a stream shares with its server, and what it arrived with.
+pub(crate) struct StreamContext<C> {
+    pub(crate) cache: Arc<SnapshotCache>,
+    pub(crate) callbacks: Arc<C>,
+    pub(crate) shutdown: Option<watch::Receiver<bool>>,
+    pub(crate) authenticator: Option<Arc<dyn StreamAuthenticator>>,
+    /// The stream's gRPC metadata (request headers).
+    pub(crate) metadata: MetadataMap,
+}
+
 /// Runs one stream to its end.
 pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     mut protocol: P,
     id: u64,
     requests: Streaming<P::Request>,
-    // Carries the stream-ending status (missing node id, malformed request, shutdown) to the
-    // proxy.
+    // Carries the stream-ending status (missing node id, malformed request, refused
+    // authentication, shutdown) to the proxy.
     refuse: mpsc::Sender<Result<P::Response, Status>>,
-    cache: Arc<SnapshotCache>,
-    callbacks: Arc<C>,
-    mut shutdown: Option<watch::Receiver<bool>>,
+    context: StreamContext<C>,
 ) {
+    let StreamContext {
+        cache,
+        callbacks,
+        mut shutdown,
+        authenticator,
+        metadata,
+    } = context;
     // Requests are read by their own task so that waiting for them stays cancel-safe.
     let (req_tx, mut req_rx) = mpsc::channel::<Result<P::Request, Status>>(OUTBOX);
     let reader = tokio::spawn(read_requests(requests, req_tx));
@@ -72,6 +88,15 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
                 "the first request must carry node.id",
             )))
             .await;
+        reader.abort();
+        return;
+    }
+    // Nothing is sent, and no callback hears of the stream, before the proxy is admitted.
+    if let (Some(authenticator), Some(node)) = (&authenticator, P::node(&first))
+        && let Err(status) = authenticator.authenticate(&metadata, node).await
+    {
+        tracing::warn!(node_id, reason = status.message(), "refused an xDS stream");
+        let _ = refuse.send(Err(status)).await;
         reader.abort();
         return;
     }

@@ -108,11 +108,42 @@ pub struct Dp {
     pub readiness_port: u16,
 }
 
-/// Starts `kuma-dp run` for `dataplane` (YAML) against the dp-server on `cp_port`; its files
-/// and log go under `dir`.
-pub async fn kuma_dp(dir: &Path, cp_port: u16, ca_file: &str, name: &str, dataplane: &str) -> Dp {
+/// A dataplane token for Dataplane `name` of `mesh`, from the API on 127.0.0.1:`api_port`
+/// (where localhost is admin).
+pub async fn dataplane_token(api_port: u16, mesh: &str, name: &str) -> String {
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://127.0.0.1:{api_port}/tokens/dataplane"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"name": name, "mesh": mesh}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "a dataplane token: {}", r.status());
+    r.text().await.unwrap()
+}
+
+/// Starts `kuma-dp run` for `dataplane` (YAML) against the dp-server on `cp_port`, with a
+/// dataplane token for it from the API on `api_port`; its files and log go under `dir`.
+pub async fn kuma_dp(
+    dir: &Path,
+    cp_port: u16,
+    api_port: u16,
+    ca_file: &str,
+    name: &str,
+    dataplane: &str,
+) -> Dp {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, dataplane).unwrap();
+    let mesh = dataplane
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh: "))
+        .expect("the Dataplane names its mesh")
+        .trim();
+    let token_file = dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, dataplane_token(api_port, mesh, name).await).unwrap();
     let (admin_port, readiness_port) = (free_port().await, free_port().await);
     let child = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
         .args([
@@ -124,6 +155,8 @@ pub async fn kuma_dp(dir: &Path, cp_port: u16, ca_file: &str, name: &str, datapl
             "--dataplane-file",
         ])
         .arg(&file)
+        .arg("--dataplane-token-file")
+        .arg(&token_file)
         .args([
             "--binary-path",
             &envoy_binary(),

@@ -809,6 +809,28 @@ impl Config {
                 );
             }
         }
+        for (field, authn, allowed) in [
+            (
+                "dpProxy",
+                &self.dp_server.authn.dp_proxy,
+                ["dpToken", "none"],
+            ),
+            (
+                "zoneProxy",
+                &self.dp_server.authn.zone_proxy,
+                ["zoneToken", "none"],
+            ),
+        ] {
+            if !authn.kind.is_empty() && !allowed.contains(&authn.kind.as_str()) {
+                err.add(
+                    &Path::at("dpServer")
+                        .field("authn")
+                        .field(field)
+                        .field("type"),
+                    format!("{:?} is not one of {allowed:?}", authn.kind),
+                );
+            }
+        }
         if self.dns_server.domain.is_empty() {
             err.add(&Path::at("dnsServer").field("domain"), "must not be empty");
         }

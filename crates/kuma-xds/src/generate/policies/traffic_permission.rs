@@ -237,3 +237,88 @@ impl SourceMatcher<'_, '_> {
         or(services)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::generate::{
+        GeneratorList, MeshContext, MeshMtls, ProxyMetadata, SnapshotGenerator, WorkloadCertificate,
+    };
+    use kuma_core::resource::{Resource, parse_yaml};
+    use prost::Message as _;
+
+    fn dp(name: &str, service: &str, version: &str) -> Resource {
+        parse_yaml(&format!(
+            "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: {service}, kuma.io/protocol: http, version: {version}}}\n"
+        ))
+        .unwrap()
+    }
+
+    /// The RBAC rules on the backend proxy's inbound, and the snapshot's dependencies.
+    fn backend_rbac(strict_spiffe: bool, policies: &[Resource]) -> (Rbac, Dependencies) {
+        let all = vec![
+            dp("backend-1", "backend", "v1"),
+            dp("web-1", "web", "v1"),
+            dp("web-2", "web", "v2"),
+            dp("admin-1", "admin", "v2"),
+        ];
+        let mesh = MeshContext::new("default", &all)
+            .with_policies(policies)
+            .with_mtls(MeshMtls {
+                permissive: false,
+                ca_pem: "ca".into(),
+                strict_spiffe,
+            });
+        let cert = WorkloadCertificate {
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+        };
+        let ctx = ProxyContext::new(&mesh, &all[0], ProxyMetadata::default())
+            .unwrap()
+            .with_identity(&cert);
+        let generators = GeneratorList::kuma_profile();
+        let (_, dependencies) = generators.generate_tracked(&ctx).unwrap();
+        let mut rs = generators.build(&ctx).unwrap();
+        let listener = rs.listeners.remove("inbound:127.0.0.1:8080").unwrap();
+        let Terminal::Http(http) = listener.terminal else {
+            panic!("an HTTP inbound")
+        };
+        let Some(HttpConfigType::TypedConfig(any)) = &http.filters[0].config_type else {
+            panic!("RBAC comes first")
+        };
+        let rbac = HttpRbac::decode(any.value.as_slice()).unwrap();
+        (rbac.rules.unwrap(), dependencies)
+    }
+
+    use crate::generate::Dependencies;
+
+    #[test]
+    fn no_permission_allows_nothing() {
+        let (rules, _) = backend_rbac(false, &[]);
+        assert_eq!(rules.action, RbacAction::Allow as i32);
+        assert!(rules.policies.is_empty());
+    }
+
+    #[test]
+    fn tags_match_kuma_sans_or_resolve_to_services_in_strict_spiffe() {
+        let mtp = parse_yaml(
+            "type: MeshTrafficPermission\nmesh: default\nname: v1-only\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshSubset, tags: {version: v1}}\n    default: {action: Allow}\n",
+        )
+        .unwrap();
+        let (rules, dependencies) = backend_rbac(false, std::slice::from_ref(&mtp));
+        let text = format!("{rules:?}");
+        assert!(text.contains("kuma://version/v1"), "{text}");
+        assert!(!text.contains("spiffe://"), "{text}");
+        assert!(matches!(dependencies, Dependencies::Services(_)));
+
+        // Strict SPIFFE: the services with a v1 endpoint (web and backend), not admin.
+        let (rules, dependencies) = backend_rbac(true, &[mtp]);
+        let text = format!("{rules:?}");
+        assert!(text.contains("\"spiffe://default/web\""), "{text}");
+        assert!(text.contains("\"spiffe://default/backend\""), "{text}");
+        assert!(!text.contains("spiffe://default/admin"), "{text}");
+        assert!(!text.contains("kuma://"), "{text}");
+        assert_eq!(dependencies, Dependencies::Everything);
+    }
+}
