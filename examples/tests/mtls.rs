@@ -156,15 +156,17 @@ async fn presented_cert(admin_port: u16) -> Option<(String, Vec<String>)> {
     Some((chain["serial_number"].as_str()?.to_string(), sans))
 }
 
-/// MeshTrafficPermission `allow-all` for the whole mesh with `from` entries (kind, name,
-/// action).
+/// MeshTrafficPermission `allow-all` for the whole mesh with `from` entries (kind, name or
+/// `team` tag value for MeshSubset, action).
 fn permission(from: &[(&str, Option<&str>, &str)]) -> Value {
     let from: Vec<Value> = from
         .iter()
         .map(|(kind, name, action)| {
             let mut target = json!({"kind": kind});
-            if let Some(n) = name {
-                target["name"] = json!(n);
+            match (*kind, name) {
+                ("MeshSubset", Some(team)) => target["tags"] = json!({"team": team}),
+                (_, Some(n)) => target["name"] = json!(n),
+                _ => {}
             }
             json!({"targetRef": target, "default": {"action": action}})
         })
@@ -173,9 +175,10 @@ fn permission(from: &[(&str, Option<&str>, &str)]) -> Value {
            "spec": {"targetRef": {"kind": "Mesh"}, "from": from}})
 }
 
-async fn start() -> Mesh {
-    let dir = test_dir("mtls");
-    let cp = Standalone::start(&[]).await;
+/// The mesh of this file, on a control plane started with `env`.
+async fn start(test: &str, env: &[(&str, &str)]) -> Mesh {
+    let dir = test_dir(test);
+    let cp = Standalone::start(env).await;
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -198,7 +201,7 @@ async fn start() -> Mesh {
         let dp = kuma_dp(&dir, cp.dp_port, cp.api_port, &cp.ca_file,
             &format!("{name}-1"),
             &format!(
-                "type: Dataplane\nmesh: default\nname: {name}-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: {name}\n      kuma.io/protocol: http\n  outbound:\n  - port: {to_backend}\n    tags:\n      kuma.io/service: backend\n  - port: {to_echo}\n    tags:\n      kuma.io/service: echo\n"
+                "type: Dataplane\nmesh: default\nname: {name}-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: {name}\n      kuma.io/protocol: http\n      team: {name}\n  outbound:\n  - port: {to_backend}\n    tags:\n      kuma.io/service: backend\n  - port: {to_echo}\n    tags:\n      kuma.io/service: echo\n"
             ),
         )
         .await;
@@ -225,7 +228,7 @@ async fn start() -> Mesh {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_permissions_and_rotation() {
-    let mesh = start().await;
+    let mesh = start("mtls", &[]).await;
     let (web_to_backend, web_to_echo) = (mesh.web.1, mesh.web.2);
     let (other_to_backend, other_to_echo) = (mesh.other.1, mesh.other.2);
 
@@ -348,4 +351,41 @@ async fn mtls_permissions_and_rotation() {
         mesh.call(web_to_backend).await == (200, "none".into())
     })
     .await;
+}
+
+/// Strict SPIFFE: each proxy's certificate is an X.509-SVID with one URI SAN naming its first
+/// service. Traffic still flows to a second service of a proxy (its SAN is what callers
+/// accept), and a permission on a tag, which the certificates no longer carry, is resolved by
+/// the control plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_spiffe_certificates_and_tag_permissions() {
+    let mesh = start(
+        "mtls-strict",
+        &[
+            ("KUMA_MTLS_SAN_LAYOUT", "strictSpiffe"),
+            ("KUMA_MTLS_KEY_TYPE", "ecdsaP256"),
+        ],
+    )
+    .await;
+    mesh.put(
+        "/meshes/default/meshtrafficpermissions/allow-all",
+        permission(&[
+            ("Mesh", None, "Allow"),
+            ("MeshSubset", Some("other"), "Deny"),
+        ]),
+    )
+    .await;
+    mesh.mtls(Some("STRICT")).await;
+    eventually("web reaches backend and echo over mTLS", || async {
+        let (status, xfcc) = mesh.call(mesh.web.1).await;
+        status == 200 && xfcc.contains("URI=spiffe://default/web") && echoes(mesh.web.2).await
+    })
+    .await;
+    let (_, sans) = presented_cert(mesh.backend.admin_port).await.unwrap();
+    assert_eq!(sans, ["spiffe://default/backend"]);
+    eventually("team other is denied", || async {
+        mesh.call(mesh.other.1).await.0 == 403 && !echoes(mesh.other.2).await
+    })
+    .await;
+    assert_eq!(mesh.call(mesh.web.1).await.0, 200);
 }

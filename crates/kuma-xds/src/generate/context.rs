@@ -138,7 +138,20 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// The protocol every inbound of the service speaks (TCP when they differ).
     pub protocol: Protocol,
+    /// Under strict SPIFFE, the services naming the certificates of the proxies that provide
+    /// this one (each proxy's identity is its first service in name order, see
+    /// [`strict_spiffe_service`]).
+    pub strict_identities: std::collections::BTreeSet<String>,
     load_assignment: EncodedResource,
+}
+
+/// The service in a proxy's strict SPIFFE identity `spiffe://<mesh>/<service>`: the first, in
+/// name order, of its inbounds' services (`None` when it has none).
+pub fn strict_spiffe_service(dp: &DataplaneSpec) -> Option<&str> {
+    dp.inbounds()
+        .iter()
+        .filter_map(|i| i.tags.get(SERVICE_TAG).map(String::as_str))
+        .min()
 }
 
 /// What every proxy of a mesh shares, computed once per regeneration of the mesh.
@@ -163,11 +176,19 @@ impl<'a> MeshContext<'a> {
     /// Indexes `dataplanes` (the whole mesh) by service, in one pass.
     pub fn new(mesh: &'a str, dataplanes: &'a [Resource]) -> Self {
         let mut by_service: BTreeMap<&str, (Vec<Endpoint>, Option<Protocol>)> = BTreeMap::new();
+        let mut identities: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
         for dp in dataplanes
             .iter()
             .filter_map(|r| r.spec_as::<DataplaneSpec>())
         {
+            let identity = strict_spiffe_service(dp);
             for inbound in dp.inbounds() {
+                if let (Some(service), Some(identity)) = (inbound.tags.get(SERVICE_TAG), identity) {
+                    identities
+                        .entry(service)
+                        .or_default()
+                        .insert(identity.to_string());
+                }
                 let (Some(service), Some(ip)) = (
                     inbound.tags.get(SERVICE_TAG),
                     reachable_ip(dp, inbound.address.as_deref()),
@@ -203,6 +224,7 @@ impl<'a> MeshContext<'a> {
                 let entry = Service {
                     endpoints,
                     protocol: protocol.unwrap_or(Protocol::Tcp),
+                    strict_identities: identities.remove(service).unwrap_or_default(),
                     load_assignment,
                 };
                 (service.to_string(), entry)

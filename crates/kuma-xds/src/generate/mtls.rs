@@ -9,7 +9,8 @@
 //!   HTTP inbounds pass the caller's URI SANs to the workload in `x-forwarded-client-cert`;
 //! - clusters to a service present the proxy's certificate, send SNI
 //!   `<service>{mesh=<mesh>[,<subset tag>=<value>...]}`, offer ALPN `kuma` and accept only a
-//!   peer with URI SAN `spiffe://<mesh>/<service>`.
+//!   peer with URI SAN `spiffe://<mesh>/<service>` (under strict SPIFFE, where a proxy's one SAN
+//!   names its first service, the SANs of the proxies providing the service).
 //!
 //! Runs after the policy generators, so clusters they added are secured too.
 
@@ -88,13 +89,13 @@ fn uri_san(pattern: MatchPattern) -> SubjectAltNameMatcher {
 
 /// The TLS context both directions share: our certificate, the mesh's roots and which peer
 /// SANs are accepted.
-fn common_context(mesh: &str, peer: MatchPattern) -> CommonTlsContext {
+fn common_context(mesh: &str, peers: Vec<MatchPattern>) -> CommonTlsContext {
     CommonTlsContext {
         tls_certificate_sds_secret_configs: vec![sds(identity_secret_name(mesh))],
         validation_context_type: Some(ValidationContextType::CombinedValidationContext(
             CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
-                    match_typed_subject_alt_names: vec![uri_san(peer)],
+                    match_typed_subject_alt_names: peers.into_iter().map(uri_san).collect(),
                     ..Default::default()
                 }),
                 validation_context_sds_secret_config: Some(sds(mesh_ca_secret_name(mesh))),
@@ -148,7 +149,7 @@ impl ResourceGenerator for MutualTls {
         let downstream = DownstreamTlsContext {
             common_tls_context: Some(common_context(
                 mesh,
-                MatchPattern::Prefix(format!("spiffe://{mesh}/")),
+                vec![MatchPattern::Prefix(format!("spiffe://{mesh}/"))],
             )),
             require_client_certificate: Some(BoolValue { value: true }),
             ..Default::default()
@@ -174,10 +175,20 @@ impl ResourceGenerator for MutualTls {
             let ClusterRole::Outbound { service } = &draft.role else {
                 continue;
             };
-            let mut common = common_context(
-                mesh,
-                MatchPattern::Exact(format!("spiffe://{mesh}/{service}")),
-            );
+            // Under strict SPIFFE a proxy's one SAN names its first service: accept those of
+            // the proxies providing this one.
+            let identities = ctx
+                .mesh
+                .service(service)
+                .filter(|_| mtls.strict_spiffe)
+                .map(|s| s.strict_identities.iter().cloned().collect::<Vec<_>>())
+                .filter(|ids| !ids.is_empty())
+                .unwrap_or_else(|| vec![service.clone()]);
+            let peers = identities
+                .iter()
+                .map(|id| MatchPattern::Exact(format!("spiffe://{mesh}/{id}")))
+                .collect();
+            let mut common = common_context(mesh, peers);
             // Tells the peer this is mesh mTLS, as Kuma does.
             common.alpn_protocols = vec!["kuma".into()];
             let upstream = UpstreamTlsContext {

@@ -8,8 +8,9 @@
 //! `AllowWithShadowDeny` principals also go into shadow rules, which only count denials.
 //!
 //! Tags become SAN matchers: `kuma.io/service: web` matches `spiffe://<mesh>/web`, any other
-//! tag `k: v` matches `kuma://k/v`. With strict SPIFFE certificates (one SAN per proxy) the
-//! control plane resolves other tags itself: to the services with an endpoint carrying them.
+//! tag `k: v` matches `kuma://k/v`. With strict SPIFFE certificates (one SAN per proxy, naming
+//! its first service) the control plane resolves a subset itself: to the identities of the
+//! proxies with an inbound carrying all its tags.
 //!
 //! The network filter `envoy.filters.network.rbac` guards TCP inbounds (a denied connection is
 //! closed); on HTTP inbounds the HTTP filter `envoy.filters.http.rbac` answers 403.
@@ -27,12 +28,13 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
+use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::policy::{PermissionAction as Action, TrafficPermissionConf};
 use kuma_core::resource::ResourceType;
 use kuma_core::rules::Rule;
 
 use super::super::ResourceGenerator;
-use super::super::context::ProxyContext;
+use super::super::context::{ProxyContext, strict_spiffe_service};
 use super::super::resources::{ResourceSet, Terminal};
 use super::typed;
 use crate::envoy::{any, ordered_map};
@@ -197,6 +199,9 @@ impl SourceMatcher<'_, '_> {
 
     /// A source carrying every tag of `subset` (the empty subset: anyone).
     fn carries(&self, subset: &Tags) -> Principal {
+        if subset.is_empty() {
+            return principal(Identifier::Any(true));
+        }
         let mesh = self.ctx.mesh.mesh;
         let spiffe = |service: &str| san(format!("spiffe://{mesh}/{service}"));
         if !self.strict_spiffe {
@@ -212,29 +217,22 @@ impl SourceMatcher<'_, '_> {
                 .collect();
             return and(ids);
         }
-        let others: Tags = subset
-            .iter()
-            .filter(|(k, _)| k.as_str() != SERVICE_TAG)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if others.is_empty() {
-            return and(subset.values().map(|v| spiffe(v)).collect());
-        }
-        // Only the service is in the certificate: the services some endpoint of which carries
-        // the subset's tags stand for it.
-        let services = self
+        // Only the proxy's identity (its first service) is in the certificate: the identities
+        // of the proxies with an inbound carrying every tag of the subset stand for it.
+        let identities: std::collections::BTreeSet<&str> = self
             .ctx
             .mesh
-            .services()
-            .filter(|(name, s)| {
-                subset.get(SERVICE_TAG).is_none_or(|wanted| wanted == *name)
-                    && s.endpoints
-                        .iter()
-                        .any(|e| others.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+            .dataplanes
+            .iter()
+            .filter_map(|r| r.spec_as::<DataplaneSpec>())
+            .filter(|dp| {
+                dp.inbounds()
+                    .iter()
+                    .any(|i| subset.iter().all(|(k, v)| i.tags.get(k) == Some(v)))
             })
-            .map(|(name, _)| spiffe(name))
+            .filter_map(strict_spiffe_service)
             .collect();
-        or(services)
+        or(identities.into_iter().map(spiffe).collect())
     }
 }
 
