@@ -220,3 +220,95 @@ async fn a_mesh_keeps_one_builtin_ca_in_its_secrets() {
         );
     }
 }
+
+#[tokio::test]
+async fn provided_backends_load_from_data_sources() {
+    use base64::Engine as _;
+    use kuma_ca::mesh_ca::load_backend;
+    use kuma_core::manager::{ManagerOptions, ResourceManager};
+    use kuma_core::model::mesh::CaBackend;
+    use kuma_core::model::system::SecretSpec;
+    use kuma_core::resource::{Resource, Spec, parse_yaml};
+    let manager = ResourceManager::new(
+        std::sync::Arc::new(kuma_store::MemoryStore::new()),
+        ManagerOptions::default(),
+    );
+    manager
+        .create(parse_yaml("type: Mesh\nname: payments\n").unwrap())
+        .await
+        .unwrap();
+    let root = BuiltinCa::generate("payments", KeyType::EcdsaP256).unwrap();
+    let (cert, key) = root.to_pem();
+    manager
+        .create(Resource::new(
+            "payments",
+            "my-ca-cert",
+            Spec::Secret(SecretSpec::from_bytes(cert.as_bytes())),
+        ))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("kuma-ca-provided-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = write(&dir, "ca.key", key);
+    let backend = |conf: serde_json::Value| CaBackend {
+        name: "ca-2".into(),
+        kind: "provided".into(),
+        conf: Some(conf),
+        ..Default::default()
+    };
+
+    // The certificate from a secret of the mesh, the key from a file, or both inline.
+    for conf in [
+        serde_json::json!({"cert": {"secret": "my-ca-cert"}, "key": {"file": key_file}}),
+        serde_json::json!({
+            "cert": {"inline": base64::engine::general_purpose::STANDARD.encode(cert)},
+            "key": {"inlineString": key},
+        }),
+    ] {
+        let ca = load_backend(&manager, "payments", &backend(conf), KeyType::EcdsaP256)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ca.root_pem(), cert);
+        let leaf = write(
+            &dir,
+            "leaf.pem",
+            &ca.issue(&request(SanLayout::Kuma)).unwrap().cert_pem,
+        );
+        let root_file = write(&dir, "root.pem", cert);
+        assert!(openssl(&["verify", "-CAfile", &root_file, &leaf]).contains(": OK"));
+    }
+
+    // Errors name the backend and what is wrong.
+    let missing =
+        backend(serde_json::json!({"cert": {"secret": "nope"}, "key": {"inlineString": key}}));
+    let e = load_backend(&manager, "payments", &missing, KeyType::EcdsaP256)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("\"ca-2\" conf.cert") && e.contains("cannot be read"),
+        "{e}"
+    );
+    let leaf = root.issue(&request(SanLayout::Kuma)).unwrap();
+    let not_ca = backend(serde_json::json!({
+        "cert": {"inlineString": leaf.cert_pem}, "key": {"inlineString": leaf.key_pem},
+    }));
+    let e = load_backend(&manager, "payments", &not_ca, KeyType::EcdsaP256)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("\"ca-2\" conf") && e.contains("not a CA"), "{e}");
+    let unknown = CaBackend {
+        kind: "vault".into(),
+        ..backend(serde_json::json!({}))
+    };
+    let e = load_backend(&manager, "payments", &unknown, KeyType::EcdsaP256)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("\"vault\" is not a CA type"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kuma_ca::ca::{CertificateAuthority, IdentityRequest, KeyType, SanLayout};
+use kuma_ca::ca::{CertificateAuthority, Identity, IdentityRequest, KeyType, SanLayout};
 use kuma_ca::mesh_ca::{MeshCaError, load_backend};
 use kuma_core::config::{MtlsConfig, MtlsKeyType, SanLayoutConfig};
 use kuma_core::duration::parse_mesh_duration;
@@ -105,15 +105,13 @@ impl Identities {
         }))
     }
 
-    /// The workload certificate of Dataplane `name` (spec `dp`) in `mesh`: the one issued
-    /// before while it is current, a new one otherwise.
-    pub fn certificate(
-        &mut self,
+    /// What the certificate of a proxy running `dp` in `mesh` asserts.
+    fn request(
+        &self,
         authority: &MeshAuthority,
         mesh: &str,
-        name: &str,
         dp: &DataplaneSpec,
-    ) -> Result<&WorkloadCertificate, kuma_ca::ca::CaError> {
+    ) -> IdentityRequest {
         let mut services = BTreeSet::new();
         let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for inbound in dp.inbounds() {
@@ -124,33 +122,118 @@ impl Identities {
                 tags.entry(k.clone()).or_default().insert(v.clone());
             }
         }
-        let request = IdentityRequest {
+        IdentityRequest {
             mesh: mesh.to_string(),
             services,
             tags,
             lifetime: authority.lifetime,
             layout: self.layout,
-        };
+        }
+    }
+
+    /// Whether the certificate kept for `key` answers `request` from `authority` at `now`.
+    fn is_current(
+        &self,
+        key: &(String, String),
+        request: &IdentityRequest,
+        authority: &MeshAuthority,
+        now: SystemTime,
+    ) -> bool {
+        self.issued.get(key).is_some_and(|i| {
+            &i.request == request && i.root_pem == authority.mtls.ca_pem && now < i.renew_at
+        })
+    }
+
+    fn keep(
+        &mut self,
+        key: (String, String),
+        request: IdentityRequest,
+        identity: Identity,
+        authority: &MeshAuthority,
+        issued_at: SystemTime,
+    ) {
+        tracing::info!(mesh = %key.0, dataplane = %key.1, expires = ?identity.not_after, "issued a workload certificate");
+        self.issued.insert(
+            key,
+            Issued {
+                renew_at: identity.renew_at(issued_at),
+                request,
+                root_pem: authority.mtls.ca_pem.clone(),
+                cert: WorkloadCertificate {
+                    cert_pem: identity.cert_pem,
+                    key_pem: identity.key_pem,
+                },
+            },
+        );
+    }
+
+    /// Issues, on every core, the certificates `proxies` (Dataplane names and specs in `mesh`)
+    /// are missing or must replace, so that [`Identities::certificate`] finds them ready. Key
+    /// generation is the cost of issuing (tens of milliseconds for RSA), and a mesh enabling
+    /// mTLS needs one per proxy at once. Failures are left for `certificate` to report.
+    pub fn prepare<'d>(
+        &mut self,
+        authority: &MeshAuthority,
+        mesh: &str,
+        proxies: impl IntoIterator<Item = (&'d str, &'d DataplaneSpec)>,
+    ) {
+        let now = SystemTime::now();
+        let wanted: Vec<((String, String), IdentityRequest)> = proxies
+            .into_iter()
+            .map(|(name, dp)| {
+                (
+                    (mesh.to_string(), name.to_string()),
+                    self.request(authority, mesh, dp),
+                )
+            })
+            .filter(|(key, request)| !self.is_current(key, request, authority, now))
+            .collect();
+        if wanted.len() < 2 {
+            return;
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(wanted.len());
+        let chunk = wanted.len().div_ceil(threads);
+        let ca = &authority.ca;
+        let issued: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> = wanted
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(key, request)| (key, request, ca.issue(request)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        for (key, request, result) in issued {
+            if let Ok(identity) = result {
+                self.keep(key.clone(), request.clone(), identity, authority, now);
+            }
+        }
+    }
+
+    /// The workload certificate of Dataplane `name` (spec `dp`) in `mesh`: the one issued
+    /// before while it is current, a new one otherwise.
+    pub fn certificate(
+        &mut self,
+        authority: &MeshAuthority,
+        mesh: &str,
+        name: &str,
+        dp: &DataplaneSpec,
+    ) -> Result<&WorkloadCertificate, kuma_ca::ca::CaError> {
+        let request = self.request(authority, mesh, dp);
         let key = (mesh.to_string(), name.to_string());
         let now = SystemTime::now();
-        let current = self.issued.get(&key).is_some_and(|i| {
-            i.request == request && i.root_pem == authority.mtls.ca_pem && now < i.renew_at
-        });
-        if !current {
+        if !self.is_current(&key, &request, authority, now) {
             let identity = authority.ca.issue(&request)?;
-            tracing::info!(mesh, dataplane = name, expires = ?identity.not_after, "issued a workload certificate");
-            self.issued.insert(
-                key.clone(),
-                Issued {
-                    renew_at: identity.renew_at(now),
-                    request,
-                    root_pem: authority.mtls.ca_pem.clone(),
-                    cert: WorkloadCertificate {
-                        cert_pem: identity.cert_pem,
-                        key_pem: identity.key_pem,
-                    },
-                },
-            );
+            self.keep(key.clone(), request, identity, authority, now);
         }
         Ok(&self.issued[&key].cert)
     }
@@ -265,6 +348,31 @@ mod tests {
             .certificate(&short, "default", "web-1", v2.spec_as().unwrap())
             .unwrap();
         assert_ne!(renewed, &brief);
+
+        // Preparing a batch issues every missing certificate at once; they are then served.
+        let authority = ids.mesh("default", &mesh("1h")).await.unwrap().unwrap();
+        let batch: Vec<(String, Resource)> = (0..4)
+            .map(|i| (format!("batch-{i}"), dataplane(&format!("v{i}"))))
+            .collect();
+        ids.prepare(
+            &authority,
+            "default",
+            batch
+                .iter()
+                .map(|(n, r)| (n.as_str(), r.spec_as::<DataplaneSpec>().unwrap())),
+        );
+        let far = SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(ids.due(far)["default"].len(), 5, "web-1 and the batch");
+        for (n, r) in &batch {
+            let prepared = ids
+                .certificate(&authority, "default", n, r.spec_as().unwrap())
+                .unwrap()
+                .clone();
+            let again = ids
+                .certificate(&authority, "default", n, r.spec_as().unwrap())
+                .unwrap();
+            assert_eq!(again, &prepared);
+        }
 
         // A mesh without mTLS forgets its certificates.
         ids.retain("default", |_| false);

@@ -192,6 +192,15 @@ impl Reconciler {
         if let Some(a) = &authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
         }
+        if let Some(a) = &authority {
+            self.identities.prepare(
+                a,
+                mesh,
+                targets
+                    .iter()
+                    .filter_map(|r| Some((r.meta.name.as_str(), r.spec_as::<DataplaneSpec>()?))),
+            );
+        }
         let mut generated = 0;
         for r in targets {
             let node = node_id(mesh, &r.meta.name);
