@@ -9,17 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Standalone;
 
 async fn post(port: u16, body: &str) -> (u16, String) {
-    let r = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("http://127.0.0.1:{port}/tokens/dataplane"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    common::post_json(port, "/tokens/dataplane", body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,13 +83,21 @@ async fn admins_generate_dataplane_tokens() {
     }
 }
 
-/// Runs `kuma-dp run` for Dataplane `web-1` with `token` (none when `None`); it must exit
-/// without starting Envoy. Returns its stderr.
-async fn refused_kuma_dp(cp: &Standalone, dir: &std::path::Path, token: Option<&str>) -> String {
+/// `kuma-dp run` for a Dataplane `web-1` (written under `dir`) against `cp`, without a token;
+/// its admin port is `admin` and its inbound ports `inbound` and `inbound + 1`.
+async fn web_kuma_dp(
+    cp: &Standalone,
+    dir: &std::path::Path,
+    admin: u16,
+    inbound: u16,
+) -> tokio::process::Command {
     let dataplane = dir.join("web-1.yaml");
     std::fs::write(
         &dataplane,
-        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 24001\n    servicePort: 24002\n    tags:\n      kuma.io/service: web\n",
+        format!(
+            "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n",
+            inbound + 1
+        ),
     )
     .unwrap();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-dp"));
@@ -110,8 +108,17 @@ async fn refused_kuma_dp(cp: &Standalone, dir: &std::path::Path, token: Option<&
         .arg(kuma_testkit::envoy_binary())
         .arg("--dataplane-file")
         .arg(&dataplane)
+        .args(["--admin-port", &admin.to_string(), "--readiness-port"])
+        .arg(kuma_testkit::free_port().await.to_string())
         .arg("--config-dir")
         .arg(dir.join("web-1"));
+    cmd
+}
+
+/// Runs `kuma-dp run` for Dataplane `web-1` with `token` (none when `None`); it must exit
+/// without starting Envoy. Returns its stderr.
+async fn refused_kuma_dp(cp: &Standalone, dir: &std::path::Path, token: Option<&str>) -> String {
+    let mut cmd = web_kuma_dp(cp, dir, kuma_testkit::free_port().await, 24001).await;
     if let Some(token) = token {
         let file = dir.join("token");
         std::fs::write(&file, token).unwrap();
@@ -209,25 +216,9 @@ async fn proxies_without_a_valid_token_are_refused() {
 async fn token_checks_can_be_switched_off_for_development() {
     let cp = Standalone::start(&[("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none")]).await;
     let dir = common::test_dir("token-none");
-    let dataplane = dir.join("web-1.yaml");
-    std::fs::write(
-        &dataplane,
-        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 24011\n    servicePort: 24012\n    tags:\n      kuma.io/service: web\n",
-    )
-    .unwrap();
     let admin = kuma_testkit::free_port().await;
-    let mut dp = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
-        .kill_on_drop(true)
-        .args(["run", "--cp-address"])
-        .arg(format!("https://localhost:{}", cp.dp_port))
-        .args(["--ca-cert-file", &cp.ca_file, "--binary-path"])
-        .arg(kuma_testkit::envoy_binary())
-        .arg("--dataplane-file")
-        .arg(&dataplane)
-        .args(["--admin-port", &admin.to_string(), "--readiness-port"])
-        .arg(kuma_testkit::free_port().await.to_string())
-        .arg("--config-dir")
-        .arg(dir.join("web-1"))
+    let mut dp = web_kuma_dp(&cp, &dir, admin, 24011)
+        .await
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

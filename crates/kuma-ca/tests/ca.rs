@@ -173,19 +173,25 @@ fn provided_cas_are_checked() {
     assert!(err.to_string().contains("not PEM"), "{err}");
 }
 
-#[tokio::test]
-async fn a_mesh_keeps_one_builtin_ca_in_its_secrets() {
-    use kuma_ca::mesh_ca::{builtin_secret_names, ensure_builtin};
+/// A memory store with the mesh `payments`.
+async fn payments() -> kuma_core::manager::ResourceManager {
     use kuma_core::manager::{ManagerOptions, ResourceManager};
-    use kuma_core::resource::{ResourceKey, ResourceType, parse_yaml};
     let manager = ResourceManager::new(
         std::sync::Arc::new(kuma_store::MemoryStore::new()),
         ManagerOptions::default(),
     );
     manager
-        .create(parse_yaml("type: Mesh\nname: payments\n").unwrap())
+        .create(kuma_core::resource::parse_yaml("type: Mesh\nname: payments\n").unwrap())
         .await
         .unwrap();
+    manager
+}
+
+#[tokio::test]
+async fn a_mesh_keeps_one_builtin_ca_in_its_secrets() {
+    use kuma_ca::mesh_ca::{builtin_secret_names, ensure_builtin};
+    use kuma_core::resource::{ResourceKey, ResourceType};
+    let manager = payments().await;
     let first = ensure_builtin(&manager, "payments", "ca-1", KeyType::EcdsaP256)
         .await
         .unwrap();
@@ -225,18 +231,10 @@ async fn a_mesh_keeps_one_builtin_ca_in_its_secrets() {
 async fn provided_backends_load_from_data_sources() {
     use base64::Engine as _;
     use kuma_ca::mesh_ca::load_backend;
-    use kuma_core::manager::{ManagerOptions, ResourceManager};
     use kuma_core::model::mesh::CaBackend;
     use kuma_core::model::system::SecretSpec;
-    use kuma_core::resource::{Resource, Spec, parse_yaml};
-    let manager = ResourceManager::new(
-        std::sync::Arc::new(kuma_store::MemoryStore::new()),
-        ManagerOptions::default(),
-    );
-    manager
-        .create(parse_yaml("type: Mesh\nname: payments\n").unwrap())
-        .await
-        .unwrap();
+    use kuma_core::resource::{Resource, Spec};
+    let manager = payments().await;
     let root = BuiltinCa::generate("payments", KeyType::EcdsaP256).unwrap();
     let (cert, key) = root.to_pem();
     manager

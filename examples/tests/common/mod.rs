@@ -108,21 +108,28 @@ pub struct Dp {
     pub readiness_port: u16,
 }
 
-/// A dataplane token for Dataplane `name` of `mesh`, from the API on 127.0.0.1:`api_port`
-/// (where localhost is admin).
-pub async fn dataplane_token(api_port: u16, mesh: &str, name: &str) -> String {
+/// `POST path` with a JSON `body` to the API on 127.0.0.1:`api_port` (where localhost is
+/// admin): (status, response body).
+pub async fn post_json(api_port: u16, path: &str, body: &str) -> (u16, String) {
     let r = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
-        .post(format!("http://127.0.0.1:{api_port}/tokens/dataplane"))
+        .post(format!("http://127.0.0.1:{api_port}{path}"))
         .header("content-type", "application/json")
-        .body(serde_json::json!({"name": name, "mesh": mesh}).to_string())
+        .body(body.to_string())
         .send()
         .await
         .unwrap();
-    assert!(r.status().is_success(), "a dataplane token: {}", r.status());
-    r.text().await.unwrap()
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A dataplane token for Dataplane `name` of `mesh`, from the API on 127.0.0.1:`api_port`.
+pub async fn dataplane_token(api_port: u16, mesh: &str, name: &str) -> String {
+    let body = serde_json::json!({"name": name, "mesh": mesh}).to_string();
+    let (status, token) = post_json(api_port, "/tokens/dataplane", &body).await;
+    assert_eq!(status, 200, "a dataplane token: {token}");
+    token
 }
 
 /// Starts `kuma-dp run` for `dataplane` (YAML) against the dp-server on `cp_port`, with a
