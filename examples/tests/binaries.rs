@@ -28,9 +28,10 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         api_port,
         api_tls_port,
         diagnostics_port,
+        dns_port,
         ca_file,
     } = Standalone::start(&[]).await;
-    for port in [diagnostics_port, cp_port, api_port, api_tls_port] {
+    for port in [diagnostics_port, cp_port, api_port, api_tls_port, dns_port] {
         assert!(
             table.contains(&format!(":{port}")),
             "the listen table names port {port}: {table}"
@@ -118,6 +119,18 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     .await;
     eventually("traffic flows web -> backend", || async {
         echoes(w_out).await
+    })
+    .await;
+    // The leader gave both services VIPs, and the DNS server answers them to `dig`.
+    eventually("dig resolves backend.mesh and web.mesh", || async {
+        let (b, w) = (
+            common::dig(dns_port, "backend.mesh"),
+            common::dig(dns_port, "web.mesh"),
+        );
+        // The first two addresses of 240.0.0.0/4, in the order the services appeared.
+        let mut both = [b.as_str(), w.as_str()];
+        both.sort();
+        both == ["240.0.0.1", "240.0.0.2"]
     })
     .await;
     // The backend's address is not loopback's 127.0.0.1, so its Envoy also gets the

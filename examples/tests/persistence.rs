@@ -149,11 +149,28 @@ async fn two_instances_share_one_database() {
         "write on A -> endpoint in Envoy behind B: {:?}",
         written.elapsed()
     );
+    // One leader allocates VIPs (the first two of the range, in the order the services
+    // appeared); both instances answer them alike.
+    let vips = |port: u16| {
+        (
+            common::dig(port, "web.mesh"),
+            common::dig(port, "backend.mesh"),
+        )
+    };
+    eventually("both instances resolve the same VIPs", || async {
+        let (on_a, on_b) = (vips(a.dns_port), vips(b.dns_port));
+        let mut both = [on_a.0.as_str(), on_a.1.as_str()];
+        both.sort();
+        on_a == on_b && both == ["240.0.0.1", "240.0.0.2"]
+    })
+    .await;
+    let vips_before = vips(b.dns_port);
 
     // B restarts (same work directory, so the same certificate): the resources are all there
     // and Envoy, reconnecting, is served exactly the versions it has.
     let before = config_versions(dp.admin_port).await;
     let b = b.restart(&env_b).await;
+    assert_eq!(vips(b.dns_port), vips_before, "VIPs survive a restart");
     let listed = api_json(b.api_port, "/meshes/default/dataplanes/backend-1").await;
     assert_eq!(listed["networking"]["address"], "127.0.0.77", "{listed}");
     // Envoy reconnects to the new B and stays on the same versions.
@@ -227,10 +244,19 @@ async fn sqlite_control_plane_restarts_with_everything() {
     assert!(before_secrets.0.is_string() && before_secrets.1.is_string());
     let before_meshes = api_json(cp.api_port, "/meshes").await;
     let before_versions = config_versions(dp.admin_port).await;
+    eventually("web.mesh has a VIP", || async {
+        common::dig(cp.dns_port, "web.mesh") == "240.0.0.1"
+    })
+    .await;
 
     // Restart on the same ports and work directory.
     let cp = cp.restart(&env).await;
     let api_port = cp.api_port;
+    assert_eq!(
+        common::dig(cp.dns_port, "web.mesh"),
+        "240.0.0.1",
+        "VIPs survive a restart"
+    );
 
     // The same resources (versions included), the same signing key and admin token.
     assert_eq!(api_json(api_port, "/meshes").await, before_meshes);

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod dns;
 pub mod identities;
 pub mod insights;
 pub mod inspect;
@@ -75,6 +76,9 @@ pub enum StartError {
     /// The admin user token could not be bootstrapped.
     #[error("admin user token: {0}")]
     Tokens(#[from] kuma_ca::TokenError),
+    /// The DNS settings cannot be used.
+    #[error("dnsServer: {0}")]
+    Dns(String),
 }
 
 /// A running control plane.
@@ -86,6 +90,7 @@ pub struct ControlPlane {
     dp_server_addr: SocketAddr,
     api_http_addr: Option<SocketAddr>,
     api_https_addr: Option<SocketAddr>,
+    dns_addr: Option<SocketAddr>,
     ca_pem: String,
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
@@ -437,6 +442,38 @@ impl ControlPlane {
         if *leader.borrow() {
             defaults.ensure().await?;
         }
+        // DNS: the leader allocates VIPs, every instance serves the zone.
+        let mut dns_addr = None;
+        if config.mode != Mode::Global {
+            let d = &config.dns_server;
+            let allocator = kuma_dns::vips::CidrVipAllocator::new(manager.clone(), &d.cidr)
+                .map_err(StartError::Dns)?;
+            if d.service_vip_enabled {
+                background.0.push(tokio::spawn(dns::allocate_vips(
+                    manager.clone(),
+                    Arc::new(allocator),
+                    leader.clone(),
+                )));
+            }
+            // Stored VIPs are answered from the first query on.
+            let zone = dns::build_zone(&manager, &d.domain, d.ttl).await;
+            let server = kuma_dns::server::DnsServer::new(zone);
+            let addr: SocketAddr = ([0, 0, 0, 0], d.port).into();
+            let bound = server
+                .bind(addr, shutdown.subscribe())
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: format!("{addr} (DNS)"),
+                    source,
+                })?;
+            dns_addr = Some(bound);
+            background.0.push(tokio::spawn(dns::follow_vips(
+                manager.clone(),
+                server,
+                d.domain.clone(),
+                d.ttl,
+            )));
+        }
         background
             .0
             .push(tokio::spawn(leader_jobs(leader, defaults, metrics.clone())));
@@ -500,6 +537,7 @@ impl ControlPlane {
             dp_server_addr,
             api_http_addr,
             api_https_addr,
+            dns_addr,
             ca_pem: certificate.ca_pem,
             ca_path,
             shutdown,
@@ -508,6 +546,11 @@ impl ControlPlane {
             reconciler,
             metrics,
         })
+    }
+
+    /// Where the DNS server listens, UDP and TCP (`None` in global mode).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     /// Where the diagnostics port (`/ready`, `/healthy`) listens.

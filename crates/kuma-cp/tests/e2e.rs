@@ -154,6 +154,7 @@ async fn envoy_data_path_through_generated_config() {
     config.api_server.https.enabled = false;
     config.monitoring_assignment_server.enabled = false;
     config.diagnostics.server_port = free_port().await;
+    config.dns_server.port = free_port().await;
     config.xds_server.dataplane_deregistration_delay = "1s".parse().unwrap();
     let cp = ControlPlane::start(config)
         .await

@@ -159,6 +159,9 @@ async fn main() -> ExitCode {
         "dp-server (TLS): ADS (gRPC) + POST /bootstrap",
         cp.dp_server_addr()
     );
+    if let Some(addr) = cp.dns_addr() {
+        println!("  {:<44} {}", "DNS (.mesh, UDP and TCP)", addr);
+    }
     if let Some(addr) = cp.api_http_addr() {
         println!("  {:<44} {}", "HTTP API (kumactl)", addr);
     }

@@ -30,6 +30,7 @@ pub struct Standalone {
     pub api_port: u16,
     pub api_tls_port: u16,
     pub diagnostics_port: u16,
+    pub dns_port: u16,
     /// The CA of its generated certificate (dp-server and HTTPS API).
     pub ca_file: String,
 }
@@ -48,17 +49,19 @@ impl Standalone {
             Some(p) => p,
             None => free_port().await,
         };
-        let (dp_port, api_port, api_tls_port, diagnostics_port) = (
+        let (dp_port, api_port, api_tls_port, diagnostics_port, dns_port) = (
             pick("KUMA_DP_SERVER_PORT").await,
             pick("KUMA_API_SERVER_HTTP_PORT").await,
             pick("KUMA_API_SERVER_HTTPS_PORT").await,
             pick("KUMA_DIAGNOSTICS_SERVER_PORT").await,
+            pick("KUMA_DNS_SERVER_PORT").await,
         );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_standalone"));
         cmd.env("KUMA_DP_SERVER_PORT", dp_port.to_string())
             .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
             .env("KUMA_API_SERVER_HTTPS_PORT", api_tls_port.to_string())
             .env("KUMA_DIAGNOSTICS_SERVER_PORT", diagnostics_port.to_string())
+            .env("KUMA_DNS_SERVER_PORT", dns_port.to_string())
             .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s");
         for (k, v) in env {
             cmd.env(k, v);
@@ -96,6 +99,7 @@ impl Standalone {
             api_port,
             api_tls_port,
             diagnostics_port,
+            dns_port,
             ca_file: ca_line.split_whitespace().last().unwrap().to_string(),
         }
     }
@@ -222,6 +226,7 @@ impl Standalone {
             ("KUMA_API_SERVER_HTTP_PORT", self.api_port),
             ("KUMA_API_SERVER_HTTPS_PORT", self.api_tls_port),
             ("KUMA_DIAGNOSTICS_SERVER_PORT", self.diagnostics_port),
+            ("KUMA_DNS_SERVER_PORT", self.dns_port),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -242,4 +247,13 @@ impl Standalone {
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Standalone::start(&refs).await
     }
+}
+
+/// `dig @127.0.0.1 -p <port> <name> +short`: the answers, one per line.
+pub fn dig(port: u16, name: &str) -> String {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), name, "+short"])
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

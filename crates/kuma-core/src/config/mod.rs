@@ -541,6 +541,8 @@ pub struct DnsServerConfig {
     pub service_vip_enabled: bool,
     /// Port on the VIPs.
     pub service_vip_port: u16,
+    /// TTL of the answers, in seconds.
+    pub ttl: u32,
 }
 
 impl Default for DnsServerConfig {
@@ -551,6 +553,7 @@ impl Default for DnsServerConfig {
             cidr: "240.0.0.0/4".into(),
             service_vip_enabled: true,
             service_vip_port: 80,
+            ttl: 60,
         }
     }
 }
@@ -834,10 +837,10 @@ impl Config {
         if self.dns_server.domain.is_empty() {
             err.add(&Path::at("dnsServer").field("domain"), "must not be empty");
         }
-        if self.dns_server.cidr.parse::<ipnet::IpNet>().is_err() {
+        if self.dns_server.cidr.parse::<ipnet::Ipv4Net>().is_err() {
             err.add(
                 &Path::at("dnsServer").field("CIDR"),
-                format!("{:?} is not a CIDR", self.dns_server.cidr),
+                format!("{:?} is not an IPv4 CIDR", self.dns_server.cidr),
             );
         }
         for (path, iface) in [

@@ -1,0 +1,160 @@
+//! DNS in the control plane: the leader keeps each mesh's VIPs in step with its Dataplanes, and
+//! every instance serves the `.mesh` zone built from the stored VIP tables (so all instances
+//! answer alike, whichever one allocated).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kuma_core::manager::{ManagerError, ResourceManager};
+use kuma_core::resource::{ResourceKey, ResourceType};
+use kuma_core::store::{ListQuery, StoreError};
+use kuma_dns::server::DnsServer;
+use kuma_dns::vips::{VipAllocator, config_name, mesh_of_config, parse_table, service_hostnames};
+use kuma_dns::zone::Zone;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+/// Changes arriving within this window are handled together.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Allocates VIPs while `leader` reads true: every mesh when leadership starts, then the meshes
+/// whose Dataplanes change. VIP tables of deleted meshes are removed.
+pub async fn allocate_vips(
+    manager: ResourceManager,
+    allocator: Arc<dyn VipAllocator>,
+    mut leader: watch::Receiver<bool>,
+) {
+    loop {
+        if leader.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let mut events = manager.store().watch();
+        for mesh in all_meshes(&manager).await {
+            sync_mesh(&manager, allocator.as_ref(), &mesh).await;
+        }
+        loop {
+            let first = tokio::select! {
+                e = events.recv() => e,
+                _ = leader.wait_for(|l| !*l) => break,
+            };
+            let mut dirty = BTreeSet::new();
+            let mut everything = false;
+            let mut note = |e: Result<kuma_core::store::StoreEvent, RecvError>| match e {
+                Ok(e) => match e.key.rtype {
+                    ResourceType::Dataplane => {
+                        dirty.insert(e.key.mesh);
+                    }
+                    ResourceType::Mesh => {
+                        dirty.insert(e.key.name);
+                    }
+                    _ => {}
+                },
+                Err(RecvError::Lagged(_)) => everything = true,
+                Err(RecvError::Closed) => {}
+            };
+            if matches!(first, Err(RecvError::Closed)) {
+                return;
+            }
+            note(first);
+            tokio::time::sleep(DEBOUNCE).await;
+            while let Ok(e) = events.try_recv() {
+                note(Ok(e));
+            }
+            if everything {
+                dirty.extend(all_meshes(&manager).await);
+            }
+            for mesh in dirty {
+                sync_mesh(&manager, allocator.as_ref(), &mesh).await;
+            }
+        }
+    }
+}
+
+/// Every mesh, and every mesh with a VIP table (to clean up after deleted meshes).
+async fn all_meshes(manager: &ResourceManager) -> BTreeSet<String> {
+    let mut meshes = BTreeSet::new();
+    if let Ok(page) = manager.list(&ListQuery::all(ResourceType::Mesh)).await {
+        meshes.extend(page.items.into_iter().map(|m| m.meta.name));
+    }
+    if let Ok(page) = manager.list(&ListQuery::all(ResourceType::Config)).await {
+        meshes.extend(
+            page.items
+                .iter()
+                .filter_map(|c| mesh_of_config(&c.meta.name).map(str::to_string)),
+        );
+    }
+    meshes
+}
+
+async fn sync_mesh(manager: &ResourceManager, allocator: &dyn VipAllocator, mesh: &str) {
+    let exists = manager
+        .get(&ResourceKey::global(ResourceType::Mesh, mesh))
+        .await
+        .is_ok();
+    if !exists {
+        let key = ResourceKey::global(ResourceType::Config, &config_name(mesh));
+        match manager.delete(&key, false).await {
+            Ok(()) | Err(ManagerError::Store(StoreError::NotFound(_))) => {}
+            Err(e) => tracing::warn!(mesh, error = %e, "cannot remove the VIPs of a deleted mesh"),
+        }
+        return;
+    }
+    let dataplanes = match manager
+        .list(&ListQuery::in_mesh(ResourceType::Dataplane, mesh))
+        .await
+    {
+        Ok(page) => page.items,
+        Err(e) => {
+            tracing::warn!(mesh, error = %e, "cannot list dataplanes for VIPs");
+            return;
+        }
+    };
+    if let Err(e) = allocator.sync(mesh, &service_hostnames(&dataplanes)).await {
+        tracing::warn!(mesh, error = %e, "VIP allocation incomplete");
+    }
+}
+
+/// The zone of every stored VIP table.
+pub async fn build_zone(manager: &ResourceManager, domain: &str, ttl: u32) -> Zone {
+    let mut tables = Vec::new();
+    if let Ok(page) = manager.list(&ListQuery::all(ResourceType::Config)).await {
+        for c in &page.items {
+            if mesh_of_config(&c.meta.name).is_none() {
+                continue;
+            }
+            match parse_table(&c.meta.name, c) {
+                Ok(t) => tables.push(t),
+                Err(e) => tracing::warn!(error = %e, "a VIP table is skipped"),
+            }
+        }
+    }
+    let zone = Zone::new(domain, ttl).with_tables(&tables);
+    tracing::debug!(tables = tables.len(), names = zone.len(), "DNS zone built");
+    zone
+}
+
+/// Keeps `server`'s zone in step with the stored VIP tables until the store's change stream
+/// ends.
+pub async fn follow_vips(
+    manager: ResourceManager,
+    server: Arc<DnsServer>,
+    domain: String,
+    ttl: u32,
+) {
+    let mut events = manager.store().watch();
+    server.set_zone(build_zone(&manager, &domain, ttl).await);
+    loop {
+        match events.recv().await {
+            Ok(e)
+                if e.key.rtype == ResourceType::Config && mesh_of_config(&e.key.name).is_some() => {
+            }
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        while events.try_recv().is_ok() {}
+        server.set_zone(build_zone(&manager, &domain, ttl).await);
+    }
+}

@@ -1,0 +1,12 @@
+//! Kuma's DNS: stable virtual IPs for the services of each mesh, and the DNS server that
+//! answers `<service>.mesh` with them.
+//!
+//! - [`vips`]: the [`VipAllocator`](vips::VipAllocator) trait and
+//!   [`CidrVipAllocator`](vips::CidrVipAllocator), which keeps each mesh's VIPs in the Config
+//!   resource `kuma-<mesh>-dns-vips` exactly as Kuma does.
+//! - [`zone`]: names to VIPs and the answer to one query, safe on any input.
+//! - [`server`]: UDP and TCP serving of a zone.
+
+pub mod server;
+pub mod vips;
+pub mod zone;

@@ -1,0 +1,383 @@
+//! Virtual IPs: one stable address per hostname of a mesh, taken from a CIDR.
+//!
+//! A mesh's VIPs are kept, as Kuma keeps them, in the Config resource `kuma-<mesh>-dns-vips`:
+//! a JSON map from `"<type>:<name>"` (type 0 for a service) to
+//! `{"address": "240.0.0.1", "outbounds": [{"Port": 0, "TagSet": {...}, "Origin": "service"}]}`.
+//! [`allocate`] is the pure rule (keep what has a VIP, free what is gone, give the lowest free
+//! address to what is new); [`CidrVipAllocator`] applies it through the store with optimistic
+//! concurrency, so control-plane instances never hand one VIP to two hostnames.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use kuma_core::manager::{ManagerError, ResourceManager};
+use kuma_core::model::system::ConfigSpec;
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
+use kuma_core::store::StoreError;
+use serde::{Deserialize, Serialize};
+
+/// The name of the Config resource holding `mesh`'s VIPs.
+pub fn config_name(mesh: &str) -> String {
+    format!("kuma-{mesh}-dns-vips")
+}
+
+/// The mesh whose VIPs the Config resource `name` holds.
+pub fn mesh_of_config(name: &str) -> Option<&str> {
+    name.strip_prefix("kuma-")?.strip_suffix("-dns-vips")
+}
+
+/// What a hostname names, as Kuma numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostnameKind {
+    /// A `kuma.io/service` (`0`).
+    Service,
+    /// An external service's host (`1`).
+    Host,
+    /// A fully qualified domain (`2`).
+    Fqdn,
+}
+
+/// A hostname with a VIP: `0:backend` in Kuma's JSON.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostnameEntry {
+    /// What it names.
+    pub kind: HostnameKind,
+    /// The name.
+    pub name: String,
+}
+
+impl HostnameEntry {
+    /// The entry of service `name`.
+    pub fn service(name: &str) -> Self {
+        HostnameEntry {
+            kind: HostnameKind::Service,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for HostnameEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            HostnameKind::Service => 0,
+            HostnameKind::Host => 1,
+            HostnameKind::Fqdn => 2,
+        };
+        write!(f, "{kind}:{}", self.name)
+    }
+}
+
+impl std::str::FromStr for HostnameEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, name) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not <type>:<name>"))?;
+        let kind = match kind {
+            "0" => HostnameKind::Service,
+            "1" => HostnameKind::Host,
+            "2" => HostnameKind::Fqdn,
+            other => return Err(format!("{other:?} is not a hostname type (0, 1, 2)")),
+        };
+        Ok(HostnameEntry {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Serialize for HostnameEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostnameEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One way to reach a hostname: a port and the tags of its destination (Kuma's field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundEntry {
+    /// The port (0: the service's VIP port).
+    #[serde(rename = "Port", default)]
+    pub port: u32,
+    /// The destination's tags.
+    #[serde(rename = "TagSet", default)]
+    pub tag_set: BTreeMap<String, String>,
+    /// What produced it (`service` for a mesh service).
+    #[serde(rename = "Origin", default)]
+    pub origin: String,
+}
+
+impl OutboundEntry {
+    /// The outbound of mesh service `name`.
+    pub fn service(name: &str) -> Self {
+        OutboundEntry {
+            port: 0,
+            tag_set: BTreeMap::from([(
+                kuma_core::model::common::SERVICE_TAG.to_string(),
+                name.to_string(),
+            )]),
+            origin: "service".into(),
+        }
+    }
+}
+
+/// A hostname's VIP and outbounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualOutbound {
+    /// The VIP (empty when none could be allocated).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// How the hostname is reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbounds: Vec<OutboundEntry>,
+}
+
+/// The VIPs of one mesh, by hostname.
+pub type VipTable = BTreeMap<HostnameEntry, VirtualOutbound>;
+
+/// The VIP of each hostname of `table` (those without a valid address are left out).
+pub fn addresses(table: &VipTable) -> BTreeMap<&HostnameEntry, Ipv4Addr> {
+    table
+        .iter()
+        .filter_map(|(h, vo)| Some((h, vo.address.parse().ok()?)))
+        .collect()
+}
+
+/// Why VIPs could not be allocated or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum VipError {
+    /// The CIDR has no free address left for these hostnames (the others got theirs).
+    #[error("no free VIP left in {cidr} for {}", unallocated.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    Exhausted {
+        /// The range.
+        cidr: Ipv4Net,
+        /// The hostnames left without a VIP.
+        unallocated: Vec<HostnameEntry>,
+    },
+    /// The stored table is not Kuma's JSON.
+    #[error("Config {name}: {reason}")]
+    Corrupt {
+        /// The Config resource.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ManagerError),
+    /// Other instances kept changing the table.
+    #[error("Config {0}: gave up after repeated concurrent updates")]
+    Contended(String),
+}
+
+/// The table for `wanted` (each hostname with its outbounds), keeping every VIP of `previous`
+/// that is in `cidr` and still wanted, and giving each new hostname the lowest free address
+/// (never the network or broadcast address of a range wider than /31). Returns the table and
+/// the hostnames no address was left for.
+pub fn allocate(
+    cidr: Ipv4Net,
+    previous: &VipTable,
+    wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+) -> (VipTable, Vec<HostnameEntry>) {
+    let mut taken: HashSet<u32> = HashSet::new();
+    let mut table = VipTable::new();
+    // Kept first, so a new hostname can never take a kept address.
+    for (hostname, outbounds) in wanted {
+        let kept = previous
+            .get(hostname)
+            .and_then(|vo| vo.address.parse::<Ipv4Addr>().ok())
+            .filter(|ip| cidr.contains(ip) && taken.insert(u32::from(*ip)));
+        if let Some(ip) = kept {
+            table.insert(
+                hostname.clone(),
+                VirtualOutbound {
+                    address: ip.to_string(),
+                    outbounds: outbounds.clone(),
+                },
+            );
+        }
+    }
+    let (first, last) = usable_range(cidr);
+    let mut next = first;
+    let mut unallocated = Vec::new();
+    for (hostname, outbounds) in wanted {
+        if table.contains_key(hostname) {
+            continue;
+        }
+        while next <= last && taken.contains(&next) {
+            next += 1;
+        }
+        if next > last {
+            unallocated.push(hostname.clone());
+            continue;
+        }
+        taken.insert(next);
+        table.insert(
+            hostname.clone(),
+            VirtualOutbound {
+                address: Ipv4Addr::from(next).to_string(),
+                outbounds: outbounds.clone(),
+            },
+        );
+    }
+    (table, unallocated)
+}
+
+/// The first and last addresses handed out from `cidr`.
+fn usable_range(cidr: Ipv4Net) -> (u32, u32) {
+    let (network, broadcast) = (u32::from(cidr.network()), u32::from(cidr.broadcast()));
+    if cidr.prefix_len() >= 31 {
+        (network, broadcast)
+    } else {
+        (network + 1, broadcast - 1)
+    }
+}
+
+/// Stable virtual IPs for the hostnames of each mesh. Implement it to keep VIPs elsewhere.
+#[async_trait::async_trait]
+pub trait VipAllocator: Send + Sync {
+    /// Makes `mesh`'s table hold exactly `wanted`: existing VIPs are kept, hostnames no longer
+    /// wanted give theirs back, new ones get free addresses. Returns the table in force.
+    async fn sync(
+        &self,
+        mesh: &str,
+        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+    ) -> Result<VipTable, VipError>;
+
+    /// `mesh`'s table.
+    async fn get(&self, mesh: &str) -> Result<VipTable, VipError>;
+}
+
+/// VIPs from a CIDR, kept in the store as Kuma keeps them.
+#[derive(Clone)]
+pub struct CidrVipAllocator {
+    manager: ResourceManager,
+    cidr: Ipv4Net,
+}
+
+impl CidrVipAllocator {
+    /// Allocates from `cidr` (IPv4), storing through `manager`.
+    pub fn new(manager: ResourceManager, cidr: &str) -> Result<Self, String> {
+        let cidr: Ipv4Net = cidr
+            .parse()
+            .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR"))?;
+        Ok(CidrVipAllocator { manager, cidr })
+    }
+
+    /// The stored table of `mesh` and the resource holding it (`None` when there is none).
+    async fn load(&self, mesh: &str) -> Result<(VipTable, Option<Resource>), VipError> {
+        let name = config_name(mesh);
+        match self
+            .manager
+            .get(&ResourceKey::global(ResourceType::Config, &name))
+            .await
+        {
+            Ok(r) => {
+                let table = parse_table(&name, &r)?;
+                Ok((table, Some(r)))
+            }
+            Err(ManagerError::Store(StoreError::NotFound(_))) => Ok((VipTable::new(), None)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The table held by the Config resource `r` (named `name`).
+pub fn parse_table(name: &str, r: &Resource) -> Result<VipTable, VipError> {
+    let Some(spec) = r.spec_as::<ConfigSpec>() else {
+        return Err(VipError::Corrupt {
+            name: name.to_string(),
+            reason: "not a Config".into(),
+        });
+    };
+    if spec.config.trim().is_empty() {
+        return Ok(VipTable::new());
+    }
+    serde_json::from_str(&spec.config).map_err(|e| VipError::Corrupt {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+#[async_trait::async_trait]
+impl VipAllocator for CidrVipAllocator {
+    async fn sync(
+        &self,
+        mesh: &str,
+        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+    ) -> Result<VipTable, VipError> {
+        let name = config_name(mesh);
+        for _ in 0..5 {
+            let (previous, stored) = self.load(mesh).await?;
+            let (table, unallocated) = allocate(self.cidr, &previous, wanted);
+            let done = |table: VipTable| {
+                if unallocated.is_empty() {
+                    Ok(table)
+                } else {
+                    Err(VipError::Exhausted {
+                        cidr: self.cidr,
+                        unallocated: unallocated.clone(),
+                    })
+                }
+            };
+            if stored.is_some() && table == previous {
+                return done(table);
+            }
+            let json = serde_json::to_string(&table).map_err(|e| VipError::Corrupt {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+            let spec = Spec::Config(ConfigSpec { config: json });
+            let written = match stored {
+                Some(mut r) => {
+                    r.spec = spec;
+                    self.manager.update(r).await.map(|_| ())
+                }
+                None => self
+                    .manager
+                    .create(Resource::new("", &name, spec))
+                    .await
+                    .map(|_| ()),
+            };
+            match written {
+                Ok(()) => return done(table),
+                // Another instance wrote first: start again from its table.
+                Err(ManagerError::Store(
+                    StoreError::Conflict { .. } | StoreError::AlreadyExists(_),
+                )) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VipError::Contended(name))
+    }
+
+    async fn get(&self, mesh: &str) -> Result<VipTable, VipError> {
+        Ok(self.load(mesh).await?.0)
+    }
+}
+
+/// The hostnames a mesh's Dataplanes give VIPs to: each service of an inbound.
+pub fn service_hostnames<'a>(
+    dataplanes: impl IntoIterator<Item = &'a Resource>,
+) -> BTreeMap<HostnameEntry, Vec<OutboundEntry>> {
+    let services: BTreeSet<&str> = dataplanes
+        .into_iter()
+        .filter_map(|r| r.spec_as::<kuma_core::model::dataplane::DataplaneSpec>())
+        .flat_map(|dp| dp.inbounds().iter())
+        .filter_map(|i| i.tags.get(kuma_core::model::common::SERVICE_TAG))
+        .map(String::as_str)
+        .collect();
+    services
+        .into_iter()
+        .map(|s| (HostnameEntry::service(s), vec![OutboundEntry::service(s)]))
+        .collect()
+}

@@ -1,0 +1,213 @@
+//! The `.mesh` zone: names to VIPs, and the answer to one DNS query.
+//!
+//! [`Zone::answer`] turns a query packet into a response packet and never panics on input:
+//! - `A` for `<service>.<domain>` (and the dotted variant of `a_b_c`: `a.b.c.<domain>`), `AAAA`
+//!   as the IPv4-mapped IPv6 address, with the zone's TTL; the answer is authoritative;
+//! - a name of the domain that does not exist: NXDOMAIN, with the zone's SOA;
+//! - an existing name asked for another type: no data (NOERROR, SOA in authority);
+//! - a name outside the domain, or a class other than IN: REFUSED;
+//! - a packet that does not parse but has a header: FORMERR; opcodes other than QUERY:
+//!   NOTIMP; responses and packets shorter than a header: dropped;
+//! - EDNS(0) is answered with an OPT record; over UDP, a response larger than the client's
+//!   limit (512 bytes, or its EDNS payload size) is truncated (TC set, no records).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+
+use crate::vips::{HostnameKind, VipTable, addresses};
+
+/// The largest UDP payload this server offers in EDNS (the DNS flag day 2020 value).
+pub const EDNS_PAYLOAD: u16 = 1232;
+
+/// The names of one DNS domain and their VIPs.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// Lowercase, without the trailing dot.
+    domain: String,
+    ttl: u32,
+    /// Lowercase name relative to the domain -> addresses (sorted, deduplicated).
+    names: HashMap<String, Vec<Ipv4Addr>>,
+    soa: Record,
+}
+
+/// Where a response travels: UDP responses are limited in size, TCP ones are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Over UDP.
+    Udp,
+    /// Over TCP.
+    Tcp,
+}
+
+impl Zone {
+    /// An empty zone for `domain` (such as `mesh`) answering with `ttl` seconds.
+    pub fn new(domain: &str, ttl: u32) -> Self {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let apex = Name::from_ascii(format!("{domain}.")).unwrap_or_else(|_| Name::root());
+        let ns = Name::from_ascii(format!("ns.{domain}.")).unwrap_or_else(|_| Name::root());
+        let mbox =
+            Name::from_ascii(format!("hostmaster.{domain}.")).unwrap_or_else(|_| Name::root());
+        let soa = Record::from_rdata(
+            apex,
+            ttl,
+            RData::SOA(SOA::new(ns, mbox, 1, 3600, 600, 86400, ttl)),
+        );
+        Zone {
+            domain,
+            ttl,
+            names: HashMap::new(),
+            soa,
+        }
+    }
+
+    /// Adds the services of every table (one per mesh): `<service>.<domain>` and, for names
+    /// with `_`, the dotted variant. A name in several meshes answers all their VIPs.
+    pub fn with_tables<'a>(mut self, tables: impl IntoIterator<Item = &'a VipTable>) -> Self {
+        for table in tables {
+            for (hostname, ip) in addresses(table) {
+                if hostname.kind != HostnameKind::Service {
+                    continue;
+                }
+                let name = hostname.name.to_ascii_lowercase();
+                if name.contains('_') {
+                    self.add(name.replace('_', "."), ip);
+                }
+                self.add(name, ip);
+            }
+        }
+        for ips in self.names.values_mut() {
+            ips.sort();
+            ips.dedup();
+        }
+        self
+    }
+
+    fn add(&mut self, name: String, ip: Ipv4Addr) {
+        self.names.entry(name).or_default().push(ip);
+    }
+
+    /// How many names the zone answers.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when the zone has no names.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The addresses of `name` (relative to the domain, any case).
+    pub fn lookup(&self, name: &str) -> Option<&[Ipv4Addr]> {
+        self.names
+            .get(&name.to_ascii_lowercase())
+            .map(Vec::as_slice)
+    }
+
+    /// The response to the query in `packet`, or `None` when nothing should be sent back.
+    pub fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        if packet.len() < 12 || packet[2] & 0x80 != 0 {
+            return None; // no header to answer, or a response (never answer those)
+        }
+        let request = match Message::from_vec(packet) {
+            Ok(m) => m,
+            Err(_) => {
+                let id = u16::from_be_bytes([packet[0], packet[1]]);
+                let op_code = OpCode::from_u8((packet[2] >> 3) & 0x0f);
+                return Message::error_msg(id, op_code, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
+            }
+        };
+        if request.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.checking_disabled = request.metadata.checking_disabled;
+        let limit = match (transport, &request.edns) {
+            (Transport::Tcp, _) => usize::from(u16::MAX),
+            (Transport::Udp, Some(edns)) => {
+                usize::from(edns.max_payload().clamp(512, EDNS_PAYLOAD))
+            }
+            (Transport::Udp, None) => 512,
+        };
+        if request.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(EDNS_PAYLOAD);
+            response.set_edns(edns);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            response.metadata.response_code = ResponseCode::NotImp;
+            return response.to_vec().ok();
+        }
+        let [query] = request.queries.as_slice() else {
+            response.metadata.response_code = ResponseCode::FormErr;
+            return response.to_vec().ok();
+        };
+        response.add_query(query.clone());
+        self.resolve(query, &mut response);
+        let bytes = response.to_vec().ok()?;
+        if bytes.len() <= limit {
+            return Some(bytes);
+        }
+        response.answers.clear();
+        response.authorities.clear();
+        response.metadata.truncation = true;
+        response.to_vec().ok()
+    }
+
+    /// Fills `response` with the answer to `query`.
+    fn resolve(&self, query: &hickory_proto::op::Query, response: &mut Message) {
+        let full = query.name().to_ascii().to_ascii_lowercase();
+        let full = full.trim_end_matches('.');
+        let relative = if full == self.domain {
+            Some("")
+        } else {
+            full.strip_suffix(self.domain.as_str())
+                .and_then(|r| r.strip_suffix('.'))
+        };
+        let (Some(relative), DNSClass::IN) = (relative, query.query_class()) else {
+            response.metadata.response_code = ResponseCode::Refused;
+            return;
+        };
+        response.metadata.authoritative = true;
+        if relative.is_empty() {
+            // The apex exists and has the SOA only.
+            if query.query_type() == RecordType::SOA {
+                response.add_answer(self.soa.clone());
+            } else {
+                response.authorities.push(self.soa.clone());
+            }
+            return;
+        }
+        let Some(ips) = self.names.get(relative) else {
+            response.metadata.response_code = ResponseCode::NXDomain;
+            response.authorities.push(self.soa.clone());
+            return;
+        };
+        let name = query.name().clone();
+        let answers: Vec<Record> = match query.query_type() {
+            RecordType::A => ips
+                .iter()
+                .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(*ip))))
+                .collect(),
+            RecordType::AAAA => ips
+                .iter()
+                .map(|ip| {
+                    let mapped: Ipv6Addr = ip.to_ipv6_mapped();
+                    Record::from_rdata(name.clone(), self.ttl, RData::AAAA(AAAA(mapped)))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if answers.is_empty() {
+            response.authorities.push(self.soa.clone());
+        } else {
+            response.add_answers(answers);
+        }
+    }
+}

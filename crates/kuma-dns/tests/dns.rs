@@ -1,0 +1,255 @@
+//! The DNS server against real clients (`dig` from BIND, `kdig` from Knot) over UDP and TCP,
+//! and the zone under a few hundred thousand random and mutated packets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use kuma_dns::server::DnsServer;
+use kuma_dns::vips::{HostnameEntry, OutboundEntry, VipTable, VirtualOutbound};
+use kuma_dns::zone::{Transport, Zone};
+
+fn table(entries: &[(&str, &str)]) -> VipTable {
+    entries
+        .iter()
+        .map(|(name, ip)| {
+            (
+                HostnameEntry::service(name),
+                VirtualOutbound {
+                    address: ip.to_string(),
+                    outbounds: vec![OutboundEntry::service(name)],
+                },
+            )
+        })
+        .collect()
+}
+
+/// Two meshes, plus 40 meshes with a service `big` (40 VIPs: too many for 512 bytes).
+fn zone() -> Zone {
+    let mut tables = vec![
+        table(&[
+            ("backend", "240.0.0.1"),
+            ("backend_kuma-demo_svc_8080", "240.0.0.2"),
+        ]),
+        table(&[("web", "240.0.0.1")]),
+    ];
+    for i in 0..40 {
+        tables.push(table(&[("big", &format!("240.0.1.{}", i + 1))]));
+    }
+    Zone::new("mesh", 60).with_tables(&tables)
+}
+
+async fn serve(zone: Zone) -> SocketAddr {
+    let server = DnsServer::new(zone);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let addr = server
+        .bind("127.0.0.1:0".parse().unwrap(), rx)
+        .await
+        .unwrap();
+    // The sender lives as long as the test process: the server is never told to stop.
+    std::mem::forget(_tx);
+    addr
+}
+
+fn run(tool: &str, addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} runs: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_and_kdig_get_kumas_answers() {
+    let addr = serve(zone()).await;
+    let dig = |args: &[&str]| run("dig", addr, args);
+
+    assert_eq!(dig(&["backend.mesh", "+short"]).trim(), "240.0.0.1");
+    assert_eq!(
+        dig(&["BackEnd.Mesh.", "+short"]).trim(),
+        "240.0.0.1",
+        "names ignore case"
+    );
+    assert_eq!(
+        dig(&["backend.mesh", "AAAA", "+short"]).trim(),
+        "::ffff:240.0.0.1"
+    );
+    assert_eq!(
+        dig(&["backend.kuma-demo.svc.8080.mesh", "+short"]).trim(),
+        "240.0.0.2"
+    );
+    assert_eq!(
+        dig(&["backend_kuma-demo_svc_8080.mesh", "+short"]).trim(),
+        "240.0.0.2"
+    );
+    assert_eq!(dig(&["web.mesh", "+short", "+tcp"]).trim(), "240.0.0.1");
+
+    let answer = dig(&["backend.mesh", "+noall", "+answer"]);
+    assert!(
+        answer.contains("backend.mesh.\t\t60\tIN\tA\t240.0.0.1"),
+        "{answer}"
+    );
+    let full = dig(&["backend.mesh"]);
+    assert!(
+        full.contains("status: NOERROR") && full.contains("flags: qr aa rd"),
+        "{full}"
+    );
+    assert!(
+        full.contains("EDNS: version: 0, flags:; udp: 1232"),
+        "{full}"
+    );
+
+    let missing = dig(&["nope.mesh"]);
+    assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+    assert!(
+        missing.contains("mesh.\t\t\t60\tIN\tSOA"),
+        "the SOA comes along: {missing}"
+    );
+    let nodata = dig(&["backend.mesh", "TXT"]);
+    assert!(
+        nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0"),
+        "{nodata}"
+    );
+    let elsewhere = dig(&["example.com"]);
+    assert!(elsewhere.contains("status: REFUSED"), "{elsewhere}");
+
+    // 40 addresses do not fit 512 bytes: UDP without EDNS is truncated, TCP carries them all.
+    let udp = dig(&["big.mesh", "+noedns", "+ignore"]);
+    assert!(udp.contains("flags: qr aa tc rd"), "{udp}");
+    assert_eq!(dig(&["big.mesh", "+tcp", "+short"]).lines().count(), 40);
+    // With EDNS the client's 1232 bytes are enough.
+    assert_eq!(dig(&["big.mesh", "+short", "+ignore"]).lines().count(), 40);
+
+    // kdig (Knot) agrees, over UDP and TCP.
+    let kdig = |args: &[&str]| run("kdig", addr, args);
+    assert_eq!(kdig(&["backend.mesh", "+short"]).trim(), "240.0.0.1");
+    assert_eq!(
+        kdig(&["backend.mesh", "AAAA", "+short", "+tcp"]).trim(),
+        "::ffff:240.0.0.1"
+    );
+    let k = kdig(&["nope.mesh"]);
+    assert!(k.contains("status: NXDOMAIN"), "{k}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_formerr_or_silence_and_service_goes_on() {
+    let addr = serve(zone()).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(addr).await.unwrap();
+    let mut buf = [0u8; 4096];
+    // Shorter than a header: no answer.
+    socket.send(&[1, 2, 3]).await.unwrap();
+    // A header claiming a question that is not there: FORMERR with the same id.
+    socket
+        .send(&[0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+        .await
+        .expect("an answer to a broken query")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, 0xabcd);
+    assert_eq!(
+        reply.metadata.response_code,
+        hickory_proto::op::ResponseCode::FormErr
+    );
+    // A TCP client that sends a length and then nothing does not hold up others.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0, 40, 1])
+        .await
+        .unwrap();
+    assert_eq!(
+        run("dig", addr, &["backend.mesh", "+short"]).trim(),
+        "240.0.0.1"
+    );
+    assert_eq!(
+        run("dig", addr, &["backend.mesh", "+short", "+tcp"]).trim(),
+        "240.0.0.1"
+    );
+}
+
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_and_mutated_packets_never_panic() {
+    let zone = zone();
+    let mut valid = Vec::new();
+    for (name, rtype) in [
+        ("backend.mesh.", RecordType::A),
+        ("big.mesh.", RecordType::AAAA),
+        ("nope.mesh.", RecordType::A),
+        ("example.com.", RecordType::MX),
+    ] {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        m.metadata.recursion_desired = true;
+        m.set_edns(hickory_proto::op::Edns::new());
+        valid.push(m.to_vec().unwrap());
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut answered, mut total) = (0usize, 0usize);
+    for i in 0..300_000 {
+        let packet: Vec<u8> = if i % 3 == 0 {
+            (0..rng.below(300)).map(|_| rng.next() as u8).collect()
+        } else {
+            let mut p = valid[rng.below(valid.len())].clone();
+            for _ in 0..=rng.below(6) {
+                match rng.below(4) {
+                    0 if !p.is_empty() => {
+                        let at = rng.below(p.len());
+                        p[at] = rng.next() as u8;
+                    }
+                    1 if !p.is_empty() => {
+                        let at = rng.below(p.len());
+                        p.truncate(at);
+                    }
+                    2 => {
+                        let at = rng.below(p.len() + 1);
+                        p.insert(at, rng.next() as u8);
+                    }
+                    _ => p.extend((0..rng.below(20)).map(|_| rng.next() as u8)),
+                }
+            }
+            p
+        };
+        let transport = if i % 2 == 0 {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        if let Some(reply) = zone.answer(&packet, transport) {
+            answered += 1;
+            // Whatever we send is a well-formed response to that id.
+            let m = Message::from_vec(&reply).expect("our replies parse");
+            assert_eq!(m.metadata.id, u16::from_be_bytes([packet[0], packet[1]]));
+            if transport == Transport::Udp {
+                assert!(reply.len() <= 1232);
+            }
+        }
+        total += 1;
+    }
+    assert_eq!(total, 300_000);
+    assert!(
+        answered > 100_000,
+        "most packets with a header get an answer: {answered}"
+    );
+}
