@@ -191,8 +191,6 @@ impl Reconciler {
             .with_policies(&policies);
         if let Some(a) = &authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
-        }
-        if let Some(a) = &authority {
             self.identities.prepare(
                 a,
                 mesh,
@@ -282,9 +280,12 @@ impl Reconciler {
             let until_renewal = async {
                 match renewal {
                     Some(at) => {
+                        // At least a second: a renewal that keeps failing (its mesh's CA
+                        // cannot be loaded) is retried once a second, not in a busy loop.
                         let wait = at
                             .duration_since(std::time::SystemTime::now())
-                            .unwrap_or_default();
+                            .unwrap_or_default()
+                            .max(Duration::from_secs(1));
                         tokio::time::sleep(wait).await;
                     }
                     None => std::future::pending().await,
