@@ -1,16 +1,21 @@
 //! The DNS server: [`Zone`] answers over UDP and TCP on one port (5653 by default).
 //!
-//! UDP queries are read by one task per core from a shared socket and answered in place. TCP
-//! connections carry length-prefixed queries until the client closes them or stays idle for
-//! 10 s; at most 256 connections are served at once. The zone is swapped whole
-//! ([`DnsServer::set_zone`]) when VIPs change; a query sees one zone from start to end.
+//! UDP is served by one thread per core, each with its own socket on the same port
+//! (`SO_REUSEPORT`: the kernel spreads the queries), reading, answering and sending in place.
+//! TCP connections carry length-prefixed queries until the client closes them or stays idle
+//! for 10 s; at most 256 connections are served at once. The zone is swapped whole
+//! ([`DnsServer::set_zone`]) when VIPs change; a query sees one zone from start to end, and
+//! threads pick up a new zone through a generation counter, without sharing a reference count
+//! per query.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::zone::{Transport, Zone};
@@ -20,9 +25,14 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections served at once.
 const TCP_CONNECTIONS: usize = 256;
 
+/// How often a UDP thread looks whether the server is stopping.
+const UDP_POLL: Duration = Duration::from_millis(250);
+
 /// Serves a [`Zone`] over UDP and TCP.
 pub struct DnsServer {
     zone: RwLock<Arc<Zone>>,
+    /// Bumped on every [`DnsServer::set_zone`].
+    generation: AtomicU64,
 }
 
 impl DnsServer {
@@ -30,12 +40,14 @@ impl DnsServer {
     pub fn new(zone: Zone) -> Arc<Self> {
         Arc::new(DnsServer {
             zone: RwLock::new(Arc::new(zone)),
+            generation: AtomicU64::new(0),
         })
     }
 
     /// Answers from `zone` from now on.
     pub fn set_zone(&self, zone: Zone) {
         *self.zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(zone);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The zone in force.
@@ -48,38 +60,54 @@ impl DnsServer {
     pub async fn bind(
         self: &Arc<Self>,
         addr: SocketAddr,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<SocketAddr> {
-        let udp = UdpSocket::bind(addr).await?;
-        let bound = udp.local_addr()?;
-        let tcp = TcpListener::bind(bound).await?;
-        let udp = Arc::new(udp);
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        for _ in 0..workers {
-            tokio::spawn(self.clone().serve_udp(udp.clone(), shutdown.clone()));
+        let first = udp_socket(addr)?;
+        let bound = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(udp_socket(bound)?);
         }
-        tokio::spawn(self.clone().serve_tcp(tcp, shutdown));
+        let tcp = TcpListener::bind(bound).await?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        for socket in sockets {
+            let (server, stopping) = (self.clone(), stopping.clone());
+            std::thread::Builder::new()
+                .name("dns-udp".into())
+                .spawn(move || server.serve_udp(socket.into(), &stopping))?;
+        }
+        tokio::spawn(self.clone().serve_tcp(tcp, shutdown.clone()));
+        // The UDP threads look at a flag the shutdown signal sets.
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+            stopping.store(true, Ordering::Relaxed);
+        });
         Ok(bound)
     }
 
-    async fn serve_udp(
-        self: Arc<Self>,
-        socket: Arc<UdpSocket>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    /// Answers UDP queries on `socket` until `stopping`.
+    fn serve_udp(&self, socket: std::net::UdpSocket, stopping: &AtomicBool) {
+        if socket.set_read_timeout(Some(UDP_POLL)).is_err() {
+            return;
+        }
         let mut buf = vec![0u8; 65535];
-        loop {
-            let (n, peer) = tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(r) => r,
-                    // ICMP errors of earlier sends surface here; keep serving.
-                    Err(_) => continue,
-                },
-                _ = shutdown.wait_for(|s| *s) => return,
+        let mut seen = self.generation.load(Ordering::Acquire);
+        let mut zone = self.zone();
+        while !stopping.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue; // the poll timeout, or an ICMP error of an earlier send
             };
-            let zone = self.zone();
+            let now = self.generation.load(Ordering::Acquire);
+            if now != seen {
+                seen = now;
+                zone = self.zone();
+            }
             if let Some(response) = zone.answer(&buf[..n], Transport::Udp) {
-                let _ = socket.send_to(&response, peer).await;
+                let _ = socket.send_to(&response, peer);
             }
         }
     }
@@ -136,4 +164,13 @@ impl DnsServer {
             }
         }
     }
+}
+
+/// A blocking UDP socket bound to `addr` that shares its port with the server's other UDP
+/// sockets.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }

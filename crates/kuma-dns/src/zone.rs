@@ -109,6 +109,111 @@ impl Zone {
 
     /// The response to the query in `packet`, or `None` when nothing should be sent back.
     pub fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        self.answer_directly(packet)
+            .or_else(|| self.answer_parsed(packet, transport))
+    }
+
+    /// The common case without building messages: one A or AAAA question (with at most an
+    /// EDNS(0) OPT record) for a name of the zone, answered by copying the question and
+    /// appending the records. Anything else (`None`) goes through [`Zone::answer_parsed`].
+    fn answer_directly(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let header = packet.get(..12)?;
+        let count = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+        // A standard query (QR 0, opcode 0) with one question and nothing else but an OPT.
+        if header[2] & 0xf8 != 0 || count(4) != 1 || count(6) != 0 || count(8) != 0 {
+            return None;
+        }
+        let additionals = count(10);
+        // The question name, lowercased into `name` as dotted text.
+        let mut name = [0u8; 256];
+        let (mut at, mut len) = (12usize, 0usize);
+        loop {
+            let label = usize::from(*packet.get(at)?);
+            at += 1;
+            if label == 0 {
+                break;
+            }
+            if label > 63 || len + label + 1 > name.len() {
+                return None; // compression or oversize: not in a plain query
+            }
+            if len > 0 {
+                name[len] = b'.';
+                len += 1;
+            }
+            name[len..len + label].copy_from_slice(packet.get(at..at + label)?);
+            len += label;
+            at += label;
+        }
+        let question_end = at + 4;
+        let question = packet.get(12..question_end)?;
+        let qtype = u16::from_be_bytes([packet[at], packet[at + 1]]);
+        let qclass = u16::from_be_bytes([packet[at + 2], packet[at + 3]]);
+        if qclass != 1 || !(qtype == 1 || qtype == 28) {
+            return None;
+        }
+        // Without EDNS a UDP answer must fit 512 bytes; with it, what the client takes (up to
+        // what this server offers).
+        let mut limit = 512;
+        let edns = match additionals {
+            0 if packet.len() == question_end => false,
+            // An OPT for the root, version 0, with nothing after it.
+            1 => {
+                let opt = packet.get(question_end..question_end + 11)?;
+                let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
+                if opt[0] != 0 || opt[1..3] != [0, 41] || opt[6] != 0 {
+                    return None;
+                }
+                if packet.len() != question_end + 11 + rdlen {
+                    return None;
+                }
+                limit = u16::from_be_bytes([opt[3], opt[4]]).clamp(512, EDNS_PAYLOAD);
+                true
+            }
+            _ => return None,
+        };
+        let name = &mut name[..len];
+        name.make_ascii_lowercase();
+        let name = std::str::from_utf8(name).ok()?;
+        let relative = name.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        let ips = self.names.get(relative)?;
+        let (rdlen, size) = if qtype == 1 { (4u16, 16) } else { (16u16, 28) };
+        let total = 12 + question.len() + ips.len() * size + if edns { 11 } else { 0 };
+        if total > usize::from(limit) {
+            return None; // truncation, or TCP sizes: the general path
+        }
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&header[..2]);
+        // QR, opcode 0, AA, RD as asked; RA 0, CD as asked, NOERROR.
+        out.push(0x84 | (header[2] & 0x01));
+        out.push(header[3] & 0x10);
+        out.extend_from_slice(&[0, 1]);
+        let answers = u16::try_from(ips.len()).ok()?;
+        out.extend_from_slice(&answers.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, u8::from(edns)]);
+        out.extend_from_slice(question);
+        for ip in ips {
+            // The name is a pointer to the question's (offset 12).
+            out.extend_from_slice(&[0xc0, 0x0c]);
+            out.extend_from_slice(&qtype.to_be_bytes());
+            out.extend_from_slice(&[0, 1]);
+            out.extend_from_slice(&self.ttl.to_be_bytes());
+            out.extend_from_slice(&rdlen.to_be_bytes());
+            if qtype == 1 {
+                out.extend_from_slice(&ip.octets());
+            } else {
+                out.extend_from_slice(&ip.to_ipv6_mapped().octets());
+            }
+        }
+        if edns {
+            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        Some(out)
+    }
+
+    /// Any query, through a parsed message (see the module docs).
+    fn answer_parsed(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
         if packet.len() < 12 || packet[2] & 0x80 != 0 {
             return None; // no header to answer, or a response (never answer those)
         }
@@ -209,5 +314,66 @@ impl Zone {
         } else {
             response.add_answers(answers);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::vips::{HostnameEntry, OutboundEntry, VirtualOutbound};
+    use hickory_proto::op::Query;
+
+    #[test]
+    fn the_direct_answer_equals_the_parsed_one() {
+        let table: VipTable = [("backend", "240.0.0.1"), ("a_b", "240.0.0.2")]
+            .iter()
+            .map(|(n, ip)| {
+                (
+                    HostnameEntry::service(n),
+                    VirtualOutbound {
+                        address: ip.to_string(),
+                        outbounds: vec![OutboundEntry::service(n)],
+                    },
+                )
+            })
+            .collect();
+        let zone = Zone::new("mesh", 60).with_tables([&table]);
+        for (name, rtype, edns, rd) in [
+            ("backend.mesh.", RecordType::A, false, true),
+            ("BackEnd.MESH.", RecordType::AAAA, true, false),
+            ("a.b.mesh.", RecordType::A, true, true),
+            ("a_b.mesh.", RecordType::AAAA, false, false),
+        ] {
+            let mut q = Message::query();
+            q.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+            q.metadata.recursion_desired = rd;
+            if edns {
+                let mut e = Edns::new();
+                e.set_max_payload(4096);
+                q.set_edns(e);
+            }
+            let packet = q.to_vec().unwrap();
+            let direct = zone.answer_directly(&packet).expect("the common case");
+            let parsed = zone.answer_parsed(&packet, Transport::Udp).unwrap();
+            let (d, p) = (
+                Message::from_vec(&direct).unwrap(),
+                Message::from_vec(&parsed).unwrap(),
+            );
+            assert_eq!(d.metadata, p.metadata, "{name}");
+            assert_eq!(d.queries, p.queries, "{name}");
+            assert_eq!(d.answers, p.answers, "{name}");
+            assert_eq!(
+                d.edns.map(|e| e.max_payload()),
+                p.edns.map(|e| e.max_payload())
+            );
+        }
+        // Not the common case: left to the general path.
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("nope.mesh.").unwrap(),
+            RecordType::A,
+        ));
+        assert!(zone.answer_directly(&q.to_vec().unwrap()).is_none());
     }
 }
