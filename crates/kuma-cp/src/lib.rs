@@ -330,7 +330,8 @@ impl ControlPlane {
             DEBOUNCE,
         )
         .with_metrics(metrics.clone())
-        .with_mtls_config(&config.mtls);
+        .with_mtls_config(&config.mtls)
+        .with_vip_port(u32::from(config.dns_server.service_vip_port));
         let reconciler = tokio::spawn(reconciler.run());
 
         let lifecycle = lifecycle::Lifecycle::new(

@@ -2,7 +2,8 @@
 //!
 //! The reconciler listens to the store's change stream and folds the changes arriving within a
 //! short debounce into one batch. Per mesh, a batch regenerates:
-//! - every proxy of the mesh when the Mesh, a policy or any other mesh-scoped resource changed;
+//! - every proxy of the mesh when the Mesh, a policy, any other mesh-scoped resource or the
+//!   mesh's VIP table (the Config `kuma-<mesh>-dns-vips`) changed;
 //! - when only Dataplanes changed, those Dataplanes' own proxies and the proxies whose last
 //!   snapshot depends on a service the changed Dataplanes provide, before or after the change
 //!   (see [`Dependencies`]); the rest of the mesh is not regenerated at all.
@@ -84,6 +85,8 @@ pub struct Reconciler {
     changed_at: Instant,
     /// Mesh CAs and workload certificates.
     identities: Identities,
+    /// The port of VIP outbounds.
+    vip_port: u32,
 }
 
 impl Reconciler {
@@ -105,7 +108,14 @@ impl Reconciler {
             manager,
             metrics: None,
             changed_at: Instant::now(),
+            vip_port: 80,
         }
+    }
+
+    /// Serves VIP outbounds on `port` (`dnsServer.serviceVipPort`, 80 by default).
+    pub fn with_vip_port(mut self, port: u32) -> Self {
+        self.vip_port = port;
+        self
     }
 
     /// Issues certificates as `config` says (key type, SAN layout).
@@ -126,6 +136,29 @@ impl Reconciler {
             meshes.extend(page.items.into_iter().map(|m| m.meta.name));
         }
         meshes
+    }
+
+    /// The VIP of each service of `mesh` (none when its table is missing or unreadable).
+    async fn vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr> {
+        let name = kuma_dns::vips::config_name(mesh);
+        let Ok(r) = self
+            .manager
+            .get(&ResourceKey::global(ResourceType::Config, &name))
+            .await
+        else {
+            return BTreeMap::new();
+        };
+        match kuma_dns::vips::parse_table(&name, &r) {
+            Ok(table) => kuma_dns::vips::addresses(&table)
+                .into_iter()
+                .filter(|(h, _)| h.kind == kuma_dns::vips::HostnameKind::Service)
+                .map(|(h, ip)| (h.name.clone(), ip))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(mesh, error = %e, "VIP outbounds left out");
+                BTreeMap::new()
+            }
+        }
     }
 
     /// Regenerates what `dirty` asks for in `mesh`; returns how many proxies were generated.
@@ -186,9 +219,11 @@ impl Reconciler {
             .iter()
             .filter(|r| selected(&r.meta.name))
             .collect();
+        let vips = self.vips(mesh).await;
         let mut mesh_context = MeshContext::new(mesh, &dataplanes)
             .with_spec(&mesh_spec)
-            .with_policies(&policies);
+            .with_policies(&policies)
+            .with_vips(vips, self.vip_port);
         if let Some(a) = &authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
             self.identities.prepare(
@@ -364,6 +399,11 @@ fn touched_services(
 /// which describe proxies and never feed config generation, and for global types other than
 /// Mesh).
 fn dirt(key: &ResourceKey) -> Option<(String, Dirty)> {
+    // A mesh's VIP table is a global Config; it shapes every transparent proxy of the mesh.
+    if key.rtype == ResourceType::Config {
+        let mesh = kuma_dns::vips::mesh_of_config(&key.name)?;
+        return Some((mesh.to_string(), Dirty::Everything));
+    }
     let mesh = mesh_of(key);
     if mesh.is_empty() {
         return None;
@@ -398,6 +438,75 @@ mod tests {
     use kuma_store::MemoryStore;
     use kuma_xds::cache::Snapshot;
     use kuma_xds::generate::{GenerateError, GeneratorList};
+
+    #[tokio::test]
+    async fn transparent_proxies_get_an_outbound_per_vip() {
+        use kuma_dns::vips::VipAllocator as _;
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        let web = parse_yaml(
+            "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
+        )
+        .unwrap();
+        manager.apply(web).await.unwrap();
+        manager
+            .apply(dataplane("backend-1", "10.0.0.2", "backend", &[]))
+            .await
+            .unwrap();
+        // VIPs as the leader job allocates them.
+        let dataplanes = manager
+            .list(&ListQuery::in_mesh(ResourceType::Dataplane, "default"))
+            .await
+            .unwrap()
+            .items;
+        kuma_dns::vips::CidrVipAllocator::new(manager.clone(), "240.0.0.0/4")
+            .unwrap()
+            .sync("default", &kuma_dns::vips::service_hostnames(&dataplanes))
+            .await
+            .unwrap();
+        // The table's change concerns the whole mesh.
+        assert_eq!(
+            dirt(&ResourceKey::global(
+                ResourceType::Config,
+                "kuma-default-dns-vips"
+            )),
+            Some(("default".to_string(), Dirty::Everything))
+        );
+        let cache = Arc::new(SnapshotCache::new());
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            Arc::new(GeneratorList::kuma_profile()),
+            Arc::new(ProxyRegistry::default()),
+            Duration::ZERO,
+        )
+        .with_vip_port(8000);
+        r.sync_mesh("default", &Dirty::Everything).await;
+        let listeners: Vec<String> = cache
+            .get("default.web")
+            .unwrap()
+            .get(kuma_xds::types::LISTENER)
+            .unwrap()
+            .resources()
+            .keys()
+            .cloned()
+            .collect();
+        for name in [
+            "outbound:240.0.0.1:8000", // backend
+            "outbound:240.0.0.2:8000", // web
+            "outbound:passthrough:ipv4",
+            "inbound:passthrough:ipv4",
+        ] {
+            assert!(
+                listeners.iter().any(|l| l == name),
+                "{name} in {listeners:?}"
+            );
+        }
+        // backend-1 is not a transparent proxy: no VIP outbounds.
+        let backend = cache.get("default.backend-1").unwrap();
+        let names = backend.get(kuma_xds::types::LISTENER).unwrap().resources();
+        assert!(!names.keys().any(|l| l.starts_with("outbound:240.")));
+    }
 
     #[test]
     fn insights_never_mark_a_mesh_dirty() {

@@ -116,6 +116,20 @@ pub fn eds_cluster(name: &str) -> Cluster {
     }
 }
 
+/// A cluster sending each connection to its original destination (transparent proxying).
+pub fn original_destination_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        connect_timeout: connect_timeout(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::ClusterProvided
+            as i32,
+        ..Default::default()
+    }
+}
+
 /// A cluster with fixed endpoints.
 pub fn static_cluster(name: &str, endpoints: &[(String, u32)]) -> Cluster {
     Cluster {

@@ -86,6 +86,19 @@ fn generate(input: &Path) -> Snapshot {
     let mut mesh = MeshContext::new("default", &dataplanes)
         .with_spec(&mesh_spec)
         .with_policies(&resources);
+    // VIPs from Kuma's `kuma-default-dns-vips` Config, when the input has one.
+    let vips: BTreeMap<String, std::net::Ipv4Addr> = resources
+        .iter()
+        .filter(|r| r.meta.name == "kuma-default-dns-vips")
+        .filter_map(|r| r.spec_as::<kuma_core::model::system::ConfigSpec>())
+        .filter_map(|c| serde_json::from_str::<BTreeMap<String, Value>>(&c.config).ok())
+        .flatten()
+        .filter_map(|(key, vo)| {
+            let service = key.strip_prefix("0:")?.to_string();
+            Some((service, vo["address"].as_str()?.parse().ok()?))
+        })
+        .collect();
+    mesh = mesh.with_vips(vips, 80);
     let backend = mesh_spec.mtls.as_ref().and_then(|m| {
         let enabled = m.enabled_backend.as_deref()?;
         m.backends.iter().find(|b| b.name == enabled)

@@ -167,6 +167,10 @@ pub struct MeshContext<'a> {
     pub policies: MeshPolicies,
     /// mTLS, when the mesh enables it and its CA is available.
     pub mtls: Option<MeshMtls>,
+    /// The VIP of each service that has one, and the port served on VIPs.
+    pub vips: BTreeMap<String, std::net::Ipv4Addr>,
+    /// The port of VIP outbounds (Kuma: 80).
+    pub vip_port: u32,
     services: BTreeMap<String, Service>,
 }
 
@@ -236,6 +240,8 @@ impl<'a> MeshContext<'a> {
             dataplanes,
             policies: MeshPolicies::default(),
             mtls: None,
+            vips: BTreeMap::new(),
+            vip_port: 80,
             services,
         }
     }
@@ -243,6 +249,13 @@ impl<'a> MeshContext<'a> {
     /// Uses the Mesh resource's spec (metrics backends, mTLS, ...).
     pub fn with_spec(mut self, spec: &'a MeshSpec) -> Self {
         self.spec = spec;
+        self
+    }
+
+    /// Gives transparent proxies an outbound per service VIP, on `port`.
+    pub fn with_vips(mut self, vips: BTreeMap<String, std::net::Ipv4Addr>, port: u32) -> Self {
+        self.vips = vips;
+        self.vip_port = port;
         self
     }
 

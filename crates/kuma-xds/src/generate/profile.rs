@@ -4,11 +4,13 @@
 //! |---|---|
 //! | `inbound` | per inbound, listener `inbound:<ip>:<port>` (TCP proxy, or HTTP for `kuma.io/protocol` http, http2, grpc) and the local cluster `localhost:<workload port>` |
 //! | `outbound` | per explicit outbound, listener `outbound:<ip>:<port>` and the service's EDS cluster and ready endpoints |
+//! | `transparent-proxy` | with transparent proxying: the passthrough listeners on the redirect ports and a VIP outbound `outbound:<vip>:80` per service (see [`TransparentProxy`]) |
 //! | `admin` | cluster `kuma:envoy:admin`; on a non-loopback address also listener `kuma:envoy:admin` exposing `/ready` from kuma-dp (cluster `kuma:readiness`) |
 //! | `probes` | virtual probes: listener `probe:listener` mapping `/<port>/<path>` to the workload |
 //! | `prometheus` | when the mesh (or the Dataplane) enables a Prometheus backend, listener `_kuma:metrics:prometheus:<backend>` serving Envoy's stats |
 
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{BindConfig, SocketAddress, TrafficDirection};
 use envoy_types::pb::envoy::config::route::v3::Route;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -31,6 +33,7 @@ pub fn core() -> Vec<Box<dyn ResourceGenerator>> {
     vec![
         Box::new(Inbound),
         Box::new(Outbound),
+        Box::new(TransparentProxy),
         Box::new(Admin),
         Box::new(Probes),
         Box::new(Prometheus),
@@ -181,32 +184,130 @@ impl ResourceGenerator for Outbound {
                 continue;
             };
             let ip = outbound.address.as_deref().unwrap_or("127.0.0.1");
-            let name = format!("outbound:{ip}:{}", outbound.port);
-            let protocol = ctx.mesh.protocol(service);
-            add_service_cluster(ctx, rs, service, service, None);
-            let l = listener(&name, ip, outbound.port, TrafficDirection::Outbound);
-            let draft = if protocol.is_http() {
-                http_listener(
-                    l,
-                    service,
-                    &format!("outbound:{service}"),
-                    service,
-                    vec![cluster_route(prefix("/"), service)],
-                )
+            add_outbound(ctx, rs, service, ip, outbound.port, true);
+        }
+        Ok(())
+    }
+}
+
+/// The listener `outbound:<ip>:<port>` sending to `service` (HTTP or TCP by the service's
+/// protocol), with the service's cluster. `bind` false: the listener only receives connections
+/// redirected to it (transparent proxying), it binds no socket.
+fn add_outbound(
+    ctx: &ProxyContext<'_>,
+    rs: &mut ResourceSet,
+    service: &str,
+    ip: &str,
+    port: u32,
+    bind: bool,
+) {
+    let name = format!("outbound:{ip}:{port}");
+    let protocol = ctx.mesh.protocol(service);
+    add_service_cluster(ctx, rs, service, service, None);
+    let mut l = listener(&name, ip, port, TrafficDirection::Outbound);
+    if !bind {
+        l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
+    }
+    let draft = if protocol.is_http() {
+        http_listener(
+            l,
+            service,
+            &format!("outbound:{service}"),
+            service,
+            vec![cluster_route(prefix("/"), service)],
+        )
+    } else {
+        ListenerDraft {
+            listener: l,
+            network_filters: Vec::new(),
+            tls: None,
+            terminal: Terminal::Tcp(Box::new(tcp_proxy(service, service))),
+        }
+    };
+    rs.listeners.insert(name.clone(), draft);
+    rs.outbounds.push(OutboundInfo {
+        listener: name,
+        service: service.to_string(),
+        protocol,
+    });
+}
+
+/// Transparent proxying (the Dataplane's `networking.transparentProxying`): traffic arrives
+/// redirected by iptables, so
+/// - `outbound:passthrough:ipv4` listens on the outbound redirect port (15001) with the
+///   original destination, and sends what no VIP listener takes to where it was going
+///   (cluster `outbound:passthrough:ipv4`, ORIGINAL_DST);
+/// - `inbound:passthrough:ipv4` listens on the inbound redirect port (15006) likewise, for
+///   inbound traffic no inbound listener takes (cluster `inbound:passthrough:ipv4`, from
+///   127.0.0.6 as Kuma does);
+/// - every service with a VIP (only `reachableServices` when listed) gets the listener
+///   `outbound:<vip>:<VIP port>`, which binds nothing: the redirect hands it the connections
+///   to that address.
+#[derive(Debug, Clone, Copy)]
+pub struct TransparentProxy;
+
+impl ResourceGenerator for TransparentProxy {
+    fn name(&self) -> &str {
+        "transparent-proxy"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let Some(tp) = ctx
+            .dataplane
+            .networking
+            .as_ref()
+            .and_then(|n| n.transparent_proxying.as_ref())
+        else {
+            return Ok(());
+        };
+        for (direction, port, source) in [
+            ("outbound", tp.redirect_port_outbound.unwrap_or(15001), None),
+            (
+                "inbound",
+                tp.redirect_port_inbound.unwrap_or(15006),
+                Some("127.0.0.6"),
+            ),
+        ] {
+            let name = format!("{direction}:passthrough:ipv4");
+            let mut cluster = crate::envoy::original_destination_cluster(&name);
+            if let Some(source) = source {
+                cluster.upstream_bind_config = Some(BindConfig {
+                    // Any source port (Envoy requires the port to be given).
+                    source_address: Some(SocketAddress {
+                        address: source.to_string(),
+                        port_specifier: Some(PortSpecifier::PortValue(0)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            rs.clusters.insert(
+                name.clone(),
+                ClusterDraft::new(cluster, ClusterRole::System, Protocol::Tcp),
+            );
+            let traffic = if direction == "outbound" {
+                TrafficDirection::Outbound
             } else {
+                TrafficDirection::Inbound
+            };
+            let mut l = listener(&name, "0.0.0.0", port, traffic);
+            l.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+            rs.listeners.insert(
+                name.clone(),
                 ListenerDraft {
                     listener: l,
                     network_filters: Vec::new(),
                     tls: None,
-                    terminal: Terminal::Tcp(Box::new(tcp_proxy(service, service))),
-                }
-            };
-            rs.listeners.insert(name.clone(), draft);
-            rs.outbounds.push(OutboundInfo {
-                listener: name,
-                service: service.to_string(),
-                protocol,
-            });
+                    terminal: Terminal::Tcp(Box::new(tcp_proxy(&name, &name))),
+                },
+            );
+        }
+        let reachable = &tp.reachable_services;
+        for (service, vip) in &ctx.mesh.vips {
+            if !reachable.is_empty() && !reachable.contains(service) {
+                continue;
+            }
+            add_outbound(ctx, rs, service, &vip.to_string(), ctx.mesh.vip_port, false);
         }
         Ok(())
     }
