@@ -331,7 +331,10 @@ impl ControlPlane {
         )
         .with_metrics(metrics.clone())
         .with_mtls_config(&config.mtls)
-        .with_vip_port(u32::from(config.dns_server.service_vip_port));
+        .with_vips_served(
+            u32::from(config.dns_server.service_vip_port),
+            &config.dns_server.domain,
+        );
         let reconciler = tokio::spawn(reconciler.run());
 
         let lifecycle = lifecycle::Lifecycle::new(

@@ -87,6 +87,8 @@ pub struct Reconciler {
     identities: Identities,
     /// The port of VIP outbounds.
     vip_port: u32,
+    /// The DNS domain of VIPs.
+    vip_domain: String,
 }
 
 impl Reconciler {
@@ -109,12 +111,15 @@ impl Reconciler {
             metrics: None,
             changed_at: Instant::now(),
             vip_port: 80,
+            vip_domain: "mesh".into(),
         }
     }
 
-    /// Serves VIP outbounds on `port` (`dnsServer.serviceVipPort`, 80 by default).
-    pub fn with_vip_port(mut self, port: u32) -> Self {
+    /// Serves VIP outbounds on `port` (`dnsServer.serviceVipPort`, 80 by default) and names
+    /// VIPs in `domain` (`dnsServer.domain`, `mesh`).
+    pub fn with_vips_served(mut self, port: u32, domain: &str) -> Self {
         self.vip_port = port;
+        self.vip_domain = domain.to_string();
         self
     }
 
@@ -223,7 +228,8 @@ impl Reconciler {
         let mut mesh_context = MeshContext::new(mesh, &dataplanes)
             .with_spec(&mesh_spec)
             .with_policies(&policies)
-            .with_vips(vips, self.vip_port);
+            .with_vips(vips, self.vip_port)
+            .with_vip_domain(&self.vip_domain);
         if let Some(a) = &authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
             self.identities.prepare(
@@ -480,7 +486,7 @@ mod tests {
             Arc::new(ProxyRegistry::default()),
             Duration::ZERO,
         )
-        .with_vip_port(8000);
+        .with_vips_served(8000, "mesh");
         r.sync_mesh("default", &Dirty::Everything).await;
         let listeners: Vec<String> = cache
             .get("default.web")

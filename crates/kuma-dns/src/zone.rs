@@ -86,6 +86,26 @@ impl Zone {
         self
     }
 
+    /// Adds `(name, address)` records given by full name (`backend.mesh`); names outside the
+    /// domain are skipped.
+    pub fn with_records(mut self, records: impl IntoIterator<Item = (String, Ipv4Addr)>) -> Self {
+        for (name, ip) in records {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(relative) = name
+                .strip_suffix(self.domain.as_str())
+                .and_then(|r| r.strip_suffix('.'))
+                .filter(|r| !r.is_empty())
+            {
+                self.add(relative.to_string(), ip);
+            }
+        }
+        for ips in self.names.values_mut() {
+            ips.sort();
+            ips.dedup();
+        }
+        self
+    }
+
     fn add(&mut self, name: String, ip: Ipv4Addr) {
         self.names.entry(name).or_default().push(ip);
     }

@@ -142,6 +142,11 @@ pub struct Snapshot {
 
 const EMPTY_VERSION_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
+/// A 64-bit hash of `bytes` (FNV-1a), stable across processes: for tags such as `Etag`.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    fnv1a(EMPTY_VERSION_SEED, bytes)
+}
+
 fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);

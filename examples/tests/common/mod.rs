@@ -146,6 +146,19 @@ pub async fn kuma_dp(
     name: &str,
     dataplane: &str,
 ) -> Dp {
+    kuma_dp_with(dir, cp_port, api_port, ca_file, name, dataplane, &[]).await
+}
+
+/// As [`kuma_dp`], with `extra` flags.
+pub async fn kuma_dp_with(
+    dir: &Path,
+    cp_port: u16,
+    api_port: u16,
+    ca_file: &str,
+    name: &str,
+    dataplane: &str,
+    extra: &[&str],
+) -> Dp {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, dataplane).unwrap();
     let mesh = dataplane
@@ -180,6 +193,7 @@ pub async fn kuma_dp(
             "--config-dir",
         ])
         .arg(dir.join(name))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(
             std::fs::File::create(dir.join(format!("{name}.log")))

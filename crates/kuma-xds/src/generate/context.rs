@@ -22,6 +22,15 @@ pub struct ProxyMetadata {
     pub workdir: Option<String>,
 }
 
+/// The pipe on which a proxy's Envoy serves kuma-dp its dynamic configuration (the DNS
+/// records at `/dns`), as Kuma names it: `<workdir>/kuma-mesh-metric-config.sock`.
+pub fn dynamic_config_pipe(workdir: &str) -> String {
+    std::path::Path::new(workdir)
+        .join("kuma-mesh-metric-config.sock")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The named pipe kuma-dp reads access logs for TCP collectors from, as Kuma names it:
 /// `<workdir>/kuma-al-<name>-<mesh>`, cut to 98 bytes (Unix socket paths are short on some
 /// systems), then `.sock`.
@@ -171,6 +180,8 @@ pub struct MeshContext<'a> {
     pub vips: BTreeMap<String, std::net::Ipv4Addr>,
     /// The port of VIP outbounds (Kuma: 80).
     pub vip_port: u32,
+    /// The DNS domain VIPs are named in (Kuma: `mesh`).
+    pub vip_domain: String,
     services: BTreeMap<String, Service>,
 }
 
@@ -242,6 +253,7 @@ impl<'a> MeshContext<'a> {
             mtls: None,
             vips: BTreeMap::new(),
             vip_port: 80,
+            vip_domain: "mesh".into(),
             services,
         }
     }
@@ -256,6 +268,12 @@ impl<'a> MeshContext<'a> {
     pub fn with_vips(mut self, vips: BTreeMap<String, std::net::Ipv4Addr>, port: u32) -> Self {
         self.vips = vips;
         self.vip_port = port;
+        self
+    }
+
+    /// Names VIPs `<service>.<domain>` in the DNS records given to proxies.
+    pub fn with_vip_domain(mut self, domain: &str) -> Self {
+        self.vip_domain = domain.trim_end_matches('.').to_string();
         self
     }
 

@@ -23,7 +23,7 @@ mod tests;
 
 pub use context::{
     Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata, Service,
-    WorkloadCertificate, access_log_pipe,
+    WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
 };
 pub use resources::ResourceSet;
 

@@ -4,16 +4,28 @@
 //! |---|---|
 //! | `inbound` | per inbound, listener `inbound:<ip>:<port>` (TCP proxy, or HTTP for `kuma.io/protocol` http, http2, grpc) and the local cluster `localhost:<workload port>` |
 //! | `outbound` | per explicit outbound, listener `outbound:<ip>:<port>` and the service's EDS cluster and ready endpoints |
+//! | `dns-records` | with transparent proxying, the VIP records for kuma-dp's DNS proxy, served by Envoy on kuma-dp's pipe (see [`DnsRecords`]) |
 //! | `transparent-proxy` | with transparent proxying: the passthrough listeners on the redirect ports and a VIP outbound `outbound:<vip>:80` per service (see [`TransparentProxy`]) |
 //! | `admin` | cluster `kuma:envoy:admin`; on a non-loopback address also listener `kuma:envoy:admin` exposing `/ready` from kuma-dp (cluster `kuma:readiness`) |
 //! | `probes` | virtual probes: listener `probe:listener` mapping `/<port>/<path>` to the workload |
 //! | `prometheus` | when the mesh (or the Dataplane) enables a Prometheus backend, listener `_kuma:metrics:prometheus:<backend>` serving Envoy's stats |
 
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, DataSource, HeaderValue, HeaderValueOption, Pipe,
+};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, SocketAddress, TrafficDirection};
-use envoy_types::pb::envoy::config::route::v3::Route;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, Route, RouteMatch,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
 use kuma_core::model::mesh::MetricsBackend;
 
@@ -34,6 +46,7 @@ pub fn core() -> Vec<Box<dyn ResourceGenerator>> {
         Box::new(Inbound),
         Box::new(Outbound),
         Box::new(TransparentProxy),
+        Box::new(DnsRecords),
         Box::new(Admin),
         Box::new(Probes),
         Box::new(Prometheus),
@@ -309,6 +322,123 @@ impl ResourceGenerator for TransparentProxy {
             }
             add_outbound(ctx, rs, service, &vip.to_string(), ctx.mesh.vip_port, false);
         }
+        Ok(())
+    }
+}
+
+/// The DNS records of a transparent proxy's VIP outbounds, for kuma-dp's DNS proxy, the way
+/// Kuma hands them over: Envoy's listener `_kuma:dynamicconfig` on the pipe
+/// `<workdir>/kuma-mesh-metric-config.sock` answers `GET /dns` with
+/// `{"records": [{"name": "backend.mesh", "ips": ["240.0.0.1"]}], "ttl": 30}` and an `Etag`,
+/// and 304 to a request whose `If-None-Match` is that tag.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsRecords;
+
+/// The name of the dynamic configuration listener.
+pub const DYNAMIC_CONFIG_LISTENER: &str = "_kuma:dynamicconfig";
+
+impl ResourceGenerator for DnsRecords {
+    fn name(&self) -> &str {
+        "dns-records"
+    }
+
+    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+        let (Some(tp), Some(workdir)) = (
+            ctx.dataplane
+                .networking
+                .as_ref()
+                .and_then(|n| n.transparent_proxying.as_ref()),
+            ctx.metadata.workdir.as_deref(),
+        ) else {
+            return Ok(());
+        };
+        let reachable = &tp.reachable_services;
+        let records: Vec<serde_json::Value> = ctx
+            .mesh
+            .vips
+            .iter()
+            .filter(|(service, _)| reachable.is_empty() || reachable.contains(*service))
+            .flat_map(|(service, vip)| {
+                let mut names = vec![service.clone()];
+                if service.contains('_') {
+                    names.push(service.replace('_', "."));
+                }
+                names.into_iter().map(move |n| (n, vip))
+            })
+            .map(|(name, vip)| {
+                serde_json::json!({
+                    "name": format!("{name}.{}", ctx.mesh.vip_domain),
+                    "ips": [vip.to_string()],
+                })
+            })
+            .collect();
+        let body = serde_json::json!({"records": records, "ttl": 30}).to_string();
+        let etag = format!("{:016x}", crate::cache::content_hash(body.as_bytes()));
+        let direct = |status: u32, body: Option<String>| {
+            Some(Action::DirectResponse(DirectResponseAction {
+                status,
+                body: body.map(|b| DataSource {
+                    specifier: Some(Specifier::InlineString(b)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+        };
+        let not_modified = Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Path("/dns".into())),
+                headers: vec![HeaderMatcher {
+                    name: "If-None-Match".into(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                        StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(etag.clone())),
+                            ignore_case: false,
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            action: direct(304, None),
+            ..Default::default()
+        };
+        let records = Route {
+            name: format!("{DYNAMIC_CONFIG_LISTENER}:dns"),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Path("/dns".into())),
+                ..Default::default()
+            }),
+            response_headers_to_add: vec![HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: "Etag".into(),
+                    value: etag,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            action: direct(200, Some(body)),
+            ..Default::default()
+        };
+        let l = Listener {
+            name: DYNAMIC_CONFIG_LISTENER.into(),
+            address: Some(Address {
+                address: Some(AddressKind::Pipe(Pipe {
+                    path: super::context::dynamic_config_pipe(workdir),
+                    mode: 0,
+                })),
+            }),
+            ..Default::default()
+        };
+        rs.listeners.insert(
+            DYNAMIC_CONFIG_LISTENER.into(),
+            http_listener(
+                l,
+                "_kuma_dynamicconfig",
+                DYNAMIC_CONFIG_LISTENER,
+                DYNAMIC_CONFIG_LISTENER,
+                vec![not_modified, records],
+            ),
+        );
         Ok(())
     }
 }

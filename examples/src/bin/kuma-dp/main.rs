@@ -8,10 +8,13 @@
 //!             [--dataplane-token-file F] [--binary-path envoy] [--admin-port P]
 //!             [--readiness-port 9902] [--ca-cert-file F] [--config-dir D]
 //!             [--drain-time 30s] [--envoy-log-level info] [--concurrency N]
+//!             [--dns-port 15053] [--dns-upstream ip:port] [--dns-domain mesh]
 //! ```
 //!
 //! Entries of MeshAccessLog's TCP backends reach their collectors through kuma-dp: see
-//! [`access_logs`].
+//! [`access_logs`]. A Dataplane with transparent proxying also gets the DNS proxy on
+//! `--dns-port` (15053), forwarding names outside `.mesh` to `--dns-upstream`: see
+//! [`dns_proxy`].
 //!
 //! Envoy runs as Kuma runs it: `--drain-strategy immediate` with `--drain-time-s` from
 //! `--drain-time`, so a listener replaced by new config closes its connections on their next
@@ -19,6 +22,7 @@
 //! Linux, Envoy is killed when kuma-dp dies, even by SIGKILL, so no Envoy outlives its agent.
 
 mod access_logs;
+mod dns_proxy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +38,8 @@ const USAGE: &str =
     "usage: kuma-dp run --cp-address <url> --dataplane-file <path> [--name <name>] [--mesh <mesh>]
                    [--dataplane-token-file <path>] [--binary-path <envoy>] [--admin-port <port>]
                    [--readiness-port <port>] [--ca-cert-file <path>] [--config-dir <dir>]
-                   [--drain-time <duration>] [--envoy-log-level <level>] [--concurrency <n>]";
+                   [--drain-time <duration>] [--envoy-log-level <level>] [--concurrency <n>]
+                   [--dns-port <port>] [--dns-upstream <ip:port>] [--dns-domain <domain>]";
 
 #[derive(Debug)]
 struct Args {
@@ -51,6 +56,9 @@ struct Args {
     drain_time: Duration,
     envoy_log_level: String,
     concurrency: Option<u32>,
+    dns_port: u16,
+    dns_upstream: Option<std::net::SocketAddr>,
+    dns_domain: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,6 +80,9 @@ fn parse_args() -> Result<Args, String> {
         drain_time: Duration::from_secs(30),
         envoy_log_level: "info".into(),
         concurrency: None,
+        dns_port: 15053,
+        dns_upstream: None,
+        dns_domain: "mesh".into(),
     };
     while let Some(flag) = it.next() {
         let (flag, inline) = match flag.split_once('=') {
@@ -112,6 +123,15 @@ fn parse_args() -> Result<Args, String> {
                 a.drain_time = d.get();
             }
             "--envoy-log-level" => a.envoy_log_level = value,
+            "--dns-port" => a.dns_port = port(&value)?,
+            "--dns-upstream" => {
+                a.dns_upstream = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--dns-upstream {value:?}: not an ip:port"))?,
+                );
+            }
+            "--dns-domain" => a.dns_domain = value,
             "--concurrency" => {
                 a.concurrency =
                     Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -327,6 +347,14 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         dp.meta.name
     );
     tokio::spawn(readiness(a.readiness_port, admin_port));
+    if dp_json.pointer("/networking/transparentProxying").is_some() {
+        let upstream = a.dns_upstream.or_else(dns_proxy::system_upstream);
+        let pipe = PathBuf::from(kuma_xds::generate::dynamic_config_pipe(
+            &dir.to_string_lossy(),
+        ));
+        dns_proxy::start(a.dns_port, pipe, a.dns_domain.clone(), upstream).await?;
+        eprintln!("kuma-dp: DNS proxy on 127.0.0.1:{}", a.dns_port);
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,76 @@
+//! kuma-dp's DNS proxy for a transparent proxy: `.mesh` names answered from the records the
+//! control plane hands over through the proxy's Envoy, other names forwarded upstream. Queried
+//! with `dig`, against the real binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use common::{Standalone, dig, kuma_dp, kuma_dp_with, test_dir};
+use kuma_testkit::{eventually, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuma_dp_answers_mesh_names_and_forwards_the_rest() {
+    let dir = test_dir("dns-proxy");
+    let cp = Standalone::start(&[]).await;
+    // An upstream resolver for everything outside .mesh: a DNS server for `example`.
+    let upstream_zone = kuma_dns::zone::Zone::new("example", 60)
+        .with_records([("www.example".to_string(), "192.0.2.10".parse().unwrap())]);
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let upstream = kuma_dns::server::DnsServer::new(upstream_zone)
+        .bind("127.0.0.1:0".parse().unwrap(), stop)
+        .await
+        .unwrap();
+
+    let backend = format!(
+        "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n",
+        free_port().await,
+        free_port().await
+    );
+    let _backend = kuma_dp(
+        &dir,
+        cp.dp_port,
+        cp.api_port,
+        &cp.ca_file,
+        "backend-1",
+        &backend,
+    )
+    .await;
+    let web = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  transparentProxying:\n    redirectPortInbound: {}\n    redirectPortOutbound: {}\n",
+        free_port().await,
+        free_port().await,
+        free_port().await,
+        free_port().await
+    );
+    let dns_port = free_port().await;
+    let _web = kuma_dp_with(
+        &dir,
+        cp.dp_port,
+        cp.api_port,
+        &cp.ca_file,
+        "web-1",
+        &web,
+        &[
+            "--dns-port",
+            &dns_port.to_string(),
+            "--dns-upstream",
+            &upstream.to_string(),
+        ],
+    )
+    .await;
+
+    // The proxy answers each service's VIP, the one the control plane's DNS server gives.
+    eventually("kuma-dp's DNS proxy answers backend.mesh", || async {
+        let vip = dig(cp.dns_port, "backend.mesh");
+        !vip.is_empty() && dig(dns_port, "backend.mesh") == vip
+    })
+    .await;
+    assert_eq!(dig(dns_port, "web.mesh"), dig(cp.dns_port, "web.mesh"));
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &dns_port.to_string(), "nope.mesh"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"));
+    // Other names go to the upstream resolver.
+    assert_eq!(dig(dns_port, "www.example"), "192.0.2.10");
+}
