@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::google::protobuf::value::Kind;
 use kuma_core::manager::ResourceManager;
-use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_json};
+use kuma_core::resource::{Resource, ResourceKey, ResourceType};
 
-use crate::lifecycle::DATAPLANE_RESOURCE;
+use crate::lifecycle::node_dataplane;
 
 use kuma_api::access::{AUTHENTICATED_GROUP, Identity, UserTokenValidator};
 use kuma_ca::user_token::UserTokens;
@@ -102,26 +101,8 @@ impl DataplaneTokenAuthenticator {
     /// The Dataplane a stream's node runs: from its metadata (what the proxy will register),
     /// else the stored one named by the node id `<mesh>.<name>`.
     async fn dataplane_of(&self, node: &Node) -> Result<Resource, String> {
-        let from_metadata = node
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(DATAPLANE_RESOURCE))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.as_str()),
-                _ => None,
-            });
-        if let Some(json) = from_metadata {
-            return parse_json(json)
-                .map_err(|e| format!("node metadata {DATAPLANE_RESOURCE}: {e}"))
-                .and_then(|r| {
-                    if r.rtype() == ResourceType::Dataplane {
-                        Ok(r)
-                    } else {
-                        Err(format!(
-                            "node metadata {DATAPLANE_RESOURCE}: not a Dataplane"
-                        ))
-                    }
-                });
+        if let Some(dataplane) = node_dataplane(Some(node))? {
+            return Ok(dataplane);
         }
         let (mesh, name) = node
             .id

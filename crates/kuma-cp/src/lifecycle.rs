@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
 use kuma_core::manager::ResourceManager;
-use kuma_core::resource::{ResourceKey, ResourceType, parse_json};
+use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_json};
 use kuma_xds::generate::ProxyMetadata;
 use kuma_xds::server::Callbacks;
 use tokio::runtime::Handle;
@@ -64,6 +64,29 @@ fn string_field(node: Option<&Node>, key: &str) -> Option<String> {
     match &value.kind {
         Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
+    }
+}
+
+/// The Dataplane a node's metadata carries (`dataplane.resource`, put there by the
+/// bootstrap): `None` when it carries none, an error naming the field when it is not a valid
+/// Dataplane.
+pub(crate) fn node_dataplane(node: Option<&Node>) -> Result<Option<Resource>, String> {
+    let Some(value) = node
+        .and_then(|n| n.metadata.as_ref())
+        .and_then(|m| m.fields.get(DATAPLANE_RESOURCE))
+    else {
+        return Ok(None);
+    };
+    let Some(Kind::StringValue(json)) = &value.kind else {
+        return Ok(None);
+    };
+    match parse_json(json) {
+        Ok(r) if r.rtype() == ResourceType::Dataplane => Ok(Some(r)),
+        Ok(r) => Err(format!(
+            "node metadata {DATAPLANE_RESOURCE}: a {}, not a Dataplane",
+            r.rtype()
+        )),
+        Err(e) => Err(format!("node metadata {DATAPLANE_RESOURCE}: {e}")),
     }
 }
 
@@ -133,24 +156,11 @@ impl Lifecycle {
         if !self.nodes().registered.insert(stream_id) {
             return;
         }
-        let Some(json) = node
-            .and_then(|n| n.metadata.as_ref())
-            .and_then(|m| m.fields.get(DATAPLANE_RESOURCE))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            })
-        else {
-            return;
-        };
-        let dataplane = match parse_json(&json) {
-            Ok(r) if r.rtype() == ResourceType::Dataplane => r,
-            Ok(r) => {
-                tracing::warn!(node_id, rtype = %r.rtype(), "node metadata holds a non-Dataplane resource");
-                return;
-            }
+        let dataplane = match node_dataplane(node) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
             Err(e) => {
-                tracing::warn!(node_id, error = %e, "node metadata holds an invalid Dataplane");
+                tracing::warn!(node_id, error = %e, "node metadata holds no valid Dataplane");
                 return;
             }
         };

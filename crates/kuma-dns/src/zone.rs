@@ -79,11 +79,7 @@ impl Zone {
                 self.add(name, ip);
             }
         }
-        for ips in self.names.values_mut() {
-            ips.sort();
-            ips.dedup();
-        }
-        self
+        self.sorted()
     }
 
     /// Adds `(name, address)` records given by full name (`backend.mesh`); names outside the
@@ -99,6 +95,11 @@ impl Zone {
                 self.add(relative.to_string(), ip);
             }
         }
+        self.sorted()
+    }
+
+    /// Each name's addresses in order, once each.
+    fn sorted(mut self) -> Self {
         for ips in self.names.values_mut() {
             ips.sort();
             ips.dedup();

@@ -27,6 +27,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
+use kuma_core::model::dataplane::TransparentProxying;
 use kuma_core::model::mesh::MetricsBackend;
 
 use super::ResourceGenerator;
@@ -265,18 +266,19 @@ impl ResourceGenerator for TransparentProxy {
     }
 
     fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
-        let Some(tp) = ctx
-            .dataplane
-            .networking
-            .as_ref()
-            .and_then(|n| n.transparent_proxying.as_ref())
-        else {
+        let Some(tp) = transparent_proxying(ctx) else {
             return Ok(());
         };
-        for (direction, port, source) in [
-            ("outbound", tp.redirect_port_outbound.unwrap_or(15001), None),
+        for (direction, traffic, port, source) in [
+            (
+                "outbound",
+                TrafficDirection::Outbound,
+                tp.redirect_port_outbound.unwrap_or(15001),
+                None,
+            ),
             (
                 "inbound",
+                TrafficDirection::Inbound,
                 tp.redirect_port_inbound.unwrap_or(15006),
                 Some("127.0.0.6"),
             ),
@@ -298,11 +300,6 @@ impl ResourceGenerator for TransparentProxy {
                 name.clone(),
                 ClusterDraft::new(cluster, ClusterRole::System, Protocol::Tcp),
             );
-            let traffic = if direction == "outbound" {
-                TrafficDirection::Outbound
-            } else {
-                TrafficDirection::Inbound
-            };
             let mut l = listener(&name, "0.0.0.0", port, traffic);
             l.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
             rs.listeners.insert(
@@ -315,15 +312,33 @@ impl ResourceGenerator for TransparentProxy {
                 },
             );
         }
-        let reachable = &tp.reachable_services;
-        for (service, vip) in &ctx.mesh.vips {
-            if !reachable.is_empty() && !reachable.contains(service) {
-                continue;
-            }
+        for (service, vip) in reachable_vips(ctx, tp) {
             add_outbound(ctx, rs, service, &vip.to_string(), ctx.mesh.vip_port, false);
         }
         Ok(())
     }
+}
+
+/// The proxy's transparent proxying settings (`None`: it is not a transparent proxy).
+fn transparent_proxying<'a>(ctx: &ProxyContext<'a>) -> Option<&'a TransparentProxying> {
+    ctx.dataplane
+        .networking
+        .as_ref()?
+        .transparent_proxying
+        .as_ref()
+}
+
+/// The services with a VIP a transparent proxy reaches: all of them, or its
+/// `reachableServices` when it lists some.
+fn reachable_vips<'a>(
+    ctx: &ProxyContext<'a>,
+    tp: &'a TransparentProxying,
+) -> impl Iterator<Item = (&'a String, &'a std::net::Ipv4Addr)> {
+    let reachable = &tp.reachable_services;
+    ctx.mesh
+        .vips
+        .iter()
+        .filter(move |(service, _)| reachable.is_empty() || reachable.contains(*service))
 }
 
 /// The DNS records of a transparent proxy's VIP outbounds, for kuma-dp's DNS proxy, the way
@@ -343,21 +358,12 @@ impl ResourceGenerator for DnsRecords {
     }
 
     fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
-        let (Some(tp), Some(workdir)) = (
-            ctx.dataplane
-                .networking
-                .as_ref()
-                .and_then(|n| n.transparent_proxying.as_ref()),
-            ctx.metadata.workdir.as_deref(),
-        ) else {
+        let (Some(tp), Some(workdir)) =
+            (transparent_proxying(ctx), ctx.metadata.workdir.as_deref())
+        else {
             return Ok(());
         };
-        let reachable = &tp.reachable_services;
-        let records: Vec<serde_json::Value> = ctx
-            .mesh
-            .vips
-            .iter()
-            .filter(|(service, _)| reachable.is_empty() || reachable.contains(*service))
+        let records: Vec<serde_json::Value> = reachable_vips(ctx, tp)
             .flat_map(|(service, vip)| {
                 let mut names = vec![service.clone()];
                 if service.contains('_') {
