@@ -133,6 +133,40 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         both == ["240.0.0.1", "240.0.0.2"]
     })
     .await;
+    // A service another zone offers through its ZoneIngress gets a VIP too, and loses it with
+    // the ingress.
+    let ingress = r#"{"type":"ZoneIngress","name":"east-ingress","zone":"east","networking":{"address":"192.0.2.7","advertisedAddress":"192.0.2.7","port":10001,"advertisedPort":10001},"availableServices":[{"mesh":"default","tags":{"kuma.io/service":"payments"},"instances":1}]}"#;
+    let api = || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+            .await
+            .unwrap()
+    };
+    let (status, raw) = http_request(
+        api().await,
+        "PUT",
+        "/zoneingresses/east-ingress",
+        &[],
+        ingress,
+    )
+    .await;
+    assert_eq!(status, 201, "{raw}");
+    eventually("dig resolves payments.mesh", || async {
+        common::dig(dns_port, "payments.mesh") == "240.0.0.3"
+    })
+    .await;
+    let (status, raw) = http_request(
+        api().await,
+        "DELETE",
+        "/zoneingresses/east-ingress",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{raw}");
+    eventually("payments.mesh is gone with the ingress", || async {
+        common::dig(dns_port, "payments.mesh").is_empty()
+    })
+    .await;
     // The backend's address is not loopback's 127.0.0.1, so its Envoy also gets the
     // `kuma:envoy:admin` listener on <address>:<admin port>, serving kuma-dp's readiness.
     eventually("backend /ready through kuma:envoy:admin", || async {

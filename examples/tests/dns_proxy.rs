@@ -5,21 +5,15 @@
 
 mod common;
 
-use common::{Standalone, dig, kuma_dp, kuma_dp_with, test_dir};
+use common::{Standalone, dig, example_resolver, kuma_dp, kuma_dp_with, test_dir};
 use kuma_testkit::{eventually, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kuma_dp_answers_mesh_names_and_forwards_the_rest() {
     let dir = test_dir("dns-proxy");
     let cp = Standalone::start(&[]).await;
-    // An upstream resolver for everything outside .mesh: a DNS server for `example`.
-    let upstream_zone = kuma_dns::zone::Zone::new("example", 60)
-        .with_records([("www.example".to_string(), "192.0.2.10".parse().unwrap())]);
-    let (_stop, stop) = tokio::sync::watch::channel(false);
-    let upstream = kuma_dns::server::DnsServer::new(upstream_zone)
-        .bind("127.0.0.1:0".parse().unwrap(), stop)
-        .await
-        .unwrap();
+    // An upstream resolver for everything outside .mesh.
+    let (upstream, _stop) = example_resolver().await;
 
     let backend = format!(
         "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: backend\n",

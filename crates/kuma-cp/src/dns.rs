@@ -19,10 +19,13 @@ use tokio::sync::watch;
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Allocates VIPs while `leader` reads true: every mesh when leadership starts, then the meshes
-/// whose Dataplanes change. VIP tables of deleted meshes are removed.
+/// whose Dataplanes change, and every mesh when a ZoneIngress changes (the services other zones
+/// offer get VIPs too; `local_zone` is this control plane's zone). VIP tables of deleted meshes
+/// are removed.
 pub async fn allocate_vips(
     manager: ResourceManager,
     allocator: Arc<dyn VipAllocator>,
+    local_zone: String,
     mut leader: watch::Receiver<bool>,
 ) {
     loop {
@@ -31,7 +34,7 @@ pub async fn allocate_vips(
         }
         let mut events = manager.store().watch();
         for mesh in all_meshes(&manager).await {
-            sync_mesh(&manager, allocator.as_ref(), &mesh).await;
+            sync_mesh(&manager, allocator.as_ref(), &local_zone, &mesh).await;
         }
         loop {
             let first = tokio::select! {
@@ -48,6 +51,7 @@ pub async fn allocate_vips(
                     ResourceType::Mesh => {
                         dirty.insert(e.key.name);
                     }
+                    ResourceType::ZoneIngress => everything = true,
                     _ => {}
                 },
                 Err(RecvError::Lagged(_)) => everything = true,
@@ -65,7 +69,7 @@ pub async fn allocate_vips(
                 dirty.extend(all_meshes(&manager).await);
             }
             for mesh in dirty {
-                sync_mesh(&manager, allocator.as_ref(), &mesh).await;
+                sync_mesh(&manager, allocator.as_ref(), &local_zone, &mesh).await;
             }
         }
     }
@@ -87,7 +91,12 @@ async fn all_meshes(manager: &ResourceManager) -> BTreeSet<String> {
     meshes
 }
 
-async fn sync_mesh(manager: &ResourceManager, allocator: &dyn VipAllocator, mesh: &str) {
+async fn sync_mesh(
+    manager: &ResourceManager,
+    allocator: &dyn VipAllocator,
+    local_zone: &str,
+    mesh: &str,
+) {
     let exists = manager
         .get(&ResourceKey::global(ResourceType::Mesh, mesh))
         .await
@@ -100,17 +109,20 @@ async fn sync_mesh(manager: &ResourceManager, allocator: &dyn VipAllocator, mesh
         }
         return;
     }
-    let dataplanes = match manager
-        .list(&ListQuery::in_mesh(ResourceType::Dataplane, mesh))
-        .await
-    {
-        Ok(page) => page.items,
+    let (in_mesh, ingresses) = (
+        ListQuery::in_mesh(ResourceType::Dataplane, mesh),
+        ListQuery::all(ResourceType::ZoneIngress),
+    );
+    let listed = tokio::try_join!(manager.list(&in_mesh), manager.list(&ingresses));
+    let (dataplanes, ingresses) = match listed {
+        Ok((d, i)) => (d.items, i.items),
         Err(e) => {
-            tracing::warn!(mesh, error = %e, "cannot list dataplanes for VIPs");
+            tracing::warn!(mesh, error = %e, "cannot list the services for VIPs");
             return;
         }
     };
-    if let Err(e) = allocator.sync(mesh, &service_hostnames(&dataplanes)).await {
+    let wanted = service_hostnames(mesh, local_zone, &dataplanes, &ingresses);
+    if let Err(e) = allocator.sync(mesh, &wanted).await {
         tracing::warn!(mesh, error = %e, "VIP allocation incomplete");
     }
 }

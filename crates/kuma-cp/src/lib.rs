@@ -456,6 +456,7 @@ impl ControlPlane {
                 background.0.push(tokio::spawn(dns::allocate_vips(
                     manager.clone(),
                     Arc::new(allocator),
+                    config.multizone.zone.name.clone(),
                     leader.clone(),
                 )));
             }

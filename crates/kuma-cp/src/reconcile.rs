@@ -467,7 +467,10 @@ mod tests {
             .items;
         kuma_dns::vips::CidrVipAllocator::new(manager.clone(), "240.0.0.0/4")
             .unwrap()
-            .sync("default", &kuma_dns::vips::service_hostnames(&dataplanes))
+            .sync(
+                "default",
+                &kuma_dns::vips::service_hostnames("default", "", &dataplanes, []),
+            )
             .await
             .unwrap();
         // The table's change concerns the whole mesh.

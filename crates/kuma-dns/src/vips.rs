@@ -365,17 +365,40 @@ impl VipAllocator for CidrVipAllocator {
     }
 }
 
-/// The hostnames a mesh's Dataplanes give VIPs to: each service of an inbound.
+/// The port Kuma reserves on inbounds that serve no traffic (they get no VIP).
+const RESERVED_PORT: u32 = 49151;
+
+/// The services that get VIPs in `mesh`: those of its Dataplanes' inbounds (but `Ignored` ones
+/// and those on the reserved port 49151), and those of `mesh` that a ZoneIngress of another
+/// zone than `local_zone` makes available. `dataplanes` are `mesh`'s; `zone_ingresses` may be
+/// every ZoneIngress.
 pub fn service_hostnames<'a>(
+    mesh: &str,
+    local_zone: &str,
     dataplanes: impl IntoIterator<Item = &'a Resource>,
+    zone_ingresses: impl IntoIterator<Item = &'a Resource>,
 ) -> BTreeMap<HostnameEntry, Vec<OutboundEntry>> {
-    let services: BTreeSet<&str> = dataplanes
+    use kuma_core::model::common::SERVICE_TAG;
+    use kuma_core::model::dataplane::{DataplaneSpec, InboundState};
+    use kuma_core::model::zone::ZoneIngressSpec;
+    let local = dataplanes
         .into_iter()
-        .filter_map(|r| r.spec_as::<kuma_core::model::dataplane::DataplaneSpec>())
+        .filter_map(|r| r.spec_as::<DataplaneSpec>())
         .flat_map(|dp| dp.inbounds().iter())
-        .filter_map(|i| i.tags.get(kuma_core::model::common::SERVICE_TAG))
-        .map(String::as_str)
-        .collect();
+        .filter(|i| i.state != Some(InboundState::Ignored) && i.port != RESERVED_PORT)
+        .filter_map(|i| i.tags.get(SERVICE_TAG));
+    let remote = zone_ingresses
+        .into_iter()
+        .filter_map(|r| r.spec_as::<ZoneIngressSpec>())
+        .filter(|zi| {
+            zi.zone
+                .as_deref()
+                .is_some_and(|z| !z.is_empty() && z != local_zone)
+        })
+        .flat_map(|zi| zi.available_services.iter())
+        .filter(|s| s.mesh.as_deref() == Some(mesh))
+        .filter_map(|s| s.tags.get(SERVICE_TAG));
+    let services: BTreeSet<&str> = local.chain(remote).map(String::as_str).collect();
     services
         .into_iter()
         .map(|s| (HostnameEntry::service(s), vec![OutboundEntry::service(s)]))

@@ -172,3 +172,32 @@ async fn the_store_keeps_vips_stable_and_unique() {
     assert_eq!(tiny.get("tiny").await.unwrap().len(), 2);
     assert!(CidrVipAllocator::new(m, "fd00::/8").is_err());
 }
+
+/// The services that get VIPs: every served inbound's, and those of the mesh that another
+/// zone's ZoneIngress makes available.
+#[test]
+fn services_come_from_inbounds_and_remote_ingresses() {
+    use kuma_core::resource::parse_yaml;
+    let dataplane = parse_yaml(
+        "type: Dataplane\nmesh: default\nname: dp\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags:\n      kuma.io/service: backend\n  - port: 8081\n    state: Ignored\n    tags:\n      kuma.io/service: ignored\n  - port: 49151\n    tags:\n      kuma.io/service: reserved\n",
+    )
+    .unwrap();
+    let ingress = |zone: &str, services: &[(&str, &str)]| {
+        let list: String = services
+            .iter()
+            .map(|(mesh, s)| format!("- mesh: {mesh}\n  tags:\n    kuma.io/service: {s}\n"))
+            .collect();
+        parse_yaml(&format!(
+            "type: ZoneIngress\nname: zi-{zone}\nzone: {zone}\nnetworking:\n  port: 10001\navailableServices:\n{list}"
+        ))
+        .unwrap()
+    };
+    let remote = ingress("east", &[("default", "payments"), ("other", "ledger")]);
+    let local = ingress("west", &[("default", "west-only")]);
+    let got: Vec<String> =
+        kuma_dns::vips::service_hostnames("default", "west", [&dataplane], [&remote, &local])
+            .into_keys()
+            .map(|h| h.name)
+            .collect();
+    assert_eq!(got, ["backend", "payments"]);
+}

@@ -271,3 +271,17 @@ pub fn dig(port: u16, name: &str) -> String {
         .expect("dig runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A resolver for names outside the mesh, as kuma-dp's `--dns-upstream`: a DNS server on
+/// 127.0.0.1 for the zone `example`, where `www.example` is 192.0.2.10. It stops when the
+/// returned sender is dropped.
+pub async fn example_resolver() -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let zone = kuma_dns::zone::Zone::new("example", 60)
+        .with_records([("www.example".to_string(), "192.0.2.10".parse().unwrap())]);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let addr = kuma_dns::server::DnsServer::new(zone)
+        .bind("127.0.0.1:0".parse().unwrap(), stop)
+        .await
+        .unwrap();
+    (addr, stop_tx)
+}

@@ -1,6 +1,6 @@
 //! What generators read: the mesh (indexed once per regeneration) and one proxy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kuma_core::model::common::{PROTOCOL_TAG, SERVICE_TAG, Tags};
 use kuma_core::model::dataplane::DataplaneSpec;
@@ -147,10 +147,13 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// The protocol every inbound of the service speaks (TCP when they differ).
     pub protocol: Protocol,
+    /// The ports its inbounds listen on, ready or not (a transparent proxy serves the
+    /// service's VIP on each).
+    pub ports: BTreeSet<u32>,
     /// Under strict SPIFFE, the services naming the certificates of the proxies that provide
     /// this one (each proxy's identity is its first service in name order, see
     /// [`strict_spiffe_service`]).
-    pub strict_identities: std::collections::BTreeSet<String>,
+    pub strict_identities: BTreeSet<String>,
     load_assignment: EncodedResource,
 }
 
@@ -190,8 +193,15 @@ static DEFAULT_MESH: std::sync::LazyLock<MeshSpec> = std::sync::LazyLock::new(Me
 impl<'a> MeshContext<'a> {
     /// Indexes `dataplanes` (the whole mesh) by service, in one pass.
     pub fn new(mesh: &'a str, dataplanes: &'a [Resource]) -> Self {
-        let mut by_service: BTreeMap<&str, (Vec<Endpoint>, Option<Protocol>)> = BTreeMap::new();
-        let mut identities: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
+        /// What the inbounds of one service add up to.
+        #[derive(Default)]
+        struct Seen {
+            endpoints: Vec<Endpoint>,
+            protocol: Option<Protocol>,
+            ports: BTreeSet<u32>,
+        }
+        let mut by_service: BTreeMap<&str, Seen> = BTreeMap::new();
+        let mut identities: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for dp in dataplanes
             .iter()
             .filter_map(|r| r.spec_as::<DataplaneSpec>())
@@ -212,7 +222,8 @@ impl<'a> MeshContext<'a> {
                 };
                 let entry = by_service.entry(service).or_default();
                 let protocol = Protocol::of_tags(&inbound.tags);
-                entry.1 = Some(entry.1.map_or(protocol, |p| p.common(protocol)));
+                entry.protocol = Some(entry.protocol.map_or(protocol, |p| p.common(protocol)));
+                entry.ports.insert(inbound.port);
                 if inbound
                     .health
                     .as_ref()
@@ -220,7 +231,7 @@ impl<'a> MeshContext<'a> {
                 {
                     continue; // not ready: no traffic until it is
                 }
-                entry.0.push(Endpoint {
+                entry.endpoints.push(Endpoint {
                     ip: ip.to_string(),
                     port: inbound.port,
                     tags: inbound.tags.clone(),
@@ -229,7 +240,12 @@ impl<'a> MeshContext<'a> {
         }
         let services = by_service
             .into_iter()
-            .map(|(service, (mut endpoints, protocol))| {
+            .map(|(service, seen)| {
+                let Seen {
+                    mut endpoints,
+                    protocol,
+                    ports,
+                } = seen;
                 endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
                 endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
                 let load_assignment = EncodedResource::from_message(&load_assignment(
@@ -239,6 +255,7 @@ impl<'a> MeshContext<'a> {
                 let entry = Service {
                     endpoints,
                     protocol: protocol.unwrap_or(Protocol::Tcp),
+                    ports,
                     strict_identities: identities.remove(service).unwrap_or_default(),
                     load_assignment,
                 };

@@ -5,7 +5,7 @@
 //! | `inbound` | per inbound, listener `inbound:<ip>:<port>` (TCP proxy, or HTTP for `kuma.io/protocol` http, http2, grpc) and the local cluster `localhost:<workload port>` |
 //! | `outbound` | per explicit outbound, listener `outbound:<ip>:<port>` and the service's EDS cluster and ready endpoints |
 //! | `dns-records` | with transparent proxying, the VIP records for kuma-dp's DNS proxy, served by Envoy on kuma-dp's pipe (see [`DnsRecords`]) |
-//! | `transparent-proxy` | with transparent proxying: the passthrough listeners on the redirect ports and a VIP outbound `outbound:<vip>:80` per service (see [`TransparentProxy`]) |
+//! | `transparent-proxy` | with transparent proxying: the passthrough listeners on the redirect ports and a VIP outbound `outbound:<vip>:80` (and one per inbound port) per service (see [`TransparentProxy`]) |
 //! | `admin` | cluster `kuma:envoy:admin`; on a non-loopback address also listener `kuma:envoy:admin` exposing `/ready` from kuma-dp (cluster `kuma:readiness`) |
 //! | `probes` | virtual probes: listener `probe:listener` mapping `/<port>/<path>` to the workload |
 //! | `prometheus` | when the mesh (or the Dataplane) enables a Prometheus backend, listener `_kuma:metrics:prometheus:<backend>` serving Envoy's stats |
@@ -255,8 +255,9 @@ fn add_outbound(
 ///   inbound traffic no inbound listener takes (cluster `inbound:passthrough:ipv4`, from
 ///   127.0.0.6 as Kuma does);
 /// - every service with a VIP (only `reachableServices` when listed) gets the listener
-///   `outbound:<vip>:<VIP port>`, which binds nothing: the redirect hands it the connections
-///   to that address.
+///   `outbound:<vip>:<VIP port>`, and `outbound:<vip>:<port>` for each port its inbounds
+///   listen on (so `backend.mesh:8080` works as well as `backend.mesh`); they bind nothing:
+///   the redirect hands them the connections to their address.
 #[derive(Debug, Clone, Copy)]
 pub struct TransparentProxy;
 
@@ -313,7 +314,13 @@ impl ResourceGenerator for TransparentProxy {
             );
         }
         for (service, vip) in reachable_vips(ctx, tp) {
-            add_outbound(ctx, rs, service, &vip.to_string(), ctx.mesh.vip_port, false);
+            let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
+            if let Some(s) = ctx.mesh.service(service) {
+                ports.extend(&s.ports);
+            }
+            for port in ports {
+                add_outbound(ctx, rs, service, &vip.to_string(), port, false);
+            }
         }
         Ok(())
     }

@@ -1,0 +1,249 @@
+//! A workload behind a transparent proxy reaches `backend.mesh` by name, as Kuma's transparent
+//! proxying makes it work. iptables in a network namespace that the test creates sends the
+//! workload's DNS queries (to 127.0.0.1:53) to kuma-dp's DNS proxy on 15053, and its
+//! connections to VIPs (240.0.0.0/4) to Envoy's outbound redirect port 15001. That Envoy
+//! hands each connection to the `outbound:<vip>:<port>` listener for its original destination.
+//! The control plane, both proxies and the service run in the namespace too. The workload is
+//! plain `curl` and `getent`, started with `ip netns exec` so that they read the namespace's
+//! resolv.conf.
+//!
+//! Needs root, iproute2 and iptables (scripts/test installs iptables).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::fs::File;
+use std::process::{Command, Output};
+
+use common::{Standalone, dig, example_resolver, kuma_dp, kuma_dp_with, test_dir};
+use kuma_testkit::{free_port, http_get};
+
+/// The address of the namespace's `eth0`, where both proxies' inbounds listen.
+const POD_IP: &str = "10.11.12.13";
+
+/// A network namespace of this test's own; deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with loopback up and a pod-like interface `eth0` with address
+    /// [`POD_IP`] and the default route, and gives it a resolv.conf that names 127.0.0.1.
+    fn create(name: &str) -> Netns {
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run("ip", &["netns", "add", name]);
+        run("ip", &["-n", name, "link", "set", "lo", "up"]);
+        // Connections to VIPs need a route and a source address, as in a pod: one end of a
+        // veth pair stands for the pod's interface.
+        let veth = [
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ];
+        run("ip", &[&["-n", name][..], &veth].concat());
+        let addr = format!("{POD_IP}/24");
+        run("ip", &["-n", name, "addr", "add", &addr, "dev", "eth0"]);
+        for link in ["eth0", "eth1"] {
+            run("ip", &["-n", name, "link", "set", link, "up"]);
+        }
+        run(
+            "ip",
+            &["-n", name, "route", "add", "default", "dev", "eth0"],
+        );
+        let etc = ns.etc_dir();
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n",
+        )
+        .unwrap();
+        ns
+    }
+
+    /// `/etc/netns/<name>`: `ip netns exec` mounts its files over `/etc`.
+    fn etc_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
+    /// Moves the calling thread into the namespace: the threads and processes it starts from
+    /// then on live there too.
+    fn enter(&self) {
+        let file = File::open(format!("/run/netns/{}", self.name)).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the test's network namespace");
+    }
+
+    /// Runs `args` with `ip netns exec`, so that it sees the namespace's resolv.conf.
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Adds a rule to the namespace's nat table.
+    fn iptables(&self, rule: &str) {
+        let out = self.exec(
+            &[
+                &["iptables", "-t", "nat"],
+                &rule.split(' ').collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "iptables {rule}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = std::fs::remove_dir_all(self.etc_dir());
+    }
+}
+
+/// Runs a set-up command, which must succeed.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {} (the test needs root, iproute2 and iptables)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_workload_reaches_backend_mesh_through_dns_and_its_vip_listener() {
+    let ns = Netns::create(&format!("kuma-tp-{}", std::process::id()));
+    // Kuma's redirection, reduced to what this test's traffic needs: DNS to the proxy's
+    // resolver, and connections to VIPs to the outbound redirect port.
+    ns.iptables("-A OUTPUT -p udp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
+    ns.iptables("-A OUTPUT -p tcp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
+    ns.iptables("-A OUTPUT -p tcp -d 240.0.0.0/4 -j REDIRECT --to-ports 15001");
+    ns.enter();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(scenario(&ns));
+}
+
+async fn scenario(ns: &Netns) {
+    let dir = test_dir("transparent-proxy");
+    // The resolver for names outside the mesh (the one kuma-dp forwards to).
+    let (upstream, _stop) = example_resolver().await;
+    let cp = Standalone::start(&[]).await;
+
+    // backend: an HTTP service behind an ordinary proxy.
+    let app = axum::Router::new().fallback(|| async { "hello from backend" });
+    // Where the backend's proxy forwards to: the inbound's address (the pod's), servicePort.
+    let listener = tokio::net::TcpListener::bind((POD_IP, 0)).await.unwrap();
+    let app_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let backend_port = free_port().await;
+    let backend = format!(
+        "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {backend_port}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n"
+    );
+    let _backend = kuma_dp(
+        &dir,
+        cp.dp_port,
+        cp.api_port,
+        &cp.ca_file,
+        "backend-1",
+        &backend,
+    )
+    .await;
+
+    // web: the workload's proxy, transparent, on Kuma's redirect ports and DNS port.
+    let web = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n",
+        free_port().await,
+        free_port().await,
+    );
+    let web_dp = kuma_dp_with(
+        &dir,
+        cp.dp_port,
+        cp.api_port,
+        &cp.ca_file,
+        "web-1",
+        &web,
+        &["--dns-upstream", &upstream.to_string()],
+    )
+    .await;
+
+    // curl's output, its error when it has no output.
+    let curl = |url: String| {
+        let out = ns.exec(&["curl", "-sS", "--max-time", "3", &url]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        if stdout.is_empty() { stderr } else { stdout }
+            .trim()
+            .to_string()
+    };
+    // The proxy gets its listeners and the DNS proxy its records within seconds.
+    let mut last = String::new();
+    for _ in 0..60 {
+        last = curl("http://backend.mesh/".into());
+        if last == "hello from backend" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(last, "hello from backend", "curl http://backend.mesh/");
+
+    // The name resolved, through the system resolver, to the VIP the control plane allocated
+    // and serves on 5653.
+    let vip = dig(cp.dns_port, "backend.mesh");
+    assert!(vip.starts_with("240."), "backend's VIP: {vip:?}");
+    let resolved = ns.exec(&["getent", "ahostsv4", "backend.mesh"]);
+    let resolved = String::from_utf8_lossy(&resolved.stdout);
+    assert_eq!(
+        resolved.split_whitespace().next(),
+        Some(vip.as_str()),
+        "{resolved}"
+    );
+
+    // The connection went through web's listener for the VIP on port 80, and the service's own
+    // port is served on the VIP too.
+    let stat = |name: String| async move {
+        let (_, stats) = http_get(web_dp.admin_port, &format!("/stats?filter=^{name}$")).await;
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let vip80 = format!("listener.{vip}_80.downstream_cx_total");
+    assert!(stat(vip80.clone()).await >= 1, "{vip80}");
+    assert_eq!(
+        curl(format!("http://backend.mesh:{backend_port}/")),
+        "hello from backend"
+    );
+    let vip_real = format!("listener.{vip}_{backend_port}.downstream_cx_total");
+    assert!(stat(vip_real.clone()).await >= 1, "{vip_real}");
+
+    // Names outside the mesh still resolve, through kuma-dp's forwarding.
+    let other = ns.exec(&["getent", "ahostsv4", "www.example"]);
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout)
+            .split_whitespace()
+            .next(),
+        Some("192.0.2.10")
+    );
+    // An unknown mesh name does not resolve, and gets no connection anywhere.
+    assert!(!ns.exec(&["getent", "hosts", "nope.mesh"]).status.success());
+}
