@@ -29,9 +29,17 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         api_tls_port,
         diagnostics_port,
         dns_port,
+        mads_port,
         ca_file,
     } = Standalone::start(&[]).await;
-    for port in [diagnostics_port, cp_port, api_port, api_tls_port, dns_port] {
+    for port in [
+        diagnostics_port,
+        cp_port,
+        api_port,
+        api_tls_port,
+        dns_port,
+        mads_port,
+    ] {
         assert!(
             table.contains(&format!(":{port}")),
             "the listen table names port {port}: {table}"

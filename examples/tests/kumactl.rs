@@ -62,7 +62,6 @@ async fn fails(config: &Path, args: &[&str], input: Option<&str>) -> String {
 /// Parses `text` with the Python Prometheus client's parser `module` (Prometheus's reference
 /// implementation of the formats); one line per family: name, type, sum of its samples.
 fn prometheus_parse(module: &str, text: &str) -> String {
-    use std::io::Write as _;
     let script = format!(
         "import sys\nfrom {module} import text_string_to_metric_families as p\n\
          fams = {{f.name: f for f in p(sys.stdin.read())}}\n\
@@ -70,20 +69,10 @@ fn prometheus_parse(module: &str, text: &str) -> String {
          print(name, fams[name].type, sum(s.value for s in fams[name].samples \
          if not s.name.endswith(('_bucket', '_created'))))"
     );
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = kuma_testkit::run_with_stdin(
+        std::process::Command::new("python3").args(["-c", &script]),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{module} rejects /metrics: {}\n{text}",

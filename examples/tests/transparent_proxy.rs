@@ -16,7 +16,7 @@ use std::fs::File;
 use std::process::{Command, Output};
 
 use common::{Standalone, dig, example_resolver, kuma_dp, kuma_dp_with, test_dir};
-use kuma_testkit::{free_port, http_get};
+use kuma_testkit::{envoy_stats, free_port};
 
 /// The address of the namespace's `eth0`, where both proxies' inbounds listen.
 const POD_IP: &str = "10.11.12.13";
@@ -220,12 +220,7 @@ async fn scenario(ns: &Netns) {
     // The connection went through web's listener for the VIP on port 80, and the service's own
     // port is served on the VIP too.
     let stat = |name: String| async move {
-        let (_, stats) = http_get(web_dp.admin_port, &format!("/stats?filter=^{name}$")).await;
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+        kuma_testkit::stat(&envoy_stats(web_dp.admin_port).await, &name).unwrap_or(0)
     };
     let vip80 = format!("listener.{vip}_80.downstream_cx_total");
     assert!(stat(vip80.clone()).await >= 1, "{vip80}");

@@ -425,3 +425,40 @@ fn policy_validation_names_the_field() {
         );
     }
 }
+
+/// A proxy's Prometheus endpoint: only with a mesh backend enabled; the Dataplane's own
+/// settings override the mesh's, tags merge.
+#[test]
+fn prometheus_endpoint_merges_the_dataplanes_settings_over_the_mesh() {
+    use kuma_core::model::mesh::{MeshSpec, MetricsBackend};
+    let own: MetricsBackend = serde_json::from_value(serde_json::json!({
+        "type": "prometheus", "conf": {"port": 1234, "tags": {"team": "a"}}
+    }))
+    .unwrap();
+    assert_eq!(
+        MeshSpec::default().prometheus_endpoint(Some(&own)).unwrap(),
+        None
+    );
+    let mesh: MeshSpec = serde_json::from_value(serde_json::json!({"metrics": {
+        "enabledBackend": "prom",
+        "backends": [{"name": "prom", "type": "prometheus",
+                      "conf": {"path": "/stats", "tags": {"env": "prod"},
+                               "tls": {"mode": "providedTLS"}}}]
+    }}))
+    .unwrap();
+    let mesh_only = mesh.prometheus_endpoint(None).unwrap().unwrap();
+    assert_eq!(
+        (mesh_only.port(), mesh_only.path(), mesh_only.scheme()),
+        (5670, "/stats", "https")
+    );
+    let merged = mesh.prometheus_endpoint(Some(&own)).unwrap().unwrap();
+    assert_eq!(merged.backend, "prom");
+    assert_eq!((merged.port(), merged.path()), (1234, "/stats"));
+    let tags: Vec<(&str, &str)> = merged
+        .conf
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(tags, [("env", "prod"), ("team", "a")]);
+}

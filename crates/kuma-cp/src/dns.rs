@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::resource::{ResourceKey, ResourceType};
@@ -15,8 +14,7 @@ use kuma_dns::zone::Zone;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-/// Changes arriving within this window are handled together.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+use crate::follow::DEBOUNCE;
 
 /// Allocates VIPs while `leader` reads true: every mesh when leadership starts, then the meshes
 /// whose Dataplanes change, and every mesh when a ZoneIngress changes (the services other zones
@@ -154,19 +152,10 @@ pub async fn follow_vips(
     domain: String,
     ttl: u32,
 ) {
-    let mut events = manager.store().watch();
-    server.set_zone(build_zone(&manager, &domain, ttl).await);
-    loop {
-        match events.recv().await {
-            Ok(e)
-                if e.key.rtype == ResourceType::Config && mesh_of_config(&e.key.name).is_some() => {
-            }
-            Ok(_) => continue,
-            Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
-        }
-        tokio::time::sleep(DEBOUNCE).await;
-        while events.try_recv().is_ok() {}
+    let concerns =
+        |k: &ResourceKey| k.rtype == ResourceType::Config && mesh_of_config(&k.name).is_some();
+    crate::follow::rebuild_on_changes(&manager, concerns, || async {
         server.set_zone(build_zone(&manager, &domain, ttl).await);
-    }
+    })
+    .await;
 }

@@ -18,10 +18,12 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod dns;
+pub mod follow;
 pub mod identities;
 pub mod insights;
 pub mod inspect;
 pub mod lifecycle;
+pub mod mads;
 pub mod metrics;
 pub mod reconcile;
 pub mod tls;
@@ -91,6 +93,7 @@ pub struct ControlPlane {
     api_http_addr: Option<SocketAddr>,
     api_https_addr: Option<SocketAddr>,
     dns_addr: Option<SocketAddr>,
+    mads_addr: Option<SocketAddr>,
     ca_pem: String,
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
@@ -479,6 +482,22 @@ impl ControlPlane {
                 d.ttl,
             )));
         }
+        // MADS: every instance serves the assignments of its store.
+        let mut mads_addr = None;
+        let m = &config.monitoring_assignment_server;
+        if config.mode != Mode::Global && m.enabled {
+            let l = bind("MADS", "0.0.0.0", m.port).await?;
+            mads_addr = Some(local_addr("MADS", &l)?);
+            let mads = kuma_xds::mads::Mads::new().with_shutdown(shutdown.subscribe());
+            background.0.push(tokio::spawn(mads::follow_assignments(
+                manager.clone(),
+                mads.clone(),
+            )));
+            let router = kuma_xds::mads::router(mads, m.default_fetch_timeout.get());
+            servers
+                .0
+                .push(spawn_server("MADS", l, router, shutdown.subscribe()));
+        }
         background
             .0
             .push(tokio::spawn(leader_jobs(leader, defaults, metrics.clone())));
@@ -543,6 +562,7 @@ impl ControlPlane {
             api_http_addr,
             api_https_addr,
             dns_addr,
+            mads_addr,
             ca_pem: certificate.ca_pem,
             ca_path,
             shutdown,
@@ -556,6 +576,12 @@ impl ControlPlane {
     /// Where the DNS server listens, UDP and TCP (`None` in global mode).
     pub fn dns_addr(&self) -> Option<SocketAddr> {
         self.dns_addr
+    }
+
+    /// Where MADS (monitoring assignments for Prometheus) listens (`None` in global mode or
+    /// when `monitoringAssignmentServer.enabled` is false).
+    pub fn mads_addr(&self) -> Option<SocketAddr> {
+        self.mads_addr
     }
 
     /// Where the diagnostics port (`/ready`, `/healthy`) listens.

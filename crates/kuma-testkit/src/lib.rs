@@ -485,3 +485,18 @@ fn run(program: &str, args: &[&str], env_password: bool) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `command` with `input` on its stdin and returns what it printed (stdout and stderr
+/// captured), whatever its exit status.
+pub fn run_with_stdin(command: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    // A command that exits without reading everything closes the pipe: its output says why.
+    let _ = child.stdin.take().expect("stdin is piped").write_all(input);
+    child.wait_with_output().expect("the command's output")
+}

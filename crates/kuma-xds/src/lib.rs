@@ -8,6 +8,7 @@
 //! - Resources are encoded once ([`cache::EncodedResource`]) and written into every stream from
 //!   the same bytes ([`wire`]).
 //! - With the `inspect` feature, `inspect` renders snapshots as canonical protobuf JSON.
+//! - [`mads`] serves Kuma's monitoring assignments to Prometheus (`kuma_sd_configs`) over REST.
 
 pub mod cache;
 mod delta;
@@ -15,6 +16,7 @@ pub mod envoy;
 pub mod generate;
 #[cfg(feature = "inspect")]
 pub mod inspect;
+pub mod mads;
 pub mod server;
 mod stream;
 pub mod types;

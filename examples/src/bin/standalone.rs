@@ -162,6 +162,9 @@ async fn main() -> ExitCode {
     if let Some(addr) = cp.dns_addr() {
         println!("  {:<44} {}", "DNS (.mesh, UDP and TCP)", addr);
     }
+    if let Some(addr) = cp.mads_addr() {
+        println!("  {:<44} {}", "MADS (Prometheus kuma_sd_configs)", addr);
+    }
     if let Some(addr) = cp.api_http_addr() {
         println!("  {:<44} {}", "HTTP API (kumactl)", addr);
     }

@@ -31,6 +31,7 @@ pub struct Standalone {
     pub api_tls_port: u16,
     pub diagnostics_port: u16,
     pub dns_port: u16,
+    pub mads_port: u16,
     /// The CA of its generated certificate (dp-server and HTTPS API).
     pub ca_file: String,
 }
@@ -49,12 +50,13 @@ impl Standalone {
             Some(p) => p,
             None => free_port().await,
         };
-        let (dp_port, api_port, api_tls_port, diagnostics_port, dns_port) = (
+        let (dp_port, api_port, api_tls_port, diagnostics_port, dns_port, mads_port) = (
             pick("KUMA_DP_SERVER_PORT").await,
             pick("KUMA_API_SERVER_HTTP_PORT").await,
             pick("KUMA_API_SERVER_HTTPS_PORT").await,
             pick("KUMA_DIAGNOSTICS_SERVER_PORT").await,
             pick("KUMA_DNS_SERVER_PORT").await,
+            pick("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT").await,
         );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_standalone"));
         cmd.env("KUMA_DP_SERVER_PORT", dp_port.to_string())
@@ -62,6 +64,10 @@ impl Standalone {
             .env("KUMA_API_SERVER_HTTPS_PORT", api_tls_port.to_string())
             .env("KUMA_DIAGNOSTICS_SERVER_PORT", diagnostics_port.to_string())
             .env("KUMA_DNS_SERVER_PORT", dns_port.to_string())
+            .env(
+                "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
+                mads_port.to_string(),
+            )
             .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s");
         for (k, v) in env {
             cmd.env(k, v);
@@ -100,6 +106,7 @@ impl Standalone {
             api_tls_port,
             diagnostics_port,
             dns_port,
+            mads_port,
             ca_file: ca_line.split_whitespace().last().unwrap().to_string(),
         }
     }
@@ -241,6 +248,7 @@ impl Standalone {
             ("KUMA_API_SERVER_HTTPS_PORT", self.api_tls_port),
             ("KUMA_DIAGNOSTICS_SERVER_PORT", self.diagnostics_port),
             ("KUMA_DNS_SERVER_PORT", self.dns_port),
+            ("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT", self.mads_port),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

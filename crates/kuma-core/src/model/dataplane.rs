@@ -378,6 +378,20 @@ impl DataplaneSpec {
             || self.gateway().is_some_and(|g| matches(&g.tags))
     }
 
+    /// Every tag of the inbounds and the gateway, with all its values in order (Kuma's
+    /// `TagSet`).
+    pub fn tag_set(&self) -> std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> {
+        let mut set: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+            std::collections::BTreeMap::new();
+        let gateway = self.gateway().map(|g| &g.tags);
+        for tags in self.inbounds().iter().map(|i| &i.tags).chain(gateway) {
+            for (k, v) in tags {
+                set.entry(k.as_str()).or_default().insert(v.as_str());
+            }
+        }
+        set
+    }
+
     /// True when some inbound has `key: value`.
     pub fn has_inbound_tag(&self, key: &str, value: &str) -> bool {
         self.inbounds()

@@ -508,7 +508,113 @@ fn validate_enabled_backend(
     }
 }
 
+/// Where a proxy serves its Prometheus metrics: the mesh's enabled `prometheus` backend with
+/// the Dataplane's own `prometheus` settings laid over it (see
+/// [`MeshSpec::prometheus_endpoint`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusEndpoint {
+    /// The name of the mesh's backend.
+    pub backend: String,
+    /// The merged configuration, defaults not applied (see the methods).
+    pub conf: PrometheusConf,
+}
+
+impl PrometheusEndpoint {
+    /// Kuma's default metrics port.
+    pub const DEFAULT_PORT: u32 = 5670;
+    /// Kuma's default metrics path.
+    pub const DEFAULT_PATH: &str = "/metrics";
+
+    /// The port of the metrics listener (5670 unless set).
+    pub fn port(&self) -> u32 {
+        self.conf.port.unwrap_or(Self::DEFAULT_PORT)
+    }
+
+    /// The path metrics are served on (`/metrics` unless set).
+    pub fn path(&self) -> &str {
+        self.conf.path.as_deref().unwrap_or(Self::DEFAULT_PATH)
+    }
+
+    /// `https` when the listener serves a provided certificate, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.conf.tls.as_ref().and_then(|t| t.mode.as_deref()) {
+            Some("providedTLS") => "https",
+            _ => "http",
+        }
+    }
+}
+
+impl PrometheusConf {
+    /// Lays `over` on this configuration as Kuma merges a Dataplane's metrics settings into
+    /// the mesh's: scalars set in `over` win, tags merge, aggregate entries replace those of
+    /// the same name.
+    fn merged(mut self, over: PrometheusConf) -> PrometheusConf {
+        if over.port.is_some_and(|p| p != 0) {
+            self.port = over.port;
+        }
+        if over.path.as_deref().is_some_and(|p| !p.is_empty()) {
+            self.path = over.path;
+        }
+        self.tags.extend(over.tags);
+        if over.skip_mtls.is_some() {
+            self.skip_mtls = over.skip_mtls;
+        }
+        for a in over.aggregate {
+            match self.aggregate.iter_mut().find(|m| m.name == a.name) {
+                Some(m) => *m = a,
+                None => self.aggregate.push(a),
+            }
+        }
+        if let Some(envoy) = over.envoy {
+            let mine = self.envoy.get_or_insert_with(Default::default);
+            if envoy.filter_regex.is_some() {
+                mine.filter_regex = envoy.filter_regex;
+            }
+            if envoy.used_only.is_some() {
+                mine.used_only = envoy.used_only;
+            }
+        }
+        if let Some(tls) = over.tls
+            && tls.mode.is_some()
+        {
+            self.tls = Some(tls);
+        }
+        self
+    }
+}
+
 impl MeshSpec {
+    /// The Prometheus endpoint of a proxy whose Dataplane has the `own` metrics settings:
+    /// none unless the mesh enables a `prometheus` backend (as in Kuma, a Dataplane cannot
+    /// turn metrics on by itself); the Dataplane's `prometheus` settings override the mesh's.
+    /// An error names the configuration that does not decode.
+    pub fn prometheus_endpoint(
+        &self,
+        own: Option<&MetricsBackend>,
+    ) -> Result<Option<PrometheusEndpoint>, ValidationError> {
+        let Some(metrics) = self.metrics.as_ref() else {
+            return Ok(None);
+        };
+        let Some(enabled) = metrics.enabled_backend.as_deref().filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        let Some(backend) = metrics
+            .backends
+            .iter()
+            .find(|b| b.name.as_deref() == Some(enabled) && b.kind == "prometheus")
+        else {
+            return Ok(None);
+        };
+        let mut conf = backend.prometheus_conf()?;
+        if let Some(own) = own.filter(|o| o.kind == "prometheus") {
+            conf = conf.merged(own.prometheus_conf()?);
+        }
+        Ok(Some(PrometheusEndpoint {
+            backend: enabled.to_string(),
+            conf,
+        }))
+    }
+
     /// The enabled mTLS backend, if mTLS is on.
     pub fn enabled_ca_backend(&self) -> Option<&CaBackend> {
         let mtls = self.mtls.as_ref()?;

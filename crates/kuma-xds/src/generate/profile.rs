@@ -28,7 +28,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
 use kuma_core::model::dataplane::TransparentProxying;
-use kuma_core::model::mesh::MetricsBackend;
 
 use super::ResourceGenerator;
 use super::context::{Endpoint, Protocol, ProxyContext, addresses};
@@ -573,39 +572,44 @@ impl ResourceGenerator for Probes {
 #[derive(Debug, Clone, Copy)]
 pub struct Prometheus;
 
-/// Kuma's default Prometheus port and path.
-const PROMETHEUS_PORT: u32 = 5670;
-const PROMETHEUS_PATH: &str = "/metrics";
-
 impl ResourceGenerator for Prometheus {
     fn name(&self) -> &str {
         "prometheus"
     }
 
     fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
-        let Some(backend) = prometheus_backend(ctx) else {
-            return Ok(());
+        // Settings that do not decode (validated at write, so only from an older store) cost
+        // the proxy its metrics listener, not its configuration.
+        let endpoint = match ctx
+            .mesh
+            .spec
+            .prometheus_endpoint(ctx.dataplane.metrics.as_ref())
+        {
+            Ok(Some(endpoint)) => endpoint,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(mesh = ctx.mesh.mesh, error = %e, "no metrics listener");
+                return Ok(());
+            }
         };
         if ctx.metadata.admin_port.is_none() {
             return Ok(()); // nothing to serve the stats from yet
         }
-        let conf = backend.conf.as_ref();
-        let port = conf
-            .and_then(|c| c.get("port"))
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(PROMETHEUS_PORT);
-        let path = conf
-            .and_then(|c| c.get("path"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or(PROMETHEUS_PATH);
-        let backend_name = backend.name.as_deref().unwrap_or("prometheus");
+        let backend_name = &endpoint.backend;
         let name = format!("_kuma:metrics:prometheus:{backend_name}");
-        let mut route = cluster_route(PathSpecifier::Path(path.to_string()), ADMIN_CLUSTER);
+        let mut route = cluster_route(
+            PathSpecifier::Path(endpoint.path().to_string()),
+            ADMIN_CLUSTER,
+        );
         if let Some(Action::Route(action)) = route.action.as_mut() {
             action.prefix_rewrite = "/stats/prometheus".into();
         }
-        let l = listener(&name, ctx.address(), port, TrafficDirection::Inbound);
+        let l = listener(
+            &name,
+            ctx.address(),
+            endpoint.port(),
+            TrafficDirection::Inbound,
+        );
         rs.listeners.insert(
             name.clone(),
             http_listener(
@@ -618,17 +622,4 @@ impl ResourceGenerator for Prometheus {
         );
         Ok(())
     }
-}
-
-/// The Prometheus backend in force: the Dataplane's own, else the mesh's enabled backend.
-fn prometheus_backend<'a>(ctx: &ProxyContext<'a>) -> Option<&'a MetricsBackend> {
-    if let Some(own) = ctx.dataplane.metrics.as_ref() {
-        return (own.kind == "prometheus").then_some(own);
-    }
-    let metrics = ctx.mesh.spec.metrics.as_ref()?;
-    let enabled = metrics.enabled_backend.as_deref()?;
-    metrics
-        .backends
-        .iter()
-        .find(|b| b.name.as_deref() == Some(enabled) && b.kind == "prometheus")
 }
