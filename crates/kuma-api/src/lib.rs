@@ -27,6 +27,7 @@
 //! caller is remote.
 
 pub mod access;
+pub mod admission;
 pub mod diagnostics;
 pub mod error;
 pub mod inspect;

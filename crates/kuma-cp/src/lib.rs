@@ -94,6 +94,7 @@ pub struct ControlPlane {
     api_https_addr: Option<SocketAddr>,
     dns_addr: Option<SocketAddr>,
     mads_addr: Option<SocketAddr>,
+    admission_addr: Option<SocketAddr>,
     ca_pem: String,
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
@@ -552,6 +553,41 @@ impl ControlPlane {
                 .0
                 .push(spawn_server("API (HTTPS)", l, router, shutdown.subscribe()));
         }
+        // The admission webhook, when asked for: HTTPS with its own certificate or ours.
+        let mut admission_addr = None;
+        let a = &config.runtime.kubernetes.admission_server;
+        if a.enabled {
+            let tls = if a.cert_dir.is_empty() {
+                server_tls.clone()
+            } else {
+                let file = |f: &str| {
+                    std::path::Path::new(&a.cert_dir)
+                        .join(f)
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                tls::CpCertificate::load_or_generate(
+                    &file("tls.crt"),
+                    &file("tls.key"),
+                    &tls_dir,
+                    &tls::default_hosts(),
+                )
+                .and_then(|c| c.server_config())
+                .map_err(StartError::Tls)?
+            };
+            let l = bind("admission webhook", &a.address, a.port).await?;
+            admission_addr = Some(local_addr("admission webhook", &l)?);
+            let l = tls::TlsListener::new(l, tls).map_err(|source| StartError::Bind {
+                addr: "admission webhook".into(),
+                source,
+            })?;
+            servers.0.push(spawn_server(
+                "admission webhook",
+                l,
+                kuma_api::admission::router(),
+                shutdown.subscribe(),
+            ));
+        }
         readiness.set(true);
         Ok(ControlPlane {
             manager,
@@ -563,6 +599,7 @@ impl ControlPlane {
             api_https_addr,
             dns_addr,
             mads_addr,
+            admission_addr,
             ca_pem: certificate.ca_pem,
             ca_path,
             shutdown,
@@ -582,6 +619,12 @@ impl ControlPlane {
     /// when `monitoringAssignmentServer.enabled` is false).
     pub fn mads_addr(&self) -> Option<SocketAddr> {
         self.mads_addr
+    }
+
+    /// Where the admission webhook listens, HTTPS (`None` unless
+    /// `runtime.kubernetes.admissionServer.enabled`).
+    pub fn admission_addr(&self) -> Option<SocketAddr> {
+        self.admission_addr
     }
 
     /// Where the diagnostics port (`/ready`, `/healthy`) listens.

@@ -171,6 +171,12 @@ async fn main() -> ExitCode {
     if let Some(addr) = cp.api_https_addr() {
         println!("  {:<44} {}", "HTTPS API", addr);
     }
+    if let Some(addr) = cp.admission_addr() {
+        println!(
+            "  {:<44} {}",
+            "admission webhook (HTTPS, AdmissionReview)", addr
+        );
+    }
     if let Some(ca) = cp.ca_path() {
         println!(
             "  {:<44} {}",

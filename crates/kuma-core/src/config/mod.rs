@@ -122,6 +122,49 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Mesh mTLS settings of this implementation (not in Kuma).
     pub mtls: MtlsConfig,
+    /// Platform-specific servers.
+    pub runtime: RuntimeConfig,
+}
+
+/// `runtime`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Kubernetes.
+    pub kubernetes: KubernetesRuntimeConfig,
+}
+
+/// `runtime.kubernetes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KubernetesRuntimeConfig {
+    /// The admission webhook.
+    pub admission_server: AdmissionServerConfig,
+}
+
+/// `runtime.kubernetes.admissionServer`: the HTTPS admission webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AdmissionServerConfig {
+    /// Serve it (opt-in).
+    pub enabled: bool,
+    /// Interface to listen on.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// A directory with `tls.crt` and `tls.key` (empty: the control plane's certificate).
+    pub cert_dir: String,
+}
+
+impl Default for AdmissionServerConfig {
+    fn default() -> Self {
+        AdmissionServerConfig {
+            enabled: false,
+            address: "0.0.0.0".into(),
+            port: 5443,
+            cert_dir: String::new(),
+        }
+    }
 }
 
 /// `mtls`: how this control plane issues mesh certificates. Kuma has no such settings; the
@@ -177,6 +220,7 @@ impl Default for Config {
             dp_server: DpServerConfig::default(),
             metrics: MetricsConfig::default(),
             mtls: MtlsConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -913,6 +957,12 @@ impl Config {
                     self.monitoring_assignment_server.port,
                 ));
             }
+            // TCP as well as UDP.
+            v.push(("dnsServer.port", self.dns_server.port));
+        }
+        let admission = &self.runtime.kubernetes.admission_server;
+        if admission.enabled {
+            v.push(("runtime.kubernetes.admissionServer.port", admission.port));
         }
         v
     }
