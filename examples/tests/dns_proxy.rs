@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Standalone, dig, example_resolver, kuma_dp, kuma_dp_with, test_dir};
+use common::{Standalone, dig, example_resolver, test_dir};
 use kuma_testkit::{eventually, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,15 +20,7 @@ async fn kuma_dp_answers_mesh_names_and_forwards_the_rest() {
         free_port().await,
         free_port().await
     );
-    let _backend = kuma_dp(
-        &dir,
-        cp.dp_port,
-        cp.api_port,
-        &cp.ca_file,
-        "backend-1",
-        &backend,
-    )
-    .await;
+    let _backend = cp.proxy(&dir, "backend-1", &backend, &[]).await;
     let web = format!(
         "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  transparentProxying:\n    redirectPortInbound: {}\n    redirectPortOutbound: {}\n",
         free_port().await,
@@ -37,21 +29,19 @@ async fn kuma_dp_answers_mesh_names_and_forwards_the_rest() {
         free_port().await
     );
     let dns_port = free_port().await;
-    let _web = kuma_dp_with(
-        &dir,
-        cp.dp_port,
-        cp.api_port,
-        &cp.ca_file,
-        "web-1",
-        &web,
-        &[
-            "--dns-port",
-            &dns_port.to_string(),
-            "--dns-upstream",
-            &upstream.to_string(),
-        ],
-    )
-    .await;
+    let _web = cp
+        .proxy(
+            &dir,
+            "web-1",
+            &web,
+            &[
+                "--dns-port",
+                &dns_port.to_string(),
+                "--dns-upstream",
+                &upstream.to_string(),
+            ],
+        )
+        .await;
 
     // The proxy answers each service's VIP, the one the control plane's DNS server gives.
     eventually("kuma-dp's DNS proxy answers backend.mesh", || async {

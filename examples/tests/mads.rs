@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Standalone, kuma_dp, test_dir};
+use common::{Standalone, test_dir};
 use kuma_testkit::{free_port, http_request, response_body, response_status};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,15 +130,7 @@ async fn prometheus_and_vmagent_exchanges_and_a_real_prometheus() {
         free_port().await,
         free_port().await,
     );
-    let _backend = kuma_dp(
-        &dir,
-        cp.dp_port,
-        cp.api_port,
-        &cp.ca_file,
-        "backend-1",
-        &backend,
-    )
-    .await;
+    let _backend = cp.proxy(&dir, "backend-1", &backend, &[]).await;
 
     // Prometheus's first poll: the assignment of backend-1, in exactly the shape it reads.
     let mut first = Value::Null;

@@ -15,7 +15,7 @@ mod common;
 use std::fs::File;
 use std::process::{Command, Output};
 
-use common::{Standalone, dig, example_resolver, kuma_dp, kuma_dp_with, test_dir};
+use common::{Standalone, dig, example_resolver, test_dir};
 use kuma_testkit::{envoy_stats, free_port};
 
 /// The address of the namespace's `eth0`, where both proxies' inbounds listen.
@@ -156,15 +156,7 @@ async fn scenario(ns: &Netns) {
     let backend = format!(
         "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {backend_port}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n"
     );
-    let _backend = kuma_dp(
-        &dir,
-        cp.dp_port,
-        cp.api_port,
-        &cp.ca_file,
-        "backend-1",
-        &backend,
-    )
-    .await;
+    let _backend = cp.proxy(&dir, "backend-1", &backend, &[]).await;
 
     // web: the workload's proxy, transparent, on Kuma's redirect ports and DNS port.
     let web = format!(
@@ -172,16 +164,14 @@ async fn scenario(ns: &Netns) {
         free_port().await,
         free_port().await,
     );
-    let web_dp = kuma_dp_with(
-        &dir,
-        cp.dp_port,
-        cp.api_port,
-        &cp.ca_file,
-        "web-1",
-        &web,
-        &["--dns-upstream", &upstream.to_string()],
-    )
-    .await;
+    let web_dp = cp
+        .proxy(
+            &dir,
+            "web-1",
+            &web,
+            &["--dns-upstream", &upstream.to_string()],
+        )
+        .await;
 
     // curl's output, its error when it has no output.
     let curl = |url: String| {

@@ -30,6 +30,7 @@ pub mod access;
 pub mod admission;
 pub mod diagnostics;
 pub mod error;
+pub mod gui;
 pub mod inspect;
 mod matching;
 pub mod resources;
@@ -169,6 +170,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/meshes/{mesh}/{collection}/{name}",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
         )
+        .merge(gui::router())
         .route("/{collection}", get(list_top))
         .route(
             "/{collection}/{name}",

@@ -240,6 +240,21 @@ pub fn non_loopback_ip() -> std::net::IpAddr {
 }
 
 impl Standalone {
+    /// Starts `kuma-dp run` for `dataplane` (YAML) against this control plane, with `extra`
+    /// flags; its files and log go under `dir`.
+    pub async fn proxy(&self, dir: &Path, name: &str, dataplane: &str, extra: &[&str]) -> Dp {
+        kuma_dp_with(
+            dir,
+            self.dp_port,
+            self.api_port,
+            &self.ca_file,
+            name,
+            dataplane,
+            extra,
+        )
+        .await
+    }
+
     /// The `KUMA_*` settings that put a new instance on this one's ports.
     pub fn port_env(&self) -> Vec<(String, String)> {
         [
