@@ -52,38 +52,18 @@ fn open_ports(pid: u32) -> (BTreeSet<u16>, BTreeSet<u16>) {
     )
 }
 
-/// A gRPC call from grpcio (Python's gRPC): ADS over TLS for a proxy whose Dataplane does
-/// not exist. Returns the gRPC status the server ends the stream with, and its message.
+/// How the dp-server ends an ADS stream (grpcio over TLS) for a proxy whose Dataplane does not
+/// exist: the gRPC status and its message.
 fn grpc_status(port: u16, ca_file: &str) -> String {
-    let script = format!(
-        r#"
-import grpc
-creds = grpc.ssl_channel_credentials(root_certificates=open({ca_file:?}, "rb").read())
-channel = grpc.secure_channel("localhost:{port}", creds)
-call = channel.stream_stream(
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-    request_serializer=lambda b: b, response_deserializer=lambda b: b)
-try:
-    # A DiscoveryRequest whose node (field 2) has the id (field 1) default.web-1.
-    node_id = b"default.web-1"
-    node = b"\x0a" + bytes([len(node_id)]) + node_id
-    for _ in call(iter([b"\x12" + bytes([len(node)]) + node]), timeout=10):
-        pass
-    print("OK")
-except grpc.RpcError as e:
-    print(e.code().name, e.details())
-"#
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    use kuma_testkit::pb_field;
+    // A DiscoveryRequest whose node (field 2) has the id (field 1) default.web-1.
+    let request = pb_field(2, &pb_field(1, b"default.web-1"));
+    kuma_testkit::grpcio_stream_status(
+        port,
+        Some(ca_file),
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        &request,
+    )
 }
 
 /// dig's status line for `name` over UDP or TCP.

@@ -99,6 +99,7 @@ impl Identities {
                 permissive: backend.mode() == MtlsMode::Permissive,
                 ca_pem: ca.root_pem().to_string(),
                 strict_spiffe: self.layout == SanLayout::StrictSpiffe,
+                sds_cluster: None,
             },
             ca,
             lifetime,

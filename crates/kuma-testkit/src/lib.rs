@@ -225,7 +225,17 @@ dynamic_resources:
   lds_config: {{ads: {{}}, resource_api_version: V3}}
 static_resources:
   clusters:
-  - name: xds
+{}"#,
+        static_grpc_cluster("xds", xds_port)
+    )
+}
+
+/// A static cluster `name` of HTTP/2 (gRPC) to 127.0.0.1:`port`, as an item of a bootstrap's
+/// `static_resources.clusters` (YAML, indented for that list): append it to an
+/// [`ads_bootstrap`] to give Envoy another gRPC server.
+pub fn static_grpc_cluster(name: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
     type: STATIC
     connect_timeout: 1s
     typed_extension_protocol_options:
@@ -233,10 +243,61 @@ static_resources:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
 "#
     )
+}
+
+/// Opens the gRPC stream `method` (`/package.Service/Method`) on localhost:`port` with
+/// grpcio (Python's gRPC, an independent client), over TLS trusting `ca_file` or in
+/// plaintext, sends `request` (an encoded protobuf message) and returns how the server ended
+/// the stream: `OK`, or the status code's name and its message.
+pub fn grpcio_stream_status(
+    port: u16,
+    ca_file: Option<&str>,
+    method: &str,
+    request: &[u8],
+) -> String {
+    let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
+    let channel = match ca_file {
+        Some(ca) => format!(
+            "grpc.secure_channel('localhost:{port}', grpc.ssl_channel_credentials(root_certificates=open({ca:?}, 'rb').read()))"
+        ),
+        None => format!("grpc.insecure_channel('127.0.0.1:{port}')"),
+    };
+    let script = format!(
+        r#"
+import grpc
+call = {channel}.stream_stream({method:?},
+    request_serializer=lambda b: b, response_deserializer=lambda b: b)
+try:
+    for _ in call(iter([bytes.fromhex({hex:?})]), timeout=10):
+        pass
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "grpcio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A protobuf length-delimited field: `number`, then `data` (shorter than 128 bytes).
+pub fn pb_field(number: u8, data: &[u8]) -> Vec<u8> {
+    let len = u8::try_from(data.len()).expect("a short field");
+    assert!(len < 128, "a short field");
+    let mut out = vec![(number << 3) | 2, len];
+    out.extend_from_slice(data);
+    out
 }
 
 /// Starts Envoy with `bootstrap` (written into `dir`, where its log goes too); killed when the

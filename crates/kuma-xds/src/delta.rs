@@ -204,6 +204,10 @@ impl<C: Callbacks> Protocol for DeltaStream<C> {
         request.node.as_ref()
     }
 
+    fn type_url(request: &DeltaDiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
     fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>) {
         self.node_id = node_id;
         self.snapshot = snapshot;

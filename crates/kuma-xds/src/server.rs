@@ -13,6 +13,7 @@
 //!   endpoints, listeners before routes), each only when its version changed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,7 +154,7 @@ impl<C: Callbacks> AdsServer<C> {
     /// The tonic service to add to a `tonic::transport::Server` (or to route with other
     /// services, as gRPC over HTTP/2 at `/envoy.service.discovery.v3.AggregatedDiscoveryService/*`).
     pub fn into_service(self) -> AdsService<C> {
-        AdsService(Arc::new(self))
+        XdsService(Arc::new(self), PhantomData)
     }
 }
 
@@ -164,6 +165,7 @@ impl<C: Callbacks> AdsServer<C> {
     fn open<P: Protocol>(
         &self,
         request: tonic::Request<Streaming<P::Request>>,
+        only: Option<&'static str>,
         make: impl FnOnce(u64, mpsc::Sender<Result<P::Response, Status>>) -> P,
     ) -> Response<ResponseStream<P::Response>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
@@ -176,35 +178,83 @@ impl<C: Callbacks> AdsServer<C> {
             shutdown: self.shutdown.clone(),
             authenticator: self.authenticator.clone(),
             metadata,
+            only,
         };
         tokio::spawn(drive(protocol, id, requests, tx, context));
         Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
-/// `envoy.service.discovery.v3.AggregatedDiscoveryService` as a tower service. Responses are
-/// written from the snapshots' shared encoded resources (see [`crate::wire`]); on the wire they
-/// are Envoy's `DiscoveryResponse` and `DeltaDiscoveryResponse`.
-pub struct AdsService<C: Callbacks = NoCallbacks>(Arc<AdsServer<C>>);
+/// Which xDS gRPC service an [`XdsService`] is: its name, its two stream methods, and the one
+/// type it serves (`None`: all).
+pub trait ServiceKind: Send + Sync + 'static {
+    /// The gRPC service name.
+    const NAME: &'static str;
+    /// The state-of-the-world stream method's path.
+    const SOTW_PATH: &'static str;
+    /// The delta stream method's path.
+    const DELTA_PATH: &'static str;
+    /// The only type served (`None`: every type).
+    const ONLY: Option<&'static str>;
+}
 
-impl<C: Callbacks> Clone for AdsService<C> {
-    fn clone(&self) -> Self {
-        AdsService(self.0.clone())
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService`.
+pub struct Ads;
+
+impl ServiceKind for Ads {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+    const SOTW_PATH: &'static str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+    const DELTA_PATH: &'static str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+    const ONLY: Option<&'static str> = None;
+}
+
+/// `envoy.service.secret.v3.SecretDiscoveryService`: secrets only.
+pub struct Sds;
+
+impl ServiceKind for Sds {
+    const NAME: &'static str = "envoy.service.secret.v3.SecretDiscoveryService";
+    const SOTW_PATH: &'static str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+    const DELTA_PATH: &'static str = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets";
+    const ONLY: Option<&'static str> = Some(crate::types::SECRET);
+}
+
+/// An [`AdsServer`] as a tower service of kind `K`. Responses are written from the snapshots'
+/// shared encoded resources (see [`crate::wire`]); on the wire they are Envoy's
+/// `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+pub struct XdsService<C: Callbacks, K: ServiceKind>(Arc<AdsServer<C>>, PhantomData<K>);
+
+/// The ADS service ([`AdsServer::into_service`]).
+pub type AdsService<C = NoCallbacks> = XdsService<C, Ads>;
+
+/// The SDS service over the same server ([`AdsService::sds`]), for proxies that fetch their
+/// secrets from a port of its own (an SDS config source naming a cluster rather than ADS).
+/// Requests for other types than secrets are refused.
+pub type SdsService<C = NoCallbacks> = XdsService<C, Sds>;
+
+impl<C: Callbacks> AdsService<C> {
+    /// The same server as `envoy.service.secret.v3.SecretDiscoveryService`. Streams share this
+    /// server's cache, callbacks, authentication and shutdown.
+    pub fn sds(&self) -> SdsService<C> {
+        XdsService(self.0.clone(), PhantomData)
     }
 }
 
-impl<C: Callbacks> NamedService for AdsService<C> {
-    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+impl<C: Callbacks, K: ServiceKind> Clone for XdsService<C, K> {
+    fn clone(&self) -> Self {
+        XdsService(self.0.clone(), PhantomData)
+    }
 }
 
-const SOTW_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+impl<C: Callbacks, K: ServiceKind> NamedService for XdsService<C, K> {
+    const NAME: &'static str = K::NAME;
+}
 
-impl<C, B> Service<http::Request<B>> for AdsService<C>
+impl<C, K, B> Service<http::Request<B>> for XdsService<C, K>
 where
     C: Callbacks,
+    K: ServiceKind,
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -218,25 +268,29 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let server = self.0.clone();
-        match req.uri().path() {
-            SOTW_PATH => Box::pin(async move {
+        let path = req.uri().path();
+        if path == K::SOTW_PATH {
+            Box::pin(async move {
                 let mut grpc = Grpc::new(XdsCodec::<SotwResponse, DiscoveryRequest>::default());
-                Ok(grpc.streaming(SotwMethod(server), req).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
+                Ok(grpc.streaming(SotwMethod(server, K::ONLY), req).await)
+            })
+        } else if path == K::DELTA_PATH {
+            Box::pin(async move {
                 let mut grpc =
                     Grpc::new(XdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(DeltaMethod(server), req).await)
-            }),
-            _ => Box::pin(async move {
-                Ok(Status::unimplemented("no such method of the ADS service").into_http())
-            }),
+                Ok(grpc.streaming(DeltaMethod(server, K::ONLY), req).await)
+            })
+        } else {
+            Box::pin(async move {
+                Ok(Status::unimplemented(format!("no such method of {}", K::NAME)).into_http())
+            })
         }
     }
 }
 
-struct SotwMethod<C: Callbacks>(Arc<AdsServer<C>>);
-struct DeltaMethod<C: Callbacks>(Arc<AdsServer<C>>);
+/// A stream method over the server, for every type (`None`) or only one.
+struct SotwMethod<C: Callbacks>(Arc<AdsServer<C>>, Option<&'static str>);
+struct DeltaMethod<C: Callbacks>(Arc<AdsServer<C>>, Option<&'static str>);
 
 impl<C: Callbacks> StreamingService<DiscoveryRequest> for SotwMethod<C> {
     type Response = SotwResponse;
@@ -244,9 +298,9 @@ impl<C: Callbacks> StreamingService<DiscoveryRequest> for SotwMethod<C> {
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let server = self.0.clone();
+        let (server, only) = (self.0.clone(), self.1);
         Box::pin(async move {
-            Ok(server.open(request, |id, tx| SotwStream {
+            Ok(server.open(request, only, |id, tx| SotwStream {
                 id,
                 node_id: String::new(),
                 callbacks: server.callbacks.clone(),
@@ -265,9 +319,9 @@ impl<C: Callbacks> StreamingService<DeltaDiscoveryRequest> for DeltaMethod<C> {
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let server = self.0.clone();
+        let (server, only) = (self.0.clone(), self.1);
         Box::pin(async move {
-            Ok(server.open(request, |id, tx| {
+            Ok(server.open(request, only, |id, tx| {
                 crate::delta::DeltaStream::new(id, server.callbacks.clone(), tx)
             }))
         })
@@ -304,6 +358,10 @@ impl<C: Callbacks> Protocol for SotwStream<C> {
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
+    }
+
+    fn type_url(request: &DiscoveryRequest) -> &str {
+        &request.type_url
     }
 
     fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>) {

@@ -28,6 +28,8 @@ pub(crate) trait Protocol: Send + 'static {
 
     /// The node a request carries.
     fn node(request: &Self::Request) -> Option<&Node>;
+    /// The type a request is about.
+    fn type_url(request: &Self::Request) -> &str;
 
     /// The stream identified its node; `snapshot` is the node's current one.
     fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>);
@@ -51,6 +53,8 @@ pub(crate) struct StreamContext<C> {
     pub(crate) authenticator: Option<Arc<dyn StreamAuthenticator>>,
     /// The stream's gRPC metadata (request headers).
     pub(crate) metadata: MetadataMap,
+    /// The only type the stream serves (`None`: any).
+    pub(crate) only: Option<&'static str>,
 }
 
 /// Runs one stream to its end.
@@ -69,6 +73,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         mut shutdown,
         authenticator,
         metadata,
+        only,
     } = context;
     // Requests are read by their own task so that waiting for them stays cancel-safe.
     let (req_tx, mut req_rx) = mpsc::channel::<Result<P::Request, Status>>(OUTBOX);
@@ -103,11 +108,17 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     callbacks.on_stream_open(id, &node_id);
     let mut snapshots = cache.subscribe(&node_id);
     protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
-    let mut outcome = protocol.handle(first).await;
+    let mut outcome = admit(P::type_url(&first), only, &refuse).await;
+    if outcome.is_ok() {
+        outcome = protocol.handle(first).await;
+    }
     while outcome.is_ok() {
         outcome = tokio::select! {
             req = req_rx.recv() => match req {
-                Some(Ok(req)) => protocol.handle(req).await,
+                Some(Ok(req)) => match admit(P::type_url(&req), only, &refuse).await {
+                    Ok(()) => protocol.handle(req).await,
+                    Err(closed) => Err(closed),
+                },
                 // A request that does not decode ends the stream with the reason.
                 Some(Err(status)) => {
                     let _ = refuse.send(Err(status)).await;
@@ -134,6 +145,26 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     }
     reader.abort();
     callbacks.on_stream_closed(id, &node_id);
+}
+
+/// Ends the stream with INVALID_ARGUMENT when it serves `only` one type and `type_url` is
+/// another.
+async fn admit<R>(
+    type_url: &str,
+    only: Option<&'static str>,
+    refuse: &mpsc::Sender<Result<R, Status>>,
+) -> Result<(), Closed> {
+    match only {
+        Some(only) if type_url != only => {
+            let _ = refuse
+                .send(Err(Status::invalid_argument(format!(
+                    "this service serves only {only}, not {type_url:?}"
+                ))))
+                .await;
+            Err(Closed)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Resolves once `shutdown` says so; never without a shutdown signal.

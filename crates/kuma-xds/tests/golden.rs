@@ -108,6 +108,7 @@ fn generate(input: &Path) -> Snapshot {
             permissive: b.mode() == MtlsMode::Permissive,
             ca_pem: fixture("mtls-fixture-ca.pem"),
             strict_spiffe: false,
+            sds_cluster: None,
         });
     }
     let identity = WorkloadCertificate {

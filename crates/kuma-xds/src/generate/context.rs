@@ -60,6 +60,9 @@ pub struct MeshMtls {
     /// than `kuma.io/service` are resolved by the control plane (to the services whose
     /// endpoints carry them) instead of matched against `kuma://` SANs.
     pub strict_spiffe: bool,
+    /// Where proxies fetch their secrets: `None` over ADS (Kuma's default), or from the SDS
+    /// server behind this static cluster of their bootstrap (an SDS port of its own).
+    pub sds_cluster: Option<String>,
 }
 
 /// A proxy's workload certificate and its private key (PEM). `Debug` leaves the key out.

@@ -69,10 +69,15 @@ fn inline(pem: &str) -> Option<DataSource> {
     })
 }
 
-fn sds(name: String) -> SdsSecretConfig {
+/// Secret `name`, fetched over ADS or from the SDS server behind `cluster`.
+fn sds(name: String, cluster: Option<&str>) -> SdsSecretConfig {
+    let sds_config = match cluster {
+        None => ads_config_source(),
+        Some(cluster) => crate::envoy::grpc_config_source(cluster),
+    };
     SdsSecretConfig {
         name,
-        sds_config: Some(ads_config_source()),
+        sds_config: Some(sds_config),
     }
 }
 
@@ -89,16 +94,23 @@ fn uri_san(pattern: MatchPattern) -> SubjectAltNameMatcher {
 
 /// The TLS context both directions share: our certificate, the mesh's roots and which peer
 /// SANs are accepted.
-fn common_context(mesh: &str, peers: Vec<MatchPattern>) -> CommonTlsContext {
+fn common_context(
+    mesh: &str,
+    peers: Vec<MatchPattern>,
+    sds_cluster: Option<&str>,
+) -> CommonTlsContext {
     CommonTlsContext {
-        tls_certificate_sds_secret_configs: vec![sds(identity_secret_name(mesh))],
+        tls_certificate_sds_secret_configs: vec![sds(identity_secret_name(mesh), sds_cluster)],
         validation_context_type: Some(ValidationContextType::CombinedValidationContext(
             CombinedCertificateValidationContext {
                 default_validation_context: Some(CertificateValidationContext {
                     match_typed_subject_alt_names: peers.into_iter().map(uri_san).collect(),
                     ..Default::default()
                 }),
-                validation_context_sds_secret_config: Some(sds(mesh_ca_secret_name(mesh))),
+                validation_context_sds_secret_config: Some(sds(
+                    mesh_ca_secret_name(mesh),
+                    sds_cluster,
+                )),
                 ..Default::default()
             },
         )),
@@ -150,6 +162,7 @@ impl ResourceGenerator for MutualTls {
             common_tls_context: Some(common_context(
                 mesh,
                 vec![MatchPattern::Prefix(format!("spiffe://{mesh}/"))],
+                mtls.sds_cluster.as_deref(),
             )),
             require_client_certificate: Some(BoolValue { value: true }),
             ..Default::default()
@@ -188,7 +201,7 @@ impl ResourceGenerator for MutualTls {
                 .iter()
                 .map(|id| MatchPattern::Exact(format!("spiffe://{mesh}/{id}")))
                 .collect();
-            let mut common = common_context(mesh, peers);
+            let mut common = common_context(mesh, peers, mtls.sds_cluster.as_deref());
             // Tells the peer this is mesh mTLS, as Kuma does.
             common.alpn_protocols = vec!["kuma".into()];
             let upstream = UpstreamTlsContext {
@@ -202,5 +215,49 @@ impl ResourceGenerator for MutualTls {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+
+    /// Where each secret of the TLS context comes from: ADS, or the named cluster.
+    fn sources(context: &CommonTlsContext) -> Vec<String> {
+        let validation = match &context.validation_context_type {
+            Some(ValidationContextType::CombinedValidationContext(c)) => {
+                c.validation_context_sds_secret_config.clone()
+            }
+            _ => None,
+        };
+        context
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .cloned()
+            .chain(validation)
+            .map(
+                |s| match s.sds_config.and_then(|c| c.config_source_specifier) {
+                    Some(ConfigSourceSpecifier::Ads(_)) => "ads".to_string(),
+                    Some(ConfigSourceSpecifier::ApiConfigSource(api)) => {
+                        match &api.grpc_services[0].target_specifier {
+                            Some(TargetSpecifier::EnvoyGrpc(g)) => g.cluster_name.clone(),
+                            other => format!("{other:?}"),
+                        }
+                    }
+                    other => format!("{other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn secrets_come_over_ads_or_from_the_sds_cluster() {
+        assert_eq!(sources(&common_context("m", vec![], None)), ["ads", "ads"]);
+        assert_eq!(
+            sources(&common_context("m", vec![], Some("sds_cluster"))),
+            ["sds_cluster", "sds_cluster"]
+        );
     }
 }

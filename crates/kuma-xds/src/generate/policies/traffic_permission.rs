@@ -267,6 +267,7 @@ mod tests {
                 permissive: false,
                 ca_pem: "ca".into(),
                 strict_spiffe,
+                sds_cluster: None,
             });
         let cert = WorkloadCertificate {
             cert_pem: "cert".into(),
