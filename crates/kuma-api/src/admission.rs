@@ -135,6 +135,19 @@ fn check(rtype: ResourceType, object: &Map<String, Value>) -> Result<(), Validat
         let Value::Object(fields) = spec else {
             return Err(ValidationError::single("spec", "must be an object"));
         };
+        // The spec cannot stand in for what the object's kind and metadata say.
+        let mut err = ValidationError::new();
+        for key in fields.keys() {
+            if universal.contains_key(key)
+                || ["creationTime", "modificationTime"].contains(&key.as_str())
+            {
+                err.extend(ValidationError::single(
+                    format!("spec.{key}"),
+                    "unknown field",
+                ));
+            }
+        }
+        err.into_result()?;
         universal.extend(fields);
         "spec."
     };

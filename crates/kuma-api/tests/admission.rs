@@ -130,6 +130,16 @@ fn invalid_resources_are_denied_with_their_field_errors() {
         assert_eq!(fields(&r), [field], "{r}");
     }
 
+    // A spec cannot change the kind or the name it is judged as.
+    let mut disguised = dataplane(0);
+    disguised["spec"]["type"] = json!("Mesh");
+    disguised["spec"]["name"] = json!("other");
+    let r = response(&review(v1, "kuma.io", "Dataplane", "CREATE", disguised), v1);
+    assert_eq!(r["allowed"], false, "{r}");
+    let mut got = fields(&r);
+    got.sort();
+    assert_eq!(got, ["spec.name", "spec.type"], "{r}");
+
     // A field the kind does not have.
     let mut unknown = dataplane(8080);
     unknown["spec"]["networking"]["bogus"] = json!(true);
