@@ -118,8 +118,17 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {w_in}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {w_out}\n    tags:\n      kuma.io/service: backend\n",
         free_port().await
     );
-    let mut b = kuma_dp(&dir, cp_port, api_port, &ca_file, "backend-1", &backend).await;
-    let mut w = kuma_dp(&dir, cp_port, api_port, &ca_file, "web-1", &web).await;
+    let mut b = kuma_dp(
+        &dir,
+        cp_port,
+        api_port,
+        &ca_file,
+        "backend-1",
+        &backend,
+        &[],
+    )
+    .await;
+    let mut w = kuma_dp(&dir, cp_port, api_port, &ca_file, "web-1", &web, &[]).await;
 
     eventually("web's kuma-dp reports ready", || async {
         http_get(w.readiness_port, "/ready").await.0 == 200

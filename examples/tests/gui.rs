@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Standalone, test_dir};
+use common::{Standalone, put_json, test_dir};
 use kuma_testkit::{eventually, free_port, http_get};
 
 /// Where the screenshots go.
@@ -137,23 +137,9 @@ async fn the_gui_shows_meshes_data_planes_services_and_policies() {
     })
     .await;
     let web = r#"{"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {"address": "192.0.2.5", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}}"#;
-    let put = |path: &'static str, body: &'static str| async move {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let r = client
-            .put(format!("http://127.0.0.1:{port}{path}"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "{path}: {}",
-            r.text().await.unwrap()
-        );
-    };
-    put("/meshes/default/dataplanes/web-1", web).await;
-    put(
+    put_json(port, "/meshes/default/dataplanes/web-1", web).await;
+    put_json(
+        port,
         "/meshes/default/meshtimeouts/slow-backend",
         r#"{"type": "MeshTimeout", "mesh": "default", "name": "slow-backend", "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"idleTimeout": "42s"}}]}}"#,
     )

@@ -13,7 +13,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Standalone, kuma_dp, non_loopback_ip, test_dir};
+use common::{Standalone, non_loopback_ip, test_dir};
 use kuma_testkit::{eventually, free_port, http_get, http_request, response_body, response_header};
 use serde_json::Value;
 use tokio::process::Command;
@@ -377,15 +377,7 @@ async fn kumactl_manages_and_inspects_a_running_control_plane() {
     let dataplane = format!(
         "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    tags:\n      kuma.io/service: web\n  outbound:\n  - port: {outbound}\n    tags:\n      kuma.io/service: backend\n"
     );
-    let mut dp = kuma_dp(
-        &dir,
-        cp.dp_port,
-        cp.api_port,
-        &cp.ca_file,
-        "web-1",
-        &dataplane,
-    )
-    .await;
+    let mut dp = cp.proxy(&dir, "web-1", &dataplane, &[]).await;
     let acked = || async {
         let out = ok(cfg, &["inspect", "dataplanes", "-o", "json"]).await;
         let json: Value = serde_json::from_str(&out).unwrap();

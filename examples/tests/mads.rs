@@ -9,8 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Standalone, test_dir};
-use kuma_testkit::{free_port, http_request, response_body, response_status};
+use common::{Standalone, put_json, test_dir};
+use kuma_testkit::{free_port, response_body, response_status};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,23 +77,6 @@ fn keys(v: &Value) -> Vec<&str> {
     k
 }
 
-/// A JSON request to the API on `port`: the status.
-async fn api(port: u16, method: &str, path: &str, body: &Value) -> u16 {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (status, raw) = http_request(
-        stream,
-        method,
-        path,
-        &[("Content-Type", "application/json")],
-        &body.to_string(),
-    )
-    .await;
-    assert!(status < 300, "{method} {path}: {raw}");
-    status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_vmagent_exchanges_and_a_real_prometheus() {
     let dir = test_dir("mads");
@@ -114,14 +97,14 @@ async fn prometheus_and_vmagent_exchanges_and_a_real_prometheus() {
 
     // The default mesh turns its Prometheus backend on; backend-1's proxy serves its metrics
     // on a port of its own (its Dataplane overrides the mesh's).
-    api(
+    put_json(
         cp.api_port,
-        "PUT",
         "/meshes/default",
         &json!({"type": "Mesh", "name": "default", "metrics": {
             "enabledBackend": "prometheus-1",
             "backends": [{"name": "prometheus-1", "type": "prometheus",
-                          "conf": {"port": 5670, "path": "/metrics"}}]}}),
+                          "conf": {"port": 5670, "path": "/metrics"}}]}})
+        .to_string(),
     )
     .await;
     let metrics_port = free_port().await;
@@ -222,13 +205,13 @@ async fn prometheus_and_vmagent_exchanges_and_a_real_prometheus() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let added = Instant::now();
-    api(
+    put_json(
         cp.api_port,
-        "PUT",
         "/meshes/default/dataplanes/web-2",
         &json!({"type": "Dataplane", "mesh": "default", "name": "web-2", "networking": {
             "address": "192.0.2.2",
-            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}}),
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}})
+        .to_string(),
     )
     .await;
     let ((status, body), answered) = held.await.unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use common::{Dp, Standalone, kuma_dp, test_dir};
+use common::{Dp, Standalone, test_dir};
 use kuma_testkit::{eventually, free_port, http_get, stat};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -187,23 +187,17 @@ async fn start(test: &str, env: &[(&str, &str)]) -> Mesh {
         .unwrap();
     let (app, echo) = (xfcc_service().await, echo_service().await);
     let (backend_inbound, echo_inbound) = (free_port().await, free_port().await);
-    let backend = kuma_dp(&dir, cp.dp_port, cp.api_port, &cp.ca_file,
-        "backend-1",
-        &format!(
+    let backend = cp.proxy(&dir, "backend-1", &format!(
             "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {backend_inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n      version: v1\n  - port: {echo_inbound}\n    servicePort: {echo}\n    tags:\n      kuma.io/service: echo\n      kuma.io/protocol: tcp\n"
-        ),
-    )
+        ), &[])
     .await;
     let mut callers = Vec::new();
     for name in ["web", "other"] {
         let (to_backend, to_echo, inbound) =
             (free_port().await, free_port().await, free_port().await);
-        let dp = kuma_dp(&dir, cp.dp_port, cp.api_port, &cp.ca_file,
-            &format!("{name}-1"),
-            &format!(
+        let dp = cp.proxy(&dir, &format!("{name}-1"), &format!(
                 "type: Dataplane\nmesh: default\nname: {name}-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    tags:\n      kuma.io/service: {name}\n      kuma.io/protocol: http\n      team: {name}\n  outbound:\n  - port: {to_backend}\n    tags:\n      kuma.io/service: backend\n  - port: {to_echo}\n    tags:\n      kuma.io/service: echo\n"
-            ),
-        )
+            ), &[])
         .await;
         callers.push((dp, to_backend, to_echo));
     }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Standalone, kuma_dp, test_dir};
+use common::{Standalone, test_dir};
 use kuma_testkit::{PgCluster, eventually, free_port, http_get};
 
 fn pg_env(cluster: &PgCluster) -> Vec<(String, String)> {
@@ -83,7 +83,7 @@ async fn web_proxy(dir: &std::path::Path, cp: &Standalone) -> common::Dp {
         free_port().await,
         free_port().await
     );
-    let dp = kuma_dp(dir, cp.dp_port, cp.api_port, &cp.ca_file, "web-1", &web).await;
+    let dp = cp.proxy(dir, "web-1", &web, &[]).await;
     eventually("web-1's Envoy gets its config", || async {
         !envoy_version(dp.admin_port, "cds").await.is_empty()
     })

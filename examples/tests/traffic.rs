@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use common::{Standalone, kuma_dp, test_dir};
+use common::{Standalone, test_dir};
 use kuma_testkit::{eventually, free_port};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
@@ -298,7 +298,7 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
         let yaml = format!(
             "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: {svc}\n      kuma.io/protocol: {protocol}\n      version: {version}\n"
         );
-        dps.push(kuma_dp(&dir, cp.dp_port, cp.api_port, &cp.ca_file, name, &yaml).await);
+        dps.push(cp.proxy(&dir, name, &yaml, &[]).await);
     }
     let web_app = service("web", Behaviour::Ok).await;
     let web_in = free_port().await;
@@ -313,7 +313,7 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
             "  - port: {port}\n    tags:\n      kuma.io/service: {svc}\n"
         ));
     }
-    dps.push(kuma_dp(&dir, cp.dp_port, cp.api_port, &cp.ca_file, "web-1", &yaml).await);
+    dps.push(cp.proxy(&dir, "web-1", &yaml, &[]).await);
     let mesh = Mesh {
         cp,
         http,

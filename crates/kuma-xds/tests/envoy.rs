@@ -12,12 +12,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
 };
-use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress,
-};
+use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -26,11 +21,11 @@ use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use kuma_xds::cache::{Snapshot, SnapshotCache};
+use kuma_xds::envoy::{ads_config_source, any, socket_address};
 use kuma_xds::server::{AdsServer, Callbacks};
 use kuma_xds::types::{CLUSTER, ENDPOINT, LISTENER};
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -43,29 +38,8 @@ impl Callbacks for Nacks {
     }
 }
 
-fn any<M: Message + prost::Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
-}
-
 fn socket(ip: &str, port: u16) -> Address {
-    Address {
-        address: Some(AddressKind::SocketAddress(SocketAddress {
-            address: ip.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
-            ..Default::default()
-        })),
-    }
-}
-
-fn ads_source() -> ConfigSource {
-    ConfigSource {
-        resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        ..Default::default()
-    }
+    socket_address(ip, u32::from(port))
 }
 
 fn snapshot(listen_ip: &str, listen_port: u16, echo_port: u16) -> Snapshot {
@@ -77,7 +51,7 @@ fn snapshot(listen_ip: &str, listen_port: u16, echo_port: u16) -> Snapshot {
         }),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
-            eds_config: Some(ads_source()),
+            eds_config: Some(ads_config_source()),
             service_name: String::new(),
         }),
         ..Default::default()

@@ -8,33 +8,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
-use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, DataSource, SocketAddress, TransportSocket, data_source::Specifier,
+    DataSource, TransportSocket, data_source::Specifier,
     transport_socket::ConfigType as SocketConfig,
 };
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate, secret,
 };
-use envoy_types::pb::google::protobuf::Any;
 use kuma_testkit::{envoy_stats, free_port, stat};
 use kuma_xds::cache::{Snapshot, SnapshotCache};
+use kuma_xds::envoy::{any, socket_address, tcp_proxy};
 use kuma_xds::server::{AdsServer, NoCallbacks};
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-
-fn any<M: Message + prost::Name>(m: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: m.encode_to_vec(),
-    }
-}
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
@@ -64,20 +52,10 @@ fn snapshot(port: u16) -> Snapshot {
         }),
         ..Default::default()
     };
-    let tcp = TcpProxy {
-        stat_prefix: "tls".into(),
-        cluster_specifier: Some(ClusterSpecifier::Cluster("nowhere".into())),
-        ..Default::default()
-    };
+    let tcp = tcp_proxy("tls", "nowhere");
     let listener = Listener {
         name: "inbound:tls".into(),
-        address: Some(Address {
-            address: Some(AddressKind::SocketAddress(SocketAddress {
-                address: "127.0.0.1".into(),
-                port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
-                ..Default::default()
-            })),
-        }),
+        address: Some(socket_address("127.0.0.1", u32::from(port))),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.tcp_proxy".into(),

@@ -119,20 +119,35 @@ pub struct Dp {
     pub readiness_port: u16,
 }
 
-/// `POST path` with a JSON `body` to the API on 127.0.0.1:`api_port` (where localhost is
+/// `method path` with a JSON `body` to the API on 127.0.0.1:`api_port` (where localhost is
 /// admin): (status, response body).
-pub async fn post_json(api_port: u16, path: &str, body: &str) -> (u16, String) {
+pub async fn send_json(api_port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let r = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
-        .post(format!("http://127.0.0.1:{api_port}{path}"))
+        .request(method, format!("http://127.0.0.1:{api_port}{path}"))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// `POST path` with a JSON `body` to the API (see [`send_json`]).
+pub async fn post_json(api_port: u16, path: &str, body: &str) -> (u16, String) {
+    send_json(api_port, "POST", path, body).await
+}
+
+/// `PUT path` with a JSON `body` to the API, which must accept it.
+pub async fn put_json(api_port: u16, path: &str, body: &str) {
+    let (status, answer) = send_json(api_port, "PUT", path, body).await;
+    assert!(
+        (200..300).contains(&status),
+        "PUT {path}: {status} {answer}"
+    );
 }
 
 /// A dataplane token for Dataplane `name` of `mesh`, from the API on 127.0.0.1:`api_port`.
@@ -144,20 +159,9 @@ pub async fn dataplane_token(api_port: u16, mesh: &str, name: &str) -> String {
 }
 
 /// Starts `kuma-dp run` for `dataplane` (YAML) against the dp-server on `cp_port`, with a
-/// dataplane token for it from the API on `api_port`; its files and log go under `dir`.
+/// dataplane token for it from the API on `api_port` and `extra` flags; its files and log go
+/// under `dir`. With a [`Standalone`] at hand, [`Standalone::proxy`] says the same in short.
 pub async fn kuma_dp(
-    dir: &Path,
-    cp_port: u16,
-    api_port: u16,
-    ca_file: &str,
-    name: &str,
-    dataplane: &str,
-) -> Dp {
-    kuma_dp_with(dir, cp_port, api_port, ca_file, name, dataplane, &[]).await
-}
-
-/// As [`kuma_dp`], with `extra` flags.
-pub async fn kuma_dp_with(
     dir: &Path,
     cp_port: u16,
     api_port: u16,
@@ -243,7 +247,7 @@ impl Standalone {
     /// Starts `kuma-dp run` for `dataplane` (YAML) against this control plane, with `extra`
     /// flags; its files and log go under `dir`.
     pub async fn proxy(&self, dir: &Path, name: &str, dataplane: &str, extra: &[&str]) -> Dp {
-        kuma_dp_with(
+        kuma_dp(
             dir,
             self.dp_port,
             self.api_port,
