@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kuma_dns::server::DnsServer;
-use kuma_dns::vips::{HostnameEntry, OutboundEntry, VipTable, VirtualOutbound};
+use kuma_dns::vips::service_table;
 use kuma_dns::zone::Zone;
 
 fn env(var: &str, default: usize) -> usize {
@@ -152,18 +152,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("bench dir");
 
     // The same names for both: a VIP table of n services.
-    let table: VipTable = (0..n)
-        .map(|i| {
-            let name = format!("svc-{i}");
-            (
-                HostnameEntry::service(&name),
-                VirtualOutbound {
-                    address: vip(i).to_string(),
-                    outbounds: vec![OutboundEntry::service(&name)],
-                },
-            )
-        })
-        .collect();
+    let table = service_table((0..n).map(|i| (format!("svc-{i}"), vip(i))));
     let zone = Zone::new("mesh", 60).with_tables([&table]);
     // Every name once, in a scrambled order (a fixed permutation: i * 7919 mod n).
     let queries: String = (0..n)

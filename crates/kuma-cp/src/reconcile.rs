@@ -145,16 +145,8 @@ impl Reconciler {
 
     /// The VIP of each service of `mesh` (none when its table is missing or unreadable).
     async fn vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr> {
-        let name = kuma_dns::vips::config_name(mesh);
-        let Ok(r) = self
-            .manager
-            .get(&ResourceKey::global(ResourceType::Config, &name))
-            .await
-        else {
-            return BTreeMap::new();
-        };
-        match kuma_dns::vips::parse_table(&name, &r) {
-            Ok(table) => kuma_dns::vips::addresses(&table)
+        match kuma_dns::vips::stored_table(&self.manager, mesh).await {
+            Ok((table, _)) => kuma_dns::vips::addresses(&table)
                 .into_iter()
                 .filter(|(h, _)| h.kind == kuma_dns::vips::HostnameKind::Service)
                 .map(|(h, ip)| (h.name.clone(), ip))

@@ -144,6 +144,26 @@ pub struct VirtualOutbound {
 /// The VIPs of one mesh, by hostname.
 pub type VipTable = BTreeMap<HostnameEntry, VirtualOutbound>;
 
+/// The table that gives each service of `entries` its VIP, as the allocator records it: for
+/// zones built by hand (tests, benchmarks, an embedding control plane with fixed VIPs).
+pub fn service_table<N: AsRef<str>, A: ToString>(
+    entries: impl IntoIterator<Item = (N, A)>,
+) -> VipTable {
+    entries
+        .into_iter()
+        .map(|(name, address)| {
+            let name = name.as_ref();
+            (
+                HostnameEntry::service(name),
+                VirtualOutbound {
+                    address: address.to_string(),
+                    outbounds: vec![OutboundEntry::service(name)],
+                },
+            )
+        })
+        .collect()
+}
+
 /// The VIP of each hostname of `table` (those without a valid address are left out).
 pub fn addresses(table: &VipTable) -> BTreeMap<&HostnameEntry, Ipv4Addr> {
     table
@@ -275,19 +295,27 @@ impl CidrVipAllocator {
 
     /// The stored table of `mesh` and the resource holding it (`None` when there is none).
     async fn load(&self, mesh: &str) -> Result<(VipTable, Option<Resource>), VipError> {
-        let name = config_name(mesh);
-        match self
-            .manager
-            .get(&ResourceKey::global(ResourceType::Config, &name))
-            .await
-        {
-            Ok(r) => {
-                let table = parse_table(&name, &r)?;
-                Ok((table, Some(r)))
-            }
-            Err(ManagerError::Store(StoreError::NotFound(_))) => Ok((VipTable::new(), None)),
-            Err(e) => Err(e.into()),
+        stored_table(&self.manager, mesh).await
+    }
+}
+
+/// `mesh`'s table as the store holds it, and the Config resource holding it (an empty table
+/// and `None` when there is none yet).
+pub async fn stored_table(
+    manager: &ResourceManager,
+    mesh: &str,
+) -> Result<(VipTable, Option<Resource>), VipError> {
+    let name = config_name(mesh);
+    match manager
+        .get(&ResourceKey::global(ResourceType::Config, &name))
+        .await
+    {
+        Ok(r) => {
+            let table = parse_table(&name, &r)?;
+            Ok((table, Some(r)))
         }
+        Err(ManagerError::Store(StoreError::NotFound(_))) => Ok((VipTable::new(), None)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -72,11 +72,10 @@ impl Zone {
                 if hostname.kind != HostnameKind::Service {
                     continue;
                 }
-                let name = hostname.name.to_ascii_lowercase();
-                if name.contains('_') {
-                    self.add(name.replace('_', "."), ip);
+                let service = hostname.name.to_ascii_lowercase();
+                for name in kuma_core::model::common::service_dns_names(&service) {
+                    self.add(name, ip);
                 }
-                self.add(name, ip);
             }
         }
         self.sorted()
@@ -342,23 +341,11 @@ impl Zone {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::vips::{HostnameEntry, OutboundEntry, VirtualOutbound};
     use hickory_proto::op::Query;
 
     #[test]
     fn the_direct_answer_equals_the_parsed_one() {
-        let table: VipTable = [("backend", "240.0.0.1"), ("a_b", "240.0.0.2")]
-            .iter()
-            .map(|(n, ip)| {
-                (
-                    HostnameEntry::service(n),
-                    VirtualOutbound {
-                        address: ip.to_string(),
-                        outbounds: vec![OutboundEntry::service(n)],
-                    },
-                )
-            })
-            .collect();
+        let table = crate::vips::service_table([("backend", "240.0.0.1"), ("a_b", "240.0.0.2")]);
         let zone = Zone::new("mesh", 60).with_tables([&table]);
         for (name, rtype, edns, rd) in [
             ("backend.mesh.", RecordType::A, false, true),

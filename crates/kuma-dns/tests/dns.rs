@@ -9,22 +9,11 @@ use std::time::Duration;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use kuma_dns::server::DnsServer;
-use kuma_dns::vips::{HostnameEntry, OutboundEntry, VipTable, VirtualOutbound};
+use kuma_dns::vips::{VipTable, service_table};
 use kuma_dns::zone::{Transport, Zone};
 
 fn table(entries: &[(&str, &str)]) -> VipTable {
-    entries
-        .iter()
-        .map(|(name, ip)| {
-            (
-                HostnameEntry::service(name),
-                VirtualOutbound {
-                    address: ip.to_string(),
-                    outbounds: vec![OutboundEntry::service(name)],
-                },
-            )
-        })
-        .collect()
+    service_table(entries.iter().copied())
 }
 
 /// Two meshes, plus 40 meshes with a service `big` (40 VIPs: too many for 512 bytes).

@@ -12,6 +12,16 @@ pub type Tags = BTreeMap<String, String>;
 
 /// The service tag every inbound carries.
 pub const SERVICE_TAG: &str = "kuma.io/service";
+
+/// The names (before the DNS domain) under which a service's VIP answers: the service itself
+/// and, when it has `_`, its dotted variant (`a_b_c` is also `a.b.c`), as Kuma names them.
+pub fn service_dns_names(service: &str) -> Vec<String> {
+    let mut names = vec![service.to_string()];
+    if service.contains('_') {
+        names.push(service.replace('_', "."));
+    }
+    names
+}
 /// The zone tag the control plane writes onto inbounds.
 pub const ZONE_TAG: &str = "kuma.io/zone";
 /// The protocol tag of an inbound.

@@ -371,11 +371,9 @@ impl ResourceGenerator for DnsRecords {
         };
         let records: Vec<serde_json::Value> = reachable_vips(ctx, tp)
             .flat_map(|(service, vip)| {
-                let mut names = vec![service.clone()];
-                if service.contains('_') {
-                    names.push(service.replace('_', "."));
-                }
-                names.into_iter().map(move |n| (n, vip))
+                kuma_core::model::common::service_dns_names(service)
+                    .into_iter()
+                    .map(move |n| (n, vip))
             })
             .map(|(name, vip)| {
                 serde_json::json!({
