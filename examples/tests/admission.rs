@@ -18,12 +18,7 @@ async fn standalone_serves_the_admission_webhook_over_https() {
     .await;
     assert!(cp.table.contains(&format!(":{port}")), "{}", cp.table);
 
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cp.ca_file).unwrap()).unwrap();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let client = cp.https_client();
     let review = json!({
         "kind": "AdmissionReview",
         "apiVersion": "admission.k8s.io/v1",

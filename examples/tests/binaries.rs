@@ -31,6 +31,7 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         dns_port,
         mads_port,
         ca_file,
+        ..
     } = Standalone::start(&[]).await;
     for port in [
         diagnostics_port,

@@ -209,3 +209,22 @@ async fn the_gui_shows_meshes_data_planes_services_and_policies() {
     assert!(missing.contains("Error"), "{missing}");
     assert!(missing.contains("404"), "{missing}");
 }
+
+/// The split layout's GUI server: the same GUI, reading the control plane through the
+/// read-only API of its own port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_layout_serves_the_gui_on_its_own_port() {
+    let dir = test_dir("gui-split");
+    let cp = Standalone::start(&[("KUMA_PORT_LAYOUT", "split")]).await;
+    let gui = cp.split.expect("split ports").gui;
+    let web = r#"{"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {"address": "192.0.2.5", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}}"#;
+    put_json(cp.api_port, "/meshes/default/dataplanes/web-1", web).await;
+    let mesh = visit(&dir, gui, "#/meshes/default", "split-mesh-default");
+    for seen in [
+        "Data planes",
+        "web-1 Offline 192.0.2.5 web",
+        "web tcp 0 online / 1",
+    ] {
+        assert!(mesh.contains(seen), "{seen:?} in {mesh}");
+    }
+}

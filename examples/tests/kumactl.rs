@@ -41,6 +41,16 @@ async fn kumactl(config: &Path, args: &[&str], input: Option<&str>) -> Output {
         .unwrap()
 }
 
+/// The claims of a JWT (not verified: what kumactl printed is only read).
+fn jwt_claims(token: &str) -> Value {
+    let payload = token.trim().split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 /// Stdout of a kumactl run that must succeed.
 async fn ok(config: &Path, args: &[&str]) -> String {
     let out = kumactl(config, args, None).await;
@@ -455,12 +465,7 @@ async fn kumactl_manages_and_inspects_a_running_control_plane() {
         ],
     )
     .await;
-    let payload = token.trim().split('.').nth(1).expect("a JWT");
-    let claims: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = jwt_claims(&token);
     assert_eq!(claims["Name"], "web-1");
     assert_eq!(
         claims["Tags"],
@@ -586,4 +591,43 @@ async fn kumactl_manages_and_inspects_a_running_control_plane() {
 
     dp.child.kill().await.ok();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// In the split port layout the API issues no tokens: kumactl finds the admin server through
+/// the API's `/catalog` and gets the token there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kumactl_gets_tokens_from_the_admin_server_in_the_split_layout() {
+    let dir = test_dir("kumactl-split");
+    let cp = Standalone::start(&[("KUMA_PORT_LAYOUT", "split")]).await;
+    let config = dir.join("kumactl.yaml");
+    let cfg = config.as_path();
+    let api = format!("http://127.0.0.1:{}", cp.api_port);
+    ok(
+        cfg,
+        &[
+            "config",
+            "control-planes",
+            "add",
+            "--name",
+            "split",
+            "--address",
+            &api,
+        ],
+    )
+    .await;
+    let token = ok(
+        cfg,
+        &[
+            "generate",
+            "dataplane-token",
+            "--name",
+            "web-1",
+            "--mesh",
+            "default",
+        ],
+    )
+    .await;
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["Name"], "web-1");
+    assert_eq!(claims["Mesh"], "default");
 }

@@ -115,6 +115,16 @@ impl Mesh {
         self.put("/meshes/default", mesh).await;
     }
 
+    /// STRICT mTLS, with a MeshTrafficPermission first so that traffic still passes.
+    async fn strict_mtls_allowing_all(&self) {
+        self.put(
+            "/meshes/default/meshtrafficpermissions/allow-all",
+            permission(&[("Mesh", None, "Allow")]),
+        )
+        .await;
+        self.mtls(Some("STRICT")).await;
+    }
+
     /// GET through a caller's outbound to backend: (status, body); status 0 when the
     /// connection failed.
     async fn call(&self, outbound: u16) -> (u16, String) {
@@ -227,12 +237,7 @@ async fn mtls_permissions_and_rotation() {
     let (other_to_backend, other_to_echo) = (mesh.other.1, mesh.other.2);
 
     // With mTLS on, nothing passes unless a MeshTrafficPermission allows it.
-    mesh.put(
-        "/meshes/default/meshtrafficpermissions/allow-all",
-        permission(&[("Mesh", None, "Allow")]),
-    )
-    .await;
-    mesh.mtls(Some("STRICT")).await;
+    mesh.strict_mtls_allowing_all().await;
 
     // STRICT: callers reach backend over mTLS, and backend's workload sees web's identity.
     eventually("web reaches backend over mTLS", || async {
@@ -382,4 +387,80 @@ async fn strict_spiffe_certificates_and_tag_permissions() {
     })
     .await;
     assert_eq!(mesh.call(mesh.web.1).await.0, 200);
+}
+
+/// The split port layout: each proxy's bootstrap comes from the plain-HTTP bootstrap server
+/// (kuma-dp pins the control plane's CA), its token from the admin server, and its
+/// certificates over its own SDS stream to the SDS port, authenticated by the token the
+/// bootstrap's SDS cluster adds to each request. mTLS traffic flows as in the default layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_layout_certificates_come_from_the_sds_port() {
+    let mesh = start("mtls-split", &[("KUMA_PORT_LAYOUT", "split")]).await;
+    let split = mesh.cp.split.expect("split ports");
+    mesh.strict_mtls_allowing_all().await;
+    eventually("web reaches backend over mTLS", || async {
+        let (status, xfcc) = mesh.call(mesh.web.1).await;
+        status == 200 && xfcc.contains("URI=spiffe://default/web") && echoes(mesh.web.2).await
+    })
+    .await;
+    for (who, dp) in [("backend", &mesh.backend), ("web", &mesh.web.0)] {
+        let stats = kuma_testkit::envoy_stats(dp.admin_port).await;
+        // Secrets came over streams to the SDS cluster, that is to the SDS port.
+        assert!(
+            stat(&stats, "cluster.sds_cluster.upstream_rq_total").unwrap_or(0) >= 1,
+            "{who}'s Envoy opened SDS streams"
+        );
+        assert!(
+            stat(&stats, "cluster.sds_cluster.upstream_cx_total").unwrap_or(0) >= 1,
+            "{who}'s Envoy connected to the SDS port"
+        );
+        let config = mesh
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/config_dump?resource=dynamic_active_secrets",
+                dp.admin_port
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            config.contains("identity_cert:secret:default"),
+            "{who}'s Envoy holds its identity secret: {config}"
+        );
+    }
+    let (_, sans) = presented_cert(mesh.backend.admin_port).await.unwrap();
+    assert!(
+        sans.iter().any(|s| s == "spiffe://default/backend"),
+        "{sans:?}"
+    );
+    // Tokens come from the admin server; the API on 5681 no longer issues them and says where
+    // to go instead.
+    let (status, _) = common::post_json(
+        mesh.cp.api_port,
+        "/tokens/dataplane",
+        r#"{"name": "web-2", "mesh": "default"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let catalog: Value = mesh
+        .http
+        .get(format!("http://127.0.0.1:{}/catalog", mesh.cp.api_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    assert_eq!(
+        catalog["apis"]["admin"]["localUrl"],
+        format!("http://127.0.0.1:{}", split.admin)
+    );
+    assert_eq!(
+        catalog["apis"]["bootstrap"]["url"],
+        format!("http://127.0.0.1:{}", split.bootstrap)
+    );
 }

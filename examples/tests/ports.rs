@@ -52,18 +52,17 @@ fn open_ports(pid: u32) -> (BTreeSet<u16>, BTreeSet<u16>) {
     )
 }
 
-/// How the dp-server ends an ADS stream (grpcio over TLS) for a proxy whose Dataplane does not
-/// exist: the gRPC status and its message.
-fn grpc_status(port: u16, ca_file: &str) -> String {
+const ADS: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const SDS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+
+/// How the server on `port` ends the gRPC stream `method` (grpcio over TLS) of a proxy whose
+/// Dataplane does not exist: the gRPC status and its message.
+fn grpc_status(port: u16, ca_file: &str, method: &str) -> String {
     use kuma_testkit::pb_field;
     // A DiscoveryRequest whose node (field 2) has the id (field 1) default.web-1.
     let request = pb_field(2, &pb_field(1, b"default.web-1"));
-    kuma_testkit::grpcio_stream_status(
-        port,
-        Some(ca_file),
-        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-        &request,
-    )
+    kuma_testkit::grpcio_stream_status(port, Some(ca_file), method, &request)
 }
 
 /// dig's status line for `name` over UDP or TCP.
@@ -81,6 +80,35 @@ fn dig_status(port: u16, name: &str, tcp: bool) -> String {
         .to_string()
 }
 
+/// The ports both layouts serve alike: 5676 MADS (HTTP), 5653 DNS over UDP and TCP, and the
+/// admission webhook (HTTPS) on `webhook`.
+async fn mads_dns_and_webhook_answer(https: &reqwest::Client, cp: &Standalone, webhook: u16) {
+    let r = https
+        .post(format!(
+            "http://127.0.0.1:{}/v3/discovery:monitoringassignments?fetch-timeout=0",
+            cp.mads_port
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("MonitoringAssignment"));
+    for tcp in [false, true] {
+        let status = dig_status(cp.dns_port, "nope.mesh", tcp);
+        assert!(status.contains("NXDOMAIN"), "tcp={tcp}: {status}");
+    }
+    let r = https
+        .post(format!(
+            "https://localhost:{webhook}/validate-kuma-io-v1alpha1"
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_port_answers_its_protocol_and_no_other_is_open() {
     let webhook = free_port().await;
@@ -93,12 +121,7 @@ async fn every_listed_port_answers_its_protocol_and_no_other_is_open() {
         ),
     ])
     .await;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cp.ca_file).unwrap()).unwrap();
-    let https = reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let https = cp.https_client();
 
     // 5680 diagnostics (HTTP).
     assert_eq!(http_get(cp.diagnostics_port, "/ready").await.0, 200);
@@ -115,7 +138,7 @@ async fn every_listed_port_answers_its_protocol_and_no_other_is_open() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // 5678 dp-server: gRPC (ADS refuses a stream without a token) and HTTPS /bootstrap.
-    let status = grpc_status(cp.dp_port, &cp.ca_file);
+    let status = grpc_status(cp.dp_port, &cp.ca_file, ADS);
     // A proxy of no known Dataplane is refused with a gRPC status.
     assert!(
         status.starts_with("PERMISSION_DENIED") && status.contains("web-1"),
@@ -131,33 +154,7 @@ async fn every_listed_port_answers_its_protocol_and_no_other_is_open() {
     // The bootstrap handler answers (a request without the Dataplane is refused as such).
     assert_eq!(r.status(), 422);
     assert!(r.text().await.unwrap().contains("dataplaneResource"));
-    // 5676 MADS (HTTP).
-    let r = https
-        .post(format!(
-            "http://127.0.0.1:{}/v3/discovery:monitoringassignments?fetch-timeout=0",
-            cp.mads_port
-        ))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.text().await.unwrap().contains("MonitoringAssignment"));
-    // 5653 DNS, over UDP and TCP.
-    for tcp in [false, true] {
-        let status = dig_status(cp.dns_port, "nope.mesh", tcp);
-        assert!(status.contains("NXDOMAIN"), "tcp={tcp}: {status}");
-    }
-    // 5443 admission webhook (HTTPS).
-    let r = https
-        .post(format!(
-            "https://localhost:{webhook}/validate-kuma-io-v1alpha1"
-        ))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    mads_dns_and_webhook_answer(&https, &cp, webhook).await;
 
     // Nothing else is open.
     let (tcp, udp) = open_ports(cp.child.id().unwrap());
@@ -173,4 +170,150 @@ async fn every_listed_port_answers_its_protocol_and_no_other_is_open() {
     .into();
     assert_eq!(tcp, listed_tcp, "TCP ports open");
     assert_eq!(udp, [cp.dns_port].into(), "UDP ports open");
+}
+
+/// The split layout (`--port-layout split`): SDS, the admin server, the plain-HTTP bootstrap
+/// server and the GUI get ports of their own; the dp-server serves ADS only and the HTTPS API
+/// is gone (its port is the bootstrap server's). Each port answers its own protocol and no
+/// other port is open; the admin server listens on 127.0.0.1 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_layout_serves_each_service_on_its_own_port() {
+    let webhook = free_port().await;
+    let webhook_port = webhook.to_string();
+    let cp = Standalone::start_with(
+        &["--port-layout", "split"],
+        &[
+            ("KUMA_RUNTIME_KUBERNETES_ADMISSION_SERVER_ENABLED", "true"),
+            (
+                "KUMA_RUNTIME_KUBERNETES_ADMISSION_SERVER_PORT",
+                &webhook_port,
+            ),
+        ],
+    )
+    .await;
+    let split = cp.split.unwrap();
+    for line in [
+        "SDS (TLS, gRPC)",
+        "bootstrap server (HTTP)",
+        "admin server",
+        "GUI server",
+    ] {
+        assert!(cp.table.contains(line), "{line} in {}", cp.table);
+    }
+    let client = cp.https_client();
+
+    // 5680 diagnostics.
+    assert_eq!(http_get(cp.diagnostics_port, "/ready").await.0, 200);
+    // 5681 API: no tokens, a catalog of the other servers.
+    assert_eq!(http_get(cp.api_port, "/").await.0, 200);
+    let (status, raw) = http_get(cp.api_port, "/catalog").await;
+    assert_eq!(status, 200);
+    // URLs on the host the API was reached by (`Host: localhost`); the admin server's local.
+    assert!(
+        raw.contains(&format!(
+            r#""bootstrap":{{"url":"http://localhost:{}"}}"#,
+            split.bootstrap
+        )) && raw.contains(&format!(r#""localUrl":"http://127.0.0.1:{}""#, split.admin)),
+        "{raw}"
+    );
+    let body = r#"{"name": "web-1", "mesh": "default"}"#;
+    assert_eq!(
+        common::post_json(cp.api_port, "/tokens/dataplane", body)
+            .await
+            .0,
+        404
+    );
+    // 5679 admin server (HTTP, localhost): tokens (Kuma 0.x's path and today's) and secrets,
+    // nothing else.
+    for path in ["/tokens", "/tokens/dataplane"] {
+        let (status, token) = common::post_json(split.admin, path, body).await;
+        assert_eq!(status, 200, "{path}: {token}");
+        assert_eq!(token.split('.').count(), 3, "a JWT from {path}: {token}");
+    }
+    assert_eq!(
+        http_get(split.admin, "/meshes/default/secrets").await.0,
+        200
+    );
+    assert_eq!(http_get(split.admin, "/meshes").await.0, 404);
+    // 5683 GUI server: the GUI and an API that only reads.
+    let (status, page) = http_get(split.gui, "/gui/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("app.js"), "{page}");
+    assert_eq!(http_get(split.gui, "/meshes").await.0, 200);
+    let (status, _) = common::send_json(
+        split.gui,
+        "PUT",
+        "/meshes/other",
+        r#"{"type": "Mesh", "name": "other"}"#,
+    )
+    .await;
+    assert_eq!(status, 405, "the GUI server's API refuses writes");
+    assert_eq!(
+        common::post_json(split.gui, "/tokens/dataplane", body)
+            .await
+            .0,
+        404
+    );
+    // 5682 bootstrap server (plain HTTP).
+    let (status, answer) = common::post_json(split.bootstrap, "/bootstrap", body).await;
+    assert_eq!(status, 422);
+    assert!(answer.contains("dataplaneResource"), "{answer}");
+    // 5678 dp-server: ADS over TLS, and no longer the bootstrap.
+    let status = grpc_status(cp.dp_port, &cp.ca_file, ADS);
+    assert!(status.starts_with("PERMISSION_DENIED"), "{status}");
+    let r = client
+        .post(format!("https://localhost:{}/bootstrap", cp.dp_port))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("bootstrapServer.port"));
+    // 5677 SDS over TLS: secrets only, with the same authentication as ADS.
+    let status = grpc_status(split.sds, &cp.ca_file, SDS);
+    assert!(
+        status.starts_with("PERMISSION_DENIED") && status.contains("web-1"),
+        "{status}"
+    );
+    let status = grpc_status(split.sds, &cp.ca_file, ADS);
+    assert!(status.starts_with("UNIMPLEMENTED"), "{status}");
+    mads_dns_and_webhook_answer(&client, &cp, webhook).await;
+
+    let (tcp, udp) = open_ports(cp.child.id().unwrap());
+    let listed_tcp: BTreeSet<u16> = [
+        cp.diagnostics_port,
+        cp.api_port,
+        cp.dp_port,
+        split.sds,
+        split.admin,
+        split.bootstrap,
+        split.gui,
+        cp.mads_port,
+        cp.dns_port,
+        webhook,
+    ]
+    .into();
+    assert_eq!(tcp, listed_tcp, "TCP ports open");
+    assert!(!tcp.contains(&cp.api_tls_port), "no HTTPS API");
+    assert_eq!(udp, [cp.dns_port].into(), "UDP ports open");
+    assert_eq!(
+        listening_address(cp.child.id().unwrap(), split.admin),
+        Some("127.0.0.1".parse().unwrap()),
+        "the admin server listens on localhost only"
+    );
+}
+
+/// The IPv4 address process `pid` listens on at TCP `port`.
+fn listening_address(pid: u32, port: u16) -> Option<std::net::Ipv4Addr> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (addr, p) = cols.get(1)?.split_once(':')?;
+        if cols.get(3) != Some(&"0A") || u16::from_str_radix(p, 16).ok()? != port {
+            return None;
+        }
+        // The kernel prints the address as the in-memory (network order) word.
+        let word = u32::from_str_radix(addr, 16).ok()?;
+        Some(std::net::Ipv4Addr::from(word.to_le_bytes()))
+    })
 }

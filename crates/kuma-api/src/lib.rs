@@ -28,6 +28,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod catalog;
 pub mod diagnostics;
 pub mod error;
 pub mod gui;
@@ -100,6 +101,8 @@ pub struct ApiState {
     pub proxy_configs: Option<Arc<dyn inspect::ProxyConfigSource>>,
     /// Issues dataplane tokens (`POST /tokens/dataplane`); without it that route is 404.
     pub dataplane_tokens: Option<Arc<dyn tokens::DataplaneTokenIssuer>>,
+    /// Where the split layout's servers are (`GET /catalog`); without it that route is 404.
+    pub catalog: Option<catalog::Catalog>,
 }
 
 impl ApiState {
@@ -114,6 +117,7 @@ impl ApiState {
             tokens: None,
             proxy_configs: None,
             dataplane_tokens: None,
+            catalog: None,
         }
     }
 }
@@ -126,10 +130,11 @@ pub struct Scheme(pub &'static str);
 /// The API's routes over `state`.
 pub fn router(state: Arc<ApiState>) -> Router {
     use resources::*;
-    Router::new()
+    let router = Router::new()
         .route("/", get(index))
         .route("/config", get(config))
         .route("/who-am-i", get(who_am_i))
+        .route("/catalog", get(catalog::catalog))
         .route(
             "/tokens/dataplane",
             axum::routing::post(tokens::issue_dataplane_token),
@@ -176,7 +181,60 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/{collection}/{name}",
             get(get_global).put(put_global).delete(delete_global),
         )
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .fallback(|| async { ApiError::not_found("no such endpoint") });
+    with_api_layers(router, state)
+}
+
+/// The admin server of the split port layout: dataplane tokens (`POST /tokens`, Kuma 0.x's
+/// path, and `POST /tokens/dataplane`) and secrets (`/meshes/{mesh}/secrets[/{name}]`,
+/// `/global-secrets[/{name}]`), with the API's access rules. Everything else is 404.
+pub fn admin_router(state: Arc<ApiState>) -> Router {
+    use resources::*;
+    let issue = axum::routing::post(tokens::issue_dataplane_token);
+    let router = Router::new()
+        .route("/tokens", issue.clone())
+        .route("/tokens/dataplane", issue)
+        .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{collection}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .route("/{collection}", get(list_top))
+        .route(
+            "/{collection}/{name}",
+            get(get_global).put(put_global).delete(delete_global),
+        )
+        .route_layer(middleware::from_fn(only_admin_paths))
+        .fallback(|| async { ApiError::not_found("the admin server serves tokens and secrets") });
+    with_api_layers(router, state)
+}
+
+/// Lets through the admin server's paths: tokens and secrets.
+async fn only_admin_paths(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let segments: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    let allowed = matches!(
+        segments.as_slice(),
+        ["tokens"]
+            | ["tokens", "dataplane"]
+            | ["meshes", _, "secrets"]
+            | ["meshes", _, "secrets", _]
+            | ["global-secrets"]
+            | ["global-secrets", _]
+    );
+    if allowed {
+        next.run(req).await
+    } else {
+        ApiError::not_found("the admin server serves tokens and secrets").into_response()
+    }
+}
+
+/// Who the caller is, the document size limit and the default scheme, over `router`.
+fn with_api_layers(router: Router<Arc<ApiState>>, state: Arc<ApiState>) -> Router {
+    router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             access::identify,

@@ -42,6 +42,10 @@ pub struct BootstrapRequest {
     pub features: Vec<String>,
 }
 
+/// The bootstrap's cluster for the SDS port (split layout): TLS contexts of mesh mTLS fetch
+/// their secrets through it.
+pub const SDS_CLUSTER: &str = "sds_cluster";
+
 /// What the bootstrap handler needs.
 #[derive(Clone)]
 pub struct BootstrapState {
@@ -51,6 +55,8 @@ pub struct BootstrapState {
     pub params: BootstrapParams,
     /// Port of the dp-server (the xDS port given to Envoy unless params say otherwise).
     pub dp_server_port: u16,
+    /// Port of the SDS server in the split layout: the bootstrap then has [`SDS_CLUSTER`].
+    pub sds_port: Option<u16>,
     /// CA of the dp-server certificate, PEM: Envoy verifies the control plane with it.
     pub ca_pem: String,
     /// Checks the request's dataplane token (`None`: `dpServer.authn.dpProxy.type: none`).
@@ -239,9 +245,27 @@ fn envoy_bootstrap(
     }
     // The token goes with every ADS stream, as Kuma's bootstrap sends it.
     let mut ads_service = json!({"envoy_grpc": {"cluster_name": "ads_cluster"}});
-    if !req.dataplane_token.is_empty() {
+    if !req.dataplane_token.trim().is_empty() {
         ads_service["initial_metadata"] =
             json!([{"key": "authorization", "value": req.dataplane_token.trim()}]);
+    }
+    let token = req.dataplane_token.trim();
+    let mut clusters = vec![control_plane_cluster(
+        state,
+        "ads_cluster",
+        xds_host,
+        xds_port,
+        None,
+    )];
+    if let Some(port) = state.sds_port {
+        let filters = (!token.is_empty()).then(|| token_filters(token));
+        clusters.push(control_plane_cluster(
+            state,
+            SDS_CLUSTER,
+            xds_host,
+            port,
+            filters,
+        ));
     }
     json!({
         "node": {
@@ -269,27 +293,64 @@ fn envoy_bootstrap(
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {
-            "clusters": [{
-                "name": "ads_cluster",
-                "type": "STRICT_DNS",
-                // `localhost` must reach an IPv4 listener even where ::1 resolves first.
-                "dns_lookup_family": "V4_PREFERRED",
-                "connect_timeout": state.params.xds_connect_timeout.as_str(),
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
-                },
-                "transport_socket": ads_tls(state, xds_host),
-                "load_assignment": {
-                    "cluster_name": "ads_cluster",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": xds_host, "port_value": xds_port}}}}]}],
-                },
-            }],
+        "static_resources": {"clusters": clusters},
+    })
+}
+
+/// A static gRPC cluster to the control plane at `host:port`, over TLS.
+fn control_plane_cluster(
+    state: &BootstrapState,
+    name: &str,
+    host: &str,
+    port: u16,
+    http_filters: Option<Value>,
+) -> Value {
+    let mut options = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    });
+    if let Some(filters) = http_filters {
+        options["http_filters"] = filters;
+    }
+    json!({
+        "name": name,
+        "type": "STRICT_DNS",
+        // `localhost` must reach an IPv4 listener even where ::1 resolves first.
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": state.params.xds_connect_timeout.as_str(),
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options,
+        },
+        "transport_socket": ads_tls(state, host),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
         },
     })
+}
+
+/// Upstream HTTP filters that put `authorization: <token>` on every request to a cluster:
+/// how the SDS streams, whose config source comes over xDS and carries no metadata, prove the
+/// proxy's identity without the token ever being part of the generated config.
+fn token_filters(token: &str) -> Value {
+    json!([
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"append": {
+                    "header": {"key": "authorization", "value": token},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }}]},
+            },
+        },
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+            },
+        },
+    ])
 }
 
 /// Envoy's TLS to the control plane: trust its CA, check the name it is reached by.
@@ -312,4 +373,77 @@ fn ads_tls(state: &BootstrapState, xds_host: &str) -> Value {
         t.insert("sni".into(), Value::String(xds_host.to_string()));
     }
     json!({"name": "envoy.transport_sockets.tls", "typed_config": tls})
+}
+
+/// Makes every TLS connection of a bootstrap (`yaml`, as the bootstrap server returns it) to
+/// the control plane trust `ca_pem` alone: what kuma-dp does with its `--ca-cert-file`, so a
+/// bootstrap fetched over plain HTTP (the split layout's bootstrap server) cannot point Envoy
+/// at a control plane the agent does not trust. Returns the rewritten bootstrap and how many
+/// contexts it pinned.
+pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<(String, usize), String> {
+    let mut bootstrap: Value =
+        serde_norway::from_str(yaml).map_err(|e| format!("the bootstrap is not YAML: {e}"))?;
+    let mut pinned = 0;
+    if let Some(clusters) = bootstrap
+        .pointer_mut("/static_resources/clusters")
+        .and_then(Value::as_array_mut)
+    {
+        for cluster in clusters {
+            if let Some(ca) = cluster
+                .pointer_mut("/transport_socket/typed_config/common_tls_context/validation_context")
+                .and_then(Value::as_object_mut)
+            {
+                ca.insert("trusted_ca".into(), json!({"inline_string": ca_pem}));
+                pinned += 1;
+            }
+        }
+    }
+    let yaml = serde_norway::to_string(&bootstrap).map_err(|e| e.to_string())?;
+    Ok((yaml, pinned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_replaces_the_trusted_ca_of_every_control_plane_cluster() {
+        let state = BootstrapState {
+            manager: ResourceManager::new(
+                std::sync::Arc::new(kuma_store::MemoryStore::new()),
+                Default::default(),
+            ),
+            params: BootstrapParams::default(),
+            dp_server_port: 5678,
+            sds_port: Some(5677),
+            ca_pem: "SERVED CA".into(),
+            dp_auth: None,
+        };
+        let req = BootstrapRequest {
+            dataplane_token: "TOKEN".into(),
+            ..Default::default()
+        };
+        let dp = parse_yaml("type: Dataplane\nmesh: default\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n").unwrap();
+        let yaml = serde_norway::to_string(&envoy_bootstrap(&state, &req, &dp, "cp")).unwrap();
+        assert_eq!(yaml.matches("SERVED CA").count(), 2, "{yaml}");
+        let (pinned, n) = pin_control_plane_ca(&yaml, "OWN CA").unwrap();
+        assert_eq!(n, 2);
+        assert!(!pinned.contains("SERVED CA") && pinned.matches("OWN CA").count() == 2);
+        // The SDS cluster carries the token on each request; ADS in its initial metadata.
+        let v: Value = serde_norway::from_str(&pinned).unwrap();
+        let sds = &v["static_resources"]["clusters"][1];
+        assert_eq!(sds["name"], SDS_CLUSTER);
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            5677
+        );
+        let filters = &sds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["http_filters"];
+        assert_eq!(
+            filters[0]["typed_config"]["mutations"]["request_mutations"][0]["append"]["header"],
+            json!({"key": "authorization", "value": "TOKEN"})
+        );
+        assert!(pin_control_plane_ca("{not yaml", "x").is_err());
+    }
 }

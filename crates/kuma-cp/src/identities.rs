@@ -48,6 +48,8 @@ pub struct Identities {
     layout: SanLayout,
     /// By (mesh, Dataplane name).
     issued: BTreeMap<(String, String), Issued>,
+    /// The bootstrap cluster secrets are fetched through (`None`: over ADS).
+    sds_cluster: Option<String>,
 }
 
 impl Identities {
@@ -64,7 +66,14 @@ impl Identities {
                 SanLayoutConfig::StrictSpiffe => SanLayout::StrictSpiffe,
             },
             issued: BTreeMap::new(),
+            sds_cluster: None,
         }
+    }
+
+    /// Proxies fetch their secrets through the bootstrap cluster `cluster` (an SDS port of
+    /// its own) instead of over their ADS stream.
+    pub fn set_sds_cluster(&mut self, cluster: &str) {
+        self.sds_cluster = Some(cluster.to_string());
     }
 
     /// The mTLS of `mesh` (`None` when it has no enabled backend), loading its CA (a builtin
@@ -99,7 +108,7 @@ impl Identities {
                 permissive: backend.mode() == MtlsMode::Permissive,
                 ca_pem: ca.root_pem().to_string(),
                 strict_spiffe: self.layout == SanLayout::StrictSpiffe,
-                sds_cluster: None,
+                sds_cluster: self.sds_cluster.clone(),
             },
             ca,
             lifetime,

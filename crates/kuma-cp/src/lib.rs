@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
-use kuma_core::config::{Config, ConfigError, Mode, StoreType};
+use kuma_core::config::{Config, ConfigError, Mode, PortLayout, StoreType};
 use kuma_core::manager::{ManagerError, ManagerOptions, ResourceManager};
 use kuma_store::MemoryStore;
 use kuma_xds::cache::SnapshotCache;
@@ -95,6 +95,7 @@ pub struct ControlPlane {
     dns_addr: Option<SocketAddr>,
     mads_addr: Option<SocketAddr>,
     admission_addr: Option<SocketAddr>,
+    split: Option<SplitAddrs>,
     ca_pem: String,
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
@@ -103,6 +104,19 @@ pub struct ControlPlane {
     background: Servers,
     reconciler: JoinHandle<()>,
     metrics: Arc<metrics::Metrics>,
+}
+
+/// Where the split port layout's own servers listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitAddrs {
+    /// SDS (gRPC over TLS).
+    pub sds: SocketAddr,
+    /// The admin server (tokens and secrets, HTTP on 127.0.0.1).
+    pub admin: SocketAddr,
+    /// The bootstrap server (`POST /bootstrap`, plain HTTP).
+    pub bootstrap: SocketAddr,
+    /// The GUI, with a read-only API for it.
+    pub gui: SocketAddr,
 }
 
 /// The control plane's server tasks; dropping the set stops them.
@@ -339,6 +353,12 @@ impl ControlPlane {
             u32::from(config.dns_server.service_vip_port),
             &config.dns_server.domain,
         );
+        let split_layout = config.port_layout == PortLayout::Split && config.mode != Mode::Global;
+        let reconciler = if split_layout {
+            reconciler.with_sds_cluster(bootstrap::SDS_CLUSTER)
+        } else {
+            reconciler
+        };
         let reconciler = tokio::spawn(reconciler.run());
 
         let lifecycle = lifecycle::Lifecycle::new(
@@ -381,6 +401,7 @@ impl ControlPlane {
             ads = ads.with_authenticator(a.clone());
         }
         let ads = ads.into_service();
+        let sds = ads.sds();
         let work_dir = if config.general.work_dir.is_empty() {
             std::env::temp_dir().join(format!("kuma-rs-cp-{}", std::process::id()))
         } else {
@@ -408,17 +429,60 @@ impl ControlPlane {
         } else {
             None
         };
+        // The split layout's SDS port: the secrets service alone, over the same TLS.
+        let mut sds_addr = None;
+        if split_layout {
+            let l = bind("SDS", "0.0.0.0", config.sds_server.grpc_port).await?;
+            sds_addr = Some(local_addr("SDS", &l)?);
+            let l = tls::TlsListener::new(l, server_tls.clone()).map_err(|source| {
+                StartError::Bind {
+                    addr: "SDS".into(),
+                    source,
+                }
+            })?;
+            let router = tonic::service::Routes::new(sds).into_axum_router();
+            servers
+                .0
+                .push(spawn_server("SDS", l, router, shutdown.subscribe()));
+        }
         let bootstrap_state = bootstrap::BootstrapState {
             manager: manager.clone(),
             params: config.bootstrap_server.params.clone(),
             dp_server_port: config.dp_server.port,
+            sds_port: sds_addr.map(|a| a.port()),
             ca_pem: certificate.ca_pem.clone(),
             dp_auth,
         };
-        let router = tonic::service::Routes::new(ads).into_axum_router().route(
+        let bootstrap_router = axum::Router::new().route(
             "/bootstrap",
             post(bootstrap::handle).with_state(bootstrap_state),
         );
+        let ads_router = tonic::service::Routes::new(ads).into_axum_router();
+        // By default one TLS port serves ADS and the bootstrap; split, the bootstrap has a
+        // plain-HTTP port of its own.
+        let mut bootstrap_addr = None;
+        let router = if split_layout {
+            let port = config.bootstrap_server.port;
+            let l = bind("bootstrap server", "0.0.0.0", port).await?;
+            bootstrap_addr = Some(local_addr("bootstrap server", &l)?);
+            servers.0.push(spawn_server(
+                "bootstrap server",
+                l,
+                bootstrap_router,
+                shutdown.subscribe(),
+            ));
+            // Say where the bootstrap went rather than answer as gRPC would (200, UNIMPLEMENTED).
+            let moved = format!(
+                "in the split port layout the bootstrap is served over plain HTTP on port {} (bootstrapServer.port)",
+                port
+            );
+            ads_router.route(
+                "/bootstrap",
+                post(move || async move { (axum::http::StatusCode::NOT_FOUND, moved) }),
+            )
+        } else {
+            ads_router.merge(bootstrap_router)
+        };
 
         let listener = bind("dp-server", "0.0.0.0", config.dp_server.port).await?;
         let dp_server_addr = local_addr("dp-server", &listener)?;
@@ -434,7 +498,7 @@ impl ControlPlane {
             router,
             shutdown.subscribe(),
         ));
-        tracing::info!(%dp_server_addr, "dp-server (TLS: ADS and /bootstrap) listening");
+        tracing::info!(%dp_server_addr, split_layout, "dp-server (TLS) listening");
 
         let api = &config.api_server;
         let user_tokens = Arc::new(kuma_ca::user_token::UserTokens::new(manager.clone()));
@@ -502,21 +566,79 @@ impl ControlPlane {
         background
             .0
             .push(tokio::spawn(leader_jobs(leader, defaults, metrics.clone())));
-        let api_state = Arc::new(kuma_api::ApiState {
-            config: masked_config(&config),
-            read_only: api.read_only,
-            localhost_is_admin: api.authn.localhost_is_admin,
-            tokens: Some(Arc::new(auth::TokenAuthenticator(user_tokens))),
-            proxy_configs: Some(Arc::new(inspect::CacheInspector(cache.clone()))),
-            dataplane_tokens: Some(Arc::new(auth::DataplaneTokenIssuer(
+        let token_issuer: Arc<dyn kuma_api::tokens::DataplaneTokenIssuer> =
+            Arc::new(auth::DataplaneTokenIssuer(
                 kuma_ca::dataplane_token::DataplaneTokens::new(manager.clone()),
-            ))),
-            ..kuma_api::ApiState::new(manager.clone(), info)
-        });
-        let api_router = kuma_api::router(api_state).layer(axum::middleware::from_fn_with_state(
-            metrics.clone(),
-            metrics::count_api_requests,
-        ));
+            ));
+        // The API's state; the split layout's admin and GUI servers get variants of it.
+        let api_state =
+            |read_only: bool,
+             dataplane_tokens: Option<Arc<dyn kuma_api::tokens::DataplaneTokenIssuer>>,
+             catalog: Option<kuma_api::catalog::Catalog>| {
+                Arc::new(kuma_api::ApiState {
+                    config: masked_config(&config),
+                    read_only,
+                    localhost_is_admin: api.authn.localhost_is_admin,
+                    tokens: Some(Arc::new(auth::TokenAuthenticator(user_tokens.clone()))),
+                    proxy_configs: Some(Arc::new(inspect::CacheInspector(cache.clone()))),
+                    dataplane_tokens,
+                    catalog,
+                    ..kuma_api::ApiState::new(manager.clone(), info.clone())
+                })
+            };
+        let count_requests = |router: axum::Router| {
+            router.layer(axum::middleware::from_fn_with_state(
+                metrics.clone(),
+                metrics::count_api_requests,
+            ))
+        };
+        let mut split = None;
+        let api_router =
+            if let (true, Some(sds), Some(bootstrap)) = (split_layout, sds_addr, bootstrap_addr) {
+                // Tokens and secrets on localhost; the GUI with an API that only reads.
+                let admin_port = config.admin_server.local.port;
+                let l = bind("admin server", "127.0.0.1", admin_port).await?;
+                let admin = local_addr("admin server", &l)?;
+                let router = count_requests(kuma_api::admin_router(api_state(
+                    api.read_only,
+                    Some(token_issuer),
+                    None,
+                )));
+                servers.0.push(spawn_server(
+                    "admin server",
+                    l,
+                    router,
+                    shutdown.subscribe(),
+                ));
+                let l = bind("GUI server", "0.0.0.0", config.gui_server.port).await?;
+                let gui = local_addr("GUI server", &l)?;
+                let router = count_requests(kuma_api::router(api_state(true, None, None)));
+                servers
+                    .0
+                    .push(spawn_server("GUI server", l, router, shutdown.subscribe()));
+                split = Some(SplitAddrs {
+                    sds,
+                    admin,
+                    bootstrap,
+                    gui,
+                });
+                let catalog = kuma_api::catalog::Catalog {
+                    bootstrap_port: bootstrap.port(),
+                    admin_port: admin.port(),
+                    mads_port: mads_addr.map(|a| a.port()),
+                };
+                count_requests(kuma_api::router(api_state(
+                    api.read_only,
+                    None,
+                    Some(catalog),
+                )))
+            } else {
+                count_requests(kuma_api::router(api_state(
+                    api.read_only,
+                    Some(token_issuer),
+                    None,
+                )))
+            };
         let mut api_http_addr = None;
         if api.http.enabled {
             let l = bind("API (HTTP)", &api.http.interface, api.http.port).await?;
@@ -529,7 +651,7 @@ impl ControlPlane {
                 .push(spawn_server("API (HTTP)", l, router, shutdown.subscribe()));
         }
         let mut api_https_addr = None;
-        if api.https.enabled {
+        if config.serves_https_api() {
             let tls = if api.https.tls_cert_file.is_empty() {
                 server_tls.clone()
             } else {
@@ -600,6 +722,7 @@ impl ControlPlane {
             dns_addr,
             mads_addr,
             admission_addr,
+            split,
             ca_pem: certificate.ca_pem,
             ca_path,
             shutdown,
@@ -625,6 +748,11 @@ impl ControlPlane {
     /// `runtime.kubernetes.admissionServer.enabled`).
     pub fn admission_addr(&self) -> Option<SocketAddr> {
         self.admission_addr
+    }
+
+    /// Where the split port layout's own servers listen (`None` in the default layout).
+    pub fn split_addrs(&self) -> Option<SplitAddrs> {
+        self.split
     }
 
     /// Where the diagnostics port (`/ready`, `/healthy`) listens.

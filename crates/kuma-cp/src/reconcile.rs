@@ -129,6 +129,13 @@ impl Reconciler {
         self
     }
 
+    /// Proxies fetch their secrets through the bootstrap cluster `cluster` (the split
+    /// layout's SDS port) instead of over ADS. Call after [`Self::with_mtls_config`].
+    pub fn with_sds_cluster(mut self, cluster: &str) -> Self {
+        self.identities.set_sds_cluster(cluster);
+        self
+    }
+
     /// Records generation times, and the snapshots waiting for delivery, in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);

@@ -1,9 +1,11 @@
 //! `standalone`: a single-zone Kuma-compatible control plane.
 //!
 //! ```text
-//! standalone [run] [--config-file <path>]
+//! standalone [run] [--config-file <path>] [--port-layout default|split]
 //! standalone migrate up [--config-file <path>]
 //! ```
+//! `--port-layout split` gives SDS, the admin server, the bootstrap server and the GUI ports of
+//! their own, as Kuma 0.6/1.0 did (the `portLayout` key, `KUMA_PORT_LAYOUT`).
 //! `migrate up` brings the PostgreSQL schema (`store.type: postgres`) to this binary's version;
 //! `run` refuses a database whose schema is older or newer.
 //! Configuration: defaults, then the file (Kuma's `kuma-cp.defaults.yaml` keys), then `KUMA_*`
@@ -12,12 +14,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kuma_core::config::{Config, Mode};
+use kuma_core::config::{Config, Mode, PortLayout};
 
 fn usage() -> &'static str {
-    "usage: standalone [run] [--config-file <path>]\n       standalone migrate up [--config-file <path>]\n\n\
+    "usage: standalone [run] [--config-file <path>] [--port-layout default|split]\n       standalone migrate up [--config-file <path>]\n\n\
      Runs a standalone control plane, or migrates its PostgreSQL schema. Settings come from the\n\
-     config file (Kuma's kuma-cp keys) and KUMA_* environment variables, which win over the file."
+     config file (Kuma's kuma-cp keys) and KUMA_* environment variables, which win over the file;\n\
+     --port-layout wins over both (split: SDS, admin, bootstrap and GUI on ports of their own)."
 }
 
 /// What to do.
@@ -27,7 +30,25 @@ enum Command {
     MigrateUp,
 }
 
-fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
+/// What the command line says.
+#[derive(Debug)]
+struct Args {
+    command: Command,
+    config_file: Option<PathBuf>,
+    port_layout: Option<PortLayout>,
+}
+
+fn parse_layout(value: &str) -> Result<PortLayout, String> {
+    match value {
+        "default" => Ok(PortLayout::Default),
+        "split" => Ok(PortLayout::Split),
+        other => Err(format!(
+            "--port-layout {other:?}: expected default or split"
+        )),
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1).peekable();
     let command = match args.peek().map(String::as_str) {
         Some("run") => {
@@ -49,8 +70,17 @@ fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
         _ => Command::Run,
     };
     let mut path = None;
+    let mut port_layout = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--port-layout" => {
+                port_layout = Some(parse_layout(
+                    &args.next().ok_or("--port-layout needs default or split")?,
+                )?)
+            }
+            s if s.starts_with("--port-layout=") => {
+                port_layout = Some(parse_layout(&s["--port-layout=".len()..])?)
+            }
             "-c" | "--config-file" => {
                 path = Some(PathBuf::from(
                     args.next().ok_or("--config-file needs a path")?,
@@ -63,7 +93,11 @@ fn parse_args() -> Result<(Command, Option<PathBuf>), String> {
             other => return Err(format!("unknown argument {other:?}\n\n{}", usage())),
         }
     }
-    Ok((command, path))
+    Ok(Args {
+        command,
+        config_file: path,
+        port_layout,
+    })
 }
 
 /// `migrate up`: applies the schema migrations this binary carries.
@@ -119,14 +153,14 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let (command, path) = match parse_args() {
+    let args = match parse_args() {
         Ok(p) => p,
         Err(msg) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
         }
     };
-    let mut config = match Config::load(path.as_deref(), |k| std::env::var(k).ok()) {
+    let mut config = match Config::load(args.config_file.as_deref(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("standalone: {e}");
@@ -138,7 +172,10 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     config.mode = Mode::Standalone;
-    if command == Command::MigrateUp {
+    if let Some(layout) = args.port_layout {
+        config.port_layout = layout;
+    }
+    if args.command == Command::MigrateUp {
         return migrate_up(&config).await;
     }
     let cp = match kuma_cp::ControlPlane::start(config).await {
@@ -154,11 +191,25 @@ async fn main() -> ExitCode {
         "diagnostics: /ready /healthy",
         cp.diagnostics_addr()
     );
-    println!(
-        "  {:<44} {}",
-        "dp-server (TLS): ADS (gRPC) + POST /bootstrap",
-        cp.dp_server_addr()
-    );
+    let split = cp.split_addrs();
+    let dp_server = if split.is_some() {
+        "dp-server (TLS): ADS (gRPC)"
+    } else {
+        "dp-server (TLS): ADS + SDS (gRPC), POST /bootstrap"
+    };
+    println!("  {:<44} {}", dp_server, cp.dp_server_addr());
+    if let Some(s) = split {
+        println!("  {:<44} {}", "SDS (TLS, gRPC)", s.sds);
+        println!(
+            "  {:<44} {}",
+            "bootstrap server (HTTP): POST /bootstrap", s.bootstrap
+        );
+        println!(
+            "  {:<44} {}",
+            "admin server (HTTP): tokens, secrets", s.admin
+        );
+        println!("  {:<44} {}", "GUI server: /gui, read-only API", s.gui);
+    }
     if let Some(addr) = cp.dns_addr() {
         println!("  {:<44} {}", "DNS (.mesh, UDP and TCP)", addr);
     }

@@ -34,12 +34,29 @@ pub struct Standalone {
     pub mads_port: u16,
     /// The CA of its generated certificate (dp-server and HTTPS API).
     pub ca_file: String,
+    /// The split layout's own ports, when it runs in that layout.
+    pub split: Option<SplitPorts>,
+}
+
+/// The ports the split layout adds.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitPorts {
+    pub sds: u16,
+    pub admin: u16,
+    pub bootstrap: u16,
+    pub gui: u16,
 }
 
 impl Standalone {
     /// Starts `standalone` on free ports (or those `env` names) with `env` added, and waits for
     /// its port table.
     pub async fn start(env: &[(&str, &str)]) -> Standalone {
+        Standalone::start_with(&[], env).await
+    }
+
+    /// [`Standalone::start`] with command-line `args` (`--port-layout split` adds free ports
+    /// for the split layout's servers).
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Standalone {
         // Ports given in `env` win (a restart on the same ports); the others are free ones.
         let port = |var: &str| {
             env.iter()
@@ -58,7 +75,26 @@ impl Standalone {
             pick("KUMA_DNS_SERVER_PORT").await,
             pick("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT").await,
         );
+        let split = if args.windows(2).any(|w| w == ["--port-layout", "split"])
+            || env.contains(&("KUMA_PORT_LAYOUT", "split"))
+        {
+            Some(SplitPorts {
+                sds: pick("KUMA_SDS_SERVER_GRPC_PORT").await,
+                admin: pick("KUMA_ADMIN_SERVER_LOCAL_PORT").await,
+                bootstrap: pick("KUMA_BOOTSTRAP_SERVER_PORT").await,
+                gui: pick("KUMA_GUI_SERVER_PORT").await,
+            })
+        } else {
+            None
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_standalone"));
+        cmd.args(args);
+        if let Some(s) = split {
+            cmd.env("KUMA_SDS_SERVER_GRPC_PORT", s.sds.to_string())
+                .env("KUMA_ADMIN_SERVER_LOCAL_PORT", s.admin.to_string())
+                .env("KUMA_BOOTSTRAP_SERVER_PORT", s.bootstrap.to_string())
+                .env("KUMA_GUI_SERVER_PORT", s.gui.to_string());
+        }
         cmd.env("KUMA_DP_SERVER_PORT", dp_port.to_string())
             .env("KUMA_API_SERVER_HTTP_PORT", api_port.to_string())
             .env("KUMA_API_SERVER_HTTPS_PORT", api_tls_port.to_string())
@@ -108,6 +144,7 @@ impl Standalone {
             dns_port,
             mads_port,
             ca_file: ca_line.split_whitespace().last().unwrap().to_string(),
+            split,
         }
     }
 }
@@ -152,10 +189,25 @@ pub async fn put_json(api_port: u16, path: &str, body: &str) {
 
 /// A dataplane token for Dataplane `name` of `mesh`, from the API on 127.0.0.1:`api_port`.
 pub async fn dataplane_token(api_port: u16, mesh: &str, name: &str) -> String {
+    token_from(api_port, "/tokens/dataplane", mesh, name).await
+}
+
+/// A dataplane token from `path` (the API's `/tokens/dataplane`, the admin server's
+/// `/tokens`) on 127.0.0.1:`port`.
+pub async fn token_from(port: u16, path: &str, mesh: &str, name: &str) -> String {
     let body = serde_json::json!({"name": name, "mesh": mesh}).to_string();
-    let (status, token) = post_json(api_port, "/tokens/dataplane", &body).await;
+    let (status, token) = post_json(port, path, &body).await;
     assert_eq!(status, 200, "a dataplane token: {token}");
     token
+}
+
+/// The mesh a Dataplane's YAML names.
+fn mesh_of(dataplane: &str) -> &str {
+    dataplane
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh: "))
+        .expect("the Dataplane names its mesh")
+        .trim()
 }
 
 /// Starts `kuma-dp run` for `dataplane` (YAML) against the dp-server on `cp_port`, with a
@@ -170,21 +222,31 @@ pub async fn kuma_dp(
     dataplane: &str,
     extra: &[&str],
 ) -> Dp {
+    let token = dataplane_token(api_port, mesh_of(dataplane), name).await;
+    let cp_address = format!("https://localhost:{cp_port}");
+    spawn_kuma_dp(dir, &cp_address, &token, ca_file, name, dataplane, extra).await
+}
+
+/// Starts `kuma-dp run --cp-address <cp_address>` for `dataplane` with `token`.
+pub async fn spawn_kuma_dp(
+    dir: &Path,
+    cp_address: &str,
+    token: &str,
+    ca_file: &str,
+    name: &str,
+    dataplane: &str,
+    extra: &[&str],
+) -> Dp {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, dataplane).unwrap();
-    let mesh = dataplane
-        .lines()
-        .find_map(|l| l.strip_prefix("mesh: "))
-        .expect("the Dataplane names its mesh")
-        .trim();
     let token_file = dir.join(format!("{name}.token"));
-    std::fs::write(&token_file, dataplane_token(api_port, mesh, name).await).unwrap();
+    std::fs::write(&token_file, token).unwrap();
     let (admin_port, readiness_port) = (free_port().await, free_port().await);
     let child = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
         .args([
             "run",
             "--cp-address",
-            &format!("https://localhost:{cp_port}"),
+            cp_address,
             "--ca-cert-file",
             ca_file,
             "--dataplane-file",
@@ -245,8 +307,23 @@ pub fn non_loopback_ip() -> std::net::IpAddr {
 
 impl Standalone {
     /// Starts `kuma-dp run` for `dataplane` (YAML) against this control plane, with `extra`
-    /// flags; its files and log go under `dir`.
+    /// flags; its files and log go under `dir`. In the split layout the agent takes its token
+    /// from the admin server and its bootstrap from the plain-HTTP bootstrap server.
     pub async fn proxy(&self, dir: &Path, name: &str, dataplane: &str, extra: &[&str]) -> Dp {
+        if let Some(split) = self.split {
+            let token = token_from(split.admin, "/tokens", mesh_of(dataplane), name).await;
+            let cp_address = format!("http://127.0.0.1:{}", split.bootstrap);
+            return spawn_kuma_dp(
+                dir,
+                &cp_address,
+                &token,
+                &self.ca_file,
+                name,
+                dataplane,
+                extra,
+            )
+            .await;
+        }
         kuma_dp(
             dir,
             self.dp_port,
@@ -257,6 +334,16 @@ impl Standalone {
             extra,
         )
         .await
+    }
+
+    /// An HTTP client that trusts this control plane's CA (and ignores proxy settings).
+    pub fn https_client(&self) -> reqwest::Client {
+        let ca = std::fs::read(&self.ca_file).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap()
     }
 
     /// The `KUMA_*` settings that put a new instance on this one's ports.

@@ -88,6 +88,21 @@ pub enum StoreType {
     Sqlite,
 }
 
+/// Which ports the control plane's services use (not a Kuma key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortLayout {
+    /// Current Kuma: the dp-server port serves ADS, SDS and `/bootstrap` over one TLS port,
+    /// and the API port serves the API, the GUI and dataplane tokens.
+    Default,
+    /// Kuma 0.6/1.0: SDS ([`SdsServerConfig`]), the admin server ([`AdminServerConfig`]),
+    /// the plain-HTTP bootstrap server ([`BootstrapServerConfig::port`]) and the GUI
+    /// ([`GuiServerConfig`]) each have a port of their own; the dp-server port serves ADS only,
+    /// the API port no longer issues tokens, and the HTTPS API is off (its port is the
+    /// bootstrap server's).
+    Split,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -96,6 +111,8 @@ pub struct Config {
     pub environment: Environment,
     /// `standalone`, `zone` or `global`.
     pub mode: Mode,
+    /// `default` or `split` (not a Kuma key).
+    pub port_layout: PortLayout,
     /// Resource store.
     pub store: StoreConfig,
     /// What `POST /bootstrap` puts into Envoy's bootstrap.
@@ -124,6 +141,62 @@ pub struct Config {
     pub mtls: MtlsConfig,
     /// Platform-specific servers.
     pub runtime: RuntimeConfig,
+    /// SDS on a port of its own (split layout).
+    pub sds_server: SdsServerConfig,
+    /// Tokens and secrets on localhost (split layout).
+    pub admin_server: AdminServerConfig,
+    /// The GUI on a port of its own (split layout).
+    pub gui_server: GuiServerConfig,
+}
+
+/// `sdsServer` (split layout): the gRPC `SecretDiscoveryService`, over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SdsServerConfig {
+    /// Port.
+    pub grpc_port: u16,
+}
+
+impl Default for SdsServerConfig {
+    fn default() -> Self {
+        SdsServerConfig { grpc_port: 5677 }
+    }
+}
+
+/// `adminServer` (split layout): dataplane tokens and secrets, plain HTTP on 127.0.0.1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AdminServerConfig {
+    /// The listener on localhost.
+    pub local: AdminServerLocalConfig,
+}
+
+/// `adminServer.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AdminServerLocalConfig {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Default for AdminServerLocalConfig {
+    fn default() -> Self {
+        AdminServerLocalConfig { port: 5679 }
+    }
+}
+
+/// `guiServer` (split layout): the GUI and a read-only API for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GuiServerConfig {
+    /// Port.
+    pub port: u16,
+}
+
+impl Default for GuiServerConfig {
+    fn default() -> Self {
+        GuiServerConfig { port: 5683 }
+    }
 }
 
 /// `runtime`.
@@ -207,6 +280,7 @@ impl Default for Config {
         Config {
             environment: Environment::Universal,
             mode: Mode::Standalone,
+            port_layout: PortLayout::Default,
             store: StoreConfig::default(),
             bootstrap_server: BootstrapServerConfig::default(),
             monitoring_assignment_server: MadsConfig::default(),
@@ -221,6 +295,9 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             mtls: MtlsConfig::default(),
             runtime: RuntimeConfig::default(),
+            sds_server: SdsServerConfig::default(),
+            admin_server: AdminServerConfig::default(),
+            gui_server: GuiServerConfig::default(),
         }
     }
 }
@@ -338,11 +415,23 @@ impl Default for PostgresConfig {
 }
 
 /// `bootstrapServer`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct BootstrapServerConfig {
+    /// Port of the plain-HTTP bootstrap server (split layout; by default `POST /bootstrap` is
+    /// served on the dp-server port).
+    pub port: u16,
     /// Parameters of generated bootstraps.
     pub params: BootstrapParams,
+}
+
+impl Default for BootstrapServerConfig {
+    fn default() -> Self {
+        BootstrapServerConfig {
+            port: 5682,
+            params: BootstrapParams::default(),
+        }
+    }
 }
 
 /// `bootstrapServer.params`.
@@ -935,14 +1024,24 @@ impl Config {
         err.into_result()
     }
 
+    /// Whether the HTTPS API is served: enabled, and not in the split layout (where its port
+    /// is the bootstrap server's).
+    pub fn serves_https_api(&self) -> bool {
+        self.api_server.https.enabled && self.port_layout == PortLayout::Default
+    }
+
     /// The TCP/UDP ports this mode listens on, with the key that sets each.
     pub fn served_ports(&self) -> Vec<(&'static str, u16)> {
         let mut v = vec![("diagnostics.serverPort", self.diagnostics.server_port)];
         if self.api_server.http.enabled {
             v.push(("apiServer.http.port", self.api_server.http.port));
         }
-        if self.api_server.https.enabled {
+        if self.serves_https_api() {
             v.push(("apiServer.https.port", self.api_server.https.port));
+        }
+        if self.port_layout == PortLayout::Split {
+            v.push(("adminServer.local.port", self.admin_server.local.port));
+            v.push(("guiServer.port", self.gui_server.port));
         }
         if self.mode == Mode::Global {
             v.push((
@@ -951,6 +1050,10 @@ impl Config {
             ));
         } else {
             v.push(("dpServer.port", self.dp_server.port));
+            if self.port_layout == PortLayout::Split {
+                v.push(("sdsServer.grpcPort", self.sds_server.grpc_port));
+                v.push(("bootstrapServer.port", self.bootstrap_server.port));
+            }
             if self.monitoring_assignment_server.enabled {
                 v.push((
                     "monitoringAssignmentServer.port",

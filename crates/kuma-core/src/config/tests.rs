@@ -211,6 +211,45 @@ fn validate_catches_cross_key_mistakes() {
 }
 
 #[test]
+fn split_layout_adds_its_ports_and_drops_the_https_api() {
+    let mut c = Config {
+        port_layout: PortLayout::Split,
+        ..Config::default()
+    };
+    // The bootstrap server takes 5682, the HTTPS API's port, which is then not served.
+    c.validate().expect("the split defaults are valid");
+    assert!(!c.serves_https_api());
+    let ports: Vec<_> = c.served_ports();
+    for (key, port) in [
+        ("sdsServer.grpcPort", 5677),
+        ("adminServer.local.port", 5679),
+        ("bootstrapServer.port", 5682),
+        ("guiServer.port", 5683),
+    ] {
+        assert!(ports.contains(&(key, port)), "{key} in {ports:?}");
+    }
+    assert!(!ports.iter().any(|(k, _)| *k == "apiServer.https.port"));
+    c.gui_server.port = 5681;
+    let e = c.validate().expect_err("GUI on the API's port");
+    assert!(e.to_string().contains("port 5681 is already used"), "{e}");
+    // The default layout serves none of them.
+    let d = Config::default();
+    assert!(d.serves_https_api());
+    assert!(
+        !d.served_ports()
+            .iter()
+            .any(|(k, _)| k.starts_with("sdsServer"))
+    );
+    let loaded = Config::load(None, |k| (k == "KUMA_PORT_LAYOUT").then(|| "split".into())).unwrap();
+    assert_eq!(loaded.port_layout, PortLayout::Split);
+    assert!(
+        Config::load(None, |k| (k == "KUMA_PORT_LAYOUT")
+            .then(|| "sideways".into()))
+        .is_err()
+    );
+}
+
+#[test]
 fn password_is_not_debug_printed() {
     let c = Config::default();
     assert!(!format!("{c:?}").contains("password: \"kuma\""));

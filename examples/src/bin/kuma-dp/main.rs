@@ -11,6 +11,11 @@
 //!             [--dns-port 15053] [--dns-upstream ip:port] [--dns-domain mesh]
 //! ```
 //!
+//! `--cp-address` is the dp-server (`https://host:5678`, the default layout) or, in the split
+//! port layout, the plain-HTTP bootstrap server (`http://host:5682`). Either way Envoy reaches
+//! the control plane over TLS, and with `--ca-cert-file` kuma-dp makes the bootstrap trust that
+//! CA alone (a bootstrap fetched over plain HTTP cannot swap it).
+//!
 //! Entries of MeshAccessLog's TCP backends reach their collectors through kuma-dp: see
 //! [`access_logs`]. A Dataplane with transparent proxying also gets the DNS proxy on
 //! `--dns-port` (15053), forwarding names outside `.mesh` to `--dns-upstream`: see
@@ -144,38 +149,85 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// `https://host:port` -> (host, port).
-fn cp_host_port(address: &str) -> Result<(String, u16), String> {
-    let rest = address.strip_prefix("https://").ok_or_else(|| {
-        format!(
-            "--cp-address {address:?}: expected https://host:port (the dp-server only speaks TLS)"
-        )
-    })?;
+/// Where the bootstrap comes from.
+#[derive(Debug, PartialEq, Eq)]
+struct CpAddress {
+    /// `https`: the dp-server; plain `http`: the split layout's bootstrap server.
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+/// `https://host[:5678]` or `http://host[:5682]`.
+fn cp_address(address: &str) -> Result<CpAddress, String> {
+    let (tls, rest, default_port) = if let Some(rest) = address.strip_prefix("https://") {
+        (true, rest, 5678)
+    } else if let Some(rest) = address.strip_prefix("http://") {
+        (false, rest, 5682)
+    } else {
+        return Err(format!(
+            "--cp-address {address:?}: expected https://host:port (the dp-server) or http://host:port (the bootstrap server of the split port layout)"
+        ));
+    };
     let rest = rest.trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Ok((
-            h.trim_matches(['[', ']']).to_string(),
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (
+            h,
             p.parse().map_err(|_| format!("bad port in {address:?}"))?,
-        )),
-        None => Ok((rest.to_string(), 5678)),
-    }
+        ),
+        _ => (rest, default_port),
+    };
+    Ok(CpAddress {
+        tls,
+        host: host.trim_matches(['[', ']']).to_string(),
+        port,
+    })
 }
 
 async fn post_bootstrap(
-    host: &str,
-    port: u16,
+    cp: &CpAddress,
     ca_pem: Option<&str>,
     body: &str,
 ) -> Result<String, String> {
-    if ca_pem.is_none() {
+    let (host, port) = (cp.host.as_str(), cp.port);
+    let unreachable = |e: String| format!("cannot reach the control plane at {host}:{port}: {e}");
+    if cp.tls {
+        if ca_pem.is_none() {
+            eprintln!(
+                "kuma-dp: warning: no --ca-cert-file: the control plane's certificate is not verified"
+            );
+        }
+        let tls = kuma_cp::tls::client_config(ca_pem)?;
+        let s = kuma_cp::tls::connect(host, port, tls)
+            .await
+            .map_err(unreachable)?;
+        http_post_bootstrap(s, host, port, body).await
+    } else {
         eprintln!(
-            "kuma-dp: warning: no --ca-cert-file: the control plane's certificate is not verified"
+            "kuma-dp: warning: the bootstrap is fetched over plain HTTP: the dataplane token travels unencrypted"
         );
+        if ca_pem.is_none() {
+            eprintln!(
+                "kuma-dp: warning: no --ca-cert-file: Envoy will trust whatever CA the plain-HTTP bootstrap names"
+            );
+        }
+        let s = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        http_post_bootstrap(s, host, port, body).await
     }
-    let tls = kuma_cp::tls::client_config(ca_pem)?;
-    let mut s = kuma_cp::tls::connect(host, port, tls)
-        .await
-        .map_err(|e| format!("cannot reach the control plane at {host}:{port}: {e}"))?;
+}
+
+/// `POST /bootstrap` over `s` (TLS or plain), returning the response body.
+async fn http_post_bootstrap<S>(
+    mut s: S,
+    host: &str,
+    port: u16,
+    body: &str,
+) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let req = format!(
         "POST /bootstrap HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -317,9 +369,13 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         "readinessPort": a.readiness_port,
         "workdir": dir.to_string_lossy(),
     });
-    let (host, port) = cp_host_port(&a.cp_address)?;
+    let cp = cp_address(&a.cp_address)?;
     let ca = (!ca_cert.is_empty()).then_some(ca_cert.as_str());
-    let bootstrap = post_bootstrap(&host, port, ca, &request.to_string()).await?;
+    let mut bootstrap = post_bootstrap(&cp, ca, &request.to_string()).await?;
+    if let Some(ca) = ca {
+        let (pinned, _) = kuma_cp::bootstrap::pin_control_plane_ca(&bootstrap, ca)?;
+        bootstrap = pinned;
+    }
 
     let bootstrap_path = dir.join("bootstrap.yaml");
     std::fs::write(&bootstrap_path, bootstrap)
@@ -440,5 +496,30 @@ async fn main() -> ExitCode {
             eprintln!("kuma-dp: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cp_address_is_the_dp_server_or_the_bootstrap_server() {
+        let at = |tls, host: &str, port| CpAddress {
+            tls,
+            host: host.into(),
+            port,
+        };
+        assert_eq!(cp_address("https://cp:5678"), Ok(at(true, "cp", 5678)));
+        assert_eq!(cp_address("https://cp/"), Ok(at(true, "cp", 5678)));
+        assert_eq!(cp_address("http://cp"), Ok(at(false, "cp", 5682)));
+        assert_eq!(cp_address("http://[::1]:9"), Ok(at(false, "::1", 9)));
+        assert_eq!(cp_address("https://[::1]"), Ok(at(true, "::1", 5678)));
+        assert!(
+            cp_address("grpcs://cp:5678")
+                .unwrap_err()
+                .contains("expected https://")
+        );
+        assert!(cp_address("http://cp:x").unwrap_err().contains("bad port"));
     }
 }

@@ -637,10 +637,19 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "type": proxy_type,
                 "validFor": valid_for,
             });
-            let token = client()?
-                .post("/tokens/dataplane", body.to_string())
-                .await
-                .map_err(|e| e.to_string())?;
+            let client = client()?;
+            let token = match client.post("/tokens/dataplane", body.to_string()).await {
+                // The split port layout issues tokens on its admin server only; the API's
+                // catalog says where.
+                Err(client::Error::Api(f)) if f.status == 404 => {
+                    let admin = admin_server_url(&client, &config.current().url).await?;
+                    client
+                        .post(&format!("{admin}/tokens/dataplane"), body.to_string())
+                        .await
+                }
+                other => other,
+            }
+            .map_err(|e| e.to_string())?;
             match token {
                 Value::String(t) => println!("{t}"),
                 other => return Err(format!("unexpected answer: {other}")),
@@ -648,6 +657,32 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The admin server's URL from the API's `/catalog` (the split port layout). It listens on the
+/// control plane's localhost, so it is usable only from there.
+async fn admin_server_url(client: &Client, api_url: &str) -> Result<String, String> {
+    let catalog = client.get("/catalog").await.map_err(|e| {
+        format!("the control plane issues no dataplane tokens on its API and has no catalog: {e}")
+    })?;
+    let url = catalog["apis"]["admin"]["localUrl"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .ok_or("the control plane's catalog names no admin server")?;
+    let local = reqwest::Url::parse(api_url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    if !local {
+        return Err(format!(
+            "dataplane tokens are issued by the admin server at {url}, on the control plane's own localhost: run kumactl on that machine or forward the port"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
