@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod mads;
 pub mod metrics;
 pub mod reconcile;
+mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -99,9 +100,9 @@ pub struct ControlPlane {
     ca_pem: String,
     ca_path: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
-    servers: Servers,
+    servers: serve::Servers,
     /// Tasks that run as long as the control plane (leadership): stopped, not waited for.
-    background: Servers,
+    background: serve::Servers,
     reconciler: JoinHandle<()>,
     metrics: Arc<metrics::Metrics>,
 }
@@ -117,17 +118,6 @@ pub struct SplitAddrs {
     pub bootstrap: SocketAddr,
     /// The GUI, with a read-only API for it.
     pub gui: SocketAddr,
-}
-
-/// The control plane's server tasks; dropping the set stops them.
-struct Servers(Vec<JoinHandle<()>>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for server in &self.0 {
-            server.abort();
-        }
-    }
 }
 
 /// Where the SQLite store lives: `store.sqlite.path`, else `kuma.db` in `general.workDir`,
@@ -199,52 +189,6 @@ async fn leader_jobs(
     }
 }
 
-/// Binds `interface:port`.
-async fn bind(
-    what: &str,
-    interface: &str,
-    port: u16,
-) -> Result<tokio::net::TcpListener, StartError> {
-    let addr = format!("{interface}:{port}");
-    tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: format!("{addr} ({what})"),
-            source,
-        })
-}
-
-fn local_addr(what: &str, l: &tokio::net::TcpListener) -> Result<SocketAddr, StartError> {
-    l.local_addr().map_err(|source| StartError::Bind {
-        addr: what.into(),
-        source,
-    })
-}
-
-/// Serves `router` on `listener` until `stop` turns true, then lets open connections finish.
-fn spawn_server<L>(
-    what: &'static str,
-    listener: L,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    use axum::serve::ListenerExt;
-    // `tap_io` gives the connections of any listener the peer address as connect info.
-    let listener = listener.tap_io(|_| {});
-    tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = graceful.await {
-            tracing::error!(error = %e, server = what, "server failed");
-        }
-    })
-}
-
 /// The configuration as `GET /config` shows it: every password, token and key file masked.
 pub fn masked_config(config: &Config) -> serde_json::Value {
     fn mask(v: &mut serde_json::Value) {
@@ -282,11 +226,8 @@ impl ControlPlane {
             ));
         }
         let (shutdown, _) = watch::channel(false);
+        let mut ports = serve::Ports::new(shutdown.subscribe());
         let readiness = Arc::new(kuma_api::diagnostics::Readiness::default());
-        let l = bind("diagnostics", "0.0.0.0", config.diagnostics.server_port).await?;
-        let diagnostics_addr = local_addr("diagnostics", &l)?;
-        // Servers stop when this set is dropped: a start that fails half-way leaves nothing
-        // listening.
         let metrics = Arc::new(metrics::Metrics::default());
         let diagnostics =
             kuma_api::diagnostics::router(readiness.clone()).route(
@@ -298,12 +239,14 @@ impl ControlPlane {
                     }
                 }),
             );
-        let mut servers = Servers(vec![spawn_server(
-            "diagnostics",
-            l,
-            diagnostics,
-            shutdown.subscribe(),
-        )]);
+        let diagnostics_addr = ports
+            .http(
+                "diagnostics",
+                "0.0.0.0",
+                config.diagnostics.server_port,
+                diagnostics,
+            )
+            .await?;
 
         let zone = (config.mode == Mode::Zone).then(|| config.multizone.zone.name.clone());
         let backend: Arc<dyn kuma_core::store::ResourceStore> = match config.store.kind {
@@ -325,7 +268,7 @@ impl ControlPlane {
         let store = metrics::MeteredStore::new(backend, metrics.clone());
         let manager = ResourceManager::new(Arc::new(store), ManagerOptions { zone });
         // Leadership: the once-per-zone jobs run on the leader only.
-        let mut background = Servers(Vec::new());
+        let mut background = serve::Servers(Vec::new());
         let leader = match config.store.kind {
             // One process owns the store: it leads.
             StoreType::Memory | StoreType::Sqlite => kuma_store::leader::in_process(),
@@ -386,7 +329,7 @@ impl ControlPlane {
                 .clone()
                 .run(INSIGHT_FLUSH_INTERVAL, shutdown.subscribe()),
         );
-        servers.0.push(insight_writer);
+        ports.add_task(insight_writer);
         let callbacks = (lifecycle, (insights, metrics::XdsMetrics(metrics.clone())));
         // Kuma's default: proxies prove who they are with a dataplane token.
         let dp_auth = match config.dp_server.authn.dp_proxy.kind.as_str() {
@@ -432,18 +375,13 @@ impl ControlPlane {
         // The split layout's SDS port: the secrets service alone, over the same TLS.
         let mut sds_addr = None;
         if split_layout {
-            let l = bind("SDS", "0.0.0.0", config.sds_server.grpc_port).await?;
-            sds_addr = Some(local_addr("SDS", &l)?);
-            let l = tls::TlsListener::new(l, server_tls.clone()).map_err(|source| {
-                StartError::Bind {
-                    addr: "SDS".into(),
-                    source,
-                }
-            })?;
             let router = tonic::service::Routes::new(sds).into_axum_router();
-            servers
-                .0
-                .push(spawn_server("SDS", l, router, shutdown.subscribe()));
+            let port = config.sds_server.grpc_port;
+            sds_addr = Some(
+                ports
+                    .https("SDS", "0.0.0.0", port, server_tls.clone(), router)
+                    .await?,
+            );
         }
         let bootstrap_state = bootstrap::BootstrapState {
             manager: manager.clone(),
@@ -463,14 +401,11 @@ impl ControlPlane {
         let mut bootstrap_addr = None;
         let router = if split_layout {
             let port = config.bootstrap_server.port;
-            let l = bind("bootstrap server", "0.0.0.0", port).await?;
-            bootstrap_addr = Some(local_addr("bootstrap server", &l)?);
-            servers.0.push(spawn_server(
-                "bootstrap server",
-                l,
-                bootstrap_router,
-                shutdown.subscribe(),
-            ));
+            bootstrap_addr = Some(
+                ports
+                    .http("bootstrap server", "0.0.0.0", port, bootstrap_router)
+                    .await?,
+            );
             // Say where the bootstrap went rather than answer as gRPC would (200, UNIMPLEMENTED).
             let moved = format!(
                 "in the split port layout the bootstrap is served over plain HTTP on port {} (bootstrapServer.port)",
@@ -484,20 +419,15 @@ impl ControlPlane {
             ads_router.merge(bootstrap_router)
         };
 
-        let listener = bind("dp-server", "0.0.0.0", config.dp_server.port).await?;
-        let dp_server_addr = local_addr("dp-server", &listener)?;
-        let listener = tls::TlsListener::new(listener, server_tls.clone()).map_err(|source| {
-            StartError::Bind {
-                addr: "dp-server".into(),
-                source,
-            }
-        })?;
-        servers.0.push(spawn_server(
-            "dp-server",
-            listener,
-            router,
-            shutdown.subscribe(),
-        ));
+        let dp_server_addr = ports
+            .https(
+                "dp-server",
+                "0.0.0.0",
+                config.dp_server.port,
+                server_tls.clone(),
+                router,
+            )
+            .await?;
         tracing::info!(%dp_server_addr, split_layout, "dp-server (TLS) listening");
 
         let api = &config.api_server;
@@ -551,17 +481,13 @@ impl ControlPlane {
         let mut mads_addr = None;
         let m = &config.monitoring_assignment_server;
         if config.mode != Mode::Global && m.enabled {
-            let l = bind("MADS", "0.0.0.0", m.port).await?;
-            mads_addr = Some(local_addr("MADS", &l)?);
             let mads = kuma_xds::mads::Mads::new().with_shutdown(shutdown.subscribe());
             background.0.push(tokio::spawn(mads::follow_assignments(
                 manager.clone(),
                 mads.clone(),
             )));
             let router = kuma_xds::mads::router(mads, m.default_fetch_timeout.get());
-            servers
-                .0
-                .push(spawn_server("MADS", l, router, shutdown.subscribe()));
+            mads_addr = Some(ports.http("MADS", "0.0.0.0", m.port, router).await?);
         }
         background
             .0
@@ -596,26 +522,18 @@ impl ControlPlane {
         let api_router =
             if let (true, Some(sds), Some(bootstrap)) = (split_layout, sds_addr, bootstrap_addr) {
                 // Tokens and secrets on localhost; the GUI with an API that only reads.
-                let admin_port = config.admin_server.local.port;
-                let l = bind("admin server", "127.0.0.1", admin_port).await?;
-                let admin = local_addr("admin server", &l)?;
                 let router = count_requests(kuma_api::admin_router(api_state(
                     api.read_only,
                     Some(token_issuer),
                     None,
                 )));
-                servers.0.push(spawn_server(
-                    "admin server",
-                    l,
-                    router,
-                    shutdown.subscribe(),
-                ));
-                let l = bind("GUI server", "0.0.0.0", config.gui_server.port).await?;
-                let gui = local_addr("GUI server", &l)?;
+                let port = config.admin_server.local.port;
+                let admin = ports
+                    .http("admin server", "127.0.0.1", port, router)
+                    .await?;
                 let router = count_requests(kuma_api::router(api_state(true, None, None)));
-                servers
-                    .0
-                    .push(spawn_server("GUI server", l, router, shutdown.subscribe()));
+                let port = config.gui_server.port;
+                let gui = ports.http("GUI server", "0.0.0.0", port, router).await?;
                 split = Some(SplitAddrs {
                     sds,
                     admin,
@@ -641,74 +559,50 @@ impl ControlPlane {
             };
         let mut api_http_addr = None;
         if api.http.enabled {
-            let l = bind("API (HTTP)", &api.http.interface, api.http.port).await?;
-            api_http_addr = Some(local_addr("API (HTTP)", &l)?);
             let router = api_router
                 .clone()
                 .layer(axum::Extension(kuma_api::Scheme("http")));
-            servers
-                .0
-                .push(spawn_server("API (HTTP)", l, router, shutdown.subscribe()));
+            let (interface, port) = (&api.http.interface, api.http.port);
+            api_http_addr = Some(ports.http("API (HTTP)", interface, port, router).await?);
         }
+        // A listener's TLS: its own certificate files when set, else the control plane's.
+        let own_or_ours = |cert: &str, key: &str| {
+            if cert.is_empty() {
+                return Ok(server_tls.clone());
+            }
+            tls::CpCertificate::load_or_generate(cert, key, &tls_dir, &tls::default_hosts())
+                .and_then(|c| c.server_config())
+                .map_err(StartError::Tls)
+        };
         let mut api_https_addr = None;
         if config.serves_https_api() {
-            let tls = if api.https.tls_cert_file.is_empty() {
-                server_tls.clone()
-            } else {
-                tls::CpCertificate::load_or_generate(
-                    &api.https.tls_cert_file,
-                    &api.https.tls_key_file,
-                    &tls_dir,
-                    &tls::default_hosts(),
-                )
-                .and_then(|c| c.server_config())
-                .map_err(StartError::Tls)?
-            };
-            let l = bind("API (HTTPS)", &api.https.interface, api.https.port).await?;
-            api_https_addr = Some(local_addr("API (HTTPS)", &l)?);
-            let l = tls::TlsListener::new(l, tls).map_err(|source| StartError::Bind {
-                addr: "API (HTTPS)".into(),
-                source,
-            })?;
+            let tls = own_or_ours(&api.https.tls_cert_file, &api.https.tls_key_file)?;
             let router = api_router.layer(axum::Extension(kuma_api::Scheme("https")));
-            servers
-                .0
-                .push(spawn_server("API (HTTPS)", l, router, shutdown.subscribe()));
+            let (interface, port) = (&api.https.interface, api.https.port);
+            api_https_addr = Some(
+                ports
+                    .https("API (HTTPS)", interface, port, tls, router)
+                    .await?,
+            );
         }
         // The admission webhook, when asked for: HTTPS with its own certificate or ours.
         let mut admission_addr = None;
         let a = &config.runtime.kubernetes.admission_server;
         if a.enabled {
-            let tls = if a.cert_dir.is_empty() {
-                server_tls.clone()
-            } else {
-                let file = |f: &str| {
-                    std::path::Path::new(&a.cert_dir)
-                        .join(f)
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                tls::CpCertificate::load_or_generate(
-                    &file("tls.crt"),
-                    &file("tls.key"),
-                    &tls_dir,
-                    &tls::default_hosts(),
-                )
-                .and_then(|c| c.server_config())
-                .map_err(StartError::Tls)?
+            let file = |f: &str| match a.cert_dir.as_str() {
+                "" => String::new(),
+                dir => std::path::Path::new(dir)
+                    .join(f)
+                    .to_string_lossy()
+                    .into_owned(),
             };
-            let l = bind("admission webhook", &a.address, a.port).await?;
-            admission_addr = Some(local_addr("admission webhook", &l)?);
-            let l = tls::TlsListener::new(l, tls).map_err(|source| StartError::Bind {
-                addr: "admission webhook".into(),
-                source,
-            })?;
-            servers.0.push(spawn_server(
-                "admission webhook",
-                l,
-                kuma_api::admission::router(),
-                shutdown.subscribe(),
-            ));
+            let tls = own_or_ours(&file("tls.crt"), &file("tls.key"))?;
+            let router = kuma_api::admission::router();
+            admission_addr = Some(
+                ports
+                    .https("admission webhook", &a.address, a.port, tls, router)
+                    .await?,
+            );
         }
         readiness.set(true);
         Ok(ControlPlane {
@@ -726,7 +620,7 @@ impl ControlPlane {
             ca_pem: certificate.ca_pem,
             ca_path,
             shutdown,
-            servers,
+            servers: ports.servers,
             background,
             reconciler,
             metrics,
