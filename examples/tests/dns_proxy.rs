@@ -1,6 +1,6 @@
 //! kuma-dp's DNS proxy for a transparent proxy: `.mesh` names answered from the records the
 //! control plane hands over through the proxy's Envoy, other names forwarded upstream. Queried
-//! with `dig`, against the real binaries.
+//! with `dig` over UDP and TCP, against the real binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -57,4 +57,21 @@ async fn kuma_dp_answers_mesh_names_and_forwards_the_rest() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"));
     // Other names go to the upstream resolver.
     assert_eq!(dig(dns_port, "www.example"), "192.0.2.10");
+    // The same over TCP.
+    let tcp = |name: &str| {
+        let out = std::process::Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &dns_port.to_string(),
+                name,
+                "+tcp",
+                "+short",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(tcp("backend.mesh"), dig(cp.dns_port, "backend.mesh"));
+    assert_eq!(tcp("www.example"), "192.0.2.10");
 }

@@ -1,6 +1,6 @@
 //! A workload behind a transparent proxy reaches `backend.mesh` by name, as Kuma's transparent
 //! proxying makes it work. iptables in a network namespace that the test creates sends the
-//! workload's DNS queries (UDP to 127.0.0.1:53) to kuma-dp's DNS proxy on 15053, and its
+//! workload's DNS queries (UDP and TCP to 127.0.0.1:53) to kuma-dp's DNS proxy on 15053, and its
 //! connections to VIPs (240.0.0.0/4) to Envoy's outbound redirect port 15001. That Envoy
 //! hands each connection to the `outbound:<vip>:<port>` listener for its original destination.
 //! The control plane, both proxies and the service run in the namespace too. The workload is
@@ -129,6 +129,7 @@ fn a_workload_reaches_backend_mesh_through_dns_and_its_vip_listener() {
     // Kuma's redirection, reduced to what this test's traffic needs: DNS to the proxy's
     // resolver, and connections to VIPs to the outbound redirect port.
     ns.iptables("-A OUTPUT -p udp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
+    ns.iptables("-A OUTPUT -p tcp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
     ns.iptables("-A OUTPUT -p tcp -d 240.0.0.0/4 -j REDIRECT --to-ports 15001");
     ns.enter();
     tokio::runtime::Builder::new_multi_thread()
@@ -205,6 +206,10 @@ async fn scenario(ns: &Netns) {
         Some(vip.as_str()),
         "{resolved}"
     );
+
+    // A lookup over TCP (dig +tcp to the namespace's resolver) reaches the DNS proxy too.
+    let over_tcp = ns.exec(&["dig", "+tcp", "+short", "backend.mesh"]);
+    assert_eq!(String::from_utf8_lossy(&over_tcp.stdout).trim(), vip);
 
     // The connection went through web's listener for the VIP on port 80, and the service's own
     // port is served on the VIP too.

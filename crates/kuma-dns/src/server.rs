@@ -7,6 +7,12 @@
 //! ([`DnsServer::set_zone`]) when VIPs change; a query sees one zone from start to end, and
 //! threads pick up a new zone through a generation counter, without sharing a reference count
 //! per query.
+//!
+//! A forwarding server ([`DnsServer::forwarding`], what kuma-dp's DNS proxy is) sends the
+//! queries its zone refuses (names outside the domain) to an upstream resolver, over the
+//! transport they came by, and relays the answer; a forward that fails or times out gets
+//! SERVFAIL. At most 1,024 forwards are in flight; queries beyond that are dropped (UDP) or
+//! answered SERVFAIL (TCP).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
 use crate::zone::{Transport, Zone};
@@ -27,21 +33,48 @@ const TCP_CONNECTIONS: usize = 256;
 
 /// How often a UDP thread looks whether the server is stopping.
 const UDP_POLL: Duration = Duration::from_millis(250);
+/// How long a forwarded query may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Forwards in flight at once.
+const FORWARDS: usize = 1024;
+/// The RCODE of a query the zone does not answer: a name outside its domain.
+const REFUSED: u8 = 5;
+/// The RCODE of a forward that failed.
+const SERVFAIL: u8 = 2;
 
 /// Serves a [`Zone`] over UDP and TCP.
 pub struct DnsServer {
     zone: RwLock<Arc<Zone>>,
     /// Bumped on every [`DnsServer::set_zone`].
     generation: AtomicU64,
+    /// Where refused queries go, with the permits of forwards in flight.
+    upstream: Option<(SocketAddr, Arc<Semaphore>)>,
 }
 
 impl DnsServer {
-    /// A server answering from `zone`.
+    /// A server answering from `zone` (and REFUSED for names outside it).
     pub fn new(zone: Zone) -> Arc<Self> {
         Arc::new(DnsServer {
             zone: RwLock::new(Arc::new(zone)),
             generation: AtomicU64::new(0),
+            upstream: None,
         })
+    }
+
+    /// A server answering from `zone` and forwarding every other name to `upstream`.
+    pub fn forwarding(zone: Zone, upstream: SocketAddr) -> Arc<Self> {
+        Arc::new(DnsServer {
+            zone: RwLock::new(Arc::new(zone)),
+            generation: AtomicU64::new(0),
+            upstream: Some((upstream, Arc::new(Semaphore::new(FORWARDS)))),
+        })
+    }
+
+    /// Where refused queries go, when `response` refuses and this server forwards.
+    fn forward_to(&self, response: &[u8]) -> Option<(SocketAddr, &Arc<Semaphore>)> {
+        let refused = response.get(3).is_some_and(|b| b & 0x0f == REFUSED);
+        let (upstream, permits) = self.upstream.as_ref()?;
+        refused.then_some((*upstream, permits))
     }
 
     /// Answers from `zone` from now on.
@@ -74,11 +107,13 @@ impl DnsServer {
         }
         let tcp = TcpListener::bind(bound).await?;
         let stopping = Arc::new(AtomicBool::new(false));
+        // Forwards run on the runtime the server was bound from.
+        let runtime = tokio::runtime::Handle::current();
         for socket in sockets {
-            let (server, stopping) = (self.clone(), stopping.clone());
+            let (server, stopping, runtime) = (self.clone(), stopping.clone(), runtime.clone());
             std::thread::Builder::new()
                 .name("dns-udp".into())
-                .spawn(move || server.serve_udp(socket.into(), &stopping))?;
+                .spawn(move || server.serve_udp(Arc::new(socket.into()), &stopping, &runtime))?;
         }
         tokio::spawn(self.clone().serve_tcp(tcp, shutdown.clone()));
         // The UDP threads look at a flag the shutdown signal sets.
@@ -89,8 +124,13 @@ impl DnsServer {
         Ok(bound)
     }
 
-    /// Answers UDP queries on `socket` until `stopping`.
-    fn serve_udp(&self, socket: std::net::UdpSocket, stopping: &AtomicBool) {
+    /// Answers UDP queries on `socket` until `stopping`; forwards go to `runtime`.
+    fn serve_udp(
+        &self,
+        socket: Arc<std::net::UdpSocket>,
+        stopping: &AtomicBool,
+        runtime: &tokio::runtime::Handle,
+    ) {
         if socket.set_read_timeout(Some(UDP_POLL)).is_err() {
             return;
         }
@@ -106,8 +146,27 @@ impl DnsServer {
                 seen = now;
                 zone = self.zone();
             }
-            if let Some(response) = zone.answer(&buf[..n], Transport::Udp) {
-                let _ = socket.send_to(&response, peer);
+            let Some(response) = zone.answer(&buf[..n], Transport::Udp) else {
+                continue;
+            };
+            match self.forward_to(&response) {
+                None => {
+                    let _ = socket.send_to(&response, peer);
+                }
+                Some((upstream, permits)) => {
+                    // Beyond the limit the query is dropped; the client asks again.
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let (query, socket) = (buf[..n].to_vec(), socket.clone());
+                    runtime.spawn(async move {
+                        let reply = forward_udp(&query, upstream)
+                            .await
+                            .unwrap_or_else(|| servfail(&query));
+                        let _ = socket.send_to(&reply, peer);
+                        drop(permit);
+                    });
+                }
             }
         }
     }
@@ -150,9 +209,16 @@ impl DnsServer {
                 Ok(Ok(_)) => {}
                 _ => return,
             }
-            let Some(response) = self.zone().answer(&buf, Transport::Tcp) else {
+            let Some(mut response) = self.zone().answer(&buf, Transport::Tcp) else {
                 continue;
             };
+            if let Some((upstream, permits)) = self.forward_to(&response) {
+                response = match permits.try_acquire() {
+                    Ok(_permit) => forward_tcp(&buf, upstream).await,
+                    Err(_) => None,
+                }
+                .unwrap_or_else(|| servfail(&buf));
+            }
             let Ok(len) = u16::try_from(response.len()) else {
                 return;
             };
@@ -164,6 +230,62 @@ impl DnsServer {
             }
         }
     }
+}
+
+/// Sends `query` to `upstream` over UDP from a fresh socket and returns its reply.
+async fn forward_udp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.ok()?;
+    socket.connect(upstream).await.ok()?;
+    socket.send(query).await.ok()?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        // Only the reply to this query (same id), not a stray datagram.
+        if n >= 12 && buf[..2] == query[..2] {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+}
+
+/// Sends `query` to `upstream` over TCP and returns its reply.
+async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(upstream).await.ok()?;
+        let len = u16::try_from(query.len()).ok()?;
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await.ok()?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.ok()?;
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut reply).await.ok()?;
+        Some(reply)
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// SERVFAIL for `query`: its header and question as a response with that RCODE (queries
+/// reaching here parsed, so they have a header).
+fn servfail(query: &[u8]) -> Vec<u8> {
+    let mut reply = query.to_vec();
+    if reply.len() >= 12 {
+        reply[2] |= 0x80; // QR: a response
+        reply[3] = (reply[3] & 0xf0) | 0x80 | SERVFAIL; // RA, RCODE
+    }
+    reply
 }
 
 /// A blocking UDP socket bound to `addr` that shares its port with the server's other UDP

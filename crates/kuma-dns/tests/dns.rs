@@ -32,7 +32,10 @@ fn zone() -> Zone {
 }
 
 async fn serve(zone: Zone) -> SocketAddr {
-    let server = DnsServer::new(zone);
+    serve_with(DnsServer::new(zone)).await
+}
+
+async fn serve_with(server: std::sync::Arc<DnsServer>) -> SocketAddr {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let addr = server
         .bind("127.0.0.1:0".parse().unwrap(), rx)
@@ -159,6 +162,55 @@ async fn garbage_gets_formerr_or_silence_and_service_goes_on() {
     );
     assert_eq!(
         run("dig", addr, &["backend.mesh", "+short", "+tcp"]).trim(),
+        "240.0.0.1"
+    );
+}
+
+/// A forwarding server (kuma-dp's DNS proxy) answers its zone itself and relays every other
+/// name to its upstream over the transport the query came by; an upstream that does not answer
+/// gives SERVFAIL, not silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_server_relays_other_names_upstream() {
+    let upstream = serve(
+        Zone::new("example", 60)
+            .with_records([("www.example".into(), "192.0.2.10".parse().unwrap())]),
+    )
+    .await;
+    let proxy = serve_with(DnsServer::forwarding(zone(), upstream)).await;
+    let dig = |args: &[&str]| run("dig", proxy, args);
+    assert_eq!(dig(&["backend.mesh", "+short"]).trim(), "240.0.0.1");
+    for transport in ["+notcp", "+tcp"] {
+        assert_eq!(
+            dig(&["www.example", "+short", transport]).trim(),
+            "192.0.2.10",
+            "{transport}"
+        );
+        // The upstream's own answers come back as they are: NXDOMAIN in its zone, REFUSED
+        // outside it (the proxy forwards once, it does not recurse).
+        assert!(dig(&["nope.example", transport]).contains("status: NXDOMAIN"));
+        assert!(dig(&["example.com", transport]).contains("status: REFUSED"));
+    }
+    assert_eq!(
+        run("kdig", proxy, &["www.example", "+short", "+tcp"]).trim(),
+        "192.0.2.10"
+    );
+
+    // Nothing listens upstream: SERVFAIL after the forwarding timeout, over UDP and TCP.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead = serve_with(DnsServer::forwarding(zone(), closed)).await;
+    for transport in ["+notcp", "+tcp"] {
+        let out = run(
+            "dig",
+            dead,
+            &["www.example", transport, "+tries=1", "+time=5"],
+        );
+        assert!(out.contains("status: SERVFAIL"), "{transport}: {out}");
+    }
+    assert_eq!(
+        run("dig", dead, &["backend.mesh", "+short"]).trim(),
         "240.0.0.1"
     );
 }

@@ -1,7 +1,8 @@
 //! kuma-dp's DNS proxy for transparent proxies (on 127.0.0.1:15053 unless `--dns-port` says
-//! otherwise): `.mesh` names are answered from the records the control plane gives this proxy,
-//! everything else is forwarded to the upstream resolver (`--dns-upstream`, else the first
-//! `nameserver` of `/etc/resolv.conf`).
+//! otherwise, UDP and TCP): `.mesh` names are answered from the records the control plane
+//! gives this proxy, everything else is forwarded to the upstream resolver (`--dns-upstream`,
+//! else the first `nameserver` of `/etc/resolv.conf`). It is a forwarding
+//! [`DnsServer`](kuma_dns::server::DnsServer).
 //!
 //! The records come as Kuma delivers them: Envoy serves `GET /dns` on the pipe
 //! `<workdir>/kuma-mesh-metric-config.sock` (the `_kuma:dynamicconfig` listener), and this
@@ -9,19 +10,17 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use kuma_dns::zone::{Transport, Zone};
+use kuma_dns::server::DnsServer;
+use kuma_dns::zone::Zone;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UdpSocket, UnixStream};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
 
 /// How often the records are polled.
 const POLL: Duration = Duration::from_secs(1);
-/// How long a forwarded query may take.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
-/// The RCODE this proxy's zone gives names outside its domain.
-const REFUSED: u8 = 5;
 
 /// The resolver of `/etc/resolv.conf` (its first `nameserver`, port 53).
 pub fn system_upstream() -> Option<SocketAddr> {
@@ -32,77 +31,35 @@ pub fn system_upstream() -> Option<SocketAddr> {
     })
 }
 
-/// Binds 127.0.0.1:`port` and serves until the process ends.
+/// Binds 127.0.0.1:`port` (UDP and TCP) and serves until the returned sender is dropped.
 pub async fn start(
     port: u16,
     pipe: PathBuf,
     domain: String,
     upstream: Option<SocketAddr>,
-) -> Result<(), String> {
-    let socket = UdpSocket::bind(("127.0.0.1", port))
+) -> Result<watch::Sender<bool>, String> {
+    let zone = Zone::new(&domain, 30);
+    let server = match upstream {
+        Some(upstream) => DnsServer::forwarding(zone, upstream),
+        None => DnsServer::new(zone),
+    };
+    let (stop, stopped) = watch::channel(false);
+    server
+        .bind(([127, 0, 0, 1], port).into(), stopped)
         .await
         .map_err(|e| format!("DNS proxy: cannot listen on 127.0.0.1:{port}: {e}"))?;
-    let zone = Arc::new(RwLock::new(Arc::new(Zone::new(&domain, 30))));
-    tokio::spawn(poll_records(pipe, domain, zone.clone()));
-    tokio::spawn(serve(Arc::new(socket), zone, upstream));
-    Ok(())
-}
-
-async fn serve(socket: Arc<UdpSocket>, zone: Arc<RwLock<Arc<Zone>>>, upstream: Option<SocketAddr>) {
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let current = zone.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(answer) = current.answer(&buf[..n], Transport::Udp) else {
-            continue;
-        };
-        let refused = answer.get(3).is_some_and(|b| b & 0x0f == REFUSED);
-        match (refused, upstream) {
-            (true, Some(upstream)) => {
-                let (query, socket) = (buf[..n].to_vec(), socket.clone());
-                tokio::spawn(async move {
-                    if let Some(reply) = forward(&query, upstream).await {
-                        let _ = socket.send_to(&reply, peer).await;
-                    }
-                });
-            }
-            _ => {
-                let _ = socket.send_to(&answer, peer).await;
-            }
-        }
-    }
-}
-
-/// Sends `query` to `upstream` from a fresh socket and returns its reply.
-async fn forward(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
-    let local: SocketAddr = if upstream.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).await.ok()?;
-    socket.connect(upstream).await.ok()?;
-    socket.send(query).await.ok()?;
-    let mut buf = vec![0u8; 65535];
-    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    buf.truncate(n);
-    Some(buf)
+    tokio::spawn(poll_records(pipe, domain, server));
+    Ok(stop)
 }
 
 /// Polls Envoy's `/dns` on `pipe` and swaps the zone when the records change.
-async fn poll_records(pipe: PathBuf, domain: String, zone: Arc<RwLock<Arc<Zone>>>) {
+async fn poll_records(pipe: PathBuf, domain: String, server: Arc<DnsServer>) {
     let mut etag = String::new();
     loop {
         if let Some((tag, body)) = fetch(&pipe, &etag).await {
             match parse_records(&body) {
                 Some((ttl, records)) => {
-                    let fresh = Zone::new(&domain, ttl).with_records(records);
-                    *zone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+                    server.set_zone(Zone::new(&domain, ttl).with_records(records));
                     etag = tag;
                 }
                 None => {

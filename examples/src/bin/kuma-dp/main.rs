@@ -403,14 +403,21 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         dp.meta.name
     );
     tokio::spawn(readiness(a.readiness_port, admin_port));
-    if dp_json.pointer("/networking/transparentProxying").is_some() {
+    // The DNS proxy serves as long as this is held.
+    let _dns_proxy = if dp_json.pointer("/networking/transparentProxying").is_some() {
         let upstream = a.dns_upstream.or_else(dns_proxy::system_upstream);
         let pipe = PathBuf::from(kuma_xds::generate::dynamic_config_pipe(
             &dir.to_string_lossy(),
         ));
-        dns_proxy::start(a.dns_port, pipe, a.dns_domain.clone(), upstream).await?;
-        eprintln!("kuma-dp: DNS proxy on 127.0.0.1:{}", a.dns_port);
-    }
+        let running = dns_proxy::start(a.dns_port, pipe, a.dns_domain.clone(), upstream).await?;
+        eprintln!(
+            "kuma-dp: DNS proxy on 127.0.0.1:{} (UDP and TCP)",
+            a.dns_port
+        );
+        Some(running)
+    } else {
+        None
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
