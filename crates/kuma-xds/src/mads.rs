@@ -7,7 +7,9 @@
 //! - [`Mads`] holds the assignments in force, with a version that changes when they do.
 //! - [`router`] serves them. A request whose `version_info` is the current version is held
 //!   until the assignments change or its `fetch-timeout` runs out, then answered `304 Not
-//!   Modified`.
+//!   Modified`. At most [`MAX_HELD`] requests are held at once; beyond that a request that
+//!   would wait gets `503` with `Retry-After`, so a flood of polls cannot exhaust the
+//!   process's connections.
 //!
 //! The JSON is what both clients read: snake_case fields, `@type` on every resource and the
 //! exact `type_url` at the top.
@@ -157,6 +159,9 @@ pub fn sanitize_label_name(name: &str) -> String {
         .collect()
 }
 
+/// Requests held at once (by default; [`Mads::with_max_held`]).
+pub const MAX_HELD: usize = 4096;
+
 /// The assignments in force and their version.
 #[derive(Debug)]
 struct Published {
@@ -172,6 +177,8 @@ pub struct Mads {
     nonce: Arc<std::sync::atomic::AtomicU64>,
     /// Turns true when held requests should be let go.
     shutdown: Option<watch::Receiver<bool>>,
+    /// A permit per held request.
+    held: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Mads {
@@ -188,7 +195,14 @@ impl Mads {
             current: Arc::new(tx),
             nonce: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             shutdown: None,
+            held: Arc::new(tokio::sync::Semaphore::new(MAX_HELD)),
         }
+    }
+
+    /// Holds at most `max` requests at once.
+    pub fn with_max_held(mut self, max: usize) -> Self {
+        self.held = Arc::new(tokio::sync::Semaphore::new(max));
+        self
     }
 
     /// Answers held requests `304 Not Modified` as soon as `stop` turns true, so that a
@@ -269,6 +283,17 @@ async fn discovery(
     }
     let Some(wait) = poll.wait else {
         return StatusCode::NOT_MODIFIED.into_response();
+    };
+    let Ok(_held) = mads.held.clone().try_acquire_owned() else {
+        let mut refused = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many held requests",
+            "the server holds as many long polls as it may; ask again later",
+        );
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return refused;
     };
     let mut stop = mads.shutdown.clone();
     let stopped = async {
@@ -395,13 +420,66 @@ pub fn parse_fetch_timeout(text: &str) -> Result<Option<Duration>, String> {
 }
 
 fn bad_request(title: &str, detail: &str) -> Response {
+    problem(StatusCode::BAD_REQUEST, title, detail)
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     let body = serde_json::json!({"title": title, "detail": detail, "details": detail});
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    (status, axum::Json(body)).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_requests_are_limited() {
+        use tower::ServiceExt as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mads = Mads::new().with_max_held(1);
+            let version = mads.version();
+            let app = router(mads.clone(), Duration::from_secs(30));
+            let poll = || {
+                axum::http::Request::post(format!("{PATH}?fetch-timeout=30s"))
+                    .body(axum::body::Body::from(format!(
+                        r#"{{"version_info": "{version}"}}"#
+                    )))
+                    .unwrap()
+            };
+            // The first poll is held; the second finds no room and is told to come back.
+            let first = tokio::spawn(app.clone().oneshot(poll()));
+            tokio::task::yield_now().await;
+            let second = app.clone().oneshot(poll()).await.unwrap();
+            assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+            // New assignments release the held one, and its slot with it.
+            mads.publish(&[MonitoringAssignment {
+                mesh: "m".into(),
+                service: "s".into(),
+                targets: vec![],
+                labels: BTreeMap::new(),
+                type_url: TYPE_URL,
+            }]);
+            assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+            let version = mads.version();
+            let app = router(mads, Duration::from_secs(30));
+            let third = app
+                .oneshot(
+                    axum::http::Request::post(format!("{PATH}?fetch-timeout=0"))
+                        .body(axum::body::Body::from(format!(
+                            r#"{{"version_info": "{version}"}}"#
+                        )))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(third.status(), StatusCode::NOT_MODIFIED);
+        });
+    }
 
     #[test]
     fn fetch_timeouts_in_both_formats() {
