@@ -436,6 +436,29 @@ async fn split_layout_certificates_come_from_the_sds_port() {
         sans.iter().any(|s| s == "spiffe://default/backend"),
         "{sans:?}"
     );
+    // web-1's insight: one subscription, its ADS stream (the SDS streams are not connections
+    // of their own), and the secrets it acknowledged over SDS.
+    eventually(
+        "web-1's insight records the secrets it acknowledged",
+        || async {
+            let (_, raw) = http_get(
+                mesh.cp.api_port,
+                "/meshes/default/dataplanes+insights/web-1",
+            )
+            .await;
+            let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let insight: Value = serde_json::from_str(body).unwrap_or_default();
+            let insight = &insight["dataplaneInsight"];
+            let subscriptions = insight["subscriptions"].as_array().map_or(0, Vec::len);
+            assert!(
+                subscriptions <= 1,
+                "only the ADS stream subscribes: {insight}"
+            );
+            subscriptions == 1
+                && insight["metadata"]["xds"]["secret"]["lastAckedVersion"].is_string()
+        },
+    )
+    .await;
     // Tokens come from the admin server; the API on 5681 no longer issues them and says where
     // to go instead.
     let (status, _) = common::post_json(

@@ -330,7 +330,10 @@ impl ControlPlane {
                 .run(INSIGHT_FLUSH_INTERVAL, shutdown.subscribe()),
         );
         ports.add_task(insight_writer);
-        let callbacks = (lifecycle, (insights, metrics::XdsMetrics(metrics.clone())));
+        let callbacks = (
+            lifecycle,
+            (insights.clone(), metrics::XdsMetrics(metrics.clone())),
+        );
         // Kuma's default: proxies prove who they are with a dataplane token.
         let dp_auth = match config.dp_server.authn.dp_proxy.kind.as_str() {
             "none" => None,
@@ -344,7 +347,16 @@ impl ControlPlane {
             ads = ads.with_authenticator(a.clone());
         }
         let ads = ads.into_service();
-        let sds = ads.sds();
+        // The split layout's SDS streams: what they deliver counts in the proxy's insight and
+        // the metrics, but its subscription, and its registration, is its ADS stream.
+        let sds_callbacks =
+            kuma_xds::server::DeliveriesOnly((insights, metrics::XdsMetrics(metrics.clone())));
+        let mut sds = AdsServer::new(cache.clone(), Arc::new(sds_callbacks))
+            .with_shutdown(shutdown.subscribe());
+        if let Some(a) = &dp_auth {
+            sds = sds.with_authenticator(a.clone());
+        }
+        let sds = sds.into_service().sds();
         let work_dir = if config.general.work_dir.is_empty() {
             std::env::temp_dir().join(format!("kuma-rs-cp-{}", std::process::id()))
         } else {

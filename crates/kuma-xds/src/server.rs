@@ -36,6 +36,10 @@ use crate::stream::{Closed, OUTBOX, Protocol, StreamContext, drive};
 use crate::types::{CLUSTER, LISTENER, in_push_order};
 use crate::wire::{DeltaResponse, SotwResponse, XdsCodec};
 
+/// Stream ids, unique in the process: observers shared by several servers (an ADS and an SDS
+/// server, say) never see two streams with one id.
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
 /// Observers of stream events (used, for example, to maintain DataplaneInsight). Every method
 /// has an empty default.
 pub trait Callbacks: Send + Sync + 'static {
@@ -62,6 +66,33 @@ pub trait Callbacks: Send + Sync + 'static {
         _version: &str,
         _error: &str,
     ) {
+    }
+}
+
+/// Passes on what streams deliver (requests, responses, ACKs and NACKs) but not their opening
+/// and closing: for streams that are not connections of a proxy in their own right, such as
+/// the SDS streams of the split port layout, whose proxy is connected, and registered, by its
+/// ADS stream.
+pub struct DeliveriesOnly<C>(pub C);
+
+impl<C: Callbacks> Callbacks for DeliveriesOnly<C> {
+    fn on_request(&self, stream_id: u64, node_id: &str, request: &DiscoveryRequest) {
+        self.0.on_request(stream_id, node_id, request);
+    }
+    fn on_response(&self, stream_id: u64, node_id: &str, response: &SotwResponse) {
+        self.0.on_response(stream_id, node_id, response);
+    }
+    fn on_delta_request(&self, stream_id: u64, node_id: &str, request: &DeltaDiscoveryRequest) {
+        self.0.on_delta_request(stream_id, node_id, request);
+    }
+    fn on_delta_response(&self, stream_id: u64, node_id: &str, response: &DeltaResponse) {
+        self.0.on_delta_response(stream_id, node_id, response);
+    }
+    fn on_ack(&self, stream_id: u64, node_id: &str, type_url: &str, version: &str) {
+        self.0.on_ack(stream_id, node_id, type_url, version);
+    }
+    fn on_nack(&self, stream_id: u64, node_id: &str, type_url: &str, version: &str, error: &str) {
+        self.0.on_nack(stream_id, node_id, type_url, version, error);
     }
 }
 
@@ -121,7 +152,6 @@ impl Callbacks for NoCallbacks {}
 pub struct AdsServer<C: Callbacks = NoCallbacks> {
     cache: Arc<SnapshotCache>,
     callbacks: Arc<C>,
-    next_stream: AtomicU64,
     shutdown: Option<watch::Receiver<bool>>,
     authenticator: Option<Arc<dyn StreamAuthenticator>>,
 }
@@ -132,7 +162,6 @@ impl<C: Callbacks> AdsServer<C> {
         AdsServer {
             cache,
             callbacks,
-            next_stream: AtomicU64::new(1),
             shutdown: None,
             authenticator: None,
         }
@@ -169,7 +198,7 @@ impl<C: Callbacks> AdsServer<C> {
         make: impl FnOnce(u64, mpsc::Sender<Result<P::Response, Status>>) -> P,
     ) -> Response<ResponseStream<P::Response>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
-        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         let protocol = make(id, tx.clone());
         let (metadata, _, requests) = request.into_parts();
         let context = StreamContext {
