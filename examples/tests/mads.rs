@@ -366,3 +366,55 @@ async fn real_prometheus(dir: &std::path::Path, mads_port: u16) {
         .unwrap_or_else(|| panic!("web-2 among the targets: {targets}"));
     assert_eq!(web["scrapeUrl"], "http://192.0.2.2:5670/metrics");
 }
+
+/// `monitoringAssignmentServer.tlsEnabled`: MADS over HTTPS with the control plane's
+/// certificate, verified by curl (an independent TLS client, as Prometheus's `tls_config`
+/// would); plain HTTP to the port gets no assignments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mads_over_https() {
+    let cp = Standalone::start(&[("KUMA_MONITORING_ASSIGNMENT_SERVER_TLS_ENABLED", "true")]).await;
+    put_json(
+        cp.api_port,
+        "/meshes/default",
+        &json!({"type": "Mesh", "name": "default", "metrics": {
+            "enabledBackend": "prometheus-1",
+            "backends": [{"name": "prometheus-1", "type": "prometheus"}]}})
+        .to_string(),
+    )
+    .await;
+    put_json(
+        cp.api_port,
+        "/meshes/default/dataplanes/web-1",
+        r#"{"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {"address": "192.0.2.7", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}}"#,
+    )
+    .await;
+    let url = format!("https://localhost:{}{PATH}?fetch-timeout=0s", cp.mads_port);
+    let mut body = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--cacert", &cp.ca_file, "-X", "POST"])
+            .args(["-H", "content-type: application/json"])
+            .args(["--data", &prometheus_request("", ""), &url])
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "curl over TLS: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains("192.0.2.7:5670") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["type_url"], TYPE_URL);
+    assert_eq!(
+        answer["resources"][0]["targets"][0]["address"], "192.0.2.7:5670",
+        "{body}"
+    );
+    // Plain HTTP on the TLS port: no answer.
+    let plain = kuma_testkit::http_get(cp.mads_port, PATH).await;
+    assert!(!plain.1.contains(TYPE_URL), "{plain:?}");
+}

@@ -379,6 +379,15 @@ impl ControlPlane {
         )
         .map_err(StartError::Tls)?;
         let server_tls = certificate.server_config().map_err(StartError::Tls)?;
+        // A listener's TLS: its own certificate files when set, else the control plane's.
+        let own_or_ours = |cert: &str, key: &str| {
+            if cert.is_empty() {
+                return Ok(server_tls.clone());
+            }
+            tls::CpCertificate::load_or_generate(cert, key, &tls_dir, &tls::default_hosts())
+                .and_then(|c| c.server_config())
+                .map_err(StartError::Tls)
+        };
         let ca_path = if cert_file.is_empty() {
             Some(tls::CpCertificate::ca_path(&tls_dir))
         } else {
@@ -499,7 +508,12 @@ impl ControlPlane {
                 mads.clone(),
             )));
             let router = kuma_xds::mads::router(mads, m.default_fetch_timeout.get());
-            mads_addr = Some(ports.http("MADS", "0.0.0.0", m.port, router).await?);
+            mads_addr = Some(if m.tls_enabled {
+                let tls = own_or_ours(&m.tls_cert_file, &m.tls_key_file)?;
+                ports.https("MADS", "0.0.0.0", m.port, tls, router).await?
+            } else {
+                ports.http("MADS", "0.0.0.0", m.port, router).await?
+            });
         }
         background
             .0
@@ -577,15 +591,6 @@ impl ControlPlane {
             let (interface, port) = (&api.http.interface, api.http.port);
             api_http_addr = Some(ports.http("API (HTTP)", interface, port, router).await?);
         }
-        // A listener's TLS: its own certificate files when set, else the control plane's.
-        let own_or_ours = |cert: &str, key: &str| {
-            if cert.is_empty() {
-                return Ok(server_tls.clone());
-            }
-            tls::CpCertificate::load_or_generate(cert, key, &tls_dir, &tls::default_hosts())
-                .and_then(|c| c.server_config())
-                .map_err(StartError::Tls)
-        };
         let mut api_https_addr = None;
         if config.serves_https_api() {
             let tls = own_or_ours(&api.https.tls_cert_file, &api.https.tls_key_file)?;

@@ -477,6 +477,12 @@ pub struct MadsConfig {
     pub assignment_refresh_interval: Duration,
     /// Fetch timeout when the client gives none.
     pub default_fetch_timeout: Duration,
+    /// Serve HTTPS instead of HTTP.
+    pub tls_enabled: bool,
+    /// Certificate (PEM) for HTTPS; empty: the control plane's certificate (the dp-server's).
+    pub tls_cert_file: String,
+    /// Key of `tlsCertFile`.
+    pub tls_key_file: String,
 }
 
 impl Default for MadsConfig {
@@ -486,6 +492,9 @@ impl Default for MadsConfig {
             port: 5676,
             assignment_refresh_interval: d("1s"),
             default_fetch_timeout: d("30s"),
+            tls_enabled: false,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -1000,12 +1009,25 @@ impl Config {
                 "can only be set in zone mode",
             );
         }
-        let (tls_cert, tls_key) = (&self.general.tls_cert_file, &self.general.tls_key_file);
-        if tls_cert.is_empty() != tls_key.is_empty() {
-            err.add(
-                &Path::at("general"),
-                "tlsCertFile and tlsKeyFile must be set together",
-            );
+        let mads = &self.monitoring_assignment_server;
+        for (key, cert, tls_key) in [
+            (
+                "general",
+                &self.general.tls_cert_file,
+                &self.general.tls_key_file,
+            ),
+            (
+                "monitoringAssignmentServer",
+                &mads.tls_cert_file,
+                &mads.tls_key_file,
+            ),
+        ] {
+            if cert.is_empty() != tls_key.is_empty() {
+                err.add(
+                    &Path::at(key),
+                    "tlsCertFile and tlsKeyFile must be set together",
+                );
+            }
         }
         let mut ports: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
         for (key, port) in self.served_ports() {
