@@ -378,8 +378,9 @@ fn ads_tls(state: &BootstrapState, xds_host: &str) -> Value {
 /// Makes every TLS connection of a bootstrap (`yaml`, as the bootstrap server returns it) to
 /// the control plane trust `ca_pem` alone: what kuma-dp does with its `--ca-cert-file`, so a
 /// bootstrap fetched over plain HTTP (the split layout's bootstrap server) cannot point Envoy
-/// at a control plane the agent does not trust. Returns the rewritten bootstrap and how many
-/// contexts it pinned.
+/// at a control plane the agent does not trust. A static cluster without TLS (every static
+/// cluster of a bootstrap reaches the control plane) is refused: over plain HTTP, TLS could
+/// have been stripped. Returns the rewritten bootstrap and how many contexts it pinned.
 pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<(String, usize), String> {
     let mut bootstrap: Value =
         serde_norway::from_str(yaml).map_err(|e| format!("the bootstrap is not YAML: {e}"))?;
@@ -389,13 +390,17 @@ pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<(String, usize),
         .and_then(Value::as_array_mut)
     {
         for cluster in clusters {
-            if let Some(ca) = cluster
+            let name = cluster["name"].as_str().unwrap_or("?").to_string();
+            let Some(ca) = cluster
                 .pointer_mut("/transport_socket/typed_config/common_tls_context/validation_context")
                 .and_then(Value::as_object_mut)
-            {
-                ca.insert("trusted_ca".into(), json!({"inline_string": ca_pem}));
-                pinned += 1;
-            }
+            else {
+                return Err(format!(
+                    "the bootstrap's cluster {name:?} reaches the control plane without verifying its certificate"
+                ));
+            };
+            ca.insert("trusted_ca".into(), json!({"inline_string": ca_pem}));
+            pinned += 1;
         }
     }
     let yaml = serde_norway::to_string(&bootstrap).map_err(|e| e.to_string())?;
@@ -445,5 +450,14 @@ mod tests {
             json!({"key": "authorization", "value": "TOKEN"})
         );
         assert!(pin_control_plane_ca("{not yaml", "x").is_err());
+        // TLS stripped from a cluster (a bootstrap tampered with on its way): refused.
+        let mut stripped = v.clone();
+        stripped["static_resources"]["clusters"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("transport_socket");
+        let stripped = serde_norway::to_string(&stripped).unwrap();
+        let refused = pin_control_plane_ca(&stripped, "OWN CA").unwrap_err();
+        assert!(refused.contains("sds_cluster"), "{refused}");
     }
 }
