@@ -227,4 +227,21 @@ async fn the_split_layout_serves_the_gui_on_its_own_port() {
     ] {
         assert!(mesh.contains(seen), "{seen:?} in {mesh}");
     }
+    // The zones page (linked from the navigation in global mode; opened by URL here).
+    put_json(
+        cp.api_port,
+        "/zones/zone-1",
+        r#"{"type": "Zone", "name": "zone-1"}"#,
+    )
+    .await;
+    put_json(
+        cp.api_port,
+        "/zones/zone-2",
+        r#"{"type": "Zone", "name": "zone-2", "enabled": false}"#,
+    )
+    .await;
+    let zones = visit(&dir, gui, "#/zones", "split-zones");
+    for seen in ["Zones", "zone-1 enabled", "zone-2 disabled"] {
+        assert!(zones.contains(seen), "{seen:?} in {zones}");
+    }
 }
