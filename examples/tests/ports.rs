@@ -301,6 +301,29 @@ async fn split_layout_serves_each_service_on_its_own_port() {
         Some("127.0.0.1".parse().unwrap()),
         "the admin server listens on localhost only"
     );
+
+    // kuma-dp given the API's address (as Kuma 0.x's docs give it) finds the bootstrap server
+    // in the catalog; its Envoy starts and gets ready.
+    let dir = common::test_dir("ports-split");
+    let token = common::token_from(split.admin, "/tokens", "default", "web-1").await;
+    let dataplane = format!(
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {}\n    tags:\n      kuma.io/service: web\n",
+        free_port().await
+    );
+    let api = format!("http://127.0.0.1:{}", cp.api_port);
+    let dp = common::spawn_kuma_dp(&dir, &api, &token, &cp.ca_file, "web-1", &dataplane, &[]).await;
+    kuma_testkit::eventually("web-1's Envoy is ready", || async {
+        http_get(dp.readiness_port, "/ready").await.0 == 200
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.join("web-1.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "names the bootstrap server 127.0.0.1:{}",
+            split.bootstrap
+        )),
+        "{log}"
+    );
 }
 
 /// The IPv4 address process `pid` listens on at TCP `port`.

@@ -12,7 +12,9 @@
 //! ```
 //!
 //! `--cp-address` is the dp-server (`https://host:5678`, the default layout) or, in the split
-//! port layout, the plain-HTTP bootstrap server (`http://host:5682`). Either way Envoy reaches
+//! port layout, the plain-HTTP bootstrap server (`http://host:5682`) or the API
+//! (`http://host:5681`, whose `/catalog` names the bootstrap server, as Kuma 0.x's kuma-dp
+//! found it). Either way Envoy reaches
 //! the control plane over TLS, and with `--ca-cert-file` kuma-dp makes the bootstrap trust that
 //! CA alone (a bootstrap fetched over plain HTTP cannot swap it).
 //!
@@ -211,16 +213,51 @@ async fn post_bootstrap(
                 "kuma-dp: warning: no --ca-cert-file: Envoy will trust whatever CA the plain-HTTP bootstrap names"
             );
         }
-        let s = TcpStream::connect((host, port))
+        let (host, port) = match catalog_bootstrap(host, port).await {
+            Some(at) => {
+                eprintln!(
+                    "kuma-dp: the API's catalog names the bootstrap server {}:{}",
+                    at.host, at.port
+                );
+                (at.host, at.port)
+            }
+            None => (host.to_string(), port),
+        };
+        let s = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        http_post_bootstrap(s, host, port, body).await
+        http_post_bootstrap(s, &host, port, body).await
     }
 }
 
+/// The bootstrap server the API at `host:port` names in its `/catalog` (split layout), or
+/// `None` when `host:port` is no API with a catalog (the bootstrap server itself, say).
+async fn catalog_bootstrap(host: &str, port: u16) -> Option<CpAddress> {
+    let s = TcpStream::connect((host, port)).await.ok()?;
+    let response = http_exchange(s, "GET", "/catalog", host, port, "")
+        .await
+        .ok()?;
+    let catalog: serde_json::Value = serde_json::from_str(&response).ok()?;
+    let at = cp_address(catalog.pointer("/apis/bootstrap/url")?.as_str()?).ok()?;
+    (!at.tls).then_some(at)
+}
+
 /// `POST /bootstrap` over `s` (TLS or plain), returning the response body.
-async fn http_post_bootstrap<S>(
+async fn http_post_bootstrap<S>(s: S, host: &str, port: u16, body: &str) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    http_exchange(s, "POST", "/bootstrap", host, port, body)
+        .await
+        .map_err(|e| format!("the control plane gave no bootstrap: {e}"))
+}
+
+/// One HTTP/1.1 `method path` over `s` with a JSON `body`: the response body of a 200, else
+/// the status and body.
+async fn http_exchange<S>(
     mut s: S,
+    method: &str,
+    path: &str,
     host: &str,
     port: u16,
     body: &str,
@@ -229,7 +266,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let req = format!(
-        "POST /bootstrap HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())
@@ -248,15 +285,13 @@ where
         .ok_or("malformed response from the control plane")?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     if status != "200" {
-        return Err(format!(
-            "the control plane refused the bootstrap ({status}): {body}"
-        ));
+        return Err(format!("status {status}: {body}"));
     }
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Err("unexpected chunked bootstrap response".into());
+        return Err("unexpected chunked response".into());
     }
     Ok(body.to_string())
 }
