@@ -234,9 +234,12 @@ async fn post_bootstrap(
 /// `None` when `host:port` is no API with a catalog (the bootstrap server itself, say).
 async fn catalog_bootstrap(host: &str, port: u16) -> Option<CpAddress> {
     let s = TcpStream::connect((host, port)).await.ok()?;
-    let response = http_exchange(s, "GET", "/catalog", host, port, "")
+    let (status, response) = http_exchange(s, "GET", "/catalog", host, port, "")
         .await
         .ok()?;
+    if status != "200" {
+        return None;
+    }
     let catalog: serde_json::Value = serde_json::from_str(&response).ok()?;
     let at = cp_address(catalog.pointer("/apis/bootstrap/url")?.as_str()?).ok()?;
     (!at.tls).then_some(at)
@@ -247,13 +250,16 @@ async fn http_post_bootstrap<S>(s: S, host: &str, port: u16, body: &str) -> Resu
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    http_exchange(s, "POST", "/bootstrap", host, port, body)
-        .await
-        .map_err(|e| format!("the control plane gave no bootstrap: {e}"))
+    let (status, body) = http_exchange(s, "POST", "/bootstrap", host, port, body).await?;
+    if status != "200" {
+        return Err(format!(
+            "the control plane refused the bootstrap ({status}): {body}"
+        ));
+    }
+    Ok(body)
 }
 
-/// One HTTP/1.1 `method path` over `s` with a JSON `body`: the response body of a 200, else
-/// the status and body.
+/// One HTTP/1.1 `method path` over `s` with a JSON `body`: the response's status and body.
 async fn http_exchange<S>(
     mut s: S,
     method: &str,
@@ -261,7 +267,7 @@ async fn http_exchange<S>(
     host: &str,
     port: u16,
     body: &str,
-) -> Result<String, String>
+) -> Result<(String, String), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -283,17 +289,14 @@ where
     let (head, body) = out
         .split_once("\r\n\r\n")
         .ok_or("malformed response from the control plane")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        return Err(format!("status {status}: {body}"));
-    }
+    let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Err("unexpected chunked response".into());
+        return Err("unexpected chunked response from the control plane".into());
     }
-    Ok(body.to_string())
+    Ok((status, body.to_string()))
 }
 
 /// Serves `GET /ready`: 200 when Envoy's admin `/ready` says LIVE, 503 otherwise.
