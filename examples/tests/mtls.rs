@@ -486,4 +486,22 @@ async fn split_layout_certificates_come_from_the_sds_port() {
         catalog["apis"]["bootstrap"]["url"],
         format!("http://127.0.0.1:{}", split.bootstrap)
     );
+
+    // SIGTERM with every proxy's ADS and SDS streams open: all of them are ended deliberately,
+    // not cut after the grace period.
+    let mut cp = mesh.cp;
+    common::sigterm(&cp.child);
+    let status = tokio::time::timeout(Duration::from_secs(10), cp.child.wait())
+        .await
+        .expect("standalone stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = cp.lines.next_line().await {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().any(|l| l == "stopped: every connection closed"),
+        "{rest:?}"
+    );
 }

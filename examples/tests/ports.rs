@@ -340,3 +340,36 @@ fn listening_address(pid: u32, port: u16) -> Option<std::net::Ipv4Addr> {
         Some(std::net::Ipv4Addr::from(word.to_le_bytes()))
     })
 }
+
+/// A layout that does not exist, and a split layout whose ports clash, are refused at start
+/// with the flag or key named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_layouts_are_refused_at_start() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_standalone"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--port-layout", "sideways"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--port-layout \"sideways\""),
+        "{out:?}"
+    );
+    let api = free_port().await.to_string();
+    let out = run(
+        &["--port-layout=split"],
+        &[
+            ("KUMA_API_SERVER_HTTP_PORT", api.as_str()),
+            ("KUMA_GUI_SERVER_PORT", api.as_str()),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("guiServer.port") && stderr.contains("already used by apiServer.http.port"),
+        "{stderr}"
+    );
+}
