@@ -1,4 +1,4 @@
-//! `GET /catalog`: where the split port layout's servers are, in Kuma 0.6/1.0's format
+//! `GET /catalog`: where the split port layout's servers are, in Kuma 0.6/0.7's format
 //! (`{"apis": {"bootstrap": {"url"}, "admin": {"localUrl", "publicUrl"}, ...}}`), so that
 //! clients given only the API's address find the bootstrap and admin servers.
 

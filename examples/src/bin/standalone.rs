@@ -5,7 +5,7 @@
 //! standalone migrate up [--config-file <path>]
 //! ```
 //! `--port-layout split` gives SDS, the admin server, the bootstrap server and the GUI ports of
-//! their own, as Kuma 0.6/1.0 did (the `portLayout` key, `KUMA_PORT_LAYOUT`).
+//! their own, as Kuma 0.6/0.7 did (the `portLayout` key, `KUMA_PORT_LAYOUT`).
 //! `migrate up` brings the PostgreSQL schema (`store.type: postgres`) to this binary's version;
 //! `run` refuses a database whose schema is older or newer.
 //! Configuration: defaults, then the file (Kuma's `kuma-cp.defaults.yaml` keys), then `KUMA_*`

@@ -95,7 +95,7 @@ pub enum PortLayout {
     /// Current Kuma: the dp-server port serves ADS, SDS and `/bootstrap` over one TLS port,
     /// and the API port serves the API, the GUI and dataplane tokens.
     Default,
-    /// Kuma 0.6/1.0: SDS ([`SdsServerConfig`]), the admin server ([`AdminServerConfig`]),
+    /// Kuma 0.6/0.7: SDS ([`SdsServerConfig`]), the admin server ([`AdminServerConfig`]),
     /// the plain-HTTP bootstrap server ([`BootstrapServerConfig::port`]) and the GUI
     /// ([`GuiServerConfig`]) each have a port of their own; the dp-server port serves ADS only,
     /// the API port no longer issues tokens, and the HTTPS API is off (its port is the
