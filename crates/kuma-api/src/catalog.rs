@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::ApiState;
 use crate::error::ApiError;
+use crate::{ApiState, request_host};
 
 /// The ports the catalog points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,19 +40,6 @@ impl Catalog {
     }
 }
 
-/// The host part of a `Host` header (`[::1]:5681` -> `[::1]`, `cp:5681` -> `cp`).
-fn request_host(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    match host.rsplit_once(':') {
-        // An IPv6 literal without a port ends with `]`.
-        Some((h, port)) if !port.contains(']') => h.to_string(),
-        _ => host.to_string(),
-    }
-}
-
 pub(crate) async fn catalog(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -68,6 +55,7 @@ pub(crate) async fn catalog(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     #[test]
     fn urls_use_the_host_the_api_was_reached_by() {

@@ -40,6 +40,7 @@ pub mod tokens;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, header};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use kuma_core::manager::ResourceManager;
@@ -242,6 +243,20 @@ fn with_api_layers(router: Router<Arc<ApiState>>, state: Arc<ApiState>) -> Route
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
         .layer(middleware::from_fn(default_scheme))
         .with_state(state)
+}
+
+/// The host a request reached this server by: its `Host` header without the port
+/// (`[::1]:5681` -> `[::1]`, `cp:5681` -> `cp`), `127.0.0.1` when it has none.
+pub fn request_host(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    match host.rsplit_once(':') {
+        // An IPv6 literal without a port ends with `]`.
+        Some((h, port)) if !port.contains(']') => h.to_string(),
+        _ => host.to_string(),
+    }
 }
 
 async fn default_scheme(

@@ -131,17 +131,8 @@ pub async fn handle(
         tracing::warn!(mesh = %dataplane.meta.mesh, name = %dataplane.meta.name, %reason, "refused a bootstrap request");
         return problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason);
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':')
-                .map_or(h, |(host, _)| host)
-                .trim_matches(['[', ']'])
-                .to_string()
-        })
-        .unwrap_or_else(|| "127.0.0.1".to_string());
-    let bootstrap = envoy_bootstrap(&state, &req, &dataplane, &host);
+    let host = kuma_api::request_host(&headers);
+    let bootstrap = envoy_bootstrap(&state, &req, &dataplane, host.trim_matches(['[', ']']));
     let yaml = serde_norway::to_string(&bootstrap).unwrap_or_default();
     let wants_json = headers
         .get(header::ACCEPT)
@@ -244,12 +235,11 @@ fn envoy_bootstrap(
         m.insert("version".into(), req.version.clone());
     }
     // The token goes with every ADS stream, as Kuma's bootstrap sends it.
-    let mut ads_service = json!({"envoy_grpc": {"cluster_name": "ads_cluster"}});
-    if !req.dataplane_token.trim().is_empty() {
-        ads_service["initial_metadata"] =
-            json!([{"key": "authorization", "value": req.dataplane_token.trim()}]);
-    }
     let token = req.dataplane_token.trim();
+    let mut ads_service = json!({"envoy_grpc": {"cluster_name": "ads_cluster"}});
+    if !token.is_empty() {
+        ads_service["initial_metadata"] = json!([{"key": "authorization", "value": token}]);
+    }
     let mut clusters = vec![control_plane_cluster(
         state,
         "ads_cluster",
@@ -380,11 +370,10 @@ fn ads_tls(state: &BootstrapState, xds_host: &str) -> Value {
 /// bootstrap fetched over plain HTTP (the split layout's bootstrap server) cannot point Envoy
 /// at a control plane the agent does not trust. A static cluster without TLS (every static
 /// cluster of a bootstrap reaches the control plane) is refused: over plain HTTP, TLS could
-/// have been stripped. Returns the rewritten bootstrap and how many contexts it pinned.
-pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<(String, usize), String> {
+/// have been stripped. Returns the rewritten bootstrap.
+pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<String, String> {
     let mut bootstrap: Value =
         serde_norway::from_str(yaml).map_err(|e| format!("the bootstrap is not YAML: {e}"))?;
-    let mut pinned = 0;
     if let Some(clusters) = bootstrap
         .pointer_mut("/static_resources/clusters")
         .and_then(Value::as_array_mut)
@@ -400,11 +389,9 @@ pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<(String, usize),
                 ));
             };
             ca.insert("trusted_ca".into(), json!({"inline_string": ca_pem}));
-            pinned += 1;
         }
     }
-    let yaml = serde_norway::to_string(&bootstrap).map_err(|e| e.to_string())?;
-    Ok((yaml, pinned))
+    serde_norway::to_string(&bootstrap).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -431,8 +418,7 @@ mod tests {
         let dp = parse_yaml("type: Dataplane\nmesh: default\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n").unwrap();
         let yaml = serde_norway::to_string(&envoy_bootstrap(&state, &req, &dp, "cp")).unwrap();
         assert_eq!(yaml.matches("SERVED CA").count(), 2, "{yaml}");
-        let (pinned, n) = pin_control_plane_ca(&yaml, "OWN CA").unwrap();
-        assert_eq!(n, 2);
+        let pinned = pin_control_plane_ca(&yaml, "OWN CA").unwrap();
         assert!(!pinned.contains("SERVED CA") && pinned.matches("OWN CA").count() == 2);
         // The SDS cluster carries the token on each request; ADS in its initial metadata.
         let v: Value = serde_norway::from_str(&pinned).unwrap();

@@ -347,16 +347,6 @@ impl ControlPlane {
             ads = ads.with_authenticator(a.clone());
         }
         let ads = ads.into_service();
-        // The split layout's SDS streams: what they deliver counts in the proxy's insight and
-        // the metrics, but its subscription, and its registration, is its ADS stream.
-        let sds_callbacks =
-            kuma_xds::server::DeliveriesOnly((insights, metrics::XdsMetrics(metrics.clone())));
-        let mut sds = AdsServer::new(cache.clone(), Arc::new(sds_callbacks))
-            .with_shutdown(shutdown.subscribe());
-        if let Some(a) = &dp_auth {
-            sds = sds.with_authenticator(a.clone());
-        }
-        let sds = sds.into_service().sds();
         let work_dir = if config.general.work_dir.is_empty() {
             std::env::temp_dir().join(format!("kuma-rs-cp-{}", std::process::id()))
         } else {
@@ -396,7 +386,16 @@ impl ControlPlane {
         // The split layout's SDS port: the secrets service alone, over the same TLS.
         let mut sds_addr = None;
         if split_layout {
-            let router = tonic::service::Routes::new(sds).into_axum_router();
+            // Its streams' deliveries count in the proxy's insight and the metrics, but the
+            // proxy's subscription, and its registration, is its ADS stream.
+            let callbacks =
+                kuma_xds::server::DeliveriesOnly((insights, metrics::XdsMetrics(metrics.clone())));
+            let mut sds = AdsServer::new(cache.clone(), Arc::new(callbacks))
+                .with_shutdown(shutdown.subscribe());
+            if let Some(a) = &dp_auth {
+                sds = sds.with_authenticator(a.clone());
+            }
+            let router = tonic::service::Routes::new(sds.into_service().sds()).into_axum_router();
             let port = config.sds_server.grpc_port;
             sds_addr = Some(
                 ports
@@ -545,44 +544,43 @@ impl ControlPlane {
             ))
         };
         let mut split = None;
-        let api_router =
-            if let (true, Some(sds), Some(bootstrap)) = (split_layout, sds_addr, bootstrap_addr) {
-                // Tokens and secrets on localhost; the GUI with an API that only reads.
-                let router = count_requests(kuma_api::admin_router(api_state(
-                    api.read_only,
-                    Some(token_issuer),
-                    None,
-                )));
-                let port = config.admin_server.local.port;
-                let admin = ports
-                    .http("admin server", "127.0.0.1", port, router)
-                    .await?;
-                let router = count_requests(kuma_api::router(api_state(true, None, None)));
-                let port = config.gui_server.port;
-                let gui = ports.http("GUI server", "0.0.0.0", port, router).await?;
-                split = Some(SplitAddrs {
-                    sds,
-                    admin,
-                    bootstrap,
-                    gui,
-                });
-                let catalog = kuma_api::catalog::Catalog {
-                    bootstrap_port: bootstrap.port(),
-                    admin_port: admin.port(),
-                    mads_port: mads_addr.map(|a| a.port()),
-                };
-                count_requests(kuma_api::router(api_state(
-                    api.read_only,
-                    None,
-                    Some(catalog),
-                )))
-            } else {
-                count_requests(kuma_api::router(api_state(
-                    api.read_only,
-                    Some(token_issuer),
-                    None,
-                )))
+        let api_router = if let (Some(sds), Some(bootstrap)) = (sds_addr, bootstrap_addr) {
+            // Tokens and secrets on localhost; the GUI with an API that only reads.
+            let router = count_requests(kuma_api::admin_router(api_state(
+                api.read_only,
+                Some(token_issuer),
+                None,
+            )));
+            let port = config.admin_server.local.port;
+            let admin = ports
+                .http("admin server", "127.0.0.1", port, router)
+                .await?;
+            let router = count_requests(kuma_api::router(api_state(true, None, None)));
+            let port = config.gui_server.port;
+            let gui = ports.http("GUI server", "0.0.0.0", port, router).await?;
+            split = Some(SplitAddrs {
+                sds,
+                admin,
+                bootstrap,
+                gui,
+            });
+            let catalog = kuma_api::catalog::Catalog {
+                bootstrap_port: bootstrap.port(),
+                admin_port: admin.port(),
+                mads_port: mads_addr.map(|a| a.port()),
             };
+            count_requests(kuma_api::router(api_state(
+                api.read_only,
+                None,
+                Some(catalog),
+            )))
+        } else {
+            count_requests(kuma_api::router(api_state(
+                api.read_only,
+                Some(token_issuer),
+                None,
+            )))
+        };
         let mut api_http_addr = None;
         if api.http.enabled {
             let router = api_router

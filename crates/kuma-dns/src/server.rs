@@ -219,12 +219,9 @@ impl DnsServer {
                 }
                 .unwrap_or_else(|| servfail(&buf));
             }
-            let Ok(len) = u16::try_from(response.len()) else {
+            let Some(framed) = tcp_frame(&response) else {
                 return;
             };
-            let mut framed = Vec::with_capacity(response.len() + 2);
-            framed.extend_from_slice(&len.to_be_bytes());
-            framed.extend_from_slice(&response);
             if stream.write_all(&framed).await.is_err() {
                 return;
             }
@@ -260,11 +257,7 @@ async fn forward_udp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
 async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
     let exchange = async {
         let mut stream = TcpStream::connect(upstream).await.ok()?;
-        let len = u16::try_from(query.len()).ok()?;
-        let mut framed = Vec::with_capacity(query.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(query);
-        stream.write_all(&framed).await.ok()?;
+        stream.write_all(&tcp_frame(query)?).await.ok()?;
         let mut len = [0u8; 2];
         stream.read_exact(&mut len).await.ok()?;
         let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
@@ -275,6 +268,16 @@ async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
         .await
         .ok()
         .flatten()
+}
+
+/// `message` as DNS over TCP sends it: after its length in two bytes (`None` when it does not
+/// fit).
+fn tcp_frame(message: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(message.len()).ok()?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    Some(framed)
 }
 
 /// SERVFAIL for `query`: its header and question as a response with that RCODE (queries

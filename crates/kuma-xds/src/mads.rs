@@ -296,14 +296,6 @@ async fn discovery(
         return refused;
     };
     let mut stop = mads.shutdown.clone();
-    let stopped = async {
-        match stop.as_mut() {
-            Some(s) => {
-                let _ = s.wait_for(|s| *s).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         changed = tokio::time::timeout(wait, rx.changed()) => match changed {
             Ok(Ok(())) => {
@@ -312,7 +304,7 @@ async fn discovery(
             }
             _ => StatusCode::NOT_MODIFIED.into_response(),
         },
-        () = stopped => StatusCode::NOT_MODIFIED.into_response(),
+        () = crate::stream::shutting_down(&mut stop) => StatusCode::NOT_MODIFIED.into_response(),
     }
 }
 
@@ -443,17 +435,17 @@ mod tests {
             let mads = Mads::new().with_max_held(1);
             let version = mads.version();
             let app = router(mads.clone(), Duration::from_secs(30));
-            let poll = || {
-                axum::http::Request::post(format!("{PATH}?fetch-timeout=30s"))
+            let poll = |timeout: &str, version: &str| {
+                axum::http::Request::post(format!("{PATH}?fetch-timeout={timeout}"))
                     .body(axum::body::Body::from(format!(
                         r#"{{"version_info": "{version}"}}"#
                     )))
                     .unwrap()
             };
             // The first poll is held; the second finds no room and is told to come back.
-            let first = tokio::spawn(app.clone().oneshot(poll()));
+            let first = tokio::spawn(app.clone().oneshot(poll("30s", &version)));
             tokio::task::yield_now().await;
-            let second = app.clone().oneshot(poll()).await.unwrap();
+            let second = app.clone().oneshot(poll("30s", &version)).await.unwrap();
             assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(second.headers()[header::RETRY_AFTER], "1");
             // New assignments release the held one, and its slot with it.
@@ -465,18 +457,8 @@ mod tests {
                 type_url: TYPE_URL,
             }]);
             assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
-            let version = mads.version();
-            let app = router(mads, Duration::from_secs(30));
-            let third = app
-                .oneshot(
-                    axum::http::Request::post(format!("{PATH}?fetch-timeout=0"))
-                        .body(axum::body::Body::from(format!(
-                            r#"{{"version_info": "{version}"}}"#
-                        )))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            // Held again (a 503 if the slot had not come back), until its timeout: 304.
+            let third = app.oneshot(poll("50ms", &mads.version())).await.unwrap();
             assert_eq!(third.status(), StatusCode::NOT_MODIFIED);
         });
     }

@@ -108,17 +108,11 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     callbacks.on_stream_open(id, &node_id);
     let mut snapshots = cache.subscribe(&node_id);
     protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
-    let mut outcome = admit(P::type_url(&first), only, &refuse).await;
-    if outcome.is_ok() {
-        outcome = protocol.handle(first).await;
-    }
+    let mut outcome = handle_admitted(&mut protocol, first, only, &refuse).await;
     while outcome.is_ok() {
         outcome = tokio::select! {
             req = req_rx.recv() => match req {
-                Some(Ok(req)) => match admit(P::type_url(&req), only, &refuse).await {
-                    Ok(()) => protocol.handle(req).await,
-                    Err(closed) => Err(closed),
-                },
+                Some(Ok(req)) => handle_admitted(&mut protocol, req, only, &refuse).await,
                 // A request that does not decode ends the stream with the reason.
                 Some(Err(status)) => {
                     let _ = refuse.send(Err(status)).await;
@@ -147,13 +141,15 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     callbacks.on_stream_closed(id, &node_id);
 }
 
-/// Ends the stream with INVALID_ARGUMENT when it serves `only` one type and `type_url` is
-/// another.
-async fn admit<R>(
-    type_url: &str,
+/// Handles `request`, unless the stream serves `only` one type and the request is about
+/// another: then the stream ends with INVALID_ARGUMENT.
+async fn handle_admitted<P: Protocol>(
+    protocol: &mut P,
+    request: P::Request,
     only: Option<&'static str>,
-    refuse: &mpsc::Sender<Result<R, Status>>,
+    refuse: &mpsc::Sender<Result<P::Response, Status>>,
 ) -> Result<(), Closed> {
+    let type_url = P::type_url(&request);
     match only {
         Some(only) if type_url != only => {
             let _ = refuse
@@ -163,12 +159,12 @@ async fn admit<R>(
                 .await;
             Err(Closed)
         }
-        _ => Ok(()),
+        _ => protocol.handle(request).await,
     }
 }
 
 /// Resolves once `shutdown` says so; never without a shutdown signal.
-async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
+pub(crate) async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
     match shutdown {
         Some(rx) => {
             if rx.wait_for(|s| *s).await.is_err() {

@@ -14,9 +14,9 @@
 //! `--cp-address` is the dp-server (`https://host:5678`, the default layout) or, in the split
 //! port layout, the plain-HTTP bootstrap server (`http://host:5682`) or the API
 //! (`http://host:5681`, whose `/catalog` names the bootstrap server, as Kuma 0.x's kuma-dp
-//! found it). Either way Envoy reaches
-//! the control plane over TLS, and with `--ca-cert-file` kuma-dp makes the bootstrap trust that
-//! CA alone (a bootstrap fetched over plain HTTP cannot swap it).
+//! found it). Either way Envoy reaches the control plane over TLS, and with `--ca-cert-file`
+//! kuma-dp makes the bootstrap trust that CA alone (a bootstrap fetched over plain HTTP cannot
+//! swap it).
 //!
 //! Entries of MeshAccessLog's TCP backends reach their collectors through kuma-dp: see
 //! [`access_logs`]. A Dataplane with transparent proxying also gets the DNS proxy on
@@ -411,8 +411,7 @@ async fn run(a: Args) -> Result<ExitCode, String> {
     let ca = (!ca_cert.is_empty()).then_some(ca_cert.as_str());
     let mut bootstrap = post_bootstrap(&cp, ca, &request.to_string()).await?;
     if let Some(ca) = ca {
-        let (pinned, _) = kuma_cp::bootstrap::pin_control_plane_ca(&bootstrap, ca)?;
-        bootstrap = pinned;
+        bootstrap = kuma_cp::bootstrap::pin_control_plane_ca(&bootstrap, ca)?;
     }
 
     let bootstrap_path = dir.join("bootstrap.yaml");
