@@ -5,7 +5,10 @@
 //!   verify is refused with 401 whatever the request.
 //! - Without a token the caller is `mesh-system:anonymous`: it may read, but not write (401), and
 //!   never touch secrets (403).
-//! - Secrets (`Secret`, `GlobalSecret`) are for admins only (the `mesh-system:admin` group).
+//! - Secrets (`Secret`, `GlobalSecret`) are for admins only (`access.static.adminResources`:
+//!   the `mesh-system:admin` user and group by default); so is issuing dataplane tokens
+//!   (`generateDpToken`). The config a proxy is served is for `viewConfigDump` (everyone by
+//!   default, as in Kuma; its private keys are always redacted).
 //! - In read-only mode every write is refused with 405.
 
 use std::net::SocketAddr;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use kuma_core::config::AccessList;
 use kuma_core::resource::ResourceType;
 
 use crate::ApiState;
@@ -111,16 +115,34 @@ pub async fn identify(
     next.run(req).await
 }
 
-/// Whether `rtype` is only for admins.
+/// Whether `rtype` is an admin resource (`access.static.adminResources` guards it).
 pub fn is_admin_resource(rtype: ResourceType) -> bool {
     matches!(rtype, ResourceType::Secret | ResourceType::GlobalSecret)
 }
 
+impl Identity {
+    /// Whether the caller is on `list`.
+    pub fn is_on(&self, list: &AccessList) -> bool {
+        list.allows(&self.name, &self.groups)
+    }
+}
+
 /// May `who` read resources of `rtype`?
-pub fn check_read(who: &Identity, rtype: ResourceType) -> Result<(), ApiError> {
-    if is_admin_resource(rtype) && !who.is_admin() {
+pub fn check_read(state: &ApiState, who: &Identity, rtype: ResourceType) -> Result<(), ApiError> {
+    if is_admin_resource(rtype) && !who.is_on(&state.access.admin_resources) {
         return Err(ApiError::forbidden(format!(
-            "user {:?} cannot access {rtype}: it is for admins only",
+            "user {:?} cannot access {rtype}: it is for admins only (access.static.adminResources)",
+            who.name
+        )));
+    }
+    Ok(())
+}
+
+/// May `who` see the config a proxy is served (`access.static.viewConfigDump`)?
+pub fn check_config_dump(state: &ApiState, who: &Identity) -> Result<(), ApiError> {
+    if !who.is_on(&state.access.view_config_dump) {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} cannot view proxy configs (access.static.viewConfigDump)",
             who.name
         )));
     }
@@ -139,5 +161,5 @@ pub fn check_write(state: &ApiState, who: &Identity, rtype: ResourceType) -> Res
             "writes need a user token (Authorization: Bearer <token>) or a request from localhost",
         ));
     }
-    check_read(who, rtype)
+    check_read(state, who, rtype)
 }

@@ -21,7 +21,7 @@ use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
 use kuma_core::store::ListQuery;
 use serde_json::{Map, Value, json};
 
-use crate::access::{Identity, check_read};
+use crate::access::{Identity, check_config_dump, check_read};
 use crate::error::ApiError;
 use crate::resources::{ensure_mesh, list_query, next_url, page_body};
 use crate::{ApiState, Scheme};
@@ -95,7 +95,7 @@ pub(crate) async fn list_overviews(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_read(&who, ResourceType::Dataplane)?;
+    check_read(&state, &who, ResourceType::Dataplane)?;
     let mut query = list_query(ResourceType::Dataplane, uri.query())?;
     ensure_mesh(&state, &mesh).await?;
     query.mesh = Some(mesh);
@@ -128,7 +128,7 @@ pub(crate) async fn get_overview(
     Extension(who): Extension<Identity>,
     Path((mesh, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    check_read(&who, ResourceType::Dataplane)?;
+    check_read(&state, &who, ResourceType::Dataplane)?;
     ensure_mesh(&state, &mesh).await?;
     let dp = state
         .manager
@@ -146,7 +146,7 @@ pub(crate) async fn proxy_config(
     Path((mesh, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     const CONFIG_TITLE: &str = "Could not inspect the proxy config";
-    check_read(&who, ResourceType::Dataplane)?;
+    check_config_dump(&state, &who)?;
     ensure_mesh(&state, &mesh).await?;
     state
         .manager

@@ -28,6 +28,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod body;
 pub mod catalog;
 pub mod diagnostics;
 pub mod error;
@@ -104,6 +105,8 @@ pub struct ApiState {
     pub dataplane_tokens: Option<Arc<dyn tokens::DataplaneTokenIssuer>>,
     /// Where the split layout's servers are (`GET /catalog`); without it that route is 404.
     pub catalog: Option<catalog::Catalog>,
+    /// Who may do the guarded actions (`access.static`).
+    pub access: kuma_core::config::StaticAccessConfig,
 }
 
 impl ApiState {
@@ -119,6 +122,7 @@ impl ApiState {
             proxy_configs: None,
             dataplane_tokens: None,
             catalog: None,
+            access: kuma_core::config::StaticAccessConfig::default(),
         }
     }
 }
@@ -241,6 +245,7 @@ fn with_api_layers(router: Router<Arc<ApiState>>, state: Arc<ApiState>) -> Route
             access::identify,
         ))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
+        .layer(middleware::from_fn(body::reject_oversized))
         .layer(middleware::from_fn(default_scheme))
         .with_state(state)
 }

@@ -49,7 +49,7 @@ async fn load(
     mesh: &str,
     name: &str,
 ) -> Result<(Resource, Vec<ProxyRules>), ApiError> {
-    check_read(who, ResourceType::Dataplane)?;
+    check_read(state, who, ResourceType::Dataplane)?;
     ensure_mesh(state, mesh).await?;
     let dp = state
         .manager
@@ -175,8 +175,8 @@ pub(crate) async fn policy_dataplanes(
     let rtype = ResourceType::from_collection(&collection)
         .filter(|t| t.is_policy() && t.scope() == Scope::Mesh)
         .ok_or_else(|| ApiError::not_found(format!("no policy collection {collection:?}")))?;
-    check_read(&who, rtype)?;
-    check_read(&who, ResourceType::Dataplane)?;
+    check_read(&state, &who, rtype)?;
+    check_read(&state, &who, ResourceType::Dataplane)?;
     ensure_mesh(&state, &mesh).await?;
     let policy = state
         .manager

@@ -14,11 +14,15 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kuma_core::resource::{ParseError, Resource, ResourceKey, ResourceType, Scope, parse_yaml};
-use kuma_core::store::{GatewayFilter, ListQuery};
+use kuma_core::manager::{Applied, ManagerError};
+use kuma_core::resource::{
+    MAX_DOCUMENT_BYTES, ParseError, Resource, ResourceKey, ResourceType, Scope,
+};
+use kuma_core::store::{GatewayFilter, ListQuery, StoreError};
 use kuma_core::validation::ValidationError;
 use serde_json::{Value, json};
 
@@ -139,7 +143,7 @@ async fn list(
     headers: &HeaderMap,
     uri: &axum::http::Uri,
 ) -> Result<Response, ApiError> {
-    check_read(who, rtype)?;
+    check_read(state, who, rtype)?;
     let mut query = list_query(rtype, uri.query())?;
     if let Some(mesh) = &mesh {
         ensure_mesh(state, mesh).await?;
@@ -173,7 +177,7 @@ fn etag(r: &Resource) -> Option<HeaderValue> {
 }
 
 async fn get(state: &ApiState, who: &Identity, key: ResourceKey) -> Result<Response, ApiError> {
-    check_read(who, key.rtype)?;
+    check_read(state, who, key.rtype)?;
     let r = state
         .manager
         .get(&key)
@@ -186,11 +190,15 @@ async fn get(state: &ApiState, who: &Identity, key: ResourceKey) -> Result<Respo
     Ok(response)
 }
 
-fn parse_body(body: &str) -> Result<Resource, ApiError> {
-    parse_yaml(body).map_err(|e| match e {
-        ParseError::Invalid(v) => ApiError::invalid(PUT_TITLE, &v),
-        other => ApiError::new(StatusCode::BAD_REQUEST, PUT_TITLE, other.to_string()),
-    })
+/// The resource in a `PUT`'s body, read and parsed only now that the caller may write.
+async fn parse_body(headers: &HeaderMap, body: Body) -> Result<Resource, ApiError> {
+    let bytes = crate::body::read(body, MAX_DOCUMENT_BYTES).await?;
+    crate::body::parse_resource(bytes, crate::body::is_json(headers))
+        .await
+        .map_err(|e| match e {
+            ParseError::Invalid(v) => ApiError::invalid(PUT_TITLE, &v),
+            other => ApiError::new(StatusCode::BAD_REQUEST, PUT_TITLE, other.to_string()),
+        })
 }
 
 /// The version an `If-Match` header asks for (`None`: unconditional).
@@ -225,11 +233,11 @@ async fn put(
     who: &Identity,
     key: ResourceKey,
     headers: &HeaderMap,
-    body: &str,
+    body: Body,
 ) -> Result<Response, ApiError> {
     check_write(state, who, key.rtype)?;
     check_writable(key.rtype)?;
-    let mut resource = parse_body(body)?;
+    let mut resource = parse_body(headers, body).await?;
     let mut err = ValidationError::new();
     if resource.rtype() != key.rtype {
         err.add(
@@ -256,41 +264,40 @@ async fn put(
     if !err.is_empty() {
         return Err(ApiError::invalid(PUT_TITLE, &err));
     }
-    let expected = if_match(headers);
-    let current = match state.manager.get(&key).await {
-        Ok(r) => Some(r),
-        Err(kuma_core::manager::ManagerError::Store(kuma_core::store::StoreError::NotFound(_))) => {
-            None
-        }
-        Err(e) => return Err(ApiError::from_manager(PUT_TITLE, e)),
-    };
-    let (status, written) = match current {
-        Some(current) => {
-            resource.meta.version = match expected {
-                Some(v) => kuma_core::resource::Version(v),
-                None => current.meta.version,
+    let (status, written) = match if_match(headers) {
+        // Without If-Match the last writer wins: the manager retries a write that raced
+        // another.
+        None => {
+            let (written, applied) = state
+                .manager
+                .apply(resource)
+                .await
+                .map_err(|e| ApiError::from_manager(PUT_TITLE, e))?;
+            let status = match applied {
+                Applied::Created => StatusCode::CREATED,
+                Applied::Updated => StatusCode::OK,
             };
+            (status, written)
+        }
+        Some(expected) => {
+            match state.manager.get(&key).await {
+                Ok(_) => {}
+                Err(ManagerError::Store(StoreError::NotFound(_))) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!("{key} does not exist: If-Match cannot hold"),
+                    ));
+                }
+                Err(e) => return Err(ApiError::from_manager(PUT_TITLE, e)),
+            }
+            resource.meta.version = kuma_core::resource::Version(expected);
             let written = state
                 .manager
                 .update(resource)
                 .await
                 .map_err(|e| ApiError::from_manager(PUT_TITLE, e))?;
             (StatusCode::OK, written)
-        }
-        None if expected.is_some() => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("{key} does not exist: If-Match cannot hold"),
-            ));
-        }
-        None => {
-            let written = state
-                .manager
-                .create(resource)
-                .await
-                .map_err(|e| ApiError::from_manager(PUT_TITLE, e))?;
-            (StatusCode::CREATED, written)
         }
     };
     let mut response = (status, Json(json!({"warnings": []}))).into_response();
@@ -381,7 +388,7 @@ pub(crate) async fn put_in_mesh(
     Extension(who): Extension<Identity>,
     Path((mesh, collection, name)): Path<(String, String, String)>,
     headers: HeaderMap,
-    body: String,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let rtype = resolve(&collection, Some(Scope::Mesh))?;
     put(
@@ -389,7 +396,7 @@ pub(crate) async fn put_in_mesh(
         &who,
         ResourceKey::new(rtype, &mesh, &name),
         &headers,
-        &body,
+        body,
     )
     .await
 }
@@ -400,7 +407,7 @@ pub(crate) async fn put_global(
     Extension(who): Extension<Identity>,
     Path((collection, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: String,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let rtype = resolve(&collection, Some(Scope::Global))?;
     put(
@@ -408,7 +415,7 @@ pub(crate) async fn put_global(
         &who,
         ResourceKey::global(rtype, &name),
         &headers,
-        &body,
+        body,
     )
     .await
 }

@@ -58,9 +58,9 @@ pub(crate) async fn issue_dataplane_token(
     Extension(who): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if !who.is_admin() {
+    if !who.is_on(&state.access.generate_dp_token) {
         return Err(ApiError::forbidden(format!(
-            "user {:?} may not generate dataplane tokens (admins only)",
+            "user {:?} may not generate dataplane tokens (access.static.generateDpToken)",
             who.name
         )));
     }
@@ -98,6 +98,22 @@ pub(crate) async fn issue_dataplane_token(
         }
         d.get()
     };
+    // Before anything else: a mesh's first token makes its signing key, which is costly.
+    let mesh = kuma_core::resource::ResourceKey::global(
+        kuma_core::resource::ResourceType::Mesh,
+        &request.mesh,
+    );
+    match state.manager.get(&mesh).await {
+        Ok(_) => {}
+        Err(kuma_core::manager::ManagerError::Store(kuma_core::store::StoreError::NotFound(_))) => {
+            return Err(ApiError::bad_field(
+                TITLE,
+                "mesh",
+                format!("mesh {:?} does not exist", request.mesh),
+            ));
+        }
+        Err(e) => return Err(ApiError::from_manager(TITLE, e)),
+    }
     let token = issuer
         .issue(&request, valid_for)
         .await

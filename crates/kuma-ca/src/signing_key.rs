@@ -196,7 +196,10 @@ impl SigningKeys {
             Err(TokenError::SigningKeyNotFound { .. }) => {}
             Err(e) => return Err(e),
         }
-        let pem = SigningKey::generate_pem()?;
+        // RSA key generation takes a fraction of a second: not on an async worker.
+        let pem = tokio::task::spawn_blocking(SigningKey::generate_pem)
+            .await
+            .map_err(|e| TokenError::Key(format!("key generation did not finish: {e}")))??;
         let data = SecretSpec::from_bytes(pem.as_bytes());
         let name = secret_name(&self.prefix, DEFAULT_KEY_ID);
         let secret = match &self.mesh {

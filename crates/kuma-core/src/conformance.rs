@@ -9,7 +9,9 @@
 //!
 //! Each check gets a fresh, empty store from the factory and panics with a message naming the
 //! broken guarantee: CRUD, optimistic versions, ownership cascade, paging, filters, the change
-//! stream (order and completeness), and concurrent writers losing nothing.
+//! stream (order and completeness), concurrent writers losing nothing, and unconditional writes
+//! through [`ResourceManager::apply`](crate::manager::ResourceManager::apply) never failing
+//! for a race.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -41,6 +43,7 @@ where
     filters(new_store().await).await;
     events(new_store().await).await;
     concurrent_writers(new_store().await).await;
+    unconditional_writes(new_store().await).await;
 }
 
 fn mesh(name: &str) -> Resource {
@@ -543,4 +546,39 @@ async fn concurrent_writers(store: Arc<dyn ResourceStore>) {
         }
         last = Some(e.revision);
     }
+}
+
+/// Concurrent unconditional writes (`PUT` without `If-Match`) of one resource all succeed: the
+/// manager retries those that raced, and the last writer wins.
+async fn unconditional_writes(store: Arc<dyn ResourceStore>) {
+    use crate::manager::{ManagerOptions, ResourceManager};
+    const WRITES: usize = 40;
+    let manager = ResourceManager::new(store, ManagerOptions::default());
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let manager = manager.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..WRITES {
+                let value = format!("{writer}-{i}");
+                if let Err(e) = manager.apply(config("contended", &value)).await {
+                    panic!("unconditional write {value} failed: {e}");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let stored = manager
+        .get(&ResourceKey::global(ResourceType::Config, "contended"))
+        .await
+        .expect("the resource exists");
+    let Some(spec) = stored.spec_as::<ConfigSpec>() else {
+        panic!("a Config");
+    };
+    assert!(
+        spec.config.ends_with(&format!("-{}", WRITES - 1)),
+        "the last write of some writer wins, got {:?}",
+        spec.config
+    );
 }

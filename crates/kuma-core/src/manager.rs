@@ -167,8 +167,28 @@ impl ResourceManager {
         Ok(self.store.update(resource).await?)
     }
 
-    /// Creates the resource, or replaces the current one whatever its version (Kuma's `PUT`).
-    pub async fn apply(&self, mut resource: Resource) -> Result<(Resource, Applied), ManagerError> {
+    /// Creates the resource, or replaces the current one whatever its version (Kuma's `PUT`
+    /// without `If-Match`: the last writer wins). A write that races another one (a version
+    /// conflict, a create that lost to another create, an update whose resource was just
+    /// deleted) is retried, up to [`APPLY_ATTEMPTS`] times with a short random pause.
+    pub async fn apply(&self, resource: Resource) -> Result<(Resource, Applied), ManagerError> {
+        let key = resource.key();
+        let mut attempt = 1;
+        loop {
+            match self.apply_once(resource.clone()).await {
+                Err(ManagerError::Store(e)) if attempt < APPLY_ATTEMPTS && raced(&e, &key) => {
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn apply_once(
+        &self,
+        mut resource: Resource,
+    ) -> Result<(Resource, Applied), ManagerError> {
         match self.store.get(&resource.key()).await {
             Err(StoreError::NotFound(_)) => Ok((self.create(resource).await?, Applied::Created)),
             Err(e) => Err(e.into()),
@@ -226,6 +246,31 @@ impl ResourceManager {
             Err(e) => Err(e),
         }
     }
+}
+
+/// How many times [`ResourceManager::apply`] tries a write that keeps racing others.
+pub const APPLY_ATTEMPTS: u32 = 100;
+
+/// Whether `e`, from writing `key`, means another writer got there first.
+fn raced(e: &StoreError, key: &ResourceKey) -> bool {
+    match e {
+        StoreError::Conflict { .. } | StoreError::AlreadyExists(_) => true,
+        StoreError::NotFound(k) => k == key,
+        _ => false,
+    }
+}
+
+/// A pause before retry `attempt`: random, up to 0.2 ms per attempt so far (at most 5 ms),
+/// so that writers that collided do not collide again in step.
+fn retry_pause(attempt: u32) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    // Mix the clock's low bits so that consecutive calls do not pause alike.
+    let random = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    let ceiling_us = u64::from(attempt.min(25)) * 200;
+    std::time::Duration::from_micros(random % ceiling_us.max(1))
 }
 
 fn set_zone_tag(dp: &mut DataplaneSpec, zone: &str) {

@@ -3,7 +3,8 @@
 
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::resource::{
-    MAX_DOCUMENT_BYTES, ParseError, Resource, ResourceType, parse_documents, parse_json, parse_yaml,
+    MAX_DOCUMENT_BYTES, MAX_NESTING, ParseError, Resource, ResourceType, parse_documents,
+    parse_json, parse_yaml,
 };
 use serde_json::Value;
 
@@ -461,4 +462,37 @@ fn prometheus_endpoint_merges_the_dataplanes_settings_over_the_mesh() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     assert_eq!(tags, [("env", "prod"), ("team", "a")]);
+}
+
+#[test]
+fn deep_nesting_is_refused_before_the_yaml_parser_sees_it() {
+    // 240 KB of nested flow maps held the YAML parser for tens of seconds (its time grows
+    // with the square of the depth); the scan refuses them in one pass.
+    for body in ["{a: ".repeat(60_000), "[".repeat(240_000)] {
+        match parse_yaml(&body) {
+            Err(ParseError::TooDeep { limit, line }) => {
+                assert_eq!((limit, line), (MAX_NESTING, 1));
+            }
+            other => panic!("expected TooDeep, got {other:?}"),
+        }
+        assert!(matches!(
+            parse_documents(&body),
+            Err(ParseError::TooDeep { .. })
+        ));
+    }
+    // JSON goes to the JSON parser, which stops at its own depth limit.
+    let json = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    let err = parse_yaml(&json).expect_err("too deep");
+    assert!(err.to_string().contains("128"), "{err}");
+    // Within the limit, and with brackets in strings, documents parse as before.
+    let ok = parse_yaml(
+        "type: Mesh\nname: m\nlabels: {a: \"[[[[\", b: \"]]]]\"}\nmtls: {backends: []}\n",
+    )
+    .expect("a mesh");
+    assert_eq!(ok.meta.labels["a"], "[[[[");
+    // Flow-style YAML that starts like JSON is still YAML.
+    let flow = parse_yaml("{type: Mesh, name: flow}").expect("flow YAML");
+    assert_eq!(flow.meta.name, "flow");
+    let json = parse_yaml(r#"{"type": "Mesh", "name": "json"}"#).expect("JSON");
+    assert_eq!(json.meta.name, "json");
 }

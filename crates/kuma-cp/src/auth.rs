@@ -10,6 +10,7 @@ use kuma_core::resource::{Resource, ResourceKey, ResourceType};
 use crate::lifecycle::node_dataplane;
 
 use kuma_api::access::{AUTHENTICATED_GROUP, Identity, UserTokenValidator};
+use kuma_ca::dataplane_token::DataplaneIdentity;
 use kuma_ca::user_token::UserTokens;
 
 /// Verifies bearer tokens with [`UserTokens`]; every verified user is also in
@@ -74,6 +75,13 @@ impl DataplaneTokenAuthenticator {
 
     /// Whether `token` lets `dataplane` run; the error says why not (never the token).
     pub async fn admit(&self, token: &str, dataplane: &Resource) -> Result<(), String> {
+        Self::matches(&self.verify(token).await?, dataplane)
+    }
+
+    /// What `token` grants, if it is a dataplane token that verifies now (signature, times,
+    /// revocation); the error says why not (never the token). Needs no Dataplane, so callers
+    /// check the token before they parse anything else the caller sent.
+    pub async fn verify(&self, token: &str) -> Result<DataplaneIdentity, String> {
         let token = token.trim();
         let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
         if token.is_empty() {
@@ -93,6 +101,11 @@ impl DataplaneTokenAuthenticator {
                 identity.kind
             ));
         }
+        Ok(identity)
+    }
+
+    /// Whether a verified `identity` lets `dataplane` run.
+    pub fn matches(identity: &DataplaneIdentity, dataplane: &Resource) -> Result<(), String> {
         identity
             .admits(dataplane)
             .map_err(|e| format!("the dataplane token does not match: {e}"))
@@ -126,6 +139,15 @@ impl kuma_xds::server::StreamAuthenticator for DataplaneTokenAuthenticator {
             .dataplane_of(node)
             .await
             .map_err(tonic::Status::permission_denied)?;
+        // The stream is served the snapshot of `node.id`: it must be the Dataplane the token
+        // is checked against, or a token for one proxy would fetch another's config.
+        let expected = kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name);
+        if node.id != expected {
+            return Err(tonic::Status::permission_denied(format!(
+                "node.id {:?} does not name the Dataplane in the node metadata ({expected:?})",
+                node.id
+            )));
+        }
         let token = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())

@@ -8,10 +8,11 @@ use kuma_core::config::BootstrapParams;
 use kuma_core::manager::ResourceManager;
 use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::dataplane::DataplaneSpec;
-use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_yaml};
+use kuma_core::resource::{Resource, ResourceKey, ResourceType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::DataplaneTokenAuthenticator;
 use crate::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT, WORKDIR};
 
 /// The body kuma-dp sends.
@@ -74,13 +75,17 @@ fn problem(status: StatusCode, title: &str, detail: String) -> Response {
         .into_response()
 }
 
-/// Handles `POST /bootstrap`.
+/// Handles `POST /bootstrap`: the request is JSON (read by the JSON parser); its token is
+/// checked before the Dataplane it carries is parsed, and whether its mesh exists is told
+/// only to a caller whose token verifies. Parsing runs off the async workers.
 pub async fn handle(
     State(state): State<BootstrapState>,
     headers: HeaderMap,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Response {
-    let req: BootstrapRequest = match serde_json::from_str(&body) {
+    let parsed =
+        kuma_api::body::off_worker(move || serde_json::from_slice::<BootstrapRequest>(&body)).await;
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             return problem(
@@ -100,7 +105,18 @@ pub async fn handle(
             ),
         );
     }
-    let dataplane = match dataplane_of(&req) {
+    let refuse = |reason: String| {
+        tracing::warn!(mesh = %req.mesh, name = %req.name, %reason, "refused a bootstrap request");
+        problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason)
+    };
+    let identity = match &state.dp_auth {
+        Some(auth) => match auth.verify(&req.dataplane_token).await {
+            Ok(identity) => Some(identity),
+            Err(reason) => return refuse(reason),
+        },
+        None => None,
+    };
+    let dataplane = match dataplane_of(&req).await {
         Ok(dp) => dp,
         Err(e) => {
             return problem(
@@ -117,6 +133,11 @@ pub async fn handle(
             e.to_string(),
         );
     }
+    if let Some(identity) = &identity
+        && let Err(reason) = DataplaneTokenAuthenticator::matches(identity, &dataplane)
+    {
+        return refuse(reason);
+    }
     let mesh_key = ResourceKey::global(ResourceType::Mesh, &dataplane.meta.mesh);
     if state.manager.get(&mesh_key).await.is_err() {
         return problem(
@@ -124,12 +145,6 @@ pub async fn handle(
             "Not Found",
             format!("mesh {:?} does not exist", dataplane.meta.mesh),
         );
-    }
-    if let Some(auth) = &state.dp_auth
-        && let Err(reason) = auth.admit(&req.dataplane_token, &dataplane).await
-    {
-        tracing::warn!(mesh = %dataplane.meta.mesh, name = %dataplane.meta.name, %reason, "refused a bootstrap request");
-        return problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason);
     }
     let host = kuma_api::request_host(&headers);
     let bootstrap = envoy_bootstrap(&state, &req, &dataplane, host.trim_matches(['[', ']']));
@@ -153,13 +168,16 @@ pub async fn handle(
     }
 }
 
-fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, String> {
+async fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, String> {
     if req.dataplane_resource.is_empty() {
         return Err(
             "dataplaneResource: must be defined (universal proxies send their Dataplane)".into(),
         );
     }
-    let mut dp = parse_yaml(&req.dataplane_resource).map_err(|e| e.to_string())?;
+    let text = axum::body::Bytes::from(req.dataplane_resource.clone());
+    let mut dp = kuma_api::body::parse_resource(text, false)
+        .await
+        .map_err(|e| format!("dataplaneResource: {e}"))?;
     if dp.rtype() != ResourceType::Dataplane {
         return Err(format!(
             "dataplaneResource: expected a Dataplane, got {}",
@@ -415,7 +433,7 @@ mod tests {
             dataplane_token: "TOKEN".into(),
             ..Default::default()
         };
-        let dp = parse_yaml("type: Dataplane\nmesh: default\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n").unwrap();
+        let dp = kuma_core::resource::parse_yaml("type: Dataplane\nmesh: default\nname: dp-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n").unwrap();
         let yaml = serde_norway::to_string(&envoy_bootstrap(&state, &req, &dp, "cp")).unwrap();
         assert_eq!(yaml.matches("SERVED CA").count(), 2, "{yaml}");
         let pinned = pin_control_plane_ca(&yaml, "OWN CA").unwrap();

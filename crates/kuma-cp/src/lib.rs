@@ -534,6 +534,7 @@ impl ControlPlane {
                     proxy_configs: Some(Arc::new(inspect::CacheInspector(cache.clone()))),
                     dataplane_tokens,
                     catalog,
+                    access: config.access.static_access.clone(),
                     ..kuma_api::ApiState::new(manager.clone(), info.clone())
                 })
             };

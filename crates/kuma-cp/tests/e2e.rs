@@ -185,16 +185,19 @@ async fn envoy_data_path_through_generated_config() {
         "no plaintext"
     );
 
-    // Bootstrap errors.
+    // Bootstrap errors. The token is checked before anything else the request carries: a
+    // caller without one learns neither whether the mesh exists nor what is wrong with its
+    // Dataplane.
     assert_eq!(post_bootstrap(cp_port, ca, "{not json").await.0, 400);
     let unknown_mesh = serde_json::json!({"mesh": "nope", "name": "x", "dataplaneResource": dataplane("x", 1, 2, "s", None).replace("mesh: default", "mesh: nope")});
-    assert_eq!(
-        post_bootstrap(cp_port, ca, &unknown_mesh.to_string())
-            .await
-            .0,
-        404
-    );
+    let (status, body) = post_bootstrap(cp_port, ca, &unknown_mesh.to_string()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("nope"), "{body}");
     let invalid = serde_json::json!({"mesh": "default", "name": "x", "dataplaneResource": dataplane("x", 0, 2, "s", None)});
+    let (status, body) = post_bootstrap(cp_port, ca, &invalid.to_string()).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("inbound"), "{body}");
+    let invalid = serde_json::json!({"mesh": "default", "name": "x", "dataplaneResource": dataplane("x", 0, 2, "s", None), "dataplaneToken": token(&cp, "x").await});
     let (status, body) = post_bootstrap(cp_port, ca, &invalid.to_string()).await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("networking.inbound[0].port"), "{body}");

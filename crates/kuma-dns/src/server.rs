@@ -3,7 +3,8 @@
 //! UDP is served by one thread per core, each with its own socket on the same port
 //! (`SO_REUSEPORT`: the kernel spreads the queries), reading, answering and sending in place.
 //! TCP connections carry length-prefixed queries until the client closes them or stays idle
-//! for 10 s; at most 256 connections are served at once. The zone is swapped whole
+//! for 10 s (1 s once more than half the slots are taken); at most 256 connections are served
+//! at once, and at most 16 per client address, so one client cannot take them all. The zone is swapped whole
 //! ([`DnsServer::set_zone`]) when VIPs change; a query sees one zone from start to end, and
 //! threads pick up a new zone through a generation counter, without sharing a reference count
 //! per query.
@@ -27,9 +28,14 @@ use tokio::sync::{Semaphore, watch};
 use crate::zone::{Transport, Zone};
 
 /// How long a TCP connection may wait for its next query.
-const TCP_IDLE: Duration = Duration::from_secs(10);
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How long it may wait once more than half of [`TCP_CONNECTIONS`] are taken (RFC 7766 asks
+/// servers under pressure to close idle connections sooner).
+pub const TCP_IDLE_BUSY: Duration = Duration::from_secs(1);
 /// TCP connections served at once.
-const TCP_CONNECTIONS: usize = 256;
+pub const TCP_CONNECTIONS: usize = 256;
+/// TCP connections one client address may hold at once.
+pub const TCP_PER_CLIENT: usize = 16;
 
 /// How often a UDP thread looks whether the server is stopping.
 const UDP_POLL: Duration = Duration::from_millis(250);
@@ -176,38 +182,37 @@ impl DnsServer {
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+        let slots = Arc::new(TcpSlots::default());
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok((s, _)) => s,
+                    Ok(accepted) => accepted,
                     Err(_) => continue,
                 },
                 _ = shutdown.wait_for(|s| *s) => return,
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                continue; // full: the connection is closed right away
+            // Full, or this client holds its share: the connection is closed right away.
+            let Some(slot) = slots.take(peer.ip()) else {
+                continue;
             };
             let server = self.clone();
             tokio::spawn(async move {
-                server.serve_connection(stream).await;
-                drop(permit);
+                server.serve_connection(stream, &slot).await;
+                drop(slot);
             });
         }
     }
 
-    async fn serve_connection(&self, mut stream: TcpStream) {
+    async fn serve_connection(&self, mut stream: TcpStream, slot: &TcpSlot) {
         let mut buf = Vec::new();
         loop {
             let mut len = [0u8; 2];
-            match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
-                Ok(Ok(_)) => {}
-                _ => return,
+            if !read_within(&mut stream, &mut len, slot).await {
+                return;
             }
             buf.resize(usize::from(u16::from_be_bytes(len)), 0);
-            match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await {
-                Ok(Ok(_)) => {}
-                _ => return,
+            if !read_within(&mut stream, &mut buf, slot).await {
+                return;
             }
             let Some(mut response) = self.zone().answer(&buf, Transport::Tcp) else {
                 continue;
@@ -227,6 +232,85 @@ impl DnsServer {
             }
         }
     }
+}
+
+/// The TCP connections in use: in all, and per client address.
+#[derive(Default)]
+struct TcpSlots {
+    by_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+impl TcpSlots {
+    /// A slot for a connection from `client`, unless the server or the client is at its limit.
+    fn take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<TcpSlot> {
+        let mut by_client = self.by_client.lock().unwrap_or_else(|p| p.into_inner());
+        let held = by_client.entry(client).or_default();
+        if *held >= TCP_PER_CLIENT || self.open.load(Ordering::Relaxed) >= TCP_CONNECTIONS {
+            return None;
+        }
+        *held += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(TcpSlot {
+            slots: self.clone(),
+            client,
+        })
+    }
+
+    /// How long a connection may wait for data now.
+    fn idle_allowance(&self) -> Duration {
+        if self.open.load(Ordering::Relaxed) > TCP_CONNECTIONS / 2 {
+            TCP_IDLE_BUSY
+        } else {
+            TCP_IDLE
+        }
+    }
+}
+
+/// One connection's place; given back when dropped.
+struct TcpSlot {
+    slots: Arc<TcpSlots>,
+    client: std::net::IpAddr,
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut by_client = self
+            .slots
+            .by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = by_client.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                by_client.remove(&self.client);
+            }
+        }
+        self.slots.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Fills `buf` from `stream` unless the client takes longer than the idle allowance, which
+/// is looked at again every second: a connection already waiting is closed sooner once the
+/// server comes under pressure. False when the connection is done (closed, failed, too slow).
+async fn read_within(stream: &mut TcpStream, buf: &mut [u8], slot: &TcpSlot) -> bool {
+    let started = tokio::time::Instant::now();
+    let mut got = 0;
+    while got < buf.len() {
+        let deadline = started + slot.slots.idle_allowance();
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        let step = (deadline - now).min(Duration::from_secs(1));
+        // `read` is cancel-safe: a timed-out read has taken nothing.
+        match tokio::time::timeout(step, stream.read(&mut buf[got..])).await {
+            Ok(Ok(0) | Err(_)) => return false,
+            Ok(Ok(n)) => got += n,
+            Err(_) => {}
+        }
+    }
+    true
 }
 
 /// Sends `query` to `upstream` over UDP from a fresh socket and returns its reply.

@@ -294,3 +294,93 @@ fn random_and_mutated_packets_never_panic() {
         "most packets with a header get an answer: {answered}"
     );
 }
+
+/// A TCP connection to `server` from the loopback address `from` (127.0.0.0/8 is all
+/// loopback, so each address is a different client).
+async fn tcp_from(from: &str, server: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Whether the server has closed `stream` (a read sees the end) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_tcp_connection() {
+    use kuma_dns::server::{TCP_CONNECTIONS, TCP_IDLE, TCP_PER_CLIENT};
+    let addr = serve(zone()).await;
+    // One client opens more connections than its share and sends nothing.
+    let mut held = Vec::new();
+    for _ in 0..TCP_PER_CLIENT + 4 {
+        held.push(tcp_from("127.0.0.2", addr).await);
+    }
+    for (i, stream) in held.iter_mut().enumerate().skip(TCP_PER_CLIENT) {
+        assert!(
+            closed_within(stream, Duration::from_secs(2)).await,
+            "connection {i} beyond the client's share is closed at once"
+        );
+    }
+    // Meanwhile another client's queries over TCP are answered.
+    let dig = Command::new("dig")
+        .args(["-b", "127.0.0.3", &format!("@{}", addr.ip())])
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            "+tcp",
+            "+short",
+            "backend.mesh",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "240.0.0.1");
+    for stream in held.iter_mut().take(TCP_PER_CLIENT) {
+        assert!(
+            !closed_within(stream, Duration::from_millis(10)).await,
+            "the client's share stays open while the server is not under pressure"
+        );
+    }
+
+    // Many clients together take more than half the slots: idle connections, those already
+    // waiting included, are closed after TCP_IDLE_BUSY instead of TCP_IDLE, until no more
+    // than half are taken.
+    let clients = TCP_CONNECTIONS / 2 / TCP_PER_CLIENT + 1;
+    let mut crowd = Vec::new();
+    for c in 0..clients {
+        for _ in 0..TCP_PER_CLIENT {
+            crowd.push(tcp_from(&format!("127.0.1.{}", c + 1), addr).await);
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut closed = 0;
+    for stream in held.iter_mut().take(TCP_PER_CLIENT).chain(crowd.iter_mut()) {
+        if closed_within(stream, (TCP_IDLE / 2).saturating_sub(started.elapsed())).await {
+            closed += 1;
+        }
+    }
+    let open = TCP_PER_CLIENT + crowd.len() - closed;
+    assert!(
+        closed >= TCP_PER_CLIENT && open <= TCP_CONNECTIONS / 2,
+        "{closed} idle connections closed in {:?} under pressure, {open} left",
+        started.elapsed()
+    );
+    let dig = Command::new("dig")
+        .args(["-b", "127.0.0.3", &format!("@{}", addr.ip())])
+        .args([
+            "-p",
+            &addr.port().to_string(),
+            "+tcp",
+            "+short",
+            "backend.mesh",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "240.0.0.1");
+}

@@ -6,8 +6,10 @@
 //! other than type and mesh run on the decoded documents, so labels need no column), and a
 //! one-row revision counter, so versions are revisions and survive restarts. The file is
 //! migrated when the store opens (one node owns it); a file written by a newer binary is
-//! refused. One connection serves every operation on a blocking thread; writes are
-//! transactions, and their events are broadcast in commit order while the connection is held.
+//! refused, and so is a file another store has open (`<file>.lock` is locked while a store is
+//! open, and names its holder). One connection serves every operation on a blocking thread;
+//! writes are transactions, and their events are broadcast in commit order while the
+//! connection is held.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -67,12 +69,80 @@ pub enum SqliteError {
         /// This build's.
         expected: i64,
     },
+    /// Another control plane has the file open.
+    #[error(
+        "SQLite store {path} is in use by another control plane ({holder}): only one control plane may use a file (several instances need PostgreSQL)"
+    )]
+    InUse {
+        /// The file.
+        path: PathBuf,
+        /// Who holds it, as it wrote in the lock file (process id, host, since when).
+        holder: String,
+    },
 }
 
 /// Resources in an SQLite file. See the module documentation.
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     events: broadcast::Sender<StoreEvent>,
+    /// `<file>.lock`, locked exclusively while the store is open (the kernel drops the lock
+    /// when the process dies, however it dies).
+    _lock: std::fs::File,
+}
+
+/// The lock file of the store at `path`: `kuma.db` -> `kuma.db.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the lock of the store at `path` and writes who holds it into the lock file; a lock
+/// held elsewhere is refused, naming its holder.
+fn lock(path: &Path) -> Result<std::fs::File, SqliteError> {
+    use std::io::{Read, Seek, Write};
+    let lock_file = lock_path(path);
+    let open_err = |e: std::io::Error| SqliteError::Open {
+        path: path.to_path_buf(),
+        message: format!("lock file {}: {e}", lock_file.display()),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_file)
+        .map_err(open_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(SqliteError::InUse {
+                path: path.to_path_buf(),
+                holder: if holder.is_empty() {
+                    format!("see {}", lock_file.display())
+                } else {
+                    holder.to_string()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(open_err(e)),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "an unknown host".into());
+    let holder = format!(
+        "process {} on {host}, since {}",
+        std::process::id(),
+        time(&Utc::now())
+    );
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(holder.as_bytes()))
+        .map_err(open_err)?;
+    Ok(file)
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -94,6 +164,7 @@ impl SqliteStore {
                 message: e.to_string(),
             })?;
         }
+        let lock = lock(path)?;
         let mut connection = Connection::open(path).map_err(err)?;
         connection
             .execute_batch(
@@ -125,6 +196,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
             events,
+            _lock: lock,
         })
     }
 

@@ -82,3 +82,39 @@ async fn resources_and_versions_survive_reopening() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_second_opener_is_refused_naming_the_file_and_its_holder() {
+    let dir = temp_dir("in-use");
+    let file = dir.join("kuma.db");
+    let first = SqliteStore::open(&file).unwrap();
+    match SqliteStore::open(&file) {
+        Err(e @ SqliteError::InUse { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&file.display().to_string()), "{text}");
+            assert!(
+                text.contains(&format!("process {}", std::process::id())),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("expected InUse, got {e}"),
+        Ok(_) => panic!("a second store opened the file in use"),
+    }
+    // The first store is untouched, and once it is gone the file opens again.
+    first
+        .create(parse_yaml("type: Mesh\nname: default\n").unwrap(), None)
+        .await
+        .unwrap();
+    drop(first);
+    let again = SqliteStore::open(&file).unwrap();
+    assert_eq!(
+        again
+            .list(&ListQuery::all(ResourceType::Mesh))
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    drop(again);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,9 +1,11 @@
 //! Envoy resources as canonical protobuf JSON, for inspection (`_config` in the HTTP API).
 //!
 //! The bytes a snapshot holds are decoded against Envoy's descriptors (the set the `envoy-types`
-//! package ships, copied at build time), so every field, including the `Any`s inside (filters,
+//! package ships, kept in `descriptors/envoy.bin` without its comments; a test checks it
+//! against the locked package), so every field, including the `Any`s inside (filters,
 //! transport sockets, extensions), comes out as protojson writes it. An `Any` of a type the set
-//! lacks would be shown as `{"@type": ..., "value": <base64 bytes>}`.
+//! lacks would be shown as `{"@type": ..., "value": <base64 bytes>}`. Fields Envoy marks
+//! sensitive (private keys, secrets) are redacted, as in Envoy's own config dump.
 
 use std::sync::OnceLock;
 
@@ -17,8 +19,8 @@ use serde_json::{Map, Value, json};
 use crate::cache::{EncodedResource, Snapshot};
 use crate::types::in_push_order;
 
-/// Envoy's descriptor set, as the `envoy-types` package ships it (copied by build.rs).
-const ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy-descriptors.bin"));
+/// Envoy's descriptor set, as the `envoy-types` package ships it (without source comments).
+const ENVOY_DESCRIPTORS: &[u8] = include_bytes!("../descriptors/envoy.bin");
 
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
@@ -40,6 +42,42 @@ pub fn resource_json(resource: &EncodedResource) -> Result<Value, String> {
     message_json(pool, &message)
 }
 
+/// What stands in for a secret value, as in Envoy's config dump.
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether `field` is marked `(udpa.annotations.sensitive) = true` (private keys, HMAC
+/// secrets, passwords). Envoy's config dump redacts such fields; so does this rendering.
+fn is_sensitive(pool: &DescriptorPool, field: &FieldDescriptor) -> bool {
+    static SENSITIVE: OnceLock<Option<prost_reflect::ExtensionDescriptor>> = OnceLock::new();
+    let Some(extension) =
+        SENSITIVE.get_or_init(|| pool.get_extension_by_name("udpa.annotations.sensitive"))
+    else {
+        return false;
+    };
+    matches!(
+        field.options().get_extension(extension).as_ref(),
+        PValue::Bool(true)
+    )
+}
+
+/// Replaces every string and bytes value in `value` (a sensitive field) by [`REDACTED`], as
+/// Envoy does: strings become `"[redacted]"`, bytes the bytes of that text.
+fn redact(value: &mut PValue) {
+    match value {
+        PValue::String(s) => *s = REDACTED.to_string(),
+        PValue::Bytes(b) => *b = prost::bytes::Bytes::from_static(REDACTED.as_bytes()),
+        PValue::List(items) => items.iter_mut().for_each(redact),
+        PValue::Map(entries) => entries.values_mut().for_each(redact),
+        PValue::Message(m) => {
+            let fields: Vec<FieldDescriptor> = m.fields().map(|(f, _)| f).collect();
+            for field in fields {
+                redact(m.get_field_mut(&field));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn message_json(pool: &DescriptorPool, message: &DynamicMessage) -> Result<Value, String> {
     let name = message.descriptor().full_name().to_string();
     if name == "google.protobuf.Any" {
@@ -55,10 +93,14 @@ fn message_json(pool: &DescriptorPool, message: &DynamicMessage) -> Result<Value
     }
     let mut out = Map::new();
     for (field, value) in message.fields() {
-        out.insert(
-            field.json_name().to_string(),
-            field_json(pool, &field, value)?,
-        );
+        let json = if is_sensitive(pool, &field) {
+            let mut value = value.clone();
+            redact(&mut value);
+            field_json(pool, &field, &value)?
+        } else {
+            field_json(pool, &field, value)?
+        };
+        out.insert(field.json_name().to_string(), json);
     }
     Ok(Value::Object(out))
 }
@@ -260,6 +302,37 @@ mod tests {
                 "statPrefix": "db",
             })
         );
+    }
+
+    #[test]
+    fn private_keys_are_redacted_as_envoy_does() {
+        use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            Secret, TlsCertificate, secret,
+        };
+        let inline = |text: &str| DataSource {
+            specifier: Some(data_source::Specifier::InlineBytes(
+                text.as_bytes().to_vec(),
+            )),
+            ..Default::default()
+        };
+        let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n";
+        let chain = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let secret = Secret {
+            name: "identity_cert:secret:default".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(chain)),
+                private_key: Some(inline(key)),
+                ..Default::default()
+            })),
+        };
+        let json = resource_json(&EncodedResource::from_message(&secret)).unwrap();
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let cert = &json["tlsCertificate"];
+        assert_eq!(cert["privateKey"], json!({"inlineBytes": b64(REDACTED)}));
+        assert_eq!(cert["certificateChain"], json!({"inlineBytes": b64(chain)}));
+        let text = json.to_string();
+        assert!(!text.contains(&b64(key)), "{text}");
     }
 
     #[test]

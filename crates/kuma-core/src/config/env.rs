@@ -14,6 +14,14 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "dnsServer.serviceVipPort",
         "KUMA_DNS_SERVICE_SERVICE_VIP_PORT",
     ),
+    (
+        "access.static.viewConfigDump.users",
+        "KUMA_ACCESS_STATIC_GET_CONFIG_DUMP_USERS",
+    ),
+    (
+        "access.static.viewConfigDump.groups",
+        "KUMA_ACCESS_STATIC_GET_CONFIG_DUMP_GROUPS",
+    ),
 ];
 
 /// The environment variable for a dotted config key: `apiServer.http.port` →

@@ -147,6 +147,104 @@ pub struct Config {
     pub admin_server: AdminServerConfig,
     /// The GUI on a port of its own (split layout).
     pub gui_server: GuiServerConfig,
+    /// Who may do what on the API (Kuma's static access strategy).
+    pub access: AccessConfig,
+    /// Caps on the connections of every TCP listener (not a Kuma key).
+    pub connections: ConnectionsConfig,
+}
+
+/// `access`: Kuma's access strategy. Only `static` exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// `static`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The static lists of users and groups.
+    #[serde(rename = "static")]
+    pub static_access: StaticAccessConfig,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            kind: "static".into(),
+            static_access: StaticAccessConfig::default(),
+        }
+    }
+}
+
+/// `access.static`: which users and groups may do each guarded action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StaticAccessConfig {
+    /// Read and write `Secret` and `GlobalSecret`.
+    pub admin_resources: AccessList,
+    /// `POST /tokens/dataplane`.
+    pub generate_dp_token: AccessList,
+    /// `GET /meshes/{mesh}/dataplanes/{name}/_config`: the (redacted) Envoy config a proxy is
+    /// served.
+    pub view_config_dump: AccessList,
+}
+
+impl Default for StaticAccessConfig {
+    fn default() -> Self {
+        let admins = || AccessList {
+            users: vec!["mesh-system:admin".into()],
+            groups: vec!["mesh-system:admin".into()],
+        };
+        StaticAccessConfig {
+            admin_resources: admins(),
+            generate_dp_token: admins(),
+            view_config_dump: AccessList {
+                users: vec![],
+                groups: vec![
+                    "mesh-system:unauthenticated".into(),
+                    "mesh-system:authenticated".into(),
+                ],
+            },
+        }
+    }
+}
+
+/// Users and groups allowed one action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AccessList {
+    /// User names.
+    pub users: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+}
+
+impl AccessList {
+    /// Whether user `name`, member of `groups`, is on the list.
+    pub fn allows(&self, name: &str, groups: &[String]) -> bool {
+        self.users.iter().any(|u| u == name) || groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+/// `connections` (not a Kuma key): caps that keep one client, or a flood of idle
+/// connections, from taking the control plane's sockets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Connections one listener holds at once; a connection beyond is closed at once.
+    pub max_per_listener: u32,
+    /// Connections one client address holds at once, over all listeners together.
+    pub max_per_client: u32,
+    /// Time a client has to complete the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_per_listener: 4096,
+            max_per_client: 256,
+            tls_handshake_timeout: d("10s"),
+        }
+    }
 }
 
 /// `sdsServer` (split layout): the gRPC `SecretDiscoveryService`, over TLS.
@@ -298,6 +396,8 @@ impl Default for Config {
             sds_server: SdsServerConfig::default(),
             admin_server: AdminServerConfig::default(),
             gui_server: GuiServerConfig::default(),
+            access: AccessConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -525,7 +625,7 @@ impl Default for XdsServerConfig {
 }
 
 /// `apiServer`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ApiServerConfig {
     /// Plain HTTP listener.
@@ -538,6 +638,27 @@ pub struct ApiServerConfig {
     pub authn: ApiAuthnConfig,
     /// The GUI.
     pub gui: GuiConfig,
+    /// Time a client has to send a request's headers (and a new connection its first request).
+    pub read_header_timeout: Duration,
+    /// Time a client has to send a whole request, body included.
+    pub read_timeout: Duration,
+    /// How long a connection with no request in progress stays open.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        ApiServerConfig {
+            http: HttpListenerConfig::default(),
+            https: HttpsListenerConfig::default(),
+            read_only: false,
+            authn: ApiAuthnConfig::default(),
+            gui: GuiConfig::default(),
+            read_header_timeout: d("1s"),
+            read_timeout: d("10s"),
+            idle_timeout: d("2m"),
+        }
+    }
 }
 
 /// `apiServer.http`.
@@ -848,6 +969,11 @@ pub struct DpServerConfig {
     pub tls_key_file: String,
     /// How proxies authenticate.
     pub authn: DpAuthnConfig,
+    /// Time a client has to send a request's headers (and a new connection its first request).
+    pub read_header_timeout: Duration,
+    /// How long a connection with no request or stream in progress stays open (not a Kuma
+    /// key).
+    pub idle_timeout: Duration,
 }
 
 impl Default for DpServerConfig {
@@ -857,6 +983,8 @@ impl Default for DpServerConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             authn: DpAuthnConfig::default(),
+            read_header_timeout: d("5s"),
+            idle_timeout: d("2m"),
         }
     }
 }
@@ -974,6 +1102,39 @@ impl Config {
                         .field("type"),
                     format!("{:?} is not one of {allowed:?}", authn.kind),
                 );
+            }
+        }
+        if self.access.kind != "static" {
+            err.add(
+                &Path::at("access").field("type"),
+                format!("{:?} is not supported (only \"static\")", self.access.kind),
+            );
+        }
+        let c = &self.connections;
+        for (key, value) in [
+            ("maxPerListener", c.max_per_listener),
+            ("maxPerClient", c.max_per_client),
+        ] {
+            if value == 0 {
+                err.add(&Path::at("connections").field(key), "must be at least 1");
+            }
+        }
+        for (path, timeout) in [
+            ("connections.tlsHandshakeTimeout", &c.tls_handshake_timeout),
+            (
+                "apiServer.readHeaderTimeout",
+                &self.api_server.read_header_timeout,
+            ),
+            ("apiServer.readTimeout", &self.api_server.read_timeout),
+            ("apiServer.idleTimeout", &self.api_server.idle_timeout),
+            (
+                "dpServer.readHeaderTimeout",
+                &self.dp_server.read_header_timeout,
+            ),
+            ("dpServer.idleTimeout", &self.dp_server.idle_timeout),
+        ] {
+            if timeout.get().is_zero() {
+                err.add(&Path::at(path), "must be longer than zero");
             }
         }
         if self.dns_server.domain.is_empty() {

@@ -16,6 +16,13 @@ use crate::validation::{Path, ValidationError};
 /// Largest document accepted by the parsers (4 MiB); larger input is refused before parsing.
 pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Deepest nesting of flow collections (`[`, `{`) accepted by the YAML parser; deeper input is
+/// refused by a linear scan before parsing. Parsing itself stops at the same depth (serde's
+/// recursion limit), but YAML's parser spends time quadratic in the depth of what it reads
+/// before it gets there, so without the scan a few hundred kilobytes of brackets would hold a
+/// core for minutes.
+pub const MAX_NESTING: usize = 128;
+
 /// Why a document could not be turned into a resource.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParseError {
@@ -26,6 +33,14 @@ pub enum ParseError {
         size: usize,
         /// The limit.
         limit: usize,
+    },
+    /// Collections nested deeper than [`MAX_NESTING`].
+    #[error("document nests collections deeper than {limit} levels (line {line})")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+        /// The line (from 1) where the limit was passed.
+        line: usize,
     },
     /// Not well-formed JSON/YAML.
     #[error("malformed document: {0}")]
@@ -59,6 +74,37 @@ fn check_size(text: &str) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Refuses `text` if its flow collections (`[...]`, `{...}`) nest deeper than
+/// [`MAX_NESTING`]. One pass over the bytes; brackets inside quoted strings count too, so the
+/// estimate errs on the side of deeper (a document would need more than a hundred unclosed
+/// brackets in its strings to be refused wrongly). Block collections (indentation, `- - -`)
+/// cost the parser linear time and are left to its own limit.
+pub fn check_nesting(text: &str) -> Result<(), ParseError> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(ParseError::TooDeep {
+                        limit: MAX_NESTING,
+                        line,
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` is meant as JSON: its first non-blank character opens an object.
+fn looks_like_json(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
 /// Parses one resource from JSON.
 pub fn parse_json(text: &str) -> Result<Resource, ParseError> {
     check_size(text)?;
@@ -66,9 +112,17 @@ pub fn parse_json(text: &str) -> Result<Resource, ParseError> {
     Ok(Resource::from_value(value)?)
 }
 
-/// Parses one resource from YAML (or JSON, which is YAML).
+/// Parses one resource from YAML, or from JSON (which is YAML): a document that starts with
+/// `{` is read by the JSON parser first, and by the YAML parser only if it is not JSON (flow
+/// style YAML such as `{type: Mesh, name: m}`).
 pub fn parse_yaml(text: &str) -> Result<Resource, ParseError> {
     check_size(text)?;
+    if looks_like_json(text)
+        && let Ok(value) = serde_json::from_str::<Value>(text)
+    {
+        return Ok(Resource::from_value(value)?);
+    }
+    check_nesting(text)?;
     let value: Value =
         serde_norway::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
     Ok(Resource::from_value(value)?)
@@ -77,6 +131,7 @@ pub fn parse_yaml(text: &str) -> Result<Resource, ParseError> {
 /// Parses a stream of YAML documents separated by `---`; empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ParseError> {
     check_size(text)?;
+    check_nesting(text)?;
     let mut out = Vec::new();
     for (index, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let in_doc = |error| ParseError::InDocument {

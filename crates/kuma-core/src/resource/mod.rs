@@ -5,7 +5,8 @@ mod codec;
 mod registry;
 
 pub use codec::{
-    MAX_DOCUMENT_BYTES, ParseError, decode_value, parse_documents, parse_json, parse_yaml,
+    MAX_DOCUMENT_BYTES, MAX_NESTING, ParseError, check_nesting, decode_value, parse_documents,
+    parse_json, parse_yaml,
 };
 pub use registry::{ResourceType, Scope, Spec, TypedSpec, UntypedSpec};
 
