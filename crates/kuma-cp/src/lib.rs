@@ -226,7 +226,25 @@ impl ControlPlane {
             ));
         }
         let (shutdown, _) = watch::channel(false);
-        let mut ports = serve::Ports::new(shutdown.subscribe());
+        let connections = &config.connections;
+        let mut ports = serve::Ports::new(
+            shutdown.subscribe(),
+            serve::ClientBudget::new(connections.max_per_client as usize),
+        );
+        // Every HTTP listener follows apiServer's timeouts, but for the ports proxies use.
+        let api_limits = serve::Limits {
+            max_connections: connections.max_per_listener as usize,
+            handshake_timeout: connections.tls_handshake_timeout.get(),
+            read_header_timeout: config.api_server.read_header_timeout.get(),
+            idle_timeout: config.api_server.idle_timeout.get(),
+            read_timeout: config.api_server.read_timeout.get(),
+            max_body: kuma_core::resource::MAX_DOCUMENT_BYTES as u64,
+        };
+        let dp_limits = serve::Limits {
+            read_header_timeout: config.dp_server.read_header_timeout.get(),
+            idle_timeout: config.dp_server.idle_timeout.get(),
+            ..api_limits
+        };
         let readiness = Arc::new(kuma_api::diagnostics::Readiness::default());
         let metrics = Arc::new(metrics::Metrics::default());
         let diagnostics =
@@ -242,8 +260,8 @@ impl ControlPlane {
         let diagnostics_addr = ports
             .http(
                 "diagnostics",
-                "0.0.0.0",
-                config.diagnostics.server_port,
+                ("0.0.0.0", config.diagnostics.server_port),
+                api_limits,
                 diagnostics,
             )
             .await?;
@@ -399,7 +417,7 @@ impl ControlPlane {
             let port = config.sds_server.grpc_port;
             sds_addr = Some(
                 ports
-                    .https("SDS", "0.0.0.0", port, server_tls.clone(), router)
+                    .https("SDS", ("0.0.0.0", port), server_tls.clone(), dp_limits, router)
                     .await?,
             );
         }
@@ -423,7 +441,7 @@ impl ControlPlane {
             let port = config.bootstrap_server.port;
             bootstrap_addr = Some(
                 ports
-                    .http("bootstrap server", "0.0.0.0", port, bootstrap_router)
+                    .http("bootstrap server", ("0.0.0.0", port), dp_limits, bootstrap_router)
                     .await?,
             );
             // Say where the bootstrap went rather than answer as gRPC would (200, UNIMPLEMENTED).
@@ -442,9 +460,9 @@ impl ControlPlane {
         let dp_server_addr = ports
             .https(
                 "dp-server",
-                "0.0.0.0",
-                config.dp_server.port,
+                ("0.0.0.0", config.dp_server.port),
                 server_tls.clone(),
+                dp_limits,
                 router,
             )
             .await?;
@@ -509,9 +527,9 @@ impl ControlPlane {
             let router = kuma_xds::mads::router(mads, m.default_fetch_timeout.get());
             mads_addr = Some(if m.tls_enabled {
                 let tls = own_or_ours(&m.tls_cert_file, &m.tls_key_file)?;
-                ports.https("MADS", "0.0.0.0", m.port, tls, router).await?
+                ports.https("MADS", ("0.0.0.0", m.port), tls, api_limits, router).await?
             } else {
-                ports.http("MADS", "0.0.0.0", m.port, router).await?
+                ports.http("MADS", ("0.0.0.0", m.port), api_limits, router).await?
             });
         }
         background
@@ -554,11 +572,11 @@ impl ControlPlane {
             )));
             let port = config.admin_server.local.port;
             let admin = ports
-                .http("admin server", "127.0.0.1", port, router)
+                .http("admin server", ("127.0.0.1", port), api_limits, router)
                 .await?;
             let router = count_requests(kuma_api::router(api_state(true, None, None)));
             let port = config.gui_server.port;
-            let gui = ports.http("GUI server", "0.0.0.0", port, router).await?;
+            let gui = ports.http("GUI server", ("0.0.0.0", port), api_limits, router).await?;
             split = Some(SplitAddrs {
                 sds,
                 admin,
@@ -588,7 +606,7 @@ impl ControlPlane {
                 .clone()
                 .layer(axum::Extension(kuma_api::Scheme("http")));
             let (interface, port) = (&api.http.interface, api.http.port);
-            api_http_addr = Some(ports.http("API (HTTP)", interface, port, router).await?);
+            api_http_addr = Some(ports.http("API (HTTP)", (interface, port), api_limits, router).await?);
         }
         let mut api_https_addr = None;
         if config.serves_https_api() {
@@ -597,7 +615,7 @@ impl ControlPlane {
             let (interface, port) = (&api.https.interface, api.https.port);
             api_https_addr = Some(
                 ports
-                    .https("API (HTTPS)", interface, port, tls, router)
+                    .https("API (HTTPS)", (interface, port), tls, api_limits, router)
                     .await?,
             );
         }
@@ -616,7 +634,7 @@ impl ControlPlane {
             let router = kuma_api::admission::router();
             admission_addr = Some(
                 ports
-                    .https("admission webhook", &a.address, a.port, tls, router)
+                    .https("admission webhook", (&a.address, a.port), tls, api_limits, router)
                     .await?,
             );
         }

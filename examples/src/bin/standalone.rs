@@ -144,6 +144,22 @@ async fn terminated() {
     }
 }
 
+/// Raises the soft limit of open files to the hard limit, as Go programs (Kuma among them)
+/// do: every proxy stream, API client and store connection is a file. The connection caps
+/// (`connections.*`) keep any one client within it.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -178,6 +194,7 @@ async fn main() -> ExitCode {
     if args.command == Command::MigrateUp {
         return migrate_up(&config).await;
     }
+    raise_open_file_limit();
     let cp = match kuma_cp::ControlPlane::start(config).await {
         Ok(cp) => cp,
         Err(e) => {

@@ -1,4 +1,7 @@
-//! Binding the control plane's ports and serving routers on them until shutdown.
+//! Binding the control plane's ports and serving routers on them until shutdown, each
+//! listener within its [`Limits`] and every client within one [`ClientBudget`].
+
+mod connection;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,8 +10,9 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub(crate) use connection::{ClientBudget, Limits};
+
 use crate::StartError;
-use crate::tls::TlsListener;
 
 /// Server tasks; dropping the set stops them, so a start that fails half-way leaves nothing
 /// listening.
@@ -26,51 +30,67 @@ impl Drop for Servers {
 pub(crate) struct Ports {
     pub(crate) servers: Servers,
     stop: watch::Receiver<bool>,
+    budget: Arc<ClientBudget>,
 }
 
 impl Ports {
-    /// No servers yet; they stop on `stop`.
-    pub(crate) fn new(stop: watch::Receiver<bool>) -> Self {
+    /// No servers yet; they stop on `stop`, and share the connections of each client address
+    /// out of `budget`.
+    pub(crate) fn new(stop: watch::Receiver<bool>, budget: Arc<ClientBudget>) -> Self {
         Ports {
             servers: Servers(Vec::new()),
             stop,
+            budget,
         }
     }
 
-    /// Serves `router` over plain HTTP on `interface:port`; returns where it listens.
+    /// Serves `router` over plain HTTP on `interface:port` within `limits`; returns where it
+    /// listens.
     pub(crate) async fn http(
         &mut self,
         what: &'static str,
-        interface: &str,
-        port: u16,
+        (interface, port): (&str, u16),
+        limits: Limits,
         router: axum::Router,
     ) -> Result<SocketAddr, StartError> {
-        let l = bind(what, interface, port).await?;
-        let addr = local_addr(what, &l)?;
-        self.servers
-            .0
-            .push(spawn_server(what, l, router, self.stop.clone()));
-        Ok(addr)
+        self.serve(what, (interface, port), None, limits, router)
+            .await
     }
 
-    /// Serves `router` over TLS (`tls`) on `interface:port`; returns where it listens.
+    /// Serves `router` over TLS (`tls`) on `interface:port` within `limits`; returns where it
+    /// listens.
     pub(crate) async fn https(
         &mut self,
         what: &'static str,
-        interface: &str,
-        port: u16,
+        (interface, port): (&str, u16),
         tls: Arc<ServerConfig>,
+        limits: Limits,
+        router: axum::Router,
+    ) -> Result<SocketAddr, StartError> {
+        self.serve(what, (interface, port), Some(tls), limits, router)
+            .await
+    }
+
+    async fn serve(
+        &mut self,
+        what: &'static str,
+        (interface, port): (&str, u16),
+        tls: Option<Arc<ServerConfig>>,
+        limits: Limits,
         router: axum::Router,
     ) -> Result<SocketAddr, StartError> {
         let l = bind(what, interface, port).await?;
         let addr = local_addr(what, &l)?;
-        let l = TlsListener::new(l, tls).map_err(|source| StartError::Bind {
-            addr: what.into(),
-            source,
-        })?;
-        self.servers
-            .0
-            .push(spawn_server(what, l, router, self.stop.clone()));
+        let server = connection::serve(
+            what,
+            l,
+            tls,
+            router,
+            limits,
+            self.budget.clone(),
+            self.stop.clone(),
+        );
+        self.servers.0.push(tokio::spawn(server));
         Ok(addr)
     }
 
@@ -99,29 +119,5 @@ fn local_addr(what: &str, l: &tokio::net::TcpListener) -> Result<SocketAddr, Sta
     l.local_addr().map_err(|source| StartError::Bind {
         addr: what.into(),
         source,
-    })
-}
-
-/// Serves `router` on `listener` until `stop` turns true, then lets open connections finish.
-fn spawn_server<L>(
-    what: &'static str,
-    listener: L,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    use axum::serve::ListenerExt;
-    // `tap_io` gives the connections of any listener the peer address as connect info.
-    let listener = listener.tap_io(|_| {});
-    tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-        if let Err(e) = graceful.await {
-            tracing::error!(error = %e, server = what, "server failed");
-        }
     })
 }
