@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{Standalone, put_json, test_dir};
 use kuma_testkit::{eventually, free_port, http_get};
@@ -20,26 +19,7 @@ fn screenshots() -> PathBuf {
 
 /// Headless Chromium with the flags this machine needs, its profile under `dir`.
 fn chromium(dir: &Path, args: &[&str], url: &str) -> std::process::Output {
-    Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,900",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.join("chromium").display()
-        ))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("chromium runs (Debian package chromium)")
+    common::chromium(&[], dir, args, url)
 }
 
 /// The text a person sees on `page` (a `#/...` route) once it has rendered, after saving its

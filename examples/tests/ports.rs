@@ -154,7 +154,12 @@ async fn every_listed_port_answers_its_protocol_and_no_other_is_open() {
     // The bootstrap handler answers (a request without a token is refused before anything
     // else it carries is looked at).
     assert_eq!(r.status(), 401);
-    assert!(r.text().await.unwrap().contains("a dataplane token is required"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("a dataplane token is required")
+    );
     mads_dns_and_webhook_answer(&https, &cp, webhook).await;
 
     // Nothing else is open.
@@ -258,10 +263,7 @@ async fn split_layout_serves_each_service_on_its_own_port() {
     // 5682 bootstrap server (plain HTTP).
     let (status, answer) = common::post_json(split.bootstrap, "/bootstrap", body).await;
     assert_eq!(status, 401);
-    assert!(
-        answer.contains("a dataplane token is required"),
-        "{answer}"
-    );
+    assert!(answer.contains("a dataplane token is required"), "{answer}");
     // 5678 dp-server: ADS over TLS, and no longer the bootstrap.
     let status = grpc_status(cp.dp_port, &cp.ca_file, ADS);
     assert!(status.starts_with("PERMISSION_DENIED"), "{status}");

@@ -718,3 +718,126 @@ async fn rules_show_merged_policies_and_their_origins() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn access_lists_decide_config_dumps_secrets_and_tokens() {
+    use kuma_core::config::AccessList;
+    // Kuma's defaults: everyone may see a proxy's (redacted) config.
+    let api = Api::new(|_| {}).await;
+    api.put(
+        "/meshes/default/dataplanes/web-1",
+        dataplane("web-1", "web", 8080),
+    )
+    .await;
+    let dump = api
+        .call(
+            REMOTE,
+            "GET",
+            "/meshes/default/dataplanes/web-1/_config",
+            &[],
+            "",
+        )
+        .await;
+    assert_ne!(dump.status, StatusCode::FORBIDDEN);
+
+    // Lists of one's own: config dumps for admins, secrets and tokens for user jane too.
+    let api = Api::new(|s| {
+        s.access.view_config_dump = AccessList {
+            users: vec![],
+            groups: vec!["mesh-system:admin".into()],
+        };
+        s.access.admin_resources.users.push("jane".into());
+        s.access.generate_dp_token.users.push("jane".into());
+    })
+    .await;
+    api.put(
+        "/meshes/default/dataplanes/web-1",
+        dataplane("web-1", "web", 8080),
+    )
+    .await;
+    let path = "/meshes/default/dataplanes/web-1/_config";
+    let anonymous = api.call(REMOTE, "GET", path, &[], "").await;
+    assert_eq!(anonymous.status, StatusCode::FORBIDDEN);
+    assert!(
+        anonymous.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("access.static.viewConfigDump")
+    );
+    let jane = [("Authorization", "Bearer good-user")];
+    assert_eq!(
+        api.call(REMOTE, "GET", path, &jane, "").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let secrets = api
+        .call(REMOTE, "GET", "/meshes/default/secrets", &jane, "")
+        .await;
+    assert_eq!(secrets.status, StatusCode::OK);
+    // Jane may ask for a token (this API has no issuer: 404, not 403).
+    let token = api
+        .call(
+            REMOTE,
+            "POST",
+            "/tokens/dataplane",
+            &jane,
+            r#"{"name": "web-1", "mesh": "default"}"#,
+        )
+        .await;
+    assert_eq!(token.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bodies_are_read_after_the_access_check_and_json_is_parsed_as_json() {
+    let api = Api::new(|_| {}).await;
+    // An anonymous write is refused whatever its body, which is not parsed.
+    let deep = "{a: ".repeat(60_000);
+    let anonymous = api
+        .call(REMOTE, "PUT", "/meshes/default/meshtimeouts/t", &[], &deep)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    // An oversized body is refused from its Content-Length alone.
+    let length = (kuma_core::resource::MAX_DOCUMENT_BYTES + 1).to_string();
+    let big = api
+        .call(
+            LOCAL,
+            "PUT",
+            "/meshes/default/meshtimeouts/t",
+            &[("content-length", &length)],
+            "",
+        )
+        .await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // JSON is read as JSON: a JSON syntax error is reported as such, not as YAML.
+    let json = [("content-type", "application/json")];
+    let bad = api
+        .call(
+            LOCAL,
+            "PUT",
+            "/meshes/default/meshtimeouts/t",
+            &json,
+            r#"{"type": "MeshTimeout",}"#,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(
+        bad.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("trailing comma"),
+        "{}",
+        bad.body
+    );
+    // Deep YAML from an admin is refused by the nesting check, naming the limit.
+    let deep = api
+        .call(LOCAL, "PUT", "/meshes/default/meshtimeouts/t", &[], &deep)
+        .await;
+    assert_eq!(deep.status, StatusCode::BAD_REQUEST);
+    assert!(
+        deep.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deeper than 128"),
+        "{}",
+        deep.body
+    );
+}

@@ -105,18 +105,23 @@ pub async fn handle(
             ),
         );
     }
-    let refuse = |reason: String| {
+    let refuse = |req: &BootstrapRequest, reason: String| {
         tracing::warn!(mesh = %req.mesh, name = %req.name, %reason, "refused a bootstrap request");
         problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason)
     };
     let identity = match &state.dp_auth {
         Some(auth) => match auth.verify(&req.dataplane_token).await {
             Ok(identity) => Some(identity),
-            Err(reason) => return refuse(reason),
+            Err(reason) => return refuse(&req, reason),
         },
         None => None,
     };
-    let dataplane = match dataplane_of(&req).await {
+    let (req, dataplane) = kuma_api::body::off_worker(move || {
+        let dataplane = dataplane_of(&req);
+        (req, dataplane)
+    })
+    .await;
+    let dataplane = match dataplane {
         Ok(dp) => dp,
         Err(e) => {
             return problem(
@@ -136,7 +141,7 @@ pub async fn handle(
     if let Some(identity) = &identity
         && let Err(reason) = DataplaneTokenAuthenticator::matches(identity, &dataplane)
     {
-        return refuse(reason);
+        return refuse(&req, reason);
     }
     let mesh_key = ResourceKey::global(ResourceType::Mesh, &dataplane.meta.mesh);
     if state.manager.get(&mesh_key).await.is_err() {
@@ -168,15 +173,17 @@ pub async fn handle(
     }
 }
 
-async fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, String> {
+/// The Dataplane a bootstrap request carries (`dataplaneResource`, YAML or JSON), with the
+/// request's `mesh` and `name` filled in where it leaves them out; an error names the field.
+/// Parsing is bounded (see [`kuma_core::resource::parse_yaml`]), but not cheap: call it off
+/// the async workers.
+pub fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, String> {
     if req.dataplane_resource.is_empty() {
         return Err(
             "dataplaneResource: must be defined (universal proxies send their Dataplane)".into(),
         );
     }
-    let text = axum::body::Bytes::from(req.dataplane_resource.clone());
-    let mut dp = kuma_api::body::parse_resource(text, false)
-        .await
+    let mut dp = kuma_core::resource::parse_yaml(&req.dataplane_resource)
         .map_err(|e| format!("dataplaneResource: {e}"))?;
     if dp.rtype() != ResourceType::Dataplane {
         return Err(format!(

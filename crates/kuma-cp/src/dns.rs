@@ -37,7 +37,7 @@ pub async fn allocate_vips(
         loop {
             let first = tokio::select! {
                 e = events.recv() => e,
-                _ = leader.wait_for(|l| !*l) => break,
+                () = leadership_lost(&mut leader) => break,
             };
             let mut dirty = BTreeSet::new();
             let mut everything = false;
@@ -70,6 +70,15 @@ pub async fn allocate_vips(
                 sync_mesh(&manager, allocator.as_ref(), &local_zone, &mesh).await;
             }
         }
+    }
+}
+
+/// Resolves when `leader` turns false. A leadership whose sender is gone (the in-process one,
+/// which leads for good) is never lost: before, this returned at once and the loop above
+/// re-read every mesh without end, a core's worth of store reads on an idle control plane.
+async fn leadership_lost(leader: &mut watch::Receiver<bool>) {
+    if leader.wait_for(|l| !*l).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

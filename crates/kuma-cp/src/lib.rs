@@ -417,7 +417,13 @@ impl ControlPlane {
             let port = config.sds_server.grpc_port;
             sds_addr = Some(
                 ports
-                    .https("SDS", ("0.0.0.0", port), server_tls.clone(), dp_limits, router)
+                    .https(
+                        "SDS",
+                        ("0.0.0.0", port),
+                        server_tls.clone(),
+                        dp_limits,
+                        router,
+                    )
                     .await?,
             );
         }
@@ -441,7 +447,12 @@ impl ControlPlane {
             let port = config.bootstrap_server.port;
             bootstrap_addr = Some(
                 ports
-                    .http("bootstrap server", ("0.0.0.0", port), dp_limits, bootstrap_router)
+                    .http(
+                        "bootstrap server",
+                        ("0.0.0.0", port),
+                        dp_limits,
+                        bootstrap_router,
+                    )
                     .await?,
             );
             // Say where the bootstrap went rather than answer as gRPC would (200, UNIMPLEMENTED).
@@ -527,9 +538,13 @@ impl ControlPlane {
             let router = kuma_xds::mads::router(mads, m.default_fetch_timeout.get());
             mads_addr = Some(if m.tls_enabled {
                 let tls = own_or_ours(&m.tls_cert_file, &m.tls_key_file)?;
-                ports.https("MADS", ("0.0.0.0", m.port), tls, api_limits, router).await?
+                ports
+                    .https("MADS", ("0.0.0.0", m.port), tls, api_limits, router)
+                    .await?
             } else {
-                ports.http("MADS", ("0.0.0.0", m.port), api_limits, router).await?
+                ports
+                    .http("MADS", ("0.0.0.0", m.port), api_limits, router)
+                    .await?
             });
         }
         background
@@ -576,7 +591,9 @@ impl ControlPlane {
                 .await?;
             let router = count_requests(kuma_api::router(api_state(true, None, None)));
             let port = config.gui_server.port;
-            let gui = ports.http("GUI server", ("0.0.0.0", port), api_limits, router).await?;
+            let gui = ports
+                .http("GUI server", ("0.0.0.0", port), api_limits, router)
+                .await?;
             split = Some(SplitAddrs {
                 sds,
                 admin,
@@ -606,7 +623,11 @@ impl ControlPlane {
                 .clone()
                 .layer(axum::Extension(kuma_api::Scheme("http")));
             let (interface, port) = (&api.http.interface, api.http.port);
-            api_http_addr = Some(ports.http("API (HTTP)", (interface, port), api_limits, router).await?);
+            api_http_addr = Some(
+                ports
+                    .http("API (HTTP)", (interface, port), api_limits, router)
+                    .await?,
+            );
         }
         let mut api_https_addr = None;
         if config.serves_https_api() {
@@ -634,7 +655,13 @@ impl ControlPlane {
             let router = kuma_api::admission::router();
             admission_addr = Some(
                 ports
-                    .https("admission webhook", (&a.address, a.port), tls, api_limits, router)
+                    .https(
+                        "admission webhook",
+                        (&a.address, a.port),
+                        tls,
+                        api_limits,
+                        router,
+                    )
                     .await?,
             );
         }

@@ -261,10 +261,11 @@ pub fn router(mads: Mads, default_timeout: Duration) -> axum::Router {
 
 /// What a request asks: the version it has, and how long it may wait for a newer one.
 #[derive(Debug, PartialEq)]
-struct Poll {
-    version: String,
-    /// `None`: answer at once.
-    wait: Option<Duration>,
+pub struct Poll {
+    /// The version the client has (`version_info`).
+    pub version: String,
+    /// How long it may wait for a newer one; `None`: answer at once.
+    pub wait: Option<Duration>,
 }
 
 async fn discovery(
@@ -310,8 +311,8 @@ async fn discovery(
 
 /// Reads the query's `fetch-timeout` and the body's `DiscoveryRequest`. Field names are
 /// accepted in snake_case (as both clients send them) and in protobuf JSON's camelCase;
-/// unknown fields are ignored.
-fn parse_poll(
+/// unknown fields are ignored. The error is a title and a detail.
+pub fn parse_poll(
     query: Option<&str>,
     body: &[u8],
     default_timeout: Duration,

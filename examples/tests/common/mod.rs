@@ -1,6 +1,8 @@
 //! What the binary tests share: starting `standalone` on free ports and `kuma-dp` agents.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -57,6 +59,17 @@ impl Standalone {
     /// [`Standalone::start`] with command-line `args` (`--port-layout split` adds free ports
     /// for the split layout's servers).
     pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Standalone {
+        Standalone::launch(&[], args, env, Stdio::null()).await
+    }
+
+    /// [`Standalone::start_with`], run through the command `wrapper` (such as `ip netns exec
+    /// <ns>`, or `prlimit --nofile=...`; empty: none), its standard error going to `stderr`.
+    pub async fn launch(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Standalone {
         // Ports given in `env` win (a restart on the same ports); the others are free ones.
         let port = |var: &str| {
             env.iter()
@@ -87,7 +100,15 @@ impl Standalone {
         } else {
             None
         };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_standalone"));
+        let binary = env!("CARGO_BIN_EXE_standalone");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(binary);
+                c
+            }
+        };
         cmd.args(args);
         if let Some(s) = split {
             cmd.env("KUMA_SDS_SERVER_GRPC_PORT", s.sds.to_string())
@@ -110,7 +131,7 @@ impl Standalone {
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -346,6 +367,22 @@ impl Standalone {
             .unwrap()
     }
 
+    /// Free ports for every listener of a second instance, as environment variables.
+    pub async fn free_port_env() -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        for var in [
+            "KUMA_DP_SERVER_PORT",
+            "KUMA_API_SERVER_HTTP_PORT",
+            "KUMA_API_SERVER_HTTPS_PORT",
+            "KUMA_DIAGNOSTICS_SERVER_PORT",
+            "KUMA_DNS_SERVER_PORT",
+            "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
+        ] {
+            env.push((var.to_string(), free_port().await.to_string()));
+        }
+        env
+    }
+
     /// The `KUMA_*` settings that put a new instance on this one's ports.
     pub fn port_env(&self) -> Vec<(String, String)> {
         [
@@ -398,4 +435,37 @@ pub async fn example_resolver() -> (std::net::SocketAddr, tokio::sync::watch::Se
         .await
         .unwrap();
     (addr, stop_tx)
+}
+
+/// Headless Chromium (Debian's `chromium`) with the flags this machine needs, run through
+/// `wrapper` (such as `ip netns exec <ns>`; empty: none), its profile under `dir`.
+pub fn chromium(wrapper: &[&str], dir: &Path, args: &[&str], url: &str) -> std::process::Output {
+    let mut command = match wrapper.split_first() {
+        None => std::process::Command::new("chromium"),
+        Some((program, rest)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(rest).arg("chromium");
+            c
+        }
+    };
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,900",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium runs (Debian package chromium)")
 }

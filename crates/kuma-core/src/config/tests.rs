@@ -254,3 +254,48 @@ fn password_is_not_debug_printed() {
     let c = Config::default();
     assert!(!format!("{c:?}").contains("password: \"kuma\""));
 }
+
+#[test]
+fn access_lists_and_connection_limits_load_from_kuma_variables() {
+    let cfg = Config::load(
+        None,
+        env(&[
+            (
+                "KUMA_ACCESS_STATIC_GET_CONFIG_DUMP_GROUPS",
+                "mesh-system:admin, ops",
+            ),
+            ("KUMA_ACCESS_STATIC_GENERATE_DP_TOKEN_USERS", "ci-bot"),
+            ("KUMA_API_SERVER_READ_HEADER_TIMEOUT", "3s"),
+            ("KUMA_DP_SERVER_READ_HEADER_TIMEOUT", "7s"),
+            ("KUMA_CONNECTIONS_MAX_PER_CLIENT", "64"),
+        ]),
+    )
+    .expect("valid");
+    let access = &cfg.access.static_access;
+    assert_eq!(
+        access.view_config_dump.groups,
+        vec!["mesh-system:admin".to_string(), "ops".to_string()]
+    );
+    assert!(access.view_config_dump.allows("x", &["ops".to_string()]));
+    assert!(
+        !access
+            .view_config_dump
+            .allows("x", &["mesh-system:unauthenticated".to_string()])
+    );
+    assert!(access.generate_dp_token.allows("ci-bot", &[]));
+    assert_eq!(cfg.api_server.read_header_timeout.get().as_secs(), 3);
+    assert_eq!(cfg.dp_server.read_header_timeout.get().as_secs(), 7);
+    assert_eq!(cfg.connections.max_per_client, 64);
+
+    let err = Config::load(
+        None,
+        env(&[
+            ("KUMA_CONNECTIONS_MAX_PER_CLIENT", "0"),
+            ("KUMA_ACCESS_TYPE", "rbac"),
+        ]),
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(err.contains("connections.maxPerClient"), "{err}");
+    assert!(err.contains("access.type"), "{err}");
+}

@@ -89,7 +89,8 @@ struct Occupancy {
 impl Occupancy {
     fn update_pressure(&self) {
         let busy = self.open.load(Ordering::Relaxed) * 4 > self.max * 3;
-        self.pressure.send_if_modified(|p| std::mem::replace(p, busy) != busy);
+        self.pressure
+            .send_if_modified(|p| std::mem::replace(p, busy) != busy);
     }
 }
 
@@ -555,5 +556,200 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 8,
+            handshake_timeout: SHORT,
+            read_header_timeout: SHORT,
+            idle_timeout: SHORT * 4,
+            read_timeout: SHORT,
+            max_body: 1024,
+        }
+    }
+
+    /// Serves a small router within `limits` (and 3 connections per client) on a free port.
+    async fn server(limits: Limits) -> SocketAddr {
+        use axum::routing::{get, post};
+        let router = axum::Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(SHORT * 6).await;
+                    "slow"
+                }),
+            )
+            .route("/echo", post(|body: String| async move { body }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = watch::channel(false);
+        std::mem::forget(stop);
+        tokio::spawn(serve(
+            "test",
+            listener,
+            None,
+            router,
+            limits,
+            ClientBudget::new(3),
+            rx,
+        ));
+        addr
+    }
+
+    /// Reads until the server closes the connection or `within` passes; `None` if still open.
+    async fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<String> {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&all).into_owned()),
+                Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gets_its_share_and_no_more() {
+        let addr = server(limits()).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let refused = read_to_close(&mut held[3], SHORT / 3).await;
+        assert_eq!(
+            refused.as_deref(),
+            Some(""),
+            "the 4th connection is closed at once"
+        );
+        // The three accepted ones are served.
+        held[0]
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = held[0].read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_clients_are_cut_off() {
+        let addr = server(limits()).await;
+        // Sends nothing: closed after the read-header time, without an answer.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            read_to_close(&mut silent, SHORT * 3).await.as_deref(),
+            Some("")
+        );
+        assert!(started.elapsed() >= SHORT);
+        // Sends half a request and stops.
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nhost:").await.unwrap();
+        assert!(read_to_close(&mut half, SHORT * 3).await.is_some());
+        // Sends headers, then a body too slowly: refused after the read time.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nab")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut slow, SHORT * 4).await.expect("closed");
+        assert!(!answer.contains("200 OK"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn keep_alive_lasts_the_idle_time_and_requests_in_progress_are_not_idle() {
+        let addr = server(limits()).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("ok"));
+        // Idle longer than the read-header time, shorter than the idle time: still open.
+        assert!(read_to_close(&mut client, SHORT * 2).await.is_none());
+        // A request that takes longer than the idle time is not cut short.
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(SHORT * 10, client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..answer]).contains("slow"));
+        // And idle past the idle time, it is closed.
+        assert!(read_to_close(&mut client, SHORT * 8).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_gets_413_before_100_continue() {
+        let addr = server(limits()).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\nexpect: 100-continue\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = client.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn under_pressure_idle_connections_go_sooner() {
+        // Three clients (loopback addresses) take 7 of 8 slots: more than three quarters.
+        let addr = server(limits()).await;
+        let mut crowd = Vec::new();
+        for (i, n) in [3, 3, 1].into_iter().enumerate() {
+            for _ in 0..n {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind(format!("127.0.0.{}:0", i + 2).parse().unwrap())
+                    .unwrap();
+                let mut s = socket.connect(addr).await.unwrap();
+                // Each has served a request, so only pressure shortens its idle time.
+                s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await.unwrap();
+                crowd.push(s);
+            }
+        }
+        // Idle connections are closed after the read-header time until no more than three
+        // quarters are taken (6 of 8), well before the idle time.
+        let started = Instant::now();
+        let budget = SHORT * 3;
+        let mut closed = 0;
+        for s in &mut crowd {
+            let left = budget.saturating_sub(started.elapsed());
+            if read_to_close(s, left).await.is_some() {
+                closed += 1;
+            }
+        }
+        // (Those that expire at the same moment may all go before the pressure lifts.)
+        assert!(
+            (1..crowd.len()).contains(&closed),
+            "7 of 8 taken: some go, not all ({closed})"
+        );
+        assert!(budget < limits().idle_timeout);
     }
 }
