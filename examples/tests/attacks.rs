@@ -11,19 +11,18 @@
 
 mod common;
 
-use std::future::Future;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::netns::{CP_IP, Lab};
+use common::netns::{CP_IP, Lab, join};
 use common::{Standalone, post_json, put_json, send_json, test_dir};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
-use kuma_testkit::{eventually, http_get, http_get_at};
+use kuma_testkit::{eventually, http_get, http_get_at, http_request};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,43 +37,6 @@ const DELTA_ADS: &str =
 const SDS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
 const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const IDENTITY: &str = "identity_cert:secret:default";
-
-/// A multi-threaded runtime; built after the test thread entered the control plane's host,
-/// so all of its threads live there.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Runs `work` on the remote host: a thread of its own inside `lab.remote`, with a runtime of
-/// its own. Join the handle for its result.
-fn on_remote<F, Fut, T>(lab: &Lab, work: F) -> std::thread::JoinHandle<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-    T: Send + 'static,
-{
-    let name = lab.remote.name.clone();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(work())
-    })
-}
-
-/// Waits for a thread started by [`on_remote`] without blocking the runtime.
-async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
-    tokio::task::spawn_blocking(move || handle.join().unwrap())
-        .await
-        .unwrap()
-}
 
 /// Probes `GET /ready` on the control plane's own host every 10 ms, each time over a new
 /// connection, until [`Prober::finish`].
@@ -307,38 +269,19 @@ async fn connected_proxy(
     (child, String::from_utf8(pem).unwrap())
 }
 
-/// Sends one HTTP/1.1 request over `stream` while reading the answer (a server may answer, and
-/// close, before it has read the body): (status, raw response). Status 0 when none came.
-async fn exchange<S>(
-    stream: S,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String)
+/// `POST path` with a JSON `body` over `stream`: (status, raw response).
+async fn post_json_over<S>(stream: S, path: &str, body: &str) -> (u16, String)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let writing = tokio::spawn(async move {
-        let _ = writer.write_all(request.as_bytes()).await;
-        let _ = writer.flush().await;
-        writer
-    });
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut out)).await;
-    let _ = writing.await;
-    let out = String::from_utf8_lossy(&out).into_owned();
-    (kuma_testkit::response_status(&out), out)
+    http_request(
+        stream,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
 }
 
 /// A TLS connection to the control plane's `port` on its host, trusting `ca` (PEM) and
@@ -432,8 +375,7 @@ fn kumactl(netns: &str, dir: &std::path::Path, api: &str, args: &[&str]) -> Stri
 #[test]
 fn private_keys_never_leave_the_control_plane() {
     let lab = Lab::create("keys");
-    lab.cp.enter();
-    runtime().block_on(async {
+    lab.enter_cp().block_on(async {
         let dir = test_dir("attack-keys");
         let log = dir.join("standalone.log");
         let cp = Standalone::launch(
@@ -456,7 +398,7 @@ fn private_keys_never_leave_the_control_plane() {
 
         // An anonymous caller on another host reads everything it may read.
         let (mads, diagnostics) = (cp.mads_port, cp.diagnostics_port);
-        let remote = on_remote(&lab, move || async move {
+        let remote = lab.on_remote(move || async move {
             let mut seen = Vec::new();
             for path in [
                 "/meshes/default/dataplanes/victim/_config",
@@ -481,14 +423,8 @@ fn private_keys_never_leave_the_control_plane() {
             let (status, raw) = http_get_at(CP_IP, diagnostics, "/metrics").await;
             seen.push(("GET :diagnostics/metrics".into(), status, raw));
             let stream = TcpStream::connect((CP_IP, mads)).await.unwrap();
-            let (status, raw) = exchange(
-                stream,
-                "POST",
-                "/v3/discovery:monitoringassignments?fetch-timeout=0",
-                &[("content-type", "application/json")],
-                "{}",
-            )
-            .await;
+            let path = "/v3/discovery:monitoringassignments?fetch-timeout=0";
+            let (status, raw) = post_json_over(stream, path, "{}").await;
             seen.push(("POST MADS".into(), status, raw));
             seen
         });
@@ -552,8 +488,7 @@ fn private_keys_never_leave_the_control_plane() {
 #[test]
 fn a_token_for_one_proxy_gets_no_other_proxys_config() {
     let lab = Lab::create("token");
-    lab.cp.enter();
-    runtime().block_on(async {
+    lab.enter_cp().block_on(async {
         let cp = Standalone::start_with(
             &["--port-layout", "split"],
             &[("KUMA_MTLS_KEY_TYPE", "ecdsaP256")],
@@ -619,16 +554,9 @@ fn a_token_for_one_proxy_gets_no_other_proxys_config() {
         })
         .to_string();
         let bootstrap = split.bootstrap;
-        let (status, raw) = join(on_remote(&lab, move || async move {
+        let (status, raw) = join(lab.on_remote(move || async move {
             let stream = TcpStream::connect((CP_IP, bootstrap)).await.unwrap();
-            exchange(
-                stream,
-                "POST",
-                "/bootstrap",
-                &[("content-type", "application/json")],
-                &body,
-            )
-            .await
+            post_json_over(stream, "/bootstrap", &body).await
         }))
         .await;
         assert_eq!(status, 401, "{raw}");
@@ -647,8 +575,7 @@ fn nested(depth: usize) -> String {
 #[test]
 fn nested_bodies_never_stall_the_control_plane() {
     let lab = Lab::create("nest");
-    lab.cp.enter();
-    runtime().block_on(async {
+    lab.enter_cp().block_on(async {
         let webhook = kuma_testkit::free_port().await;
         let webhook_port = webhook.to_string();
         let cp = Standalone::start(&[
@@ -662,7 +589,7 @@ fn nested_bodies_never_stall_the_control_plane() {
         let (api, dp) = (cp.api_port, cp.dp_port);
         let ca = std::fs::read_to_string(&cp.ca_file).unwrap();
 
-        let attack = on_remote(&lab, move || async move {
+        let attack = lab.on_remote(move || async move {
             let body = nested(60_000); // 240 KB
             let mut answers = Vec::new();
             // Anonymous writes, two at once: refused before their bodies are read.
@@ -672,7 +599,7 @@ fn nested_bodies_never_stall_the_control_plane() {
                     tokio::spawn(async move {
                         let stream = TcpStream::connect((CP_IP, api)).await.unwrap();
                         let path = format!("/meshes/default/meshtimeouts/deep-{i}");
-                        exchange(stream, "PUT", &path, &[], &body).await
+                        http_request(stream, "PUT", &path, &[], &body).await
                     })
                 })
                 .collect();
@@ -687,26 +614,14 @@ fn nested_bodies_never_stall_the_control_plane() {
                 })
                 .to_string();
                 let stream = tls_to_cp(&ca, dp).await;
-                let answer = exchange(
-                    stream,
-                    "POST",
-                    "/bootstrap",
-                    &[("content-type", "application/json")],
-                    &request,
-                )
+                let answer = post_json_over(stream, "/bootstrap", &request)
                 .await;
                 answers.push(("bootstrap", answer));
             }
             // A nested AdmissionReview for the webhook (JSON, 100,000 levels).
             let review = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
             let stream = tls_to_cp(&ca, webhook).await;
-            let answer = exchange(
-                stream,
-                "POST",
-                "/validate-kuma-io-v1alpha1",
-                &[("content-type", "application/json")],
-                &review,
-            )
+            let answer = post_json_over(stream, "/validate-kuma-io-v1alpha1", &review)
             .await;
             answers.push(("webhook", answer));
             // 100,000 levels sent halfway, then the client goes away.
@@ -863,8 +778,7 @@ async fn all_closed(streams: Vec<TcpStream>, within: Duration) -> bool {
 #[test]
 fn held_connections_do_not_lock_others_out() {
     let lab = Lab::create("flood");
-    lab.cp.enter();
-    runtime().block_on(async {
+    lab.enter_cp().block_on(async {
         // A file limit of 1,024, which the attack below would exceed without the caps.
         let cp = Standalone::launch(
             &["prlimit", "--nofile=1024:1024"],
@@ -878,7 +792,7 @@ fn held_connections_do_not_lock_others_out() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // 1,100 connections from one client, idle, half-sent and to the TLS port, reopened as
         // they are closed.
-        let attack = on_remote(&lab, move || async move {
+        let attack = lab.on_remote(move || async move {
             let targets: Vec<(u16, &'static [u8], usize)> = vec![
                 (api, b"", 500),
                 (api, b"GET /meshes HTTP/1.1\r\nHost:", 300),
@@ -911,7 +825,7 @@ fn held_connections_do_not_lock_others_out() {
         prober.finish("connection flood").await;
 
         let ca = std::fs::read_to_string(&cp.ca_file).unwrap();
-        let answers = join(on_remote(&lab, move || async move {
+        let answers = join(lab.on_remote(move || async move {
             // A TLS connection that completes its handshake and then idles is closed too.
             let mut idle = tls_to_cp(&ca, dp).await;
             let mut buf = [0u8; 64];
@@ -941,8 +855,7 @@ fn held_connections_do_not_lock_others_out() {
 #[test]
 fn one_client_cannot_take_dns_over_tcp() {
     let lab = Lab::create("dns");
-    lab.cp.enter();
-    runtime().block_on(async {
+    lab.enter_cp().block_on(async {
         let cp = Standalone::start(&[]).await;
         put_json(
             cp.api_port,
@@ -957,7 +870,7 @@ fn one_client_cannot_take_dns_over_tcp() {
         .await;
         let prober = Prober::start(cp.diagnostics_port);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let attack = on_remote(&lab, move || async move { flood(vec![(dns, b"", 256)], rx).await.0 });
+        let attack = lab.on_remote(move || async move { flood(vec![(dns, b"", 256)], rx).await.0 });
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Another client's query over TCP is answered while the attacker holds its share.
         let out = std::process::Command::new("dig")
@@ -976,92 +889,89 @@ fn one_client_cannot_take_dns_over_tcp() {
     });
 }
 
-#[test]
-fn two_control_planes_cannot_share_a_sqlite_file() {
-    let rt = runtime();
-    rt.block_on(async {
-        let dir = test_dir("attack-sqlite");
-        let file = dir.join("kuma.db");
-        let path = file.to_str().unwrap();
-        let env = [
-            ("KUMA_STORE_TYPE", "sqlite"),
-            ("KUMA_STORE_SQLITE_PATH", path),
-        ];
-        let first = Standalone::start(&env).await;
-        let pid = first.child.id().unwrap();
-        let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_standalone"))
-            .envs(env)
-            .envs(
-                Standalone::free_port_env()
-                    .await
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(30), second)
-            .await
-            .expect("the second instance exits")
-            .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(path), "{stderr}");
-        assert!(stderr.contains(&format!("process {pid}")), "{stderr}");
-        // The first one serves on, unharmed.
-        assert_eq!(http_get(first.api_port, "/meshes/default").await.0, 200);
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_cannot_share_a_sqlite_file() {
+    let dir = test_dir("attack-sqlite");
+    let file = dir.join("kuma.db");
+    let path = file.to_str().unwrap();
+    let env = [
+        ("KUMA_STORE_TYPE", "sqlite"),
+        ("KUMA_STORE_SQLITE_PATH", path),
+    ];
+    let first = Standalone::start(&env).await;
+    let pid = first.child.id().unwrap();
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_standalone"))
+        .envs(env)
+        .envs(
+            Standalone::free_port_env()
+                .await
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the second instance exits")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(path), "{stderr}");
+    assert!(stderr.contains(&format!("process {pid}")), "{stderr}");
+    // The first one serves on, unharmed.
+    assert_eq!(http_get(first.api_port, "/meshes/default").await.0, 200);
 }
 
-#[test]
-fn concurrent_unconditional_writes_all_succeed() {
-    runtime().block_on(async {
-        let dir = test_dir("attack-puts");
-        let file = dir.join("kuma.db");
-        let cp = Standalone::start(&[
-            ("KUMA_STORE_TYPE", "sqlite"),
-            ("KUMA_STORE_SQLITE_PATH", file.to_str().unwrap()),
-        ])
-        .await;
-        let api = cp.api_port;
-        let writers: Vec<_> = (0..8)
-            .map(|w| {
-                tokio::spawn(async move {
-                    let mut failed = Vec::new();
-                    for i in 0..60 {
-                        let body = format!(
-                            r#"{{"type": "MeshTimeout", "mesh": "default", "name": "contended", "spec": {{"targetRef": {{"kind": "Mesh"}}, "to": [{{"targetRef": {{"kind": "Mesh"}}, "default": {{"idleTimeout": "{}s"}}}}]}}}}"#,
-                            w * 100 + i + 1
-                        );
-                        let (status, raw) =
-                            send_json(api, "PUT", "/meshes/default/meshtimeouts/contended", &body)
-                                .await;
-                        if !(200..300).contains(&status) {
-                            failed.push((status, raw));
-                        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unconditional_writes_all_succeed() {
+    let dir = test_dir("attack-puts");
+    let file = dir.join("kuma.db");
+    let cp = Standalone::start(&[
+        ("KUMA_STORE_TYPE", "sqlite"),
+        ("KUMA_STORE_SQLITE_PATH", file.to_str().unwrap()),
+    ])
+    .await;
+    let api = cp.api_port;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                for i in 0..60 {
+                    let body = format!(
+                        r#"{{"type": "MeshTimeout", "mesh": "default", "name": "contended", "spec": {{"targetRef": {{"kind": "Mesh"}}, "to": [{{"targetRef": {{"kind": "Mesh"}}, "default": {{"idleTimeout": "{}s"}}}}]}}}}"#,
+                        w * 100 + i + 1
+                    );
+                    let (status, raw) =
+                        send_json(api, "PUT", "/meshes/default/meshtimeouts/contended", &body)
+                            .await;
+                    if !(200..300).contains(&status) {
+                        failed.push((status, raw));
                     }
-                    failed
-                })
+                }
+                failed
             })
-            .collect();
-        for writer in writers {
-            let failed = writer.await.unwrap();
-            assert!(failed.is_empty(), "PUTs without If-Match failed: {failed:?}");
-        }
-    });
+        })
+        .collect();
+    for writer in writers {
+        let failed = writer.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "PUTs without If-Match failed: {failed:?}"
+        );
+    }
 }
 
 #[test]
 fn bootstrap_and_token_requests_are_checked_before_work() {
     let lab = Lab::create("check");
-    lab.cp.enter();
-    runtime().block_on(async {
+    lab.enter_cp().block_on(async {
         let cp = Standalone::start(&[]).await;
         let (dp, ca) = (cp.dp_port, std::fs::read_to_string(&cp.ca_file).unwrap());
         // Without a token, a bootstrap for a mesh that exists and one that does not get the
         // same answer.
-        let answers = join(on_remote(&lab, move || async move {
+        let answers = join(lab.on_remote(move || async move {
             let mut answers = Vec::new();
             for mesh in ["default", "nope"] {
                 let request = serde_json::json!({
@@ -1070,13 +980,7 @@ fn bootstrap_and_token_requests_are_checked_before_work() {
                 })
                 .to_string();
                 let stream = tls_to_cp(&ca, dp).await;
-                let (status, raw) = exchange(
-                    stream,
-                    "POST",
-                    "/bootstrap",
-                    &[("content-type", "application/json")],
-                    &request,
-                )
+                let (status, raw) = post_json_over(stream, "/bootstrap", &request)
                 .await;
                 answers.push((status, kuma_testkit::response_body(&raw).to_string()));
             }

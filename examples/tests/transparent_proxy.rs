@@ -12,30 +12,22 @@
 
 mod common;
 
-use std::fs::File;
-use std::process::{Command, Output};
-
+use common::netns::{Netns, run};
 use common::{Standalone, dig, example_resolver, test_dir};
 use kuma_testkit::{envoy_stats, free_port};
 
 /// The address of the namespace's `eth0`, where both proxies' inbounds listen.
 const POD_IP: &str = "10.11.12.13";
 
-/// A network namespace of this test's own; deleted on drop.
-struct Netns {
-    name: String,
+/// The workload's network namespace: a pod-like interface `eth0` with address [`POD_IP`] and
+/// the default route, and a resolv.conf that names 127.0.0.1 (removed on drop).
+struct Pod {
+    ns: Netns,
 }
 
-impl Netns {
-    /// Creates the namespace with loopback up and a pod-like interface `eth0` with address
-    /// [`POD_IP`] and the default route, and gives it a resolv.conf that names 127.0.0.1.
-    fn create(name: &str) -> Netns {
-        let ns = Netns {
-            name: name.to_string(),
-        };
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        run("ip", &["netns", "add", name]);
-        run("ip", &["-n", name, "link", "set", "lo", "up"]);
+impl Pod {
+    fn create(name: &str) -> Pod {
+        let ns = Netns::create(name);
         // Connections to VIPs need a route and a source address, as in a pod: one end of a
         // veth pair stands for the pod's interface.
         let veth = [
@@ -51,41 +43,25 @@ impl Netns {
             "ip",
             &["-n", name, "route", "add", "default", "dev", "eth0"],
         );
-        let etc = ns.etc_dir();
+        let pod = Pod { ns };
+        let etc = pod.etc_dir();
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(
             etc.join("resolv.conf"),
             "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n",
         )
         .unwrap();
-        ns
+        pod
     }
 
     /// `/etc/netns/<name>`: `ip netns exec` mounts its files over `/etc`.
     fn etc_dir(&self) -> std::path::PathBuf {
-        std::path::Path::new("/etc/netns").join(&self.name)
+        std::path::Path::new("/etc/netns").join(&self.ns.name)
     }
 
-    /// Moves the calling thread into the namespace: the threads and processes it starts from
-    /// then on live there too.
-    fn enter(&self) {
-        let file = File::open(format!("/run/netns/{}", self.name)).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("entering the test's network namespace");
-    }
-
-    /// Runs `args` with `ip netns exec`, so that it sees the namespace's resolv.conf.
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// Adds a rule to the namespace's nat table.
+    /// Adds a rule to the namespace's nat table (needs iptables).
     fn iptables(&self, rule: &str) {
-        let out = self.exec(
+        let out = self.ns.exec(
             &[
                 &["iptables", "-t", "nat"],
                 &rule.split(' ').collect::<Vec<_>>()[..],
@@ -100,44 +76,27 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
+impl Drop for Pod {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
         let _ = std::fs::remove_dir_all(self.etc_dir());
     }
 }
 
-/// Runs a set-up command, which must succeed.
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {}: {} (the test needs root, iproute2 and iptables)",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_workload_reaches_backend_mesh_through_dns_and_its_vip_listener() {
-    let ns = Netns::create(&format!("kuma-tp-{}", std::process::id()));
+    let pod = Pod::create(&format!("kuma-tp-{}", std::process::id()));
     // Kuma's redirection, reduced to what this test's traffic needs: DNS to the proxy's
     // resolver, and connections to VIPs to the outbound redirect port.
-    ns.iptables("-A OUTPUT -p udp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
-    ns.iptables("-A OUTPUT -p tcp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
-    ns.iptables("-A OUTPUT -p tcp -d 240.0.0.0/4 -j REDIRECT --to-ports 15001");
-    ns.enter();
+    pod.iptables("-A OUTPUT -p udp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
+    pod.iptables("-A OUTPUT -p tcp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
+    pod.iptables("-A OUTPUT -p tcp -d 240.0.0.0/4 -j REDIRECT --to-ports 15001");
+    pod.ns.enter();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap()
-        .block_on(scenario(&ns));
+        .block_on(scenario(&pod.ns));
 }
 
 async fn scenario(ns: &Netns) {

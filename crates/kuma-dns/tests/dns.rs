@@ -329,18 +329,7 @@ async fn one_client_cannot_take_every_tcp_connection() {
         );
     }
     // Meanwhile another client's queries over TCP are answered.
-    let dig = Command::new("dig")
-        .args(["-b", "127.0.0.3", &format!("@{}", addr.ip())])
-        .args([
-            "-p",
-            &addr.port().to_string(),
-            "+tcp",
-            "+short",
-            "backend.mesh",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "240.0.0.1");
+    assert_eq!(dig_tcp_from("127.0.0.3", addr, "backend.mesh"), "240.0.0.1");
     for stream in held.iter_mut().take(TCP_PER_CLIENT) {
         assert!(
             !closed_within(stream, Duration::from_millis(10)).await,
@@ -371,16 +360,15 @@ async fn one_client_cannot_take_every_tcp_connection() {
         "{closed} idle connections closed in {:?} under pressure, {open} left",
         started.elapsed()
     );
-    let dig = Command::new("dig")
-        .args(["-b", "127.0.0.3", &format!("@{}", addr.ip())])
-        .args([
-            "-p",
-            &addr.port().to_string(),
-            "+tcp",
-            "+short",
-            "backend.mesh",
-        ])
+    assert_eq!(dig_tcp_from("127.0.0.3", addr, "backend.mesh"), "240.0.0.1");
+}
+
+/// `dig +tcp +short name` against `server`, from the loopback address `from`.
+fn dig_tcp_from(from: &str, server: SocketAddr, name: &str) -> String {
+    let out = Command::new("dig")
+        .args(["-b", from, &format!("@{}", server.ip())])
+        .args(["-p", &server.port().to_string(), "+tcp", "+short", name])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), "240.0.0.1");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -108,9 +108,11 @@ pub async fn http_get_at(ip: &str, port: u16, path: &str) -> (u16, String) {
 }
 
 /// Sends one HTTP/1.1 request over `stream` (plain TCP or TLS) and reads the whole response:
-/// (status, raw response). Status 0 when the exchange fails.
+/// (status, raw response). Status 0 when the exchange fails. The request is written (and
+/// flushed, which TLS needs) while the response is read, so a server that answers and closes
+/// before it has read the whole body (a refusal) is still heard.
 pub async fn http_request<S>(
-    mut stream: S,
+    stream: S,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -128,11 +130,17 @@ where
     }
     request.push_str("\r\n");
     request.push_str(body);
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out).await;
+    let write = async {
+        if writer.write_all(request.as_bytes()).await.is_ok() {
+            let _ = writer.flush().await;
+        }
+    };
+    let read = async {
+        let _ = reader.read_to_end(&mut out).await;
+    };
+    tokio::join!(write, read);
     let out = String::from_utf8_lossy(&out).into_owned();
     (response_status(&out), out)
 }

@@ -311,21 +311,6 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// This machine's address on its default route: requests to it do not come from loopback.
-pub fn non_loopback_ip() -> std::net::IpAddr {
-    for target in ["192.0.2.1:9", "10.255.255.255:9", "8.8.8.8:53"] {
-        if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0")
-            && sock.connect(target).is_ok()
-            && let Ok(addr) = sock.local_addr()
-            && !addr.ip().is_loopback()
-            && !addr.ip().is_unspecified()
-        {
-            return addr.ip();
-        }
-    }
-    panic!("this machine has no non-loopback IPv4 address to act as a remote client from");
-}
-
 impl Standalone {
     /// Starts `kuma-dp run` for `dataplane` (YAML) against this control plane, with `extra`
     /// flags; its files and log go under `dir`. In the split layout the agent takes its token

@@ -105,6 +105,73 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Moves the calling thread onto the control plane's host and returns a runtime whose
+    /// threads live there too: what it starts (`standalone`, clients of `127.0.0.1`) runs
+    /// on that host.
+    pub fn enter_cp(&self) -> tokio::runtime::Runtime {
+        self.cp.enter();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Runs `work` on the remote host: a thread of its own inside the remote namespace, with a
+    /// runtime of its own. Await [`join`] on the handle for its result.
+    pub fn on_remote<F, Fut, T>(&self, work: F) -> std::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let name = self.remote.name.clone();
+        std::thread::spawn(move || {
+            let file = File::open(format!("/run/netns/{name}")).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(work())
+        })
+    }
+
+    /// One HTTP/1.1 request from the remote host to the control plane's `port` (plain
+    /// HTTP): (status, raw response).
+    pub async fn remote_request(
+        &self,
+        port: u16,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        join(self.on_remote(move || async move {
+            let tcp = tokio::net::TcpStream::connect((CP_IP, port)).await.unwrap();
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            kuma_testkit::http_request(tcp, &method, &path, &headers, &body).await
+        }))
+        .await
+    }
+}
+
+/// Waits for a thread started by [`Lab::on_remote`] without blocking the runtime.
+pub async fn join<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
+    tokio::task::spawn_blocking(move || handle.join().unwrap())
+        .await
+        .unwrap()
+}
+
 /// Runs a set-up command, which must succeed.
 pub fn run(program: &str, args: &[&str]) {
     let out = Command::new(program)
