@@ -27,7 +27,8 @@ pub fn router() -> Router {
 }
 
 async fn review(body: Bytes) -> Response {
-    match answer(&body) {
+    // Parsing and validating a review is CPU work: not on the async workers.
+    match crate::body::off_worker(move || answer(&body)).await {
         Ok(review) => Json(review).into_response(),
         Err(reason) => (
             StatusCode::BAD_REQUEST,
