@@ -26,7 +26,7 @@ pub mod lifecycle;
 pub mod mads;
 pub mod metrics;
 pub mod reconcile;
-mod serve;
+pub mod serve;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -43,31 +43,31 @@ use tower::ServiceExt as _;
 
 /// What one listener's connections may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub struct Limits {
     /// Connections the listener holds at once.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// Time to complete a TLS handshake.
-    pub(crate) handshake_timeout: Duration,
+    pub handshake_timeout: Duration,
     /// Time to send the first request, and a request's headers once it has started.
-    pub(crate) read_header_timeout: Duration,
+    pub read_header_timeout: Duration,
     /// Time a connection with no request in progress stays open.
-    pub(crate) idle_timeout: Duration,
+    pub idle_timeout: Duration,
     /// Time to send a request body (gRPC streams excepted).
-    pub(crate) read_timeout: Duration,
+    pub read_timeout: Duration,
     /// Largest `Content-Length` accepted (gRPC streams excepted).
-    pub(crate) max_body: u64,
+    pub max_body: u64,
 }
 
 /// Connections per client address, over every listener that shares the budget.
 #[derive(Debug)]
-pub(crate) struct ClientBudget {
+pub struct ClientBudget {
     max: usize,
     held: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl ClientBudget {
     /// At most `max` connections per client address.
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    pub fn new(max: usize) -> Arc<Self> {
         Arc::new(ClientBudget {
             max,
             held: Mutex::new(HashMap::new()),
@@ -138,9 +138,11 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `router` on `listener` (over TLS with `tls`) within `limits` until `stop` turns
-/// true, then asks every connection to finish and waits for them.
-pub(crate) async fn serve(
+/// Serves `router` on `listener` (over TLS with `tls`) within `limits`, each client's
+/// connections counted against `budget` (share one budget between listeners to cap a client
+/// over all of them), until `stop` turns true; then asks every connection to finish and waits
+/// for them. Handlers see the caller's address as axum's `ConnectInfo<SocketAddr>`.
+pub async fn serve(
     what: &'static str,
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -313,23 +315,30 @@ async fn handle(
                 .unwrap_or_default();
             return Ok(response);
         }
-        let deadline = Box::pin(tokio::time::sleep(limits.read_timeout));
-        request.map(|body| {
-            Body::new(DeadlineBody {
-                inner: body,
-                deadline,
-                timeout: limits.read_timeout,
+        if hyper::body::Body::is_end_stream(request.body()) {
+            request.map(Body::new)
+        } else {
+            let deadline = Instant::now() + limits.read_timeout;
+            request.map(|body| {
+                Body::new(DeadlineBody {
+                    inner: body,
+                    deadline,
+                    sleep: None,
+                    timeout: limits.read_timeout,
+                })
             })
-        })
+        }
     };
     let response = router.oneshot(request).await?;
     Ok(response.map(|body| Body::new(GuardedBody { inner: body, guard })))
 }
 
-/// A request body that fails once `deadline` passes before it has all arrived.
+/// A request body that fails once `deadline` passes before it has all arrived. Its timer is
+/// set only when the body has to be waited for.
 struct DeadlineBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
 }
 
@@ -344,7 +353,11 @@ impl hyper::body::Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
             let timeout = self.timeout;
             return Poll::Ready(Some(Err(format!(
                 "the request body did not arrive within {timeout:?} (apiServer.readTimeout)"
@@ -406,6 +419,10 @@ struct ActivityState {
     arriving_since: Option<Instant>,
     /// Whether a request has been served yet.
     served: bool,
+    /// Whether the watchdog waits for the requests in progress to end (it is woken then).
+    watched: bool,
+    /// Whether the watchdog sleeps until the idle timeout (bytes that arrive then wake it).
+    sleeping_long: bool,
 }
 
 impl Activity {
@@ -416,6 +433,8 @@ impl Activity {
                 idle_since: Instant::now(),
                 arriving_since: None,
                 served: false,
+                watched: false,
+                sleeping_long: false,
             }),
             armed: AtomicBool::new(true),
             changed: Notify::new(),
@@ -426,7 +445,8 @@ impl Activity {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request starts; it is in progress until the returned guard drops.
+    /// A request starts; it is in progress until the returned guard drops. The watchdog is
+    /// not woken: when its deadline comes it finds the request and waits for it to end.
     fn begin(self: &Arc<Self>) -> InProgress {
         {
             let mut state = self.state();
@@ -434,33 +454,46 @@ impl Activity {
             state.served = true;
         }
         self.armed.store(false, Ordering::Relaxed);
-        self.changed.notify_one();
         InProgress(self.clone())
     }
 
-    /// Bytes arrived.
+    /// Bytes arrived. The watchdog is woken only if it sleeps until the idle timeout: before
+    /// that it looks again at the read-header time anyway (so a client that sends requests
+    /// back to back costs it no wake-ups).
     fn read(&self) {
         if self.armed.swap(false, Ordering::Relaxed) {
             let mut state = self.state();
+            let mut wake = false;
             if state.in_progress == 0 && state.arriving_since.is_none() {
                 state.arriving_since = Some(Instant::now());
+                wake = std::mem::take(&mut state.sleeping_long);
             }
             drop(state);
-            self.changed.notify_one();
+            if wake {
+                self.changed.notify_one();
+            }
         }
     }
 
     /// When the connection is to be closed, as things stand (`None`: a request is in
-    /// progress).
+    /// progress; the watchdog is then woken when the last one ends).
     fn deadline(&self, limits: &Limits, pressure: bool) -> Option<Instant> {
-        let state = self.state();
+        let mut state = self.state();
         if state.in_progress > 0 {
+            state.watched = true;
             return None;
         }
+        let checkpoint = state.idle_since + limits.read_header_timeout;
         Some(match state.arriving_since {
             Some(t) => t + limits.read_header_timeout,
-            None if !state.served || pressure => state.idle_since + limits.read_header_timeout,
-            None => state.idle_since + limits.idle_timeout,
+            None if !state.served || pressure => checkpoint,
+            // Until the read-header time has passed, look again then: a request arriving
+            // before it needs no wake-up to be timed.
+            None if Instant::now() < checkpoint => checkpoint,
+            None => {
+                state.sleeping_long = true;
+                state.idle_since + limits.idle_timeout
+            }
         })
     }
 
@@ -498,13 +531,18 @@ impl Drop for InProgress {
     fn drop(&mut self) {
         let mut state = self.0.state();
         state.in_progress -= 1;
+        let mut wake = false;
         if state.in_progress == 0 {
             state.idle_since = Instant::now();
             state.arriving_since = None;
+            state.sleeping_long = false;
+            wake = std::mem::take(&mut state.watched);
             self.0.armed.store(true, Ordering::Relaxed);
         }
         drop(state);
-        self.0.changed.notify_one();
+        if wake {
+            self.0.changed.notify_one();
+        }
     }
 }
 

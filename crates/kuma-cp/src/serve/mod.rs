@@ -1,5 +1,6 @@
 //! Binding the control plane's ports and serving routers on them until shutdown, each
-//! listener within its [`Limits`] and every client within one [`ClientBudget`].
+//! listener within its [`Limits`] and every client within one [`ClientBudget`]. [`serve`]
+//! serves any axum router that way, for programs that bind their own listeners.
 
 mod connection;
 
@@ -10,7 +11,7 @@ use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub(crate) use connection::{ClientBudget, Limits};
+pub use connection::{ClientBudget, Limits, serve};
 
 use crate::StartError;
 
