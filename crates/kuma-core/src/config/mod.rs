@@ -240,7 +240,7 @@ pub struct ConnectionsConfig {
 impl Default for ConnectionsConfig {
     fn default() -> Self {
         ConnectionsConfig {
-            max_per_listener: 4096,
+            max_per_listener: 16_384,
             max_per_client: 256,
             tls_handshake_timeout: d("10s"),
         }
