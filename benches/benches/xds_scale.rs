@@ -13,7 +13,9 @@
 //!   ([`kuma_cp::DEBOUNCE`]) and the regeneration of every snapshot of the mesh;
 //! - memory: the control plane's resident-set growth per connected idle stream, and per
 //!   generated snapshot;
-//! - CPU: the control plane's CPU time (user + system) for that change, per proxy.
+//! - CPU: the control plane's CPU time (user + system) for that change, per proxy;
+//! - idle CPU: its CPU time over 30 s (`XDS_SCALE_IDLE_SECS`) of nothing happening, before any
+//!   proxy connected and with all of them connected.
 //!
 //! Run: `cargo bench -p kuma-benches --bench xds_scale`
 
@@ -55,6 +57,22 @@ fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// How long the idle figures watch (`XDS_SCALE_IDLE_SECS`, 30 s by default).
+fn idle_window() -> Duration {
+    let secs = std::env::var("XDS_SCALE_IDLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
+/// The control plane's CPU time over [`idle_window`] while nothing happens.
+async fn idle_cpu() -> Duration {
+    let before = cpu_time();
+    tokio::time::sleep(idle_window()).await;
+    cpu_time().saturating_sub(before)
 }
 
 /// User + system CPU time of this process.
@@ -165,6 +183,9 @@ async fn run(n: usize, variant: Variant) {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
 
+    // Idle, with no proxy connected: the reconciler and the server wait for something to do.
+    let idle_empty = idle_cpu().await;
+
     let started = Instant::now();
     let mut clients = spawn_clients(addr, n, variant);
     acks.wait(|a| {
@@ -184,6 +205,9 @@ async fn run(n: usize, variant: Variant) {
         .await;
     let converge = changed.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
+    // Idle, with every proxy connected and nothing changing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_connected = idle_cpu().await;
 
     println!(
         "{variant:?} N={n:>6}  initial config: {:>8.1} ms  convergence after a change: {:>7.1} ms  \
@@ -193,6 +217,14 @@ async fn run(n: usize, variant: Variant) {
         rss_connected.saturating_sub(rss_snapshots) as f64 / n as f64,
         rss_snapshots.saturating_sub(rss_start) as f64 / (n + 2) as f64,
         cpu.as_secs_f64() * 1e6 / n as f64,
+    );
+    let window = idle_window().as_secs_f64();
+    println!(
+        "{variant:?} N={n:>6}  idle CPU over {window:.0} s: no proxy {:.3} s ({:.2} % of a core), {n} proxies connected {:.3} s ({:.2} % of a core)",
+        idle_empty.as_secs_f64(),
+        idle_empty.as_secs_f64() * 100.0 / window,
+        idle_connected.as_secs_f64(),
+        idle_connected.as_secs_f64() * 100.0 / window,
     );
     let _ = clients.kill();
     let _ = clients.wait();
