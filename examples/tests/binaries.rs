@@ -199,6 +199,11 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     assert!(stats.contains("listener_manager.lds.update_rejected: 0"));
 
     // Stopping the backend's agent stops its Envoy; the backend is deregistered.
+    assert_eq!(
+        http_get(b.admin_port, "/ready").await.0,
+        200,
+        "backend's Envoy answers on its admin port"
+    );
     sigterm(&b.child);
     let status = tokio::time::timeout(Duration::from_secs(10), b.child.wait())
         .await
@@ -213,6 +218,12 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         0,
         "backend's readiness endpoint is gone"
     );
+    // And its Envoy with it: the admin port, which answered, no longer does.
+    let admin = b.admin_port;
+    eventually("backend's Envoy has exited", || async move {
+        http_get(admin, "/ready").await.0 == 0
+    })
+    .await;
     eventually("backend endpoint removed from web's Envoy", || async {
         !http_get(w.admin_port, "/clusters")
             .await

@@ -270,7 +270,7 @@ async fn mtls_permissions_and_rotation() {
         assert!(sans.iter().any(|s| s == san), "{san} in {sans:?}");
     }
     // A plaintext client straight to the inbound gets no HTTP answer.
-    assert_eq!(http_get(mesh.backend_inbound, "/").await.0, 0);
+    assert!(kuma_testkit::refuses_plain_http(mesh.backend_inbound).await);
 
     // Deny `other`: 403 over HTTP, a closed connection over TCP; web still passes. Entries
     // merge in order, so the later, narrower one decides for `other`.

@@ -223,7 +223,8 @@ async fn token_checks_can_be_switched_off_for_development() {
     let cp = Standalone::start(&[("KUMA_DP_SERVER_AUTHN_DP_PROXY_TYPE", "none")]).await;
     let dir = common::test_dir("token-none");
     let admin = kuma_testkit::free_port().await;
-    let mut dp = web_kuma_dp(&cp, &dir, admin, 24011)
+    let inbound = kuma_testkit::free_port().await;
+    let mut dp = web_kuma_dp(&cp, &dir, admin, inbound)
         .await
         .stderr(std::process::Stdio::null())
         .spawn()

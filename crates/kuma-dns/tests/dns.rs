@@ -247,7 +247,7 @@ fn random_and_mutated_packets_never_panic() {
         valid.push(m.to_vec().unwrap());
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let (mut answered, mut total) = (0usize, 0usize);
+    let mut answered = 0usize;
     for i in 0..300_000 {
         let packet: Vec<u8> = if i % 3 == 0 {
             (0..rng.below(300)).map(|_| rng.next() as u8).collect()
@@ -286,9 +286,7 @@ fn random_and_mutated_packets_never_panic() {
                 assert!(reply.len() <= 1232);
             }
         }
-        total += 1;
     }
-    assert_eq!(total, 300_000);
     assert!(
         answered > 100_000,
         "most packets with a header get an answer: {answered}"

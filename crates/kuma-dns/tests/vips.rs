@@ -149,17 +149,28 @@ async fn the_store_keeps_vips_stable_and_unique() {
             allocator.sync("race", &wanted(&mine)).await
         }));
     }
+    let mut succeeded = 0;
     for t in tasks {
         match t.await.unwrap() {
-            Ok(_) | Err(VipError::Contended(_)) => {}
+            Ok(_) => succeeded += 1,
+            Err(VipError::Contended(_)) => {}
             Err(e) => panic!("{e}"),
         }
     }
+    assert!(succeeded >= 1, "some instance's allocation went through");
     let table = a.get("race").await.unwrap();
+    // Every instance wanted the first 20 services: whoever wrote last, they have VIPs.
+    for name in names.iter().take(20) {
+        assert!(
+            table.contains_key(&HostnameEntry::service(name)),
+            "{name} has a VIP"
+        );
+    }
     let addresses = ips(&table);
     assert_eq!(
         addresses.iter().collect::<BTreeSet<_>>().len(),
-        addresses.len()
+        addresses.len(),
+        "no VIP is given to two services"
     );
 
     // Exhaustion is an error naming what got no VIP; the rest is allocated and stored.

@@ -51,6 +51,35 @@ pub async fn free_port() -> u16 {
     panic!("no free port in 20000..32000");
 }
 
+/// Takes a port a test must use as it is (a fixed port in a fixture) out of [`free_port`]'s
+/// pool, so that no concurrent test is handed it from now on (its claim is renewed), and waits
+/// (up to a minute) until nothing is bound to it.
+pub async fn reserve_port(port: u16) {
+    static MINE: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    if MINE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&port)
+    {
+        return; // reserved by this process already (and perhaps in use by its Envoy)
+    }
+    let claims = std::env::temp_dir().join("kuma-rs-test-ports");
+    std::fs::create_dir_all(&claims).expect("create the port claims directory");
+    let file = claims.join(port.to_string());
+    // A fresh claim, whoever claimed the port before (claims outlive the tests that took
+    // them): free_port hands it to no one for the next 15 minutes.
+    let _ = std::fs::remove_file(&file);
+    let _ = claim(&file);
+    for _ in 0..600 {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            MINE.lock().unwrap_or_else(|p| p.into_inner()).push(port);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("port {port} stayed taken for a minute");
+}
+
 /// Claims `file` unless another process claimed it within the last 15 minutes.
 fn claim(file: &std::path::Path) -> bool {
     let create = || {
@@ -105,6 +134,20 @@ pub async fn http_get_at(ip: &str, port: u16, path: &str) -> (u16, String) {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     (response_status(&out), out)
+}
+
+/// Whether the listener on 127.0.0.1:`port` refuses to speak plain HTTP: it accepts the TCP
+/// connection (a port where nothing listens panics, so the check cannot pass for want of a
+/// server) and a plain `GET` gets no HTTP response.
+pub async fn refuses_plain_http(port: u16) -> bool {
+    let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        panic!("nothing listens on 127.0.0.1:{port}");
+    };
+    let exchange = http_request(stream, "GET", "/", &[], "");
+    let (status, raw) = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_default();
+    status == 0 && !raw.starts_with("HTTP/")
 }
 
 /// Sends one HTTP/1.1 request over `stream` (plain TCP or TLS) and reads the whole response:

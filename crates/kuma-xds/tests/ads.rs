@@ -251,11 +251,16 @@ async fn ack_nack_and_content_versions() {
         ]
     );
     drop(p);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        rec.events().last().map(String::as_str),
-        Some("closed default.dp-1")
-    );
+    // The server hears the proxy leave.
+    let mut closed = false;
+    for _ in 0..100 {
+        if rec.events().last().map(String::as_str) == Some("closed default.dp-1") {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "{:?}", rec.events());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,6 +243,10 @@ async fn goldens_are_accepted_by_envoy() {
 
     for (name, input) in cases() {
         let snapshot = generate(&input);
+        // The fixtures' ports are fixed: keep other tests from being handed them.
+        for port in listener_ports(&snapshot) {
+            kuma_testkit::reserve_port(port).await;
+        }
         let wanted: Vec<(String, String)> = snapshot
             .type_urls()
             .map(|t| (t.to_string(), snapshot.version(t)))
@@ -276,4 +280,30 @@ async fn goldens_are_accepted_by_envoy() {
             dir.display()
         );
     }
+}
+
+/// The ports the listeners of `snapshot` bind.
+fn listener_ports(snapshot: &Snapshot) -> Vec<u16> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use prost::Message as _;
+    let Some(listeners) = snapshot.get(kuma_xds::types::LISTENER) else {
+        return Vec::new();
+    };
+    let mut ports: Vec<u16> = listeners
+        .resources()
+        .values()
+        .filter_map(|r| Listener::decode(r.to_any().value.as_slice()).ok())
+        .filter_map(|l| match l.address?.address? {
+            Address::SocketAddress(a) => match a.port_specifier? {
+                PortSpecifier::PortValue(p) => u16::try_from(p).ok(),
+                PortSpecifier::NamedPort(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
