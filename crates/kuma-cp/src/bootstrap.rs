@@ -327,11 +327,8 @@ fn control_plane_cluster(
     if let Some(filters) = http_filters {
         options["http_filters"] = filters;
     }
-    json!({
+    let mut cluster = json!({
         "name": name,
-        "type": "STRICT_DNS",
-        // `localhost` must reach an IPv4 listener even where ::1 resolves first.
-        "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": state.params.xds_connect_timeout.as_str(),
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options,
@@ -341,7 +338,17 @@ fn control_plane_cluster(
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}],
         },
-    })
+    });
+    // As Kuma: an address is used as it is, a name is resolved.
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        cluster["type"] = json!("STATIC");
+    } else {
+        cluster["type"] = json!("STRICT_DNS");
+        // Our listeners are IPv4: `localhost` must reach one even where ::1 resolves first
+        // (Kuma, which listens on both families, says AUTO).
+        cluster["dns_lookup_family"] = json!("V4_PREFERRED");
+    }
+    cluster
 }
 
 /// Upstream HTTP filters that put `authorization: <token>` on every request to a cluster:
@@ -470,5 +477,17 @@ mod tests {
         let stripped = serde_norway::to_string(&stripped).unwrap();
         let refused = pin_control_plane_ca(&stripped, "OWN CA").unwrap_err();
         assert!(refused.contains("sds_cluster"), "{refused}");
+
+        // A control plane named by address is a STATIC cluster, as in Kuma; by name, DNS.
+        for (host, kind, family) in [
+            ("10.0.0.7", "STATIC", Value::Null),
+            ("::1", "STATIC", Value::Null),
+            ("cp.example", "STRICT_DNS", json!("V4_PREFERRED")),
+        ] {
+            let b = envoy_bootstrap(&state, &req, &dp, host);
+            let ads = &b["static_resources"]["clusters"][0];
+            assert_eq!(ads["type"], kind, "{host}");
+            assert_eq!(ads["dns_lookup_family"], family, "{host}");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! resource the proxy has. A push sends only resources whose version differs and lists as
 //! removed those the proxy has that are gone (or that it subscribed to and do not exist). What
 //! was sent counts as known, so a NACKed version is not sent again; ACKs and NACKs are
-//! recognised by nonce, and subscription changes apply whatever the nonce.
+//! recognised by nonce (an answer to an older response counts too), and subscription changes
+//! apply whatever the nonce. A first request that names nothing subscribes to the whole type.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,11 +15,14 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::cache::Snapshot;
-use crate::server::{Callbacks, wildcard_capable};
+use crate::server::Callbacks;
 use crate::stream::{Closed, Protocol};
 use crate::types::in_push_order;
 use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
+
+/// Responses per type whose answer is still awaited, at most.
+const MAX_UNANSWERED: usize = 16;
 
 #[derive(Debug, Default)]
 struct DeltaTypeState {
@@ -26,9 +30,10 @@ struct DeltaTypeState {
     names: BTreeSet<String>,
     /// Name -> version the proxy has (or was last sent).
     known: BTreeMap<String, String>,
-    nonce: Option<String>,
-    /// The type's snapshot version when `nonce` was sent (what an ACK of it accepts).
-    sent_version: String,
+    /// Responses not yet ACKed or NACKed, oldest first: nonce, and the type's snapshot version
+    /// when it was sent (what an ACK of it accepts). A delta proxy answers each response, so
+    /// an answer to an older one still counts once a newer one went out.
+    unanswered: std::collections::VecDeque<(String, String)>,
     /// Names subscribed to that must be answered even if they do not exist.
     pending: BTreeSet<String>,
 }
@@ -68,30 +73,31 @@ impl<C: Callbacks> DeltaStream<C> {
         }
         let first = !self.types.contains_key(&req.type_url);
         let state = self.types.entry(req.type_url.clone()).or_default();
-        if !req.response_nonce.is_empty()
-            && state.nonce.as_deref() == Some(req.response_nonce.as_str())
-        {
+        let answered = state
+            .unanswered
+            .iter()
+            .position(|(nonce, _)| !req.response_nonce.is_empty() && *nonce == req.response_nonce)
+            .and_then(|at| state.unanswered.remove(at));
+        if let Some((_, version)) = answered {
             match &req.error_detail {
                 Some(err) => self.callbacks.on_nack(
                     self.id,
                     &self.node_id,
                     &req.type_url,
-                    &state.sent_version,
+                    &version,
                     &err.message,
                 ),
-                None => self.callbacks.on_ack(
-                    self.id,
-                    &self.node_id,
-                    &req.type_url,
-                    &state.sent_version,
-                ),
+                None => self
+                    .callbacks
+                    .on_ack(self.id, &self.node_id, &req.type_url, &version),
             }
         }
         let state = self.types.entry(req.type_url.clone()).or_default();
         if first {
             state.known = req.initial_resource_versions.clone().into_iter().collect();
-            state.wildcard =
-                req.resource_names_subscribe.is_empty() && wildcard_capable(&req.type_url);
+            // As go-control-plane: a first request that names nothing subscribes to every
+            // resource of its type, whatever the type.
+            state.wildcard = req.resource_names_subscribe.is_empty();
         }
         let mut changed = first;
         for name in &req.resource_names_subscribe {
@@ -181,10 +187,14 @@ impl<C: Callbacks> DeltaStream<C> {
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        state.nonce = Some(nonce.clone());
-        state.sent_version = snapshot.version(type_url);
+        let version = snapshot.version(type_url);
+        state.unanswered.push_back((nonce.clone(), version.clone()));
+        // A proxy that never answers does not grow the list without end.
+        if state.unanswered.len() > MAX_UNANSWERED {
+            state.unanswered.pop_front();
+        }
         let response = DeltaResponse {
-            system_version_info: state.sent_version.clone(),
+            system_version_info: version,
             resources,
             type_url: type_url.to_string(),
             removed_resources: removed,

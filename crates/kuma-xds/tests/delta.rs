@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::server::{AdsServer, NoCallbacks};
+use kuma_xds::server::{AdsServer, Callbacks, NoCallbacks};
 use kuma_xds::types::{CLUSTER, ENDPOINT};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -52,9 +52,13 @@ fn endpoints(name: &str) -> (String, Any) {
 }
 
 async fn start(cache: Arc<SnapshotCache>) -> String {
+    start_with(cache, Arc::new(NoCallbacks)).await
+}
+
+async fn start_with<C: Callbacks>(cache: Arc<SnapshotCache>, callbacks: Arc<C>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = AdsServer::new(cache, Arc::new(NoCallbacks)).into_service();
+    let service = AdsServer::new(cache, callbacks).into_service();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -220,4 +224,72 @@ async fn reconnect_with_known_versions_sends_only_news() {
     let r2 = q.next().await;
     assert_eq!(names(&r2), ["b"]);
     assert!(r2.removed_resources.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_first_request_subscribes_to_the_whole_type() {
+    // As go-control-plane serves clients other than Envoy: endpoints too, not only clusters
+    // and listeners.
+    let cache = Arc::new(SnapshotCache::new());
+    let url = start(cache.clone()).await;
+    cache.set("n", Snapshot::new([endpoints("a"), endpoints("b")]));
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), ENDPOINT, &[], &[]).await;
+    assert_eq!(names(&p.next().await), ["a", "b"]);
+}
+
+/// ACKs and NACKs as the server reports them: (kind, type, version).
+#[derive(Default)]
+struct Answers(std::sync::Mutex<Vec<(&'static str, String, String)>>);
+
+impl Callbacks for Answers {
+    fn on_ack(&self, _: u64, _: &str, type_url: &str, version: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(("ack", type_url.into(), version.into()));
+    }
+    fn on_nack(&self, _: u64, _: &str, type_url: &str, version: &str, _: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(("nack", type_url.into(), version.into()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_to_an_older_response_is_recorded() {
+    let cache = Arc::new(SnapshotCache::new());
+    let answers = Arc::new(Answers::default());
+    let url = start_with(cache.clone(), answers.clone()).await;
+    cache.set("n", Snapshot::new([cluster("a", 1)]));
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), CLUSTER, &[], &[]).await;
+    let r1 = p.next().await;
+    // A newer response goes out before the proxy answers the first.
+    cache.set("n", Snapshot::new([cluster("a", 2)]));
+    let r2 = p.next().await;
+    p.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.to_string(),
+        response_nonce: r1.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: "rejected".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    p.ack(&r2).await;
+    let want = vec![
+        ("nack", CLUSTER.to_string(), r1.system_version_info.clone()),
+        ("ack", CLUSTER.to_string(), r2.system_version_info.clone()),
+    ];
+    for _ in 0..100 {
+        if *answers.0.lock().unwrap() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*answers.0.lock().unwrap(), want);
 }

@@ -11,10 +11,6 @@ const EXCEPTIONS: &[(&str, &str)] = &[
         "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY",
     ),
     (
-        "dnsServer.serviceVipPort",
-        "KUMA_DNS_SERVICE_SERVICE_VIP_PORT",
-    ),
-    (
         "access.static.viewConfigDump.users",
         "KUMA_ACCESS_STATIC_GET_CONFIG_DUMP_USERS",
     ),

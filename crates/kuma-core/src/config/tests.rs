@@ -103,6 +103,11 @@ fn env_names_follow_kuma() {
         env_name("xdsServer.dataplaneDeregistrationDelay"),
         "KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY"
     );
+    // Kuma's generated defaults file says KUMA_DNS_SERVICE_SERVICE_VIP_PORT; Kuma reads this.
+    assert_eq!(
+        env_name("dnsServer.serviceVipPort"),
+        "KUMA_DNS_SERVER_SERVICE_VIP_PORT"
+    );
 }
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
