@@ -255,3 +255,92 @@ async fn standalone_and_kuma_dp_carry_traffic() {
         .unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// kuma-dp takes every setting from Kuma's `KUMA_*` variables alone, with `run` the only
+/// argument; and a Dataplane template from standard input, rendered with `--dataplane-var`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuma_dp_runs_from_kuma_variables_alone() {
+    let dir = test_dir("kuma-dp-env");
+    let cp = Standalone::start(&[]).await;
+    let token = common::dataplane_token(cp.api_port, "default", "env-1").await;
+    let token_file = dir.join("env-1.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let (admin, readiness, inbound) = (free_port().await, free_port().await, free_port().await);
+    // The name and mesh come from variables, not from the resource.
+    let dataplane = format!(
+        "type: Dataplane\nname: ignored\nmesh: ignored\nnetworking:\n  address: 127.0.0.1\n  admin:\n    port: {admin}\n  inbound:\n  - port: {inbound}\n    tags:\n      kuma.io/service: env\n"
+    );
+    let env = [
+        (
+            "KUMA_CONTROL_PLANE_URL",
+            format!("https://localhost:{}", cp.dp_port),
+        ),
+        ("KUMA_CONTROL_PLANE_CA_CERT_FILE", cp.ca_file.clone()),
+        ("KUMA_DATAPLANE_NAME", "env-1".to_string()),
+        ("KUMA_DATAPLANE_MESH", "default".to_string()),
+        ("KUMA_DATAPLANE_RUNTIME_RESOURCE", dataplane),
+        (
+            "KUMA_DATAPLANE_RUNTIME_TOKEN_PATH",
+            token_file.display().to_string(),
+        ),
+        ("KUMA_DATAPLANE_RUNTIME_BINARY_PATH", envoy_binary()),
+        ("KUMA_DATAPLANE_RUNTIME_WORK_DIR", dir.display().to_string()),
+        ("KUMA_READINESS_PORT", readiness.to_string()),
+        ("KUMA_DATAPLANE_DRAIN_TIME", "2s".to_string()),
+    ];
+    let mut dp = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+        .arg("run")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(
+        "the proxy configured from KUMA_* variables is ready",
+        || async { http_get(readiness, "/ready").await.0 == 200 },
+    )
+    .await;
+    let (status, body) = http_get(cp.api_port, "/meshes/default/dataplanes/env-1").await;
+    assert_eq!(
+        status, 200,
+        "registered under the name from KUMA_DATAPLANE_NAME: {body}"
+    );
+    sigterm(&dp);
+    let _ = tokio::time::timeout(Duration::from_secs(10), dp.wait()).await;
+
+    // A template on standard input, its variables from the command line; a flag wins over
+    // its variable (KUMA_DATAPLANE_NAME says env-1, --name says tpl-1).
+    let token = common::dataplane_token(cp.api_port, "default", "tpl-1").await;
+    std::fs::write(&token_file, &token).unwrap();
+    let (admin, readiness, inbound) = (free_port().await, free_port().await, free_port().await);
+    let template = "type: Dataplane\nname: x\nmesh: default\nnetworking:\n  address: {{ address }}\n  admin:\n    port: {{ admin }}\n  inbound:\n  - port: {{ port }}\n    tags:\n      kuma.io/service: {{ service }}\n";
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| *k != "KUMA_DATAPLANE_RUNTIME_RESOURCE" && *k != "KUMA_READINESS_PORT");
+    let mut dp = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+        .args(["run", "--name", "tpl-1", "--dataplane-file", "-"])
+        .args(["--readiness-port", &readiness.to_string()])
+        .args(["-v", "address=127.0.0.1,service=tpl"])
+        .args(["-v", &format!("admin={admin}")])
+        .args(["--dataplane-var", &format!("port={inbound}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = dp.stdin.take().unwrap();
+        stdin.write_all(template.as_bytes()).await.unwrap();
+    }
+    eventually("the proxy from a rendered template is ready", || async {
+        http_get(readiness, "/ready").await.0 == 200
+    })
+    .await;
+    let (status, body) = http_get(cp.api_port, "/meshes/default/dataplanes/tpl-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("\"port\":{inbound}")), "{body}");
+    assert!(body.contains("\"kuma.io/service\":\"tpl\""), "{body}");
+    sigterm(&dp);
+    let _ = tokio::time::timeout(Duration::from_secs(10), dp.wait()).await;
+}

@@ -6,10 +6,14 @@
 //! ```text
 //! kuma-dp run --cp-address https://localhost:5678 --dataplane-file dp.yaml [--name N] [--mesh M]
 //!             [--dataplane-token-file F] [--binary-path envoy] [--admin-port P]
-//!             [--readiness-port 9902] [--ca-cert-file F] [--config-dir D]
+//!             [--readiness-port 9902] [--ca-cert-file F] [--work-dir D]
 //!             [--drain-time 30s] [--envoy-log-level info] [--concurrency N]
 //!             [--dns-port 15053] [--dns-upstream ip:port] [--dns-domain mesh]
 //! ```
+//!
+//! Every flag Kuma's kuma-dp has can also be given by its `KUMA_*` variable (the flag wins):
+//! see [`args`]. The Dataplane is a template (`--dataplane` inline or `--dataplane-file`,
+//! `-` for standard input) rendered with `--dataplane-var key=value` as Kuma renders it.
 //!
 //! `--cp-address` is the dp-server (`https://host:5678`, the default layout) or, in the split
 //! port layout, the plain-HTTP bootstrap server (`http://host:5682`) or the API
@@ -29,6 +33,7 @@
 //! Linux, Envoy is killed when kuma-dp dies, even by SIGKILL, so no Envoy outlives its agent.
 
 mod access_logs;
+mod args;
 mod dns_proxy;
 
 use std::path::PathBuf;
@@ -40,116 +45,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const USAGE: &str =
-    "usage: kuma-dp run --cp-address <url> --dataplane-file <path> [--name <name>] [--mesh <mesh>]
-                   [--dataplane-token-file <path>] [--binary-path <envoy>] [--admin-port <port>]
-                   [--readiness-port <port>] [--ca-cert-file <path>] [--config-dir <dir>]
-                   [--drain-time <duration>] [--envoy-log-level <level>] [--concurrency <n>]
-                   [--dns-port <port>] [--dns-upstream <ip:port>] [--dns-domain <domain>]";
-
-#[derive(Debug)]
-struct Args {
-    cp_address: String,
-    dataplane_file: Option<PathBuf>,
-    name: Option<String>,
-    mesh: Option<String>,
-    token_file: Option<PathBuf>,
-    binary_path: String,
-    admin_port: Option<u16>,
-    readiness_port: u16,
-    ca_cert_file: Option<PathBuf>,
-    config_dir: Option<PathBuf>,
-    drain_time: Duration,
-    envoy_log_level: String,
-    concurrency: Option<u32>,
-    dns_port: u16,
-    dns_upstream: Option<std::net::SocketAddr>,
-    dns_domain: String,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1).peekable();
-    if it.peek().map(String::as_str) == Some("run") {
-        it.next();
-    }
-    let mut a = Args {
-        cp_address: "https://localhost:5678".into(),
-        dataplane_file: None,
-        name: None,
-        mesh: None,
-        token_file: None,
-        binary_path: "envoy".into(),
-        admin_port: None,
-        readiness_port: 9902,
-        ca_cert_file: None,
-        config_dir: None,
-        drain_time: Duration::from_secs(30),
-        envoy_log_level: "info".into(),
-        concurrency: None,
-        dns_port: 15053,
-        dns_upstream: None,
-        dns_domain: "mesh".into(),
-    };
-    while let Some(flag) = it.next() {
-        let (flag, inline) = match flag.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (flag, None),
-        };
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.into());
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))?,
-        };
-        let port = |v: &str| {
-            v.parse::<u16>()
-                .map_err(|_| format!("{flag}: {v:?} is not a port"))
-        };
-        match flag.as_str() {
-            "--cp-address" => a.cp_address = value,
-            "--dataplane-file" | "-d" => a.dataplane_file = Some(value.into()),
-            "--name" => a.name = Some(value),
-            "--mesh" => a.mesh = Some(value),
-            "--dataplane-token-file" => a.token_file = Some(value.into()),
-            "--binary-path" => a.binary_path = value,
-            "--admin-port" => a.admin_port = Some(port(&value)?),
-            "--readiness-port" => a.readiness_port = port(&value)?,
-            "--ca-cert-file" => a.ca_cert_file = Some(value.into()),
-            "--config-dir" => a.config_dir = Some(value.into()),
-            "--drain-time" => {
-                let d: kuma_core::duration::Duration = value
-                    .parse()
-                    .map_err(|e| format!("--drain-time {value:?}: {e}"))?;
-                if d.get() < Duration::from_secs(1) {
-                    return Err(format!("--drain-time {value:?}: must be at least 1s"));
-                }
-                a.drain_time = d.get();
-            }
-            "--envoy-log-level" => a.envoy_log_level = value,
-            "--dns-port" => a.dns_port = port(&value)?,
-            "--dns-upstream" => {
-                a.dns_upstream = Some(
-                    value
-                        .parse()
-                        .map_err(|_| format!("--dns-upstream {value:?}: not an ip:port"))?,
-                );
-            }
-            "--dns-domain" => a.dns_domain = value,
-            "--concurrency" => {
-                a.concurrency =
-                    Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("--concurrency {value:?}: not a positive number")
-                    })?);
-            }
-            other => return Err(format!("unknown flag {other:?}\n\n{USAGE}")),
-        }
-    }
-    Ok(a)
-}
 
 /// Where the bootstrap comes from.
 #[derive(Debug, PartialEq, Eq)]
@@ -344,14 +239,25 @@ async fn envoy_live(admin_port: u16) -> bool {
     out.starts_with("HTTP/1.1 200") && out.contains("LIVE")
 }
 
-async fn run(a: Args) -> Result<ExitCode, String> {
-    let path = a
-        .dataplane_file
-        .as_ref()
-        .ok_or_else(|| format!("--dataplane-file is required\n\n{USAGE}"))?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut dp = parse_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+async fn run(a: args::Args) -> Result<ExitCode, String> {
+    let (source, text) = match &a.template {
+        args::Template::Inline(text) => ("--dataplane".to_string(), text.clone()),
+        args::Template::File(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            tokio::io::stdin()
+                .read_to_string(&mut text)
+                .await
+                .map_err(|e| format!("cannot read the Dataplane from standard input: {e}"))?;
+            ("standard input".to_string(), text)
+        }
+        args::Template::File(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        ),
+    };
+    let text = args::render(&text, &a.vars);
+    let mut dp = parse_yaml(&text).map_err(|e| format!("{source}: {e}"))?;
     if let Some(n) = &a.name {
         dp.meta.name = n.clone();
     }
@@ -371,17 +277,19 @@ async fn run(a: Args) -> Result<ExitCode, String> {
         .and_then(serde_json::Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(9901);
-    let token = match &a.token_file {
-        Some(f) => std::fs::read_to_string(f)
+    let token = match &a.token {
+        Some(args::Token::File(f)) => std::fs::read_to_string(f)
             .map_err(|e| format!("cannot read {}: {e}", f.display()))?
             .trim()
             .to_string(),
+        Some(args::Token::Inline(t)) => t.trim().to_string(),
         None => String::new(),
     };
-    let ca_cert = match &a.ca_cert_file {
-        Some(f) => {
+    let ca_cert = match &a.ca {
+        Some(args::Ca::File(f)) => {
             std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
         }
+        Some(args::Ca::Pem(pem)) => pem.clone(),
         None => String::new(),
     };
     let envoy_version = std::process::Command::new(&a.binary_path)
@@ -441,7 +349,9 @@ async fn run(a: Args) -> Result<ExitCode, String> {
     );
     tokio::spawn(readiness(a.readiness_port, admin_port));
     // The DNS proxy serves as long as this is held.
-    let _dns_proxy = if dp_json.pointer("/networking/transparentProxying").is_some() {
+    let _dns_proxy = if a.dns_enabled
+        && dp_json.pointer("/networking/transparentProxying").is_some()
+    {
         let upstream = a.dns_upstream.or_else(dns_proxy::system_upstream);
         let pipe = PathBuf::from(kuma_xds::generate::dynamic_config_pipe(
             &dir.to_string_lossy(),
@@ -473,7 +383,7 @@ async fn run(a: Args) -> Result<ExitCode, String> {
 }
 
 /// Envoy's command line, as Kuma's kuma-dp builds it.
-fn envoy_command(a: &Args, bootstrap: &std::path::Path) -> tokio::process::Command {
+fn envoy_command(a: &args::Args, bootstrap: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&a.binary_path);
     cmd.arg("--config-path")
         .arg(bootstrap)
@@ -527,11 +437,18 @@ fn forward(pid: Option<Pid>, signal: Signal) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match args::parse(std::env::args(), |k| std::env::var(k).ok()) {
         Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
+        Err((text, 0)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err((text, code)) => {
+            eprint!("{text}");
+            if !text.ends_with('\n') {
+                eprintln!();
+            }
+            return ExitCode::from(code);
         }
     };
     match run(args).await {
