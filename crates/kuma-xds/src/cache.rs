@@ -29,22 +29,26 @@ struct Encoded {
 }
 
 impl EncodedResource {
-    /// Encodes `any`.
+    /// Encodes `any`, its maps' entries in key order ([`canonical`](crate::canonical)): equal
+    /// content gives equal bytes, and so equal versions, in every process.
     pub fn new(any: &Any) -> Self {
+        Self::from_parts(any.type_url.clone(), any.value.clone())
+    }
+
+    /// Encodes an Envoy message under its own type URL (see [`EncodedResource::new`]).
+    pub fn from_message<M: Message + Name>(message: &M) -> Self {
+        Self::from_parts(M::type_url(), message.encode_to_vec())
+    }
+
+    fn from_parts(type_url: String, value: Vec<u8>) -> Self {
+        let value = crate::canonical::canonical(&type_url, value);
+        let any = Any { type_url, value };
         let bytes = any.encode_to_vec();
         EncodedResource(Arc::new(Encoded {
-            type_url: any.type_url.clone(),
+            type_url: any.type_url,
             hash: fnv1a(EMPTY_VERSION_SEED, &bytes),
             any: bytes,
         }))
-    }
-
-    /// Encodes an Envoy message under its own type URL.
-    pub fn from_message<M: Message + Name>(message: &M) -> Self {
-        Self::new(&Any {
-            type_url: M::type_url(),
-            value: message.encode_to_vec(),
-        })
     }
 
     /// The resource's type URL.

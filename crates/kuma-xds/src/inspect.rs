@@ -19,15 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::cache::{EncodedResource, Snapshot};
 use crate::types::in_push_order;
 
-/// Envoy's descriptor set, as the `envoy-types` package ships it (without source comments).
-const ENVOY_DESCRIPTORS: &[u8] = include_bytes!("../descriptors/envoy.bin");
-
-fn pool() -> Result<&'static DescriptorPool, String> {
-    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(ENVOY_DESCRIPTORS).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(Clone::clone)
-}
+use crate::canonical::pool;
 
 /// One resource as JSON (no `@type`: the type is the key it is listed under).
 pub fn resource_json(resource: &EncodedResource) -> Result<Value, String> {

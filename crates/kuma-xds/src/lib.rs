@@ -6,11 +6,13 @@
 //!   both state-of-the-world and incremental (delta), with nonce/ACK/NACK tracking and
 //!   [`server::Callbacks`] for stream events.
 //! - Resources are encoded once ([`cache::EncodedResource`]) and written into every stream from
-//!   the same bytes ([`wire`]).
+//!   the same bytes ([`wire`]); [`canonical`] puts their maps' entries in key order, so equal
+//!   content encodes alike in every process.
 //! - With the `inspect` feature, `inspect` renders snapshots as canonical protobuf JSON.
 //! - [`mads`] serves Kuma's monitoring assignments to Prometheus (`kuma_sd_configs`) over REST.
 
 pub mod cache;
+pub mod canonical;
 mod delta;
 pub mod envoy;
 pub mod generate;
