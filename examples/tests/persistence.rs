@@ -234,7 +234,30 @@ async fn sqlite_control_plane_restarts_with_everything() {
         ),
     ];
     let cp = Standalone::start(&refs(&env)).await;
+    // An access log in JSON: a protobuf Struct of eight fields (a map) in web's listeners,
+    // which before canonical encoding came out in another order in every process.
+    let fields: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!({"key": format!("field_{i}"), "value": "%START_TIME%"}))
+        .collect();
+    common::put_json(
+        cp.api_port,
+        "/meshes/default/meshaccesslogs/json-log",
+        &serde_json::json!({
+            "type": "MeshAccessLog", "mesh": "default", "name": "json-log",
+            "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
+                "default": {"backends": [{"type": "File", "file": {"path": "/dev/null",
+                    "format": {"type": "Json", "json": fields}}}]}}]}
+        })
+        .to_string(),
+    )
+    .await;
     let dp = web_proxy(&dir, &cp).await;
+    let admin = dp.admin_port;
+    eventually(
+        "web-1's listeners carry the JSON access log",
+        || async move { http_get(admin, "/config_dump").await.1.contains("field_7") },
+    )
+    .await;
     let secrets = |port| async move {
         let key = api_json(port, "/global-secrets/user-token-signing-key-1").await;
         let admin = api_json(port, "/global-secrets/admin-user-token").await;
