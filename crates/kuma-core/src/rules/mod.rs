@@ -8,8 +8,9 @@
 //!    `MeshServiceSubset` both, `Dataplane` a proxy by name or labels (one inbound with
 //!    `sectionName`). Outbound (`to`) rules apply when any inbound of the proxy is selected.
 //! 2. **Order**: by top-level kind (`Mesh` < `Dataplane` < `MeshSubset` < `MeshService` <
-//!    `MeshServiceSubset`), then origin (`global` before `zone`), then name, the lexicographically
-//!    smaller name last (so it wins).
+//!    `MeshServiceSubset`), for `Dataplane` targets labels < labels+sectionName < name <
+//!    name+sectionName, then origin (`global` < none < `zone`), then policy role, then name,
+//!    the lexicographically smaller name last (so it wins).
 //! 3. **Merge**: entries are concatenated in that order; for each destination the `default`s of
 //!    the entries whose targetRef covers it merge field by field, later wins ([`merge`]).
 //!
@@ -36,6 +37,9 @@ use crate::resource::{Labels, Resource, ResourceMeta, ResourceType};
 pub const ORIGIN_LABEL: &str = "kuma.io/origin";
 /// Label carrying a resource's name as its author wrote it.
 pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+/// Label naming a policy's role (`system`, the default, `producer`, `consumer`,
+/// `workload-owner`).
+pub const POLICY_ROLE_LABEL: &str = "kuma.io/policy-role";
 
 /// A proxy as the engine sees it.
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +199,7 @@ struct Prepared {
     single: Option<Value>,
 }
 
-type SortKey = (u8, u8, u8, Reverse<String>);
+type SortKey = (u8, u8, u8, u8, Reverse<String>);
 
 impl Prepared {
     fn new(r: &Resource) -> Self {
@@ -263,16 +267,28 @@ impl Prepared {
         }
     }
 
+    /// Kuma's order (its `SortByTargetRef`): kind, then for `Dataplane` targets labels <
+    /// labels+sectionName < name < name+sectionName, then origin (global < none < zone), then
+    /// policy role (system < producer < consumer < workload-owner), then name (the smaller
+    /// name last, so it wins).
     fn sort_key(&self) -> SortKey {
         let t = &self.top;
         let dataplane_rank = if t.kind == TargetRefKind::Dataplane {
-            u8::from(t.name.is_some()) + 2 * u8::from(t.section_name.is_some())
+            2 * u8::from(t.name.is_some()) + u8::from(t.section_name.is_some())
         } else {
             0
         };
-        let origin_rank = match self.origin.labels.get(ORIGIN_LABEL).map(String::as_str) {
+        let label = |key: &str| self.origin.labels.get(key).map(String::as_str);
+        let origin_rank = match label(ORIGIN_LABEL) {
             Some("global") => 0,
+            Some("zone") => 2,
             _ => 1,
+        };
+        let role_rank = match label(POLICY_ROLE_LABEL) {
+            Some("producer") => 1,
+            Some("consumer") => 2,
+            Some("workload-owner") => 3,
+            _ => 0, // system, the default
         };
         let name = self
             .origin
@@ -284,6 +300,7 @@ impl Prepared {
             t.kind.specificity(),
             dataplane_rank,
             origin_rank,
+            role_rank,
             Reverse(name),
         )
     }

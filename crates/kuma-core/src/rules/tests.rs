@@ -272,3 +272,97 @@ spec:
         json!({"sampling": {"overall": 10, "random": 5}, "tags": [{"name": "b", "literal": "y"}]})
     );
 }
+
+/// A MeshTimeout with `labels` and a top-level `top`, setting idleTimeout to `idle`.
+fn labelled_timeout(name: &str, labels: &str, top: &str, idle: &str) -> String {
+    format!(
+        "---\ntype: MeshTimeout\nmesh: default\nname: {name}\nlabels: {labels}\nspec:\n  targetRef: {top}\n  to:\n  - targetRef: {{kind: Mesh}}\n    default: {{idleTimeout: {idle}}}\n"
+    )
+}
+
+fn order_of(policies: &str) -> (Vec<String>, Value) {
+    let dps = resources(MESH);
+    let policies = resources(policies);
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &web);
+    let names = rules.matched.iter().map(|o| o.name.clone()).collect();
+    (names, rules.to_rule("anything").unwrap().conf.clone())
+}
+
+#[test]
+fn origin_ranks_global_then_unlabelled_then_zone() {
+    // The names would put them the other way round: origin decides first.
+    let (names, conf) = order_of(
+        &[
+            labelled_timeout("z-zone", "{kuma.io/origin: zone}", "{kind: Mesh}", "3s"),
+            labelled_timeout("a-none", "{}", "{kind: Mesh}", "2s"),
+            labelled_timeout("m-global", "{kuma.io/origin: global}", "{kind: Mesh}", "1s"),
+        ]
+        .concat(),
+    );
+    assert_eq!(names, ["m-global", "a-none", "z-zone"]);
+    assert_eq!(conf, json!({"idleTimeout": "3s"}), "the zone policy wins");
+}
+
+#[test]
+fn dataplane_targets_rank_labels_then_sections_then_names() {
+    let (names, conf) = order_of(
+        &[
+            labelled_timeout(
+                "a-name-section",
+                "{}",
+                "{kind: Dataplane, name: web-1, sectionName: admin}",
+                "4s",
+            ),
+            labelled_timeout("b-name", "{}", "{kind: Dataplane, name: web-1}", "3s"),
+            labelled_timeout(
+                "c-labels-section",
+                "{}",
+                "{kind: Dataplane, labels: {team: a}, sectionName: admin}",
+                "2s",
+            ),
+            labelled_timeout(
+                "d-labels",
+                "{}",
+                "{kind: Dataplane, labels: {team: a}}",
+                "1s",
+            ),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        names,
+        ["d-labels", "c-labels-section", "b-name", "a-name-section"]
+    );
+    assert_eq!(conf, json!({"idleTimeout": "4s"}));
+}
+
+#[test]
+fn policy_roles_rank_after_origin() {
+    let (names, _) = order_of(
+        &[
+            labelled_timeout(
+                "d-owner",
+                "{kuma.io/policy-role: workload-owner}",
+                "{kind: Mesh}",
+                "4s",
+            ),
+            labelled_timeout(
+                "c-consumer",
+                "{kuma.io/policy-role: consumer}",
+                "{kind: Mesh}",
+                "3s",
+            ),
+            labelled_timeout(
+                "b-producer",
+                "{kuma.io/policy-role: producer}",
+                "{kind: Mesh}",
+                "2s",
+            ),
+            labelled_timeout("a-system", "{}", "{kind: Mesh}", "1s"),
+        ]
+        .concat(),
+    );
+    assert_eq!(names, ["a-system", "b-producer", "c-consumer", "d-owner"]);
+}
