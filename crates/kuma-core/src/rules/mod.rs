@@ -340,11 +340,48 @@ pub fn selects_proxy(top: &TargetRef, proxy: &ProxyView<'_>) -> bool {
     match top.kind {
         TargetRefKind::Mesh => proxy_type_matches(top, proxy),
         TargetRefKind::Dataplane if top.section_name.is_none() => dataplane_matches(top, proxy),
+        TargetRefKind::MeshService
+        | TargetRefKind::MeshSubset
+        | TargetRefKind::MeshServiceSubset
+            if proxy.spec.is_delegated_gateway() =>
+        {
+            // As Kuma: a delegated gateway has no inbounds; it is selected by its gateway tags.
+            delegated_gateway_matches(top, proxy)
+        }
         _ => proxy
             .spec
             .inbounds()
             .iter()
             .any(|i| selects_inbound(top, proxy, i)),
+    }
+}
+
+/// Whether the `MeshService`, `MeshSubset` or `MeshServiceSubset` target `top` selects the
+/// delegated gateway `proxy` by its gateway tags.
+fn delegated_gateway_matches(top: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+    let Some(tags) = proxy
+        .spec
+        .networking
+        .as_ref()
+        .and_then(|n| n.gateway.as_ref())
+        .map(|g| &g.tags)
+    else {
+        return false;
+    };
+    let tags_match = top
+        .tags
+        .iter()
+        .flatten()
+        .all(|(k, v)| tags.get(k) == Some(v));
+    let service_matches = top
+        .name
+        .as_deref()
+        .is_some_and(|n| tags.get(SERVICE_TAG).map(String::as_str) == Some(n));
+    match top.kind {
+        TargetRefKind::MeshSubset => proxy_type_matches(top, proxy) && tags_match,
+        TargetRefKind::MeshService => service_matches,
+        TargetRefKind::MeshServiceSubset => service_matches && tags_match,
+        _ => false,
     }
 }
 

@@ -366,3 +366,51 @@ fn policy_roles_rank_after_origin() {
     );
     assert_eq!(names, ["a-system", "b-producer", "c-consumer", "d-owner"]);
 }
+
+#[test]
+fn delegated_gateways_are_selected_by_their_gateway_tags() {
+    let gateway = resources(
+        "type: Dataplane\nmesh: default\nname: edge-1\nnetworking:\n  address: 10.0.0.9\n  gateway:\n    type: DELEGATED\n    tags: {kuma.io/service: edge, team: front}\n",
+    );
+    let policies = resources(
+        &[
+            labelled_timeout("by-service", "{}", "{kind: MeshService, name: edge}", "1s"),
+            labelled_timeout(
+                "by-subset",
+                "{}",
+                "{kind: MeshSubset, tags: {team: front}}",
+                "2s",
+            ),
+            labelled_timeout(
+                "by-service-subset",
+                "{}",
+                "{kind: MeshServiceSubset, name: edge, tags: {team: front}}",
+                "3s",
+            ),
+            labelled_timeout(
+                "other-service",
+                "{}",
+                "{kind: MeshService, name: web}",
+                "9s",
+            ),
+            labelled_timeout(
+                "other-subset",
+                "{}",
+                "{kind: MeshSubset, tags: {team: back}}",
+                "9s",
+            ),
+        ]
+        .concat(),
+    );
+    let mesh = MeshPolicies::new(&policies);
+    let edge = ProxyView::of(&gateway[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &edge);
+    let mut names: Vec<_> = rules.matched.iter().map(|o| o.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["by-service", "by-service-subset", "by-subset"]);
+    // MeshServiceSubset is the most specific kind: its conf wins.
+    assert_eq!(
+        rules.to_rule("backend").unwrap().conf,
+        json!({"idleTimeout": "3s"})
+    );
+}
