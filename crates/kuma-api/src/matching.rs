@@ -72,6 +72,11 @@ fn rule_json(rule: &Rule) -> Value {
         .subset
         .iter()
         .map(|(k, v)| json!({"key": k, "value": v, "not": false}))
+        .chain(
+            rule.negated
+                .iter()
+                .map(|(k, v)| json!({"key": k, "value": v, "not": true})),
+        )
         .collect();
     json!({
         "matchers": matchers,
@@ -103,7 +108,7 @@ fn inspect_rule(rules: &ProxyRules) -> Value {
         .from
         .iter()
         .filter_map(|i| {
-            let rule = i.rules.iter().find(|r| r.subset.is_empty())?;
+            let rule = i.rules.iter().find(|r| r.is_catch_all())?;
             let origin: Vec<Value> = rule
                 .origins
                 .iter()

@@ -17,6 +17,7 @@
 //! [`MeshPolicies`] prepares a mesh's policies once; [`MeshPolicies::rules`] answers per proxy.
 
 pub mod merge;
+mod subsets;
 
 #[cfg(test)]
 mod tests;
@@ -109,6 +110,8 @@ impl Origin {
 pub struct Rule {
     /// Tags a destination (for `to`) or source (for `from`) must carry; empty means all.
     pub subset: Tags,
+    /// (key, value) pairs a source must not carry (`from` rules of overlapping subsets).
+    pub negated: Vec<(String, String)>,
     /// The merged `default`.
     pub conf: Value,
     /// The policies whose entries were merged, in merge order.
@@ -121,8 +124,20 @@ impl Rule {
         T::deserialize(&self.conf)
     }
 
-    fn covers(&self, element: &Tags) -> bool {
-        self.subset.iter().all(|(k, v)| element.get(k) == Some(v))
+    /// Whether traffic of `element` (a destination's or source's tags) is in the rule's
+    /// subset, as Kuma decides it.
+    pub fn covers(&self, element: &Tags) -> bool {
+        subsets::Subset {
+            positive: self.subset.clone(),
+            negated: self.negated.clone(),
+        }
+        .contains(element)
+    }
+
+    /// Whether the rule is for sources that carry no particular tag: the empty subset, or
+    /// one of negations only.
+    pub fn is_catch_all(&self) -> bool {
+        self.subset.is_empty()
     }
 }
 
@@ -170,10 +185,17 @@ impl ProxyRules {
         self.to_rule(service).map(Rule::conf_as)
     }
 
-    /// The rule for traffic from any source into the inbound on `port`.
+    /// The rule for traffic into the inbound on `port` from a source that carries no tag of
+    /// any `from` entry: the catch-all rule.
     pub fn from_rule(&self, port: u32) -> Option<&Rule> {
         let inbound = self.from.iter().find(|i| i.port == port)?;
-        inbound.rules.iter().find(|r| r.subset.is_empty())
+        inbound.rules.iter().find(|r| r.is_catch_all())
+    }
+
+    /// The rule for traffic into the inbound on `port` from a source carrying `tags`.
+    pub fn from_rule_for(&self, port: u32, tags: &Tags) -> Option<&Rule> {
+        let inbound = self.from.iter().find(|i| i.port == port)?;
+        inbound.rules.iter().find(|r| r.covers(tags))
     }
 
     /// True when nothing of this type applies to the proxy.
@@ -458,6 +480,7 @@ fn build_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> 
             }
             Rule {
                 subset: subset.clone(),
+                negated: Vec::new(),
                 conf,
                 origins,
             }
@@ -465,6 +488,41 @@ fn build_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> 
         .collect();
     rules.sort_by_key(|r| Reverse(r.subset.len()));
     rules
+}
+
+/// Builds the `from` rules of `entries` (in merge order) as Kuma does: a rule for every
+/// combination of the overlapping entries' tags (see [`subsets`]), so that a source carrying
+/// the tags of several entries gets one conf merging them all.
+fn build_from_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> {
+    let with_subsets: Vec<(Tags, &Entry, &Origin)> = entries
+        .iter()
+        .filter_map(|(e, o)| subset_of(&e.target).map(|s| (s, *e, *o)))
+        .collect();
+    let subset_list: Vec<&Tags> = with_subsets.iter().map(|(s, _, _)| s).collect();
+    subsets::from_rules(&subset_list)
+        .into_iter()
+        .map(|(subset, relevant)| {
+            let confs = relevant.iter().map(|&i| &with_subsets[i].1.conf);
+            let conf = if rtype == ResourceType::MeshHTTPRoute {
+                merge::merge_route_rules(confs)
+            } else {
+                merge::merge_confs(confs)
+            };
+            let mut origins: Vec<Origin> = Vec::new();
+            for &i in &relevant {
+                let o = with_subsets[i].2;
+                if !origins.contains(o) {
+                    origins.push(o.clone());
+                }
+            }
+            Rule {
+                subset: subset.positive,
+                negated: subset.negated,
+                conf,
+                origins,
+            }
+        })
+        .collect()
 }
 
 /// The policies of one mesh, prepared once and sorted in merge order per type.
@@ -524,12 +582,13 @@ impl MeshPolicies {
                     port: inbound.port,
                     name: inbound.name.clone(),
                     tags: inbound.tags.clone(),
-                    rules: build_rules(rtype, &entries),
+                    rules: build_from_rules(rtype, &entries),
                 }
             })
             .collect();
         let single = (!single.is_empty()).then(|| Rule {
             subset: Tags::new(),
+            negated: Vec::new(),
             conf: merge::merge_confs(single.iter().map(|(c, _)| *c)),
             origins: single.iter().map(|(_, o)| (*o).clone()).collect(),
         });
@@ -559,6 +618,7 @@ impl MeshPolicies {
                 p.from.iter().filter_map(|e| {
                     Some(Rule {
                         subset: subset_of(&e.target)?,
+                        negated: Vec::new(),
                         conf: e.conf.clone(),
                         origins: vec![p.origin.clone()],
                     })

@@ -414,3 +414,47 @@ fn delegated_gateways_are_selected_by_their_gateway_tags() {
         json!({"idleTimeout": "3s"})
     );
 }
+
+#[test]
+fn overlapping_from_subsets_give_one_conf_per_client() {
+    let dps = resources(MESH);
+    let policies = resources(
+        "---\ntype: MeshFaultInjection\nmesh: default\nname: faults\nspec:\n  targetRef: {kind: MeshService, name: web}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {http: [{abort: {httpStatus: 500, percentage: 1}}]}\n  - targetRef: {kind: MeshSubset, tags: {team: a}}\n    default: {http: [{delay: {value: 1s, percentage: 2}}]}\n  - targetRef: {kind: MeshService, name: client}\n    default: {http: [{abort: {httpStatus: 503, percentage: 3}}]}\n",
+    );
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshFaultInjection, &web);
+    let tags = |pairs: &[(&str, &str)]| -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // A client that is both `client` and of team a: one rule, merging all three entries.
+    let both = rules
+        .from_rule_for(8080, &tags(&[("kuma.io/service", "client"), ("team", "a")]))
+        .unwrap();
+    assert_eq!(both.subset.len(), 2);
+    assert_eq!(
+        both.conf["http"].as_array().unwrap().len(),
+        1,
+        "{}",
+        both.conf
+    );
+    assert_eq!(
+        both.conf["http"][0]["abort"]["httpStatus"],
+        json!(503),
+        "the last entry wins where they overlap: {}",
+        both.conf
+    );
+    // Neither: the Mesh entry alone, under negations.
+    let other = rules
+        .from_rule_for(8080, &tags(&[("kuma.io/service", "db"), ("team", "b")]))
+        .unwrap();
+    assert!(
+        other.subset.is_empty() && other.negated.len() == 2,
+        "{other:?}"
+    );
+    assert_eq!(other.conf["http"][0]["abort"]["httpStatus"], json!(500));
+    assert_eq!(rules.from_rule(8080), Some(other));
+}
