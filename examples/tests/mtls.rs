@@ -631,3 +631,44 @@ async fn traffic_survives_a_control_plane_outage() {
         "{sent} rounds of HTTP and TCP traffic across a 20 s control-plane outage, none failed"
     );
 }
+
+/// MeshFaultInjection per caller: `from` entries for a MeshService and a MeshSubset abort only
+/// the requests of their callers, recognised by the `x-kuma-tags` header their outbounds add;
+/// a caller of neither, and a request without the header, pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_applies_per_caller() {
+    let mesh = start("faults", &[]).await;
+    let (web_to_backend, other_to_backend) = (mesh.web.1, mesh.other.1);
+    mesh.put(
+        "/meshes/default/meshfaultinjections/per-caller",
+        json!({"type": "MeshFaultInjection", "mesh": "default", "name": "per-caller",
+            "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+                {"targetRef": {"kind": "MeshService", "name": "web"},
+                 "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}},
+                {"targetRef": {"kind": "MeshSubset", "tags": {"team": "other"}},
+                 "default": {"http": [{"abort": {"httpStatus": 429, "percentage": 100}}]}},
+            ]}}),
+    )
+    .await;
+    eventually("each caller gets its own fault", || async {
+        mesh.call(web_to_backend).await.0 == 418 && mesh.call(other_to_backend).await.0 == 429
+    })
+    .await;
+    // Straight to the inbound, with no caller tags: no fault.
+    let direct = mesh.call(mesh.backend_inbound).await;
+    assert_eq!(direct.0, 200, "{direct:?}");
+    // Only web's subset: other passes again.
+    mesh.put(
+        "/meshes/default/meshfaultinjections/per-caller",
+        json!({"type": "MeshFaultInjection", "mesh": "default", "name": "per-caller",
+            "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+                {"targetRef": {"kind": "MeshService", "name": "web"},
+                 "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}},
+            ]}}),
+    )
+    .await;
+    eventually("other passes, web still aborted", || async {
+        mesh.call(other_to_backend).await.0 == 200 && mesh.call(web_to_backend).await.0 == 418
+    })
+    .await;
+}

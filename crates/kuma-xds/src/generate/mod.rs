@@ -17,6 +17,7 @@ pub mod mtls;
 pub mod policies;
 pub mod profile;
 pub mod resources;
+pub mod source_tags;
 
 #[cfg(test)]
 mod tests;

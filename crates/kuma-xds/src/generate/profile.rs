@@ -35,6 +35,7 @@ use super::resources::{
     ClusterDraft, ClusterRole, Endpoints, HttpDraft, InboundInfo, ListenerDraft, OutboundInfo,
     ResourceSet, Terminal,
 };
+use super::source_tags;
 use crate::envoy::{
     cluster_route, eds_cluster, http_connection_manager, listener, load_assignment, route_table,
     static_cluster, tcp_proxy,
@@ -112,13 +113,20 @@ impl ResourceGenerator for Inbound {
             );
             let l = listener(&name, ip, inbound.port, TrafficDirection::Inbound);
             let draft = if protocol.is_http() {
-                http_listener(
+                let mut draft = http_listener(
                     l,
                     &stat,
                     &format!("inbound:{service}"),
                     &service,
                     vec![cluster_route(prefix("/"), &cluster)],
-                )
+                );
+                // The caller's tags are for the proxy, not the application.
+                if let Some(http) = draft.http_mut() {
+                    http.route
+                        .request_headers_to_remove
+                        .push(source_tags::TAGS_HEADER.into());
+                }
+                draft
             } else {
                 ListenerDraft {
                     listener: l,
@@ -222,13 +230,20 @@ fn add_outbound(
         l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
     }
     let draft = if protocol.is_http() {
-        http_listener(
+        let mut draft = http_listener(
             l,
             service,
             &format!("outbound:{service}"),
             service,
             vec![cluster_route(prefix("/"), service)],
-        )
+        );
+        // Tell the destination who calls (policies with `from` subsets match on it).
+        if let (Some(http), Some(tags)) =
+            (draft.http_mut(), source_tags::header_option(ctx.dataplane))
+        {
+            http.route.request_headers_to_add.push(tags);
+        }
+        draft
     } else {
         ListenerDraft {
             listener: l,
