@@ -642,12 +642,12 @@ async fn fault_injection_applies_per_caller() {
     mesh.put(
         "/meshes/default/meshfaultinjections/per-caller",
         json!({"type": "MeshFaultInjection", "mesh": "default", "name": "per-caller",
-            "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
-                {"targetRef": {"kind": "MeshService", "name": "web"},
-                 "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}},
-                {"targetRef": {"kind": "MeshSubset", "tags": {"team": "other"}},
-                 "default": {"http": [{"abort": {"httpStatus": 429, "percentage": 100}}]}},
-            ]}}),
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+            {"targetRef": {"kind": "MeshService", "name": "web"},
+             "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}},
+            {"targetRef": {"kind": "MeshSubset", "tags": {"team": "other"}},
+             "default": {"http": [{"abort": {"httpStatus": 429, "percentage": 100}}]}},
+        ]}}),
     )
     .await;
     eventually("each caller gets its own fault", || async {
@@ -661,10 +661,10 @@ async fn fault_injection_applies_per_caller() {
     mesh.put(
         "/meshes/default/meshfaultinjections/per-caller",
         json!({"type": "MeshFaultInjection", "mesh": "default", "name": "per-caller",
-            "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
-                {"targetRef": {"kind": "MeshService", "name": "web"},
-                 "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}},
-            ]}}),
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+            {"targetRef": {"kind": "MeshService", "name": "web"},
+             "default": {"http": [{"abort": {"httpStatus": 418, "percentage": 100}}]}},
+        ]}}),
     )
     .await;
     eventually("other passes, web still aborted", || async {

@@ -84,7 +84,18 @@ impl Drop for Pod {
 
 #[test]
 fn a_workload_reaches_backend_mesh_through_dns_and_its_vip_listener() {
-    let pod = Pod::create(&format!("kuma-tp-{}", std::process::id()));
+    run_in_pod("mesh");
+}
+
+/// The same with `dnsServer.domain: internal` (and kuma-dp's `--dns-domain internal`): the
+/// control plane's DNS server, kuma-dp's DNS proxy and the VIP listeners all follow it.
+#[test]
+fn another_dns_domain_works_end_to_end() {
+    run_in_pod("internal");
+}
+
+fn run_in_pod(domain: &'static str) {
+    let pod = Pod::create(&format!("kuma-tp-{domain}-{}", std::process::id()));
     // Kuma's redirection, reduced to what this test's traffic needs: DNS to the proxy's
     // resolver, and connections to VIPs to the outbound redirect port.
     pod.iptables("-A OUTPUT -p udp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
@@ -96,14 +107,15 @@ fn a_workload_reaches_backend_mesh_through_dns_and_its_vip_listener() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(scenario(&pod.ns));
+        .block_on(scenario(&pod.ns, domain));
 }
 
-async fn scenario(ns: &Netns) {
-    let dir = test_dir("transparent-proxy");
+async fn scenario(ns: &Netns, domain: &str) {
+    let dir = test_dir(&format!("transparent-proxy-{domain}"));
     // The resolver for names outside the mesh (the one kuma-dp forwards to).
     let (upstream, _stop) = example_resolver().await;
-    let cp = Standalone::start(&[]).await;
+    let cp = Standalone::start(&[("KUMA_DNS_SERVER_DOMAIN", domain)]).await;
+    let backend_name = format!("backend.{domain}");
 
     // backend: an HTTP service behind an ordinary proxy.
     let app = axum::Router::new().fallback(|| async { "hello from backend" });
@@ -128,7 +140,12 @@ async fn scenario(ns: &Netns) {
             &dir,
             "web-1",
             &web,
-            &["--dns-upstream", &upstream.to_string()],
+            &[
+                "--dns-upstream",
+                &upstream.to_string(),
+                "--dns-domain",
+                domain,
+            ],
         )
         .await;
 
@@ -146,19 +163,19 @@ async fn scenario(ns: &Netns) {
     // The proxy gets its listeners and the DNS proxy its records within seconds.
     let mut last = String::new();
     for _ in 0..60 {
-        last = curl("http://backend.mesh/".into());
+        last = curl(format!("http://{backend_name}/"));
         if last == "hello from backend" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert_eq!(last, "hello from backend", "curl http://backend.mesh/");
+    assert_eq!(last, "hello from backend", "curl http://{backend_name}/");
 
     // The name resolved, through the system resolver, to the VIP the control plane allocated
     // and serves on 5653.
-    let vip = dig(cp.dns_port, "backend.mesh");
+    let vip = dig(cp.dns_port, &backend_name);
     assert!(vip.starts_with("240."), "backend's VIP: {vip:?}");
-    let resolved = ns.exec(&["getent", "ahostsv4", "backend.mesh"]);
+    let resolved = ns.exec(&["getent", "ahostsv4", &backend_name]);
     let resolved = String::from_utf8_lossy(&resolved.stdout);
     assert_eq!(
         resolved.split_whitespace().next(),
@@ -167,7 +184,7 @@ async fn scenario(ns: &Netns) {
     );
 
     // A lookup over TCP (dig +tcp to the namespace's resolver) reaches the DNS proxy too.
-    let over_tcp = ns.exec(&["dig", "+tcp", "+short", "backend.mesh"]);
+    let over_tcp = ns.exec(&["dig", "+tcp", "+short", &backend_name]);
     assert_eq!(String::from_utf8_lossy(&over_tcp.stdout).trim(), vip);
 
     // The connection went through web's listener for the VIP on port 80, and the service's own
@@ -178,7 +195,7 @@ async fn scenario(ns: &Netns) {
     let vip80 = format!("listener.{vip}_80.downstream_cx_total");
     assert!(stat(vip80.clone()).await >= 1, "{vip80}");
     assert_eq!(
-        curl(format!("http://backend.mesh:{backend_port}/")),
+        curl(format!("http://{backend_name}:{backend_port}/")),
         "hello from backend"
     );
     let vip_real = format!("listener.{vip}_{backend_port}.downstream_cx_total");
@@ -193,5 +210,10 @@ async fn scenario(ns: &Netns) {
         Some("192.0.2.10")
     );
     // An unknown mesh name does not resolve, and gets no connection anywhere.
-    assert!(!ns.exec(&["getent", "hosts", "nope.mesh"]).status.success());
+    let nope = format!("nope.{domain}");
+    assert!(!ns.exec(&["getent", "hosts", &nope]).status.success());
+    if domain != "mesh" {
+        // The default domain is not served on the side.
+        assert!(dig(cp.dns_port, "backend.mesh").is_empty());
+    }
 }
