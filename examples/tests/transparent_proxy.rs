@@ -88,9 +88,11 @@ fn a_workload_reaches_backend_mesh_through_dns_and_its_vip_listener() {
 }
 
 /// The same with `dnsServer.domain: internal` (and kuma-dp's `--dns-domain internal`): the
-/// control plane's DNS server, kuma-dp's DNS proxy and the VIP listeners all follow it.
+/// control plane's DNS server, kuma-dp's DNS proxy and the VIP listeners all follow it. Here
+/// web lists `reachableServices: [backend]`, and a second service, `other`, gets no outbound
+/// and no traffic from it.
 #[test]
-fn another_dns_domain_works_end_to_end() {
+fn another_dns_domain_and_reachable_services_work_end_to_end() {
     run_in_pod("internal");
 }
 
@@ -128,10 +130,25 @@ async fn scenario(ns: &Netns, domain: &str) {
         "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {backend_port}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n"
     );
     let _backend = cp.proxy(&dir, "backend-1", &backend, &[]).await;
+    // With another domain, web may reach backend only: `other` is a service it must not get.
+    let reachable = domain != "mesh";
+    let mut other_dp = None;
+    if reachable {
+        let other_port = free_port().await;
+        let other = format!(
+            "type: Dataplane\nmesh: default\nname: other-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {other_port}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: other\n      kuma.io/protocol: http\n"
+        );
+        other_dp = Some(cp.proxy(&dir, "other-1", &other, &[]).await);
+    }
+    let reachable_services = if reachable {
+        "    reachableServices: [backend]\n"
+    } else {
+        ""
+    };
 
     // web: the workload's proxy, transparent, on Kuma's redirect ports and DNS port.
     let web = format!(
-        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n",
+        "type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {}\n    servicePort: {}\n    tags:\n      kuma.io/service: web\n  transparentProxying:\n    redirectPortInbound: 15006\n    redirectPortOutbound: 15001\n{reachable_services}",
         free_port().await,
         free_port().await,
     );
@@ -212,8 +229,23 @@ async fn scenario(ns: &Netns, domain: &str) {
     // An unknown mesh name does not resolve, and gets no connection anywhere.
     let nope = format!("nope.{domain}");
     assert!(!ns.exec(&["getent", "hosts", &nope]).status.success());
-    if domain != "mesh" {
+    if reachable {
         // The default domain is not served on the side.
         assert!(dig(cp.dns_port, "backend.mesh").is_empty());
+        // `other` has a VIP, but web has no listener for it and cannot reach it.
+        let other_vip = dig(cp.dns_port, &format!("other.{domain}"));
+        assert!(other_vip.starts_with("240."), "other's VIP: {other_vip:?}");
+        let (_, listeners) = kuma_testkit::http_get(web_dp.admin_port, "/listeners").await;
+        assert!(
+            listeners.contains(&format!("outbound:{vip}:80")),
+            "{listeners}"
+        );
+        assert!(!listeners.contains(&other_vip), "{listeners}");
+        let refused = curl(format!("http://other.{domain}/"));
+        assert_ne!(
+            refused, "hello from backend",
+            "other is not reachable: {refused}"
+        );
+        drop(other_dp);
     }
 }
