@@ -195,10 +195,20 @@ impl Mesh {
         assert!(status.is_success(), "DELETE {path}: {status} {body}");
     }
 
-    /// GET through web's outbound to `service`: (status, body, x-seen-routed).
+    /// GET / through web's outbound to `service`: (status, body, x-seen-routed).
     async fn call(&self, service: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+        self.call_path(service, "/", headers).await
+    }
+
+    /// GET `path` through web's outbound to `service`: (status, body, x-seen-routed).
+    async fn call_path(
+        &self,
+        service: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
         let port = self.outbound[service];
-        let mut req = self.http.get(format!("http://127.0.0.1:{port}/"));
+        let mut req = self.http.get(format!("http://127.0.0.1:{port}{path}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -517,6 +527,104 @@ async fn resilience_policies_change_what_clients_see() {
             }
         }
         true
+    })
+    .await;
+}
+
+/// A policy whose top-level targetRef is a MeshHTTPRoute applies to that route's rules only:
+/// a 500 ms request timeout on `/report` turns the 2 s answer into a 504 there, while the
+/// service's other requests keep the mesh's 15 s timeout and get their answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_targeted_timeout_applies_to_its_route_only() {
+    let mesh = start_mesh(
+        "route-timeout",
+        &[(
+            "slow-1",
+            "slow",
+            "v1",
+            "127.0.0.31",
+            Behaviour::Slow(Duration::from_secs(2)),
+        )],
+        &["slow"],
+    )
+    .await;
+    mesh.apply(json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "slow-routes",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "web"}, "to": [{
+            "targetRef": {"kind": "MeshService", "name": "slow"},
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/report"}}],
+                "default": {"filters": [{"type": "RequestHeaderModifier",
+                    "requestHeaderModifier": {"set": [{"name": "x-routed", "value": "report"}]}}]}
+            }]}]}
+    }))
+    .await;
+    // The route is in force before the timeout exists: /report answers, through the route.
+    eventually("the /report route is in force", || async {
+        mesh.call_path("slow", "/report", &[]).await == (200, "v1".into(), "report".into())
+    })
+    .await;
+    mesh.apply(json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "report-timeout",
+        "spec": {"targetRef": {"kind": "MeshHTTPRoute", "name": "slow-routes"}, "to": [{
+            "targetRef": {"kind": "Mesh"},
+            "default": {"http": {"requestTimeout": "500ms"}}}]}
+    }))
+    .await;
+    eventually("/report times out", || async {
+        mesh.call_path("slow", "/report", &[]).await.0 == 504
+    })
+    .await;
+    for path in ["/report", "/report/monthly"] {
+        assert_eq!(mesh.call_path("slow", path, &[]).await.0, 504, "{path}");
+    }
+    for path in ["/", "/other"] {
+        let (status, body, routed) = mesh.call_path("slow", path, &[]).await;
+        assert_eq!(
+            (status, body.as_str(), routed.as_str()),
+            (200, "v1", ""),
+            "{path}"
+        );
+    }
+    // The inspection API says which routes the policy's conf applies to.
+    let (status, body) = mesh
+        .api(
+            reqwest::Method::GET,
+            "/meshes/default/dataplanes/web-1/_rules",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rules: Value = serde_json::from_str(&body).unwrap();
+    let timeout = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "MeshTimeout")
+        .expect("MeshTimeout rules");
+    let per_route: Vec<&Value> = timeout["toRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            let positive = |key: &str| {
+                r["matchers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["key"] == key && m["not"] == false)
+                    .map(|m| m["value"].clone())
+            };
+            positive("kuma.io/service") == Some(json!("slow"))
+                && positive("__rule-matches-hash__").is_some()
+        })
+        .collect();
+    assert_eq!(per_route.len(), 1, "{timeout}");
+    assert_eq!(per_route[0]["conf"]["http"]["requestTimeout"], "500ms");
+    // Without its route the policy selects nothing: /report gets its answer again.
+    mesh.remove("MeshHTTPRoute", "slow-routes").await;
+    eventually("/report answers once the route is gone", || async {
+        mesh.call_path("slow", "/report", &[]).await == (200, "v1".into(), "".into())
     })
     .await;
 }

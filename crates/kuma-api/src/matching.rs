@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
 use kuma_core::rules::{
-    MeshPolicies, Origin, ProxyRules, ProxyView, Rule, selects_proxy, top_level,
+    MeshPolicies, Origin, ProxyRules, ProxyView, Rule, selector, selects_proxy,
 };
 use kuma_core::store::ListQuery;
 use serde_json::{Value, json};
@@ -197,7 +197,25 @@ pub(crate) async fn policy_dataplanes(
             ApiError::bad_field(POLICY_TITLE, "offset", format!("invalid offset {o:?}"))
         })?,
     };
-    let top = top_level(&policy);
+    // A route-targeted policy selects the proxies of its route.
+    let routes = if policy
+        .spec
+        .to_value()
+        .pointer("/targetRef/kind")
+        .and_then(Value::as_str)
+        == Some("MeshHTTPRoute")
+    {
+        state
+            .manager
+            .list(&ListQuery::in_mesh(ResourceType::MeshHTTPRoute, &mesh))
+            .await
+            .map_err(|e| ApiError::from_manager(POLICY_TITLE, e))?
+            .items
+    } else {
+        Vec::new()
+    };
+    let routes: Vec<&Resource> = routes.iter().collect();
+    let top = selector(&policy, &routes);
     let dataplanes = state
         .manager
         .list(&ListQuery::in_mesh(ResourceType::Dataplane, &mesh))
@@ -206,7 +224,10 @@ pub(crate) async fn policy_dataplanes(
         .items;
     let selected: Vec<&Resource> = dataplanes
         .iter()
-        .filter(|dp| ProxyView::of(dp).is_some_and(|v| selects_proxy(&top, &v)))
+        .filter(|dp| {
+            top.as_ref()
+                .is_some_and(|top| ProxyView::of(dp).is_some_and(|v| selects_proxy(top, &v)))
+        })
         .collect();
     let total = selected.len();
     let items: Vec<Value> = selected

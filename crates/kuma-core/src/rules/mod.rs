@@ -31,13 +31,17 @@ use serde_json::Value;
 
 use crate::model::common::{SERVICE_TAG, Tags};
 use crate::model::dataplane::{DataplaneSpec, Inbound};
-use crate::model::policy::{ProxyType, TargetRef, TargetRefKind};
+use crate::model::policy::{MeshHttpRouteSpec, ProxyType, TargetRef, TargetRefKind, matches_hash};
 use crate::resource::{Labels, Resource, ResourceMeta, ResourceType};
 
 /// Label naming where a policy was created (`global` or `zone`).
 pub const ORIGIN_LABEL: &str = "kuma.io/origin";
 /// Label carrying a resource's name as its author wrote it.
 pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+/// The tag that stands for one MeshHTTPRoute rule in `to` rules: policies with a top-level
+/// targetRef `MeshHTTPRoute` apply to the routes of each rule of that route, which carry the
+/// rule's [`matches_hash`](crate::model::policy::matches_hash) as their name.
+pub const RULE_MATCHES_HASH_TAG: &str = "__rule-matches-hash__";
 /// Label naming a policy's role (`system`, the default, `producer`, `consumer`,
 /// `workload-owner`).
 pub const POLICY_ROLE_LABEL: &str = "kuma.io/policy-role";
@@ -176,6 +180,20 @@ impl ProxyRules {
         self.to.iter().find(|r| r.covers(&element))
     }
 
+    /// The rule for traffic to `service` on the route named `route` (a rule's
+    /// [`matches_hash`]): route-targeted policies' rules for that route first, the service's
+    /// rule otherwise.
+    pub fn to_rule_for_route(&self, service: &str, route: &str) -> Option<&Rule> {
+        let element = Tags::from([
+            (SERVICE_TAG.to_string(), service.to_string()),
+            (RULE_MATCHES_HASH_TAG.to_string(), route.to_string()),
+        ]);
+        self.to
+            .iter()
+            .find(|r| r.covers(&element))
+            .or_else(|| self.to_rule(service))
+    }
+
     /// The typed conf for traffic to `service` (`None` when no policy applies; an error when the
     /// merged conf does not fit the type, which validation should have prevented).
     pub fn to_conf<T: DeserializeOwned>(
@@ -215,7 +233,11 @@ struct Entry {
 #[derive(Debug, Clone)]
 struct Prepared {
     origin: Origin,
+    /// The policy's own top-level targetRef (its place in the merge order).
     top: TargetRef,
+    /// What selects proxies: `top`, or for a route-targeted policy the route's top-level
+    /// targetRef (`top` itself, selecting nothing, while the route does not exist).
+    select: TargetRef,
     to: Vec<Entry>,
     from: Vec<Entry>,
     single: Option<Value>,
@@ -224,10 +246,13 @@ struct Prepared {
 type SortKey = (u8, u8, u8, u8, Reverse<String>);
 
 impl Prepared {
-    fn new(r: &Resource) -> Self {
+    fn new(r: &Resource, routes: &[&Resource]) -> Self {
         let rtype = r.rtype();
         let spec = r.spec.to_value();
         let top = top_of(&spec);
+        let route = (top.kind == TargetRefKind::MeshHTTPRoute)
+            .then(|| resolve_route(&r.meta, &top, routes))
+            .flatten();
         let entries = |section: &str| -> Vec<&Value> {
             spec.get(section)
                 .and_then(Value::as_array)
@@ -257,6 +282,13 @@ impl Prepared {
             };
             to.push(Entry { target, conf });
         }
+        if top.kind == TargetRefKind::MeshHTTPRoute {
+            // The entries apply to each rule of the route, as Kuma's artificial items do; a
+            // missing route leaves none.
+            to = route
+                .map(|route| route_entries(route, &to))
+                .unwrap_or_default();
+        }
         let mut from = Vec::new();
         for e in entries("from") {
             if let Some(target) = e
@@ -280,9 +312,14 @@ impl Prepared {
         let single = (to.is_empty() && from.is_empty())
             .then(|| spec.get("default").cloned())
             .flatten();
+        let select = match route {
+            Some(route) => top_of(&route.spec.to_value()),
+            None => top.clone(),
+        };
         Prepared {
             origin: Origin::of(rtype, &r.meta),
             top,
+            select,
             to,
             from,
             single,
@@ -326,6 +363,61 @@ impl Prepared {
             Reverse(name),
         )
     }
+}
+
+/// The route a `MeshHTTPRoute` top-level targetRef names: the route of the policy's mesh whose
+/// name as written (its display name) is the targetRef's name.
+fn resolve_route<'a>(
+    policy: &ResourceMeta,
+    top: &TargetRef,
+    routes: &[&'a Resource],
+) -> Option<&'a Resource> {
+    let name = top.name.as_deref()?;
+    routes.iter().copied().find(|route| {
+        route.meta.mesh == policy.mesh
+            && route
+                .meta
+                .labels
+                .get(DISPLAY_NAME_LABEL)
+                .unwrap_or(&route.meta.name)
+                == name
+    })
+}
+
+/// The `to` entries of a route-targeted policy: each of the policy's `default`s for each rule
+/// of the route, aimed at the rule's routes by [`RULE_MATCHES_HASH_TAG`] (and at the route's
+/// destination service unless the route is for the whole mesh).
+fn route_entries(route: &Resource, policy_to: &[Entry]) -> Vec<Entry> {
+    let Some(spec) = route.spec_as::<MeshHttpRouteSpec>() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for to in spec.to.iter().flatten() {
+        for rule in &to.rules {
+            let hash = Tags::from([(
+                RULE_MATCHES_HASH_TAG.to_string(),
+                matches_hash(&rule.matches),
+            )]);
+            let target = match to.target_ref.kind {
+                TargetRefKind::Mesh | TargetRefKind::MeshSubset => TargetRef {
+                    kind: TargetRefKind::MeshSubset,
+                    tags: Some(hash),
+                    ..TargetRef::mesh()
+                },
+                _ => TargetRef {
+                    kind: TargetRefKind::MeshServiceSubset,
+                    name: to.target_ref.name.clone(),
+                    tags: Some(hash),
+                    ..TargetRef::mesh()
+                },
+            };
+            out.extend(policy_to.iter().map(|e| Entry {
+                target: target.clone(),
+                conf: e.conf.clone(),
+            }));
+        }
+    }
+    out
 }
 
 /// Whether the top-level `top` selects the inbound `inbound` of `proxy`.
@@ -446,13 +538,19 @@ fn subset_of(target: &TargetRef) -> Option<Tags> {
     }
 }
 
-/// Builds the rules of `entries` (in merge order): one per distinct subset, each merging the
-/// entries whose subset it contains; most specific first.
+/// Builds the `to` rules of `entries` (in merge order) as Kuma does. When the entries use at
+/// most one tag key (`kuma.io/service`, the usual case): one rule per distinct subset, merging
+/// the entries whose subset it contains, most specific first. Otherwise (subsets of several
+/// keys, or route-targeted entries with [`RULE_MATCHES_HASH_TAG`]) the combinations of
+/// [`build_from_rules`].
 fn build_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> {
-    let with_subsets: Vec<(Tags, &Entry, &Origin)> = entries
-        .iter()
-        .filter_map(|(e, o)| subset_of(&e.target).map(|s| (s, *e, *o)))
-        .collect();
+    let with_subsets = entry_subsets(entries);
+    let mut keys: Vec<&String> = with_subsets.iter().flat_map(|(s, _, _)| s.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    if keys.len() > 1 {
+        return combination_rules(rtype, &with_subsets);
+    }
     let mut subsets: Vec<&Tags> = Vec::new();
     for (s, _, _) in &with_subsets {
         if !subsets.contains(&s) {
@@ -466,24 +564,14 @@ fn build_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> 
                 .iter()
                 .filter(|(s, _, _)| s.iter().all(|(k, v)| subset.get(k) == Some(v)))
                 .collect();
-            let confs = relevant.iter().map(|(_, e, _)| &e.conf);
-            let conf = if rtype == ResourceType::MeshHTTPRoute {
-                merge::merge_route_rules(confs)
-            } else {
-                merge::merge_confs(confs)
-            };
-            let mut origins: Vec<Origin> = Vec::new();
-            for (_, _, o) in &relevant {
-                if !origins.contains(o) {
-                    origins.push((*o).clone());
-                }
-            }
-            Rule {
-                subset: subset.clone(),
-                negated: Vec::new(),
-                conf,
-                origins,
-            }
+            merged_rule(
+                rtype,
+                subsets::Subset {
+                    positive: subset.clone(),
+                    negated: Vec::new(),
+                },
+                relevant.iter().map(|(_, e, o)| (*e, *o)),
+            )
         })
         .collect();
     rules.sort_by_key(|r| Reverse(r.subset.len()));
@@ -494,35 +582,57 @@ fn build_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> 
 /// combination of the overlapping entries' tags (see [`subsets`]), so that a source carrying
 /// the tags of several entries gets one conf merging them all.
 fn build_from_rules(rtype: ResourceType, entries: &[(&Entry, &Origin)]) -> Vec<Rule> {
-    let with_subsets: Vec<(Tags, &Entry, &Origin)> = entries
+    combination_rules(rtype, &entry_subsets(entries))
+}
+
+/// The entries whose targets stand for tags, with those tags.
+fn entry_subsets<'a>(entries: &[(&'a Entry, &'a Origin)]) -> Vec<(Tags, &'a Entry, &'a Origin)> {
+    entries
         .iter()
         .filter_map(|(e, o)| subset_of(&e.target).map(|s| (s, *e, *o)))
-        .collect();
+        .collect()
+}
+
+fn combination_rules(rtype: ResourceType, with_subsets: &[(Tags, &Entry, &Origin)]) -> Vec<Rule> {
     let subset_list: Vec<&Tags> = with_subsets.iter().map(|(s, _, _)| s).collect();
     subsets::from_rules(&subset_list)
         .into_iter()
         .map(|(subset, relevant)| {
-            let confs = relevant.iter().map(|&i| &with_subsets[i].1.conf);
-            let conf = if rtype == ResourceType::MeshHTTPRoute {
-                merge::merge_route_rules(confs)
-            } else {
-                merge::merge_confs(confs)
-            };
-            let mut origins: Vec<Origin> = Vec::new();
-            for &i in &relevant {
-                let o = with_subsets[i].2;
-                if !origins.contains(o) {
-                    origins.push(o.clone());
-                }
-            }
-            Rule {
-                subset: subset.positive,
-                negated: subset.negated,
-                conf,
-                origins,
-            }
+            merged_rule(
+                rtype,
+                subset,
+                relevant
+                    .iter()
+                    .map(|&i| (with_subsets[i].1, with_subsets[i].2)),
+            )
         })
         .collect()
+}
+
+/// The rule of `subset` merging `relevant` entries (in merge order).
+fn merged_rule<'a>(
+    rtype: ResourceType,
+    subset: subsets::Subset,
+    relevant: impl Iterator<Item = (&'a Entry, &'a Origin)> + Clone,
+) -> Rule {
+    let confs = relevant.clone().map(|(e, _)| &e.conf);
+    let conf = if rtype == ResourceType::MeshHTTPRoute {
+        merge::merge_route_rules(confs)
+    } else {
+        merge::merge_confs(confs)
+    };
+    let mut origins: Vec<Origin> = Vec::new();
+    for (_, o) in relevant {
+        if !origins.contains(o) {
+            origins.push(o.clone());
+        }
+    }
+    Rule {
+        subset: subset.positive,
+        negated: subset.negated,
+        conf,
+        origins,
+    }
 }
 
 /// The policies of one mesh, prepared once and sorted in merge order per type.
@@ -534,9 +644,22 @@ pub struct MeshPolicies {
 impl MeshPolicies {
     /// Prepares `policies` (resources of other types are ignored).
     pub fn new<'a>(policies: impl IntoIterator<Item = &'a Resource>) -> Self {
+        let policies: Vec<&Resource> = policies
+            .into_iter()
+            .filter(|r| r.rtype().is_policy())
+            .collect();
+        let mut routes: Vec<&Resource> = policies
+            .iter()
+            .copied()
+            .filter(|r| r.rtype() == ResourceType::MeshHTTPRoute)
+            .collect();
+        routes.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
         let mut by_type: BTreeMap<ResourceType, Vec<Prepared>> = BTreeMap::new();
-        for r in policies.into_iter().filter(|r| r.rtype().is_policy()) {
-            by_type.entry(r.rtype()).or_default().push(Prepared::new(r));
+        for r in policies {
+            by_type
+                .entry(r.rtype())
+                .or_default()
+                .push(Prepared::new(r, &routes));
         }
         for list in by_type.values_mut() {
             list.sort_by_cached_key(Prepared::sort_key);
@@ -561,7 +684,7 @@ impl MeshPolicies {
         let mut to = Vec::new();
         let mut single = Vec::new();
         for p in list {
-            if !selects_proxy(&p.top, proxy) {
+            if !selects_proxy(&p.select, proxy) {
                 continue;
             }
             matched.push(p.origin.clone());
@@ -575,7 +698,7 @@ impl MeshPolicies {
             .map(|inbound| {
                 let entries: Vec<(&Entry, &Origin)> = list
                     .iter()
-                    .filter(|p| selects_inbound(&p.top, proxy, inbound))
+                    .filter(|p| selects_inbound(&p.select, proxy, inbound))
                     .flat_map(|p| p.from.iter().map(move |e| (e, &p.origin)))
                     .collect();
                 InboundRules {
@@ -613,7 +736,7 @@ impl MeshPolicies {
             .get(&rtype)
             .into_iter()
             .flatten()
-            .filter(|p| selects_inbound(&p.top, proxy, inbound))
+            .filter(|p| selects_inbound(&p.select, proxy, inbound))
             .flat_map(|p| {
                 p.from.iter().filter_map(|e| {
                     Some(Rule {
@@ -633,7 +756,7 @@ impl MeshPolicies {
             .get(&rtype)
             .into_iter()
             .flatten()
-            .filter(|p| selects_proxy(&p.top, proxy))
+            .filter(|p| selects_proxy(&p.select, proxy))
             .map(|p| p.origin.name.as_str())
             .collect()
     }
@@ -651,13 +774,19 @@ fn top_of(spec: &Value) -> TargetRef {
         .unwrap_or_else(TargetRef::mesh)
 }
 
-/// The top-level targetRef of `policy` (absent: `Mesh`); with [`selects_proxy`], the proxies
-/// it selects.
-pub fn top_level(policy: &Resource) -> TargetRef {
-    top_of(&policy.spec.to_value())
+/// The targetRef whose proxies `policy` (a targetRef policy) selects, with [`selects_proxy`]:
+/// its top-level one (absent: `Mesh`), or for a top-level targetRef `MeshHTTPRoute` the
+/// top-level targetRef of that route among `routes` (`None` while there is no such route).
+pub fn selector(policy: &Resource, routes: &[&Resource]) -> Option<TargetRef> {
+    let top = top_of(&policy.spec.to_value());
+    if top.kind != TargetRefKind::MeshHTTPRoute {
+        return Some(top);
+    }
+    resolve_route(&policy.meta, &top, routes).map(|route| top_of(&route.spec.to_value()))
 }
 
 /// Whether `policy` (a targetRef policy) selects `proxy`: Kuma's "dataplanes of a policy".
-pub fn policy_selects(policy: &Resource, proxy: &ProxyView<'_>) -> bool {
-    selects_proxy(&top_level(policy), proxy)
+/// `routes` are the mesh's MeshHTTPRoutes (only route-targeted policies need them).
+pub fn policy_selects(policy: &Resource, routes: &[&Resource], proxy: &ProxyView<'_>) -> bool {
+    selector(policy, routes).is_some_and(|top| selects_proxy(&top, proxy))
 }

@@ -162,8 +162,8 @@ spec:
         mesh.matching(ResourceType::MeshTimeout, &db),
         ["inbound-all"]
     );
-    assert!(!policy_selects(&policies[3], &web));
-    assert!(policy_selects(&policies[1], &web));
+    assert!(!policy_selects(&policies[3], &[], &web));
+    assert!(policy_selects(&policies[1], &[], &web));
 }
 
 #[test]
@@ -457,4 +457,148 @@ fn overlapping_from_subsets_give_one_conf_per_client() {
     );
     assert_eq!(other.conf["http"][0]["abort"]["httpStatus"], json!(500));
     assert_eq!(rules.from_rule(8080), Some(other));
+}
+
+const ROUTE: &str = r#"
+type: MeshHTTPRoute
+mesh: default
+name: backend-routes
+spec:
+  targetRef: {kind: MeshService, name: web}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /slow}}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend}]
+    - matches: [{headers: [{name: x-canary, value: "1"}]}]
+      default:
+        backendRefs: [{kind: MeshService, name: backend}]
+"#;
+
+#[test]
+fn route_targeted_policies_apply_to_the_routes_rules_only() {
+    let dps = resources(MESH);
+    let policies = resources(
+        &[
+            ROUTE,
+            &timeout(
+                "per-route",
+                "{kind: MeshHTTPRoute, name: backend-routes}",
+                "  - targetRef: {kind: Mesh}\n    default: {http: {requestTimeout: 1s}}\n",
+            ),
+            &timeout(
+                "mesh-wide",
+                "{kind: Mesh}",
+                "  - targetRef: {kind: Mesh}\n    default: {idleTimeout: 1h, http: {requestTimeout: 15s}}\n",
+            ),
+            &timeout(
+                "no-such-route",
+                "{kind: MeshHTTPRoute, name: missing}",
+                "  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 9s}\n",
+            ),
+        ]
+        .concat(),
+    );
+    let spec: &crate::model::policy::MeshHttpRouteSpec = policies[0].spec_as().unwrap();
+    let rule_hashes: Vec<String> = spec.to.as_ref().unwrap()[0]
+        .rules
+        .iter()
+        .map(|r| matches_hash(&r.matches))
+        .collect();
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &web);
+    // The route's policy is ordered after the Mesh one (MeshHTTPRoute is the most specific
+    // kind); the policy of a missing route selects nothing.
+    let names: Vec<_> = rules.matched.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["mesh-wide", "per-route"]);
+    for hash in &rule_hashes {
+        let rule = rules.to_rule_for_route("backend", hash).unwrap();
+        assert_eq!(
+            rule.conf,
+            json!({"idleTimeout": "1h", "http": {"requestTimeout": "1s"}}),
+            "route {hash}"
+        );
+        assert_eq!(rule.origins.len(), 2);
+    }
+    // The service's other routes (the default one) and other services keep the Mesh conf.
+    let mesh_conf = json!({"idleTimeout": "1h", "http": {"requestTimeout": "15s"}});
+    let default_route = crate::model::policy::default_route_name();
+    assert_eq!(
+        rules
+            .to_rule_for_route("backend", default_route)
+            .unwrap()
+            .conf,
+        mesh_conf
+    );
+    assert_eq!(rules.to_rule("backend").unwrap().conf, mesh_conf);
+    assert_eq!(
+        rules
+            .to_rule_for_route("other", &rule_hashes[0])
+            .unwrap()
+            .conf,
+        mesh_conf,
+        "the route is for backend only"
+    );
+    // db is not selected by the route's targetRef: the per-route policy does not apply.
+    let db = ProxyView::of(&dps[1]).unwrap();
+    assert_eq!(mesh.matching(ResourceType::MeshTimeout, &db), ["mesh-wide"]);
+    assert_eq!(
+        mesh.rules(ResourceType::MeshTimeout, &db)
+            .to_rule_for_route("backend", &rule_hashes[0])
+            .unwrap()
+            .conf,
+        mesh_conf
+    );
+    let routes: Vec<&Resource> = vec![&policies[0]];
+    assert!(policy_selects(&policies[1], &routes, &web));
+    assert!(!policy_selects(&policies[1], &routes, &db));
+    assert!(
+        !policy_selects(&policies[1], &[], &web),
+        "no route, no proxy"
+    );
+    assert!(!policy_selects(&policies[3], &routes, &web));
+}
+
+#[test]
+fn to_subsets_of_several_keys_get_one_conf_per_destination() {
+    let dps = resources(MESH);
+    let policies = resources(&timeout(
+        "subsets",
+        "{kind: Mesh}",
+        "  - targetRef: {kind: MeshService, name: backend}\n    default: {idleTimeout: 1s}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {connectionTimeout: 2s}\n",
+    ));
+    let mesh = MeshPolicies::new(&policies);
+    let web = ProxyView::of(&dps[0]).unwrap();
+    let rules = mesh.rules(ResourceType::MeshTimeout, &web);
+    let covering = |pairs: &[(&str, &str)]| -> Vec<Value> {
+        let element: Tags = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        rules
+            .to
+            .iter()
+            .filter(|r| r.covers(&element))
+            .map(|r| r.conf.clone())
+            .collect()
+    };
+    // Every destination is covered by exactly one rule, which merges the entries it implies.
+    assert_eq!(
+        covering(&[("kuma.io/service", "backend"), ("version", "v2")]),
+        [json!({"idleTimeout": "1s", "connectionTimeout": "2s"})]
+    );
+    assert_eq!(
+        covering(&[("kuma.io/service", "backend"), ("version", "v1")]),
+        [json!({"idleTimeout": "1s"})]
+    );
+    assert_eq!(
+        covering(&[("kuma.io/service", "db"), ("version", "v2")]),
+        [json!({"connectionTimeout": "2s"})]
+    );
+    assert_eq!(
+        rules.to_rule("backend").unwrap().conf,
+        json!({"idleTimeout": "1s"})
+    );
 }

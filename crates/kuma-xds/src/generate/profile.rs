@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
 use kuma_core::model::dataplane::TransparentProxying;
+use kuma_core::model::policy::default_route_name;
 
 use super::ResourceGenerator;
 use super::context::{Endpoint, Protocol, ProxyContext, addresses};
@@ -235,7 +236,10 @@ fn add_outbound(
             service,
             &format!("outbound:{service}"),
             service,
-            vec![cluster_route(prefix("/"), service)],
+            vec![Route {
+                name: default_route_name().to_string(),
+                ..cluster_route(prefix("/"), service)
+            }],
         );
         // Tell the destination who calls (policies with `from` subsets match on it).
         if let (Some(http), Some(tags)) =

@@ -295,6 +295,7 @@ impl MeshAccessLogSpec {
             kinds: kinds::TOP_NO_ROUTE,
             gateway_listener_tags: true,
             inbound_policy: n_from + n_rules > 0,
+            top_level: true,
         };
         let top_kind = validate_top(self.target_ref.as_ref(), top, &mut err);
         if let Some(from) = &self.from {

@@ -234,6 +234,7 @@ impl MeshCircuitBreakerSpec {
             kinds: kinds::TOP_NO_ROUTE,
             gateway_listener_tags: true,
             inbound_policy: has_from || has_rules,
+            top_level: true,
         };
         validate_top(self.target_ref.as_ref(), top, &mut err);
         require_sections(

@@ -143,6 +143,7 @@ impl MeshFaultInjectionSpec {
             kinds: kinds::TOP_NO_ROUTE,
             gateway_listener_tags: true,
             inbound_policy: n_from + n_rules > 0,
+            top_level: true,
         };
         validate_top(self.target_ref.as_ref(), top, &mut err);
         if n_from > 0 && n_rules > 0 {

@@ -493,3 +493,192 @@ pub(crate) fn route_to_rules(top: TargetRefKind) -> TargetRefRules<'static> {
         ..Default::default()
     }
 }
+
+/// The name Kuma gives the routes of a rule with `matches`: the standard base64 of the SHA-256
+/// of the matches as Kuma serializes them (Go's JSON: fields in declaration order, absent ones
+/// left out, `<`, `>`, `&`, U+2028 and U+2029 escaped). Policies with a top-level targetRef
+/// `MeshHTTPRoute` reach a rule's routes through it (see
+/// [`RULE_MATCHES_HASH_TAG`](crate::rules::RULE_MATCHES_HASH_TAG)).
+pub fn matches_hash(matches: &[HttpMatch]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let json = go_json_matches(matches);
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(json.as_bytes()))
+}
+
+/// The match of every request: a path prefix `/` and nothing else.
+pub fn catch_all_match() -> HttpMatch {
+    HttpMatch {
+        path: Some(PathMatch {
+            value: "/".into(),
+            kind: PathMatchType::PathPrefix,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The name of the default route of every HTTP outbound (the [`matches_hash`] of
+/// [`catch_all_match`]), as Kuma names it.
+pub fn default_route_name() -> &'static str {
+    static NAME: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| matches_hash(&[catch_all_match()]));
+    &NAME
+}
+
+/// `matches` as Go's `encoding/json` writes Kuma's `[]Match`.
+fn go_json_matches(matches: &[HttpMatch]) -> String {
+    fn string(out: &mut String, s: &str) {
+        // serde_json escapes as Go does, except for Go's HTML-safe escapes.
+        let json = serde_json::Value::from(s).to_string();
+        for c in json.chars() {
+            match c {
+                '<' => out.push_str("\\u003c"),
+                '>' => out.push_str("\\u003e"),
+                '&' => out.push_str("\\u0026"),
+                '\u{2028}' => out.push_str("\\u2028"),
+                '\u{2029}' => out.push_str("\\u2029"),
+                c => out.push(c),
+            }
+        }
+    }
+    fn enum_name<T: Serialize>(out: &mut String, v: &T) {
+        let name = serde_json::to_value(v)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        string(out, &name);
+    }
+    // Writes `"key":` preceded by a comma unless it opens the object.
+    fn key(out: &mut String, first: &mut bool, k: &str) {
+        if !std::mem::take(first) {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+    }
+    let mut out = String::from("[");
+    for (i, m) in matches.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('{');
+        let mut first = true;
+        if let Some(p) = &m.path {
+            key(&mut out, &mut first, "path");
+            out.push_str("{\"value\":");
+            string(&mut out, &p.value);
+            out.push_str(",\"type\":");
+            enum_name(&mut out, &p.kind);
+            out.push('}');
+        }
+        if let Some(method) = &m.method {
+            key(&mut out, &mut first, "method");
+            string(&mut out, method);
+        }
+        if let Some(query) = &m.query_params {
+            key(&mut out, &mut first, "queryParams");
+            out.push('[');
+            for (qi, q) in query.iter().enumerate() {
+                if qi > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"type\":");
+                enum_name(&mut out, &q.kind);
+                out.push_str(",\"name\":");
+                string(&mut out, &q.name);
+                out.push_str(",\"value\":");
+                string(&mut out, &q.value);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        if let Some(headers) = &m.headers {
+            key(&mut out, &mut first, "headers");
+            out.push('[');
+            for (hi, h) in headers.iter().enumerate() {
+                if hi > 0 {
+                    out.push(',');
+                }
+                out.push('{');
+                let mut first = true;
+                if let Some(kind) = &h.kind {
+                    key(&mut out, &mut first, "type");
+                    enum_name(&mut out, kind);
+                }
+                key(&mut out, &mut first, "name");
+                string(&mut out, &h.name);
+                if let Some(v) = h.value.as_deref().filter(|v| !v.is_empty()) {
+                    key(&mut out, &mut first, "value");
+                    string(&mut out, v);
+                }
+                out.push('}');
+            }
+            out.push(']');
+        }
+        out.push('}');
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    fn prefix(value: &str) -> HttpMatch {
+        HttpMatch {
+            path: Some(PathMatch {
+                value: value.into(),
+                kind: PathMatchType::PathPrefix,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn matches_serialize_as_go_does() {
+        let m = HttpMatch {
+            path: Some(PathMatch {
+                value: "/a&b<c>".into(),
+                kind: PathMatchType::Exact,
+            }),
+            method: Some("GET".into()),
+            query_params: Some(vec![QueryParamsMatch {
+                kind: QueryMatchType::Exact,
+                name: "q".into(),
+                value: "1".into(),
+            }]),
+            headers: Some(vec![
+                HeaderMatch {
+                    kind: None,
+                    name: "x".into(),
+                    value: Some("\"v\"\n".into()),
+                },
+                HeaderMatch {
+                    kind: Some(HeaderMatchType::Present),
+                    name: "y".into(),
+                    value: Some(String::new()),
+                },
+            ]),
+        };
+        assert_eq!(
+            go_json_matches(&[m, HttpMatch::default()]),
+            r#"[{"path":{"value":"/a\u0026b\u003cc\u003e","type":"Exact"},"method":"GET","queryParams":[{"type":"Exact","name":"q","value":"1"}],"headers":[{"name":"x","value":"\"v\"\n"},{"type":"Present","name":"y"}]},{}]"#
+        );
+    }
+
+    #[test]
+    fn catch_all_route_hash_is_kumas() {
+        // sha256 of `[{"path":{"value":"/","type":"PathPrefix"}}]`, as Kuma names the default
+        // route of every HTTP outbound.
+        let json = go_json_matches(&[prefix("/")]);
+        assert_eq!(json, r#"[{"path":{"value":"/","type":"PathPrefix"}}]"#);
+        assert_eq!(
+            matches_hash(&[prefix("/")]),
+            "9Zuf5Tg79OuZcQITwBbQykxAk2u4fRKrwYn3//AL4Yo="
+        );
+        assert_eq!(default_route_name(), matches_hash(&[catch_all_match()]));
+        assert_ne!(matches_hash(&[prefix("/")]), matches_hash(&[prefix("/a")]));
+    }
+}

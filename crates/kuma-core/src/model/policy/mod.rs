@@ -324,6 +324,8 @@ pub struct TargetRefRules<'a> {
     pub gateway_listener_tags: bool,
     /// The policy has inbound sections (`from`/`rules`): `Dataplane` may use `sectionName`.
     pub inbound_policy: bool,
+    /// The targetRef is the policy's top-level one (set by [`validate_top`]).
+    pub top_level: bool,
 }
 
 fn disallow<T>(
@@ -399,6 +401,7 @@ pub fn validate_target_ref(
         return;
     }
     let k = r.kind;
+    refuse_unserved(path, r, rules.top_level, err);
     match k {
         Mesh => {
             if non_empty(&r.name) {
@@ -491,6 +494,46 @@ pub fn validate_target_ref(
             disallow(path, "namespace", &r.namespace, k, err);
             disallow(path, "sectionName", &r.section_name, k, err);
         }
+    }
+}
+
+/// Refuses targetRefs that Kuma accepts but that only make sense with resources this control
+/// plane does not serve yet (the MeshService family: `MeshService`, `MeshExternalService`,
+/// `MeshMultiZoneService` resources), so that such a policy is never stored to do nothing.
+/// `MeshService` targets name the `kuma.io/service` tag here.
+fn refuse_unserved(path: &Path, r: &TargetRef, top_level: bool, err: &mut ValidationError) {
+    use TargetRefKind::*;
+    match r.kind {
+        MeshExternalService | MeshMultiZoneService => err.add(
+            &path.field("kind"),
+            format!(
+                "value '{}' is not supported by this control plane: it has no {} resources",
+                r.kind.as_str(),
+                r.kind.as_str()
+            ),
+        ),
+        MeshHTTPRoute if !top_level => err.add(
+            &path.field("kind"),
+            "value 'MeshHTTPRoute' is supported here only as the top-level targetRef: a route \
+             in 'to' applies to MeshService resources, which this control plane does not have",
+        ),
+        MeshService => {
+            if has_labels(&r.labels) {
+                err.add(
+                    &path.field("labels"),
+                    "is not supported by this control plane: it selects MeshService resources, \
+                     which it does not have; use name (the kuma.io/service tag)",
+                );
+            }
+            if non_empty(&r.section_name) {
+                err.add(
+                    &path.field("sectionName"),
+                    "is not supported by this control plane: it names a port of a MeshService \
+                     resource, which it does not have",
+                );
+            }
+        }
+        _ => {}
     }
 }
 
@@ -591,6 +634,10 @@ pub fn validate_top(
 ) -> TargetRefKind {
     match target_ref {
         Some(r) => {
+            let rules = TargetRefRules {
+                top_level: true,
+                ..rules
+            };
             validate_target_ref(&Path::at("spec").field("targetRef"), r, rules, err);
             r.kind
         }
@@ -804,6 +851,54 @@ mod tests {
                 "t.kind"
             ]
         );
+    }
+
+    #[test]
+    fn targets_needing_meshservice_resources_are_refused_with_the_reason() {
+        let doc = |to: &str| {
+            format!(
+                "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {to}\n    default: {{idleTimeout: 1s}}\n"
+            )
+        };
+        for (to, field, reason) in [
+            (
+                "{kind: MeshExternalService, name: httpbin}",
+                "spec.to[0].targetRef.kind",
+                "no MeshExternalService resources",
+            ),
+            (
+                "{kind: MeshMultiZoneService, name: backend}",
+                "spec.to[0].targetRef.kind",
+                "no MeshMultiZoneService resources",
+            ),
+            (
+                "{kind: MeshHTTPRoute, name: r}",
+                "spec.to[0].targetRef.kind",
+                "only as the top-level targetRef",
+            ),
+            (
+                "{kind: MeshService, labels: {app: x}}",
+                "spec.to[0].targetRef.labels",
+                "use name",
+            ),
+            (
+                "{kind: MeshService, name: backend, sectionName: http}",
+                "spec.to[0].targetRef.sectionName",
+                "port of a MeshService resource",
+            ),
+        ] {
+            let err = validated(&doc(to)).expect_err(to).to_string();
+            assert!(err.contains(field) && err.contains(reason), "{to}: {err}");
+        }
+        // The route as the top-level targetRef, and MeshService by name, are served.
+        let ok = "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {idleTimeout: 1s}\n";
+        validated(ok).expect("route-targeted policy");
+        validated(&doc("{kind: MeshService, name: backend}")).expect("MeshService by name");
+    }
+
+    fn validated(yaml: &str) -> Result<(), ValidationError> {
+        let mut docs = crate::resource::parse_documents(yaml).expect("parses");
+        docs.remove(0).validate()
     }
 
     impl TargetRef {

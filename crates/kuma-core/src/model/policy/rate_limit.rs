@@ -163,6 +163,7 @@ impl MeshRateLimitSpec {
             kinds: kinds::TOP_ALL,
             gateway_listener_tags: true,
             inbound_policy: n_from + n_rules > 0,
+            top_level: true,
         };
         validate_top(self.target_ref.as_ref(), top, &mut err);
         let gateways = includes_gateways(self.target_ref.as_ref());

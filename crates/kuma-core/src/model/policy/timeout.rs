@@ -83,6 +83,7 @@ impl MeshTimeoutSpec {
             kinds: kinds::TOP_ALL,
             gateway_listener_tags: true,
             inbound_policy: inbound,
+            top_level: true,
         };
         let top_kind = validate_top(self.target_ref.as_ref(), top, &mut err);
         require_sections(

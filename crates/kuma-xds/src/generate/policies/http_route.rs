@@ -4,8 +4,10 @@
 //! orders them (see `Specificity`: a match with a path first, exact before prefix before
 //! regular expression, longer values first, then method, header and query matches; ties keep
 //! the merged order, in which the strongest policy comes first), followed by the outbound's
-//! default route. Backends are weighted clusters (a `MeshServiceSubset` gets its own cluster of
-//! the matching endpoints); filters map to header mutations, redirects, rewrites and mirrors.
+//! default route (unless a rule matches every request). Routes are named as Kuma names them,
+//! by the hash of their rule's matches. Backends are weighted clusters (a `MeshServiceSubset`
+//! gets its own cluster of the matching endpoints); filters map to header mutations,
+//! redirects, rewrites and mirrors.
 
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
@@ -30,7 +32,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use kuma_core::model::common::IntOrString;
 use kuma_core::model::policy::{
     BackendRef, HttpFilterType, HttpMatch, HttpRouteConf, HttpRouteRule, PathMatchType,
-    PathRewriteType, QueryMatchType,
+    PathRewriteType, QueryMatchType, catch_all_match, default_route_name, matches_hash,
 };
 use kuma_core::resource::ResourceType;
 
@@ -74,10 +76,17 @@ impl ResourceGenerator for MeshHttpRoute {
                 continue;
             };
             let mut routes: Vec<(Specificity, Route)> = Vec::new();
+            let catch_all = catch_all_match();
+            let mut has_catch_all = false;
             for rule in &merged.rules {
                 let action = route_action(ctx, rs, &service, &rule.default);
+                // Kuma names the routes of a rule by its matches: route-targeted policies
+                // find them so.
+                let name = matches_hash(&rule.matches);
                 for m in &rule.matches {
+                    has_catch_all |= *m == catch_all;
                     let mut route = Route {
+                        name: name.clone(),
                         r#match: Some(route_match(m)),
                         ..Default::default()
                     };
@@ -90,7 +99,11 @@ impl ResourceGenerator for MeshHttpRoute {
                 continue;
             };
             let mut table: Vec<Route> = routes.into_iter().map(|(_, r)| r).collect();
-            table.push(cluster_route(PathSpecifier::Prefix("/".into()), &service));
+            if !has_catch_all {
+                let mut default = cluster_route(PathSpecifier::Prefix("/".into()), &service);
+                default.name = default_route_name().to_string();
+                table.push(default);
+            }
             if let Some(vh) = http.route.virtual_hosts.first_mut() {
                 vh.routes = table;
             }

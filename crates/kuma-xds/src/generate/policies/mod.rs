@@ -129,6 +129,19 @@ fn to_conf<T: DeserializeOwned>(rules: &ProxyRules, service: &str) -> Result<Opt
         .transpose()
 }
 
+/// The typed conf for traffic to `service` on the route named `route`: what route-targeted
+/// policies set for that route over the service's conf.
+fn route_conf<T: DeserializeOwned>(
+    rules: &ProxyRules,
+    service: &str,
+    route: &str,
+) -> Result<Option<T>, String> {
+    rules
+        .to_rule_for_route(service, route)
+        .map(|r| typed(rules.rtype, r))
+        .transpose()
+}
+
 /// The typed conf for a cluster: the `to` rule of an outbound cluster's service, the `from`
 /// rule of an inbound's local cluster, none for the proxy's own clusters.
 fn cluster_conf<T: DeserializeOwned>(

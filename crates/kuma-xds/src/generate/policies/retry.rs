@@ -4,7 +4,8 @@
 //! `retryOn` says otherwise (status codes become `retriable_status_codes`, `HttpMethod*` entries
 //! `:method` request header matches); gRPC on
 //! `cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable`;
-//! `numRetries: 0` turns retries off. HTTP/2 outbounds use the `http` section.
+//! `numRetries: 0` turns retries off. HTTP/2 outbounds use the `http` section. Policies with a
+//! top-level targetRef `MeshHTTPRoute` set the retry policy of that route's rules' routes.
 
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{
     RateLimitedRetryBackOff, ResetHeader, ResetHeaderFormat as EnvoyResetFormat, RetryBackOff,
@@ -21,7 +22,7 @@ use kuma_core::model::policy::{
 };
 use kuma_core::resource::ResourceType;
 
-use super::{header_matcher, lb_metadata, string_exact, to_conf};
+use super::{header_matcher, lb_metadata, route_conf, string_exact, to_conf};
 use crate::envoy::{any, duration};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Protocol, ProxyContext};
@@ -46,28 +47,35 @@ impl ResourceGenerator for MeshRetry {
             return Ok(());
         }
         for o in &rs.outbounds {
-            let (Some(conf), Some(l)) = (
-                to_conf::<RetryConf>(&rules, &o.service)?,
-                rs.listeners.get_mut(&o.listener),
-            ) else {
+            let Some(l) = rs.listeners.get_mut(&o.listener) else {
                 continue;
             };
             match &mut l.terminal {
                 Terminal::Tcp(tcp) => {
-                    if let Some(n) = conf.tcp.as_ref().and_then(|t| t.max_connect_attempt) {
+                    let conf = to_conf::<RetryConf>(&rules, &o.service)?;
+                    if let Some(n) = conf.and_then(|c| c.tcp).and_then(|t| t.max_connect_attempt) {
                         tcp.max_connect_attempts = Some(UInt32Value { value: n });
                     }
                 }
                 Terminal::Http(http) => {
-                    let policy = match o.protocol {
-                        Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
-                        _ => conf.http.as_ref().and_then(http_policy),
-                    };
-                    let Some(policy) = policy else { continue };
+                    // Per route: a route-targeted policy's conf for the route, the service's
+                    // otherwise.
                     for vh in &mut http.route.virtual_hosts {
                         for route in &mut vh.routes {
-                            if let Some(Action::Route(action)) = route.action.as_mut() {
-                                action.retry_policy = Some(policy.clone());
+                            let Some(Action::Route(action)) = route.action.as_mut() else {
+                                continue;
+                            };
+                            let Some(conf) =
+                                route_conf::<RetryConf>(&rules, &o.service, &route.name)?
+                            else {
+                                continue;
+                            };
+                            let policy = match o.protocol {
+                                Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
+                                _ => conf.http.as_ref().and_then(http_policy),
+                            };
+                            if let Some(policy) = policy {
+                                action.retry_policy = Some(policy);
                             }
                         }
                     }

@@ -3,17 +3,18 @@
 //! - `to` (per destination service): the service's clusters get `connectTimeout` and HTTP
 //!   idle/connection/stream limits; the outbound listener gets the idle timeout (TCP proxy, or
 //!   the HTTP connection manager with stream idle and request headers timeouts) and every route
-//!   the request timeout, stream idle timeout and max stream duration.
+//!   the request timeout, stream idle timeout and max stream duration; policies with a
+//!   top-level targetRef `MeshHTTPRoute` override those for the routes of that route's rules.
 //! - `from`/`rules` (per inbound): the same on the inbound listener and its local cluster.
 
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as CommonHttp;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::Route;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use kuma_core::model::policy::TimeoutConf;
 use kuma_core::resource::ResourceType;
 
-use super::{cluster_conf, from_conf, to_conf};
+use super::{cluster_conf, from_conf, route_conf, to_conf};
 use crate::envoy::duration;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
@@ -45,11 +46,23 @@ impl ResourceGenerator for MeshTimeout {
             .map(|o| (o.listener.clone(), o.service.clone()))
             .collect();
         for (listener, service) in outbound {
-            if let (Some(conf), Some(l)) = (
-                to_conf::<TimeoutConf>(&rules, &service)?,
-                rs.listeners.get_mut(&listener),
-            ) {
+            let Some(l) = rs.listeners.get_mut(&listener) else {
+                continue;
+            };
+            if let Some(conf) = to_conf::<TimeoutConf>(&rules, &service)? {
                 listener_timeouts(&mut l.terminal, &conf);
+            }
+            // Routes: a route-targeted policy's conf for the route, the service's otherwise.
+            if let Terminal::Http(http) = &mut l.terminal {
+                for vh in &mut http.route.virtual_hosts {
+                    for route in &mut vh.routes {
+                        if let Some(conf) =
+                            route_conf::<TimeoutConf>(&rules, &service, &route.name)?
+                        {
+                            route_timeouts(route, &conf);
+                        }
+                    }
+                }
             }
         }
         let inbound: Vec<(String, u32)> = rs
@@ -63,6 +76,13 @@ impl ResourceGenerator for MeshTimeout {
                 rs.listeners.get_mut(&listener),
             ) {
                 listener_timeouts(&mut l.terminal, &conf);
+                if let Terminal::Http(http) = &mut l.terminal {
+                    for vh in &mut http.route.virtual_hosts {
+                        for route in &mut vh.routes {
+                            route_timeouts(route, &conf);
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -115,33 +135,25 @@ fn listener_timeouts(terminal: &mut Terminal, conf: &TimeoutConf) {
                     http.hcm.request_headers_timeout = Some(duration(t.get()));
                 }
             }
-            route_timeouts(&mut http.route, conf);
         }
     }
 }
 
-/// Sets the request timeout, stream idle timeout and max stream duration on every route.
-fn route_timeouts(table: &mut RouteConfiguration, conf: &TimeoutConf) {
-    let Some(h) = &conf.http else {
+/// Sets the request timeout, stream idle timeout and max stream duration on `route`.
+fn route_timeouts(route: &mut Route, conf: &TimeoutConf) {
+    let (Some(h), Some(Action::Route(action))) = (&conf.http, route.action.as_mut()) else {
         return;
     };
-    for vh in &mut table.virtual_hosts {
-        for route in &mut vh.routes {
-            let Some(Action::Route(action)) = route.action.as_mut() else {
-                continue;
-            };
-            if let Some(t) = &h.request_timeout {
-                action.timeout = Some(duration(t.get()));
-            }
-            if let Some(t) = &h.stream_idle_timeout {
-                action.idle_timeout = Some(duration(t.get()));
-            }
-            if let Some(t) = &h.max_stream_duration {
-                action.max_stream_duration = Some(MaxStreamDuration {
-                    max_stream_duration: Some(duration(t.get())),
-                    ..Default::default()
-                });
-            }
-        }
+    if let Some(t) = &h.request_timeout {
+        action.timeout = Some(duration(t.get()));
+    }
+    if let Some(t) = &h.stream_idle_timeout {
+        action.idle_timeout = Some(duration(t.get()));
+    }
+    if let Some(t) = &h.max_stream_duration {
+        action.max_stream_duration = Some(MaxStreamDuration {
+            max_stream_duration: Some(duration(t.get())),
+            ..Default::default()
+        });
     }
 }
