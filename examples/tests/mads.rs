@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Standalone, put_json, test_dir};
-use kuma_testkit::{free_port, response_body, response_status};
+use kuma_testkit::{eventually, free_port, response_body, response_status};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -203,7 +203,13 @@ async fn prometheus_and_vmagent_exchanges_and_a_real_prometheus() {
         .await;
         (r, Instant::now())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the control plane holds the long poll", || async {
+        kuma_testkit::http_get(cp.diagnostics_port, "/metrics")
+            .await
+            .1
+            .contains("mads_requests_held 1")
+    })
+    .await;
     let added = Instant::now();
     put_json(
         cp.api_port,
@@ -232,6 +238,13 @@ async fn prometheus_and_vmagent_exchanges_and_a_real_prometheus() {
         woke["resources"][1]["targets"][0]["address"],
         "192.0.2.2:5670"
     );
+    eventually("the answered long poll is no longer held", || async {
+        kuma_testkit::http_get(cp.diagnostics_port, "/metrics")
+            .await
+            .1
+            .contains("mads_requests_held 0")
+    })
+    .await;
 
     // Bad requests get 400 and say what is wrong.
     for (query, body, says) in [

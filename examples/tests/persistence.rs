@@ -8,19 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Standalone, test_dir};
+use common::{Standalone, leads, pg_env, test_dir};
 use kuma_testkit::{PgCluster, eventually, free_port, http_get};
-
-fn pg_env(cluster: &PgCluster) -> Vec<(String, String)> {
-    vec![
-        ("KUMA_STORE_TYPE".into(), "postgres".into()),
-        ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
-        ("KUMA_STORE_POSTGRES_PORT".into(), cluster.port.to_string()),
-        ("KUMA_STORE_POSTGRES_USER".into(), "kuma".into()),
-        ("KUMA_STORE_POSTGRES_PASSWORD".into(), "kuma".into()),
-        ("KUMA_STORE_POSTGRES_DB_NAME".into(), "kuma".into()),
-    ]
-}
 
 fn refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
@@ -177,15 +166,6 @@ async fn two_instances_share_one_database() {
     let after = versions_after_reconnect(dp.admin_port).await;
     assert_eq!(before, after, "a restart changes no config version");
     drop((a, b, dp));
-}
-
-/// This instance's `leader` gauge (from its diagnostics port's /metrics).
-async fn leads(diagnostics_port: u16) -> Option<bool> {
-    let metrics = http_get(diagnostics_port, "/metrics").await.1;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("leader "))
-        .map(|v| v.trim() == "1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -348,6 +348,7 @@ impl ControlPlane {
                 .run(INSIGHT_FLUSH_INTERVAL, shutdown.subscribe()),
         );
         ports.add_task(insight_writer);
+        let preparer = Arc::new(lifecycle.clone());
         let callbacks = (
             lifecycle,
             (insights.clone(), metrics::XdsMetrics(metrics.clone())),
@@ -359,8 +360,9 @@ impl ControlPlane {
                 manager.clone(),
             ))),
         };
-        let mut ads =
-            AdsServer::new(cache.clone(), Arc::new(callbacks)).with_shutdown(shutdown.subscribe());
+        let mut ads = AdsServer::new(cache.clone(), Arc::new(callbacks))
+            .with_shutdown(shutdown.subscribe())
+            .with_preparer(preparer);
         if let Some(a) = &dp_auth {
             ads = ads.with_authenticator(a.clone());
         }
@@ -530,7 +532,12 @@ impl ControlPlane {
         let mut mads_addr = None;
         let m = &config.monitoring_assignment_server;
         if config.mode != Mode::Global && m.enabled {
-            let mads = kuma_xds::mads::Mads::new().with_shutdown(shutdown.subscribe());
+            let held = metrics.mads_held.clone();
+            let mads = kuma_xds::mads::Mads::new()
+                .with_shutdown(shutdown.subscribe())
+                .with_held_observer(move |delta| {
+                    held.inc_by(delta);
+                });
             background.0.push(tokio::spawn(mads::follow_assignments(
                 manager.clone(),
                 mads.clone(),

@@ -1,9 +1,13 @@
 //! Universal data-plane lifecycle: a proxy's Dataplane exists while it is connected.
 //!
 //! The first request of an ADS stream carries the Dataplane (node metadata
-//! `dataplane.resource`, put there by the bootstrap). It is validated and applied like any
-//! write. When the node's last stream ends, the Dataplane is deleted after a delay; a stream
-//! that reconnects within the delay keeps it.
+//! `dataplane.resource`, put there by the bootstrap) and what the proxy reports about itself
+//! (admin and readiness ports, work directory). Before the stream is served, the Dataplane is
+//! validated and applied like any write, and the stream waits until the proxy's snapshot is
+//! generated from what it reported: a proxy back after a restart of the control plane is
+//! answered from its own config, not from one generated before it said who it is. When the
+//! node's last stream ends, the Dataplane is deleted after a delay; a stream that reconnects
+//! within the delay keeps it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_json};
 use kuma_xds::generate::ProxyMetadata;
-use kuma_xds::server::Callbacks;
+use kuma_xds::server::{Callbacks, StreamPreparer};
 use tokio::runtime::Handle;
 
 /// Node metadata key holding the Dataplane JSON.
@@ -28,34 +32,120 @@ pub const READINESS_PORT: &str = "dataplane.readinessReporter.port";
 pub const WORKDIR: &str = "workdir";
 
 /// What connected proxies reported about themselves, by node id; read by config generation.
-#[derive(Default)]
+///
+/// Each change of a node's metadata gets a revision; the reconciler hears of the change
+/// ([`ProxyRegistry::changes`]), regenerates the node and records the revision it generated
+/// from ([`ProxyRegistry::generated`]), which [`Lifecycle`] waits for before a new stream is
+/// served.
 pub struct ProxyRegistry {
-    nodes: Mutex<HashMap<String, ProxyMetadata>>,
+    nodes: Mutex<HashMap<String, Registered>>,
+    /// Bumped whenever a node's snapshot was generated.
+    generations: tokio::sync::watch::Sender<u64>,
+    /// Where changed Dataplanes (mesh, name) are announced, once the reconciler listens.
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
+}
+
+#[derive(Default)]
+struct Registered {
+    metadata: ProxyMetadata,
+    /// The revision of `metadata` (unique in the process).
+    revision: u64,
+    /// The latest revision a snapshot was generated from.
+    generated: u64,
+}
+
+impl Default for ProxyRegistry {
+    fn default() -> Self {
+        ProxyRegistry {
+            nodes: Mutex::default(),
+            generations: tokio::sync::watch::channel(0).0,
+            changes: Mutex::default(),
+        }
+    }
 }
 
 impl ProxyRegistry {
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// What `node_id` reported (default when it never connected).
     pub fn get(&self, node_id: &str) -> ProxyMetadata {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.get_revision(node_id).0
+    }
+
+    /// What `node_id` reported and the revision of that report (0: never connected).
+    pub fn get_revision(&self, node_id: &str) -> (ProxyMetadata, u64) {
+        self.nodes()
             .get(node_id)
-            .cloned()
+            .map(|r| (r.metadata.clone(), r.revision))
             .unwrap_or_default()
     }
 
-    fn set(&self, node_id: &str, metadata: ProxyMetadata) {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node_id.to_string(), metadata);
+    /// Records `metadata` for the Dataplane `key` (node `node_id`): its new revision when it
+    /// differs from what was recorded, announced to the reconciler.
+    fn set(&self, key: &ResourceKey, node_id: &str, metadata: ProxyMetadata) -> Option<u64> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let revision = {
+            let mut nodes = self.nodes();
+            let entry = nodes.entry(node_id.to_string()).or_default();
+            if entry.revision != 0 && entry.metadata == metadata {
+                return None;
+            }
+            entry.metadata = metadata;
+            entry.revision = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            entry.revision
+        };
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = changes.as_ref() {
+            let _ = tx.send((key.mesh.clone(), key.name.clone()));
+        }
+        Some(revision)
     }
 
     fn remove(&self, node_id: &str) {
-        self.nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(node_id);
+        self.nodes().remove(node_id);
+    }
+
+    /// The Dataplanes (mesh, name) whose proxies report new metadata, from now on (one
+    /// listener: a second call replaces the first).
+    pub fn changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Records that `node_id`'s snapshot was generated from the metadata of `revision`.
+    pub fn generated(&self, node_id: &str, revision: u64) {
+        if revision == 0 {
+            return;
+        }
+        if let Some(r) = self.nodes().get_mut(node_id) {
+            r.generated = r.generated.max(revision);
+        }
+        self.generations.send_modify(|g| *g += 1);
+    }
+
+    /// Waits until `node_id`'s snapshot was generated from `revision` or later; false when
+    /// `limit` passed first.
+    async fn wait_generated(&self, node_id: &str, revision: u64, limit: Duration) -> bool {
+        let mut generations = self.generations.subscribe();
+        tokio::time::timeout(limit, async {
+            loop {
+                let done = self
+                    .nodes()
+                    .get(node_id)
+                    .is_none_or(|r| r.generated >= revision || r.revision > revision);
+                if done {
+                    return;
+                }
+                if generations.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
     }
 }
 
@@ -110,7 +200,9 @@ struct Nodes {
     keys: HashMap<String, ResourceKey>,
 }
 
-/// [`Callbacks`] creating and removing Dataplanes as proxies come and go.
+/// [`Callbacks`] creating and removing Dataplanes as proxies come and go, and the
+/// [`StreamPreparer`] that registers a proxy before its stream is served. Clones share state.
+#[derive(Clone)]
 pub struct Lifecycle {
     manager: ResourceManager,
     delay: Duration,
@@ -174,12 +266,15 @@ impl Lifecycle {
         self.nodes()
             .keys
             .insert(node_id.to_string(), dataplane.key());
-        let metadata = ProxyMetadata {
-            admin_port: port_field(node, ADMIN_PORT),
-            readiness_port: port_field(node, READINESS_PORT),
-            workdir: string_field(node, WORKDIR),
-        };
-        self.registry.set(node_id, metadata);
+        // A prepared stream registered its proxy already (same metadata: nothing to do);
+        // a server without the preparer registers here.
+        if self
+            .registry
+            .set(&dataplane.key(), node_id, node_metadata(node))
+            .is_none()
+        {
+            return;
+        }
         let manager = self.manager.clone();
         let node_id = node_id.to_string();
         self.runtime.spawn(async move {
@@ -187,6 +282,54 @@ impl Lifecycle {
                 tracing::warn!(node_id, error = %e, "cannot register the Dataplane");
             }
         });
+    }
+}
+
+/// What a node's metadata says about its proxy.
+fn node_metadata(node: Option<&Node>) -> ProxyMetadata {
+    ProxyMetadata {
+        admin_port: port_field(node, ADMIN_PORT),
+        readiness_port: port_field(node, READINESS_PORT),
+        workdir: string_field(node, WORKDIR),
+    }
+}
+
+/// How long a new stream waits for its proxy's first snapshot before it is served anyway.
+const PREPARE_LIMIT: Duration = Duration::from_secs(10);
+
+#[async_trait::async_trait]
+impl StreamPreparer for Lifecycle {
+    /// Registers the proxy (its Dataplane and what it reports about itself) and waits until
+    /// its snapshot is generated from that, so that the first answers of the stream come from
+    /// the proxy's own config: a proxy back after a restart of the control plane is sent
+    /// nothing it does not have already.
+    async fn prepare(&self, node: &Node) {
+        let dataplane = match node_dataplane(Some(node)) {
+            Ok(Some(r)) => r,
+            _ => return, // reported by `register` on the first request
+        };
+        let node_id = kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name);
+        if node_id != node.id {
+            return;
+        }
+        let revision = self
+            .registry
+            .set(&dataplane.key(), &node_id, node_metadata(Some(node)));
+        if let Err(e) = self.manager.apply(dataplane).await {
+            tracing::warn!(node_id, error = %e, "cannot register the Dataplane");
+            return;
+        }
+        if let Some(revision) = revision
+            && !self
+                .registry
+                .wait_generated(&node_id, revision, PREPARE_LIMIT)
+                .await
+        {
+            tracing::warn!(
+                node_id,
+                "no snapshot generated for the proxy in time; serving it what there is"
+            );
+        }
     }
 }
 
@@ -255,5 +398,52 @@ impl Callbacks for Lifecycle {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_new_report_waits_for_a_snapshot_generated_from_it() {
+        let registry = Arc::new(ProxyRegistry::default());
+        let mut changes = registry.changes();
+        let key = ResourceKey::new(ResourceType::Dataplane, "default", "web-1");
+        let reported = ProxyMetadata {
+            admin_port: Some(9901),
+            ..Default::default()
+        };
+        let revision = registry
+            .set(&key, "default.web-1", reported.clone())
+            .expect("a first report is a change");
+        assert_eq!(
+            changes.try_recv().unwrap(),
+            ("default".to_string(), "web-1".to_string())
+        );
+        assert_eq!(registry.set(&key, "default.web-1", reported.clone()), None);
+        assert!(changes.try_recv().is_err(), "the same report is no change");
+        // Nothing generated yet: the wait runs out.
+        assert!(
+            !registry
+                .wait_generated("default.web-1", revision, Duration::from_millis(50))
+                .await
+        );
+        // A snapshot generated from an older report does not end the wait; one from this
+        // report does.
+        let waiter = {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                registry
+                    .wait_generated("default.web-1", revision, Duration::from_secs(5))
+                    .await
+            })
+        };
+        registry.generated("default.web-1", revision - 1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        registry.generated("default.web-1", revision);
+        assert!(waiter.await.unwrap());
+        assert_eq!(registry.get_revision("default.web-1"), (reported, revision));
     }
 }

@@ -11,6 +11,7 @@
 //! | `store_operations_total` | counter | `operation`, `resource_type`, `result` |
 //! | `store_conflicts_total` | counter | `resource_type` |
 //! | `api_server_requests_total` | counter | `method`, `status` |
+//! | `mads_requests_held` | gauge | |
 //!
 //! Generation time is one proxy's snapshot build. Delivery time runs from the store change that
 //! made a new snapshot until the proxy ACKs that snapshot's version of a type.
@@ -94,6 +95,8 @@ pub struct Metrics {
     pub store_conflicts: Family<ResourceTypeLabel, Counter>,
     /// API requests by status.
     pub api_requests: Family<ApiLabels, Counter>,
+    /// MADS long polls held until the assignments change.
+    pub mads_held: Gauge,
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -117,6 +120,7 @@ impl Default for Metrics {
             store_operations: Family::default(),
             store_conflicts: Family::default(),
             api_requests: Family::default(),
+            mads_held: Gauge::default(),
             pending: Mutex::default(),
             registry: Registry::default(),
         };
@@ -124,6 +128,11 @@ impl Default for Metrics {
             "xds_streams_active",
             "ADS streams currently open",
             m.streams_active.clone(),
+        );
+        registry.register(
+            "mads_requests_held",
+            "MADS long polls held until the assignments change",
+            m.mads_held.clone(),
         );
         registry.register(
             "leader",

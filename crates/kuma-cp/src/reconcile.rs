@@ -242,8 +242,8 @@ impl Reconciler {
         let mut generated = 0;
         for r in targets {
             let node = node_id(mesh, &r.meta.name);
-            let Some(mut ctx) = ProxyContext::new(&mesh_context, r, self.registry.get(&node))
-            else {
+            let (metadata, revision) = self.registry.get_revision(&node);
+            let Some(mut ctx) = ProxyContext::new(&mesh_context, r, metadata) else {
                 continue;
             };
             if let Some(a) = &authority {
@@ -285,6 +285,7 @@ impl Reconciler {
             } else {
                 self.cache.set(&node, snapshot);
             }
+            self.registry.generated(&node, revision);
         }
         let gone: Vec<String> = state
             .dependencies
@@ -309,6 +310,9 @@ impl Reconciler {
     /// Runs until the store's change stream closes.
     pub async fn run(mut self) {
         let mut events = self.manager.store().watch();
+        // Proxies reporting new metadata (a connect, a restart of the control plane) get
+        // their Dataplane regenerated as if it had changed.
+        let mut reported = Some(self.registry.changes());
         self.changed_at = Instant::now();
         for mesh in self.all_meshes().await {
             self.sync_mesh(&mesh, &Dirty::Everything).await;
@@ -331,9 +335,33 @@ impl Reconciler {
                     None => std::future::pending().await,
                 }
             };
+            let report = async {
+                match reported.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
-                e = events.recv() => Some(e),
+                e = events.recv() => Some(Ok(e)),
                 () = until_renewal => None,
+                r = report => Some(Err(r)),
+            };
+            let event = match event {
+                Some(Ok(e)) => Some(e),
+                None => None,
+                Some(Err(Some((mesh, name)))) => {
+                    dirty.insert(mesh, Dirty::Dataplanes(BTreeSet::from([name])));
+                    self.changed_at = Instant::now();
+                    tokio::time::sleep(self.debounce).await;
+                    self.drain(&mut events, &mut reported, &mut dirty, &mut everything);
+                    self.sync_dirty(dirty, everything).await;
+                    continue;
+                }
+                // The registry is gone: no more reports (never a busy loop on a closed channel).
+                Some(Err(None)) => {
+                    reported = None;
+                    continue;
+                }
             };
             match event {
                 // Certificates are due: their proxies get new ones.
@@ -353,35 +381,53 @@ impl Reconciler {
             }
             self.changed_at = Instant::now();
             tokio::time::sleep(self.debounce).await;
-            loop {
-                match events.try_recv() {
-                    Ok(e) => {
-                        if let Some((mesh, d)) = dirt(&e.key) {
-                            match dirty.get_mut(&mesh) {
-                                Some(known) => known.add(d),
-                                None => {
-                                    dirty.insert(mesh, d);
-                                }
-                            }
-                        }
+            self.drain(&mut events, &mut reported, &mut dirty, &mut everything);
+            self.sync_dirty(dirty, everything).await;
+        }
+    }
+
+    /// Folds the changes that arrived during the debounce into `dirty`.
+    fn drain(
+        &self,
+        events: &mut tokio::sync::broadcast::Receiver<kuma_core::store::StoreEvent>,
+        reported: &mut Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>,
+        dirty: &mut BTreeMap<String, Dirty>,
+        everything: &mut bool,
+    ) {
+        let mut add = |mesh: String, d: Dirty| match dirty.get_mut(&mesh) {
+            Some(known) => known.add(d),
+            None => {
+                dirty.insert(mesh, d);
+            }
+        };
+        loop {
+            match events.try_recv() {
+                Ok(e) => {
+                    if let Some((mesh, d)) = dirt(&e.key) {
+                        add(mesh, d);
                     }
-                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                        everything = true
-                    }
-                    Err(_) => break,
                 }
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => *everything = true,
+                Err(_) => break,
             }
-            if everything {
-                dirty = self
-                    .all_meshes()
-                    .await
-                    .into_iter()
-                    .map(|m| (m, Dirty::Everything))
-                    .collect();
-            }
-            for (mesh, d) in dirty {
-                self.sync_mesh(&mesh, &d).await;
-            }
+        }
+        while let Some(Ok((mesh, name))) = reported.as_mut().map(|rx| rx.try_recv()) {
+            add(mesh, Dirty::Dataplanes(BTreeSet::from([name])));
+        }
+    }
+
+    /// Regenerates what `dirty` names (every mesh when `everything`).
+    async fn sync_dirty(&mut self, mut dirty: BTreeMap<String, Dirty>, everything: bool) {
+        if everything {
+            dirty = self
+                .all_meshes()
+                .await
+                .into_iter()
+                .map(|m| (m, Dirty::Everything))
+                .collect();
+        }
+        for (mesh, d) in dirty {
+            self.sync_mesh(&mesh, &d).await;
         }
     }
 }

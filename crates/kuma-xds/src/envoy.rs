@@ -44,7 +44,8 @@ use prost::{Message, Name};
 /// fresh `RandomState` iterates in its own order: the same config would encode differently on
 /// each generation, change its content-derived version and be pushed again to every proxy.
 /// Maps built here share one process-wide hasher and receive their entries in key order, so
-/// equal entries give equal bytes (within a process; a restart re-seeds, which costs one push).
+/// equal entries give equal bytes within a process; across processes (a restart, another
+/// instance) [`crate::canonical`] puts the encoded entries in key order.
 pub fn ordered_map<K: Ord + Hash, V>(entries: impl IntoIterator<Item = (K, V)>) -> HashMap<K, V> {
     static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
     let mut sorted: Vec<(K, V)> = entries.into_iter().collect();

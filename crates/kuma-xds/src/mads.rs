@@ -179,6 +179,31 @@ pub struct Mads {
     shutdown: Option<watch::Receiver<bool>>,
     /// A permit per held request.
     held: Arc<tokio::sync::Semaphore>,
+    /// Told +1 when a request is held and -1 when it is let go.
+    held_observer: Option<Arc<dyn Fn(i64) + Send + Sync>>,
+}
+
+/// One held request: its permit, and the observer to tell when it is let go.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    mads: Mads,
+}
+
+impl Held {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, mads: &Mads) -> Held {
+        let held = Held {
+            _permit: permit,
+            mads: mads.clone(),
+        };
+        held.mads.report_held(1);
+        held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.mads.report_held(-1);
+    }
 }
 
 impl Default for Mads {
@@ -196,6 +221,7 @@ impl Mads {
             nonce: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             shutdown: None,
             held: Arc::new(tokio::sync::Semaphore::new(MAX_HELD)),
+            held_observer: None,
         }
     }
 
@@ -203,6 +229,19 @@ impl Mads {
     pub fn with_max_held(mut self, max: usize) -> Self {
         self.held = Arc::new(tokio::sync::Semaphore::new(max));
         self
+    }
+
+    /// Tells `observer` +1 whenever a request is held and -1 whenever one is let go (for a
+    /// gauge of the held requests).
+    pub fn with_held_observer(mut self, observer: impl Fn(i64) + Send + Sync + 'static) -> Self {
+        self.held_observer = Some(Arc::new(observer));
+        self
+    }
+
+    fn report_held(&self, delta: i64) {
+        if let Some(observer) = &self.held_observer {
+            observer(delta);
+        }
     }
 
     /// Answers held requests `304 Not Modified` as soon as `stop` turns true, so that a
@@ -285,7 +324,7 @@ async fn discovery(
     let Some(wait) = poll.wait else {
         return StatusCode::NOT_MODIFIED.into_response();
     };
-    let Ok(_held) = mads.held.clone().try_acquire_owned() else {
+    let Ok(permit) = mads.held.clone().try_acquire_owned() else {
         let mut refused = problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many held requests",
@@ -296,6 +335,7 @@ async fn discovery(
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return refused;
     };
+    let _held = Held::new(permit, &mads);
     let mut stop = mads.shutdown.clone();
     tokio::select! {
         changed = tokio::time::timeout(wait, rx.changed()) => match changed {

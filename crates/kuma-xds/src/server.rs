@@ -10,7 +10,10 @@
 //!   not sent again, the proxy keeps its last good config, and the next different snapshot is
 //!   pushed normally;
 //! - a new snapshot is pushed type by type in [`crate::types::PUSH_ORDER`] (clusters before
-//!   endpoints, listeners before routes), each only when its version changed.
+//!   endpoints, listeners before routes), each only when its version changed;
+//! - a proxy that opens a stream with the version it already applied (`version_info` of its
+//!   first request of a type) is sent nothing for that type until the version changes, so a
+//!   reconnect or a control-plane restart re-sends nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
@@ -142,6 +145,16 @@ pub trait StreamAuthenticator: Send + Sync + 'static {
     async fn authenticate(&self, metadata: &MetadataMap, node: &Node) -> Result<(), Status>;
 }
 
+/// Runs once per admitted stream, after authentication and before the stream reads its node's
+/// snapshot: for instance until the snapshot reflects what the node's first request says
+/// about the proxy, so that a proxy back after a control-plane restart is answered from the
+/// same config it has rather than from one made before it said who it is.
+#[async_trait::async_trait]
+pub trait StreamPreparer: Send + Sync + 'static {
+    /// Prepares the node of a stream about to be served.
+    async fn prepare(&self, node: &Node);
+}
+
 /// Callbacks that do nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoCallbacks;
@@ -154,6 +167,7 @@ pub struct AdsServer<C: Callbacks = NoCallbacks> {
     callbacks: Arc<C>,
     shutdown: Option<watch::Receiver<bool>>,
     authenticator: Option<Arc<dyn StreamAuthenticator>>,
+    preparer: Option<Arc<dyn StreamPreparer>>,
 }
 
 impl<C: Callbacks> AdsServer<C> {
@@ -164,7 +178,14 @@ impl<C: Callbacks> AdsServer<C> {
             callbacks,
             shutdown: None,
             authenticator: None,
+            preparer: None,
         }
+    }
+
+    /// Lets `preparer` prepare each admitted stream's node before the stream is served.
+    pub fn with_preparer(mut self, preparer: Arc<dyn StreamPreparer>) -> Self {
+        self.preparer = Some(preparer);
+        self
     }
 
     /// Serves only the streams `authenticator` admits.
@@ -206,6 +227,7 @@ impl<C: Callbacks> AdsServer<C> {
             callbacks: self.callbacks.clone(),
             shutdown: self.shutdown.clone(),
             authenticator: self.authenticator.clone(),
+            preparer: self.preparer.clone(),
             metadata,
             only,
         };
@@ -364,6 +386,9 @@ struct TypeState {
     names: BTreeSet<String>,
     nonce: Option<String>,
     sent_version: Option<String>,
+    /// The version the proxy says it applied (`version_info`) in its first request of this
+    /// type on this stream, until something is sent or it asks for other resources.
+    applied: Option<String>,
 }
 
 struct SotwStream<C: Callbacks> {
@@ -440,6 +465,11 @@ impl<C: Callbacks> SotwStream<C> {
         let changed = wildcard != state.wildcard || names != state.names;
         state.wildcard = wildcard;
         state.names = names;
+        if first_for_type && !req.version_info.is_empty() {
+            state.applied = Some(req.version_info.clone());
+        } else if changed {
+            state.applied = None;
+        }
         if first_for_type || changed {
             self.push(&req.type_url, true).await
         } else {
@@ -467,6 +497,22 @@ impl<C: Callbacks> SotwStream<C> {
         if !force && state.sent_version.as_deref() == Some(version.as_str()) {
             return Ok(());
         }
+        // A proxy back on a new stream (after a reconnect, or a restart of the control plane)
+        // that already applied this version of every resource it asks for gets nothing: the
+        // same bytes again would be work for both sides.
+        let has_all = state.wildcard
+            || snapshot
+                .get(type_url)
+                .is_some_and(|t| state.names.iter().all(|n| t.resources().contains_key(n)));
+        if state.sent_version.is_none()
+            && state.applied.as_deref() == Some(version.as_str())
+            && has_all
+        {
+            state.applied = None;
+            state.sent_version = Some(version);
+            return Ok(());
+        }
+        state.applied = None;
         let resources = match snapshot.get(type_url) {
             None => Vec::new(),
             Some(t) if state.wildcard => t.resources().values().cloned().collect(),

@@ -11,7 +11,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
 
 use crate::cache::{Snapshot, SnapshotCache};
-use crate::server::{Callbacks, StreamAuthenticator};
+use crate::server::{Callbacks, StreamAuthenticator, StreamPreparer};
 
 /// Requests buffered per stream, and responses buffered before the stream waits for the proxy.
 pub(crate) const OUTBOX: usize = 16;
@@ -51,6 +51,7 @@ pub(crate) struct StreamContext<C> {
     pub(crate) callbacks: Arc<C>,
     pub(crate) shutdown: Option<watch::Receiver<bool>>,
     pub(crate) authenticator: Option<Arc<dyn StreamAuthenticator>>,
+    pub(crate) preparer: Option<Arc<dyn StreamPreparer>>,
     /// The stream's gRPC metadata (request headers).
     pub(crate) metadata: MetadataMap,
     /// The only type the stream serves (`None`: any).
@@ -72,6 +73,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         callbacks,
         mut shutdown,
         authenticator,
+        preparer,
         metadata,
         only,
     } = context;
@@ -104,6 +106,9 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         let _ = refuse.send(Err(status)).await;
         reader.abort();
         return;
+    }
+    if let (Some(preparer), Some(node)) = (&preparer, P::node(&first)) {
+        preparer.prepare(node).await;
     }
     callbacks.on_stream_open(id, &node_id);
     let mut snapshots = cache.subscribe(&node_id);

@@ -458,3 +458,85 @@ async fn a_malformed_request_ends_its_stream_with_the_reason() {
     p.request(Some("n"), CLUSTER, &[], None).await;
     assert_eq!(names(&p.next().await), ["a"]);
 }
+
+/// What a proxy sends first on a new stream: the version it applied before, no nonce.
+fn resume(node: &str, type_url: &str, names: &[&str], version: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(Node {
+            id: node.to_string(),
+            ..Default::default()
+        }),
+        type_url: type_url.to_string(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_back_with_the_current_versions_is_sent_nothing_again() {
+    let cache = Arc::new(SnapshotCache::new());
+    let url = start(cache.clone(), Arc::new(Recorder::default())).await;
+    let snapshot = || {
+        Snapshot::new([
+            cluster("a", 1),
+            cluster("b", 1),
+            endpoints("a"),
+            endpoints("b"),
+        ])
+    };
+    cache.set("n", snapshot());
+    let mut first = Proxy::connect(&url).await;
+    first.request(Some("n"), CLUSTER, &[], None).await;
+    let c1 = first.next().await;
+    first.request(None, CLUSTER, &[], Some(&c1)).await;
+    first.request(None, ENDPOINT, &["a", "b"], None).await;
+    let e1 = first.next().await;
+    first.request(None, ENDPOINT, &["a", "b"], Some(&e1)).await;
+    drop(first);
+
+    // Back on a new stream (to this server, or to another one with the same snapshot): the
+    // versions it applied are current, so nothing is sent.
+    let other = Arc::new(SnapshotCache::new());
+    other.set("n", snapshot());
+    let other_url = start(other.clone(), Arc::new(Recorder::default())).await;
+    for url in [&url, &other_url] {
+        let mut back = Proxy::connect(url).await;
+        back.send(resume("n", CLUSTER, &[], &c1.version_info)).await;
+        back.send(resume("n", ENDPOINT, &["a", "b"], &e1.version_info))
+            .await;
+        back.nothing_for(300).await;
+    }
+
+    // Asking for a resource the version does not hold, or claiming another version, is
+    // answered.
+    let mut missing = Proxy::connect(&url).await;
+    missing
+        .send(resume("n", ENDPOINT, &["a", "c"], &e1.version_info))
+        .await;
+    assert_eq!(names(&missing.next().await), ["a"]);
+    let mut stale = Proxy::connect(&url).await;
+    stale
+        .send(resume("n", CLUSTER, &[], "an-old-version"))
+        .await;
+    assert_eq!(names(&stale.next().await), ["a", "b"]);
+
+    // The resumed stream gets the next change as usual, and a changed subscription at once.
+    let mut back = Proxy::connect(&url).await;
+    back.send(resume("n", CLUSTER, &[], &c1.version_info)).await;
+    back.send(resume("n", ENDPOINT, &["a", "b"], &e1.version_info))
+        .await;
+    back.nothing_for(200).await;
+    back.send(resume("n", ENDPOINT, &["b"], &e1.version_info))
+        .await;
+    assert_eq!(names(&back.next().await), ["b"]);
+    cache.set(
+        "n",
+        Snapshot::new([cluster("a", 2), endpoints("a"), endpoints("b")]),
+    );
+    let pushed = back.next().await;
+    assert_eq!(
+        (pushed.type_url.as_str(), names(&pushed)),
+        (CLUSTER, vec!["a".to_string()])
+    );
+}

@@ -454,3 +454,24 @@ pub fn chromium(wrapper: &[&str], dir: &Path, args: &[&str], url: &str) -> std::
         .output()
         .expect("chromium runs (Debian package chromium)")
 }
+
+/// The environment that puts `standalone` on the PostgreSQL `cluster`.
+pub fn pg_env(cluster: &kuma_testkit::PgCluster) -> Vec<(String, String)> {
+    vec![
+        ("KUMA_STORE_TYPE".into(), "postgres".into()),
+        ("KUMA_STORE_POSTGRES_HOST".into(), "127.0.0.1".into()),
+        ("KUMA_STORE_POSTGRES_PORT".into(), cluster.port.to_string()),
+        ("KUMA_STORE_POSTGRES_USER".into(), "kuma".into()),
+        ("KUMA_STORE_POSTGRES_PASSWORD".into(), "kuma".into()),
+        ("KUMA_STORE_POSTGRES_DB_NAME".into(), "kuma".into()),
+    ]
+}
+
+/// An instance's `leader` gauge (from its diagnostics port's /metrics).
+pub async fn leads(diagnostics_port: u16) -> Option<bool> {
+    let metrics = kuma_testkit::http_get(diagnostics_port, "/metrics").await.1;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leader "))
+        .map(|v| v.trim() == "1")
+}
