@@ -22,5 +22,5 @@ pub use sqlite::SqliteStore;
 
 // The README's Rust examples compile as doctests of this crate.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
