@@ -248,7 +248,7 @@ impl Lifecycle {
         if !self.nodes().registered.insert(stream_id) {
             return;
         }
-        let dataplane = match node_dataplane(node) {
+        let dataplane = match node_own_dataplane(node, node_id) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
@@ -256,13 +256,6 @@ impl Lifecycle {
                 return;
             }
         };
-        if kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name) != node_id {
-            tracing::warn!(
-                node_id,
-                "the Dataplane in node metadata does not match the node id"
-            );
-            return;
-        }
         self.nodes()
             .keys
             .insert(node_id.to_string(), dataplane.key());
@@ -285,6 +278,18 @@ impl Lifecycle {
     }
 }
 
+/// The Dataplane a node's metadata carries, when it is the node's own (its mesh and name make
+/// `node_id`); an error naming the reason otherwise.
+fn node_own_dataplane(node: Option<&Node>, node_id: &str) -> Result<Option<Resource>, String> {
+    let Some(dataplane) = node_dataplane(node)? else {
+        return Ok(None);
+    };
+    if kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name) != node_id {
+        return Err("the Dataplane in node metadata does not match the node id".into());
+    }
+    Ok(Some(dataplane))
+}
+
 /// What a node's metadata says about its proxy.
 fn node_metadata(node: Option<&Node>) -> ProxyMetadata {
     ProxyMetadata {
@@ -304,17 +309,13 @@ impl StreamPreparer for Lifecycle {
     /// the proxy's own config: a proxy back after a restart of the control plane is sent
     /// nothing it does not have already.
     async fn prepare(&self, node: &Node) {
-        let dataplane = match node_dataplane(Some(node)) {
-            Ok(Some(r)) => r,
-            _ => return, // reported by `register` on the first request
+        let node_id = node.id.as_str();
+        let Ok(Some(dataplane)) = node_own_dataplane(Some(node), node_id) else {
+            return; // reported by `register` on the first request
         };
-        let node_id = kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name);
-        if node_id != node.id {
-            return;
-        }
         let revision = self
             .registry
-            .set(&dataplane.key(), &node_id, node_metadata(Some(node)));
+            .set(&dataplane.key(), node_id, node_metadata(Some(node)));
         if let Err(e) = self.manager.apply(dataplane).await {
             tracing::warn!(node_id, error = %e, "cannot register the Dataplane");
             return;
@@ -322,7 +323,7 @@ impl StreamPreparer for Lifecycle {
         if let Some(revision) = revision
             && !self
                 .registry
-                .wait_generated(&node_id, revision, PREPARE_LIMIT)
+                .wait_generated(node_id, revision, PREPARE_LIMIT)
                 .await
         {
             tracing::warn!(

@@ -341,43 +341,34 @@ impl Reconciler {
                     None => std::future::pending().await,
                 }
             };
-            let event = tokio::select! {
-                e = events.recv() => Some(Ok(e)),
-                () = until_renewal => None,
-                r = report => Some(Err(r)),
+            let wake = tokio::select! {
+                e = events.recv() => Wake::Store(e),
+                () = until_renewal => Wake::Renewal,
+                r = report => Wake::Reported(r),
             };
-            let event = match event {
-                Some(Ok(e)) => Some(e),
-                None => None,
-                Some(Err(Some((mesh, name)))) => {
-                    dirty.insert(mesh, Dirty::Dataplanes(BTreeSet::from([name])));
-                    self.changed_at = Instant::now();
-                    tokio::time::sleep(self.debounce).await;
-                    self.drain(&mut events, &mut reported, &mut dirty, &mut everything);
-                    self.sync_dirty(dirty, everything).await;
-                    continue;
-                }
-                // The registry is gone: no more reports (never a busy loop on a closed channel).
-                Some(Err(None)) => {
-                    reported = None;
-                    continue;
-                }
-            };
-            match event {
+            match wake {
                 // Certificates are due: their proxies get new ones.
-                None => {
+                Wake::Renewal => {
                     for (mesh, names) in self.identities.due(std::time::SystemTime::now()) {
                         dirty.insert(mesh, Dirty::Dataplanes(names));
                     }
                 }
-                Some(Ok(e)) => match dirt(&e.key) {
+                Wake::Store(Ok(e)) => match dirt(&e.key) {
                     Some((mesh, d)) => {
                         dirty.insert(mesh, d);
                     }
                     None => continue, // nothing to regenerate: no need to wait for more
                 },
-                Some(Err(RecvError::Lagged(_))) => everything = true,
-                Some(Err(RecvError::Closed)) => return,
+                Wake::Store(Err(RecvError::Lagged(_))) => everything = true,
+                Wake::Store(Err(RecvError::Closed)) => return,
+                Wake::Reported(Some((mesh, name))) => {
+                    dirty.insert(mesh, Dirty::Dataplanes(BTreeSet::from([name])));
+                }
+                // The registry is gone: no more reports (never a busy loop on a closed channel).
+                Wake::Reported(None) => {
+                    reported = None;
+                    continue;
+                }
             }
             self.changed_at = Instant::now();
             tokio::time::sleep(self.debounce).await;
@@ -430,6 +421,16 @@ impl Reconciler {
             self.sync_mesh(&mesh, &d).await;
         }
     }
+}
+
+/// What woke the reconciler up.
+enum Wake {
+    /// A store change (or the news that some were missed, or that the store is gone).
+    Store(Result<kuma_core::store::StoreEvent, RecvError>),
+    /// A workload certificate is due for renewal.
+    Renewal,
+    /// A proxy reported new metadata (`None`: the registry is gone).
+    Reported(Option<(String, String)>),
 }
 
 /// The services `changed` Dataplanes provided before (`old`) or provide now (`new`).

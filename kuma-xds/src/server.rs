@@ -500,19 +500,17 @@ impl<C: Callbacks> SotwStream<C> {
         // A proxy back on a new stream (after a reconnect, or a restart of the control plane)
         // that already applied this version of every resource it asks for gets nothing: the
         // same bytes again would be work for both sides.
-        let has_all = state.wildcard
-            || snapshot
-                .get(type_url)
-                .is_some_and(|t| state.names.iter().all(|n| t.resources().contains_key(n)));
+        let applied = state.applied.take();
         if state.sent_version.is_none()
-            && state.applied.as_deref() == Some(version.as_str())
-            && has_all
+            && applied.as_deref() == Some(version.as_str())
+            && (state.wildcard
+                || snapshot
+                    .get(type_url)
+                    .is_some_and(|t| state.names.iter().all(|n| t.resources().contains_key(n))))
         {
-            state.applied = None;
             state.sent_version = Some(version);
             return Ok(());
         }
-        state.applied = None;
         let resources = match snapshot.get(type_url) {
             None => Vec::new(),
             Some(t) if state.wildcard => t.resources().values().cloned().collect(),

@@ -15,8 +15,11 @@ use kuma_xds::cache::{Snapshot, SnapshotCache};
 use kuma_xds::server::{AdsServer, Callbacks};
 use kuma_xds::types::{CLUSTER, ENDPOINT};
 use prost::Message;
+
+mod common;
+use common::{endpoints, serve};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 #[derive(Default)]
@@ -88,30 +91,8 @@ fn big_cluster(name: &str, i: u32) -> (String, Any) {
     )
 }
 
-fn endpoints(name: &str) -> (String, Any) {
-    let e = ClusterLoadAssignment {
-        cluster_name: name.to_string(),
-        ..Default::default()
-    };
-    (
-        name.to_string(),
-        Any {
-            type_url: ENDPOINT.to_string(),
-            value: e.encode_to_vec(),
-        },
-    )
-}
-
 async fn start(cache: Arc<SnapshotCache>, recorder: Arc<Recorder>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = AdsServer::new(cache, recorder).into_service();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
+    serve(AdsServer::new(cache, recorder)).await
 }
 
 struct Proxy {
@@ -355,16 +336,9 @@ async fn a_stream_without_node_id_is_refused() {
 async fn shutdown_ends_streams_with_unavailable() {
     let cache = Arc::new(SnapshotCache::new());
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let service = AdsServer::new(cache.clone(), Arc::new(Recorder::default()))
-        .with_shutdown(stop_rx)
-        .into_service();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let url =
+        serve(AdsServer::new(cache.clone(), Arc::new(Recorder::default())).with_shutdown(stop_rx))
+            .await;
     cache.set("n", Snapshot::new([cluster("a", 1)]));
     let mut p = Proxy::connect(&url).await;
     p.request(Some("n"), CLUSTER, &[], None).await;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -18,8 +17,11 @@ use kuma_xds::cache::{Snapshot, SnapshotCache};
 use kuma_xds::server::{AdsServer, Callbacks, NoCallbacks};
 use kuma_xds::types::{CLUSTER, ENDPOINT};
 use prost::Message;
+
+mod common;
+use common::{endpoints, serve};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 fn cluster(name: &str, v: u32) -> (String, Any) {
@@ -37,34 +39,12 @@ fn cluster(name: &str, v: u32) -> (String, Any) {
     )
 }
 
-fn endpoints(name: &str) -> (String, Any) {
-    let e = ClusterLoadAssignment {
-        cluster_name: name.to_string(),
-        ..Default::default()
-    };
-    (
-        name.to_string(),
-        Any {
-            type_url: ENDPOINT.to_string(),
-            value: e.encode_to_vec(),
-        },
-    )
-}
-
 async fn start(cache: Arc<SnapshotCache>) -> String {
     start_with(cache, Arc::new(NoCallbacks)).await
 }
 
 async fn start_with<C: Callbacks>(cache: Arc<SnapshotCache>, callbacks: Arc<C>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = AdsServer::new(cache, callbacks).into_service();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
+    serve(AdsServer::new(cache, callbacks)).await
 }
 
 struct Proxy {

@@ -35,7 +35,7 @@ use kuma_core::model::policy::{
 };
 use kuma_core::resource::ResourceType;
 
-use super::to_conf;
+use super::{routes_mut, to_conf};
 use crate::envoy::{duration, load_assignment};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Endpoint, ProxyContext, addresses};
@@ -93,11 +93,9 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
             let Some(http) = rs.listeners.get_mut(&o.listener).and_then(|l| l.http_mut()) else {
                 continue;
             };
-            for vh in &mut http.route.virtual_hosts {
-                for route in &mut vh.routes {
-                    if let Some(Action::Route(action)) = route.action.as_mut() {
-                        action.hash_policy = policies.clone();
-                    }
+            for route in routes_mut(&mut http.route) {
+                if let Some(Action::Route(action)) = route.action.as_mut() {
+                    action.hash_policy = policies.clone();
                 }
             }
         }

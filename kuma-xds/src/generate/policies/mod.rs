@@ -17,8 +17,8 @@ mod traffic_permission;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, Route, RouteConfiguration};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
 use kuma_core::model::common::Tags;
@@ -129,17 +129,39 @@ fn to_conf<T: DeserializeOwned>(rules: &ProxyRules, service: &str) -> Result<Opt
         .transpose()
 }
 
-/// The typed conf for traffic to `service` on the route named `route`: what route-targeted
-/// policies set for that route over the service's conf.
-fn route_conf<T: DeserializeOwned>(
+/// Every route of `table`, in order.
+fn routes_mut(table: &mut RouteConfiguration) -> impl Iterator<Item = &mut Route> {
+    table
+        .virtual_hosts
+        .iter_mut()
+        .flat_map(|vh| vh.routes.iter_mut())
+}
+
+/// Calls `apply` with every route of `table` (traffic to `service`) that a rule covers, and
+/// the typed conf for it: what route-targeted policies set for the route (by its name) over
+/// the service's conf, else the service's. Each rule is decoded once, however many routes
+/// share it.
+fn each_route_conf<T: DeserializeOwned>(
     rules: &ProxyRules,
     service: &str,
-    route: &str,
-) -> Result<Option<T>, String> {
-    rules
-        .to_rule_for_route(service, route)
-        .map(|r| typed(rules.rtype, r))
-        .transpose()
+    table: &mut RouteConfiguration,
+    mut apply: impl FnMut(&mut Route, &T),
+) -> Result<(), String> {
+    let mut decoded: Vec<(&Rule, T)> = Vec::new();
+    for route in routes_mut(table) {
+        let Some(rule) = rules.to_rule_for_route(service, &route.name) else {
+            continue;
+        };
+        let at = match decoded.iter().position(|(r, _)| std::ptr::eq(*r, rule)) {
+            Some(at) => at,
+            None => {
+                decoded.push((rule, typed(rules.rtype, rule)?));
+                decoded.len() - 1
+            }
+        };
+        apply(route, &decoded[at].1);
+    }
+    Ok(())
 }
 
 /// The typed conf for a cluster: the `to` rule of an outbound cluster's service, the `from`

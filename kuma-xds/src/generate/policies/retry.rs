@@ -22,7 +22,7 @@ use kuma_core::model::policy::{
 };
 use kuma_core::resource::ResourceType;
 
-use super::{header_matcher, lb_metadata, route_conf, string_exact, to_conf};
+use super::{each_route_conf, header_matcher, lb_metadata, string_exact, to_conf};
 use crate::envoy::{any, duration};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Protocol, ProxyContext};
@@ -60,25 +60,24 @@ impl ResourceGenerator for MeshRetry {
                 Terminal::Http(http) => {
                     // Per route: a route-targeted policy's conf for the route, the service's
                     // otherwise.
-                    for vh in &mut http.route.virtual_hosts {
-                        for route in &mut vh.routes {
+                    let grpc = o.protocol == Protocol::Grpc;
+                    each_route_conf(
+                        &rules,
+                        &o.service,
+                        &mut http.route,
+                        |route, conf: &RetryConf| {
                             let Some(Action::Route(action)) = route.action.as_mut() else {
-                                continue;
+                                return;
                             };
-                            let Some(conf) =
-                                route_conf::<RetryConf>(&rules, &o.service, &route.name)?
-                            else {
-                                continue;
-                            };
-                            let policy = match o.protocol {
-                                Protocol::Grpc => conf.grpc.as_ref().and_then(grpc_policy),
-                                _ => conf.http.as_ref().and_then(http_policy),
+                            let policy = match grpc {
+                                true => conf.grpc.as_ref().and_then(grpc_policy),
+                                false => conf.http.as_ref().and_then(http_policy),
                             };
                             if let Some(policy) = policy {
                                 action.retry_policy = Some(policy);
                             }
-                        }
-                    }
+                        },
+                    )?;
                 }
             }
         }

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::MaxStreamDuration;
 use kuma_core::model::policy::TimeoutConf;
 use kuma_core::resource::ResourceType;
 
-use super::{cluster_conf, from_conf, route_conf, to_conf};
+use super::{cluster_conf, each_route_conf, from_conf, routes_mut, to_conf};
 use crate::envoy::duration;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
@@ -54,15 +54,7 @@ impl ResourceGenerator for MeshTimeout {
             }
             // Routes: a route-targeted policy's conf for the route, the service's otherwise.
             if let Terminal::Http(http) = &mut l.terminal {
-                for vh in &mut http.route.virtual_hosts {
-                    for route in &mut vh.routes {
-                        if let Some(conf) =
-                            route_conf::<TimeoutConf>(&rules, &service, &route.name)?
-                        {
-                            route_timeouts(route, &conf);
-                        }
-                    }
-                }
+                each_route_conf(&rules, &service, &mut http.route, route_timeouts)?;
             }
         }
         let inbound: Vec<(String, u32)> = rs
@@ -77,11 +69,7 @@ impl ResourceGenerator for MeshTimeout {
             ) {
                 listener_timeouts(&mut l.terminal, &conf);
                 if let Terminal::Http(http) = &mut l.terminal {
-                    for vh in &mut http.route.virtual_hosts {
-                        for route in &mut vh.routes {
-                            route_timeouts(route, &conf);
-                        }
-                    }
+                    routes_mut(&mut http.route).for_each(|route| route_timeouts(route, &conf));
                 }
             }
         }
