@@ -145,7 +145,7 @@ fn incremental(sizes: &[usize]) {
     use kuma_cp::lifecycle::ProxyRegistry;
     use kuma_cp::reconcile::{Dirty, Reconciler};
     use kuma_store::MemoryStore;
-    use kuma_xds::cache::SnapshotCache;
+    use xds_server::cache::SnapshotCache;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

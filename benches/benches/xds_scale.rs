@@ -33,12 +33,12 @@ use kuma_core::resource::parse_yaml;
 use kuma_cp::lifecycle::ProxyRegistry;
 use kuma_cp::reconcile::Reconciler;
 use kuma_store::MemoryStore;
-use kuma_xds::cache::SnapshotCache;
 use kuma_xds::generate::{GeneratorList, node_id};
-use kuma_xds::server::{AdsServer, Callbacks};
-use kuma_xds::types::{CLUSTER, ENDPOINT, LISTENER};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use xds_server::cache::SnapshotCache;
+use xds_server::server::{AdsServer, Callbacks};
+use xds_server::types::{CLUSTER, ENDPOINT, LISTENER};
 
 /// HTTP/2 connections the simulated proxies share (Envoys each have their own; the server's
 /// per-stream cost is what is measured, and 10,000 sockets would only measure the kernel).

@@ -287,7 +287,7 @@ where
 /// A TLS connection to the control plane's `port` on its host, trusting `ca` (PEM) and
 /// checking the certificate for `localhost`, the name it is issued to.
 async fn tls_to_cp(ca: &str, port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let config = kuma_cp::tls::client_config(Some(ca)).unwrap();
+    let config = kuma_dp::tls::client_config(Some(ca)).unwrap();
     let tcp = TcpStream::connect((CP_IP, port)).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(config)

@@ -65,14 +65,14 @@ async fn standalone_and_kuma_dp_carry_traffic() {
     let (status, raw) = http_request(tcp, "PUT", "/meshes/demo", &[], mesh).await;
     assert_eq!(status, 201, "{raw}");
     let ca_pem = std::fs::read_to_string(&ca_file).unwrap();
-    let tls = kuma_cp::tls::client_config(Some(&ca_pem)).unwrap();
-    let stream = kuma_cp::tls::connect("localhost", api_tls_port, tls.clone())
+    let tls = kuma_dp::tls::client_config(Some(&ca_pem)).unwrap();
+    let stream = kuma_dp::tls::connect("localhost", api_tls_port, tls.clone())
         .await
         .unwrap();
     let (status, raw) = http_request(stream, "GET", "/meshes/demo", &[], "").await;
     assert_eq!(status, 200, "{raw}");
     assert!(response_body(&raw).contains(r#""name":"demo""#), "{raw}");
-    let stream = kuma_cp::tls::connect("localhost", api_tls_port, tls)
+    let stream = kuma_dp::tls::connect("localhost", api_tls_port, tls)
         .await
         .unwrap();
     let (status, _) = http_request(stream, "GET", "/meshes/nope", &[], "").await;

@@ -1,7 +1,10 @@
-//! A mesh's CA backends ([`load_backend`]). Where a mesh's builtin CA lives: the mesh-scoped secrets Kuma uses,
+//! A mesh's CA backends: [`CaManager`] loads the CA of one backend type, [`CaManagers`] holds
+//! them by type name (`builtin` and `provided` bundled; add others, a Vault-style one say,
+//! without editing this crate). Where a mesh's builtin CA lives: the mesh-scoped secrets Kuma uses,
 //! `<mesh>.ca-builtin-cert-<backend>` and `<mesh>.ca-builtin-key-<backend>` (PEM). Being
 //! mesh-scoped, they are owned by the Mesh: deleting the mesh deletes its CA.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kuma_core::manager::{ManagerError, ResourceManager};
@@ -10,6 +13,7 @@ use kuma_core::model::mesh::CaBackend;
 use kuma_core::model::system::SecretSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
 use kuma_core::store::StoreError;
+use kuma_core::validation::{Path, ValidationContext, ValidationError};
 
 use crate::ca::{BuiltinCa, CaError, CertificateAuthority, KeyType, ProvidedCa};
 
@@ -27,6 +31,158 @@ pub enum MeshCaError {
         /// Why.
         source: CaError,
     },
+    /// A backend added by an embedder failed.
+    #[error("mesh {mesh:?} mtls backend {backend:?}")]
+    Backend {
+        /// The mesh.
+        mesh: String,
+        /// The backend's name.
+        backend: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Loads the CA of one Mesh mTLS backend type (Kuma's CA managers). Register it under its type
+/// name in [`CaManagers`]; a Mesh whose backend has that `type` is then accepted, its `conf`
+/// checked by [`CaManager::validate_conf`], and its proxies' certificates issued by the CA
+/// [`CaManager::load`] returns.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use kuma_ca::ca::{BuiltinCa, CertificateAuthority, KeyType};
+/// use kuma_ca::mesh_ca::{CaManager, CaManagers, MeshCaError};
+/// use kuma_core::manager::ResourceManager;
+/// use kuma_core::model::mesh::CaBackend;
+///
+/// /// A CA made in memory at each load (a real one would fetch it from its vault).
+/// struct Ephemeral;
+///
+/// #[async_trait::async_trait]
+/// impl CaManager for Ephemeral {
+///     async fn load(
+///         &self,
+///         _manager: &ResourceManager,
+///         mesh: &str,
+///         backend: &CaBackend,
+///         key_type: KeyType,
+///     ) -> Result<Arc<dyn CertificateAuthority>, MeshCaError> {
+///         let ca = BuiltinCa::generate(mesh, key_type).map_err(|e| MeshCaError::Backend {
+///             mesh: mesh.into(),
+///             backend: backend.name.clone(),
+///             source: e.into(),
+///         })?;
+///         Ok(Arc::new(ca))
+///     }
+/// }
+///
+/// let managers = CaManagers::bundled().with("ephemeral", Arc::new(Ephemeral));
+/// assert_eq!(managers.types().collect::<Vec<_>>(), ["builtin", "ephemeral", "provided"]);
+/// ```
+#[async_trait::async_trait]
+pub trait CaManager: Send + Sync + 'static {
+    /// Checks a backend's `conf` when a Mesh is applied, reporting with paths under `path`
+    /// (the backend's `conf`). Accepts anything unless overridden.
+    fn validate_conf(
+        &self,
+        _path: &Path,
+        _conf: Option<&serde_json::Value>,
+        _err: &mut ValidationError,
+    ) {
+    }
+
+    /// The CA of `backend` of `mesh`, loaded (or created) through `manager`'s store or
+    /// elsewhere; certificates it issues use `key_type`.
+    async fn load(
+        &self,
+        manager: &ResourceManager,
+        mesh: &str,
+        backend: &CaBackend,
+        key_type: KeyType,
+    ) -> Result<Arc<dyn CertificateAuthority>, MeshCaError>;
+}
+
+/// The bundled types: `builtin` ([`ensure_builtin`]) and `provided` (from data sources).
+struct Bundled;
+
+#[async_trait::async_trait]
+impl CaManager for Bundled {
+    async fn load(
+        &self,
+        manager: &ResourceManager,
+        mesh: &str,
+        backend: &CaBackend,
+        key_type: KeyType,
+    ) -> Result<Arc<dyn CertificateAuthority>, MeshCaError> {
+        load_backend(manager, mesh, backend, key_type).await
+    }
+}
+
+/// CA managers by backend type name.
+#[derive(Clone)]
+pub struct CaManagers {
+    by_type: BTreeMap<String, Arc<dyn CaManager>>,
+}
+
+impl CaManagers {
+    /// `builtin` and `provided`, as Kuma has them.
+    pub fn bundled() -> Self {
+        let bundled: Arc<dyn CaManager> = Arc::new(Bundled);
+        CaManagers {
+            by_type: [("builtin", bundled.clone()), ("provided", bundled)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+
+    /// Adds (or replaces) the manager of backends of type `kind`.
+    pub fn with(mut self, kind: &str, manager: Arc<dyn CaManager>) -> Self {
+        self.by_type.insert(kind.to_string(), manager);
+        self
+    }
+
+    /// The type names served.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.by_type.keys().map(String::as_str)
+    }
+
+    /// The CA of `backend` of `mesh`, by its manager; an unknown type is an error naming it.
+    pub async fn load(
+        &self,
+        manager: &ResourceManager,
+        mesh: &str,
+        backend: &CaBackend,
+        key_type: KeyType,
+    ) -> Result<Arc<dyn CertificateAuthority>, MeshCaError> {
+        match self.by_type.get(&backend.kind) {
+            Some(m) => m.load(manager, mesh, backend, key_type).await,
+            None => Err(MeshCaError::Invalid {
+                secret: format!("mesh {mesh:?} mtls backend {:?} type", backend.name),
+                source: CaError::InvalidCa(format!(
+                    "{:?} is not a CA type (one of {})",
+                    backend.kind,
+                    self.types().collect::<Vec<_>>().join(", ")
+                )),
+            }),
+        }
+    }
+
+    /// What Mesh validation must accept for the added types (`builtin` and `provided` are
+    /// Kuma's own rules): give it to the resource manager's options.
+    pub fn validation(&self) -> ValidationContext {
+        self.by_type
+            .iter()
+            .filter(|(kind, _)| !matches!(kind.as_str(), "builtin" | "provided"))
+            .fold(ValidationContext::default(), |context, (kind, m)| {
+                let m = m.clone();
+                context.with_ca_backend(
+                    kind,
+                    Arc::new(move |path, conf, err| m.validate_conf(path, conf, err)),
+                )
+            })
+    }
 }
 
 /// The names of the secrets holding `backend` of `mesh`: (certificate, key).

@@ -21,9 +21,11 @@
 //! assert!(dp.validate().is_ok());
 //! ```
 
+pub mod bootstrap;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod dataplane_files;
 pub mod defaults;
 pub mod duration;
 pub mod manager;

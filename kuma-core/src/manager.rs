@@ -50,6 +50,8 @@ pub struct ManagerOptions {
     /// The zone this control plane runs in; when set, Dataplane inbounds and gateways get
     /// `kuma.io/zone: <zone>` (overwriting what the client sent).
     pub zone: Option<String>,
+    /// What validation accepts beyond Kuma's own rules (CA backend types an embedder added).
+    pub validation: crate::validation::ValidationContext,
 }
 
 /// Whether [`ResourceManager::apply`] created or replaced the resource.
@@ -124,7 +126,7 @@ impl ResourceManager {
     /// Validates and stores a new resource.
     pub async fn create(&self, mut resource: Resource) -> Result<Resource, ManagerError> {
         self.apply_defaults(&mut resource);
-        resource.validate()?;
+        resource.validate_in(&self.options.validation)?;
         let owner = Self::owner(&resource);
         let created = self
             .store
@@ -157,7 +159,7 @@ impl ResourceManager {
     /// Validates and replaces a resource; `resource.meta.version` must be current.
     pub async fn update(&self, mut resource: Resource) -> Result<Resource, ManagerError> {
         self.apply_defaults(&mut resource);
-        resource.validate()?;
+        resource.validate_in(&self.options.validation)?;
         if let Spec::Mesh(new) = &resource.spec {
             let old = self.store.get(&resource.key()).await?;
             if let Some(old) = old.spec_as::<MeshSpec>() {

@@ -5,7 +5,48 @@
 //! path such as `networking.inbound[1].tags["kuma.io/service"]`, the shape Kuma's HTTP API puts
 //! into `invalid_parameters`.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+
+/// Checks the `conf` of a Mesh mTLS backend of a type an embedder added: reports into the error
+/// with paths under the given one (the backend's `conf`).
+pub type CaConfCheck =
+    Arc<dyn Fn(&Path, Option<&serde_json::Value>, &mut ValidationError) + Send + Sync>;
+
+/// What validation knows beyond Kuma's own rules: the Mesh mTLS backend types an embedder
+/// added (besides `builtin` and `provided`), each with the check of its `conf`. Held by the
+/// [`ResourceManager`](crate::manager::ResourceManager) through its options.
+#[derive(Clone, Default)]
+pub struct ValidationContext {
+    ca_backends: BTreeMap<String, CaConfCheck>,
+}
+
+impl ValidationContext {
+    /// Accepts Mesh mTLS backends of type `kind`, whose `conf` `check` validates.
+    pub fn with_ca_backend(mut self, kind: &str, check: CaConfCheck) -> Self {
+        self.ca_backends.insert(kind.to_string(), check);
+        self
+    }
+
+    /// The check of the added CA backend type `kind`.
+    pub fn ca_backend(&self, kind: &str) -> Option<&CaConfCheck> {
+        self.ca_backends.get(kind)
+    }
+
+    /// The added CA backend types.
+    pub fn ca_backend_types(&self) -> impl Iterator<Item = &str> {
+        self.ca_backends.keys().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for ValidationContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidationContext")
+            .field("ca_backends", &self.ca_backends.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
 
 /// One broken rule: the field it concerns and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -56,32 +56,61 @@ impl kuma_api::tokens::DataplaneTokenIssuer for DataplaneTokenIssuer {
     }
 }
 
-/// Admits a data-plane proxy only with a dataplane token that verifies, is not revoked and
-/// grants the Dataplane it runs (`dpServer.authn.dpProxy.type: dpToken`, the default). Used by
-/// `/bootstrap` and by ADS, where the token arrives in the `authorization` metadata.
-pub struct DataplaneTokenAuthenticator {
-    tokens: kuma_ca::dataplane_token::DataplaneTokens,
-    manager: ResourceManager,
+/// A boxed error that keeps its source chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Decides what a data-plane proxy's credential grants: the dataplane token kuma-dp sends in
+/// its bootstrap request and in its ADS stream's `authorization` metadata (with or without
+/// `Bearer `). The returned identity is then matched against the Dataplane the proxy runs
+/// ([`DataplaneIdentity::admits`]: mesh, name when set, required tags).
+///
+/// The default, with `dpServer.authn.dpProxy.type: dpToken`, is [`DataplaneTokenAuthenticator`]
+/// (Kuma's signed tokens); give another through
+/// [`ControlPlaneBuilder::dataplane_authenticator`](crate::ControlPlaneBuilder::dataplane_authenticator).
+///
+/// ```
+/// use kuma_ca::dataplane_token::DataplaneIdentity;
+/// use kuma_cp::auth::{BoxError, DataplaneAuthenticator};
+///
+/// /// Admits any proxy of mesh `demo` that presents the shared secret.
+/// struct SharedSecret(String);
+///
+/// #[async_trait::async_trait]
+/// impl DataplaneAuthenticator for SharedSecret {
+///     async fn verify(&self, credential: &str) -> Result<DataplaneIdentity, BoxError> {
+///         if credential.trim_start_matches("Bearer ") != self.0 {
+///             return Err("wrong shared secret".into());
+///         }
+///         Ok(DataplaneIdentity {
+///             name: String::new(), // any Dataplane of the mesh
+///             mesh: "demo".into(),
+///             tags: Default::default(),
+///             kind: "dataplane".into(),
+///         })
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait DataplaneAuthenticator: Send + Sync + 'static {
+    /// What `credential` grants, or why it grants nothing (the error never repeats the
+    /// credential). Called before anything else the proxy sent is parsed.
+    async fn verify(&self, credential: &str) -> Result<DataplaneIdentity, BoxError>;
 }
 
+/// Kuma's dataplane tokens, signed with the keys in the store, not revoked, for a proxy of type
+/// `dataplane` (`dpServer.authn.dpProxy.type: dpToken`, the default).
+pub struct DataplaneTokenAuthenticator(kuma_ca::dataplane_token::DataplaneTokens);
+
 impl DataplaneTokenAuthenticator {
-    /// Tokens and Dataplanes from `manager`'s store.
+    /// Tokens verified with the signing keys in `manager`'s store.
     pub fn new(manager: ResourceManager) -> Self {
-        DataplaneTokenAuthenticator {
-            tokens: kuma_ca::dataplane_token::DataplaneTokens::new(manager.clone()),
-            manager,
-        }
+        DataplaneTokenAuthenticator(kuma_ca::dataplane_token::DataplaneTokens::new(manager))
     }
+}
 
-    /// Whether `token` lets `dataplane` run; the error says why not (never the token).
-    pub async fn admit(&self, token: &str, dataplane: &Resource) -> Result<(), String> {
-        Self::matches(&self.verify(token).await?, dataplane)
-    }
-
-    /// What `token` grants, if it is a dataplane token that verifies now (signature, times,
-    /// revocation); the error says why not (never the token). Needs no Dataplane, so callers
-    /// check the token before they parse anything else the caller sent.
-    pub async fn verify(&self, token: &str) -> Result<DataplaneIdentity, String> {
+#[async_trait::async_trait]
+impl DataplaneAuthenticator for DataplaneTokenAuthenticator {
+    async fn verify(&self, token: &str) -> Result<DataplaneIdentity, BoxError> {
         let token = token.trim();
         let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
         if token.is_empty() {
@@ -91,7 +120,7 @@ impl DataplaneTokenAuthenticator {
             );
         }
         let identity = self
-            .tokens
+            .0
             .validate(token)
             .await
             .map_err(|e| format!("invalid dataplane token: {e}"))?;
@@ -99,13 +128,64 @@ impl DataplaneTokenAuthenticator {
             return Err(format!(
                 "invalid dataplane token: it is for a proxy of type {:?}, not a dataplane",
                 identity.kind
-            ));
+            )
+            .into());
         }
         Ok(identity)
     }
+}
+
+/// `error` and its sources, `: `-separated, for a refusal's reason.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Admits a data-plane proxy only with a credential its [`DataplaneAuthenticator`] verifies and
+/// whose identity admits the Dataplane the proxy runs. Used by `/bootstrap` and by ADS, where
+/// the credential arrives in the `authorization` metadata.
+pub(crate) struct ProxyAdmission {
+    authenticator: Arc<dyn DataplaneAuthenticator>,
+    manager: ResourceManager,
+}
+
+impl ProxyAdmission {
+    /// Dataplanes from `manager`'s store, credentials checked by `authenticator`.
+    pub(crate) fn new(
+        authenticator: Arc<dyn DataplaneAuthenticator>,
+        manager: ResourceManager,
+    ) -> Self {
+        ProxyAdmission {
+            authenticator,
+            manager,
+        }
+    }
+
+    /// Whether `credential` lets `dataplane` run; the error says why not (never the credential).
+    pub(crate) async fn admit(&self, credential: &str, dataplane: &Resource) -> Result<(), String> {
+        Self::matches(&self.verify(credential).await?, dataplane)
+    }
+
+    /// What `credential` grants; needs no Dataplane, so callers check it before they parse
+    /// anything else the caller sent.
+    pub(crate) async fn verify(&self, credential: &str) -> Result<DataplaneIdentity, String> {
+        self.authenticator
+            .verify(credential)
+            .await
+            .map_err(|e| error_chain(e.as_ref()))
+    }
 
     /// Whether a verified `identity` lets `dataplane` run.
-    pub fn matches(identity: &DataplaneIdentity, dataplane: &Resource) -> Result<(), String> {
+    pub(crate) fn matches(
+        identity: &DataplaneIdentity,
+        dataplane: &Resource,
+    ) -> Result<(), String> {
         identity
             .admits(dataplane)
             .map_err(|e| format!("the dataplane token does not match: {e}"))
@@ -129,7 +209,7 @@ impl DataplaneTokenAuthenticator {
 }
 
 #[async_trait::async_trait]
-impl kuma_xds::server::StreamAuthenticator for DataplaneTokenAuthenticator {
+impl xds_server::server::StreamAuthenticator for ProxyAdmission {
     async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,

@@ -9,39 +9,12 @@ use kuma_core::manager::ResourceManager;
 use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::DataplaneTokenAuthenticator;
+use crate::auth::ProxyAdmission;
 use crate::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT, WORKDIR};
 
-/// The body kuma-dp sends.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct BootstrapRequest {
-    /// Mesh of the proxy.
-    pub mesh: String,
-    /// Dataplane name.
-    pub name: String,
-    /// `dataplane`, `ingress` or `egress`.
-    pub proxy_type: String,
-    /// Dataplane token (required unless `dpServer.authn.dpProxy.type` is `none`).
-    pub dataplane_token: String,
-    /// The Dataplane as YAML or JSON text.
-    pub dataplane_resource: String,
-    /// Versions of kuma-dp and Envoy.
-    pub version: Value,
-    /// CA of the control plane, as kuma-dp saw it.
-    pub ca_cert: String,
-    /// Port of kuma-dp's DNS proxy.
-    pub dns_port: u32,
-    /// Port of kuma-dp's readiness reporter.
-    pub readiness_port: u32,
-    /// kuma-dp's working directory.
-    pub workdir: String,
-    /// Features kuma-dp supports.
-    pub features: Vec<String>,
-}
+pub use kuma_core::bootstrap::BootstrapRequest;
 
 /// The bootstrap's cluster for the SDS port (split layout): TLS contexts of mesh mTLS fetch
 /// their secrets through it.
@@ -61,7 +34,7 @@ pub struct BootstrapState {
     /// CA of the dp-server certificate, PEM: Envoy verifies the control plane with it.
     pub ca_pem: String,
     /// Checks the request's dataplane token (`None`: `dpServer.authn.dpProxy.type: none`).
-    pub dp_auth: Option<std::sync::Arc<crate::auth::DataplaneTokenAuthenticator>>,
+    pub(crate) dp_auth: Option<std::sync::Arc<ProxyAdmission>>,
 }
 
 fn problem(status: StatusCode, title: &str, detail: String) -> Response {
@@ -139,7 +112,7 @@ pub async fn handle(
         );
     }
     if let Some(identity) = &identity
-        && let Err(reason) = DataplaneTokenAuthenticator::matches(identity, &dataplane)
+        && let Err(reason) = ProxyAdmission::matches(identity, &dataplane)
     {
         return refuse(&req, reason);
     }
@@ -397,38 +370,10 @@ fn ads_tls(state: &BootstrapState, xds_host: &str) -> Value {
     json!({"name": "envoy.transport_sockets.tls", "typed_config": tls})
 }
 
-/// Makes every TLS connection of a bootstrap (`yaml`, as the bootstrap server returns it) to
-/// the control plane trust `ca_pem` alone: what kuma-dp does with its `--ca-cert-file`, so a
-/// bootstrap fetched over plain HTTP (the split layout's bootstrap server) cannot point Envoy
-/// at a control plane the agent does not trust. A static cluster without TLS (every static
-/// cluster of a bootstrap reaches the control plane) is refused: over plain HTTP, TLS could
-/// have been stripped. Returns the rewritten bootstrap.
-pub fn pin_control_plane_ca(yaml: &str, ca_pem: &str) -> Result<String, String> {
-    let mut bootstrap: Value =
-        serde_norway::from_str(yaml).map_err(|e| format!("the bootstrap is not YAML: {e}"))?;
-    if let Some(clusters) = bootstrap
-        .pointer_mut("/static_resources/clusters")
-        .and_then(Value::as_array_mut)
-    {
-        for cluster in clusters {
-            let name = cluster["name"].as_str().unwrap_or("?").to_string();
-            let Some(ca) = cluster
-                .pointer_mut("/transport_socket/typed_config/common_tls_context/validation_context")
-                .and_then(Value::as_object_mut)
-            else {
-                return Err(format!(
-                    "the bootstrap's cluster {name:?} reaches the control plane without verifying its certificate"
-                ));
-            };
-            ca.insert("trusted_ca".into(), json!({"inline_string": ca_pem}));
-        }
-    }
-    serde_norway::to_string(&bootstrap).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kuma_dp::bootstrap::pin_control_plane_ca;
 
     #[test]
     fn pinning_replaces_the_trusted_ca_of_every_control_plane_cluster() {

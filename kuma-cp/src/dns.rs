@@ -9,7 +9,7 @@ use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_core::store::{ListQuery, StoreError};
 use kuma_dns::server::DnsServer;
-use kuma_dns::vips::{VipAllocator, config_name, mesh_of_config, parse_table, service_hostnames};
+use kuma_dns::vips::{VipTables, config_name, mesh_of_config, parse_table, service_hostnames};
 use kuma_dns::zone::Zone;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use crate::follow::DEBOUNCE;
 /// are removed.
 pub async fn allocate_vips(
     manager: ResourceManager,
-    allocator: Arc<dyn VipAllocator>,
+    tables: VipTables,
     local_zone: String,
     mut leader: watch::Receiver<bool>,
 ) {
@@ -32,7 +32,7 @@ pub async fn allocate_vips(
         }
         let mut events = manager.store().watch();
         for mesh in all_meshes(&manager).await {
-            sync_mesh(&manager, allocator.as_ref(), &local_zone, &mesh).await;
+            sync_mesh(&manager, &tables, &local_zone, &mesh).await;
         }
         loop {
             let first = tokio::select! {
@@ -67,7 +67,7 @@ pub async fn allocate_vips(
                 dirty.extend(all_meshes(&manager).await);
             }
             for mesh in dirty {
-                sync_mesh(&manager, allocator.as_ref(), &local_zone, &mesh).await;
+                sync_mesh(&manager, &tables, &local_zone, &mesh).await;
             }
         }
     }
@@ -98,12 +98,7 @@ async fn all_meshes(manager: &ResourceManager) -> BTreeSet<String> {
     meshes
 }
 
-async fn sync_mesh(
-    manager: &ResourceManager,
-    allocator: &dyn VipAllocator,
-    local_zone: &str,
-    mesh: &str,
-) {
+async fn sync_mesh(manager: &ResourceManager, tables: &VipTables, local_zone: &str, mesh: &str) {
     let exists = manager
         .get(&ResourceKey::global(ResourceType::Mesh, mesh))
         .await
@@ -129,7 +124,7 @@ async fn sync_mesh(
         }
     };
     let wanted = service_hostnames(mesh, local_zone, &dataplanes, &ingresses);
-    if let Err(e) = allocator.sync(mesh, &wanted).await {
+    if let Err(e) = tables.sync(mesh, &wanted).await {
         tracing::warn!(mesh, error = %e, "VIP allocation incomplete");
     }
 }

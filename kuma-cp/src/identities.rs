@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kuma_ca::ca::{CertificateAuthority, Identity, IdentityRequest, KeyType, SanLayout};
-use kuma_ca::mesh_ca::{MeshCaError, load_backend};
+use kuma_ca::mesh_ca::{CaManagers, MeshCaError};
 use kuma_core::config::{MtlsConfig, MtlsKeyType, SanLayoutConfig};
 use kuma_core::duration::parse_mesh_duration;
 use kuma_core::manager::ResourceManager;
@@ -50,6 +50,8 @@ pub struct Identities {
     issued: BTreeMap<(String, String), Issued>,
     /// The bootstrap cluster secrets are fetched through (`None`: over ADS).
     sds_cluster: Option<String>,
+    /// The CA managers by backend type.
+    cas: CaManagers,
 }
 
 impl Identities {
@@ -67,7 +69,13 @@ impl Identities {
             },
             issued: BTreeMap::new(),
             sds_cluster: None,
+            cas: CaManagers::bundled(),
         }
+    }
+
+    /// Loads mesh CAs with `cas` (by backend type) instead of the bundled ones only.
+    pub fn set_ca_managers(&mut self, cas: CaManagers) {
+        self.cas = cas;
     }
 
     /// Proxies fetch their secrets through the bootstrap cluster `cluster` (an SDS port of
@@ -95,7 +103,10 @@ impl Identities {
                 source: kuma_ca::ca::CaError::InvalidCa(format!("no backend is named {enabled:?}")),
             });
         };
-        let ca = load_backend(&self.manager, mesh, backend, self.key_type).await?;
+        let ca = self
+            .cas
+            .load(&self.manager, mesh, backend, self.key_type)
+            .await?;
         let lifetime = backend
             .dp_cert
             .as_ref()

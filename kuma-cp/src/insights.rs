@@ -19,10 +19,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
 use kuma_core::store::StoreError;
-use kuma_xds::server::Callbacks;
-use kuma_xds::wire::{DeltaResponse, SotwResponse};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, watch};
+use xds_server::server::Callbacks;
+use xds_server::wire::{DeltaResponse, SotwResponse};
 
 /// Kuma's short name of an xDS type (`cds`, `eds`, `lds`, `rds`), or the type URL's last part.
 pub fn short_type(type_url: &str) -> String {
@@ -456,7 +456,7 @@ mod tests {
 
     use kuma_core::manager::ManagerOptions;
     use kuma_store::MemoryStore;
-    use kuma_xds::types::{CLUSTER, LISTENER};
+    use xds_server::types::{CLUSTER, LISTENER};
 
     use super::*;
 

@@ -19,8 +19,8 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_json};
 use kuma_xds::generate::ProxyMetadata;
-use kuma_xds::server::{Callbacks, StreamPreparer};
 use tokio::runtime::Handle;
+use xds_server::server::{Callbacks, StreamPreparer};
 
 /// Node metadata key holding the Dataplane JSON.
 pub const DATAPLANE_RESOURCE: &str = "dataplane.resource";

@@ -273,6 +273,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 /// Counts xDS traffic and delivery times from the ADS server's callbacks.
+#[derive(Clone)]
 pub struct XdsMetrics(pub Arc<Metrics>);
 
 fn type_label(type_url: &str) -> TypeLabel {
@@ -281,7 +282,7 @@ fn type_label(type_url: &str) -> TypeLabel {
     }
 }
 
-impl kuma_xds::server::Callbacks for XdsMetrics {
+impl xds_server::server::Callbacks for XdsMetrics {
     fn on_stream_open(&self, _stream_id: u64, _node_id: &str) {
         self.0.streams_active.inc();
     }
@@ -311,7 +312,7 @@ impl kuma_xds::server::Callbacks for XdsMetrics {
             .get_or_create(&type_label(&request.type_url))
             .inc();
     }
-    fn on_response(&self, _stream_id: u64, _node_id: &str, r: &kuma_xds::wire::SotwResponse) {
+    fn on_response(&self, _stream_id: u64, _node_id: &str, r: &xds_server::wire::SotwResponse) {
         self.0
             .responses
             .get_or_create(&type_label(&r.type_url))
@@ -321,7 +322,7 @@ impl kuma_xds::server::Callbacks for XdsMetrics {
         &self,
         _stream_id: u64,
         _node_id: &str,
-        r: &kuma_xds::wire::DeltaResponse,
+        r: &xds_server::wire::DeltaResponse,
     ) {
         self.0
             .responses

@@ -24,8 +24,8 @@ use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
 use kuma_core::store::ListQuery;
-use kuma_xds::cache::SnapshotCache;
 use kuma_xds::generate::{Dependencies, MeshContext, ProxyContext, SnapshotGenerator, node_id};
+use xds_server::cache::SnapshotCache;
 
 use crate::identities::Identities;
 use crate::lifecycle::ProxyRegistry;
@@ -126,6 +126,12 @@ impl Reconciler {
     /// Issues certificates as `config` says (key type, SAN layout).
     pub fn with_mtls_config(mut self, config: &MtlsConfig) -> Self {
         self.identities = Identities::new(self.manager.clone(), config);
+        self
+    }
+
+    /// Loads mesh CAs with `cas` (by backend type). Call after [`Self::with_mtls_config`].
+    pub fn with_ca_managers(mut self, cas: kuma_ca::mesh_ca::CaManagers) -> Self {
+        self.identities.set_ca_managers(cas);
         self
     }
 
@@ -488,12 +494,11 @@ mod tests {
     use kuma_core::manager::ManagerOptions;
     use kuma_core::resource::parse_yaml;
     use kuma_store::MemoryStore;
-    use kuma_xds::cache::Snapshot;
     use kuma_xds::generate::{GenerateError, GeneratorList};
+    use xds_server::cache::Snapshot;
 
     #[tokio::test]
     async fn transparent_proxies_get_an_outbound_per_vip() {
-        use kuma_dns::vips::VipAllocator as _;
         let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
         manager.ensure_default_mesh().await.unwrap();
         let web = parse_yaml(
@@ -511,8 +516,8 @@ mod tests {
             .await
             .unwrap()
             .items;
-        kuma_dns::vips::CidrVipAllocator::new(manager.clone(), "240.0.0.0/4")
-            .unwrap()
+        let cidr = kuma_dns::vips::CidrVipAllocator::new("240.0.0.0/4").unwrap();
+        kuma_dns::vips::VipTables::new(manager.clone(), Arc::new(cidr))
             .sync(
                 "default",
                 &kuma_dns::vips::service_hostnames("default", "", &dataplanes, []),
@@ -540,7 +545,7 @@ mod tests {
         let listeners: Vec<String> = cache
             .get("default.web")
             .unwrap()
-            .get(kuma_xds::types::LISTENER)
+            .get(xds_server::types::LISTENER)
             .unwrap()
             .resources()
             .keys()
@@ -559,7 +564,10 @@ mod tests {
         }
         // backend-1 is not a transparent proxy: no VIP outbounds.
         let backend = cache.get("default.backend-1").unwrap();
-        let names = backend.get(kuma_xds::types::LISTENER).unwrap().resources();
+        let names = backend
+            .get(xds_server::types::LISTENER)
+            .unwrap()
+            .resources();
         assert!(!names.keys().any(|l| l.starts_with("outbound:240.")));
     }
 
@@ -612,7 +620,7 @@ mod tests {
     fn endpoints_of(cache: &SnapshotCache, node: &str, service: &str) -> Vec<String> {
         let snapshot = cache.get(node).unwrap();
         let cla = snapshot
-            .get(kuma_xds::types::ENDPOINT)
+            .get(xds_server::types::ENDPOINT)
             .and_then(|r| r.resources().get(service).cloned())
             .unwrap();
         let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =

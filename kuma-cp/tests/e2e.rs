@@ -4,7 +4,10 @@
 //! returns to the first.
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use kuma_testkit::{envoy_binary, envoy_stats as stats, eventually, free_port, stat};
+mod common;
+
+use common::{call, dataplane, post_bootstrap, start_proxy, start_proxy_with};
+use kuma_testkit::{envoy_stats as stats, eventually, free_port, stat};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,37 +15,6 @@ use kuma_ca::dataplane_token::{DataplaneIdentity, DataplaneTokens};
 use kuma_core::config::Config;
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_cp::ControlPlane;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
-
-/// An echo service that prefixes replies with `id:`.
-async fn post_bootstrap(cp_port: u16, ca: &str, body: &str) -> (u16, String) {
-    let config = kuma_cp::tls::client_config(Some(ca)).unwrap();
-    let mut s = kuma_cp::tls::connect("localhost", cp_port, config)
-        .await
-        .unwrap();
-    let request = format!(
-        "POST /bootstrap HTTP/1.1\r\nHost: localhost:{cp_port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await; // peers may close without close_notify
-    let body = kuma_testkit::response_body(&out).to_string();
-    (kuma_testkit::response_status(&out), body)
-}
-
-struct Proxy {
-    child: Child,
-    admin_port: u16,
-    dir: std::path::PathBuf,
-}
-
-/// Which backend answered "ping" through `port` (its echo prefix), if any.
-async fn call(port: u16) -> Option<String> {
-    let reply = String::from_utf8(kuma_testkit::round_trip(port, b"ping").await?).ok()?;
-    reply.strip_suffix(":ping").map(str::to_string)
-}
 
 /// A dataplane token for Dataplane `name` of mesh `default`, valid for an hour.
 async fn token(cp: &ControlPlane, name: &str) -> String {
@@ -55,83 +27,6 @@ async fn token(cp: &ControlPlane, name: &str) -> String {
         .issue(&identity, Duration::from_secs(3600))
         .await
         .unwrap()
-}
-
-/// Fetches the bootstrap of Dataplane `name` (presenting `token`) and runs an Envoy with it.
-async fn start_proxy(
-    cp_port: u16,
-    ca: &str,
-    name: &str,
-    dataplane_yaml: &str,
-    token: &str,
-) -> Proxy {
-    start_proxy_with(cp_port, ca, name, dataplane_yaml, token, |b| b).await
-}
-
-/// As [`start_proxy`], running Envoy with `edit` applied to the bootstrap.
-async fn start_proxy_with(
-    cp_port: u16,
-    ca: &str,
-    name: &str,
-    dataplane_yaml: &str,
-    token: &str,
-    edit: impl FnOnce(String) -> String,
-) -> Proxy {
-    let admin_port = free_port().await;
-    let yaml = format!("{dataplane_yaml}  admin:\n    port: {admin_port}\n");
-    let req = serde_json::json!({"mesh": "default", "name": name, "proxyType": "dataplane", "dataplaneResource": yaml, "dataplaneToken": token});
-    let (status, bootstrap) = post_bootstrap(cp_port, ca, &req.to_string()).await;
-    assert_eq!(status, 200, "bootstrap for {name}: {bootstrap}");
-    assert!(
-        bootstrap.contains("default.") && bootstrap.contains("ads_cluster"),
-        "{bootstrap}"
-    );
-    let bootstrap = edit(bootstrap);
-    let dir = std::env::temp_dir().join(format!("kuma-cp-e2e-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("bootstrap.yaml");
-    std::fs::write(&path, bootstrap).unwrap();
-    let child = Command::new(envoy_binary())
-        .args([
-            "-c",
-            path.to_str().unwrap(),
-            "--base-id",
-            &admin_port.to_string(),
-            "-l",
-            "warning",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join("envoy.log"))
-                .map(std::process::Stdio::from)
-                .unwrap(),
-        )
-        .kill_on_drop(true)
-        .spawn()
-        .expect("envoy starts");
-    Proxy {
-        child,
-        admin_port,
-        dir,
-    }
-}
-
-fn dataplane(
-    name: &str,
-    inbound_port: u16,
-    service_port: u16,
-    service: &str,
-    outbound: Option<(u16, &str)>,
-) -> String {
-    let mut y = format!(
-        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {inbound_port}\n    servicePort: {service_port}\n    tags:\n      kuma.io/service: {service}\n"
-    );
-    if let Some((port, svc)) = outbound {
-        y.push_str(&format!(
-            "  outbound:\n  - port: {port}\n    tags:\n      kuma.io/service: {svc}\n"
-        ));
-    }
-    y
 }
 
 /// Which backends answer within `tries` calls.
@@ -159,7 +54,7 @@ async fn envoy_data_path_through_generated_config() {
     let cp = ControlPlane::start(config)
         .await
         .expect("control plane starts");
-    let cp_port = cp.dp_server_addr().port();
+    let cp_port = cp.dp_server_addr().expect("the dp-server listens").port();
     let ca = cp.ca_pem().to_string();
     let ca = ca.as_str();
 
@@ -172,9 +67,9 @@ async fn envoy_data_path_through_generated_config() {
         &["localhost".to_string()],
     )
     .unwrap();
-    let wrong = kuma_cp::tls::client_config(Some(&other_ca.ca_pem)).unwrap();
+    let wrong = kuma_dp::tls::client_config(Some(&other_ca.ca_pem)).unwrap();
     assert!(
-        kuma_cp::tls::connect("localhost", cp_port, wrong)
+        kuma_dp::tls::connect("localhost", cp_port, wrong)
             .await
             .is_err(),
         "a foreign CA must not verify"

@@ -175,11 +175,11 @@ pub fn addresses(table: &VipTable) -> BTreeMap<&HostnameEntry, Ipv4Addr> {
 /// Why VIPs could not be allocated or stored.
 #[derive(Debug, thiserror::Error)]
 pub enum VipError {
-    /// The CIDR has no free address left for these hostnames (the others got theirs).
-    #[error("no free VIP left in {cidr} for {}", unallocated.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    /// The pool has no free address left for these hostnames (the others got theirs).
+    #[error("no free VIP left in {pool} for {}", unallocated.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
     Exhausted {
-        /// The range.
-        cidr: Ipv4Net,
+        /// What ran out (the CIDR).
+        pool: String,
         /// The hostnames left without a VIP.
         unallocated: Vec<HostnameEntry>,
     },
@@ -194,6 +194,9 @@ pub enum VipError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] ManagerError),
+    /// An allocator added by an embedder failed.
+    #[error("VIP allocator")]
+    Allocator(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Other instances kept changing the table.
     #[error("Config {0}: gave up after repeated concurrent updates")]
     Contended(String),
@@ -262,40 +265,171 @@ fn usable_range(cidr: Ipv4Net) -> (u32, u32) {
     }
 }
 
-/// Stable virtual IPs for the hostnames of each mesh. Implement it to keep VIPs elsewhere.
-#[async_trait::async_trait]
-pub trait VipAllocator: Send + Sync {
-    /// Makes `mesh`'s table hold exactly `wanted`: existing VIPs are kept, hostnames no longer
-    /// wanted give theirs back, new ones get free addresses. Returns the table in force.
-    async fn sync(
-        &self,
-        mesh: &str,
-        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
-    ) -> Result<VipTable, VipError>;
-
-    /// `mesh`'s table.
-    async fn get(&self, mesh: &str) -> Result<VipTable, VipError>;
+/// What an allocator chose for one mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// The table to keep in force.
+    pub table: VipTable,
+    /// The wanted hostnames it found no address for (left out of `table`).
+    pub unallocated: Vec<HostnameEntry>,
+    /// What ran out, for the error naming them (the CIDR, say).
+    pub pool: String,
 }
 
-/// VIPs from a CIDR, kept in the store as Kuma keeps them.
-#[derive(Clone)]
+/// Chooses stable virtual IPs for the hostnames of each mesh. Where the chosen table is kept
+/// is not its business: [`VipTables`] stores it as Kuma does (the Config
+/// `kuma-<mesh>-dns-vips`), from which DNS and config generation read it on every instance.
+///
+/// ```
+/// use std::collections::BTreeMap;
+///
+/// use kuma_dns::vips::{
+///     Allocation, HostnameEntry, OutboundEntry, VipAllocator, VipError, VipTable, VirtualOutbound,
+/// };
+///
+/// /// Each hostname gets 127.1.0.x, in order (no reuse: a sketch).
+/// struct Loopback;
+///
+/// #[async_trait::async_trait]
+/// impl VipAllocator for Loopback {
+///     async fn allocate(
+///         &self,
+///         _mesh: &str,
+///         _previous: &VipTable,
+///         wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+///     ) -> Result<Allocation, VipError> {
+///         let table = wanted
+///             .iter()
+///             .zip(1..)
+///             .map(|((hostname, outbounds), i)| {
+///                 let vip = VirtualOutbound {
+///                     address: format!("127.1.0.{i}"),
+///                     outbounds: outbounds.clone(),
+///                 };
+///                 (hostname.clone(), vip)
+///             })
+///             .collect();
+///         Ok(Allocation { table, ..Allocation::default() })
+///     }
+/// }
+/// ```
+#[async_trait::async_trait]
+pub trait VipAllocator: Send + Sync + 'static {
+    /// The table of `mesh` for exactly the `wanted` hostnames, given `previous`, the table in
+    /// force: a hostname still wanted should keep its VIP, one no longer wanted gives it back,
+    /// a new one gets a free address.
+    async fn allocate(
+        &self,
+        mesh: &str,
+        previous: &VipTable,
+        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+    ) -> Result<Allocation, VipError>;
+}
+
+/// VIPs from an IPv4 CIDR (Kuma's `dnsServer.CIDR`, 240.0.0.0/4 by default): the lowest free
+/// address for each new hostname ([`allocate`]).
+#[derive(Debug, Clone, Copy)]
 pub struct CidrVipAllocator {
-    manager: ResourceManager,
     cidr: Ipv4Net,
 }
 
 impl CidrVipAllocator {
-    /// Allocates from `cidr` (IPv4), storing through `manager`.
-    pub fn new(manager: ResourceManager, cidr: &str) -> Result<Self, String> {
+    /// Allocates from `cidr` (IPv4).
+    pub fn new(cidr: &str) -> Result<Self, String> {
         let cidr: Ipv4Net = cidr
             .parse()
             .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR"))?;
-        Ok(CidrVipAllocator { manager, cidr })
+        Ok(CidrVipAllocator { cidr })
+    }
+}
+
+#[async_trait::async_trait]
+impl VipAllocator for CidrVipAllocator {
+    async fn allocate(
+        &self,
+        _mesh: &str,
+        previous: &VipTable,
+        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+    ) -> Result<Allocation, VipError> {
+        let (table, unallocated) = allocate(self.cidr, previous, wanted);
+        Ok(Allocation {
+            table,
+            unallocated,
+            pool: self.cidr.to_string(),
+        })
+    }
+}
+
+/// Each mesh's VIP table in the store, as Kuma keeps it, with addresses its allocator chooses.
+#[derive(Clone)]
+pub struct VipTables {
+    manager: ResourceManager,
+    allocator: std::sync::Arc<dyn VipAllocator>,
+}
+
+impl VipTables {
+    /// Tables stored through `manager`, allocated by `allocator`.
+    pub fn new(manager: ResourceManager, allocator: std::sync::Arc<dyn VipAllocator>) -> Self {
+        VipTables { manager, allocator }
     }
 
-    /// The stored table of `mesh` and the resource holding it (`None` when there is none).
-    async fn load(&self, mesh: &str) -> Result<(VipTable, Option<Resource>), VipError> {
-        stored_table(&self.manager, mesh).await
+    /// Makes `mesh`'s table hold exactly `wanted`, as the allocator chooses, and stores it
+    /// (again from the newer table when another instance wrote first). Returns the table in
+    /// force; hostnames that got no address are an error, after the rest is stored.
+    pub async fn sync(
+        &self,
+        mesh: &str,
+        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
+    ) -> Result<VipTable, VipError> {
+        let name = config_name(mesh);
+        for _ in 0..5 {
+            let (previous, stored) = stored_table(&self.manager, mesh).await?;
+            let allocation = self.allocator.allocate(mesh, &previous, wanted).await?;
+            let done = |table: VipTable| {
+                if allocation.unallocated.is_empty() {
+                    Ok(table)
+                } else {
+                    Err(VipError::Exhausted {
+                        pool: allocation.pool.clone(),
+                        unallocated: allocation.unallocated.clone(),
+                    })
+                }
+            };
+            let table = allocation.table.clone();
+            if stored.is_some() && table == previous {
+                return done(table);
+            }
+            let json = serde_json::to_string(&table).map_err(|e| VipError::Corrupt {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+            let spec = Spec::Config(ConfigSpec { config: json });
+            let written = match stored {
+                Some(mut r) => {
+                    r.spec = spec;
+                    self.manager.update(r).await.map(|_| ())
+                }
+                None => self
+                    .manager
+                    .create(Resource::new("", &name, spec))
+                    .await
+                    .map(|_| ()),
+            };
+            match written {
+                Ok(()) => return done(table),
+                // Another instance wrote first: start again from its table.
+                Err(ManagerError::Store(
+                    StoreError::Conflict { .. } | StoreError::AlreadyExists(_),
+                )) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VipError::Contended(name))
+    }
+
+    /// `mesh`'s stored table.
+    pub async fn get(&self, mesh: &str) -> Result<VipTable, VipError> {
+        Ok(stored_table(&self.manager, mesh).await?.0)
     }
 }
 
@@ -334,63 +468,6 @@ pub fn parse_table(name: &str, r: &Resource) -> Result<VipTable, VipError> {
         name: name.to_string(),
         reason: e.to_string(),
     })
-}
-
-#[async_trait::async_trait]
-impl VipAllocator for CidrVipAllocator {
-    async fn sync(
-        &self,
-        mesh: &str,
-        wanted: &BTreeMap<HostnameEntry, Vec<OutboundEntry>>,
-    ) -> Result<VipTable, VipError> {
-        let name = config_name(mesh);
-        for _ in 0..5 {
-            let (previous, stored) = self.load(mesh).await?;
-            let (table, unallocated) = allocate(self.cidr, &previous, wanted);
-            let done = |table: VipTable| {
-                if unallocated.is_empty() {
-                    Ok(table)
-                } else {
-                    Err(VipError::Exhausted {
-                        cidr: self.cidr,
-                        unallocated: unallocated.clone(),
-                    })
-                }
-            };
-            if stored.is_some() && table == previous {
-                return done(table);
-            }
-            let json = serde_json::to_string(&table).map_err(|e| VipError::Corrupt {
-                name: name.clone(),
-                reason: e.to_string(),
-            })?;
-            let spec = Spec::Config(ConfigSpec { config: json });
-            let written = match stored {
-                Some(mut r) => {
-                    r.spec = spec;
-                    self.manager.update(r).await.map(|_| ())
-                }
-                None => self
-                    .manager
-                    .create(Resource::new("", &name, spec))
-                    .await
-                    .map(|_| ()),
-            };
-            match written {
-                Ok(()) => return done(table),
-                // Another instance wrote first: start again from its table.
-                Err(ManagerError::Store(
-                    StoreError::Conflict { .. } | StoreError::AlreadyExists(_),
-                )) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(VipError::Contended(name))
-    }
-
-    async fn get(&self, mesh: &str) -> Result<VipTable, VipError> {
-        Ok(self.load(mesh).await?.0)
-    }
 }
 
 /// The port Kuma reserves on inbounds that serve no traffic (they get no VIP).

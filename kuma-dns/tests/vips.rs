@@ -11,7 +11,7 @@ use kuma_core::manager::{ManagerOptions, ResourceManager};
 use kuma_core::model::system::ConfigSpec;
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_dns::vips::{
-    CidrVipAllocator, HostnameEntry, OutboundEntry, VipAllocator, VipError, VipTable, allocate,
+    CidrVipAllocator, HostnameEntry, OutboundEntry, VipError, VipTable, VipTables, allocate,
 };
 use proptest::prelude::*;
 
@@ -92,6 +92,12 @@ fn first_vips_and_kumas_json() {
     assert_eq!(back, table);
 }
 
+/// VIP tables kept through `m`, allocated from `cidr`.
+fn cidr_tables(m: &ResourceManager, cidr: &str) -> Result<VipTables, String> {
+    let allocator = CidrVipAllocator::new(cidr)?;
+    Ok(VipTables::new(m.clone(), Arc::new(allocator)))
+}
+
 fn manager() -> ResourceManager {
     ResourceManager::new(
         Arc::new(kuma_store::MemoryStore::new()),
@@ -102,7 +108,7 @@ fn manager() -> ResourceManager {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_keeps_vips_stable_and_unique() {
     let m = manager();
-    let a = CidrVipAllocator::new(m.clone(), "240.0.0.0/4").unwrap();
+    let a = cidr_tables(&m, "240.0.0.0/4").unwrap();
     let services = |names: &[&str]| wanted(&names.iter().map(|s| s.to_string()).collect());
     let first = a
         .sync("default", &services(&["backend", "web"]))
@@ -125,7 +131,7 @@ async fn the_store_keeps_vips_stable_and_unique() {
 
     // Another instance (a restart) sees the same VIPs; a removed service frees its VIP, which
     // a new one may then take, while the others keep theirs.
-    let b = CidrVipAllocator::new(m.clone(), "240.0.0.0/4").unwrap();
+    let b = cidr_tables(&m, "240.0.0.0/4").unwrap();
     assert_eq!(b.get("default").await.unwrap(), first);
     let second = b.sync("default", &services(&["web", "db"])).await.unwrap();
     assert_eq!(
@@ -143,7 +149,7 @@ async fn the_store_keeps_vips_stable_and_unique() {
     let names: Vec<String> = (0..40).map(|i| format!("svc-{i}")).collect();
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let allocator = CidrVipAllocator::new(m.clone(), "240.0.0.0/4").unwrap();
+        let allocator = cidr_tables(&m, "240.0.0.0/4").unwrap();
         let mine: BTreeSet<String> = names.iter().take(20 + i * 2).cloned().collect();
         tasks.push(tokio::spawn(async move {
             allocator.sync("race", &wanted(&mine)).await
@@ -174,14 +180,14 @@ async fn the_store_keeps_vips_stable_and_unique() {
     );
 
     // Exhaustion is an error naming what got no VIP; the rest is allocated and stored.
-    let tiny = CidrVipAllocator::new(m.clone(), "10.0.0.0/30").unwrap();
+    let tiny = cidr_tables(&m, "10.0.0.0/30").unwrap();
     let e = tiny
         .sync("tiny", &services(&["a", "b", "c"]))
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "no free VIP left in 10.0.0.0/30 for 0:c");
     assert_eq!(tiny.get("tiny").await.unwrap().len(), 2);
-    assert!(CidrVipAllocator::new(m, "fd00::/8").is_err());
+    assert!(cidr_tables(&m, "fd00::/8").is_err());
 }
 
 /// The services that get VIPs: every served inbound's, and those of the mesh that another

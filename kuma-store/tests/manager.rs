@@ -14,6 +14,7 @@ fn manager(zone: Option<&str>) -> ResourceManager {
         Arc::new(MemoryStore::new()),
         ManagerOptions {
             zone: zone.map(str::to_string),
+            ..ManagerOptions::default()
         },
     )
 }

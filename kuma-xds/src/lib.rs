@@ -1,25 +1,12 @@
-//! A generic Envoy xDS server, usable without any Kuma semantics (as go-control-plane is for Go).
+//! Kuma's Envoy config generation, and MADS.
 //!
-//! - [`cache::SnapshotCache`] holds one [`cache::Snapshot`] per node id. Versions are derived
-//!   from content, so setting an unchanged snapshot pushes nothing.
-//! - [`server::AdsServer`] serves `envoy.service.discovery.v3.AggregatedDiscoveryService`,
-//!   both state-of-the-world and incremental (delta), with nonce/ACK/NACK tracking and
-//!   [`server::Callbacks`] for stream events.
-//! - Resources are encoded once ([`cache::EncodedResource`]) and written into every stream from
-//!   the same bytes ([`wire`]); [`canonical`] puts their maps' entries in key order, so equal
-//!   content encodes alike in every process.
-//! - With the `inspect` feature, `inspect` renders snapshots as canonical protobuf JSON.
+//! - [`generate`] turns a mesh's resources and one proxy into a [`xds_server::Snapshot`]: the
+//!   Kuma profile (inbound, outbound, admin, probes, metrics, DNS) and the `Mesh*` policies.
 //! - [`mads`] serves Kuma's monitoring assignments to Prometheus (`kuma_sd_configs`) over REST.
+//!
+//! Serving the snapshots to proxies is [`xds_server`]'s job, re-exported here.
 
-pub mod cache;
-pub mod canonical;
-mod delta;
-pub mod envoy;
 pub mod generate;
-#[cfg(feature = "inspect")]
-pub mod inspect;
 pub mod mads;
-pub mod server;
-mod stream;
-pub mod types;
-pub mod wire;
+
+pub use xds_server;

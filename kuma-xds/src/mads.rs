@@ -286,7 +286,10 @@ impl Mads {
 impl Published {
     fn of(assignments: &[MonitoringAssignment]) -> Published {
         let resources = serde_json::to_string(assignments).unwrap_or_else(|_| "[]".into());
-        let version = format!("{:016x}", crate::cache::content_hash(resources.as_bytes()));
+        let version = format!(
+            "{:016x}",
+            xds_server::cache::content_hash(resources.as_bytes())
+        );
         Published { version, resources }
     }
 }
@@ -345,8 +348,18 @@ async fn discovery(
             }
             _ => StatusCode::NOT_MODIFIED.into_response(),
         },
-        () = crate::stream::shutting_down(&mut stop) => StatusCode::NOT_MODIFIED.into_response(),
+        () = stopping(&mut stop) => StatusCode::NOT_MODIFIED.into_response(),
     }
+}
+
+/// Resolves once `stop` turns true; never without a stop signal (or once its sender is gone).
+async fn stopping(stop: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = stop
+        && rx.wait_for(|s| *s).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Reads the query's `fetch-timeout` and the body's `DiscoveryRequest`. Field names are

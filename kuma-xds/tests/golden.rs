@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use kuma_core::model::mesh::{MeshSpec, MtlsMode};
 use kuma_core::resource::{Resource, ResourceType, parse_documents};
-use kuma_xds::cache::{Snapshot, SnapshotCache};
 use kuma_xds::generate::{
     GeneratorList, MeshContext, MeshMtls, ProxyContext, ProxyMetadata, SnapshotGenerator,
     WorkloadCertificate,
 };
-use kuma_xds::server::{AdsServer, Callbacks};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use xds_server::cache::{Snapshot, SnapshotCache};
+use xds_server::server::{AdsServer, Callbacks};
 
 /// What every golden proxy reports: admin and readiness ports, and a work directory (where
 /// Envoy, in the acceptance test, opens the access-log pipe of TCP log backends as a file).
@@ -138,7 +138,7 @@ fn sorted(v: Value) -> Value {
 
 /// Canonical YAML of a snapshot: `{short type: {name: resource}}`, keys sorted.
 fn render(snapshot: &Snapshot) -> String {
-    let json = kuma_xds::inspect::snapshot_json(snapshot).unwrap();
+    let json = xds_server::inspect::snapshot_json(snapshot).unwrap();
     let by_short_type: serde_json::Map<String, Value> = json
         .as_object()
         .unwrap()
@@ -288,7 +288,7 @@ fn listener_ports(snapshot: &Snapshot) -> Vec<u16> {
     use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use prost::Message as _;
-    let Some(listeners) = snapshot.get(kuma_xds::types::LISTENER) else {
+    let Some(listeners) = snapshot.get(xds_server::types::LISTENER) else {
         return Vec::new();
     };
     let mut ports: Vec<u16> = listeners

@@ -198,52 +198,16 @@ async fn main() -> ExitCode {
     let cp = match kuma_cp::ControlPlane::start(config).await {
         Ok(cp) => cp,
         Err(e) => {
-            eprintln!("standalone: {e}");
+            eprintln!("standalone: {}", kuma_cp::error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
     println!("kuma-rs standalone control plane is running");
-    println!(
-        "  {:<44} {}",
-        "diagnostics: /ready /healthy",
-        cp.diagnostics_addr()
-    );
-    let split = cp.split_addrs();
-    let dp_server = if split.is_some() {
-        "dp-server (TLS): ADS (gRPC)"
-    } else {
-        "dp-server (TLS): ADS + SDS (gRPC), POST /bootstrap"
-    };
-    println!("  {:<44} {}", dp_server, cp.dp_server_addr());
-    if let Some(s) = split {
-        println!("  {:<44} {}", "SDS (TLS, gRPC)", s.sds);
-        println!(
-            "  {:<44} {}",
-            "bootstrap server (HTTP): POST /bootstrap", s.bootstrap
-        );
-        println!(
-            "  {:<44} {}",
-            "admin server (HTTP): tokens, secrets", s.admin
-        );
-        println!("  {:<44} {}", "GUI server: /gui, read-only API", s.gui);
+    for (listener, addr) in cp.listeners() {
+        println!("  {:<44} {addr}", listener.to_string());
     }
     if let Some(addr) = cp.dns_addr() {
-        println!("  {:<44} {}", "DNS (.mesh, UDP and TCP)", addr);
-    }
-    if let Some(addr) = cp.mads_addr() {
-        println!("  {:<44} {}", "MADS (Prometheus kuma_sd_configs)", addr);
-    }
-    if let Some(addr) = cp.api_http_addr() {
-        println!("  {:<44} {}", "HTTP API (kumactl)", addr);
-    }
-    if let Some(addr) = cp.api_https_addr() {
-        println!("  {:<44} {}", "HTTPS API", addr);
-    }
-    if let Some(addr) = cp.admission_addr() {
-        println!(
-            "  {:<44} {}",
-            "admission webhook (HTTPS, AdmissionReview)", addr
-        );
+        println!("  {:<44} {addr}", "DNS (.mesh, UDP and TCP)");
     }
     if let Some(ca) = cp.ca_path() {
         println!(

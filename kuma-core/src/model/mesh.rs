@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::common::{DataSource, TagRules, Tags, validate_port, validate_tags};
 use crate::duration::{Duration, parse_mesh_duration};
-use crate::validation::{Path, ValidationError};
+use crate::validation::{Path, ValidationContext, ValidationError};
 
 /// The spec of a `Mesh`.
 #[serde_with::skip_serializing_none]
@@ -639,6 +639,11 @@ impl MeshSpec {
 
     /// Checks the Mesh the way Kuma does; paths are relative to the resource root.
     pub fn validate(&self) -> ValidationError {
+        self.validate_in(&ValidationContext::default())
+    }
+
+    /// [`MeshSpec::validate`], also accepting the CA backend types `context` adds.
+    pub fn validate_in(&self, context: &ValidationContext) -> ValidationError {
         let mut err = ValidationError::new();
         if let Some(mtls) = &self.mtls {
             let bp = validate_backend_section(
@@ -649,7 +654,7 @@ impl MeshSpec {
                 &mut err,
             );
             for (i, b) in mtls.backends.iter().enumerate() {
-                validate_ca_backend(&bp.index(i), b, &mut err);
+                validate_ca_backend(&bp.index(i), b, context, &mut err);
             }
         }
         if let Some(metrics) = &self.metrics {
@@ -754,7 +759,12 @@ impl MeshSpec {
     }
 }
 
-fn validate_ca_backend(path: &Path, b: &CaBackend, err: &mut ValidationError) {
+fn validate_ca_backend(
+    path: &Path,
+    b: &CaBackend,
+    context: &ValidationContext,
+    err: &mut ValidationError,
+) {
     if let Some(exp) = b
         .dp_cert
         .as_ref()
@@ -799,12 +809,23 @@ fn validate_ca_backend(path: &Path, b: &CaBackend, err: &mut ValidationError) {
             }
         }
         "" => err.add(&path.field("type"), "cannot be empty"),
-        other => err.add(
-            &path.field("type"),
-            format!(
-                "unknown backend type {other:?}. Available backends: \"builtin\", \"provided\""
-            ),
-        ),
+        other => match context.ca_backend(other) {
+            Some(check) => check(&cp, b.conf.as_ref(), err),
+            None => {
+                let available: Vec<String> = ["builtin", "provided"]
+                    .into_iter()
+                    .chain(context.ca_backend_types())
+                    .map(|t| format!("{t:?}"))
+                    .collect();
+                err.add(
+                    &path.field("type"),
+                    format!(
+                        "unknown backend type {other:?}. Available backends: {}",
+                        available.join(", ")
+                    ),
+                )
+            }
+        },
     }
 }
 

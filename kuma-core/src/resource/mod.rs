@@ -134,6 +134,14 @@ impl Resource {
 
     /// Checks name, mesh, labels and spec; every violation is reported with its field path.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_in(&crate::validation::ValidationContext::default())
+    }
+
+    /// [`Resource::validate`], also accepting what `context` adds (CA backend types).
+    pub fn validate_in(
+        &self,
+        context: &crate::validation::ValidationContext,
+    ) -> Result<(), ValidationError> {
         let mut err = ValidationError::new();
         validate_name(&Path::at("name"), &self.meta.name, &mut err);
         match self.rtype().scope() {
@@ -154,7 +162,10 @@ impl Resource {
             }
         }
         validate_labels(&Path::at("labels"), &self.meta.labels, &mut err);
-        err.extend(self.spec.validate());
+        match self.spec_as::<crate::model::mesh::MeshSpec>() {
+            Some(mesh) => err.extend(mesh.validate_in(context)),
+            None => err.extend(self.spec.validate()),
+        }
         err.into_result()
     }
 }

@@ -17,6 +17,7 @@ use crate::StartError;
 
 /// Server tasks; dropping the set stops them, so a start that fails half-way leaves nothing
 /// listening.
+#[derive(Default)]
 pub(crate) struct Servers(pub(crate) Vec<JoinHandle<()>>);
 
 impl Drop for Servers {
@@ -45,31 +46,17 @@ impl Ports {
         }
     }
 
-    /// Serves `router` over plain HTTP on `interface:port` within `limits`; returns where it
-    /// listens.
-    pub(crate) async fn http(
+    /// Serves `router` on `listener`'s address, over `tls` when given, within `limits`;
+    /// returns where it listens.
+    pub(crate) async fn listen(
         &mut self,
-        what: &'static str,
-        (interface, port): (&str, u16),
+        listener: &crate::layout::Listener,
+        tls: Option<Arc<ServerConfig>>,
         limits: Limits,
         router: axum::Router,
     ) -> Result<SocketAddr, StartError> {
-        self.serve(what, (interface, port), None, limits, router)
-            .await
-    }
-
-    /// Serves `router` over TLS (`tls`) on `interface:port` within `limits`; returns where it
-    /// listens.
-    pub(crate) async fn https(
-        &mut self,
-        what: &'static str,
-        (interface, port): (&str, u16),
-        tls: Arc<ServerConfig>,
-        limits: Limits,
-        router: axum::Router,
-    ) -> Result<SocketAddr, StartError> {
-        self.serve(what, (interface, port), Some(tls), limits, router)
-            .await
+        let at = (listener.interface.as_str(), listener.port);
+        self.serve(listener.name, at, tls, limits, router).await
     }
 
     async fn serve(

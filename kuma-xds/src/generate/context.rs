@@ -8,8 +8,8 @@ use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Labels, Resource, ResourceType};
 use kuma_core::rules::{MeshPolicies, ProxyRules, ProxyView};
 
-use crate::cache::EncodedResource;
-use crate::envoy::load_assignment;
+use xds_server::cache::EncodedResource;
+use xds_server::envoy::load_assignment;
 
 /// What a proxy told the control plane about itself (node metadata from its bootstrap).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,31 +22,7 @@ pub struct ProxyMetadata {
     pub workdir: Option<String>,
 }
 
-/// The pipe on which a proxy's Envoy serves kuma-dp its dynamic configuration (the DNS
-/// records at `/dns`), as Kuma names it: `<workdir>/kuma-mesh-metric-config.sock`.
-pub fn dynamic_config_pipe(workdir: &str) -> String {
-    std::path::Path::new(workdir)
-        .join("kuma-mesh-metric-config.sock")
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// The named pipe kuma-dp reads access logs for TCP collectors from, as Kuma names it:
-/// `<workdir>/kuma-al-<name>-<mesh>`, cut to 98 bytes (Unix socket paths are short on some
-/// systems), then `.sock`.
-pub fn access_log_pipe(workdir: &str, name: &str, mesh: &str) -> String {
-    let mut path = std::path::Path::new(workdir)
-        .join(format!("kuma-al-{name}-{mesh}"))
-        .to_string_lossy()
-        .into_owned();
-    let mut cut = path.len().min(98);
-    while !path.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    path.truncate(cut);
-    path.push_str(".sock");
-    path
-}
+pub use kuma_core::dataplane_files::{access_log_pipe, dynamic_config_pipe};
 
 /// Mesh mTLS as generation needs it: whether plaintext is still accepted, and the roots every
 /// proxy of the mesh trusts.

@@ -30,7 +30,7 @@ pub use resources::ResourceSet;
 
 use std::collections::BTreeSet;
 
-use crate::cache::Snapshot;
+use xds_server::cache::Snapshot;
 
 /// Envoy's node id for a Dataplane: `<mesh>.<name>`.
 pub fn node_id(mesh: &str, name: &str) -> String {

@@ -36,7 +36,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use super::ResourceGenerator;
 use super::context::ProxyContext;
 use super::resources::{ClusterRole, ListenerTls, ResourceSet};
-use crate::envoy::{ads_config_source, any};
+use xds_server::envoy::{ads_config_source, any};
 
 /// Name of the SDS secret holding a proxy's workload certificate and key.
 pub fn identity_secret_name(mesh: &str) -> String {
@@ -73,7 +73,7 @@ fn inline(pem: &str) -> Option<DataSource> {
 fn sds(name: String, cluster: Option<&str>) -> SdsSecretConfig {
     let sds_config = match cluster {
         None => ads_config_source(),
-        Some(cluster) => crate::envoy::grpc_config_source(cluster),
+        Some(cluster) => xds_server::envoy::grpc_config_source(cluster),
     };
     SdsSecretConfig {
         name,

@@ -37,7 +37,7 @@ use super::resources::{
     ResourceSet, Terminal,
 };
 use super::source_tags;
-use crate::envoy::{
+use xds_server::envoy::{
     cluster_route, eds_cluster, http_connection_manager, listener, load_assignment, route_table,
     static_cluster, tcp_proxy,
 };
@@ -303,7 +303,7 @@ impl ResourceGenerator for TransparentProxy {
             ),
         ] {
             let name = format!("{direction}:passthrough:ipv4");
-            let mut cluster = crate::envoy::original_destination_cluster(&name);
+            let mut cluster = xds_server::envoy::original_destination_cluster(&name);
             if let Some(source) = source {
                 cluster.upstream_bind_config = Some(BindConfig {
                     // Any source port (Envoy requires the port to be given).
@@ -402,7 +402,7 @@ impl ResourceGenerator for DnsRecords {
             })
             .collect();
         let body = serde_json::json!({"records": records, "ttl": 30}).to_string();
-        let etag = format!("{:016x}", crate::cache::content_hash(body.as_bytes()));
+        let etag = format!("{:016x}", xds_server::cache::content_hash(body.as_bytes()));
         let direct = |status: u32, body: Option<String>| {
             Some(Action::DirectResponse(DirectResponseAction {
                 status,

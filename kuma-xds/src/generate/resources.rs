@@ -38,8 +38,8 @@ use envoy_types::pb::envoy::config::core::v3::{Http1ProtocolOptions, Http2Protoc
 use kuma_core::model::common::Tags;
 
 use super::context::Protocol;
-use crate::cache::{EncodedResource, Snapshot};
-use crate::envoy::any;
+use xds_server::cache::{EncodedResource, Snapshot};
+use xds_server::envoy::any;
 
 /// The HTTP connection manager of a listener, its HTTP filters (the router is added last) and
 /// its route table (inlined into the manager).

@@ -1,6 +1,6 @@
 use super::*;
-use crate::types::{CLUSTER, ENDPOINT, LISTENER};
 use kuma_core::resource::{Resource, parse_yaml};
+use xds_server::types::{CLUSTER, ENDPOINT, LISTENER};
 
 fn dp(name: &str, address: &str, extra: &str) -> Resource {
     parse_yaml(&format!(

@@ -64,7 +64,7 @@ impl Client {
         if let Some(ca) = &api.ca_cert_file {
             let pem = std::fs::read_to_string(ca)
                 .map_err(|e| format!("cannot read the CA certificate {ca}: {e}"))?;
-            let tls = kuma_cp::tls::client_config(Some(&pem))?;
+            let tls = kuma_dp::tls::client_config(Some(&pem))?;
             builder = builder.use_preconfigured_tls((*tls).clone());
         }
         if api.skip_verify {

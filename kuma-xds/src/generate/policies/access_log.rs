@@ -28,10 +28,10 @@ use kuma_core::model::policy::{
 use kuma_core::resource::ResourceType;
 
 use super::{from_conf, to_conf};
-use crate::envoy::{any, ordered_map, string_struct};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{ProxyContext, access_log_pipe};
 use crate::generate::resources::{ResourceSet, Terminal};
+use xds_server::envoy::{any, ordered_map, string_struct};
 
 /// Kuma's default format of HTTP access log lines.
 const HTTP_FORMAT: &str = "[%START_TIME%] %KUMA_MESH% \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%KUMA_SOURCE_SERVICE%\" \"%KUMA_DESTINATION_SERVICE%\" \"%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%\" \"%UPSTREAM_HOST%\"\n";

@@ -14,10 +14,10 @@ use kuma_core::model::policy::CircuitBreakerConf;
 use kuma_core::resource::ResourceType;
 
 use super::cluster_conf;
-use crate::envoy::duration;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::ResourceSet;
+use xds_server::envoy::duration;
 
 fn u32v(v: Option<u32>) -> Option<UInt32Value> {
     v.map(|value| UInt32Value { value })

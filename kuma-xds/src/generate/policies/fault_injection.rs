@@ -21,11 +21,11 @@ use kuma_core::model::policy::FaultInjectionConf;
 use kuma_core::resource::ResourceType;
 
 use super::typed;
-use crate::envoy::{any, duration};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::{ResourceSet, Terminal};
 use crate::generate::source_tags;
+use xds_server::envoy::{any, duration};
 
 /// Applies MeshFaultInjection.
 #[derive(Debug, Clone, Copy)]

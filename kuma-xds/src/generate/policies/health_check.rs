@@ -24,10 +24,10 @@ use kuma_core::model::policy::HealthCheckConf;
 use kuma_core::resource::ResourceType;
 
 use super::{header_values, to_conf};
-use crate::envoy::{any, duration};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Protocol, ProxyContext};
 use crate::generate::resources::{ClusterDraft, ResourceSet};
+use xds_server::envoy::{any, duration};
 
 /// Applies MeshHealthCheck.
 #[derive(Debug, Clone, Copy)]

@@ -40,10 +40,10 @@ use super::{
     add_service_cluster, backend_cluster, header_matcher, header_values, string_exact,
     string_matcher,
 };
-use crate::envoy::cluster_route;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::ResourceSet;
+use xds_server::envoy::cluster_route;
 
 /// Applies MeshHTTPRoute.
 #[derive(Debug, Clone, Copy)]

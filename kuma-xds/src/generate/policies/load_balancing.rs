@@ -36,11 +36,11 @@ use kuma_core::model::policy::{
 use kuma_core::resource::ResourceType;
 
 use super::{routes_mut, to_conf};
-use crate::envoy::{duration, load_assignment};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Endpoint, ProxyContext, addresses};
 use crate::generate::profile::in_subset;
 use crate::generate::resources::{ClusterDraft, Endpoints, ResourceSet};
+use xds_server::envoy::{duration, load_assignment};
 
 /// Applies MeshLoadBalancingStrategy.
 #[derive(Debug, Clone, Copy)]

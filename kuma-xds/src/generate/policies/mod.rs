@@ -33,7 +33,7 @@ use super::ResourceGenerator;
 use super::context::ProxyContext;
 use super::profile::add_service_cluster;
 use super::resources::{ClusterRole, ResourceSet};
-use crate::envoy::string_struct;
+use xds_server::envoy::string_struct;
 
 pub use access_log::MeshAccessLog;
 pub use circuit_breaker::MeshCircuitBreaker;

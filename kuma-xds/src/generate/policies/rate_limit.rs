@@ -18,10 +18,10 @@ use kuma_core::model::policy::{Rate, RateLimitConf};
 use kuma_core::resource::ResourceType;
 
 use super::{from_conf, header_values};
-use crate::envoy::{any, duration};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::{ResourceSet, Terminal};
+use xds_server::envoy::{any, duration};
 
 /// Applies MeshRateLimit.
 #[derive(Debug, Clone, Copy)]

@@ -23,10 +23,10 @@ use kuma_core::model::policy::{
 use kuma_core::resource::ResourceType;
 
 use super::{each_route_conf, header_matcher, lb_metadata, string_exact, to_conf};
-use crate::envoy::{any, duration};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Protocol, ProxyContext};
 use crate::generate::resources::{ResourceSet, Terminal};
+use xds_server::envoy::{any, duration};
 
 const HTTP_RETRY_ON: &str = "gateway-error,connect-failure,refused-stream";
 const GRPC_RETRY_ON: &str =

@@ -15,10 +15,10 @@ use kuma_core::model::policy::TimeoutConf;
 use kuma_core::resource::ResourceType;
 
 use super::{cluster_conf, each_route_conf, from_conf, routes_mut, to_conf};
-use crate::envoy::duration;
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
 use crate::generate::resources::{ClusterDraft, ResourceSet, Terminal};
+use xds_server::envoy::duration;
 
 /// Applies MeshTimeout.
 #[derive(Debug, Clone, Copy)]

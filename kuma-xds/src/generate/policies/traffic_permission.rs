@@ -37,7 +37,7 @@ use super::super::ResourceGenerator;
 use super::super::context::{ProxyContext, strict_spiffe_service};
 use super::super::resources::{ResourceSet, Terminal};
 use super::typed;
-use crate::envoy::{any, ordered_map};
+use xds_server::envoy::{any, ordered_map};
 
 /// The RBAC filters of MeshTrafficPermission (see the module docs).
 #[derive(Debug, Clone, Copy)]

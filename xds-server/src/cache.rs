@@ -234,6 +234,37 @@ impl Snapshot {
     }
 }
 
+/// Where an [`AdsServer`](crate::AdsServer) reads what to send: each node's current snapshot
+/// and every later one.
+///
+/// [`SnapshotCache`] is the bundled implementation. Implement this to serve snapshots kept
+/// elsewhere, for instance made on demand when a node first connects, or shared between
+/// servers; the server only ever subscribes.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use tokio::sync::watch;
+/// use xds_server::{Cache, Snapshot};
+///
+/// /// Every node gets the same snapshot.
+/// struct OneForAll(watch::Sender<Option<Arc<Snapshot>>>);
+///
+/// impl Cache for OneForAll {
+///     fn subscribe(&self, _node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+///         self.0.subscribe()
+///     }
+/// }
+///
+/// let cache = OneForAll(watch::channel(Some(Arc::new(Snapshot::default()))).0);
+/// assert!(cache.subscribe("any-node").borrow().is_some());
+/// ```
+pub trait Cache: Send + Sync + 'static {
+    /// A receiver holding `node_id`'s current snapshot (`None`: none yet) that changes whenever
+    /// a new one is set. A receiver whose sender is dropped makes the stream subscribe again.
+    fn subscribe(&self, node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>>;
+}
+
 /// Snapshots by node id; streams of a node see every new snapshot set for it.
 #[derive(Default)]
 pub struct SnapshotCache {
@@ -298,9 +329,10 @@ impl SnapshotCache {
             .cloned()
             .collect()
     }
+}
 
-    /// A receiver that sees the node's current and future snapshots.
-    pub(crate) fn subscribe(&self, node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+impl Cache for SnapshotCache {
+    fn subscribe(&self, node_id: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
         self.sender(node_id).subscribe()
     }
 }

@@ -1,12 +1,29 @@
-//! kuma-dp's command line, with Kuma's flags and `KUMA_*` variables (a flag wins over its
-//! variable, the variable over the default), and the Dataplane template (`--dataplane`,
-//! `--dataplane-file`, `--dataplane-var`) rendered as Kuma renders it.
+//! `kuma-dp`: the data-plane agent. Fetches the Envoy bootstrap from the control plane, runs
+//! Envoy with it, forwards SIGINT/SIGTERM to Envoy, exits when Envoy exits (with its status:
+//! nothing is restarted silently) and reports readiness on `--readiness-port` (`GET /ready`:
+//! 200 once Envoy is live, 503 before). The work is the `kuma-dp` crate's; this binary maps
+//! Kuma's flags and `KUMA_*` variables (a flag wins over its variable, the variable over the
+//! default) onto [`kuma_dp::RunConfig`].
+//!
+//! ```text
+//! kuma-dp run --cp-address https://localhost:5678 --dataplane-file dp.yaml [--name N] [--mesh M]
+//!             [--dataplane-token-file F] [--binary-path envoy] [--admin-port P]
+//!             [--readiness-port 9902] [--ca-cert-file F] [--work-dir D]
+//!             [--drain-time 30s] [--envoy-log-level info] [--concurrency N]
+//!             [--dns-port 15053] [--dns-upstream ip:port] [--dns-domain mesh]
+//! ```
+//!
+//! `--cp-address` is the dp-server (`https://host:5678`, the default layout) or, in the split
+//! port layout, the plain-HTTP bootstrap server (`http://host:5682`) or the API
+//! (`http://host:5681`, whose `/catalog` names the bootstrap server). Either way Envoy reaches
+//! the control plane over TLS, and with `--ca-cert-file` the bootstrap trusts that CA alone.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
+use kuma_dp::{Ca, RunConfig, Template, Token};
+use std::process::ExitCode;
 
 /// kuma-dp: runs Envoy for a Dataplane of a Kuma-compatible control plane.
 #[derive(Debug, Parser)]
@@ -119,61 +136,13 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     Ok((k.trim().to_string(), v.to_string()))
 }
 
-/// Where the Dataplane template comes from.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Template {
-    /// Inline text (`--dataplane`).
-    Inline(String),
-    /// A file, or standard input for `-` (`--dataplane-file`).
-    File(PathBuf),
-}
-
-/// What `kuma-dp run` was told.
-#[derive(Debug)]
-pub struct Args {
-    pub cp_address: String,
-    pub template: Template,
-    pub vars: BTreeMap<String, String>,
-    pub name: Option<String>,
-    pub mesh: Option<String>,
-    /// The dataplane token, read from its file or given inline.
-    pub token: Option<Token>,
-    /// The control plane's CA: a file, or PEM inline.
-    pub ca: Option<Ca>,
-    pub binary_path: String,
-    pub admin_port: Option<u16>,
-    pub readiness_port: u16,
-    pub config_dir: Option<PathBuf>,
-    pub drain_time: Duration,
-    pub envoy_log_level: String,
-    pub concurrency: Option<u32>,
-    pub dns_enabled: bool,
-    pub dns_port: u16,
-    pub dns_upstream: Option<std::net::SocketAddr>,
-    pub dns_domain: String,
-}
-
-/// A dataplane token: a file to read, or the token itself.
-#[derive(Debug)]
-pub enum Token {
-    File(PathBuf),
-    Inline(String),
-}
-
-/// The control plane's CA: a file to read, or PEM text.
-#[derive(Debug)]
-pub enum Ca {
-    File(PathBuf),
-    Pem(String),
-}
-
 /// Parses kuma-dp's command line (and `env`, the `KUMA_*` variables; clap reads the process
 /// environment, so `env` only adds Kuma's fallback names). On `--help` or a mistake, the text
 /// to print and the exit code.
-pub fn parse(
+fn parse(
     argv: impl IntoIterator<Item = String>,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Args, (String, u8)> {
+) -> Result<RunConfig, (String, u8)> {
     let cli = Cli::try_parse_from(argv).map_err(|e| {
         let code = if e.use_stderr() { 2 } else { 0 };
         (e.render().to_string(), code)
@@ -228,7 +197,7 @@ pub fn parse(
         (None, Some(pem)) => Some(Ca::Pem(pem)),
         (None, None) => None,
     };
-    Ok(Args {
+    Ok(RunConfig {
         cp_address: f.cp_address,
         template,
         vars: f.dataplane_var.into_iter().collect(),
@@ -250,59 +219,55 @@ pub fn parse(
     })
 }
 
-/// Renders a Dataplane template as Kuma does (mustache): `{{ key }}` becomes the value of
-/// `key` HTML-escaped, `{{{ key }}}` the value as it is; a key may have dots (`{{ a.b }}` is
-/// variable `a.b`); an unknown key renders as nothing.
-pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let (raw, open, close) = if after.starts_with("{{{") {
-            (true, 3, "}}}")
-        } else {
-            (false, 2, "}}")
-        };
-        let Some(end) = after[open..].find(close) else {
-            out.push_str(after);
-            return out;
-        };
-        let key = after[open..open + end].trim();
-        let value = vars.get(key).map(String::as_str).unwrap_or_default();
-        if raw {
-            out.push_str(value);
-        } else {
-            out.push_str(&html_escape(value));
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match parse(std::env::args(), |k| std::env::var(k).ok()) {
+        Ok(config) => config,
+        Err((text, 0)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
         }
-        rest = &after[open + end + close.len()..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// What mustache's `{{ }}` does to a value (Go's `html/template.HTMLEscape`).
-fn html_escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
-            '\0' => out.push('\u{FFFD}'),
-            c => out.push(c),
+        Err((text, code)) => {
+            eprint!("{text}");
+            if !text.ends_with('\n') {
+                eprintln!();
+            }
+            return ExitCode::from(code);
+        }
+    };
+    match kuma_dp::run(config).await {
+        Ok(status) => {
+            let code = status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1);
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("kuma-dp: {message}");
+            ExitCode::FAILURE
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    fn args(list: &[&str], env: &[(&str, &str)]) -> Result<Args, (String, u8)> {
+    fn args(list: &[&str], env: &[(&str, &str)]) -> Result<RunConfig, (String, u8)> {
         let env: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -356,21 +321,5 @@ mod tests {
         let (message, code) = args(&["run", "--help"], &[]).unwrap_err();
         assert_eq!(code, 0);
         assert!(message.contains("KUMA_CONTROL_PLANE_URL"), "{message}");
-    }
-
-    #[test]
-    fn templates_render_as_mustache() {
-        let vars: BTreeMap<String, String> =
-            [("name", "web-1"), ("address", "10.0.0.1"), ("a.b", "x&y")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-        assert_eq!(
-            render("name: {{ name }}\naddress: {{address}}\n", &vars),
-            "name: web-1\naddress: 10.0.0.1\n"
-        );
-        assert_eq!(render("{{ a.b }} {{{ a.b }}}", &vars), "x&amp;y x&y");
-        assert_eq!(render("[{{ missing }}]", &vars), "[]");
-        assert_eq!(render("open {{ name", &vars), "open {{ name");
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
 
-use crate::cache::{Snapshot, SnapshotCache};
+use crate::cache::{Cache, Snapshot};
 use crate::server::{Callbacks, StreamAuthenticator, StreamPreparer};
 
 /// Requests buffered per stream, and responses buffered before the stream waits for the proxy.
@@ -47,7 +47,7 @@ pub(crate) trait Protocol: Send + 'static {
 
 /// What a stream shares with its server, and what it arrived with.
 pub(crate) struct StreamContext<C> {
-    pub(crate) cache: Arc<SnapshotCache>,
+    pub(crate) cache: Arc<dyn Cache>,
     pub(crate) callbacks: Arc<C>,
     pub(crate) shutdown: Option<watch::Receiver<bool>>,
     pub(crate) authenticator: Option<Arc<dyn StreamAuthenticator>>,

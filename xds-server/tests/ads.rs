@@ -11,10 +11,10 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::server::{AdsServer, Callbacks};
-use kuma_xds::types::{CLUSTER, ENDPOINT};
 use prost::Message;
+use xds_server::cache::{Snapshot, SnapshotCache};
+use xds_server::server::{AdsServer, Callbacks};
+use xds_server::types::{CLUSTER, ENDPOINT};
 
 mod common;
 use common::{endpoints, serve};

@@ -14,9 +14,9 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter};
-use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::envoy::{any, eds_cluster, load_assignment};
-use kuma_xds::server::{AdsServer, Callbacks};
+use xds_server::cache::{Snapshot, SnapshotCache};
+use xds_server::envoy::{any, eds_cluster, load_assignment};
+use xds_server::server::{AdsServer, Callbacks};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -104,7 +104,7 @@ async fn grpcio_xds_client_completes_an_rpc() {
         .port();
     cache.set("grpc-client", snapshot(backend_port));
 
-    let dir = std::env::temp_dir().join(format!("kuma-xds-grpc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xds-server-grpc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bootstrap = dir.join("bootstrap.json");
     let config = serde_json::json!({

@@ -22,12 +22,12 @@ use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
-use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::envoy::{ads_config_source, any, socket_address};
-use kuma_xds::server::{AdsServer, Callbacks};
-use kuma_xds::types::{CLUSTER, ENDPOINT, LISTENER};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use xds_server::cache::{Snapshot, SnapshotCache};
+use xds_server::envoy::{ads_config_source, any, socket_address};
+use xds_server::server::{AdsServer, Callbacks};
+use xds_server::types::{CLUSTER, ENDPOINT, LISTENER};
 
 #[derive(Default)]
 struct Nacks(Mutex<Vec<String>>);
@@ -120,8 +120,10 @@ async fn run_against_envoy(api_type: &str) {
     );
     cache.set("envoy-1", snapshot("127.0.0.1", listen_port, echo_port));
 
-    let dir =
-        std::env::temp_dir().join(format!("kuma-xds-envoy-{api_type}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "xds-server-envoy-{api_type}-{}",
+        std::process::id()
+    ));
     let bootstrap = kuma_testkit::ads_bootstrap("envoy-1", xds_port, admin_port, api_type);
     let mut envoy = kuma_testkit::spawn_envoy(&dir, &bootstrap, listen_port);
 

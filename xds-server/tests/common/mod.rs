@@ -3,10 +3,10 @@
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::google::protobuf::Any;
-use kuma_xds::server::{AdsServer, Callbacks};
-use kuma_xds::types::ENDPOINT;
 use prost::Message;
 use tokio_stream::wrappers::TcpListenerStream;
+use xds_server::server::{AdsServer, Callbacks};
+use xds_server::types::ENDPOINT;
 
 /// Serves `server` on a free loopback port: its URL.
 pub async fn serve<C: Callbacks>(server: AdsServer<C>) -> String {

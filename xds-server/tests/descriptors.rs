@@ -5,7 +5,7 @@
 //! files without asking cargo, which needs every package of the workspace downloaded (a fresh
 //! machine building one binary has not). So the set is kept in the repository, and this test
 //! checks it against the package: after an `envoy-types` upgrade it fails until the file is
-//! regenerated with `UPDATE_DESCRIPTORS=1 cargo test -p kuma-xds --test descriptors`.
+//! regenerated with `UPDATE_DESCRIPTORS=1 cargo test -p xds-server --test descriptors`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::PathBuf;
@@ -122,7 +122,7 @@ fn committed_descriptors_are_the_locked_envoy_types_ones() {
     let committed = std::fs::read(COMMITTED).unwrap();
     assert!(
         committed == expected,
-        "descriptors/envoy.bin is not envoy-types' set: run UPDATE_DESCRIPTORS=1 cargo test -p kuma-xds --test descriptors"
+        "descriptors/envoy.bin is not envoy-types' set: run UPDATE_DESCRIPTORS=1 cargo test -p xds-server --test descriptors"
     );
     assert!(
         expected.len() < shipped.len() / 2,

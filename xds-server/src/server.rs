@@ -1,4 +1,4 @@
-//! The ADS server over a [`SnapshotCache`]: state of the world here, incremental in
+//! The ADS server over a [`Cache`]: state of the world here, incremental in
 //! [`crate::delta`].
 //!
 //! Each stream runs in its own task with a bounded outbox, so a slow or stuck proxy only delays
@@ -34,7 +34,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Response, Status, Streaming};
 
-use crate::cache::{Snapshot, SnapshotCache};
+use crate::cache::{Cache, Snapshot};
 use crate::stream::{Closed, OUTBOX, Protocol, StreamContext, drive};
 use crate::types::{CLUSTER, LISTENER, in_push_order};
 use crate::wire::{DeltaResponse, SotwResponse, XdsCodec};
@@ -163,7 +163,7 @@ impl Callbacks for NoCallbacks {}
 
 /// The ADS service.
 pub struct AdsServer<C: Callbacks = NoCallbacks> {
-    cache: Arc<SnapshotCache>,
+    cache: Arc<dyn Cache>,
     callbacks: Arc<C>,
     shutdown: Option<watch::Receiver<bool>>,
     authenticator: Option<Arc<dyn StreamAuthenticator>>,
@@ -171,8 +171,9 @@ pub struct AdsServer<C: Callbacks = NoCallbacks> {
 }
 
 impl<C: Callbacks> AdsServer<C> {
-    /// A server answering from `cache`, reporting to `callbacks`.
-    pub fn new(cache: Arc<SnapshotCache>, callbacks: Arc<C>) -> Self {
+    /// A server answering from `cache` (a [`SnapshotCache`](crate::SnapshotCache) or any
+    /// [`Cache`]), reporting to `callbacks`.
+    pub fn new(cache: Arc<dyn Cache>, callbacks: Arc<C>) -> Self {
         AdsServer {
             cache,
             callbacks,

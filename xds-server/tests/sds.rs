@@ -18,15 +18,15 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate, secret,
 };
 use kuma_testkit::{envoy_stats, free_port, stat};
-use kuma_xds::cache::{Snapshot, SnapshotCache};
-use kuma_xds::envoy::{any, socket_address, tcp_proxy};
-use kuma_xds::server::{AdsServer, NoCallbacks};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use xds_server::cache::{Snapshot, SnapshotCache};
+use xds_server::envoy::{any, socket_address, tcp_proxy};
+use xds_server::server::{AdsServer, NoCallbacks};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
-        "{}/tests/golden/{name}",
+        "{}/tests/fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
@@ -46,7 +46,7 @@ fn snapshot(port: u16) -> Snapshot {
         common_tls_context: Some(CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
                 name: "identity".into(),
-                sds_config: Some(kuma_xds::envoy::grpc_config_source("sds")),
+                sds_config: Some(xds_server::envoy::grpc_config_source("sds")),
             }],
             ..Default::default()
         }),
@@ -132,7 +132,7 @@ async fn envoy_fetches_its_certificate_from_sds_on_its_own_port() {
         kuma_testkit::ads_bootstrap("envoy-1", xds_port, admin_port, "GRPC"),
         kuma_testkit::static_grpc_cluster("sds", sds_port)
     );
-    let dir = std::env::temp_dir().join(format!("kuma-xds-sds-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xds-server-sds-{}", std::process::id()));
     let _envoy = kuma_testkit::spawn_envoy(&dir, &bootstrap, listen_port);
 
     let mut active = None;
@@ -155,7 +155,7 @@ async fn envoy_fetches_its_certificate_from_sds_on_its_own_port() {
 
     // The listener presents the certificate SDS delivered, verified against the mesh CA.
     let ca = format!(
-        "{}/tests/golden/mtls-fixture-ca.pem",
+        "{}/tests/fixtures/mtls-fixture-ca.pem",
         env!("CARGO_MANIFEST_DIR")
     );
     let out = std::process::Command::new("openssl")
