@@ -19,7 +19,14 @@
 //! - [`access`]: who the caller is (localhost admin, user token, anonymous) and what they may do;
 //! - [`error`]: Kuma's error body with `invalid_parameters`;
 //! - [`inspect`]: Dataplane overviews, the global insight and the config a proxy is served;
-//! - [`diagnostics`]: the diagnostics port's `/ready` and `/healthy`.
+//! - [`diagnostics`]: the diagnostics port's `/ready` and `/healthy`;
+//! - [`gui`]: Kuma's GUI (built in), [`admission`]: the Kubernetes admission webhook,
+//!   [`catalog`]: the split layout's `/catalog`, [`tokens`]: `POST /tokens/dataplane`.
+//!
+//! It does not listen (mount the router on your listener), keep resources (every write goes
+//! through the `ResourceManager` it is given) or issue
+//! tokens itself: [`access::UserTokenValidator`] and [`tokens::DataplaneTokenIssuer`] are the
+//! extension points the state takes (`kuma-cp` plugs in `kuma-ca`'s tokens). No features.
 //!
 //! Serve it with [`axum::Router::into_make_service_with_connect_info`]`::<SocketAddr>` so the
 //! caller's address is known (over a custom listener such as TLS, wrap it with
@@ -38,6 +45,10 @@ mod matching;
 pub mod resources;
 pub mod tokens;
 
+pub use access::{Identity as UserIdentity, UserTokenValidator};
+pub use error::ApiError;
+pub use tokens::DataplaneTokenIssuer;
+
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Extension, State};
@@ -48,8 +59,7 @@ use kuma_core::manager::ResourceManager;
 use kuma_core::resource::MAX_DOCUMENT_BYTES;
 use serde_json::{Value, json};
 
-use crate::access::{Identity, UserTokenValidator};
-use crate::error::ApiError;
+use crate::access::Identity;
 
 /// What `GET /` says about this control plane.
 #[derive(Debug, Clone, PartialEq)]

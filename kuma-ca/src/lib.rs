@@ -1,15 +1,43 @@
 //! Certificate authorities, signing keys and tokens for a Kuma-compatible control plane.
 //!
-//! - [`signing_key`]: RSA signing keys kept as global secrets `<prefix>-<serial>`, the way Kuma
-//!   keeps them (PEM, so keys move between Kuma and kuma-rs stores);
+//! - [`ca`]: the [`CertificateAuthority`] trait, the builtin and provided CAs, and workload
+//!   identities (SPIFFE and `kuma://` URI SANs; RSA 2048 or ECDSA P-256 keys);
+//! - [`mesh_ca`]: a mesh's CA by its mTLS backend type ([`CaManager`], [`CaManagers`]: `builtin`
+//!   and `provided` bundled, others added by name), the builtin CA kept in the mesh-owned secrets
+//!   Kuma uses;
+//! - [`signing_key`]: RSA signing keys kept as global secrets `<prefix>-<serial>`, as Kuma keeps
+//!   them (PEM, so keys move between Kuma and kuma-rs stores);
 //! - [`jwt`]: RS256 JSON Web Tokens with the key's serial as `kid`;
 //! - [`user_token`]: user tokens for the HTTP API and the admin token bootstrapped at first start;
-//! - [`ca`]: the `CertificateAuthority` trait, the builtin and provided CA backends, and
-//!   workload identities (SPIFFE and `kuma://` URI SANs);
-//! - [`mesh_ca`]: a mesh's builtin CA kept in the mesh-owned secrets Kuma uses;
 //! - [`dataplane_token`]: dataplane tokens signed with per-mesh keys, and their checks.
 //!
-//! Signing and verification use `ring`; the `rsa` crate only generates keys.
+//! It keeps keys through a `ResourceManager` and serves nothing; signing and verification use
+//! `ring` (the `rsa` crate only generates keys). No features.
+//!
+//! # Extension point: `CertificateAuthority`
+//!
+//! Anything that issues workload identities for a mesh; [`CaManager`] loads one per mesh
+//! backend. The bundled builtin CA at work:
+//!
+//! ```
+//! use std::collections::BTreeSet;
+//! use std::time::Duration;
+//!
+//! use kuma_ca::ca::{BuiltinCa, CertificateAuthority, IdentityRequest, KeyType, SanLayout};
+//!
+//! let ca = BuiltinCa::generate("default", KeyType::EcdsaP256).unwrap();
+//! let identity = ca
+//!     .issue(&IdentityRequest {
+//!         mesh: "default".into(),
+//!         services: BTreeSet::from(["backend".to_string()]),
+//!         tags: Default::default(),
+//!         lifetime: Duration::from_secs(3600),
+//!         layout: SanLayout::Kuma,
+//!     })
+//!     .unwrap();
+//! assert!(identity.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+//! assert!(ca.root_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+//! ```
 
 pub mod ca;
 pub mod dataplane_token;
@@ -17,6 +45,11 @@ pub mod jwt;
 pub mod mesh_ca;
 pub mod signing_key;
 pub mod user_token;
+
+pub use ca::{
+    BuiltinCa, CaError, CertificateAuthority, Identity, IdentityRequest, KeyType, ProvidedCa,
+};
+pub use mesh_ca::{CaManager, CaManagers, MeshCaError};
 
 /// Why a token or signing key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

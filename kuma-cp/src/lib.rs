@@ -18,7 +18,7 @@
 //! # async fn run() -> Result<(), kuma_cp::StartError> {
 //! let config = kuma_core::config::Config::load(None, |k| std::env::var(k).ok())?;
 //! let cp = kuma_cp::ControlPlane::start(config).await?;
-//! println!("dp-server on {}", cp.dp_server_addr());
+//! println!("dp-server on {:?}", cp.dp_server_addr());
 //! cp.shutdown().await;
 //! # Ok(()) }
 //! ```

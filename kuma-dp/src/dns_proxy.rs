@@ -2,7 +2,7 @@
 //! otherwise, UDP and TCP): `.mesh` names are answered from the records the control plane
 //! gives this proxy, everything else is forwarded to the upstream resolver (`--dns-upstream`,
 //! else the first `nameserver` of `/etc/resolv.conf`). It is a forwarding
-//! [`DnsServer`](kuma_dns::server::DnsServer).
+//! [`DnsServer`].
 //!
 //! The records come as Kuma delivers them: Envoy serves `GET /dns` on the pipe
 //! `<workdir>/kuma-mesh-metric-config.sock` (the `_kuma:dynamicconfig` listener), and this

@@ -1,8 +1,37 @@
-//! Resource stores for a Kuma-compatible control plane.
+//! Resource stores for a Kuma-compatible control plane, and leader election over them.
 //!
-//! [`MemoryStore`] keeps everything in process memory: the default for standalone and for
-//! tests. `PostgresStore` (feature `postgres`) keeps resources in PostgreSQL, shared by several
-//! control-plane instances. Both pass the same conformance suite (`kuma_core::conformance`).
+//! - [`MemoryStore`]: process memory, the default for standalone and for tests.
+//! - `SqliteStore` (feature `sqlite`): an embedded SQLite file, for one instance that keeps its
+//!   state across restarts.
+//! - `PostgresStore` (feature `postgres`): PostgreSQL, shared by several control-plane
+//!   instances (changes reach every instance through LISTEN/NOTIFY), with Kuma's schema
+//!   migrations.
+//! - [`leader`]: which instance runs the once-per-zone jobs (in process, or a PostgreSQL lock).
+//!
+//! Every store passes `kuma_core::conformance::run`. This crate does not validate (the
+//! `ResourceManager` does, before it writes) and serves nothing.
+//!
+//! # Features
+//!
+//! - `sqlite`: `SqliteStore` (SQLite bundled, no system library needed).
+//! - `postgres`: `PostgresStore`, `leader::postgres` and the migrations.
+//!
+//! No feature is on by default: the memory store needs no database client.
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use kuma_core::manager::{ManagerOptions, ResourceManager};
+//! use kuma_store::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+//! manager.ensure_default_mesh().await.unwrap();
+//! # }
+//! ```
+//!
+//! `examples/audited_store.rs` wraps a store with an audit log and passes the conformance
+//! suite.
 
 mod common;
 pub mod leader;

@@ -1,12 +1,41 @@
 //! Kuma's Envoy config generation, and MADS.
 //!
-//! - [`generate`] turns a mesh's resources and one proxy into a [`xds_server::Snapshot`]: the
-//!   Kuma profile (inbound, outbound, admin, probes, metrics, DNS) and the `Mesh*` policies.
+//! - [`generate`] turns a mesh's resources and one proxy into an [`xds_server::Snapshot`]: the
+//!   [`SnapshotGenerator`] trait, and [`GeneratorList::kuma_profile`], Kuma's profile (inbound,
+//!   outbound, admin, probes, metrics, DNS) with the `Mesh*` policies and mesh mTLS over SDS.
 //! - [`mads`] serves Kuma's monitoring assignments to Prometheus (`kuma_sd_configs`) over REST.
 //!
-//! Serving the snapshots to proxies is [`xds_server`]'s job, re-exported here.
+//! It does not serve xDS (that is [`xds_server`], re-exported here), read a store, or decide
+//! when to generate (that is the control plane's reconciler).
+//!
+//! # Extension point: generators
+//!
+//! Add a [`ResourceGenerator`] after Kuma's own, or implement [`SnapshotGenerator`] outright:
+//!
+//! ```
+//! use kuma_xds::generate::{GeneratorList, ProxyContext, ResourceGenerator, ResourceSet};
+//!
+//! /// Drops every listener of proxies named `*-canary` (a sketch).
+//! struct NoListenersForCanaries;
+//!
+//! impl ResourceGenerator for NoListenersForCanaries {
+//!     fn name(&self) -> &str {
+//!         "no-listeners-for-canaries"
+//!     }
+//!     fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), String> {
+//!         if ctx.name.ends_with("-canary") {
+//!             resources.listeners.clear();
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let generators = GeneratorList::kuma_profile().with(NoListenersForCanaries);
+//! assert_eq!(generators.names().last(), Some(&"no-listeners-for-canaries"));
+//! ```
 
 pub mod generate;
 pub mod mads;
 
+pub use generate::{GenerateError, GeneratorList, ResourceGenerator, SnapshotGenerator};
 pub use xds_server;

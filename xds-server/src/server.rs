@@ -1,5 +1,5 @@
 //! The ADS server over a [`Cache`]: state of the world here, incremental in
-//! [`crate::delta`].
+//! the delta module.
 //!
 //! Each stream runs in its own task with a bounded outbox, so a slow or stuck proxy only delays
 //! itself. Per type the stream tracks the subscription, the last nonce and version sent, and

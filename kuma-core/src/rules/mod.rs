@@ -40,7 +40,7 @@ pub const ORIGIN_LABEL: &str = "kuma.io/origin";
 pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
 /// The tag that stands for one MeshHTTPRoute rule in `to` rules: policies with a top-level
 /// targetRef `MeshHTTPRoute` apply to the routes of each rule of that route, which carry the
-/// rule's [`matches_hash`](crate::model::policy::matches_hash) as their name.
+/// rule's [`crate::model::policy::matches_hash`] as their name.
 pub const RULE_MATCHES_HASH_TAG: &str = "__rule-matches-hash__";
 /// Label naming a policy's role (`system`, the default, `producer`, `consumer`,
 /// `workload-owner`).
