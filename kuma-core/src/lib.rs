@@ -79,6 +79,7 @@ pub mod resource;
 pub mod rules;
 pub mod store;
 pub mod validation;
+pub mod watch;
 
 pub use config::Config;
 pub use manager::{ManagerError, ManagerOptions, ResourceManager};

@@ -31,14 +31,11 @@
 pub mod auth;
 pub mod bootstrap;
 mod builder;
-mod dns;
-mod follow;
 pub mod identities;
 mod insights;
 pub mod inspect;
 pub mod layout;
 pub mod lifecycle;
-mod mads;
 pub mod metrics;
 mod parts;
 pub mod reconcile;
@@ -60,8 +57,9 @@ use xds_server::cache::SnapshotCache;
 
 /// How long proxies' streams get to close before shutdown cuts them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// How long store changes are collected before proxies' configs are regenerated.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long store changes are collected before proxies' configs are regenerated (the one
+/// debounce of every store follower).
+pub use kuma_core::watch::DEBOUNCE;
 /// How often a proxy's DataplaneInsight is written at most.
 pub const INSIGHT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -304,3 +302,8 @@ impl ControlPlane {
         graceful
     }
 }
+
+// The README's Rust examples compile as doctests of this crate (it links every crate they use).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -22,7 +22,7 @@ use xds_server::server::{AdsServer, DeliveriesOnly};
 use crate::auth::{DataplaneAuthenticator, ProxyAdmission};
 use crate::layout::{Layout, Listener, Service, Tls};
 use crate::{DEBOUNCE, INSIGHT_FLUSH_INTERVAL, reconcile, serve, tls};
-use crate::{StartError, auth, bootstrap, dns, insights, inspect, lifecycle, mads, metrics};
+use crate::{StartError, auth, bootstrap, insights, inspect, lifecycle, metrics};
 
 /// The configured store, the leadership over it, and the tasks that keep leadership.
 pub(crate) async fn open_store(
@@ -423,15 +423,17 @@ pub(crate) async fn start_dns(
         None => Arc::new(kuma_dns::vips::CidrVipAllocator::new(&d.cidr).map_err(StartError::Dns)?),
     };
     if d.service_vip_enabled {
-        background.0.push(tokio::spawn(dns::allocate_vips(
-            manager.clone(),
-            kuma_dns::vips::VipTables::new(manager.clone(), vips),
-            config.multizone.zone.name.clone(),
-            leader.clone(),
-        )));
+        background
+            .0
+            .push(tokio::spawn(kuma_dns::jobs::allocate_vips(
+                manager.clone(),
+                kuma_dns::vips::VipTables::new(manager.clone(), vips),
+                config.multizone.zone.name.clone(),
+                leader.clone(),
+            )));
     }
     // Stored VIPs are answered from the first query on.
-    let zone = dns::build_zone(manager, &d.domain, d.ttl).await;
+    let zone = kuma_dns::jobs::build_zone(manager, &d.domain, d.ttl).await;
     let server = kuma_dns::server::DnsServer::new(zone);
     let addr = format!("{interface}:{port}");
     let parsed: SocketAddr = addr.parse().map_err(|_| StartError::Bind {
@@ -445,7 +447,7 @@ pub(crate) async fn start_dns(
             addr: format!("{addr} (DNS)"),
             source,
         })?;
-    background.0.push(tokio::spawn(dns::follow_vips(
+    background.0.push(tokio::spawn(kuma_dns::jobs::follow_vips(
         manager.clone(),
         server,
         d.domain.clone(),
@@ -467,7 +469,7 @@ pub(crate) fn start_mads(
         .with_held_observer(move |delta| {
             held.inc_by(delta);
         });
-    background.0.push(tokio::spawn(mads::follow_assignments(
+    background.0.push(tokio::spawn(kuma_xds::mads::follow(
         manager.clone(),
         mads.clone(),
     )));

@@ -31,7 +31,7 @@ use crate::identities::Identities;
 use crate::lifecycle::ProxyRegistry;
 use crate::metrics::Metrics;
 use kuma_core::config::MtlsConfig;
-use tokio::sync::broadcast::error::RecvError;
+use kuma_core::watch::{Batch, StoreWatch};
 
 /// What a batch of changes asks of one mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,7 +315,8 @@ impl Reconciler {
 
     /// Runs until the store's change stream closes.
     pub async fn run(mut self) {
-        let mut events = self.manager.store().watch();
+        let mut changes = StoreWatch::new(self.manager.store().as_ref(), |e| dirt(&e.key))
+            .with_debounce(self.debounce);
         // Proxies reporting new metadata (a connect, a restart of the control plane) get
         // their Dataplane regenerated as if it had changed.
         let mut reported = Some(self.registry.changes());
@@ -324,8 +325,6 @@ impl Reconciler {
             self.sync_mesh(&mesh, &Dirty::Everything).await;
         }
         loop {
-            let mut dirty: BTreeMap<String, Dirty> = BTreeMap::new();
-            let mut everything = false;
             let renewal = self.identities.next_renewal().map(|(at, _, _)| at);
             let until_renewal = async {
                 match renewal {
@@ -348,27 +347,24 @@ impl Reconciler {
                 }
             };
             let wake = tokio::select! {
-                e = events.recv() => Wake::Store(e),
+                batch = changes.first() => Wake::Store(batch),
                 () = until_renewal => Wake::Renewal,
                 r = report => Wake::Reported(r),
             };
+            let mut batch = Batch::default();
             match wake {
                 // Certificates are due: their proxies get new ones.
                 Wake::Renewal => {
                     for (mesh, names) in self.identities.due(std::time::SystemTime::now()) {
-                        dirty.insert(mesh, Dirty::Dataplanes(names));
+                        batch.items.push((mesh, Dirty::Dataplanes(names)));
                     }
                 }
-                Wake::Store(Ok(e)) => match dirt(&e.key) {
-                    Some((mesh, d)) => {
-                        dirty.insert(mesh, d);
-                    }
-                    None => continue, // nothing to regenerate: no need to wait for more
-                },
-                Wake::Store(Err(RecvError::Lagged(_))) => everything = true,
-                Wake::Store(Err(RecvError::Closed)) => return,
+                Wake::Store(Some(first)) => batch = first,
+                Wake::Store(None) => return,
                 Wake::Reported(Some((mesh, name))) => {
-                    dirty.insert(mesh, Dirty::Dataplanes(BTreeSet::from([name])));
+                    batch
+                        .items
+                        .push((mesh, Dirty::Dataplanes(BTreeSet::from([name]))));
                 }
                 // The registry is gone: no more reports (never a busy loop on a closed channel).
                 Wake::Reported(None) => {
@@ -377,51 +373,31 @@ impl Reconciler {
                 }
             }
             self.changed_at = Instant::now();
-            tokio::time::sleep(self.debounce).await;
-            self.drain(&mut events, &mut reported, &mut dirty, &mut everything);
-            self.sync_dirty(dirty, everything).await;
+            changes.settle(&mut batch).await;
+            while let Some(Ok((mesh, name))) = reported.as_mut().map(|rx| rx.try_recv()) {
+                batch
+                    .items
+                    .push((mesh, Dirty::Dataplanes(BTreeSet::from([name]))));
+            }
+            self.sync_batch(batch).await;
         }
     }
 
-    /// Folds the changes that arrived during the debounce into `dirty`.
-    fn drain(
-        &self,
-        events: &mut tokio::sync::broadcast::Receiver<kuma_core::store::StoreEvent>,
-        reported: &mut Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>,
-        dirty: &mut BTreeMap<String, Dirty>,
-        everything: &mut bool,
-    ) {
-        let mut add = |mesh: String, d: Dirty| match dirty.get_mut(&mesh) {
-            Some(known) => known.add(d),
-            None => {
-                dirty.insert(mesh, d);
+    /// Regenerates what `batch` names (every mesh when it asks for a resync).
+    async fn sync_batch(&mut self, batch: Batch<(String, Dirty)>) {
+        let mut dirty: BTreeMap<String, Dirty> = BTreeMap::new();
+        if batch.resync {
+            for mesh in self.all_meshes().await {
+                dirty.insert(mesh, Dirty::Everything);
             }
-        };
-        loop {
-            match events.try_recv() {
-                Ok(e) => {
-                    if let Some((mesh, d)) = dirt(&e.key) {
-                        add(mesh, d);
-                    }
+        }
+        for (mesh, d) in batch.items {
+            match dirty.get_mut(&mesh) {
+                Some(known) => known.add(d),
+                None => {
+                    dirty.insert(mesh, d);
                 }
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => *everything = true,
-                Err(_) => break,
             }
-        }
-        while let Some(Ok((mesh, name))) = reported.as_mut().map(|rx| rx.try_recv()) {
-            add(mesh, Dirty::Dataplanes(BTreeSet::from([name])));
-        }
-    }
-
-    /// Regenerates what `dirty` names (every mesh when `everything`).
-    async fn sync_dirty(&mut self, mut dirty: BTreeMap<String, Dirty>, everything: bool) {
-        if everything {
-            dirty = self
-                .all_meshes()
-                .await
-                .into_iter()
-                .map(|m| (m, Dirty::Everything))
-                .collect();
         }
         for (mesh, d) in dirty {
             self.sync_mesh(&mesh, &d).await;
@@ -431,8 +407,8 @@ impl Reconciler {
 
 /// What woke the reconciler up.
 enum Wake {
-    /// A store change (or the news that some were missed, or that the store is gone).
-    Store(Result<kuma_core::store::StoreEvent, RecvError>),
+    /// Store changes to act on (`None`: the store is gone).
+    Store(Option<Batch<(String, Dirty)>>),
     /// A workload certificate is due for renewal.
     Renewal,
     /// A proxy reported new metadata (`None`: the registry is gone).

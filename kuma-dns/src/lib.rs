@@ -7,9 +7,11 @@
 //! - [`zone`]: names to VIPs and the answer to one query, safe on any input.
 //! - [`server`]: UDP and TCP serving of a zone, optionally forwarding other names upstream
 //!   (kuma-dp's DNS proxy is one).
+//! - [`jobs`]: the control plane's DNS jobs: allocating VIPs on the leader, following the stored
+//!   tables into the served zone.
 //!
-//! It does not decide when VIPs are allocated (the control plane's leader does, on store
-//! changes) and has no features. [`VipAllocator`]'s documentation has an allocator of its own.
+//! It does not decide which instance allocates (the control plane passes its leadership to
+//! [`jobs::allocate_vips`]) and has no features. [`VipAllocator`]'s documentation has an allocator of its own.
 //!
 //! ```
 //! use kuma_dns::vips::service_table;
@@ -19,6 +21,7 @@
 //! assert_eq!(zone.len(), 1);
 //! ```
 
+pub mod jobs;
 pub mod server;
 pub mod vips;
 pub mod zone;

@@ -474,6 +474,35 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// Keeps `mads` in step with the store's Meshes and Dataplanes until the store's change stream
+/// ends: rebuilt at once, then after each burst of changes to them (every instance serves the
+/// assignments of its store).
+pub async fn follow(manager: kuma_core::manager::ResourceManager, mads: Mads) {
+    use kuma_core::resource::ResourceType;
+    use kuma_core::store::ListQuery;
+    let mut changes = kuma_core::watch::StoreWatch::new(manager.store().as_ref(), |e| {
+        matches!(e.key.rtype, ResourceType::Mesh | ResourceType::Dataplane).then_some(())
+    });
+    loop {
+        let (meshes, dataplanes) = (
+            ListQuery::all(ResourceType::Mesh),
+            ListQuery::all(ResourceType::Dataplane),
+        );
+        match tokio::try_join!(manager.list(&meshes), manager.list(&dataplanes)) {
+            Ok((meshes, dataplanes)) => {
+                let list = assignments(&meshes.items, &dataplanes.items);
+                tracing::debug!(assignments = list.len(), "monitoring assignments rebuilt");
+                mads.publish(&list);
+            }
+            // The assignments in force stay until the store answers again.
+            Err(e) => tracing::warn!(error = %e, "cannot list resources for MADS"),
+        }
+        if changes.next().await.is_none() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,9 @@ pub struct Client {
 /// An API answer that is not a success, with Kuma's error body when there is one.
 #[derive(Debug)]
 pub struct ApiFailure {
+    /// The HTTP status.
     pub status: u16,
+    /// The body (Kuma's `title`, `detail`, `invalid_parameters` when it is an API error).
     pub body: Value,
 }
 
@@ -42,6 +44,8 @@ impl std::fmt::Display for ApiFailure {
 /// Why a request failed.
 #[derive(Debug)]
 pub enum Error {
+    /// The client could not be set up (its CA, its credentials).
+    Setup(String),
     /// The control plane answered with an error.
     Api(ApiFailure),
     /// It could not be reached or answered nonsense.
@@ -51,6 +55,7 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Error::Setup(s) => f.write_str(s),
             Error::Api(a) => a.fmt(f),
             Error::Transport(t) => f.write_str(t),
         }
@@ -58,14 +63,24 @@ impl std::fmt::Display for Error {
 }
 
 impl Client {
-    /// A client of `api`.
-    pub fn new(api: &ApiServer) -> Result<Self, String> {
+    /// A client of `api`: its CA (`caCertFile`) is then the only one trusted.
+    pub fn new(api: &ApiServer) -> Result<Self, Error> {
+        let setup = |e: String| Error::Setup(e);
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(ca) = &api.ca_cert_file {
             let pem = std::fs::read_to_string(ca)
-                .map_err(|e| format!("cannot read the CA certificate {ca}: {e}"))?;
-            let tls = kuma_dp::tls::client_config(Some(&pem))?;
-            builder = builder.use_preconfigured_tls((*tls).clone());
+                .map_err(|e| setup(format!("cannot read the CA certificate {ca}: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| setup(format!("the CA certificate {ca}: {e}")))?;
+            if certs.is_empty() {
+                return Err(setup(format!(
+                    "the CA certificate {ca}: no certificate in the file"
+                )));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         if api.skip_verify {
             builder = builder.danger_accept_invalid_certs(true);
@@ -73,12 +88,16 @@ impl Client {
         let token = match api.auth_type.as_str() {
             "" => None,
             "tokens" => Some(api.auth_conf.get("token").cloned().ok_or_else(|| {
-                "auth type \"tokens\" needs --auth-conf token=<token>".to_string()
+                setup("auth type \"tokens\" needs --auth-conf token=<token>".to_string())
             })?),
-            other => return Err(format!("unsupported auth type {other:?}: use tokens")),
+            other => {
+                return Err(setup(format!(
+                    "unsupported auth type {other:?}: use tokens"
+                )));
+            }
         };
         Ok(Client {
-            http: builder.build().map_err(|e| e.to_string())?,
+            http: builder.build().map_err(|e| setup(e.to_string()))?,
             base: api.url.trim_end_matches('/').to_string(),
             token,
         })
@@ -122,19 +141,25 @@ impl Client {
         }
     }
 
+    /// `GET path` (relative to the API, or a full URL).
     pub async fn get(&self, path: &str) -> Result<Value, Error> {
         self.send(reqwest::Method::GET, path, None).await
     }
 
+    /// `PUT path` with a JSON body.
     pub async fn put(&self, path: &str, body: String) -> Result<Value, Error> {
         self.send(reqwest::Method::PUT, path, Some(body)).await
     }
 
+    /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: String) -> Result<Value, Error> {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> Result<Value, Error> {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 }
+
+impl std::error::Error for Error {}

@@ -9,24 +9,32 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KumactlConfig {
+    /// The control planes kumactl knows.
     #[serde(default)]
     pub control_planes: Vec<ControlPlane>,
+    /// Contexts, each naming a control plane.
     #[serde(default)]
     pub contexts: Vec<Context>,
+    /// The context commands use.
     #[serde(default)]
     pub current_context: String,
 }
 
+/// One control plane, by name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ControlPlane {
+    /// Its name.
     pub name: String,
+    /// Where it is.
     pub coordinates: Coordinates,
 }
 
+/// Where a control plane is.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Coordinates {
+    /// Its API.
     pub api_server: ApiServer,
 }
 
@@ -34,21 +42,29 @@ pub struct Coordinates {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiServer {
+    /// The API's URL (`http://localhost:5681`).
     pub url: String,
+    /// `tokens` for user tokens; empty for none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth_type: String,
+    /// The authentication's settings (`token` for `tokens`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub auth_conf: std::collections::BTreeMap<String, String>,
+    /// The CA the API's certificate is verified with (the only one trusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert_file: Option<String>,
+    /// Do not verify the API's certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_verify: bool,
 }
 
+/// A context: a name for a control plane to use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Context {
+    /// Its name.
     pub name: String,
+    /// The control plane it uses.
     pub control_plane: String,
 }
 

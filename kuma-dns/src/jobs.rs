@@ -1,6 +1,7 @@
-//! DNS in the control plane: the leader keeps each mesh's VIPs in step with its Dataplanes, and
-//! every instance serves the `.mesh` zone built from the stored VIP tables (so all instances
-//! answer alike, whichever one allocated).
+//! The DNS jobs of a control plane: the leader keeps each mesh's VIPs in step with its
+//! Dataplanes ([`allocate_vips`]), and every instance serves the `.mesh` zone built from the
+//! stored VIP tables ([`follow_vips`]), so all instances answer alike whichever one allocated.
+//! Both follow the store through [`StoreWatch`]: they do nothing while nothing changes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,18 +9,25 @@ use std::sync::Arc;
 use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_core::store::{ListQuery, StoreError};
-use kuma_dns::server::DnsServer;
-use kuma_dns::vips::{VipTables, config_name, mesh_of_config, parse_table, service_hostnames};
-use kuma_dns::zone::Zone;
-use tokio::sync::broadcast::error::RecvError;
+use kuma_core::watch::StoreWatch;
 use tokio::sync::watch;
 
-use crate::follow::DEBOUNCE;
+use crate::server::DnsServer;
+use crate::vips::{VipTables, config_name, mesh_of_config, parse_table, service_hostnames};
+use crate::zone::Zone;
+
+/// What a store change means for VIP allocation.
+enum VipChange {
+    /// The services of this mesh may have changed.
+    Mesh(String),
+    /// A ZoneIngress changed: the services other zones offer, in every mesh.
+    Everywhere,
+}
 
 /// Allocates VIPs while `leader` reads true: every mesh when leadership starts, then the meshes
 /// whose Dataplanes change, and every mesh when a ZoneIngress changes (the services other zones
 /// offer get VIPs too; `local_zone` is this control plane's zone). VIP tables of deleted meshes
-/// are removed.
+/// are removed. Returns when the store's change stream ends.
 pub async fn allocate_vips(
     manager: ResourceManager,
     tables: VipTables,
@@ -30,38 +38,32 @@ pub async fn allocate_vips(
         if leader.wait_for(|l| *l).await.is_err() {
             return;
         }
-        let mut events = manager.store().watch();
+        let mut changes = StoreWatch::new(manager.store().as_ref(), |e| match e.key.rtype {
+            ResourceType::Dataplane => Some(VipChange::Mesh(e.key.mesh.clone())),
+            ResourceType::Mesh => Some(VipChange::Mesh(e.key.name.clone())),
+            ResourceType::ZoneIngress => Some(VipChange::Everywhere),
+            _ => None,
+        });
         for mesh in all_meshes(&manager).await {
             sync_mesh(&manager, &tables, &local_zone, &mesh).await;
         }
         loop {
-            let first = tokio::select! {
-                e = events.recv() => e,
+            let batch = tokio::select! {
+                batch = changes.next() => match batch {
+                    Some(batch) => batch,
+                    None => return,
+                },
                 () = leadership_lost(&mut leader) => break,
             };
             let mut dirty = BTreeSet::new();
-            let mut everything = false;
-            let mut note = |e: Result<kuma_core::store::StoreEvent, RecvError>| match e {
-                Ok(e) => match e.key.rtype {
-                    ResourceType::Dataplane => {
-                        dirty.insert(e.key.mesh);
+            let mut everything = batch.resync;
+            for change in batch.items {
+                match change {
+                    VipChange::Mesh(mesh) => {
+                        dirty.insert(mesh);
                     }
-                    ResourceType::Mesh => {
-                        dirty.insert(e.key.name);
-                    }
-                    ResourceType::ZoneIngress => everything = true,
-                    _ => {}
-                },
-                Err(RecvError::Lagged(_)) => everything = true,
-                Err(RecvError::Closed) => {}
-            };
-            if matches!(first, Err(RecvError::Closed)) {
-                return;
-            }
-            note(first);
-            tokio::time::sleep(DEBOUNCE).await;
-            while let Ok(e) = events.try_recv() {
-                note(Ok(e));
+                    VipChange::Everywhere => everything = true,
+                }
             }
             if everything {
                 dirty.extend(all_meshes(&manager).await);
@@ -156,10 +158,11 @@ pub async fn follow_vips(
     domain: String,
     ttl: u32,
 ) {
-    let concerns =
-        |k: &ResourceKey| k.rtype == ResourceType::Config && mesh_of_config(&k.name).is_some();
-    crate::follow::rebuild_on_changes(&manager, concerns, || async {
+    let mut changes = StoreWatch::new(manager.store().as_ref(), |e| {
+        (e.key.rtype == ResourceType::Config && mesh_of_config(&e.key.name).is_some()).then_some(())
+    });
+    server.set_zone(build_zone(&manager, &domain, ttl).await);
+    while changes.next().await.is_some() {
         server.set_zone(build_zone(&manager, &domain, ttl).await);
-    })
-    .await;
+    }
 }

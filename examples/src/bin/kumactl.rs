@@ -12,21 +12,18 @@
 //! kumactl generate dataplane-token [--name N] [-m MESH] [--tag k=v]... [--valid-for 24h]
 //! ```
 
-mod client;
-mod config;
-mod output;
-
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kuma_core::resource::{ResourceType, Scope, parse_documents};
+use kuma_core::resource::parse_documents;
 use serde_json::Value;
 
-use crate::client::Client;
-use crate::config::{ApiServer, KumactlConfig};
-use crate::output::{Format, Table, ago, tags};
+use kuma_client::Client;
+use kuma_client::config::{ApiServer, KumactlConfig};
+use kuma_client::output::{self, Format, Table, inspect_row, rows_for};
+use kuma_client::paths::{resolve_type, resource_path};
 
 #[derive(Parser)]
 #[command(
@@ -122,8 +119,8 @@ struct Common {
     /// Mesh.
     #[arg(short = 'm', long, default_value = "default")]
     mesh: String,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    /// Output format: table, yaml or json.
+    #[arg(short = 'o', long, default_value = "table")]
     output: Format,
 }
 
@@ -188,126 +185,6 @@ enum InspectCommand {
     },
 }
 
-/// The type a command-line word names (`meshes`, `mesh`, `meshtrafficpermissions`,
-/// `global-secrets`...), and whether it was plural.
-fn resolve_type(word: &str) -> Option<(ResourceType, bool)> {
-    // Kuma accepts `global-secrets` and `zone-ingresses` as well as `globalsecrets`...
-    let word = word.to_ascii_lowercase().replace('-', "");
-    for t in ResourceType::ALL.iter().copied() {
-        let singular = t.name().to_ascii_lowercase();
-        let plural = if singular.ends_with('s') {
-            format!("{singular}es")
-        } else {
-            format!("{singular}s")
-        };
-        let collection = t.collection().unwrap_or_default().replace('-', "");
-        if word == plural || word == collection {
-            return Some((t, true));
-        }
-        if word == singular {
-            return Some((t, false));
-        }
-    }
-    None
-}
-
-fn resource_path(rtype: ResourceType, mesh: &str, name: Option<&str>) -> Result<String, String> {
-    let collection = rtype
-        .collection()
-        .ok_or_else(|| format!("{rtype} is not served by the API"))?;
-    let base = match rtype.scope() {
-        Scope::Mesh => format!("/meshes/{mesh}/{collection}"),
-        Scope::Global => format!("/{collection}"),
-    };
-    Ok(match name {
-        Some(n) => format!("{base}/{n}"),
-        None => base,
-    })
-}
-
-fn rows_for(rtype: ResourceType, items: &[Value]) -> Table {
-    match rtype {
-        ResourceType::Mesh => Table {
-            headers: vec!["NAME", "mTLS", "LOCALITY", "ZONEEGRESS", "AGE"],
-            rows: items
-                .iter()
-                .map(|m| {
-                    let mtls = match m["mtls"]["enabledBackend"].as_str() {
-                        Some(b) if !b.is_empty() => {
-                            let kind = m["mtls"]["backends"]
-                                .as_array()
-                                .and_then(|bs| bs.iter().find(|x| x["name"] == b))
-                                .and_then(|x| x["type"].as_str())
-                                .unwrap_or("");
-                            format!("{kind}/{b}")
-                        }
-                        _ => "off".into(),
-                    };
-                    let on = |v: &Value| {
-                        if v.as_bool() == Some(true) {
-                            "on"
-                        } else {
-                            "off"
-                        }
-                    };
-                    vec![
-                        m["name"].as_str().unwrap_or_default().into(),
-                        mtls,
-                        on(&m["routing"]["localityAwareLoadBalancing"]).into(),
-                        on(&m["routing"]["zoneEgress"]).into(),
-                        ago(&m["modificationTime"]),
-                    ]
-                })
-                .collect(),
-        },
-        ResourceType::Dataplane => Table {
-            headers: vec!["MESH", "NAME", "TAGS", "ADDRESS", "AGE"],
-            rows: items
-                .iter()
-                .map(|d| {
-                    let n = &d["networking"];
-                    let address = n["advertisedAddress"]
-                        .as_str()
-                        .or(n["address"].as_str())
-                        .unwrap_or_default();
-                    vec![
-                        d["mesh"].as_str().unwrap_or_default().into(),
-                        d["name"].as_str().unwrap_or_default().into(),
-                        tags(d),
-                        address.into(),
-                        ago(&d["modificationTime"]),
-                    ]
-                })
-                .collect(),
-        },
-        t if t.scope() == Scope::Mesh => Table {
-            headers: vec!["MESH", "NAME", "AGE"],
-            rows: items
-                .iter()
-                .map(|r| {
-                    vec![
-                        r["mesh"].as_str().unwrap_or_default().into(),
-                        r["name"].as_str().unwrap_or_default().into(),
-                        ago(&r["modificationTime"]),
-                    ]
-                })
-                .collect(),
-        },
-        _ => Table {
-            headers: vec!["NAME", "AGE"],
-            rows: items
-                .iter()
-                .map(|r| {
-                    vec![
-                        r["name"].as_str().unwrap_or_default().into(),
-                        ago(&r["modificationTime"]),
-                    ]
-                })
-                .collect(),
-        },
-    }
-}
-
 fn print(format: Format, value: &Value, table: impl FnOnce() -> String) {
     match format {
         Format::Json => println!("{}", output::json(value)),
@@ -316,97 +193,13 @@ fn print(format: Format, value: &Value, table: impl FnOnce() -> String) {
     }
 }
 
-/// The latest subscription of an insight (the open one, else the last).
-fn latest_subscription(insight: &Value) -> Option<&Value> {
-    let subs = insight["subscriptions"].as_array()?;
-    subs.iter()
-        .rev()
-        .find(|s| s.get("disconnectTime").is_none())
-        .or(subs.last())
-}
-
-fn inspect_row(overview: &Value) -> Vec<String> {
-    let insight = &overview["dataplaneInsight"];
-    let subs = insight["subscriptions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let online = subs
-        .iter()
-        .any(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
-    let latest = latest_subscription(insight);
-    let sum = |field: &str| -> u64 {
-        subs.iter()
-            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
-            .sum()
-    };
-    let version = |component: &str| -> String {
-        latest
-            .and_then(|s| s["version"][component]["version"].as_str())
-            .unwrap_or("unknown")
-            .to_string()
-    };
-    // The most recent ACK and NACK over all types, from the control plane's xDS record.
-    let xds = insight["metadata"]["xds"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let last = |time_key: &str| {
-        xds.iter()
-            .filter_map(|(kind, s)| {
-                s[time_key]
-                    .as_str()
-                    .map(|t| (t.to_string(), kind.clone(), s.clone()))
-            })
-            .max_by(|a, b| a.0.cmp(&b.0))
-    };
-    let last_ack = last("lastAckTime")
-        .map(|(t, kind, _)| format!("{kind} {}", ago(&Value::String(t))))
-        .unwrap_or_else(|| "never".into());
-    let last_nack = last("lastNackTime")
-        .map(|(_, kind, s)| {
-            let error = s["lastNackError"].as_str().unwrap_or_default();
-            format!("{kind}: {}", error.trim().replace('\n', " "))
-        })
-        .unwrap_or_else(|| "-".into());
-    let dataplane = &overview["dataplane"];
-    vec![
-        overview["mesh"].as_str().unwrap_or_default().into(),
-        overview["name"].as_str().unwrap_or_default().into(),
-        tags(dataplane),
-        if online { "Online" } else { "Offline" }.into(),
-        latest
-            .map(|s| ago(&s["connectTime"]))
-            .unwrap_or_else(|| "never".into()),
-        latest
-            .map(|s| ago(&s["status"]["lastUpdateTime"]))
-            .unwrap_or_else(|| "never".into()),
-        sum("responsesSent").to_string(),
-        sum("responsesRejected").to_string(),
-        ago(&insight["mTLS"]["lastCertificateRegeneration"]),
-        ago(&insight["mTLS"]["certificateExpirationTime"]).replace("never", "-"),
-        insight["mTLS"]["certificateRegenerations"]
-            .as_u64()
-            .unwrap_or_default()
-            .to_string(),
-        insight["mTLS"]["issuedBackend"]
-            .as_str()
-            .unwrap_or("-")
-            .into(),
-        "-".into(),
-        version("kumaDp"),
-        version("envoy"),
-        "-".into(),
-        "-".into(),
-        last_ack,
-        last_nack,
-    ]
-}
-
 async fn run(cli: Cli) -> Result<(), String> {
-    let config_path = cli.config_file.clone().unwrap_or_else(config::default_path);
+    let config_path = cli
+        .config_file
+        .clone()
+        .unwrap_or_else(kuma_client::config::default_path);
     let mut config = KumactlConfig::load(&config_path)?;
-    let client = || Client::new(&config.current());
+    let client = || Client::new(&config.current()).map_err(|e| e.to_string());
     match cli.command {
         Command::Config {
             command: ConfigCommand::ControlPlanes { command },
@@ -435,9 +228,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                     skip_verify,
                 };
                 // Check that it answers before saving, as Kuma does.
-                let info = Client::new(&api)?.get("/").await.map_err(|e| {
-                    format!("could not connect to the Control Plane API Server: {e}")
-                })?;
+                let info = Client::new(&api)
+                    .map_err(|e| e.to_string())?
+                    .get("/")
+                    .await
+                    .map_err(|e| {
+                        format!("could not connect to the Control Plane API Server: {e}")
+                    })?;
                 config.add(&name, api, overwrite)?;
                 config.save(&config_path)?;
                 println!(
@@ -641,7 +438,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let token = match client.post("/tokens/dataplane", body.to_string()).await {
                 // The split port layout issues tokens on its admin server only; the API's
                 // catalog says where.
-                Err(client::Error::Api(f)) if f.status == 404 => {
+                Err(kuma_client::Error::Api(f)) if f.status == 404 => {
                     let admin = admin_server_url(&client, &config.current().url).await?;
                     client
                         .post(&format!("{admin}/tokens/dataplane"), body.to_string())
