@@ -9,7 +9,7 @@
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use kuma_core::config::Config;
 use kuma_cp::ControlPlane;
-use kuma_xds::generate::{GeneratorList, ProxyContext, ResourceGenerator, ResourceSet};
+use kuma_xds::generate::{BoxError, GeneratorList, ProxyContext, ResourceGenerator, ResourceSet};
 
 /// Adds `x-served-by` to the responses of every HTTP inbound.
 pub struct ServedBy;
@@ -19,7 +19,7 @@ impl ResourceGenerator for ServedBy {
         "served-by"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), String> {
+    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError> {
         let value = format!("{}/{}", ctx.mesh.mesh, ctx.name);
         let inbounds: Vec<String> = resources
             .inbounds

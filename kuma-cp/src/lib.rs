@@ -38,6 +38,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod metrics;
 mod parts;
+pub mod process;
 pub mod reconcile;
 pub mod serve;
 pub mod tls;

@@ -89,7 +89,7 @@ impl ResourceGenerator for ExtraListener {
         "extra-listener"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), String> {
+    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError> {
         if ctx.name != "web" {
             return Ok(());
         }

@@ -13,7 +13,7 @@
 //! Add a [`ResourceGenerator`] after Kuma's own, or implement [`SnapshotGenerator`] outright:
 //!
 //! ```
-//! use kuma_xds::generate::{GeneratorList, ProxyContext, ResourceGenerator, ResourceSet};
+//! use kuma_xds::generate::{BoxError, GeneratorList, ProxyContext, ResourceGenerator, ResourceSet};
 //!
 //! /// Drops every listener of proxies named `*-canary` (a sketch).
 //! struct NoListenersForCanaries;
@@ -22,7 +22,7 @@
 //!     fn name(&self) -> &str {
 //!         "no-listeners-for-canaries"
 //!     }
-//!     fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), String> {
+//!     fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError> {
 //!         if ctx.name.ends_with("-canary") {
 //!             resources.listeners.clear();
 //!         }

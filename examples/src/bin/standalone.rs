@@ -14,28 +14,40 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use kuma_core::config::{Config, Mode, PortLayout};
 
-fn usage() -> &'static str {
-    "usage: standalone [run] [--config-file <path>] [--port-layout default|split]\n       standalone migrate up [--config-file <path>]\n\n\
-     Runs a standalone control plane, or migrates its PostgreSQL schema. Settings come from the\n\
-     config file (Kuma's kuma-cp keys) and KUMA_* environment variables, which win over the file;\n\
-     --port-layout wins over both (split: SDS, admin, bootstrap and GUI on ports of their own)."
-}
-
-/// What to do.
-#[derive(Debug, PartialEq, Eq)]
-enum Command {
-    Run,
-    MigrateUp,
-}
-
-/// What the command line says.
-#[derive(Debug)]
-struct Args {
-    command: Command,
+/// A standalone Kuma-compatible control plane. Settings come from the config file (Kuma's
+/// kuma-cp keys) and KUMA_* environment variables, which win over the file; --port-layout
+/// wins over both.
+#[derive(Parser)]
+#[command(name = "standalone", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Kuma's kuma-cp configuration file (YAML).
+    #[arg(short = 'c', long, global = true)]
     config_file: Option<PathBuf>,
+    /// `split`: SDS, the admin server, the bootstrap server and the GUI on ports of their own.
+    #[arg(long, global = true, value_parser = parse_layout)]
     port_layout: Option<PortLayout>,
+}
+
+#[derive(Subcommand, PartialEq, Eq)]
+enum Command {
+    /// Run the control plane (the default).
+    Run,
+    /// Manage the PostgreSQL schema (`store.type: postgres`).
+    Migrate {
+        #[command(subcommand)]
+        action: Migrate,
+    },
+}
+
+#[derive(Subcommand, PartialEq, Eq)]
+enum Migrate {
+    /// Bring the schema to this binary's version.
+    Up,
 }
 
 fn parse_layout(value: &str) -> Result<PortLayout, String> {
@@ -46,58 +58,6 @@ fn parse_layout(value: &str) -> Result<PortLayout, String> {
             "--port-layout {other:?}: expected default or split"
         )),
     }
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1).peekable();
-    let command = match args.peek().map(String::as_str) {
-        Some("run") => {
-            args.next();
-            Command::Run
-        }
-        Some("migrate") => {
-            args.next();
-            match args.next().as_deref() {
-                Some("up") => Command::MigrateUp,
-                other => {
-                    return Err(format!(
-                        "migrate {other:?}: only `migrate up` exists\n\n{}",
-                        usage()
-                    ));
-                }
-            }
-        }
-        _ => Command::Run,
-    };
-    let mut path = None;
-    let mut port_layout = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--port-layout" => {
-                port_layout = Some(parse_layout(
-                    &args.next().ok_or("--port-layout needs default or split")?,
-                )?)
-            }
-            s if s.starts_with("--port-layout=") => {
-                port_layout = Some(parse_layout(&s["--port-layout=".len()..])?)
-            }
-            "-c" | "--config-file" => {
-                path = Some(PathBuf::from(
-                    args.next().ok_or("--config-file needs a path")?,
-                ))
-            }
-            s if s.starts_with("--config-file=") => {
-                path = Some(PathBuf::from(&s["--config-file=".len()..]))
-            }
-            "-h" | "--help" => return Err(usage().to_string()),
-            other => return Err(format!("unknown argument {other:?}\n\n{}", usage())),
-        }
-    }
-    Ok(Args {
-        command,
-        config_file: path,
-        port_layout,
-    })
 }
 
 /// `migrate up`: applies the schema migrations this binary carries.
@@ -125,41 +85,6 @@ async fn migrate_up(config: &Config) -> ExitCode {
     }
 }
 
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Raises the soft limit of open files to the hard limit, as Go programs (Kuma among them)
-/// do: every proxy stream, API client and store connection is a file. The connection caps
-/// (`connections.*`) keep any one client within it.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
-            }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -169,13 +94,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = match parse_args() {
-        Ok(p) => p,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Cli::parse();
     let mut config = match Config::load(args.config_file.as_deref(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -191,10 +110,13 @@ async fn main() -> ExitCode {
     if let Some(layout) = args.port_layout {
         config.port_layout = layout;
     }
-    if args.command == Command::MigrateUp {
+    if let Some(Command::Migrate {
+        action: Migrate::Up,
+    }) = args.command
+    {
         return migrate_up(&config).await;
     }
-    raise_open_file_limit();
+    kuma_cp::process::raise_open_file_limit();
     let cp = match kuma_cp::ControlPlane::start(config).await {
         Ok(cp) => cp,
         Err(e) => {
@@ -216,7 +138,7 @@ async fn main() -> ExitCode {
             ca.display()
         );
     }
-    terminated().await;
+    kuma_cp::process::terminated().await;
     println!("shutting down");
     if cp.shutdown().await {
         println!("stopped: every connection closed");

@@ -37,14 +37,19 @@ pub fn node_id(mesh: &str, name: &str) -> String {
     format!("{mesh}.{name}")
 }
 
-/// Why a proxy's snapshot could not be generated: the generator that failed, and its reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("generator {generator:?} failed: {message}")]
+/// An error with its causes, as generators report them (a `String` converts into one).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a proxy's snapshot could not be generated: the generator that failed, and why (also its
+/// [`source`](std::error::Error::source), with the generator's own causes behind it).
+#[derive(Debug, thiserror::Error)]
+#[error("generator {generator:?} failed: {source}")]
 pub struct GenerateError {
     /// The failing generator's name.
     pub generator: String,
     /// What went wrong.
-    pub message: String,
+    #[source]
+    pub source: BoxError,
 }
 
 /// What else in its mesh a proxy's snapshot was generated from, besides its own Dataplane, the
@@ -98,8 +103,8 @@ pub trait ResourceGenerator: Send + Sync + 'static {
     /// The name errors report.
     fn name(&self) -> &str;
 
-    /// Adds to or edits `resources`; an error message explains what in the input is wrong.
-    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), String>;
+    /// Adds to or edits `resources`; an error explains what in the input is wrong.
+    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError>;
 }
 
 /// Resource generators run in order over one [`ResourceSet`].
@@ -150,9 +155,9 @@ impl GeneratorList {
         let mut resources = ResourceSet::default();
         for g in &self.generators {
             g.apply(ctx, &mut resources)
-                .map_err(|message| GenerateError {
+                .map_err(|source| GenerateError {
                     generator: g.name().to_string(),
-                    message,
+                    source,
                 })?;
         }
         Ok(resources)

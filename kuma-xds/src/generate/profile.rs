@@ -93,7 +93,11 @@ impl ResourceGenerator for Inbound {
         "inbound"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let address = ctx.address();
         for inbound in ctx.dataplane.inbounds() {
             let ip = inbound.address.as_deref().unwrap_or(address);
@@ -200,7 +204,11 @@ impl ResourceGenerator for Outbound {
         "outbound"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         for outbound in ctx.dataplane.outbounds() {
             let Some(service) = outbound.service() else {
                 continue;
@@ -284,7 +292,11 @@ impl ResourceGenerator for TransparentProxy {
         "transparent-proxy"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let Some(tp) = transparent_proxying(ctx) else {
             return Ok(());
         };
@@ -382,7 +394,11 @@ impl ResourceGenerator for DnsRecords {
         "dns-records"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let (Some(tp), Some(workdir)) =
             (transparent_proxying(ctx), ctx.metadata.workdir.as_deref())
         else {
@@ -481,7 +497,11 @@ impl ResourceGenerator for Admin {
         "admin"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let Some(admin) = ctx.metadata.admin_port else {
             return Ok(());
         };
@@ -534,7 +554,11 @@ impl ResourceGenerator for Probes {
         "probes"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let Some(probes) = ctx.dataplane.probes.as_ref().filter(|p| p.port != 0) else {
             return Ok(());
         };
@@ -594,7 +618,11 @@ impl ResourceGenerator for Prometheus {
         "prometheus"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         // Settings that do not decode (validated at write, so only from an older store) cost
         // the proxy its metrics listener, not its configuration.
         let endpoint = match ctx

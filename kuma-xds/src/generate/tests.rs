@@ -102,7 +102,11 @@ fn a_failing_generator_names_itself() {
         fn name(&self) -> &str {
             "broken"
         }
-        fn apply(&self, _: &ProxyContext<'_>, _: &mut ResourceSet) -> Result<(), String> {
+        fn apply(
+            &self,
+            _: &ProxyContext<'_>,
+            _: &mut ResourceSet,
+        ) -> Result<(), crate::generate::BoxError> {
             Err("no luck".into())
         }
     }

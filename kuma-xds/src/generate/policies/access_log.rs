@@ -202,7 +202,11 @@ impl ResourceGenerator for MeshAccessLog {
         "MeshAccessLog"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshAccessLog);
         if rules.is_empty() {
             return Ok(());

@@ -32,7 +32,11 @@ impl ResourceGenerator for MeshCircuitBreaker {
         "MeshCircuitBreaker"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshCircuitBreaker);
         if rules.is_empty() {
             return Ok(());

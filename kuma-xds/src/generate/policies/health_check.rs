@@ -38,7 +38,11 @@ impl ResourceGenerator for MeshHealthCheck {
         "MeshHealthCheck"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshHealthCheck);
         if rules.is_empty() {
             return Ok(());

@@ -60,7 +60,11 @@ impl ResourceGenerator for MeshHttpRoute {
         "MeshHTTPRoute"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshHTTPRoute);
         if rules.is_empty() {
             return Ok(());

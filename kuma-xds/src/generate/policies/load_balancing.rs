@@ -51,7 +51,11 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
         "MeshLoadBalancingStrategy"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshLoadBalancingStrategy);
         if rules.is_empty() {
             return Ok(());

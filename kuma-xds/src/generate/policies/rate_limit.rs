@@ -50,7 +50,11 @@ impl ResourceGenerator for MeshRateLimit {
         "MeshRateLimit"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshRateLimit);
         if rules.is_empty() {
             return Ok(());

@@ -41,7 +41,11 @@ impl ResourceGenerator for MeshRetry {
         "MeshRetry"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshRetry);
         if rules.is_empty() {
             return Ok(());

@@ -21,7 +21,11 @@ impl ResourceGenerator for MeshTcpRoute {
         "MeshTCPRoute"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshTCPRoute);
         if rules.is_empty() {
             return Ok(());

@@ -29,7 +29,11 @@ impl ResourceGenerator for MeshTimeout {
         "MeshTimeout"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshTimeout);
         if rules.is_empty() {
             return Ok(());

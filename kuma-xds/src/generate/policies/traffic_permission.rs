@@ -50,7 +50,11 @@ impl ResourceGenerator for MeshTrafficPermission {
         "MeshTrafficPermission"
     }
 
-    fn apply(&self, ctx: &ProxyContext<'_>, rs: &mut ResourceSet) -> Result<(), String> {
+    fn apply(
+        &self,
+        ctx: &ProxyContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
         let Some(mtls) = &ctx.mesh.mtls else {
             return Ok(());
         };
