@@ -142,9 +142,9 @@ fn incremental(sizes: &[usize]) {
     use std::time::Duration;
 
     use kuma_core::manager::{ManagerOptions, ResourceManager};
-    use kuma_cp::lifecycle::ProxyRegistry;
-    use kuma_cp::reconcile::{Dirty, Reconciler};
     use kuma_store::MemoryStore;
+    use kuma_xds::lifecycle::ProxyRegistry;
+    use kuma_xds::sync::{Dirty, Reconciler};
     use xds_server::cache::SnapshotCache;
 
     let runtime = tokio::runtime::Builder::new_current_thread()

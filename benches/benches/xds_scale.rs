@@ -30,10 +30,10 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use kuma_core::manager::{ManagerOptions, ResourceManager};
 use kuma_core::resource::parse_yaml;
-use kuma_cp::lifecycle::ProxyRegistry;
-use kuma_cp::reconcile::Reconciler;
 use kuma_store::MemoryStore;
 use kuma_xds::generate::{GeneratorList, node_id};
+use kuma_xds::lifecycle::ProxyRegistry;
+use kuma_xds::sync::Reconciler;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use xds_server::cache::SnapshotCache;

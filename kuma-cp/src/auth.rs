@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType};
 
-use crate::lifecycle::node_dataplane;
+use kuma_xds::lifecycle::node_dataplane;
 
 use kuma_api::access::{AUTHENTICATED_GROUP, Identity, UserTokenValidator};
 use kuma_ca::dataplane_token::DataplaneIdentity;

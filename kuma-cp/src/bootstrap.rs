@@ -12,7 +12,7 @@ use kuma_core::resource::{Resource, ResourceKey, ResourceType};
 use serde_json::{Value, json};
 
 use crate::auth::ProxyAdmission;
-use crate::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT, WORKDIR};
+use kuma_xds::lifecycle::{ADMIN_PORT, DATAPLANE_RESOURCE, READINESS_PORT, WORKDIR};
 
 pub use kuma_core::bootstrap::BootstrapRequest;
 

@@ -31,17 +31,15 @@
 pub mod auth;
 pub mod bootstrap;
 mod builder;
-pub mod identities;
 mod insights;
 pub mod inspect;
 pub mod layout;
-pub mod lifecycle;
 pub mod metrics;
 mod parts;
 pub mod process;
-pub mod reconcile;
 pub mod serve;
 pub mod tls;
+mod vips;
 
 pub use auth::{DataplaneAuthenticator, DataplaneTokenAuthenticator};
 pub use builder::ControlPlaneBuilder;

@@ -272,6 +272,16 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+impl kuma_xds::sync::SyncObserver for Metrics {
+    fn generated(&self, _node_id: &str, took: std::time::Duration) {
+        self.generation.observe(took.as_secs_f64());
+    }
+
+    fn snapshot_set(&self, node_id: &str, since: Instant, versions: Vec<(String, String)>) {
+        Metrics::snapshot_set(self, node_id, since, versions);
+    }
+}
+
 /// Counts xDS traffic and delivery times from the ADS server's callbacks.
 #[derive(Clone)]
 pub struct XdsMetrics(pub Arc<Metrics>);

@@ -21,8 +21,10 @@ use xds_server::server::{AdsServer, DeliveriesOnly};
 
 use crate::auth::{DataplaneAuthenticator, ProxyAdmission};
 use crate::layout::{Layout, Listener, Service, Tls};
-use crate::{DEBOUNCE, INSIGHT_FLUSH_INTERVAL, reconcile, serve, tls};
-use crate::{StartError, auth, bootstrap, insights, inspect, lifecycle, metrics};
+use crate::{DEBOUNCE, INSIGHT_FLUSH_INTERVAL, serve, tls};
+use crate::{StartError, auth, bootstrap, insights, inspect, metrics};
+use kuma_xds::lifecycle;
+use kuma_xds::sync::Reconciler;
 
 /// The configured store, the leadership over it, and the tasks that keep leadership.
 pub(crate) async fn open_store(
@@ -206,14 +208,15 @@ impl DataPlaneSide {
     ) -> Self {
         let cache = Arc::new(SnapshotCache::new());
         let registry = Arc::new(lifecycle::ProxyRegistry::default());
-        let mut reconciler = reconcile::Reconciler::new(
+        let mut reconciler = Reconciler::new(
             manager.clone(),
             cache.clone(),
             generator,
             registry.clone(),
             DEBOUNCE,
         )
-        .with_metrics(metrics.clone())
+        .with_observer(metrics.clone())
+        .with_vips(Arc::new(crate::vips::StoredVips(manager.clone())))
         .with_mtls_config(&config.mtls)
         .with_ca_managers(cas)
         .with_vips_served(

@@ -5,8 +5,16 @@
 //!   outbound, admin, probes, metrics, DNS) with the `Mesh*` policies and mesh mTLS over SDS.
 //! - [`mads`] serves Kuma's monitoring assignments to Prometheus (`kuma_sd_configs`) over REST.
 //!
-//! It does not serve xDS (that is [`xds_server`], re-exported here), read a store, or decide
-//! when to generate (that is the control plane's reconciler).
+//! - [`sync`]: the [`Reconciler`](sync::Reconciler), which keeps a snapshot cache in step with
+//!   the store, event-driven (only what a change touches is regenerated), fed through small
+//!   traits: [`sync::Vips`] (services' VIPs) and [`sync::SyncObserver`] (metrics);
+//! - [`identities`]: each proxy's workload certificate from its mesh's CA (`kuma-ca`'s CA
+//!   managers), kept until it must be renewed;
+//! - [`lifecycle`]: Dataplanes registered when their proxy connects and removed after it
+//!   leaves, and what each proxy reports about itself.
+//!
+//! It does not serve xDS (that is [`xds_server`], re-exported here), choose VIPs (`kuma-dns`),
+//! or listen on ports (`kuma-cp` assembles the control plane).
 //!
 //! # Extension point: generators
 //!
@@ -35,7 +43,10 @@
 //! ```
 
 pub mod generate;
+pub mod identities;
+pub mod lifecycle;
 pub mod mads;
+pub mod sync;
 
 pub use generate::{GenerateError, GeneratorList, ResourceGenerator, SnapshotGenerator};
 pub use xds_server;

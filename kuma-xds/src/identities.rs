@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::generate::{MeshMtls, WorkloadCertificate};
 use kuma_ca::ca::{CertificateAuthority, Identity, IdentityRequest, KeyType, SanLayout};
 use kuma_ca::mesh_ca::{CaManagers, MeshCaError};
 use kuma_core::config::{MtlsConfig, MtlsKeyType, SanLayoutConfig};
@@ -21,7 +22,6 @@ use kuma_core::manager::ResourceManager;
 use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::mesh::{MeshSpec, MtlsMode};
-use kuma_xds::generate::{MeshMtls, WorkloadCertificate};
 
 /// Kuma's default workload certificate lifetime.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);

@@ -13,23 +13,62 @@
 //!
 //! The cache ignores snapshots whose content did not change, so proxies whose config is the
 //! same receive nothing. If the reconciler falls behind the stream, it regenerates everything.
+//!
+//! What it needs from the rest of the control plane comes through small traits: [`Vips`] (the
+//! services' virtual IPs and which store changes move them) and [`SyncObserver`] (generation
+//! times and snapshots set, for metrics). Mesh CAs come from `kuma-ca`'s CA managers.
+
+/// The virtual IPs of each mesh's services, for transparent proxies' outbounds. The control
+/// plane's implementation reads Kuma's VIP tables (`kuma-dns`).
+#[async_trait::async_trait]
+pub trait Vips: Send + Sync + 'static {
+    /// Service name to VIP, for the services of `mesh` that have one.
+    async fn service_vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr>;
+
+    /// The mesh whose VIPs a change of `key` may have moved (`None`: the change is not about
+    /// VIPs).
+    fn changed_mesh(&self, key: &ResourceKey) -> Option<String>;
+}
+
+/// No VIPs: proxies get only their explicit outbounds.
+pub struct NoVips;
+
+#[async_trait::async_trait]
+impl Vips for NoVips {
+    async fn service_vips(&self, _: &str) -> BTreeMap<String, std::net::Ipv4Addr> {
+        BTreeMap::new()
+    }
+
+    fn changed_mesh(&self, _: &ResourceKey) -> Option<String> {
+        None
+    }
+}
+
+/// Hears what the reconciler does, for metrics. Every method has an empty default.
+pub trait SyncObserver: Send + Sync + 'static {
+    /// A proxy's config was generated; it took `took`.
+    fn generated(&self, _node_id: &str, _took: Duration) {}
+
+    /// A new snapshot was set for `node_id` (the first change behind it arrived at `since`),
+    /// with its version of each type.
+    fn snapshot_set(&self, _node_id: &str, _since: Instant, _versions: Vec<(String, String)>) {}
+}
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::generate::{Dependencies, MeshContext, ProxyContext, SnapshotGenerator, node_id};
 use kuma_core::manager::ResourceManager;
 use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
 use kuma_core::store::ListQuery;
-use kuma_xds::generate::{Dependencies, MeshContext, ProxyContext, SnapshotGenerator, node_id};
 use xds_server::cache::SnapshotCache;
 
 use crate::identities::Identities;
 use crate::lifecycle::ProxyRegistry;
-use crate::metrics::Metrics;
 use kuma_core::config::MtlsConfig;
 use kuma_core::watch::{Batch, StoreWatch};
 
@@ -80,7 +119,8 @@ pub struct Reconciler {
     registry: Arc<ProxyRegistry>,
     debounce: Duration,
     meshes: BTreeMap<String, MeshState>,
-    metrics: Option<Arc<Metrics>>,
+    observer: Option<Arc<dyn SyncObserver>>,
+    vips: Arc<dyn Vips>,
     /// When the first change of the batch being applied arrived.
     changed_at: Instant,
     /// Mesh CAs and workload certificates.
@@ -108,7 +148,8 @@ impl Reconciler {
             meshes: BTreeMap::new(),
             identities: Identities::new(manager.clone(), &MtlsConfig::default()),
             manager,
-            metrics: None,
+            observer: None,
+            vips: Arc::new(NoVips),
             changed_at: Instant::now(),
             vip_port: 80,
             vip_domain: "mesh".into(),
@@ -142,9 +183,15 @@ impl Reconciler {
         self
     }
 
-    /// Records generation times, and the snapshots waiting for delivery, in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    /// Tells `observer` of generations and snapshots set.
+    pub fn with_observer(mut self, observer: Arc<dyn SyncObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Gives transparent proxies outbounds for the VIPs `vips` knows (none by default).
+    pub fn with_vips(mut self, vips: Arc<dyn Vips>) -> Self {
+        self.vips = vips;
         self
     }
 
@@ -154,21 +201,6 @@ impl Reconciler {
             meshes.extend(page.items.into_iter().map(|m| m.meta.name));
         }
         meshes
-    }
-
-    /// The VIP of each service of `mesh` (none when its table is missing or unreadable).
-    async fn vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr> {
-        match kuma_dns::vips::stored_table(&self.manager, mesh).await {
-            Ok((table, _)) => kuma_dns::vips::addresses(&table)
-                .into_iter()
-                .filter(|(h, _)| h.kind == kuma_dns::vips::HostnameKind::Service)
-                .map(|(h, ip)| (h.name.clone(), ip))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(mesh, error = %e, "VIP outbounds left out");
-                BTreeMap::new()
-            }
-        }
     }
 
     /// Regenerates what `dirty` asks for in `mesh`; returns how many proxies were generated.
@@ -229,7 +261,7 @@ impl Reconciler {
             .iter()
             .filter(|r| selected(&r.meta.name))
             .collect();
-        let vips = self.vips(mesh).await;
+        let vips = self.vips.service_vips(mesh).await;
         let mut mesh_context = MeshContext::new(mesh, &dataplanes)
             .with_spec(&mesh_spec)
             .with_policies(&policies)
@@ -279,14 +311,14 @@ impl Reconciler {
             };
             generated += 1;
             state.dependencies.insert(r.meta.name.clone(), dependencies);
-            if let Some(m) = &self.metrics {
-                m.generation.observe(started.elapsed().as_secs_f64());
+            if let Some(o) = &self.observer {
+                o.generated(&node, started.elapsed());
                 let versions: Vec<(String, String)> = snapshot
                     .type_urls()
                     .map(|t| (t.to_string(), snapshot.version(t)))
                     .collect();
                 if self.cache.set(&node, snapshot) {
-                    m.snapshot_set(&node, self.changed_at, versions);
+                    o.snapshot_set(&node, self.changed_at, versions);
                 }
             } else {
                 self.cache.set(&node, snapshot);
@@ -315,8 +347,11 @@ impl Reconciler {
 
     /// Runs until the store's change stream closes.
     pub async fn run(mut self) {
-        let mut changes = StoreWatch::new(self.manager.store().as_ref(), |e| dirt(&e.key))
-            .with_debounce(self.debounce);
+        let vips = self.vips.clone();
+        let mut changes = StoreWatch::new(self.manager.store().as_ref(), move |e| {
+            dirt(&e.key, vips.as_ref())
+        })
+        .with_debounce(self.debounce);
         // Proxies reporting new metadata (a connect, a restart of the control plane) get
         // their Dataplane regenerated as if it had changed.
         let mut reported = Some(self.registry.changes());
@@ -432,11 +467,10 @@ fn touched_services(
 /// What a change asks for: its mesh and how much of it to regenerate (`None` for insights,
 /// which describe proxies and never feed config generation, and for global types other than
 /// Mesh).
-fn dirt(key: &ResourceKey) -> Option<(String, Dirty)> {
-    // A mesh's VIP table is a global Config; it shapes every transparent proxy of the mesh.
-    if key.rtype == ResourceType::Config {
-        let mesh = kuma_dns::vips::mesh_of_config(&key.name)?;
-        return Some((mesh.to_string(), Dirty::Everything));
+fn dirt(key: &ResourceKey, vips: &dyn Vips) -> Option<(String, Dirty)> {
+    // A mesh's VIPs shape every transparent proxy of the mesh.
+    if let Some(mesh) = vips.changed_mesh(key) {
+        return Some((mesh, Dirty::Everything));
     }
     let mesh = mesh_of(key);
     if mesh.is_empty() {
@@ -467,11 +501,32 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use crate::generate::{GenerateError, GeneratorList};
     use kuma_core::manager::ManagerOptions;
     use kuma_core::resource::parse_yaml;
     use kuma_store::MemoryStore;
-    use kuma_xds::generate::{GenerateError, GeneratorList};
     use xds_server::cache::Snapshot;
+
+    /// Kuma's VIP tables in the store (what the control plane plugs in).
+    struct StoredVips(ResourceManager);
+
+    #[async_trait::async_trait]
+    impl Vips for StoredVips {
+        async fn service_vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr> {
+            let (table, _) = kuma_dns::vips::stored_table(&self.0, mesh).await.unwrap();
+            kuma_dns::vips::addresses(&table)
+                .into_iter()
+                .filter(|(h, _)| h.kind == kuma_dns::vips::HostnameKind::Service)
+                .map(|(h, ip)| (h.name.clone(), ip))
+                .collect()
+        }
+
+        fn changed_mesh(&self, key: &ResourceKey) -> Option<String> {
+            (key.rtype == ResourceType::Config)
+                .then(|| kuma_dns::vips::mesh_of_config(&key.name).map(str::to_string))
+                .flatten()
+        }
+    }
 
     #[tokio::test]
     async fn transparent_proxies_get_an_outbound_per_vip() {
@@ -501,11 +556,12 @@ mod tests {
             .await
             .unwrap();
         // The table's change concerns the whole mesh.
+        let vips = StoredVips(manager.clone());
         assert_eq!(
-            dirt(&ResourceKey::global(
-                ResourceType::Config,
-                "kuma-default-dns-vips"
-            )),
+            dirt(
+                &ResourceKey::global(ResourceType::Config, "kuma-default-dns-vips"),
+                &vips
+            ),
             Some(("default".to_string(), Dirty::Everything))
         );
         let cache = Arc::new(SnapshotCache::new());
@@ -516,7 +572,8 @@ mod tests {
             Arc::new(ProxyRegistry::default()),
             Duration::ZERO,
         )
-        .with_vips_served(8000, "mesh");
+        .with_vips_served(8000, "mesh")
+        .with_vips(Arc::new(vips));
         r.sync_mesh("default", &Dirty::Everything).await;
         let listeners: Vec<String> = cache
             .get("default.web")
@@ -697,6 +754,7 @@ mod tests {
     #[test]
     fn batches_widen_to_everything_on_any_other_change() {
         let dp = |n: &str| ResourceKey::new(ResourceType::Dataplane, "default", n);
+        let dirt = |key: &ResourceKey| dirt(key, &NoVips);
         let (mesh, mut d) = dirt(&dp("a")).unwrap();
         assert_eq!(mesh, "default");
         d.add(dirt(&dp("b")).unwrap().1);

@@ -13,12 +13,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::generate::ProxyMetadata;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, parse_json};
-use kuma_xds::generate::ProxyMetadata;
 use tokio::runtime::Handle;
 use xds_server::server::{Callbacks, StreamPreparer};
 
@@ -160,7 +160,7 @@ fn string_field(node: Option<&Node>, key: &str) -> Option<String> {
 /// The Dataplane a node's metadata carries (`dataplane.resource`, put there by the
 /// bootstrap): `None` when it carries none, an error naming the field when it is not a valid
 /// Dataplane.
-pub(crate) fn node_dataplane(node: Option<&Node>) -> Result<Option<Resource>, String> {
+pub fn node_dataplane(node: Option<&Node>) -> Result<Option<Resource>, String> {
     let Some(value) = node
         .and_then(|n| n.metadata.as_ref())
         .and_then(|m| m.fields.get(DATAPLANE_RESOURCE))
@@ -284,7 +284,7 @@ fn node_own_dataplane(node: Option<&Node>, node_id: &str) -> Result<Option<Resou
     let Some(dataplane) = node_dataplane(node)? else {
         return Ok(None);
     };
-    if kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name) != node_id {
+    if crate::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name) != node_id {
         return Err("the Dataplane in node metadata does not match the node id".into());
     }
     Ok(Some(dataplane))
