@@ -75,7 +75,7 @@ impl Identity {
 #[async_trait::async_trait]
 pub trait UserTokenValidator: Send + Sync + 'static {
     /// The identity `token` carries, or why it is refused (expired, bad signature, revoked…).
-    async fn validate(&self, token: &str) -> Result<Identity, String>;
+    async fn validate(&self, token: &str) -> Result<Identity, crate::BoxError>;
 }
 
 /// Middleware: decides the caller's [`Identity`] and stores it in the request's extensions.
@@ -102,6 +102,7 @@ pub async fn identify(
         match validator.validate(token).await {
             Ok(identity) => identity,
             Err(reason) => {
+                let reason = crate::error_chain(reason.as_ref());
                 return ApiError::unauthenticated(format!("invalid user token: {reason}"))
                     .into_response();
             }

@@ -47,7 +47,7 @@ pub trait DataplaneTokenIssuer: Send + Sync + 'static {
         &self,
         request: &DataplaneTokenRequest,
         valid_for: std::time::Duration,
-    ) -> Result<String, String>;
+    ) -> Result<String, crate::BoxError>;
 }
 
 /// Ten years, kumactl's default validity.
@@ -117,6 +117,6 @@ pub(crate) async fn issue_dataplane_token(
     let token = issuer
         .issue(&request, valid_for)
         .await
-        .map_err(|e| ApiError::bad_field(TITLE, "mesh", e))?;
+        .map_err(|e| ApiError::bad_field(TITLE, "mesh", crate::error_chain(e.as_ref())))?;
     Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
 }

@@ -32,7 +32,7 @@ struct FixedTokens;
 
 #[async_trait::async_trait]
 impl UserTokenValidator for FixedTokens {
-    async fn validate(&self, token: &str) -> Result<Identity, String> {
+    async fn validate(&self, token: &str) -> Result<Identity, kuma_api::BoxError> {
         match token {
             "good-admin" => Ok(Identity::admin()),
             "good-user" => Ok(Identity {

@@ -19,8 +19,8 @@ pub struct TokenAuthenticator(pub Arc<UserTokens>);
 
 #[async_trait::async_trait]
 impl UserTokenValidator for TokenAuthenticator {
-    async fn validate(&self, token: &str) -> Result<Identity, String> {
-        let user = self.0.validate(token).await.map_err(|e| e.to_string())?;
+    async fn validate(&self, token: &str) -> Result<Identity, BoxError> {
+        let user = self.0.validate(token).await?;
         let mut groups = user.groups;
         if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
             groups.push(AUTHENTICATED_GROUP.into());
@@ -42,17 +42,14 @@ impl kuma_api::tokens::DataplaneTokenIssuer for DataplaneTokenIssuer {
         &self,
         request: &kuma_api::tokens::DataplaneTokenRequest,
         valid_for: std::time::Duration,
-    ) -> Result<String, String> {
+    ) -> Result<String, BoxError> {
         let identity = kuma_ca::dataplane_token::DataplaneIdentity {
             name: request.name.clone(),
             mesh: request.mesh.clone(),
             tags: request.tags.clone(),
             kind: request.kind.clone(),
         };
-        self.0
-            .issue(&identity, valid_for)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(self.0.issue(&identity, valid_for).await?)
     }
 }
 
