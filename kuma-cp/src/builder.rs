@@ -149,15 +149,18 @@ impl ControlPlaneBuilder {
         let generator = self
             .generator
             .unwrap_or_else(|| Arc::new(GeneratorList::kuma_profile()));
+        let info = parts::server_info(&config);
+        let user_tokens = Arc::new(kuma_ca::user_token::UserTokens::new(manager.clone()));
         let dp = DataPlaneSide::start(
             (&config, &layout, &manager, &metrics),
             generator,
             self.cas,
             authenticator,
+            &info.instance_id,
             &shutdown,
             &mut ports,
         );
-        let defaults = Defaults::new(&config, &manager);
+        let defaults = Defaults::new(&config, &manager, user_tokens.clone());
         if *leader.borrow() {
             defaults.ensure().await?; // before anything is served
         }
@@ -173,7 +176,15 @@ impl ControlPlaneBuilder {
             .then(|| parts::start_mads(&manager, &metrics, &shutdown, &mut background));
         let leading = parts::leader_jobs(leader, defaults, metrics.clone());
         background.0.push(tokio::spawn(leading));
-        let api = ApiParts::new(config.clone(), &manager, &dp.cache, &metrics, self.routes);
+        let identity = (info, user_tokens);
+        let api = ApiParts::new(
+            config.clone(),
+            &manager,
+            &dp.cache,
+            &metrics,
+            self.routes,
+            identity,
+        );
         let readiness = Arc::new(kuma_api::diagnostics::Readiness::default());
         let routes = Routes {
             config: &config,

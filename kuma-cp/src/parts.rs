@@ -203,6 +203,7 @@ impl DataPlaneSide {
         generator: Arc<dyn SnapshotGenerator>,
         cas: CaManagers,
         authenticator: Option<Arc<dyn DataplaneAuthenticator>>,
+        instance_id: &str,
         shutdown: &watch::Sender<bool>,
         ports: &mut serve::Ports,
     ) -> Self {
@@ -234,10 +235,9 @@ impl DataPlaneSide {
             registry,
         )
         .with_shutdown(shutdown.subscribe());
-        let info = kuma_api::ServerInfo::local(&tls::hostname());
         let insights = insights::InsightRecorder::new(
             manager.clone(),
-            &info.instance_id,
+            instance_id,
             config.metrics.dataplane.subscription_limit,
         );
         ports.add_task(tokio::spawn(
@@ -344,6 +344,18 @@ pub(crate) fn catalog(
     }
 }
 
+/// What `GET /` says about this instance; its instance id also marks the insights it writes.
+pub(crate) fn server_info(config: &Config) -> kuma_api::ServerInfo {
+    let mut info = kuma_api::ServerInfo::local(&tls::hostname());
+    info.mode = match config.mode {
+        kuma_core::config::Mode::Standalone => "standalone",
+        kuma_core::config::Mode::Zone => "zone",
+        kuma_core::config::Mode::Global => "global",
+    }
+    .into();
+    info
+}
+
 /// The resources every zone starts with: a leader-only job (each step is idempotent, so two
 /// leaders in a row cannot duplicate anything).
 pub(crate) struct Defaults {
@@ -355,10 +367,14 @@ pub(crate) struct Defaults {
 }
 
 impl Defaults {
-    pub(crate) fn new(config: &Config, manager: &ResourceManager) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        manager: &ResourceManager,
+        user_tokens: Arc<kuma_ca::user_token::UserTokens>,
+    ) -> Self {
         Defaults {
             manager: manager.clone(),
-            user_tokens: Arc::new(kuma_ca::user_token::UserTokens::new(manager.clone())),
+            user_tokens,
             mesh: !config.defaults.skip_mesh_creation,
             admin_token: config.api_server.authn.tokens.bootstrap_admin_token,
             api_port: config.api_server.http.port,
@@ -500,6 +516,7 @@ pub(crate) struct ApiParts {
     cache: Arc<SnapshotCache>,
     metrics: Arc<metrics::Metrics>,
     user_tokens: Arc<kuma_ca::user_token::UserTokens>,
+    token_issuer: Arc<dyn kuma_api::tokens::DataplaneTokenIssuer>,
     info: kuma_api::ServerInfo,
     extra: axum::Router,
 }
@@ -511,16 +528,13 @@ impl ApiParts {
         cache: &Arc<SnapshotCache>,
         metrics: &Arc<metrics::Metrics>,
         extra: axum::Router,
+        (info, user_tokens): (kuma_api::ServerInfo, Arc<kuma_ca::user_token::UserTokens>),
     ) -> Self {
-        let mut info = kuma_api::ServerInfo::local(&tls::hostname());
-        info.mode = match config.mode {
-            kuma_core::config::Mode::Standalone => "standalone",
-            kuma_core::config::Mode::Zone => "zone",
-            kuma_core::config::Mode::Global => "global",
-        }
-        .into();
         ApiParts {
-            user_tokens: Arc::new(kuma_ca::user_token::UserTokens::new(manager.clone())),
+            user_tokens,
+            token_issuer: Arc::new(auth::DataplaneTokenIssuer(
+                kuma_ca::dataplane_token::DataplaneTokens::new(manager.clone()),
+            )),
             config,
             manager: manager.clone(),
             cache: cache.clone(),
@@ -537,12 +551,7 @@ impl ApiParts {
         catalog: Option<kuma_api::catalog::Catalog>,
     ) -> Arc<kuma_api::ApiState> {
         let api = &self.config.api_server;
-        let dataplane_tokens: Option<Arc<dyn kuma_api::tokens::DataplaneTokenIssuer>> = tokens
-            .then(|| {
-                Arc::new(auth::DataplaneTokenIssuer(
-                    kuma_ca::dataplane_token::DataplaneTokens::new(self.manager.clone()),
-                )) as _
-            });
+        let dataplane_tokens = tokens.then(|| self.token_issuer.clone());
         Arc::new(kuma_api::ApiState {
             config: crate::masked_config(&self.config),
             read_only,
