@@ -102,7 +102,7 @@ pub async fn identify(
         match validator.validate(token).await {
             Ok(identity) => identity,
             Err(reason) => {
-                let reason = crate::error_chain(reason.as_ref());
+                let reason = kuma_core::errors::chain(reason.as_ref());
                 return ApiError::unauthenticated(format!("invalid user token: {reason}"))
                     .into_response();
             }

@@ -47,22 +47,8 @@ pub mod tokens;
 
 pub use access::{Identity as UserIdentity, UserTokenValidator};
 
-/// An error with its causes, as the extension points ([`UserTokenValidator`],
-/// [`DataplaneTokenIssuer`]) report them (a `String` converts into one).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// `error` and its causes, `: `-separated, as a response's detail.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 pub use error::ApiError;
+pub use kuma_core::errors::BoxError;
 pub use tokens::DataplaneTokenIssuer;
 
 use std::sync::Arc;

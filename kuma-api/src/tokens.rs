@@ -117,6 +117,6 @@ pub(crate) async fn issue_dataplane_token(
     let token = issuer
         .issue(&request, valid_for)
         .await
-        .map_err(|e| ApiError::bad_field(TITLE, "mesh", crate::error_chain(e.as_ref())))?;
+        .map_err(|e| ApiError::bad_field(TITLE, "mesh", kuma_core::errors::chain(e.as_ref())))?;
     Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
 }

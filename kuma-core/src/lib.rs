@@ -73,6 +73,7 @@ pub mod conformance;
 pub mod dataplane_files;
 pub mod defaults;
 pub mod duration;
+pub mod errors;
 pub mod manager;
 pub mod model;
 pub mod resource;

@@ -53,8 +53,7 @@ impl kuma_api::tokens::DataplaneTokenIssuer for DataplaneTokenIssuer {
     }
 }
 
-/// A boxed error that keeps its source chain.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kuma_core::errors::BoxError;
 
 /// Decides what a data-plane proxy's credential grants: the dataplane token kuma-dp sends in
 /// its bootstrap request and in its ADS stream's `authorization` metadata (with or without
@@ -132,18 +131,6 @@ impl DataplaneAuthenticator for DataplaneTokenAuthenticator {
     }
 }
 
-/// `error` and its sources, `: `-separated, for a refusal's reason.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// Admits a data-plane proxy only with a credential its [`DataplaneAuthenticator`] verifies and
 /// whose identity admits the Dataplane the proxy runs. Used by `/bootstrap` and by ADS, where
 /// the credential arrives in the `authorization` metadata.
@@ -175,7 +162,7 @@ impl ProxyAdmission {
         self.authenticator
             .verify(credential)
             .await
-            .map_err(|e| error_chain(e.as_ref()))
+            .map_err(|e| kuma_core::errors::chain(e.as_ref()))
     }
 
     /// Whether a verified `identity` lets `dataplane` run.

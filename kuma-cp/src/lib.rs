@@ -63,9 +63,7 @@ pub use kuma_core::watch::DEBOUNCE;
 pub const INSIGHT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `error` and its sources, `: `-separated: how a binary reports a [`StartError`].
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    auth::error_chain(error)
-}
+pub use kuma_core::errors::chain as error_chain;
 
 /// Why the control plane did not start. Its [`Display`](std::fmt::Display) says what failed;
 /// the cause is its [`source`](std::error::Error::source) ([`error_chain`] prints both).

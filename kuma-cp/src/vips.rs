@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{ResourceKey, ResourceType};
-use kuma_dns::vips::{HostnameKind, addresses, mesh_of_config, stored_table};
+use kuma_dns::vips::{mesh_of_config, stored_service_vips};
 
 /// The service VIPs of the stored tables (`kuma-<mesh>-dns-vips`).
 pub(crate) struct StoredVips(pub(crate) ResourceManager);
@@ -13,12 +13,8 @@ pub(crate) struct StoredVips(pub(crate) ResourceManager);
 #[async_trait::async_trait]
 impl kuma_xds::sync::Vips for StoredVips {
     async fn service_vips(&self, mesh: &str) -> BTreeMap<String, Ipv4Addr> {
-        match stored_table(&self.0, mesh).await {
-            Ok((table, _)) => addresses(&table)
-                .into_iter()
-                .filter(|(h, _)| h.kind == HostnameKind::Service)
-                .map(|(h, ip)| (h.name.clone(), ip))
-                .collect(),
+        match stored_service_vips(&self.0, mesh).await {
+            Ok(vips) => vips,
             Err(e) => {
                 tracing::warn!(mesh, error = %e, "VIP outbounds left out");
                 BTreeMap::new()

@@ -453,6 +453,19 @@ pub async fn stored_table(
     }
 }
 
+/// The VIP of each service of `mesh` (by `kuma.io/service`), from its stored table.
+pub async fn stored_service_vips(
+    manager: &ResourceManager,
+    mesh: &str,
+) -> Result<BTreeMap<String, Ipv4Addr>, VipError> {
+    let (table, _) = stored_table(manager, mesh).await?;
+    Ok(addresses(&table)
+        .into_iter()
+        .filter(|(h, _)| h.kind == HostnameKind::Service)
+        .map(|(h, ip)| (h.name.clone(), ip))
+        .collect())
+}
+
 /// The table held by the Config resource `r` (named `name`).
 pub fn parse_table(name: &str, r: &Resource) -> Result<VipTable, VipError> {
     let Some(spec) = r.spec_as::<ConfigSpec>() else {

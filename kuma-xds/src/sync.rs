@@ -513,12 +513,9 @@ mod tests {
     #[async_trait::async_trait]
     impl Vips for StoredVips {
         async fn service_vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr> {
-            let (table, _) = kuma_dns::vips::stored_table(&self.0, mesh).await.unwrap();
-            kuma_dns::vips::addresses(&table)
-                .into_iter()
-                .filter(|(h, _)| h.kind == kuma_dns::vips::HostnameKind::Service)
-                .map(|(h, ip)| (h.name.clone(), ip))
-                .collect()
+            kuma_dns::vips::stored_service_vips(&self.0, mesh)
+                .await
+                .unwrap()
         }
 
         fn changed_mesh(&self, key: &ResourceKey) -> Option<String> {

@@ -250,13 +250,7 @@ async fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("kuma-dp: {message}");
+            eprintln!("kuma-dp: {}", kuma_core::errors::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -37,8 +37,7 @@ pub fn node_id(mesh: &str, name: &str) -> String {
     format!("{mesh}.{name}")
 }
 
-/// An error with its causes, as generators report them (a `String` converts into one).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kuma_core::errors::BoxError;
 
 /// Why a proxy's snapshot could not be generated: the generator that failed, and why (also its
 /// [`source`](std::error::Error::source), with the generator's own causes behind it).
