@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kuma_core::config::PostgresConfig;
 use kuma_core::conformance::dataplane;
 use kuma_core::resource::{ResourceKey, ResourceType, parse_yaml};
 use kuma_core::store::{ListQuery, ResourceStore};
+use kuma_store::config::PostgresConfig;
 use kuma_store::{MemoryStore, PostgresStore, SqliteStore, postgres};
 use kuma_testkit::PgCluster;
 

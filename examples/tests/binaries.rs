@@ -80,14 +80,8 @@ async fn standalone_and_kuma_dp_carry_traffic() {
 
     // An agent trusting another CA is refused before anything starts.
     let foreign = dir.join("foreign-ca.crt");
-    let other = kuma_cp::tls::CpCertificate::load_or_generate(
-        "",
-        "",
-        &dir.join("foreign"),
-        &["localhost".into()],
-    )
-    .unwrap();
-    std::fs::write(&foreign, other.ca_pem).unwrap();
+    let other = kuma_ca::BuiltinCa::generate("foreign", kuma_ca::KeyType::EcdsaP256).unwrap();
+    std::fs::write(&foreign, kuma_ca::CertificateAuthority::root_pem(&other)).unwrap();
     std::fs::write(
         dir.join("any.yaml"),
         "type: Dataplane\nmesh: default\nname: x\n",

@@ -2,7 +2,7 @@
 //! the token verifies, but a token holder may send anything).
 #![no_main]
 
-use kuma_cp::bootstrap::{BootstrapRequest, dataplane_of};
+use kuma_xds::bootstrap::{BootstrapRequest, dataplane_of};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -14,10 +14,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::AccessList;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kuma_core::config::AccessList;
 use kuma_core::resource::ResourceType;
 
 use crate::ApiState;

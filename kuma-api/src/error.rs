@@ -100,7 +100,7 @@ impl ApiError {
             }
             StoreError::InvalidOffset(_) => Self::bad_field(title, "offset", err.to_string()),
             other => {
-                tracing::error!(error = %other, "store failure");
+                tracing::error!(error = %kuma_core::errors::Chain(&other), "store failure");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, title, "Store unavailable")
             }
         }

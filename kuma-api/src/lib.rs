@@ -18,6 +18,7 @@
 //! - [`resources`]: CRUD for every registered type, paging and filters;
 //! - [`access`]: who the caller is (localhost admin, user token, anonymous) and what they may do;
 //! - [`error`]: Kuma's error body with `invalid_parameters`;
+//! - [`config`]: the `apiServer` and `access` sections of the configuration;
 //! - [`inspect`]: Dataplane overviews, the global insight and the config a proxy is served;
 //! - [`diagnostics`]: the diagnostics port's `/ready` and `/healthy`;
 //! - [`gui`]: Kuma's GUI (built in), [`admission`]: the Kubernetes admission webhook,
@@ -37,6 +38,7 @@ pub mod access;
 pub mod admission;
 pub mod body;
 pub mod catalog;
+pub mod config;
 pub mod diagnostics;
 pub mod error;
 pub mod gui;
@@ -118,7 +120,7 @@ pub struct ApiState {
     /// Where the split layout's servers are (`GET /catalog`); without it that route is 404.
     pub catalog: Option<catalog::Catalog>,
     /// Who may do the guarded actions (`access.static`).
-    pub access: kuma_core::config::StaticAccessConfig,
+    pub access: crate::config::StaticAccessConfig,
 }
 
 impl ApiState {
@@ -134,7 +136,7 @@ impl ApiState {
             proxy_configs: None,
             dataplane_tokens: None,
             catalog: None,
-            access: kuma_core::config::StaticAccessConfig::default(),
+            access: crate::config::StaticAccessConfig::default(),
         }
     }
 }

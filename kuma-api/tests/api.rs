@@ -721,7 +721,7 @@ async fn rules_show_merged_policies_and_their_origins() {
 
 #[tokio::test]
 async fn access_lists_decide_config_dumps_secrets_and_tokens() {
-    use kuma_core::config::AccessList;
+    use kuma_api::config::AccessList;
     // Kuma's defaults: everyone may see a proxy's (redacted) config.
     let api = Api::new(|_| {}).await;
     api.put(

@@ -16,33 +16,85 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use kuma_core::errors::BoxError;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-/// Why a CA could not be loaded or an identity issued.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a CA could not be loaded or an identity issued: what is wrong, and the error that said
+/// so, if any, as the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
 pub enum CaError {
     /// The provided root is unusable (not PEM, not a CA, may not sign certificates, ...).
-    #[error("invalid CA: {0}")]
-    InvalidCa(String),
-    /// A value could not go into a certificate.
-    #[error("cannot issue: {0}")]
-    Issue(String),
+    #[error("invalid CA: {reason}")]
+    InvalidCa {
+        /// What is wrong.
+        reason: String,
+        /// The parser's or key loader's error.
+        #[source]
+        cause: Option<BoxError>,
+    },
+    /// A value could not go into a certificate, or a key could not be made.
+    #[error("cannot issue: {reason}")]
+    Issue {
+        /// What could not be done.
+        reason: String,
+        /// The certificate or key library's error.
+        #[source]
+        cause: Option<BoxError>,
+    },
+}
+
+impl CaError {
+    /// An unusable CA, for `reason`.
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        CaError::InvalidCa {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// An unusable CA, for `reason`, which `cause` reported.
+    pub fn invalid_because(reason: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        CaError::InvalidCa {
+            reason: reason.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// An identity that could not be issued, for `reason`.
+    pub fn issue(reason: impl Into<String>) -> Self {
+        CaError::Issue {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// An identity that could not be issued, for `reason`, which `cause` reported.
+    pub fn issue_because(reason: impl Into<String>, cause: impl Into<BoxError>) -> Self {
+        CaError::Issue {
+            reason: reason.into(),
+            cause: Some(cause.into()),
+        }
+    }
 }
 
 fn issue_err(e: rcgen::Error) -> CaError {
-    CaError::Issue(e.to_string())
+    CaError::issue_because("certificate", e)
 }
 
-/// The key type of generated keys.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The key type of generated keys (in the configuration, `mtls.keyType`: `rsa2048` or
+/// `ecdsaP256`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KeyType {
     /// RSA 2048 (Kuma's default, `caCert.RSAbits`).
     #[default]
+    #[serde(rename = "rsa2048")]
     Rsa2048,
     /// ECDSA P-256 with SHA-256: faster to generate and to sign, smaller.
+    #[serde(rename = "ecdsaP256")]
     EcdsaP256,
 }
 
@@ -57,18 +109,20 @@ impl KeyType {
                 // crate (55 against 670 ms here), and every workload certificate needs one.
                 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
                 let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                    .map_err(|e| CaError::Issue(format!("RSA key generation: {e}")))?;
+                    .map_err(|e| CaError::issue_because("RSA key generation", e.to_string()))?;
                 let der: Pkcs8V1Der<'_> = key
                     .as_der()
-                    .map_err(|e| CaError::Issue(format!("RSA key encoding: {e}")))?;
+                    .map_err(|e| CaError::issue_because("RSA key encoding", e.to_string()))?;
                 KeyPair::try_from(der.as_ref()).map_err(issue_err)
             }
         }
     }
 }
 
-/// How URI SANs are laid out in workload certificates.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How URI SANs are laid out in workload certificates (in the configuration,
+/// `mtls.sanLayout`: `kuma` or `strictSpiffe`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum SanLayout {
     /// Kuma's: one `spiffe://` SAN per service and one `kuma://` SAN per tag value.
     #[default]
@@ -130,9 +184,7 @@ struct Signer {
 impl Signer {
     fn issue(&self, request: &IdentityRequest) -> Result<Identity, CaError> {
         if request.services.is_empty() {
-            return Err(CaError::Issue(
-                "an identity needs at least one service".into(),
-            ));
+            return Err(CaError::issue("an identity needs at least one service"));
         }
         let mut sans = Vec::new();
         let spiffe = |service: &str| format!("spiffe://{}/{}", request.mesh, service);
@@ -177,7 +229,7 @@ impl Signer {
         // A minute of slack for clocks that run behind.
         params.not_before = now - time::Duration::minutes(1);
         let lifetime = time::Duration::try_from(request.lifetime)
-            .map_err(|e| CaError::Issue(format!("lifetime: {e}")))?;
+            .map_err(|e| CaError::issue_because("lifetime", e))?;
         params.not_after = now + lifetime;
         let key = self.key_type.generate()?;
         let cert = params.signed_by(&key, &self.issuer).map_err(issue_err)?;
@@ -284,14 +336,14 @@ impl CertificateAuthority for ProvidedCa {
 
 fn load(cert_pem: &str, key_pem: &str, key_type: KeyType) -> Result<Signer, CaError> {
     use rcgen::PublicKeyData;
-    let invalid = |what: &str| CaError::InvalidCa(what.to_string());
+    let invalid = CaError::invalid;
     let key = KeyPair::from_pem(key_pem)
-        .map_err(|e| CaError::InvalidCa(format!("the key is not a usable PEM private key: {e}")))?;
+        .map_err(|e| CaError::invalid_because("the key is not a usable PEM private key", e))?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| CaError::InvalidCa(format!("the certificate is not PEM: {e}")))?;
+        .map_err(|e| CaError::invalid_because("the certificate is not PEM", e.to_string()))?;
     let cert = pem
         .parse_x509()
-        .map_err(|e| CaError::InvalidCa(format!("the certificate does not parse: {e}")))?;
+        .map_err(|e| CaError::invalid_because("the certificate does not parse", e.to_string()))?;
     let is_ca = cert
         .basic_constraints()
         .ok()
@@ -313,7 +365,7 @@ fn load(cert_pem: &str, key_pem: &str, key_type: KeyType) -> Result<Signer, CaEr
         return Err(invalid("the key does not belong to the certificate"));
     }
     let issuer = Issuer::from_ca_cert_der(&pem.contents.clone().into(), key)
-        .map_err(|e| CaError::InvalidCa(format!("the certificate does not parse: {e}")))?;
+        .map_err(|e| CaError::invalid_because("the certificate does not parse", e))?;
     Ok(Signer {
         root_pem: cert_pem.to_string(),
         issuer,

@@ -2,6 +2,8 @@
 //!
 //! - [`ca`]: the [`CertificateAuthority`] trait, the builtin and provided CAs, and workload
 //!   identities (SPIFFE and `kuma://` URI SANs; RSA 2048 or ECDSA P-256 keys);
+//! - [`config`]: the `mtls` section of the configuration ([`MtlsConfig`]: key type and SAN
+//!   layout of the certificates issued);
 //! - [`mesh_ca`]: a mesh's CA by its mTLS backend type ([`CaManager`], [`CaManagers`]: `builtin`
 //!   and `provided` bundled, others added by name), the builtin CA kept in the mesh-owned secrets
 //!   Kuma uses;
@@ -40,6 +42,7 @@
 //! ```
 
 pub mod ca;
+pub mod config;
 pub mod dataplane_token;
 pub mod jwt;
 pub mod mesh_ca;
@@ -49,10 +52,11 @@ pub mod user_token;
 pub use ca::{
     BuiltinCa, CaError, CertificateAuthority, Identity, IdentityRequest, KeyType, ProvidedCa,
 };
+pub use config::MtlsConfig;
 pub use mesh_ca::{CaManager, CaManagers, MeshCaError};
 
 /// Why a token or signing key was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TokenError {
     /// Not a JWT (wrong number of parts, bad base64 or JSON).
     #[error("malformed token: {0}")]
@@ -91,15 +95,9 @@ pub enum TokenError {
     /// A signing key that cannot be read or made.
     #[error("signing key: {0}")]
     Key(String),
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(String),
-}
-
-impl From<kuma_core::manager::ManagerError> for TokenError {
-    fn from(e: kuma_core::manager::ManagerError) -> Self {
-        TokenError::Store(e.to_string())
-    }
+    /// The store failed (the cause is the source).
+    #[error("store")]
+    Store(#[from] kuma_core::manager::ManagerError),
 }
 
 /// Whether `jti` is listed in the revocation secret at `key` (comma-separated token ids; no

@@ -24,7 +24,7 @@ pub enum MeshCaError {
     #[error(transparent)]
     Store(#[from] ManagerError),
     /// The stored CA is unusable.
-    #[error("{secret}: {source}")]
+    #[error("{secret}")]
     Invalid {
         /// The secret.
         secret: String,
@@ -160,7 +160,7 @@ impl CaManagers {
             Some(m) => m.load(manager, mesh, backend, key_type).await,
             None => Err(MeshCaError::Invalid {
                 secret: format!("mesh {mesh:?} mtls backend {:?} type", backend.name),
-                source: CaError::InvalidCa(format!(
+                source: CaError::invalid(format!(
                     "{:?} is not a CA type (one of {})",
                     backend.kind,
                     self.types().collect::<Vec<_>>().join(", ")
@@ -211,7 +211,7 @@ async fn read_secret(
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| MeshCaError::Invalid {
                     secret: name.to_string(),
-                    source: CaError::InvalidCa("the secret is not PEM text".into()),
+                    source: CaError::invalid("the secret is not PEM text"),
                 })?;
             Ok(Some(text))
         }
@@ -271,7 +271,7 @@ pub async fn ensure_builtin(
     }
     Err(MeshCaError::Invalid {
         secret: cert_name,
-        source: CaError::InvalidCa("another instance created a key without its certificate".into()),
+        source: CaError::invalid("another instance created a key without its certificate"),
     })
 }
 
@@ -284,18 +284,20 @@ pub async fn load_backend(
     backend: &CaBackend,
     key_type: KeyType,
 ) -> Result<Arc<dyn CertificateAuthority>, MeshCaError> {
+    let secret = |what: &str| format!("mesh {mesh:?} mtls backend {:?} {what}", backend.name);
     let invalid = |what: &str, message: String| MeshCaError::Invalid {
-        secret: format!("mesh {mesh:?} mtls backend {:?} {what}", backend.name),
-        source: CaError::InvalidCa(message),
+        secret: secret(what),
+        source: CaError::invalid(message),
     };
     match backend.kind.as_str() {
         "builtin" => Ok(Arc::new(
             ensure_builtin(manager, mesh, &backend.name, key_type).await?,
         )),
         "provided" => {
-            let conf = backend
-                .provided_conf()
-                .map_err(|e| invalid("conf", e.to_string()))?;
+            let conf = backend.provided_conf().map_err(|e| MeshCaError::Invalid {
+                secret: secret("conf"),
+                source: CaError::invalid_because("the conf does not decode", e),
+            })?;
             let mut pems = Vec::new();
             for (field, source) in [("cert", &conf.cert), ("key", &conf.key)] {
                 let source = source
@@ -306,8 +308,12 @@ pub async fn load_backend(
                     .ok_or_else(|| invalid(&format!("conf.{field}"), "cannot be read".into()))?;
                 pems.push(pem);
             }
-            let ca = ProvidedCa::from_pem(&pems[0], &pems[1], key_type)
-                .map_err(|e| invalid("conf", e.to_string()))?;
+            let ca = ProvidedCa::from_pem(&pems[0], &pems[1], key_type).map_err(|source| {
+                MeshCaError::Invalid {
+                    secret: secret("conf"),
+                    source,
+                }
+            })?;
             Ok(Arc::new(ca))
         }
         other => Err(invalid(

@@ -157,7 +157,7 @@ fn provided_cas_are_checked() {
         .err()
         .unwrap();
     assert!(
-        matches!(err, CaError::InvalidCa(ref m) if m.contains("not a CA")),
+        matches!(err, CaError::InvalidCa { ref reason, .. } if reason.contains("not a CA")),
         "{err}"
     );
     // Another CA's key does not belong to the certificate.
@@ -282,8 +282,8 @@ async fn provided_backends_load_from_data_sources() {
     let e = load_backend(&manager, "payments", &missing, KeyType::EcdsaP256)
         .await
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    let e = kuma_core::errors::chain(&e);
     assert!(
         e.contains("\"ca-2\" conf.cert") && e.contains("cannot be read"),
         "{e}"
@@ -295,8 +295,8 @@ async fn provided_backends_load_from_data_sources() {
     let e = load_backend(&manager, "payments", &not_ca, KeyType::EcdsaP256)
         .await
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    let e = kuma_core::errors::chain(&e);
     assert!(e.contains("\"ca-2\" conf") && e.contains("not a CA"), "{e}");
     let unknown = CaBackend {
         kind: "vault".into(),
@@ -305,8 +305,8 @@ async fn provided_backends_load_from_data_sources() {
     let e = load_backend(&manager, "payments", &unknown, KeyType::EcdsaP256)
         .await
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    let e = kuma_core::errors::chain(&e);
     assert!(e.contains("\"vault\" is not a CA type"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

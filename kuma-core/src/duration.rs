@@ -31,6 +31,13 @@ impl Duration {
         }
     }
 
+    /// A duration written in Go syntax, for defaults in code (`Duration::literal("10s")`). Text
+    /// that does not parse is zero, which configuration checks refuse where zero is wrong.
+    pub fn literal(text: &str) -> Self {
+        text.parse()
+            .unwrap_or_else(|_| Duration::from_std(std::time::Duration::ZERO))
+    }
+
     /// The text as written in the source document.
     pub fn as_str(&self) -> &str {
         &self.text

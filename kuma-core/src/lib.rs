@@ -1,7 +1,7 @@
 //! The core of a Kuma-compatible control plane: the resource model and its validation, the
 //! storage abstraction ([`ResourceStore`]), the [`ResourceManager`] that enforces Kuma's rules on
-//! top of any store, the policy engine ([`rules`]), and the control-plane configuration
-//! ([`Config`], Kuma's YAML and `KUMA_*` variables).
+//! top of any store, the policy engine ([`rules`]), and the configuration loader
+//! ([`config`], Kuma's YAML and `KUMA_*` variables, for the sections crates own).
 //!
 //! It does no I/O of its own: no network, no database, no files but the configuration file.
 //! Stores are `kuma-store`'s, config generation `kuma-xds`'s, serving `kuma-cp`'s.
@@ -38,7 +38,7 @@
 //!
 //! ```
 //! use kuma_core::resource::{Resource, ResourceKey, Version};
-//! use kuma_core::store::{ListQuery, Page, ResourceStore, StoreError, StoreEvent};
+//! use kuma_core::store::{BackendError, ListQuery, Page, ResourceStore, StoreError, StoreEvent};
 //! use tokio::sync::broadcast;
 //!
 //! struct ReadOnly<S>(S);
@@ -46,13 +46,13 @@
 //! #[async_trait::async_trait]
 //! impl<S: ResourceStore> ResourceStore for ReadOnly<S> {
 //!     async fn create(&self, r: Resource, _: Option<ResourceKey>) -> Result<Resource, StoreError> {
-//!         Err(StoreError::Backend(format!("{}: this store is read-only", r.key())))
+//!         Err(StoreError::Backend(BackendError::new(format!("{}: read-only", r.key()))))
 //!     }
 //!     async fn update(&self, r: Resource) -> Result<Resource, StoreError> {
-//!         Err(StoreError::Backend(format!("{}: this store is read-only", r.key())))
+//!         Err(StoreError::Backend(BackendError::new(format!("{}: read-only", r.key()))))
 //!     }
 //!     async fn delete(&self, key: &ResourceKey, _: Option<&Version>) -> Result<(), StoreError> {
-//!         Err(StoreError::Backend(format!("{key}: this store is read-only")))
+//!         Err(StoreError::Backend(BackendError::new(format!("{key}: read-only"))))
 //!     }
 //!     async fn get(&self, key: &ResourceKey) -> Result<Resource, StoreError> {
 //!         self.0.get(key).await
@@ -82,7 +82,6 @@ pub mod store;
 pub mod validation;
 pub mod watch;
 
-pub use config::Config;
 pub use manager::{ManagerError, ManagerOptions, ResourceManager};
 pub use resource::{Resource, ResourceKey, ResourceType, parse_documents, parse_yaml};
 pub use store::{ListQuery, Page, ResourceStore, StoreError, StoreEvent};

@@ -13,6 +13,7 @@
 //!   told how many events it missed (`RecvError::Lagged`) and resynchronises with `list`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -46,10 +47,61 @@ pub enum StoreError {
     /// A list offset that this store did not hand out.
     #[error("invalid offset {0:?}: use the offset returned by the previous page")]
     InvalidOffset(String),
-    /// The backend failed (connection lost, ...).
-    #[error("store backend error: {0}")]
-    Backend(String),
+    /// The backend failed (connection lost, ...); the cause is the error's source.
+    #[error("store backend error")]
+    Backend(#[source] BackendError),
 }
+
+/// What a store backend failed at, and why (its [`source`](std::error::Error::source)): the
+/// cause is shared, so store errors stay cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BackendError {
+    what: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackendError {
+    /// A failure with no underlying error (`what` says it all).
+    pub fn new(what: impl Into<String>) -> Self {
+        BackendError {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// `what` failed because of `cause` (a database client's error, an I/O error, ...).
+    pub fn caused_by(what: impl Into<String>, cause: impl Into<crate::errors::BoxError>) -> Self {
+        BackendError {
+            what: what.into(),
+            cause: Some(Arc::from(cause.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Equal when they say the same: what failed and why.
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.what == other.what
+            && self.cause.as_ref().map(ToString::to_string)
+                == other.cause.as_ref().map(ToString::to_string)
+    }
+}
+
+impl Eq for BackendError {}
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,8 +7,7 @@
 //! ```
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use kuma_core::config::Config;
-use kuma_cp::ControlPlane;
+use kuma_cp::{Config, ControlPlane};
 use kuma_xds::generate::{BoxError, GeneratorList, ProxyContext, ResourceGenerator, ResourceSet};
 
 /// Adds `x-served-by` to the responses of every HTTP inbound.

@@ -7,8 +7,7 @@
 
 use std::sync::Arc;
 
-use kuma_core::config::Config;
-use kuma_cp::ControlPlane;
+use kuma_cp::{Config, ControlPlane};
 use kuma_store::MemoryStore;
 
 #[tokio::main]

@@ -115,11 +115,10 @@ impl DataplaneAuthenticator for DataplaneTokenAuthenticator {
                     .into(),
             );
         }
-        let identity = self
-            .0
-            .validate(token)
-            .await
-            .map_err(|e| format!("invalid dataplane token: {e}"))?;
+        let identity =
+            self.0.validate(token).await.map_err(|e| {
+                format!("invalid dataplane token: {}", kuma_core::errors::Chain(&e))
+            })?;
         if !identity.kind.is_empty() && identity.kind != "dataplane" {
             return Err(format!(
                 "invalid dataplane token: it is for a proxy of type {:?}, not a dataplane",

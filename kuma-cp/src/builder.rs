@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::config::{Config, ConfigError, Mode};
 use kuma_ca::mesh_ca::{CaManager, CaManagers};
-use kuma_core::config::{Config, ConfigError, Mode};
 use kuma_core::manager::{ManagerOptions, ResourceManager};
 use kuma_core::store::ResourceStore;
 use kuma_dns::vips::VipAllocator;
@@ -22,7 +22,7 @@ use crate::{ControlPlane, StartError, metrics, serve};
 /// ```no_run
 /// use std::sync::Arc;
 ///
-/// use kuma_core::config::Config;
+/// use kuma_cp::Config;
 /// use kuma_cp::ControlPlane;
 /// use kuma_store::MemoryStore;
 /// use kuma_xds::generate::GeneratorList;

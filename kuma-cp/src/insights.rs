@@ -237,7 +237,7 @@ impl InsightRecorder {
                 p.key = Some(key.clone());
             }
             if let Err(e) = self.write(&key, subs, &xds).await {
-                tracing::debug!(node_id, error = %e, "cannot write DataplaneInsight");
+                tracing::debug!(node_id, error = %kuma_core::errors::Chain(&e), "cannot write DataplaneInsight");
             }
         }
     }

@@ -3,7 +3,7 @@
 //! layouts ([`Layout::from_config`]: Kuma's current one and the older split one) are two values
 //! of it; another mode is another value, not another branch of the start-up code.
 
-use kuma_core::config::{Config, Mode, PortLayout};
+use crate::config::{Config, Mode, PortLayout};
 
 /// The name of the split layout's GUI listener.
 pub const GUI_SERVER: &str = "GUI server";

@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), kuma_cp::StartError> {
-//! let config = kuma_core::config::Config::load(None, |k| std::env::var(k).ok())?;
+//! let config = kuma_cp::Config::load(None, |k| std::env::var(k).ok())?;
 //! let cp = kuma_cp::ControlPlane::start(config).await?;
 //! println!("dp-server on {:?}", cp.dp_server_addr());
 //! cp.shutdown().await;
@@ -29,27 +29,29 @@
 //! - `sqlite` (default): `store.type: sqlite`.
 
 pub mod auth;
-pub mod bootstrap;
+mod bootstrap;
 mod builder;
+pub mod config;
 mod insights;
-pub mod inspect;
+mod inspect;
 pub mod layout;
-pub mod metrics;
+mod metrics;
 mod parts;
 pub mod process;
 pub mod serve;
-pub mod tls;
+mod tls;
 mod vips;
 
 pub use auth::{DataplaneAuthenticator, DataplaneTokenAuthenticator};
 pub use builder::ControlPlaneBuilder;
+pub use config::{Config, ConfigError};
 pub use layout::{Layout, Listener, Service};
+pub use metrics::Metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kuma_core::config::{Config, ConfigError};
 use kuma_core::manager::{ManagerError, ResourceManager};
 use tokio::sync::watch;
 use xds_server::cache::SnapshotCache;
@@ -84,8 +86,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The TLS certificate could not be loaded or generated.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS")]
+    Tls(#[source] kuma_core::errors::BoxError),
     /// Initial resources could not be created.
     #[error(transparent)]
     Manager(#[from] ManagerError),
@@ -96,8 +98,8 @@ pub enum StartError {
     #[error("admin user token")]
     Tokens(#[from] kuma_ca::TokenError),
     /// The DNS settings cannot be used.
-    #[error("dnsServer: {0}")]
-    Dns(String),
+    #[error("dnsServer")]
+    Dns(#[source] kuma_dns::vips::InvalidCidr),
 }
 
 /// A running control plane.
@@ -265,7 +267,7 @@ impl ControlPlane {
     }
 
     /// The control plane's metrics (what `/metrics` serves).
-    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

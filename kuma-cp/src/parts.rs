@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::Config;
 use axum::routing::{get, post};
 use kuma_ca::mesh_ca::CaManagers;
-use kuma_core::config::{Config, StoreType};
 use kuma_core::manager::ResourceManager;
 use kuma_core::store::ResourceStore;
 use kuma_dns::vips::VipAllocator;
+use kuma_store::config::StoreType;
 use kuma_xds::generate::SnapshotGenerator;
 use rustls::ServerConfig;
 use tokio::sync::watch;
@@ -121,9 +122,11 @@ impl Certificates {
         };
         let certificate =
             tls::CpCertificate::load_or_generate(cert_file, key_file, &dir, &tls::default_hosts())
-                .map_err(StartError::Tls)?;
+                .map_err(|e| StartError::Tls(e.into()))?;
         Ok(Certificates {
-            ours: certificate.server_config().map_err(StartError::Tls)?,
+            ours: certificate
+                .server_config()
+                .map_err(|e| StartError::Tls(e.into()))?,
             ca_path: cert_file
                 .is_empty()
                 .then(|| tls::CpCertificate::ca_path(&dir)),
@@ -148,7 +151,7 @@ impl Certificates {
             )
             .and_then(|c| c.server_config())
             .map(Some)
-            .map_err(StartError::Tls),
+            .map_err(|e| StartError::Tls(e.into())),
         }
     }
 }
@@ -225,7 +228,7 @@ impl DataPlaneSide {
             &config.dns_server.domain,
         );
         if layout.sds_apart() {
-            reconciler = reconciler.with_sds_cluster(bootstrap::SDS_CLUSTER);
+            reconciler = reconciler.with_sds_cluster(kuma_xds::bootstrap::SDS_CLUSTER);
         }
         let reconciler = tokio::spawn(reconciler.run());
         let lifecycle = lifecycle::Lifecycle::new(
@@ -312,10 +315,12 @@ impl DataPlaneSide {
             .flatten();
         let state = bootstrap::BootstrapState {
             manager: self.manager.clone(),
-            params: config.bootstrap_server.params.clone(),
-            dp_server_port: config.dp_server.port,
-            sds_port,
-            ca_pem: certificates.ca_pem.clone(),
+            target: kuma_xds::bootstrap::ControlPlaneTarget {
+                params: config.bootstrap_server.params.clone(),
+                dp_server_port: config.dp_server.port,
+                sds_port,
+                ca_pem: certificates.ca_pem.clone(),
+            },
             dp_auth: self.admission.clone(),
         };
         axum::Router::new().route("/bootstrap", post(bootstrap::handle).with_state(state))
@@ -348,9 +353,9 @@ pub(crate) fn catalog(
 pub(crate) fn server_info(config: &Config) -> kuma_api::ServerInfo {
     let mut info = kuma_api::ServerInfo::local(&tls::hostname());
     info.mode = match config.mode {
-        kuma_core::config::Mode::Standalone => "standalone",
-        kuma_core::config::Mode::Zone => "zone",
-        kuma_core::config::Mode::Global => "global",
+        crate::config::Mode::Standalone => "standalone",
+        crate::config::Mode::Zone => "zone",
+        crate::config::Mode::Global => "global",
     }
     .into();
     info
@@ -414,7 +419,7 @@ pub(crate) async fn leader_jobs(
         if now && !was {
             tracing::info!("this instance is now the leader");
             if let Err(e) = defaults.ensure().await {
-                tracing::warn!(error = %e, "leader job `defaults` failed; retried at the next leadership");
+                tracing::warn!(error = %kuma_core::errors::Chain(&e), "leader job `defaults` failed; retried at the next leadership");
             }
         } else if !now && was {
             tracing::info!("this instance is no longer the leader");

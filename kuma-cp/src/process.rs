@@ -31,11 +31,13 @@ pub fn raise_open_file_limit() {
         match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, hard)) if soft < hard => {
                 if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                    tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                    tracing::warn!(soft, hard, error = %kuma_core::errors::Chain(&e), "cannot raise the open-file limit");
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+            Err(e) => {
+                tracing::warn!(error = %kuma_core::errors::Chain(&e), "cannot read the open-file limit")
+            }
         }
     }
 }

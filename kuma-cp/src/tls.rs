@@ -30,8 +30,21 @@ impl std::fmt::Debug for CpCertificate {
     }
 }
 
-fn err(context: &str, e: impl std::fmt::Display) -> String {
-    format!("{context}: {e}")
+/// What about the control plane's certificate failed (a file, generation, the chain), and
+/// why (the [`source`](std::error::Error::source)).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub(crate) struct TlsError {
+    what: String,
+    #[source]
+    cause: Option<kuma_core::errors::BoxError>,
+}
+
+fn err(what: &str, cause: impl Into<kuma_core::errors::BoxError>) -> TlsError {
+    TlsError {
+        what: what.to_string(),
+        cause: Some(cause.into()),
+    }
 }
 
 impl CpCertificate {
@@ -42,13 +55,16 @@ impl CpCertificate {
         key_file: &str,
         dir: &Path,
         hosts: &[String],
-    ) -> Result<CpCertificate, String> {
+    ) -> Result<CpCertificate, TlsError> {
         if !cert_file.is_empty() {
             let chain_pem = std::fs::read_to_string(cert_file).map_err(|e| err(cert_file, e))?;
             let key_pem = std::fs::read_to_string(key_file).map_err(|e| err(key_file, e))?;
             let last = chain_pem
                 .rfind("-----BEGIN CERTIFICATE-----")
-                .ok_or_else(|| format!("{cert_file}: no certificate"))?;
+                .ok_or_else(|| TlsError {
+                    what: format!("{cert_file}: no certificate"),
+                    cause: None,
+                })?;
             let ca_pem = chain_pem[last..].to_string();
             return Ok(CpCertificate {
                 chain_pem,
@@ -87,7 +103,7 @@ impl CpCertificate {
     }
 
     /// The rustls server side (ALPN `h2` for gRPC, `http/1.1` for `/bootstrap`).
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
                 .collect::<Result<_, _>>()

@@ -16,7 +16,7 @@ impl kuma_xds::sync::Vips for StoredVips {
         match stored_service_vips(&self.0, mesh).await {
             Ok(vips) => vips,
             Err(e) => {
-                tracing::warn!(mesh, error = %e, "VIP outbounds left out");
+                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "VIP outbounds left out");
                 BTreeMap::new()
             }
         }

@@ -17,13 +17,12 @@ use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use kuma_ca::ca::{BuiltinCa, CertificateAuthority, KeyType};
 use kuma_ca::dataplane_token::DataplaneIdentity;
 use kuma_ca::mesh_ca::{CaManager, MeshCaError};
-use kuma_core::config::Config;
 use kuma_core::manager::ResourceManager;
 use kuma_core::model::mesh::CaBackend;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Version, parse_yaml};
 use kuma_core::store::{ListQuery, Page, ResourceStore, StoreError, StoreEvent};
-use kuma_cp::ControlPlane;
 use kuma_cp::auth::{BoxError, DataplaneAuthenticator};
+use kuma_cp::{Config, ControlPlane};
 use kuma_dns::vips::{
     Allocation, HostnameEntry, OutboundEntry, VipAllocator, VipError, VipTable, VirtualOutbound,
 };

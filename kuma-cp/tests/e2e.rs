@@ -12,9 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kuma_ca::dataplane_token::{DataplaneIdentity, DataplaneTokens};
-use kuma_core::config::Config;
 use kuma_core::resource::{ResourceKey, ResourceType};
-use kuma_cp::ControlPlane;
+use kuma_cp::{Config, ControlPlane};
 
 /// A dataplane token for Dataplane `name` of mesh `default`, valid for an hour.
 async fn token(cp: &ControlPlane, name: &str) -> String {
@@ -60,14 +59,9 @@ async fn envoy_data_path_through_generated_config() {
 
     // The dp-server speaks TLS only, with a certificate an independent verifier (rustls with
     // the control plane's CA) accepts for "localhost"; a client trusting another CA is refused.
-    let other_ca = kuma_cp::tls::CpCertificate::load_or_generate(
-        "",
-        "",
-        &std::env::temp_dir().join(format!("kuma-cp-e2e-other-ca-{}", std::process::id())),
-        &["localhost".to_string()],
-    )
-    .unwrap();
-    let wrong = kuma_dp::tls::client_config(Some(&other_ca.ca_pem)).unwrap();
+    let other_ca = kuma_ca::BuiltinCa::generate("other", kuma_ca::KeyType::EcdsaP256).unwrap();
+    let other_ca = kuma_ca::CertificateAuthority::root_pem(&other_ca);
+    let wrong = kuma_dp::tls::client_config(Some(other_ca)).unwrap();
     assert!(
         kuma_dp::tls::connect("localhost", cp_port, wrong)
             .await

@@ -109,7 +109,9 @@ async fn sync_mesh(manager: &ResourceManager, tables: &VipTables, local_zone: &s
         let key = ResourceKey::global(ResourceType::Config, &config_name(mesh));
         match manager.delete(&key, false).await {
             Ok(()) | Err(ManagerError::Store(StoreError::NotFound(_))) => {}
-            Err(e) => tracing::warn!(mesh, error = %e, "cannot remove the VIPs of a deleted mesh"),
+            Err(e) => {
+                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot remove the VIPs of a deleted mesh")
+            }
         }
         return;
     }
@@ -121,13 +123,13 @@ async fn sync_mesh(manager: &ResourceManager, tables: &VipTables, local_zone: &s
     let (dataplanes, ingresses) = match listed {
         Ok((d, i)) => (d.items, i.items),
         Err(e) => {
-            tracing::warn!(mesh, error = %e, "cannot list the services for VIPs");
+            tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list the services for VIPs");
             return;
         }
     };
     let wanted = service_hostnames(mesh, local_zone, &dataplanes, &ingresses);
     if let Err(e) = tables.sync(mesh, &wanted).await {
-        tracing::warn!(mesh, error = %e, "VIP allocation incomplete");
+        tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "VIP allocation incomplete");
     }
 }
 
@@ -141,7 +143,9 @@ pub async fn build_zone(manager: &ResourceManager, domain: &str, ttl: u32) -> Zo
             }
             match parse_table(&c.meta.name, c) {
                 Ok(t) => tables.push(t),
-                Err(e) => tracing::warn!(error = %e, "a VIP table is skipped"),
+                Err(e) => {
+                    tracing::warn!(error = %kuma_core::errors::Chain(&e), "a VIP table is skipped")
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 //! - [`zone`]: names to VIPs and the answer to one query, safe on any input.
 //! - [`server`]: UDP and TCP serving of a zone, optionally forwarding other names upstream
 //!   (kuma-dp's DNS proxy is one).
+//! - [`config`]: the `dnsServer` section of the configuration ([`DnsServerConfig`]).
 //! - [`jobs`]: the control plane's DNS jobs: allocating VIPs on the leader, following the stored
 //!   tables into the served zone.
 //!
@@ -21,11 +22,13 @@
 //! assert_eq!(zone.len(), 1);
 //! ```
 
+pub mod config;
 pub mod jobs;
 pub mod server;
 pub mod vips;
 pub mod zone;
 
+pub use config::DnsServerConfig;
 pub use server::DnsServer;
 pub use vips::{CidrVipAllocator, VipAllocator, VipError, VipTables};
 pub use zone::Zone;

@@ -333,13 +333,22 @@ pub struct CidrVipAllocator {
     cidr: Ipv4Net,
 }
 
+/// A VIP range that is not an IPv4 CIDR.
+#[derive(Debug, thiserror::Error)]
+#[error("{cidr:?} is not an IPv4 CIDR")]
+pub struct InvalidCidr {
+    cidr: String,
+    source: ipnet::AddrParseError,
+}
+
 impl CidrVipAllocator {
     /// Allocates from `cidr` (IPv4).
-    pub fn new(cidr: &str) -> Result<Self, String> {
-        let cidr: Ipv4Net = cidr
-            .parse()
-            .map_err(|_| format!("{cidr:?} is not an IPv4 CIDR"))?;
-        Ok(CidrVipAllocator { cidr })
+    pub fn new(cidr: &str) -> Result<Self, InvalidCidr> {
+        let parsed: Ipv4Net = cidr.parse().map_err(|source| InvalidCidr {
+            cidr: cidr.to_string(),
+            source,
+        })?;
+        Ok(CidrVipAllocator { cidr: parsed })
     }
 }
 

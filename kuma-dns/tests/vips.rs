@@ -93,7 +93,7 @@ fn first_vips_and_kumas_json() {
 }
 
 /// VIP tables kept through `m`, allocated from `cidr`.
-fn cidr_tables(m: &ResourceManager, cidr: &str) -> Result<VipTables, String> {
+fn cidr_tables(m: &ResourceManager, cidr: &str) -> Result<VipTables, kuma_dns::vips::InvalidCidr> {
     let allocator = CidrVipAllocator::new(cidr)?;
     Ok(VipTables::new(m.clone(), Arc::new(allocator)))
 }

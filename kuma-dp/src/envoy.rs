@@ -63,6 +63,6 @@ pub fn forward(pid: Option<Pid>, signal: Signal) {
     if let Some(pid) = pid
         && let Err(e) = kill(pid, signal)
     {
-        tracing::warn!(%signal, error = %e, "cannot forward the signal to Envoy");
+        tracing::warn!(%signal, error = %kuma_core::errors::Chain(&e), "cannot forward the signal to Envoy");
     }
 }

@@ -27,7 +27,7 @@ pub(crate) use sql::*;
 mod sql {
     use chrono::{DateTime, SubsecRound, Utc};
     use kuma_core::resource::{Resource, Version};
-    use kuma_core::store::StoreError;
+    use kuma_core::store::{BackendError, StoreError};
     use serde_json::Value;
 
     /// The current time at the databases' precision (microseconds), so what a write returns
@@ -54,8 +54,12 @@ mod sql {
         created: DateTime<Utc>,
         modified: DateTime<Utc>,
     ) -> Result<Resource, StoreError> {
-        let mut r = Resource::from_value(doc)
-            .map_err(|e| StoreError::Backend(format!("a stored resource does not decode: {e}")))?;
+        let mut r = Resource::from_value(doc).map_err(|e| {
+            StoreError::Backend(BackendError::caused_by(
+                "a stored resource does not decode",
+                e,
+            ))
+        })?;
         r.meta.version = Version(version.to_string());
         r.meta.creation_time = Some(created);
         r.meta.modification_time = Some(modified);

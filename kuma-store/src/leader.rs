@@ -22,7 +22,7 @@ pub fn in_process() -> watch::Receiver<bool> {
 pub mod postgres {
     use std::time::Duration;
 
-    use kuma_core::config::PostgresConfig;
+    use crate::config::PostgresConfig;
     use tokio::sync::watch;
 
     /// How often a follower tries to take the lock, and how long a leader may go without

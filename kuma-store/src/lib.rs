@@ -6,6 +6,8 @@
 //! - `PostgresStore` (feature `postgres`): PostgreSQL, shared by several control-plane
 //!   instances (changes reach every instance through LISTEN/NOTIFY), with Kuma's schema
 //!   migrations.
+//! - [`config`]: the `store` section of the configuration ([`StoreConfig`]), which says which
+//!   of them to open.
 //! - [`leader`]: which instance runs the once-per-zone jobs (in process, or a PostgreSQL lock).
 //!
 //! Every store passes `kuma_core::conformance::run`. This crate does not validate (the
@@ -34,6 +36,7 @@
 //! suite.
 
 mod common;
+pub mod config;
 pub mod leader;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -43,6 +46,7 @@ mod postgres_tls;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use config::{StoreConfig, StoreType};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

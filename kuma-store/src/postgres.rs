@@ -26,9 +26,11 @@ use tokio::sync::{Notify, broadcast};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Row};
 
-use kuma_core::config::PostgresConfig;
+use crate::config::PostgresConfig;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Version};
-use kuma_core::store::{EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent};
+use kuma_core::store::{
+    BackendError, EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent,
+};
 
 use crate::common::{check_version, document, now, restore};
 use crate::memory::DEFAULT_EVENT_CAPACITY;
@@ -128,7 +130,7 @@ pub(crate) fn pg_config(config: &PostgresConfig) -> tokio_postgres::Config {
             config.connection_timeout.max(1),
         )))
         .ssl_mode(
-            if config.tls.mode == kuma_core::config::PostgresTlsMode::Disable {
+            if config.tls.mode == crate::config::PostgresTlsMode::Disable {
                 tokio_postgres::config::SslMode::Disable
             } else {
                 tokio_postgres::config::SslMode::Require
@@ -373,12 +375,12 @@ impl PostgresStore {
     /// reported as [`StoreError::Backend`].
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let mut delay = Duration::from_millis(50);
-        let mut last = String::new();
+        let mut last = None;
         for attempt in 1..=ATTEMPTS {
             match self.pool.get().await {
                 Ok(c) => return Ok(c),
                 Err(e) => {
-                    last = e.to_string();
+                    last = Some(e);
                     if attempt < ATTEMPTS {
                         tokio::time::sleep(delay).await;
                         delay *= 4;
@@ -386,14 +388,16 @@ impl PostgresStore {
                 }
             }
         }
-        Err(StoreError::Backend(format!(
-            "no PostgreSQL connection after {ATTEMPTS} attempts: {last}"
-        )))
+        let what = format!("no PostgreSQL connection after {ATTEMPTS} attempts");
+        Err(StoreError::Backend(match last {
+            Some(e) => BackendError::caused_by(what, e),
+            None => BackendError::new(what),
+        }))
     }
 }
 
 fn backend(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(describe(&e))
+    StoreError::Backend(BackendError::caused_by("PostgreSQL", e))
 }
 
 fn kind_code(kind: EventKind) -> i16 {
@@ -475,9 +479,9 @@ async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
         .await
         .map_err(backend)?;
     tx.commit().await.map_err(|e| {
-        StoreError::Backend(format!(
-            "commit failed, the write may or may not have been applied: {}",
-            describe(&e)
+        StoreError::Backend(BackendError::caused_by(
+            "commit failed, the write may or may not have been applied",
+            e,
         ))
     })
 }
@@ -518,7 +522,7 @@ impl PostgresStore {
             match read().await {
                 Ok(v) => return Ok(v),
                 Err(ReadError::Retry(e)) if attempt < ATTEMPTS => {
-                    tracing::debug!(error = %e, attempt, "read on a dropped session; retrying");
+                    tracing::debug!(error = %kuma_core::errors::Chain(&e), attempt, "read on a dropped session; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 4;
                     attempt += 1;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use kuma_core::config::{PostgresConfig, PostgresTlsMode};
+use crate::config::{PostgresConfig, PostgresTlsMode};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};

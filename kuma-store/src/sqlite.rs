@@ -21,7 +21,9 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Version};
-use kuma_core::store::{EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent};
+use kuma_core::store::{
+    BackendError, EventKind, ListQuery, Page, ResourceStore, StoreError, StoreEvent,
+};
 
 use crate::common::{check_version, document, now, restore};
 use crate::memory::DEFAULT_EVENT_CAPACITY;
@@ -146,7 +148,7 @@ fn lock(path: &Path) -> Result<std::fs::File, SqliteError> {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(format!("SQLite: {e}"))
+    StoreError::Backend(BackendError::caused_by("SQLite", e))
 }
 
 impl SqliteStore {
@@ -216,7 +218,7 @@ impl SqliteStore {
             f(&mut c, &events)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("SQLite task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(BackendError::caused_by("SQLite task", e)))?
     }
 }
 
@@ -246,13 +248,19 @@ fn time(t: &DateTime<Utc>) -> String {
 fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Backend(format!("a stored time does not parse: {e}")))
+        .map_err(|e| {
+            StoreError::Backend(BackendError::caused_by("a stored time does not parse", e))
+        })
 }
 
 /// A resource from (resource, version, creation_time, modification_time).
 fn decode(doc: &str, version: i64, created: &str, modified: &str) -> Result<Resource, StoreError> {
-    let value: Value = serde_json::from_str(doc)
-        .map_err(|e| StoreError::Backend(format!("a stored resource does not decode: {e}")))?;
+    let value: Value = serde_json::from_str(doc).map_err(|e| {
+        StoreError::Backend(BackendError::caused_by(
+            "a stored resource does not decode",
+            e,
+        ))
+    })?;
     restore(value, version, parse_time(created)?, parse_time(modified)?)
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kuma_core::config::PostgresConfig;
 use kuma_core::resource::{ResourceKey, ResourceType};
 use kuma_core::store::{EventKind, ListQuery, ResourceStore, StoreError};
+use kuma_store::config::PostgresConfig;
 use kuma_store::postgres::{self, PostgresError, PostgresStore};
 use kuma_testkit::PgCluster;
 
@@ -154,7 +154,7 @@ async fn writes_on_one_instance_reach_the_other_and_survive_a_restart() {
     // work again without being restarted, and nothing acknowledged is lost.
     cluster.stop();
     match a.get(&dp.key()).await {
-        Err(StoreError::Backend(msg)) => assert!(!msg.is_empty()),
+        Err(StoreError::Backend(e)) => assert!(!e.to_string().is_empty()),
         other => panic!("expected a backend error while PostgreSQL is down, got {other:?}"),
     }
     cluster.restart();
@@ -230,7 +230,7 @@ async fn leadership_is_exclusive_and_lost_with_the_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_modes_check_what_they_promise() {
-    use kuma_core::config::PostgresTlsMode;
+    use kuma_store::config::PostgresTlsMode;
     let cluster = PgCluster::start().await;
     let ca = cluster.enable_tls().to_string_lossy().into_owned();
     let with = |host: &str, mode: PostgresTlsMode, ca: &str| {

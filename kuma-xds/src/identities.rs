@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::generate::{MeshMtls, WorkloadCertificate};
 use kuma_ca::ca::{CertificateAuthority, Identity, IdentityRequest, KeyType, SanLayout};
+use kuma_ca::config::MtlsConfig;
 use kuma_ca::mesh_ca::{CaManagers, MeshCaError};
-use kuma_core::config::{MtlsConfig, MtlsKeyType, SanLayoutConfig};
 use kuma_core::duration::parse_mesh_duration;
 use kuma_core::manager::ResourceManager;
 use kuma_core::model::common::SERVICE_TAG;
@@ -59,14 +59,8 @@ impl Identities {
     pub fn new(manager: ResourceManager, config: &MtlsConfig) -> Self {
         Identities {
             manager,
-            key_type: match config.key_type {
-                MtlsKeyType::Rsa2048 => KeyType::Rsa2048,
-                MtlsKeyType::EcdsaP256 => KeyType::EcdsaP256,
-            },
-            layout: match config.san_layout {
-                SanLayoutConfig::Kuma => SanLayout::Kuma,
-                SanLayoutConfig::StrictSpiffe => SanLayout::StrictSpiffe,
-            },
+            key_type: config.key_type,
+            layout: config.san_layout,
             issued: BTreeMap::new(),
             sds_cluster: None,
             cas: CaManagers::bundled(),
@@ -100,7 +94,7 @@ impl Identities {
         let Some(backend) = mtls.backends.iter().find(|b| b.name == enabled) else {
             return Err(MeshCaError::Invalid {
                 secret: format!("mesh {mesh:?} mtls.enabledBackend"),
-                source: kuma_ca::ca::CaError::InvalidCa(format!("no backend is named {enabled:?}")),
+                source: kuma_ca::ca::CaError::invalid(format!("no backend is named {enabled:?}")),
             });
         };
         let ca = self
@@ -318,7 +312,7 @@ mod tests {
             .await
             .unwrap();
         let config = MtlsConfig {
-            key_type: MtlsKeyType::EcdsaP256,
+            key_type: KeyType::EcdsaP256,
             ..Default::default()
         };
         let mut ids = Identities::new(manager.clone(), &config);

@@ -10,6 +10,9 @@
 //!   traits: [`sync::Vips`] (services' VIPs) and [`sync::SyncObserver`] (metrics);
 //! - [`identities`]: each proxy's workload certificate from its mesh's CA (`kuma-ca`'s CA
 //!   managers), kept until it must be renewed;
+//! - [`bootstrap`]: Envoy's bootstrap for a proxy's `POST /bootstrap` request;
+//! - [`config`]: the configuration sections these parts read (`xdsServer`, `bootstrapServer`,
+//!   `monitoringAssignmentServer`, `metrics`);
 //! - [`lifecycle`]: Dataplanes registered when their proxy connects and removed after it
 //!   leaves, and what each proxy reports about itself.
 //!
@@ -42,6 +45,8 @@
 //! assert_eq!(generators.names().last(), Some(&"no-listeners-for-canaries"));
 //! ```
 
+pub mod bootstrap;
+pub mod config;
 pub mod generate;
 pub mod identities;
 pub mod lifecycle;

@@ -272,7 +272,7 @@ impl Lifecycle {
         let node_id = node_id.to_string();
         self.runtime.spawn(async move {
             if let Err(e) = manager.apply(dataplane).await {
-                tracing::warn!(node_id, error = %e, "cannot register the Dataplane");
+                tracing::warn!(node_id, error = %kuma_core::errors::Chain(&e), "cannot register the Dataplane");
             }
         });
     }
@@ -317,7 +317,7 @@ impl StreamPreparer for Lifecycle {
             .registry
             .set(&dataplane.key(), node_id, node_metadata(Some(node)));
         if let Err(e) = self.manager.apply(dataplane).await {
-            tracing::warn!(node_id, error = %e, "cannot register the Dataplane");
+            tracing::warn!(node_id, error = %kuma_core::errors::Chain(&e), "cannot register the Dataplane");
             return;
         }
         if let Some(revision) = revision
@@ -395,7 +395,7 @@ impl Callbacks for Lifecycle {
                         node_id,
                         "deregistered the Dataplane of a disconnected proxy"
                     ),
-                    Err(e) => tracing::debug!(node_id, error = %e, "Dataplane already gone"),
+                    Err(e) => tracing::debug!(node_id, error = %kuma_core::errors::Chain(&e), "Dataplane already gone"),
                 }
             }
         });

@@ -89,7 +89,7 @@ pub fn assignments(meshes: &[Resource], dataplanes: &[Resource]) -> Vec<Monitori
             Ok(Some(e)) => e,
             Ok(None) => continue,
             Err(e) => {
-                tracing::info!(dataplane = %r.meta.name, mesh = %r.meta.mesh, error = %e,
+                tracing::info!(dataplane = %r.meta.name, mesh = %r.meta.mesh, error = %kuma_core::errors::Chain(&e),
                     "no monitoring assignment");
                 continue;
             }
@@ -495,7 +495,9 @@ pub async fn follow(manager: kuma_core::manager::ResourceManager, mads: Mads) {
                 mads.publish(&list);
             }
             // The assignments in force stay until the store answers again.
-            Err(e) => tracing::warn!(error = %e, "cannot list resources for MADS"),
+            Err(e) => {
+                tracing::warn!(error = %kuma_core::errors::Chain(&e), "cannot list resources for MADS")
+            }
         }
         if changes.next().await.is_none() {
             return;

@@ -69,7 +69,7 @@ use xds_server::cache::SnapshotCache;
 
 use crate::identities::Identities;
 use crate::lifecycle::ProxyRegistry;
-use kuma_core::config::MtlsConfig;
+use kuma_ca::config::MtlsConfig;
 use kuma_core::watch::{Batch, StoreWatch};
 
 /// What a batch of changes asks of one mesh.
@@ -212,14 +212,14 @@ impl Reconciler {
         {
             Ok(page) => page.items,
             Err(e) => {
-                tracing::warn!(mesh, error = %e, "cannot list dataplanes; keeping current snapshots");
+                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list dataplanes; keeping current snapshots");
                 return 0;
             }
         };
         let policies = match self.manager.mesh_policies(mesh).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(mesh, error = %e, "cannot list policies; keeping current snapshots");
+                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list policies; keeping current snapshots");
                 return 0;
             }
         };
@@ -234,7 +234,7 @@ impl Reconciler {
         let authority = match self.identities.mesh(mesh, &mesh_spec).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(mesh, error = %e, "cannot load the mesh CA; keeping current snapshots");
+                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot load the mesh CA; keeping current snapshots");
                 return 0;
             }
         };
@@ -291,7 +291,7 @@ impl Reconciler {
                 {
                     Ok(cert) => ctx = ctx.with_identity(cert),
                     Err(e) => {
-                        tracing::warn!(node, error = %e, "cannot issue a workload certificate; keeping the current snapshot");
+                        tracing::warn!(node, error = %kuma_core::errors::Chain(&e), "cannot issue a workload certificate; keeping the current snapshot");
                         continue;
                     }
                 }
@@ -301,7 +301,7 @@ impl Reconciler {
                 Ok(s) => s,
                 Err(e) => {
                     // The proxy keeps the last configuration it accepted.
-                    tracing::warn!(node, error = %e, "cannot generate config; keeping the current snapshot");
+                    tracing::warn!(node, error = %kuma_core::errors::Chain(&e), "cannot generate config; keeping the current snapshot");
                     state
                         .dependencies
                         .entry(r.meta.name.clone())

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kuma_core::config::{Config, Mode, PortLayout};
+use kuma_cp::config::{Config, Mode, PortLayout};
 
 /// A standalone Kuma-compatible control plane. Settings come from the config file (Kuma's
 /// kuma-cp keys) and KUMA_* environment variables, which win over the file; --port-layout
@@ -62,7 +62,7 @@ fn parse_layout(value: &str) -> Result<PortLayout, String> {
 
 /// `migrate up`: applies the schema migrations this binary carries.
 async fn migrate_up(config: &Config) -> ExitCode {
-    if config.store.kind != kuma_core::config::StoreType::Postgres {
+    if config.store.kind != kuma_store::StoreType::Postgres {
         eprintln!("standalone: migrate up needs store.type postgres (KUMA_STORE_TYPE=postgres)");
         return ExitCode::from(2);
     }

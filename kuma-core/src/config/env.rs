@@ -2,7 +2,10 @@
 
 use serde_json::Value;
 
-use super::{Config, ConfigError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ConfigError;
 
 /// Keys whose variable Kuma does not derive from the key's path.
 const EXCEPTIONS: &[(&str, &str)] = &[
@@ -89,10 +92,10 @@ fn override_leaves(
 }
 
 /// Applies every set variable to `cfg`.
-pub(super) fn apply(
-    cfg: Config,
+pub(super) fn apply<T: Serialize + DeserializeOwned>(
+    cfg: T,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+) -> Result<T, ConfigError> {
     let mut value = serde_json::to_value(&cfg).map_err(|e| ConfigError::Env {
         var: "KUMA_*".into(),
         message: e.to_string(),
@@ -102,7 +105,7 @@ pub(super) fn apply(
     if let Some(e) = errors.into_iter().next() {
         return Err(e);
     }
-    crate::resource::decode_value::<Config>(value).map_err(|e| {
+    crate::resource::decode_value::<T>(value).map_err(|e| {
         let (field, message) = e
             .violations()
             .first()

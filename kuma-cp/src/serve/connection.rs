@@ -165,7 +165,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: let some connections end.
-                    tracing::warn!(server = what, error = %e, "accept failed");
+                    tracing::warn!(server = what, error = %kuma_core::errors::Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -198,7 +198,7 @@ pub async fn serve(
                     let handshake = acceptor.accept(tcp);
                     match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                         Ok(Ok(stream)) => connection.run(stream).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %kuma_core::errors::Chain(&e), "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
@@ -259,7 +259,7 @@ impl Connection {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, error = %e, "connection ended");
+                        tracing::debug!(peer = %self.peer, error = %kuma_core::errors::Chain(e.as_ref()), "connection ended");
                     }
                     return;
                 }

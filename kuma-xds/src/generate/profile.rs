@@ -633,7 +633,7 @@ impl ResourceGenerator for Prometheus {
             Ok(Some(endpoint)) => endpoint,
             Ok(None) => return Ok(()),
             Err(e) => {
-                tracing::warn!(mesh = ctx.mesh.mesh, error = %e, "no metrics listener");
+                tracing::warn!(mesh = ctx.mesh.mesh, error = %kuma_core::errors::Chain(&e), "no metrics listener");
                 return Ok(());
             }
         };
