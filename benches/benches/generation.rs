@@ -8,6 +8,12 @@
 //! A second table goes through the control plane's reconciler (memory store): regenerating
 //! the whole mesh, against one changed Dataplane, which regenerates only itself and the 10
 //! proxies that call its service.
+//!
+//! A third table is the realistic mesh: every proxy a transparent proxy reaching every service
+//! through its VIP (no `reachableServices`), HTTP everywhere, a MeshTrafficPermission allowing
+//! all and one MeshTimeout, MeshRetry and MeshHTTPRoute per 10 services. It reports the
+//! encoded bytes per proxy and how many of them are distinct across the mesh (what sharing
+//! identical resources would keep). `GENERATION_ALL_TO_ALL_N=100,500` picks its sizes.
 
 use std::time::Instant;
 
@@ -133,6 +139,107 @@ fn main() {
     }
     println!();
     incremental(&sizes);
+    println!();
+    let all_sizes: Vec<usize> = std::env::var("GENERATION_ALL_TO_ALL_N")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 500, 1000]);
+    all_to_all(&all_sizes, &generator, &metadata);
+}
+
+/// `n` transparent proxies, one per service, each reaching every service by its VIP.
+fn all_to_all(sizes: &[usize], generator: &GeneratorList, metadata: &ProxyMetadata) {
+    use std::collections::{BTreeMap, HashSet};
+    println!(
+        "| all-to-all services = proxies | policies | mesh context | one proxy (mean) | every proxy | bytes/proxy | distinct bytes/proxy |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in sizes {
+        let dps: Vec<Resource> = (0..n)
+            .map(|i| {
+                parse_yaml(&format!(
+                    "type: Dataplane\nmesh: default\nname: svc-{i}\nnetworking:\n  address: 10.{}.{}.{}\n  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: svc-{i}, kuma.io/protocol: http}}\n  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}\n",
+                    i / 65536 % 256,
+                    i / 256 % 256,
+                    i % 256
+                ))
+                .expect("valid dataplane")
+            })
+            .collect();
+        let mut pols = vec![parse_yaml(
+            "type: MeshTrafficPermission\nmesh: default\nname: allow-all\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
+        )
+        .expect("valid policy")];
+        for t in (0..n).step_by(10) {
+            for body in [
+                format!(
+                    "type: MeshTimeout\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: svc-{t}}}\n    default: {{http: {{requestTimeout: 5s}}}}"
+                ),
+                format!(
+                    "type: MeshRetry\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: svc-{t}}}\n    default: {{http: {{numRetries: 3}}}}"
+                ),
+                format!(
+                    "type: MeshHTTPRoute\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n  - targetRef: {{kind: MeshService, name: svc-{t}}}\n    rules:\n    - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]\n      default: {{backendRefs: [{{kind: MeshService, name: svc-{}}}]}}",
+                    (t + 1) % n
+                ),
+            ] {
+                let kind = body
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("type: ")
+                    .to_lowercase();
+                pols.push(
+                    parse_yaml(&format!("mesh: default\nname: {kind}-{t}\n{body}"))
+                        .expect("valid policy"),
+                );
+            }
+        }
+        let vips: BTreeMap<String, std::net::Ipv4Addr> = (0..n)
+            .map(|i| {
+                let i = u32::try_from(i).unwrap_or(0);
+                (
+                    format!("svc-{i}"),
+                    std::net::Ipv4Addr::from(0xF000_0000u32 + 1 + i),
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let mesh = MeshContext::new("default", &dps)
+            .with_policies(&pols)
+            .with_vips(vips, 80);
+        let context = started.elapsed();
+        let started = Instant::now();
+        let (mut bytes, mut distinct) = (0usize, 0usize);
+        let mut seen = HashSet::new();
+        for dp in &dps {
+            let ctx = ProxyContext::new(&mesh, dp, metadata.clone()).expect("a dataplane");
+            let snapshot = generator.generate(&ctx).expect("generation succeeds");
+            for r in snapshot
+                .type_urls()
+                .filter_map(|t| snapshot.get(t))
+                .flat_map(|r| r.resources().values())
+            {
+                bytes += r.encoded_any().len();
+                // Distinct content by a 64-bit hash (collisions would only undercount).
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(r.encoded_any(), &mut h);
+                if seen.insert(std::hash::Hasher::finish(&h)) {
+                    distinct += r.encoded_any().len();
+                }
+            }
+        }
+        let all = started.elapsed();
+        println!(
+            "| {n} | {} | {:.1} ms | {:.2} ms | {:.2} s | {} | {} |",
+            pols.len(),
+            context.as_secs_f64() * 1e3,
+            all.as_secs_f64() * 1e3 / n as f64,
+            all.as_secs_f64(),
+            bytes / n,
+            distinct / n
+        );
+    }
 }
 
 /// Whole-mesh regeneration against one changed Dataplane, through the reconciler.
@@ -162,11 +269,16 @@ fn incremental(sizes: &[usize]) {
             for r in dataplanes(n).into_iter().chain(policies(n, 1)) {
                 manager.apply(r).await.expect("stored");
             }
+            // Every proxy is connected (the reconciler generates connected ones only).
+            let registry = Arc::new(ProxyRegistry::default());
+            for i in 0..n {
+                registry.stream_opened(&format!("default.svc-{i}"));
+            }
             let mut reconciler = Reconciler::new(
                 manager.clone(),
                 Arc::new(SnapshotCache::new()),
                 Arc::new(GeneratorList::kuma_profile()),
-                Arc::new(ProxyRegistry::default()),
+                registry,
                 Duration::ZERO,
             );
             let started = Instant::now();

@@ -158,11 +158,19 @@ async fn run(n: usize, variant: Variant) {
 
     let rss_start = rss_kib();
     let cache = Arc::new(SnapshotCache::new());
+    // Every simulated proxy counts as connected (the reconciler generates connected ones only).
+    let registry = Arc::new(ProxyRegistry::default());
+    for i in 0..n {
+        registry.stream_opened(&format!("default.dp-{i}"));
+    }
+    for b in 0..2 {
+        registry.stream_opened(&format!("default.backend-{b}"));
+    }
     let reconciler = Reconciler::new(
         manager.clone(),
         cache.clone(),
         Arc::new(GeneratorList::kuma_profile()),
-        Arc::new(ProxyRegistry::default()),
+        registry,
         kuma_cp::DEBOUNCE,
     );
     let reconciler = tokio::spawn(reconciler.run());

@@ -31,27 +31,50 @@ pub const READINESS_PORT: &str = "dataplane.readinessReporter.port";
 /// Node metadata key holding kuma-dp's work directory.
 pub const WORKDIR: &str = "workdir";
 
-/// What connected proxies reported about themselves, by node id; read by config generation.
+/// The proxies that are connected and what they reported about themselves, by node id; read
+/// by config generation, which only generates for connected proxies.
 ///
 /// Each change of a node's metadata gets a revision; the reconciler hears of the change
 /// ([`ProxyRegistry::changes`]), regenerates the node and records the revision it generated
 /// from ([`ProxyRegistry::generated`]), which [`Lifecycle`] waits for before a new stream is
 /// served.
+///
+/// A node is connected from its first report (or, for a proxy whose node metadata carries no
+/// Dataplane, its first stream) until the lifecycle deregisters it (or its last such stream
+/// ends); the reconciler hears of both ([`ProxyChange`]).
 pub struct ProxyRegistry {
     nodes: Mutex<HashMap<String, Registered>>,
     /// Bumped whenever a node's snapshot was generated.
     generations: tokio::sync::watch::Sender<u64>,
-    /// Where changed Dataplanes (mesh, name) are announced, once the reconciler listens.
-    changes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
+    /// Where changes are announced, once the reconciler listens.
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ProxyChange>>>,
+}
+
+/// What the reconciler hears from the [`ProxyRegistry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyChange {
+    /// The proxy of the Dataplane `name` in `mesh` reported new metadata: its config is due.
+    Reported {
+        /// The Dataplane's mesh.
+        mesh: String,
+        /// The Dataplane's name.
+        name: String,
+    },
+    /// A node whose metadata names no Dataplane opened its first stream: its config is due.
+    Connected(String),
+    /// The node is no longer connected: its config is no longer needed.
+    Disconnected(String),
 }
 
 #[derive(Default)]
 struct Registered {
     metadata: ProxyMetadata,
-    /// The revision of `metadata` (unique in the process).
+    /// The revision of `metadata` (unique in the process; 0: the node reported nothing).
     revision: u64,
     /// The latest revision a snapshot was generated from.
     generated: u64,
+    /// Open streams that reported nothing (their node is connected while there are some).
+    bare_streams: usize,
 }
 
 impl Default for ProxyRegistry {
@@ -96,20 +119,70 @@ impl ProxyRegistry {
             entry.revision = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             entry.revision
         };
-        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = changes.as_ref() {
-            let _ = tx.send((key.mesh.clone(), key.name.clone()));
-        }
+        self.announce(ProxyChange::Reported {
+            mesh: key.mesh.clone(),
+            name: key.name.clone(),
+        });
         Some(revision)
     }
 
-    fn remove(&self, node_id: &str) {
-        self.nodes().remove(node_id);
+    fn announce(&self, change: ProxyChange) {
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = changes.as_ref() {
+            let _ = tx.send(change);
+        }
     }
 
-    /// The Dataplanes (mesh, name) whose proxies report new metadata, from now on (one
-    /// listener: a second call replaces the first).
-    pub fn changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
+    /// Forgets `node_id`: it is no longer connected.
+    fn remove(&self, node_id: &str) {
+        if self.nodes().remove(node_id).is_some() {
+            self.announce(ProxyChange::Disconnected(node_id.to_string()));
+        }
+    }
+
+    /// Whether `node_id` is connected: it reported itself, or has a stream open.
+    pub fn connected(&self, node_id: &str) -> bool {
+        self.nodes().contains_key(node_id)
+    }
+
+    /// A stream of `node_id` opened. A node that reported nothing (its metadata names no
+    /// Dataplane) is connected while it has such streams; its first is announced.
+    pub fn stream_opened(&self, node_id: &str) {
+        let first = {
+            let mut nodes = self.nodes();
+            let entry = nodes.entry(node_id.to_string()).or_default();
+            if entry.revision != 0 {
+                return;
+            }
+            entry.bare_streams += 1;
+            entry.bare_streams == 1
+        };
+        if first {
+            self.announce(ProxyChange::Connected(node_id.to_string()));
+        }
+    }
+
+    /// A stream of `node_id` closed. A node that reported nothing is disconnected with its
+    /// last stream (a node that reported is deregistered by the [`Lifecycle`], after a delay).
+    pub fn stream_closed(&self, node_id: &str) {
+        let gone = {
+            let mut nodes = self.nodes();
+            let Some(entry) = nodes.get_mut(node_id) else {
+                return;
+            };
+            if entry.revision != 0 {
+                return;
+            }
+            entry.bare_streams = entry.bare_streams.saturating_sub(1);
+            entry.bare_streams == 0
+        };
+        if gone {
+            self.remove(node_id);
+        }
+    }
+
+    /// What happens to proxies from now on (one listener: a second call replaces the first).
+    pub fn changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<ProxyChange> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *self.changes.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
@@ -336,10 +409,13 @@ impl StreamPreparer for Lifecycle {
 
 impl Callbacks for Lifecycle {
     fn on_stream_open(&self, _stream_id: u64, node_id: &str) {
-        let mut nodes = self.nodes();
-        let entry = nodes.open.entry(node_id.to_string()).or_default();
-        entry.0 += 1;
-        entry.1 += 1;
+        {
+            let mut nodes = self.nodes();
+            let entry = nodes.open.entry(node_id.to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += 1;
+        }
+        self.registry.stream_opened(node_id);
     }
 
     fn on_request(&self, stream_id: u64, node_id: &str, request: &DiscoveryRequest) {
@@ -354,6 +430,7 @@ impl Callbacks for Lifecycle {
         if *self.stopping.borrow() {
             return;
         }
+        self.registry.stream_closed(node_id);
         let generation = {
             let mut nodes = self.nodes();
             nodes.registered.remove(&stream_id);
@@ -420,7 +497,10 @@ mod tests {
             .expect("a first report is a change");
         assert_eq!(
             changes.try_recv().unwrap(),
-            ("default".to_string(), "web-1".to_string())
+            ProxyChange::Reported {
+                mesh: "default".to_string(),
+                name: "web-1".to_string()
+            }
         );
         assert_eq!(registry.set(&key, "default.web-1", reported.clone()), None);
         assert!(changes.try_recv().is_err(), "the same report is no change");
@@ -446,5 +526,42 @@ mod tests {
         registry.generated("default.web-1", revision);
         assert!(waiter.await.unwrap());
         assert_eq!(registry.get_revision("default.web-1"), (reported, revision));
+    }
+
+    #[test]
+    fn a_node_is_connected_from_its_report_or_its_bare_streams_until_it_leaves() {
+        let registry = ProxyRegistry::default();
+        let mut changes = registry.changes();
+        let key = ResourceKey::new(ResourceType::Dataplane, "default", "web-1");
+        assert!(!registry.connected("default.web-1"));
+        registry.set(&key, "default.web-1", ProxyMetadata::default());
+        assert!(registry.connected("default.web-1"));
+        // Its streams open and close; it stays until the lifecycle deregisters it.
+        registry.stream_opened("default.web-1");
+        registry.stream_closed("default.web-1");
+        assert!(registry.connected("default.web-1"));
+        registry.remove("default.web-1");
+        assert!(!registry.connected("default.web-1"));
+
+        // A node that reports nothing is connected while it has streams.
+        registry.stream_opened("default.bare");
+        registry.stream_opened("default.bare");
+        registry.stream_closed("default.bare");
+        assert!(registry.connected("default.bare"));
+        registry.stream_closed("default.bare");
+        assert!(!registry.connected("default.bare"));
+        let heard: Vec<ProxyChange> = std::iter::from_fn(|| changes.try_recv().ok()).collect();
+        assert_eq!(
+            heard,
+            [
+                ProxyChange::Reported {
+                    mesh: "default".into(),
+                    name: "web-1".into()
+                },
+                ProxyChange::Disconnected("default.web-1".into()),
+                ProxyChange::Connected("default.bare".into()),
+                ProxyChange::Disconnected("default.bare".into()),
+            ]
+        );
     }
 }

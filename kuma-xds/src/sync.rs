@@ -8,6 +8,10 @@
 //!   snapshot depends on a service the changed Dataplanes provide, before or after the change
 //!   (see [`Dependencies`]); the rest of the mesh is not regenerated at all.
 //!
+//! Only connected proxies are generated ([`ProxyRegistry::connected`]): a Dataplane whose proxy
+//! has no stream costs nothing, is generated when its proxy connects, and its snapshot is
+//! dropped when the proxy leaves.
+//!
 //! In a mesh with mTLS, each proxy gets its workload certificate from [`Identities`]; the
 //! reconciler also wakes up when a certificate is due for renewal and regenerates its proxy.
 //!
@@ -68,7 +72,7 @@ use kuma_core::store::ListQuery;
 use xds_server::cache::SnapshotCache;
 
 use crate::identities::Identities;
-use crate::lifecycle::ProxyRegistry;
+use crate::lifecycle::{ProxyChange, ProxyRegistry};
 use kuma_ca::config::MtlsConfig;
 use kuma_core::watch::{Batch, StoreWatch};
 
@@ -77,15 +81,51 @@ use kuma_core::watch::{Batch, StoreWatch};
 pub enum Dirty {
     /// Regenerate every proxy.
     Everything,
-    /// Only these Dataplanes (by name) changed.
+    /// Only these Dataplanes (by name) changed: their proxies and the proxies that depend on
+    /// what they provide are regenerated.
     Dataplanes(BTreeSet<String>),
+    /// These proxies need their config (they connected, or reported new metadata); their
+    /// Dataplanes did not change, so no other proxy is regenerated.
+    Proxies(BTreeSet<String>),
+    /// Changed Dataplanes and proxies that need their config, together.
+    Both {
+        /// Changed Dataplanes.
+        dataplanes: BTreeSet<String>,
+        /// Proxies that need their config.
+        proxies: BTreeSet<String>,
+    },
 }
 
 impl Dirty {
     fn add(&mut self, change: Dirty) {
-        match (self, change) {
-            (Dirty::Dataplanes(mine), Dirty::Dataplanes(more)) => mine.extend(more),
-            (me, _) => *me = Dirty::Everything,
+        if matches!(self, Dirty::Everything) || matches!(change, Dirty::Everything) {
+            *self = Dirty::Everything;
+            return;
+        }
+        let (mut dataplanes, mut proxies) = std::mem::replace(self, Dirty::Everything).parts();
+        let (more_dataplanes, more_proxies) = change.parts();
+        dataplanes.extend(more_dataplanes);
+        proxies.extend(more_proxies);
+        *self = match (dataplanes.is_empty(), proxies.is_empty()) {
+            (_, true) => Dirty::Dataplanes(dataplanes),
+            (true, false) => Dirty::Proxies(proxies),
+            (false, false) => Dirty::Both {
+                dataplanes,
+                proxies,
+            },
+        };
+    }
+
+    /// (changed Dataplanes, proxies needing their config); both empty for `Everything`.
+    fn parts(self) -> (BTreeSet<String>, BTreeSet<String>) {
+        match self {
+            Dirty::Everything => (BTreeSet::new(), BTreeSet::new()),
+            Dirty::Dataplanes(d) => (d, BTreeSet::new()),
+            Dirty::Proxies(p) => (BTreeSet::new(), p),
+            Dirty::Both {
+                dataplanes,
+                proxies,
+            } => (dataplanes, proxies),
         }
     }
 }
@@ -243,24 +283,30 @@ impl Reconciler {
             .iter()
             .map(|r| (r.meta.name.clone(), provided_services(r)))
             .collect();
-        let touched = match dirty {
-            Dirty::Everything => BTreeSet::new(),
-            Dirty::Dataplanes(changed) => touched_services(changed, &state.provides, &provides),
-        };
-        let selected = |name: &str| match dirty {
-            Dirty::Everything => true,
-            Dirty::Dataplanes(changed) => {
-                changed.contains(name)
-                    || state
+        let everything = matches!(dirty, Dirty::Everything);
+        let (changed, proxies) = dirty.clone().parts();
+        let touched = touched_services(&changed, &state.provides, &provides);
+        let selected = |name: &str| {
+            everything
+                || proxies.contains(name)
+                || changed.contains(name)
+                || (!changed.is_empty()
+                    && state
                         .dependencies
                         .get(name)
-                        .is_none_or(|d| d.touched_by(&touched))
-            }
+                        .is_none_or(|d| d.touched_by(&touched)))
         };
-        let targets: Vec<&Resource> = dataplanes
+        // Only connected proxies are generated; a selected one that is not connected (any
+        // more) loses the snapshot it may have.
+        let (targets, unconnected): (Vec<&Resource>, Vec<&Resource>) = dataplanes
             .iter()
             .filter(|r| selected(&r.meta.name))
-            .collect();
+            .partition(|r| self.registry.connected(&node_id(mesh, &r.meta.name)));
+        for r in unconnected {
+            if state.dependencies.remove(&r.meta.name).is_some() {
+                self.cache.remove(&node_id(mesh, &r.meta.name));
+            }
+        }
         let vips = self.vips.service_vips(mesh).await;
         let mut mesh_context = MeshContext::new(mesh, &dataplanes)
             .with_spec(&mesh_spec)
@@ -384,38 +430,74 @@ impl Reconciler {
             let wake = tokio::select! {
                 batch = changes.first() => Wake::Store(batch),
                 () = until_renewal => Wake::Renewal,
-                r = report => Wake::Reported(r),
+                r = report => Wake::Proxy(r),
             };
             let mut batch = Batch::default();
             match wake {
                 // Certificates are due: their proxies get new ones.
                 Wake::Renewal => {
                     for (mesh, names) in self.identities.due(std::time::SystemTime::now()) {
-                        batch.items.push((mesh, Dirty::Dataplanes(names)));
+                        batch.items.push((mesh, Dirty::Proxies(names)));
                     }
                 }
                 Wake::Store(Some(first)) => batch = first,
                 Wake::Store(None) => return,
-                Wake::Reported(Some((mesh, name))) => {
-                    batch
-                        .items
-                        .push((mesh, Dirty::Dataplanes(BTreeSet::from([name]))));
-                }
+                Wake::Proxy(Some(change)) => self.proxy_change(change, &mut batch).await,
                 // The registry is gone: no more reports (never a busy loop on a closed channel).
-                Wake::Reported(None) => {
+                Wake::Proxy(None) => {
                     reported = None;
                     continue;
                 }
             }
             self.changed_at = Instant::now();
             changes.settle(&mut batch).await;
-            while let Some(Ok((mesh, name))) = reported.as_mut().map(|rx| rx.try_recv()) {
+            while let Some(Ok(change)) = reported.as_mut().map(|rx| rx.try_recv()) {
+                self.proxy_change(change, &mut batch).await;
+            }
+            if !batch.items.is_empty() || batch.resync {
+                self.sync_batch(batch).await;
+            }
+        }
+    }
+
+    /// Adds what a proxy's coming or going asks for to `batch`; a proxy that left loses its
+    /// snapshot at once.
+    async fn proxy_change(&mut self, change: ProxyChange, batch: &mut Batch<(String, Dirty)>) {
+        match change {
+            ProxyChange::Reported { mesh, name } => {
                 batch
                     .items
-                    .push((mesh, Dirty::Dataplanes(BTreeSet::from([name]))));
+                    .push((mesh, Dirty::Proxies(BTreeSet::from([name]))));
             }
-            self.sync_batch(batch).await;
+            ProxyChange::Connected(node) => {
+                for (mesh, name) in self.dataplanes_of(&node).await {
+                    batch
+                        .items
+                        .push((mesh, Dirty::Proxies(BTreeSet::from([name]))));
+                }
+            }
+            ProxyChange::Disconnected(node) => {
+                self.cache.remove(&node);
+                for (mesh, name) in self.dataplanes_of(&node).await {
+                    if let Some(state) = self.meshes.get_mut(&mesh) {
+                        state.dependencies.remove(&name);
+                    }
+                }
+            }
         }
+    }
+
+    /// The (mesh, Dataplane name) pairs `node` may stand for (`<mesh>.<name>`; a mesh name may
+    /// contain dots, so every known mesh that prefixes it).
+    async fn dataplanes_of(&self, node: &str) -> Vec<(String, String)> {
+        self.all_meshes()
+            .await
+            .into_iter()
+            .filter_map(|mesh| {
+                let name = node.strip_prefix(&mesh)?.strip_prefix('.')?;
+                Some((mesh.clone(), name.to_string()))
+            })
+            .collect()
     }
 
     /// Regenerates what `batch` names (every mesh when it asks for a resync).
@@ -446,8 +528,8 @@ enum Wake {
     Store(Option<Batch<(String, Dirty)>>),
     /// A workload certificate is due for renewal.
     Renewal,
-    /// A proxy reported new metadata (`None`: the registry is gone).
-    Reported(Option<(String, String)>),
+    /// A proxy came, reported or left (`None`: the registry is gone).
+    Proxy(Option<ProxyChange>),
 }
 
 /// The services `changed` Dataplanes provided before (`old`) or provide now (`new`).
@@ -506,6 +588,15 @@ mod tests {
     use kuma_core::resource::parse_yaml;
     use kuma_store::MemoryStore;
     use xds_server::cache::Snapshot;
+
+    /// A registry in which the proxies of `names` (in mesh `default`) are connected.
+    fn connected(names: &[&str]) -> Arc<ProxyRegistry> {
+        let registry = Arc::new(ProxyRegistry::default());
+        for name in names {
+            registry.stream_opened(&node_id("default", name));
+        }
+        registry
+    }
 
     /// Kuma's VIP tables in the store (what the control plane plugs in).
     struct StoredVips(ResourceManager);
@@ -566,7 +657,7 @@ mod tests {
             manager.clone(),
             cache.clone(),
             Arc::new(GeneratorList::kuma_profile()),
-            Arc::new(ProxyRegistry::default()),
+            connected(&["web", "backend-1"]),
             Duration::ZERO,
         )
         .with_vips_served(8000, "mesh")
@@ -690,11 +781,12 @@ mod tests {
         }
         let cache = Arc::new(SnapshotCache::new());
         let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
+        let registry = connected(&["web", "backend-1", "billing", "db-1", "lonely"]);
         let mut r = Reconciler::new(
             manager.clone(),
             cache.clone(),
             generator.clone(),
-            Arc::new(ProxyRegistry::default()),
+            registry.clone(),
             Duration::ZERO,
         );
         let dirty =
@@ -702,6 +794,7 @@ mod tests {
         assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 5);
 
         // A new backend endpoint: itself, and web (which calls backend). Web sees it.
+        registry.stream_opened("default.backend-2");
         manager
             .apply(dataplane("backend-2", "10.0.0.6", "backend", &[]))
             .await
@@ -765,6 +858,21 @@ mod tests {
                 .1,
         );
         assert_eq!(d, Dirty::Everything);
+        // Proxies that only need their config join changed Dataplanes without widening.
+        let set = |n: &str| BTreeSet::from([n.to_string()]);
+        let mut d = Dirty::Proxies(set("p"));
+        d.add(Dirty::Proxies(set("q")));
+        assert_eq!(d, Dirty::Proxies(BTreeSet::from(["p".into(), "q".into()])));
+        d.add(Dirty::Dataplanes(set("a")));
+        assert_eq!(
+            d,
+            Dirty::Both {
+                dataplanes: set("a"),
+                proxies: BTreeSet::from(["p".into(), "q".into()])
+            }
+        );
+        d.add(Dirty::Everything);
+        assert_eq!(d, Dirty::Everything);
         assert_eq!(
             dirt(&ResourceKey::new(
                 ResourceType::DataplaneInsight,
@@ -773,5 +881,67 @@ mod tests {
             )),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_dataplane_without_a_connected_proxy_is_never_generated() {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        for dp in [
+            dataplane("web", "10.0.0.1", "web", &["backend"]),
+            dataplane("backend-1", "10.0.0.2", "backend", &[]),
+            dataplane("backend-2", "10.0.0.3", "backend", &[]),
+        ] {
+            manager.apply(dp).await.unwrap();
+        }
+        let cache = Arc::new(SnapshotCache::new());
+        let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
+        let registry = connected(&["web"]);
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            generator.clone(),
+            registry.clone(),
+            Duration::ZERO,
+        );
+        // Only web is generated, with both backends as endpoints.
+        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 1);
+        assert_eq!(
+            endpoints_of(&cache, "default.web", "backend"),
+            ["10.0.0.2", "10.0.0.3"]
+        );
+        assert!(cache.get("default.backend-1").is_none());
+        // A change to a Dataplane nobody has connected: it is not generated, web is.
+        manager
+            .apply(dataplane("backend-2", "10.0.0.4", "backend", &[]))
+            .await
+            .unwrap();
+        let changed = Dirty::Dataplanes(BTreeSet::from(["backend-2".to_string()]));
+        assert_eq!(r.sync_mesh("default", &changed).await, 1);
+        assert_eq!(generator.1.load(Ordering::SeqCst), 2);
+
+        // backend-1's proxy connects: it alone is generated.
+        registry.stream_opened("default.backend-1");
+        let mut batch = Batch::default();
+        r.proxy_change(
+            ProxyChange::Connected("default.backend-1".into()),
+            &mut batch,
+        )
+        .await;
+        r.sync_batch(batch).await;
+        assert_eq!(generator.1.load(Ordering::SeqCst), 3);
+        assert!(cache.get("default.backend-1").is_some());
+        // It leaves: its snapshot goes, and a mesh-wide change generates web only.
+        registry.stream_closed("default.backend-1");
+        let mut batch = Batch::default();
+        r.proxy_change(
+            ProxyChange::Disconnected("default.backend-1".into()),
+            &mut batch,
+        )
+        .await;
+        assert!(batch.items.is_empty());
+        assert!(cache.get("default.backend-1").is_none());
+        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 1);
+        assert_eq!(generator.1.load(Ordering::SeqCst), 4);
     }
 }

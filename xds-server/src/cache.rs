@@ -2,11 +2,13 @@
 //!
 //! Resources are held encoded ([`EncodedResource`]): a resource is serialised once, and every
 //! snapshot and every stream that carries it shares those bytes. Build a resource that is the
-//! same for many proxies once and clone it into each snapshot.
+//! same for many proxies once and clone it into each snapshot; [`SnapshotCache`] also shares
+//! what was encoded twice: a resource equal to one a snapshot in the cache holds already is
+//! kept as that one allocation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -113,7 +115,9 @@ impl From<&Any> for EncodedResource {
 pub struct TypeResources {
     version: String,
     resources: BTreeMap<String, EncodedResource>,
-    resource_versions: BTreeMap<String, String>,
+    /// What every resource version of this type also covers (the clusters' version, for
+    /// endpoints).
+    extra: String,
 }
 
 impl TypeResources {
@@ -128,8 +132,50 @@ impl TypeResources {
     }
 
     /// The version of one resource (a hash of its bytes), as incremental xDS reports it.
-    pub fn resource_version(&self, name: &str) -> Option<&str> {
-        self.resource_versions.get(name).map(String::as_str)
+    pub fn resource_version(&self, name: &str) -> Option<String> {
+        let resource = self.resources.get(name)?;
+        let h = fnv1a(resource.hash(), self.extra.as_bytes());
+        Some(format!("{h:016x}"))
+    }
+}
+
+/// Equal resources as one allocation: [`Interner::intern`] hands back the resource with the
+/// same content it saw before, if any is still alive. It holds them weakly, so a resource no
+/// snapshot holds any more is freed; dead entries are pruned as the table grows.
+#[derive(Default)]
+struct Interner {
+    by_hash: HashMap<u64, Vec<Weak<Encoded>>>,
+    /// Entries at the last prune: the next one comes when the table has doubled.
+    pruned_at: usize,
+    entries: usize,
+}
+
+impl Interner {
+    fn intern(&mut self, resource: &EncodedResource) -> EncodedResource {
+        let candidates = self.by_hash.entry(resource.hash()).or_default();
+        for weak in candidates.iter() {
+            if let Some(alive) = weak.upgrade()
+                && alive.any == resource.0.any
+                && alive.type_url == resource.0.type_url
+            {
+                return EncodedResource(alive);
+            }
+        }
+        candidates.push(Arc::downgrade(&resource.0));
+        self.entries += 1;
+        if self.entries > 2 * self.pruned_at.max(1024) {
+            self.prune();
+        }
+        resource.clone()
+    }
+
+    fn prune(&mut self) {
+        self.by_hash.retain(|_, weak| {
+            weak.retain(|w| w.strong_count() > 0);
+            !weak.is_empty()
+        });
+        self.entries = self.by_hash.values().map(Vec::len).sum();
+        self.pruned_at = self.entries;
     }
 }
 
@@ -195,19 +241,12 @@ impl Snapshot {
                     ""
                 };
                 let version = version_of(&resources, extra);
-                let resource_versions = resources
-                    .iter()
-                    .map(|(name, resource)| {
-                        let h = fnv1a(resource.hash(), extra.as_bytes());
-                        (name.clone(), format!("{h:016x}"))
-                    })
-                    .collect();
                 (
                     type_url,
                     TypeResources {
                         version,
                         resources,
-                        resource_versions,
+                        extra: extra.to_string(),
                     },
                 )
             })
@@ -231,6 +270,15 @@ impl Snapshot {
     /// Type URLs present in the snapshot.
     pub fn type_urls(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
+    }
+
+    /// Every resource replaced by the equal one `interner` holds, if any.
+    fn intern(&mut self, interner: &mut Interner) {
+        for t in self.types.values_mut() {
+            for resource in t.resources.values_mut() {
+                *resource = interner.intern(resource);
+            }
+        }
     }
 }
 
@@ -266,9 +314,15 @@ pub trait Cache: Send + Sync + 'static {
 }
 
 /// Snapshots by node id; streams of a node see every new snapshot set for it.
+///
+/// Equal resources in different snapshots are kept once: a snapshot set is checked against the
+/// resources the cache holds, and each one equal to a held one is replaced by it (one hash
+/// lookup per resource). Memory then grows with the distinct resources, not with nodes times
+/// resources.
 #[derive(Default)]
 pub struct SnapshotCache {
     nodes: RwLock<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
+    interner: Mutex<Interner>,
 }
 
 impl SnapshotCache {
@@ -295,7 +349,8 @@ impl SnapshotCache {
 
     /// Sets the snapshot of `node_id`. Returns false (and wakes no stream) when it equals the
     /// current one.
-    pub fn set(&self, node_id: &str, snapshot: Snapshot) -> bool {
+    pub fn set(&self, node_id: &str, mut snapshot: Snapshot) -> bool {
+        snapshot.intern(&mut self.interner.lock().unwrap_or_else(|p| p.into_inner()));
         let snapshot = Arc::new(snapshot);
         self.sender(node_id).send_if_modified(|current| {
             if current.as_deref() == Some(snapshot.as_ref()) {
@@ -398,6 +453,32 @@ mod tests {
         assert!(!copy.shares_bytes_with(&shared));
         assert_eq!(copy, shared, "equal content compares equal");
         assert_ne!(EncodedResource::from(any(CLUSTER, b"other")), shared);
+    }
+
+    #[test]
+    fn equal_resources_of_different_nodes_are_kept_once() {
+        let cache = SnapshotCache::new();
+        // Encoded separately, as two proxies' generations would.
+        let snap = |own: &[u8]| {
+            Snapshot::new([
+                ("shared".to_string(), any(CLUSTER, b"the same for everyone")),
+                ("own".to_string(), any(CLUSTER, own)),
+            ])
+        };
+        assert!(cache.set("a", snap(b"a")));
+        assert!(cache.set("b", snap(b"b")));
+        let resource = |node: &str, name: &str| {
+            cache.get(node).unwrap().get(CLUSTER).unwrap().resources()[name].clone()
+        };
+        assert!(resource("a", "shared").shares_bytes_with(&resource("b", "shared")));
+        assert!(!resource("a", "own").shares_bytes_with(&resource("b", "own")));
+        // Once no snapshot holds it, it is freed, and the table forgets it when pruned.
+        let weak = Arc::downgrade(&resource("a", "own").0);
+        cache.remove("a");
+        assert!(weak.upgrade().is_none(), "the interner holds it weakly");
+        let mut interner = cache.interner.lock().unwrap();
+        interner.prune();
+        assert_eq!(interner.entries, 2, "b's two resources");
     }
 
     #[test]

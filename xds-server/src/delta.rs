@@ -150,7 +150,7 @@ impl<C: Callbacks> DeltaStream<C> {
         if let Some(t) = current {
             for (name, any) in t.resources().iter().filter(|(n, _)| wanted(n)) {
                 seen.insert(name.clone());
-                let version = t.resource_version(name).unwrap_or_default().to_string();
+                let version = t.resource_version(name).unwrap_or_default();
                 if state.known.get(name) != Some(&version) {
                     resources.push(DeltaResource {
                         name: name.clone(),
