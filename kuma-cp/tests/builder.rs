@@ -94,8 +94,8 @@ impl ResourceGenerator for ExtraListener {
         }
         let endpoints = [("127.0.0.1".to_string(), u32::from(self.echo))];
         let cluster = static_cluster("extra-echo", &endpoints);
-        resources.clusters.insert(
-            "extra-echo".into(),
+        resources.add_cluster(
+            "extra-echo",
             ClusterDraft::new(cluster, ClusterRole::System, Protocol::Tcp),
         );
         let draft = ListenerDraft {
@@ -109,7 +109,7 @@ impl ResourceGenerator for ExtraListener {
             terminal: Terminal::Tcp(Box::new(tcp_proxy("extra", "extra-echo"))),
             tls: None,
         };
-        resources.listeners.insert("extra".into(), draft);
+        resources.add_listener("extra", draft);
         Ok(())
     }
 }

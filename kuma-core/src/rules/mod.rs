@@ -23,7 +23,7 @@ mod subsets;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
@@ -131,11 +131,7 @@ impl Rule {
     /// Whether traffic of `element` (a destination's or source's tags) is in the rule's
     /// subset, as Kuma decides it.
     pub fn covers(&self, element: &Tags) -> bool {
-        subsets::Subset {
-            positive: self.subset.clone(),
-            negated: self.negated.clone(),
-        }
-        .contains(element)
+        subsets::contains(&self.subset, &self.negated, element)
     }
 
     /// Whether the rule is for sources that carry no particular tag: the empty subset, or
@@ -171,13 +167,80 @@ pub struct ProxyRules {
     pub from: Vec<InboundRules>,
     /// The merged top-level `default` of single-item policies (MeshTrace, MeshMetric, ...).
     pub single: Option<Rule>,
+    /// Which `to` rules may cover traffic to each service.
+    to_index: ToIndex,
+}
+
+/// The positions in a rule list of the rules that may cover traffic to a service: those whose
+/// subset names that service, and those that name none (which may cover any). A lookup then
+/// checks a few rules instead of every rule of the proxy.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ToIndex {
+    by_service: HashMap<String, Vec<usize>>,
+    any_service: Vec<usize>,
+}
+
+impl ToIndex {
+    fn new(rules: &[Rule]) -> Self {
+        let mut index = ToIndex::default();
+        for (i, rule) in rules.iter().enumerate() {
+            match rule.subset.get(SERVICE_TAG) {
+                Some(service) => index.by_service.entry(service.clone()).or_default().push(i),
+                None => index.any_service.push(i),
+            }
+        }
+        index
+    }
+
+    /// Positions that may cover `service`, in list order (most specific first).
+    fn candidates(&self, service: &str) -> impl Iterator<Item = usize> + '_ {
+        let named = self
+            .by_service
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let (mut a, mut b) = (named.iter().peekable(), self.any_service.iter().peekable());
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x < y => a.next().copied(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next().copied(),
+            (Some(_), None) => a.next().copied(),
+            (None, None) => None,
+        })
+    }
 }
 
 impl ProxyRules {
+    /// Rules of `rtype` as given (the policy engine builds them with [`MeshPolicies::rules`]).
+    pub fn new(
+        rtype: ResourceType,
+        matched: Vec<Origin>,
+        to: Vec<Rule>,
+        from: Vec<InboundRules>,
+        single: Option<Rule>,
+    ) -> Self {
+        let to_index = ToIndex::new(&to);
+        ProxyRules {
+            rtype,
+            matched,
+            to,
+            from,
+            single,
+            to_index,
+        }
+    }
+
+    /// The first `to` rule covering `element`, a destination of `service`.
+    fn first_to(&self, service: &str, element: &Tags) -> Option<&Rule> {
+        self.to_index
+            .candidates(service)
+            .map(|i| &self.to[i])
+            .find(|r| r.covers(element))
+    }
+
     /// The rule for traffic to `service`.
     pub fn to_rule(&self, service: &str) -> Option<&Rule> {
         let element = Tags::from([(SERVICE_TAG.to_string(), service.to_string())]);
-        self.to.iter().find(|r| r.covers(&element))
+        self.first_to(service, &element)
     }
 
     /// The rule for traffic to `service` on the route named `route` (a rule's
@@ -188,9 +251,7 @@ impl ProxyRules {
             (SERVICE_TAG.to_string(), service.to_string()),
             (RULE_MATCHES_HASH_TAG.to_string(), route.to_string()),
         ]);
-        self.to
-            .iter()
-            .find(|r| r.covers(&element))
+        self.first_to(service, &element)
             .or_else(|| self.to_rule(service))
     }
 
@@ -715,13 +776,7 @@ impl MeshPolicies {
             conf: merge::merge_confs(single.iter().map(|(c, _)| *c)),
             origins: single.iter().map(|(_, o)| (*o).clone()).collect(),
         });
-        ProxyRules {
-            rtype,
-            matched,
-            to: build_rules(rtype, &to),
-            from,
-            single,
-        }
+        ProxyRules::new(rtype, matched, build_rules(rtype, &to), from, single)
     }
 
     /// The `from` entries of `rtype` for the inbound on `port` of `proxy`, unmerged: one rule

@@ -6,6 +6,33 @@
 
 use crate::model::common::Tags;
 
+/// Whether `element` carries every tag of `positive` and no pair of `negated` (Kuma's
+/// `ContainsElement`), without building a [`Subset`].
+pub(crate) fn contains(positive: &Tags, negated: &[(String, String)], element: &Tags) -> bool {
+    if positive.is_empty() && negated.is_empty() {
+        return true;
+    }
+    if element.is_empty() {
+        return false;
+    }
+    let mut overlap = false;
+    for (k, v) in positive {
+        match element.get(k) {
+            Some(e) if e == v => overlap = true,
+            _ => return false,
+        }
+    }
+    for (k, v) in negated {
+        if let Some(e) = element.get(k) {
+            overlap = true;
+            if e == v {
+                return false;
+            }
+        }
+    }
+    overlap || positive.is_empty()
+}
+
 /// A subset of clients: tags they carry (`positive`) and tag values they do not (`negated`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Subset {
@@ -17,29 +44,9 @@ pub struct Subset {
 
 impl Subset {
     /// Whether `element` (a client's tags) is in the subset, as Kuma's `ContainsElement` says.
-    pub fn contains(&self, element: &Tags) -> bool {
-        if self.positive.is_empty() && self.negated.is_empty() {
-            return true;
-        }
-        if element.is_empty() {
-            return false;
-        }
-        let mut overlap = false;
-        for (k, v) in &self.positive {
-            match element.get(k) {
-                Some(e) if e == v => overlap = true,
-                _ => return false,
-            }
-        }
-        for (k, v) in &self.negated {
-            if let Some(e) = element.get(k) {
-                overlap = true;
-                if e == v {
-                    return false;
-                }
-            }
-        }
-        overlap || self.positive.is_empty()
+    #[cfg(test)]
+    fn contains(&self, element: &Tags) -> bool {
+        contains(&self.positive, &self.negated, element)
     }
 
     /// Whether every client of `other` is in this subset of positive tags only (Kuma's

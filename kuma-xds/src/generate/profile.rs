@@ -108,7 +108,7 @@ impl ResourceGenerator for Inbound {
             let cluster = format!("localhost:{port}");
             let name = format!("inbound:{ip}:{}", inbound.port);
             let stat = format!("localhost_{port}");
-            rs.clusters.insert(
+            rs.add_cluster(
                 cluster.clone(),
                 ClusterDraft::new(
                     static_cluster(&cluster, &[(workload_ip.to_string(), port)]),
@@ -140,7 +140,7 @@ impl ResourceGenerator for Inbound {
                     terminal: Terminal::Tcp(Box::new(tcp_proxy(&stat, &cluster))),
                 }
             };
-            rs.listeners.insert(name.clone(), draft);
+            rs.add_listener(name.clone(), draft);
             rs.inbounds.push(InboundInfo {
                 listener: name,
                 cluster,
@@ -186,7 +186,7 @@ pub fn add_service_cluster(
         ctx.mesh.protocol(service),
     );
     draft.subset = subset;
-    rs.clusters.insert(name.to_string(), draft);
+    rs.add_cluster(name.to_string(), draft);
     rs.endpoints.insert(name.to_string(), endpoints);
 }
 
@@ -209,12 +209,13 @@ impl ResourceGenerator for Outbound {
         ctx: &ProxyContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
+        let tags = source_tags::header_option(ctx.dataplane);
         for outbound in ctx.dataplane.outbounds() {
             let Some(service) = outbound.service() else {
                 continue;
             };
             let ip = outbound.address.as_deref().unwrap_or("127.0.0.1");
-            add_outbound(ctx, rs, service, ip, outbound.port, true);
+            add_outbound(ctx, rs, service, (ip, outbound.port), true, tags.as_ref());
         }
         Ok(())
     }
@@ -222,14 +223,15 @@ impl ResourceGenerator for Outbound {
 
 /// The listener `outbound:<ip>:<port>` sending to `service` (HTTP or TCP by the service's
 /// protocol), with the service's cluster. `bind` false: the listener only receives connections
-/// redirected to it (transparent proxying), it binds no socket.
+/// redirected to it (transparent proxying), it binds no socket. `tags`: the proxy's source
+/// tags header ([`source_tags::header_option`], made once per proxy), added to HTTP requests.
 fn add_outbound(
     ctx: &ProxyContext<'_>,
     rs: &mut ResourceSet,
     service: &str,
-    ip: &str,
-    port: u32,
+    (ip, port): (&str, u32),
     bind: bool,
+    tags: Option<&HeaderValueOption>,
 ) {
     let name = format!("outbound:{ip}:{port}");
     let protocol = ctx.mesh.protocol(service);
@@ -250,10 +252,8 @@ fn add_outbound(
             }],
         );
         // Tell the destination who calls (policies with `from` subsets match on it).
-        if let (Some(http), Some(tags)) =
-            (draft.http_mut(), source_tags::header_option(ctx.dataplane))
-        {
-            http.route.request_headers_to_add.push(tags);
+        if let (Some(http), Some(tags)) = (draft.http_mut(), tags) {
+            http.route.request_headers_to_add.push(tags.clone());
         }
         draft
     } else {
@@ -264,7 +264,7 @@ fn add_outbound(
             terminal: Terminal::Tcp(Box::new(tcp_proxy(service, service))),
         }
     };
-    rs.listeners.insert(name.clone(), draft);
+    rs.add_listener(name.clone(), draft);
     rs.outbounds.push(OutboundInfo {
         listener: name,
         service: service.to_string(),
@@ -327,13 +327,13 @@ impl ResourceGenerator for TransparentProxy {
                     ..Default::default()
                 });
             }
-            rs.clusters.insert(
+            rs.add_cluster(
                 name.clone(),
                 ClusterDraft::new(cluster, ClusterRole::System, Protocol::Tcp),
             );
             let mut l = listener(&name, "0.0.0.0", port, traffic);
             l.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
-            rs.listeners.insert(
+            rs.add_listener(
                 name.clone(),
                 ListenerDraft {
                     listener: l,
@@ -343,13 +343,15 @@ impl ResourceGenerator for TransparentProxy {
                 },
             );
         }
+        let tags = source_tags::header_option(ctx.dataplane);
         for (service, vip) in reachable_vips(ctx, tp) {
             let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
             if let Some(s) = ctx.mesh.service(service) {
                 ports.extend(&s.ports);
             }
+            let vip = vip.to_string();
             for port in ports {
-                add_outbound(ctx, rs, service, &vip.to_string(), port, false);
+                add_outbound(ctx, rs, service, (&vip, port), false, tags.as_ref());
             }
         }
         Ok(())
@@ -474,8 +476,8 @@ impl ResourceGenerator for DnsRecords {
             }),
             ..Default::default()
         };
-        rs.listeners.insert(
-            DYNAMIC_CONFIG_LISTENER.into(),
+        rs.add_listener(
+            DYNAMIC_CONFIG_LISTENER,
             http_listener(
                 l,
                 "_kuma_dynamicconfig",
@@ -506,8 +508,8 @@ impl ResourceGenerator for Admin {
             return Ok(());
         };
         let loopback = "127.0.0.1".to_string();
-        rs.clusters.insert(
-            ADMIN_CLUSTER.into(),
+        rs.add_cluster(
+            ADMIN_CLUSTER,
             ClusterDraft::new(
                 static_cluster(ADMIN_CLUSTER, &[(loopback.clone(), admin)]),
                 ClusterRole::System,
@@ -522,8 +524,8 @@ impl ResourceGenerator for Admin {
         if matches!(address, "127.0.0.1" | "0.0.0.0" | "" | "::1" | "::") {
             return Ok(());
         }
-        rs.clusters.insert(
-            READINESS_CLUSTER.into(),
+        rs.add_cluster(
+            READINESS_CLUSTER,
             ClusterDraft::new(
                 static_cluster(READINESS_CLUSTER, &[(loopback, readiness)]),
                 ClusterRole::System,
@@ -531,8 +533,8 @@ impl ResourceGenerator for Admin {
             ),
         );
         let l = listener(ADMIN_CLUSTER, address, admin, TrafficDirection::Inbound);
-        rs.listeners.insert(
-            ADMIN_CLUSTER.into(),
+        rs.add_listener(
+            ADMIN_CLUSTER,
             http_listener(
                 l,
                 "kuma_envoy_admin",
@@ -574,7 +576,7 @@ impl ResourceGenerator for Probes {
                     .find(|i| i.workload_port() == p.inbound_port)
                     .and_then(|i| i.service_address.as_deref())
                     .unwrap_or(address);
-                rs.clusters.insert(
+                rs.add_cluster(
                     cluster.clone(),
                     ClusterDraft::new(
                         static_cluster(&cluster, &[(workload_ip.to_string(), p.inbound_port)]),
@@ -595,8 +597,8 @@ impl ResourceGenerator for Probes {
             probes.port,
             TrafficDirection::Inbound,
         );
-        rs.listeners.insert(
-            "probe:listener".into(),
+        rs.add_listener(
+            "probe:listener",
             http_listener(
                 l,
                 "probe_listener",
@@ -655,7 +657,7 @@ impl ResourceGenerator for Prometheus {
             endpoint.port(),
             TrafficDirection::Inbound,
         );
-        rs.listeners.insert(
+        rs.add_listener(
             name.clone(),
             http_listener(
                 l,

@@ -277,10 +277,10 @@ pub struct OutboundInfo {
 /// Every resource of one proxy, by name, while generators run.
 #[derive(Debug, Clone, Default)]
 pub struct ResourceSet {
-    /// Listeners.
-    pub listeners: BTreeMap<String, ListenerDraft>,
-    /// Clusters.
-    pub clusters: BTreeMap<String, ClusterDraft>,
+    /// Listeners (boxed: a draft is kilobytes, and the map moves its values as it grows).
+    pub listeners: BTreeMap<String, Box<ListenerDraft>>,
+    /// Clusters (boxed, as listeners).
+    pub clusters: BTreeMap<String, Box<ClusterDraft>>,
     /// Endpoints of EDS clusters, by cluster name.
     pub endpoints: BTreeMap<String, Endpoints>,
     /// SDS secrets, by name.
@@ -295,6 +295,16 @@ pub struct ResourceSet {
 }
 
 impl ResourceSet {
+    /// Adds (or replaces) the listener `name`.
+    pub fn add_listener(&mut self, name: impl Into<String>, draft: ListenerDraft) {
+        self.listeners.insert(name.into(), Box::new(draft));
+    }
+
+    /// Adds (or replaces) the cluster `name`.
+    pub fn add_cluster(&mut self, name: impl Into<String>, draft: ClusterDraft) {
+        self.clusters.insert(name.into(), Box::new(draft));
+    }
+
     /// The services whose endpoints or protocol went into these resources: those of the
     /// outbound clusters.
     pub fn services(&self) -> BTreeSet<String> {
@@ -312,10 +322,10 @@ impl ResourceSet {
         let mut out: Vec<(String, EncodedResource)> =
             Vec::with_capacity(self.listeners.len() + self.clusters.len() + self.endpoints.len());
         for (name, l) in self.listeners {
-            out.push((name, EncodedResource::from_message(&l.build())));
+            out.push((name, EncodedResource::from_message(&(*l).build())));
         }
         for (name, c) in self.clusters {
-            out.push((name, EncodedResource::from_message(&c.build())));
+            out.push((name, EncodedResource::from_message(&(*c).build())));
         }
         for (name, e) in self.endpoints {
             let encoded = match e {
