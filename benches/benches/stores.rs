@@ -1,8 +1,9 @@
 //! The same workload on every store, in one run: create, get and list throughput of
-//! `MemoryStore`, `SqliteStore` (a file in a temporary directory, synchronous commits) and
-//! `PostgresStore` (a throwaway local PostgreSQL cluster, as the tests start, fsync off), with
-//! ratios against memory; and the event latency of PostgreSQL from a write on one
-//! instance to a watcher on another.
+//! `MemoryStore`, `SqliteStore` (a file in a temporary directory: WAL, `synchronous = FULL`)
+//! and `PostgresStore` on a throwaway local PostgreSQL cluster twice, with `fsync = off` (as the
+//! tests run it) and with `fsync = on` (PostgreSQL's default, durable; `synchronous_commit` is on
+//! in both), with ratios against memory; and the event latency of PostgreSQL from a write on
+//! one instance to a watcher on another (on the fsync-off cluster).
 //!
 //! `STORES_N=2000` sets the number of resources (default 1,000). Needs Debian's postgresql
 //! (`scripts/test` installs it).
@@ -85,24 +86,41 @@ fn main() {
         )
         .await;
         let _ = std::fs::remove_dir_all(&sqlite_dir);
-        let cluster = PgCluster::start().await;
-        let config = PostgresConfig {
+        let config = |port: u16| PostgresConfig {
             host: "127.0.0.1".into(),
-            port: cluster.port,
+            port,
             user: "kuma".into(),
             password: "kuma".into(),
             db_name: "kuma".into(),
             connection_timeout: 5,
             max_open_connections: 10,
-        tls: Default::default(),
+            tls: Default::default(),
         };
+        // The durable server first, then the one the latency run uses (the first stays up,
+        // idle, so its store's connections have a server until the end).
+        let durable = PgCluster::start_with_fsync(true).await;
+        postgres::migrate(&config(durable.port)).await.expect("migrate");
+        let pg_durable = workload(
+            &PostgresStore::connect(&config(durable.port))
+                .await
+                .expect("connect"),
+            n,
+        )
+        .await;
+        let cluster = PgCluster::start().await;
+        let config = config(cluster.port);
         postgres::migrate(&config).await.expect("migrate");
         let a = PostgresStore::connect(&config).await.expect("connect");
         let pg = workload(&a, n).await;
         println!("{n} Dataplanes, one writer (operations per second; list = pages of 100)");
         println!("| store | create/s | get/s | list pages/s |");
         println!("|---|---:|---:|---:|");
-        for (name, t) in [("memory", &memory), ("sqlite", &sqlite), ("postgres", &pg)] {
+        for (name, t) in [
+            ("memory", &memory),
+            ("sqlite (WAL, synchronous = FULL)", &sqlite),
+            ("postgres (fsync = off)", &pg),
+            ("postgres (fsync = on)", &pg_durable),
+        ] {
             println!(
                 "| {name} | {:.0} ({:.3}x) | {:.0} ({:.3}x) | {:.0} ({:.3}x) |",
                 t.create,

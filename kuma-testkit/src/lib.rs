@@ -384,8 +384,15 @@ pub struct PgCluster {
 }
 
 impl PgCluster {
-    /// Starts a new cluster.
+    /// Starts a new cluster with `fsync = off` (tests need no durability against power loss,
+    /// and it spares the disk).
     pub async fn start() -> PgCluster {
+        Self::start_with_fsync(false).await
+    }
+
+    /// Starts a new cluster; `fsync` on is PostgreSQL's own default, a durable server as
+    /// production runs it (`synchronous_commit` stays at its default, on, either way).
+    pub async fn start_with_fsync(fsync: bool) -> PgCluster {
         let bin = pg_bin_dir();
         let port = free_port().await;
         let dir = std::env::temp_dir().join(format!("kuma-pg-{}-{port}", std::process::id()));
@@ -428,9 +435,10 @@ impl PgCluster {
                 "--no-sync",
             ],
         );
+        let fsync = if fsync { "on" } else { "off" };
         // In the cluster's own configuration, so restarts keep the port and socket directory.
         let settings = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = {fsync}\n",
             dir.to_string_lossy()
         );
         let conf = data.join("postgresql.conf");
