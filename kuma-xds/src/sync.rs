@@ -137,6 +137,8 @@ struct MeshState {
     provides: BTreeMap<String, BTreeSet<String>>,
     /// What each proxy's snapshot (by Dataplane name) was generated from.
     dependencies: BTreeMap<String, Dependencies>,
+    /// Each service's encoded endpoints, re-encoded only when they change.
+    endpoints: crate::generate::EncodedEndpoints,
 }
 
 /// The services a Dataplane's inbounds provide.
@@ -308,7 +310,7 @@ impl Reconciler {
             }
         }
         let vips = self.vips.service_vips(mesh).await;
-        let mut mesh_context = MeshContext::new(mesh, &dataplanes)
+        let mut mesh_context = MeshContext::reusing(mesh, &dataplanes, &mut state.endpoints)
             .with_spec(&mesh_spec)
             .with_policies(&policies)
             .with_vips(vips, self.vip_port)
@@ -943,5 +945,74 @@ mod tests {
         assert!(cache.get("default.backend-1").is_none());
         assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 1);
         assert_eq!(generator.1.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn one_services_endpoint_change_is_encoded_once_for_every_proxy() {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        let callers = ["web-1", "web-2", "web-3", "api-1", "api-2"];
+        for (i, name) in callers.iter().enumerate() {
+            let service = name.split('-').next().unwrap();
+            let ip = format!("10.0.1.{i}");
+            manager
+                .apply(dataplane(name, &ip, service, &["backend", "db"]))
+                .await
+                .unwrap();
+        }
+        for dp in [
+            dataplane("backend-1", "10.0.0.2", "backend", &[]),
+            dataplane("backend-2", "10.0.0.3", "backend", &[]),
+            dataplane("db-1", "10.0.0.4", "db", &[]),
+        ] {
+            manager.apply(dp).await.unwrap();
+        }
+        let mut all = callers.to_vec();
+        all.extend(["backend-1", "backend-2", "db-1"]);
+        let cache = Arc::new(SnapshotCache::new());
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            Arc::new(GeneratorList::kuma_profile()),
+            connected(&all),
+            Duration::ZERO,
+        );
+        let encoded = |r: &Reconciler| r.meshes["default"].endpoints.encoded();
+        r.sync_mesh("default", &Dirty::Everything).await;
+        // web, api, backend, db: each service's endpoints encoded once for the 8 proxies.
+        assert_eq!(encoded(&r), 4);
+        let endpoints = |node: &str, service: &str| {
+            cache
+                .get(node)
+                .unwrap()
+                .get(xds_server::types::ENDPOINT)
+                .unwrap()
+                .resources()[service]
+                .clone()
+        };
+        let db_before = endpoints("default.web-1", "db");
+
+        // backend-2 moves: its callers are regenerated, and only backend's endpoints are
+        // encoded again, once for all five callers, which share the bytes.
+        manager
+            .apply(dataplane("backend-2", "10.0.0.9", "backend", &[]))
+            .await
+            .unwrap();
+        let changed = Dirty::Dataplanes(BTreeSet::from(["backend-2".to_string()]));
+        assert_eq!(r.sync_mesh("default", &changed).await, 6);
+        assert_eq!(encoded(&r), 5);
+        assert_eq!(
+            endpoints_of(&cache, "default.web-1", "backend"),
+            ["10.0.0.2", "10.0.0.9"]
+        );
+        let backend = endpoints("default.web-1", "backend");
+        for caller in &callers[1..] {
+            assert!(backend.shares_bytes_with(&endpoints(&format!("default.{caller}"), "backend")));
+        }
+        // db's endpoints did not change: the regenerated snapshots hold the same bytes.
+        assert!(db_before.shares_bytes_with(&endpoints("default.web-1", "db")));
+        // A full regeneration with nothing changed encodes nothing.
+        r.sync_mesh("default", &Dirty::Everything).await;
+        assert_eq!(encoded(&r), 5);
     }
 }

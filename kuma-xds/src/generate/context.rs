@@ -169,9 +169,47 @@ pub struct MeshContext<'a> {
 
 static DEFAULT_MESH: std::sync::LazyLock<MeshSpec> = std::sync::LazyLock::new(MeshSpec::default);
 
+/// Each service's endpoints as last encoded, kept between regenerations of a mesh
+/// ([`MeshContext::reusing`]): a service whose endpoints did not change keeps its encoded
+/// load assignment (the same bytes every proxy's snapshot already holds), so a change to one
+/// service's endpoints encodes that one service's, however many proxies send to it.
+#[derive(Debug, Default)]
+pub struct EncodedEndpoints {
+    by_service: BTreeMap<String, (Vec<(String, u32)>, EncodedResource)>,
+    encoded: u64,
+}
+
+impl EncodedEndpoints {
+    /// How many load assignments were encoded through this cache so far.
+    pub fn encoded(&self) -> u64 {
+        self.encoded
+    }
+
+    /// The encoded load assignment of `service` with `addresses`: the kept one when they did
+    /// not change.
+    fn get(&mut self, service: &str, addresses: Vec<(String, u32)>) -> EncodedResource {
+        if let Some((kept, encoded)) = self.by_service.get(service)
+            && *kept == addresses
+        {
+            return encoded.clone();
+        }
+        self.encoded += 1;
+        let encoded = EncodedResource::from_message(&load_assignment(service, &addresses));
+        self.by_service
+            .insert(service.to_string(), (addresses, encoded.clone()));
+        encoded
+    }
+}
+
 impl<'a> MeshContext<'a> {
     /// Indexes `dataplanes` (the whole mesh) by service, in one pass.
     pub fn new(mesh: &'a str, dataplanes: &'a [Resource]) -> Self {
+        Self::reusing(mesh, dataplanes, &mut EncodedEndpoints::default())
+    }
+
+    /// [`MeshContext::new`], taking each service's encoded endpoints from `kept` when they
+    /// did not change since it was last used for this mesh (and keeping the new ones there).
+    pub fn reusing(mesh: &'a str, dataplanes: &'a [Resource], kept: &mut EncodedEndpoints) -> Self {
         /// What the inbounds of one service add up to.
         #[derive(Default)]
         struct Seen {
@@ -227,10 +265,7 @@ impl<'a> MeshContext<'a> {
                 } = seen;
                 endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
                 endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-                let load_assignment = EncodedResource::from_message(&load_assignment(
-                    service,
-                    &addresses(&endpoints),
-                ));
+                let load_assignment = kept.get(service, addresses(&endpoints));
                 let entry = Service {
                     endpoints,
                     protocol: protocol.unwrap_or(Protocol::Tcp),
@@ -240,7 +275,8 @@ impl<'a> MeshContext<'a> {
                 };
                 (service.to_string(), entry)
             })
-            .collect();
+            .collect::<BTreeMap<String, Service>>();
+        kept.by_service.retain(|s, _| services.contains_key(s));
         MeshContext {
             mesh,
             spec: &DEFAULT_MESH,

@@ -23,8 +23,8 @@ pub mod source_tags;
 mod tests;
 
 pub use context::{
-    Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata, Service,
-    WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
+    EncodedEndpoints, Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata,
+    Service, WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
 };
 pub use resources::ResourceSet;
 
