@@ -90,15 +90,20 @@ fn policies(n: usize, change: usize) -> Vec<Resource> {
     out
 }
 
+/// The comma-separated sizes in `var`, else `default`.
+fn sizes_from_env(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("generation: bench");
         return;
     }
-    let sizes: Vec<usize> = std::env::var("GENERATION_N")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![100, 1000, 5000]);
+    let sizes = sizes_from_env("GENERATION_N", &[100, 1000, 5000]);
     let generator = GeneratorList::kuma_profile();
     let metadata = ProxyMetadata {
         admin_port: Some(9901),
@@ -140,10 +145,7 @@ fn main() {
     println!();
     incremental(&sizes);
     println!();
-    let all_sizes: Vec<usize> = std::env::var("GENERATION_ALL_TO_ALL_N")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![100, 500, 1000]);
+    let all_sizes = sizes_from_env("GENERATION_ALL_TO_ALL_N", &[100, 500, 1000]);
     all_to_all(&all_sizes, &generator, &metadata);
 }
 

@@ -472,7 +472,8 @@ impl Reconciler {
                     .push((mesh, Dirty::Proxies(BTreeSet::from([name]))));
             }
             ProxyChange::Connected(node) => {
-                for (mesh, name) in self.dataplanes_of(&node).await {
+                let meshes = self.all_meshes().await;
+                for (mesh, name) in dataplanes_of(&node, &meshes) {
                     batch
                         .items
                         .push((mesh, Dirty::Proxies(BTreeSet::from([name]))));
@@ -480,26 +481,16 @@ impl Reconciler {
             }
             ProxyChange::Disconnected(node) => {
                 self.cache.remove(&node);
-                for (mesh, name) in self.dataplanes_of(&node).await {
+                // Only meshes the reconciler keeps state for can hold the proxy's: no store
+                // read for a proxy leaving.
+                let known: BTreeSet<String> = self.meshes.keys().cloned().collect();
+                for (mesh, name) in dataplanes_of(&node, &known) {
                     if let Some(state) = self.meshes.get_mut(&mesh) {
                         state.dependencies.remove(&name);
                     }
                 }
             }
         }
-    }
-
-    /// The (mesh, Dataplane name) pairs `node` may stand for (`<mesh>.<name>`; a mesh name may
-    /// contain dots, so every known mesh that prefixes it).
-    async fn dataplanes_of(&self, node: &str) -> Vec<(String, String)> {
-        self.all_meshes()
-            .await
-            .into_iter()
-            .filter_map(|mesh| {
-                let name = node.strip_prefix(&mesh)?.strip_prefix('.')?;
-                Some((mesh.clone(), name.to_string()))
-            })
-            .collect()
     }
 
     /// Regenerates what `batch` names (every mesh when it asks for a resync).
@@ -532,6 +523,18 @@ enum Wake {
     Renewal,
     /// A proxy came, reported or left (`None`: the registry is gone).
     Proxy(Option<ProxyChange>),
+}
+
+/// The (mesh, Dataplane name) pairs `node` may stand for among `meshes` (`<mesh>.<name>`; a
+/// mesh name may contain dots, so every mesh that prefixes it).
+fn dataplanes_of(node: &str, meshes: &BTreeSet<String>) -> Vec<(String, String)> {
+    meshes
+        .iter()
+        .filter_map(|mesh| {
+            let name = node.strip_prefix(mesh.as_str())?.strip_prefix('.')?;
+            Some((mesh.clone(), name.to_string()))
+        })
+        .collect()
 }
 
 /// The services `changed` Dataplanes provided before (`old`) or provide now (`new`).
@@ -598,6 +601,16 @@ mod tests {
             registry.stream_opened(&node_id("default", name));
         }
         registry
+    }
+
+    /// A store with the default mesh and `dataplanes`.
+    async fn manager_with(dataplanes: impl IntoIterator<Item = Resource>) -> ResourceManager {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        for dp in dataplanes {
+            manager.apply(dp).await.unwrap();
+        }
+        manager
     }
 
     /// Kuma's VIP tables in the store (what the control plane plugs in).
@@ -770,17 +783,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_dataplane_regenerates_only_its_dependants() {
-        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
-        manager.ensure_default_mesh().await.unwrap();
-        for dp in [
+        let manager = manager_with([
             dataplane("web", "10.0.0.1", "web", &["backend"]),
             dataplane("backend-1", "10.0.0.2", "backend", &[]),
             dataplane("billing", "10.0.0.3", "billing", &["db"]),
             dataplane("db-1", "10.0.0.4", "db", &[]),
             dataplane("lonely", "10.0.0.5", "lonely", &[]),
-        ] {
-            manager.apply(dp).await.unwrap();
-        }
+        ])
+        .await;
         let cache = Arc::new(SnapshotCache::new());
         let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
         let registry = connected(&["web", "backend-1", "billing", "db-1", "lonely"]);
@@ -887,15 +897,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_dataplane_without_a_connected_proxy_is_never_generated() {
-        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
-        manager.ensure_default_mesh().await.unwrap();
-        for dp in [
+        let manager = manager_with([
             dataplane("web", "10.0.0.1", "web", &["backend"]),
             dataplane("backend-1", "10.0.0.2", "backend", &[]),
             dataplane("backend-2", "10.0.0.3", "backend", &[]),
-        ] {
-            manager.apply(dp).await.unwrap();
-        }
+        ])
+        .await;
         let cache = Arc::new(SnapshotCache::new());
         let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
         let registry = connected(&["web"]);
@@ -949,24 +956,22 @@ mod tests {
 
     #[tokio::test]
     async fn one_services_endpoint_change_is_encoded_once_for_every_proxy() {
-        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
-        manager.ensure_default_mesh().await.unwrap();
         let callers = ["web-1", "web-2", "web-3", "api-1", "api-2"];
-        for (i, name) in callers.iter().enumerate() {
-            let service = name.split('-').next().unwrap();
-            let ip = format!("10.0.1.{i}");
-            manager
-                .apply(dataplane(name, &ip, service, &["backend", "db"]))
-                .await
-                .unwrap();
-        }
-        for dp in [
-            dataplane("backend-1", "10.0.0.2", "backend", &[]),
-            dataplane("backend-2", "10.0.0.3", "backend", &[]),
-            dataplane("db-1", "10.0.0.4", "db", &[]),
-        ] {
-            manager.apply(dp).await.unwrap();
-        }
+        let manager = manager_with(
+            callers
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let service = name.split('-').next().unwrap();
+                    dataplane(name, &format!("10.0.1.{i}"), service, &["backend", "db"])
+                })
+                .chain([
+                    dataplane("backend-1", "10.0.0.2", "backend", &[]),
+                    dataplane("backend-2", "10.0.0.3", "backend", &[]),
+                    dataplane("db-1", "10.0.0.4", "db", &[]),
+                ]),
+        )
+        .await;
         let mut all = callers.to_vec();
         all.extend(["backend-1", "backend-2", "db-1"]);
         let cache = Arc::new(SnapshotCache::new());
