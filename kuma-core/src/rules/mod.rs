@@ -733,27 +733,62 @@ impl MeshPolicies {
         self.by_type.get(&rtype).is_some_and(|l| !l.is_empty())
     }
 
-    /// The rules of `rtype` for `proxy`.
-    pub fn rules(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> ProxyRules {
-        let list = self
-            .by_type
+    fn list(&self, rtype: ResourceType) -> &[Prepared] {
+        self.by_type
             .get(&rtype)
             .map(Vec::as_slice)
-            .unwrap_or_default();
-        let inbounds = proxy.spec.inbounds();
+            .unwrap_or_default()
+    }
+
+    /// The positions, in merge order, of the policies of `rtype` that select `proxy`. What a
+    /// proxy's `to` rules and single-item conf are depends on these alone
+    /// ([`MeshPolicies::to_rules`]), so proxies with equal positions share them.
+    pub fn selecting(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> Vec<usize> {
+        self.list(rtype)
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| selects_proxy(&p.select, proxy))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The rules of `rtype` made of the policies at `positions` ([`MeshPolicies::selecting`]):
+    /// `matched`, `to` and `single` as [`MeshPolicies::rules`] gives them, no `from` rules.
+    pub fn to_rules(&self, rtype: ResourceType, positions: &[usize]) -> ProxyRules {
+        let list = self.list(rtype);
+        let selected = positions.iter().filter_map(|&i| list.get(i));
+        self.assemble(rtype, selected, Vec::new())
+    }
+
+    fn assemble<'a>(
+        &self,
+        rtype: ResourceType,
+        selected: impl Iterator<Item = &'a Prepared>,
+        from: Vec<InboundRules>,
+    ) -> ProxyRules {
         let mut matched = Vec::new();
         let mut to = Vec::new();
         let mut single = Vec::new();
-        for p in list {
-            if !selects_proxy(&p.select, proxy) {
-                continue;
-            }
+        for p in selected {
             matched.push(p.origin.clone());
             to.extend(p.to.iter().map(|e| (e, &p.origin)));
             if let Some(conf) = &p.single {
                 single.push((conf, &p.origin));
             }
         }
+        let single = (!single.is_empty()).then(|| Rule {
+            subset: Tags::new(),
+            negated: Vec::new(),
+            conf: merge::merge_confs(single.iter().map(|(c, _)| *c)),
+            origins: single.iter().map(|(_, o)| (*o).clone()).collect(),
+        });
+        ProxyRules::new(rtype, matched, build_rules(rtype, &to), from, single)
+    }
+
+    /// The rules of `rtype` for `proxy`.
+    pub fn rules(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> ProxyRules {
+        let list = self.list(rtype);
+        let inbounds = proxy.spec.inbounds();
         let from = inbounds
             .iter()
             .map(|inbound| {
@@ -770,13 +805,8 @@ impl MeshPolicies {
                 }
             })
             .collect();
-        let single = (!single.is_empty()).then(|| Rule {
-            subset: Tags::new(),
-            negated: Vec::new(),
-            conf: merge::merge_confs(single.iter().map(|(c, _)| *c)),
-            origins: single.iter().map(|(_, o)| (*o).clone()).collect(),
-        });
-        ProxyRules::new(rtype, matched, build_rules(rtype, &to), from, single)
+        let selected = list.iter().filter(|p| selects_proxy(&p.select, proxy));
+        self.assemble(rtype, selected, from)
     }
 
     /// The `from` entries of `rtype` for the inbound on `port` of `proxy`, unmerged: one rule

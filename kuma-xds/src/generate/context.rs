@@ -8,6 +8,10 @@ use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Labels, Resource, ResourceType};
 use kuma_core::rules::{MeshPolicies, ProxyRules, ProxyView};
 
+use std::sync::Arc;
+
+use super::GenerateError;
+use super::outbound::{OutboundCache, OutboundContext, OutboundView, SharedOutbounds};
 use xds_server::cache::EncodedResource;
 use xds_server::envoy::load_assignment;
 
@@ -165,6 +169,7 @@ pub struct MeshContext<'a> {
     /// The DNS domain VIPs are named in (Kuma: `mesh`).
     pub vip_domain: String,
     services: BTreeMap<String, Service>,
+    outbounds: OutboundCache,
 }
 
 static DEFAULT_MESH: std::sync::LazyLock<MeshSpec> = std::sync::LazyLock::new(MeshSpec::default);
@@ -287,6 +292,7 @@ impl<'a> MeshContext<'a> {
             vip_port: 80,
             vip_domain: "mesh".into(),
             services,
+            outbounds: OutboundCache::default(),
         }
     }
 
@@ -319,6 +325,22 @@ impl<'a> MeshContext<'a> {
     pub fn with_policies<'p>(mut self, policies: impl IntoIterator<Item = &'p Resource>) -> Self {
         self.policies = MeshPolicies::new(policies);
         self
+    }
+
+    /// The outbounds of `view`: built by `build` for the first proxy with this view, the same
+    /// (shared) for every later one generated with this context.
+    pub fn shared_outbounds(
+        &self,
+        view: &OutboundView,
+        build: impl FnOnce(&OutboundContext<'_>) -> Result<SharedOutbounds, GenerateError>,
+    ) -> Result<Arc<SharedOutbounds>, GenerateError> {
+        self.outbounds
+            .get_or_build(view, || build(&OutboundContext { mesh: self, view }))
+    }
+
+    /// How many distinct outbound views were built with this context.
+    pub fn outbound_builds(&self) -> usize {
+        self.outbounds.builds()
     }
 
     /// A service of the mesh.

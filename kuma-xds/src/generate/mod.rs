@@ -14,6 +14,7 @@
 
 pub mod context;
 pub mod mtls;
+pub mod outbound;
 pub mod policies;
 pub mod profile;
 pub mod resources;
@@ -26,6 +27,7 @@ pub use context::{
     EncodedEndpoints, Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata,
     Service, WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
 };
+pub use outbound::{OutboundContext, OutboundView, SharedOutbounds};
 pub use resources::ResourceSet;
 
 use std::collections::BTreeSet;
@@ -93,6 +95,12 @@ pub trait SnapshotGenerator: Send + Sync + 'static {
 
 /// One step of building a proxy's resources.
 ///
+/// A proxy's resources are built in two parts, each by every generator in order: its own
+/// ([`apply`](ResourceGenerator::apply): inbounds, identity, plumbing) and its outbounds
+/// ([`apply_outbound`](ResourceGenerator::apply_outbound), which sees only the mesh and the
+/// proxy's [`OutboundView`], so proxies with equal views share the result, built once). A
+/// generator configuring traffic to services does so in `apply_outbound`.
+///
 /// Contract with [`GeneratorList`]'s dependency tracking: a generator that reads a service's
 /// endpoints or protocol from the mesh gives that service a cluster with
 /// [`ClusterRole::Outbound`](resources::ClusterRole::Outbound) (as
@@ -102,8 +110,19 @@ pub trait ResourceGenerator: Send + Sync + 'static {
     /// The name errors report.
     fn name(&self) -> &str;
 
-    /// Adds to or edits `resources`; an error explains what in the input is wrong.
+    /// Adds to or edits the proxy's own resources; an error explains what in the input is
+    /// wrong.
     fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError>;
+
+    /// Adds to or edits the outbound resources of a view. The default does nothing.
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
+        resources: &mut ResourceSet,
+    ) -> Result<(), BoxError> {
+        let _ = (ctx, resources);
+        Ok(())
+    }
 }
 
 /// Resource generators run in order over one [`ResourceSet`].
@@ -149,8 +168,8 @@ impl GeneratorList {
         self.generators.iter().map(|g| g.name()).collect()
     }
 
-    /// Runs every generator over one resource set.
-    pub fn build(&self, ctx: &ProxyContext<'_>) -> Result<ResourceSet, GenerateError> {
+    /// Runs every generator over the proxy's own resources.
+    fn build_own(&self, ctx: &ProxyContext<'_>) -> Result<ResourceSet, GenerateError> {
         let mut resources = ResourceSet::default();
         for g in &self.generators {
             g.apply(ctx, &mut resources)
@@ -161,8 +180,21 @@ impl GeneratorList {
         }
         Ok(resources)
     }
-}
 
+    /// Runs every generator over one resource set: the proxy's own resources and its
+    /// outbounds, built for this proxy alone (generation shares outbounds between proxies;
+    /// this is for looking at the drafts).
+    pub fn build(&self, ctx: &ProxyContext<'_>) -> Result<ResourceSet, GenerateError> {
+        let mut resources = self.build_own(ctx)?;
+        let view = OutboundView::of(ctx);
+        let outbound = OutboundContext {
+            mesh: ctx.mesh,
+            view: &view,
+        };
+        resources.absorb(outbound::build_set(&self.generators, &outbound)?);
+        Ok(resources)
+    }
+}
 impl Default for GeneratorList {
     fn default() -> Self {
         Self::kuma_profile()
@@ -171,19 +203,29 @@ impl Default for GeneratorList {
 
 impl SnapshotGenerator for GeneratorList {
     fn generate(&self, ctx: &ProxyContext<'_>) -> Result<Snapshot, GenerateError> {
-        Ok(self.build(ctx)?.into_snapshot())
+        Ok(self.generate_tracked(ctx)?.0)
     }
 
+    /// The proxy's own resources, and the outbounds of its view: taken from the mesh context
+    /// when a proxy with an equal view was generated with it, built and kept there otherwise.
     fn generate_tracked(
         &self,
         ctx: &ProxyContext<'_>,
     ) -> Result<(Snapshot, Dependencies), GenerateError> {
-        let resources = self.build(ctx)?;
-        let dependencies = if resources.reads_every_dataplane {
+        let own = self.build_own(ctx)?;
+        let view = OutboundView::of(ctx);
+        let shared = ctx.mesh.shared_outbounds(&view, |outbound| {
+            SharedOutbounds::build(&self.generators, outbound)
+        })?;
+        let dependencies = if own.reads_every_dataplane || shared.reads_every_dataplane {
             Dependencies::Everything
         } else {
-            Dependencies::Services(resources.services())
+            let mut services = own.services();
+            services.extend(shared.services.iter().cloned());
+            Dependencies::Services(services)
         };
-        Ok((resources.into_snapshot(), dependencies))
+        let mut resources = own.into_encoded();
+        resources.extend(shared.resources.iter().cloned());
+        Ok((Snapshot::new(resources), dependencies))
     }
 }

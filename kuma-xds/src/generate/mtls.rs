@@ -35,6 +35,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::ResourceGenerator;
 use super::context::ProxyContext;
+use super::outbound::OutboundContext;
 use super::resources::{ClusterRole, ListenerTls, ResourceSet};
 use xds_server::envoy::{ads_config_source, any};
 
@@ -188,6 +189,19 @@ impl ResourceGenerator for MutualTls {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        // Without a certificate the proxy's own step fails: it gets no config at all.
+        let (Some(mtls), true) = (&ctx.mesh.mtls, ctx.view.identity) else {
+            return Ok(());
+        };
+        let mesh = ctx.mesh.mesh;
         for draft in rs.clusters.values_mut() {
             let ClusterRole::Outbound { service } = &draft.role else {
                 continue;

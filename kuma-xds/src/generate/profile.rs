@@ -31,7 +31,8 @@ use kuma_core::model::dataplane::TransparentProxying;
 use kuma_core::model::policy::default_route_name;
 
 use super::ResourceGenerator;
-use super::context::{Endpoint, Protocol, ProxyContext, addresses};
+use super::context::{Endpoint, MeshContext, Protocol, ProxyContext, addresses};
+use super::outbound::OutboundContext;
 use super::resources::{
     ClusterDraft, ClusterRole, Endpoints, HttpDraft, InboundInfo, ListenerDraft, OutboundInfo,
     ResourceSet, Terminal,
@@ -156,7 +157,7 @@ impl ResourceGenerator for Inbound {
 /// Adds the EDS cluster `name` sending to `service` (its endpoints narrowed to `subset` when
 /// given), unless the set has it already.
 pub fn add_service_cluster(
-    ctx: &ProxyContext<'_>,
+    mesh: &MeshContext<'_>,
     rs: &mut ResourceSet,
     name: &str,
     service: &str,
@@ -167,10 +168,9 @@ pub fn add_service_cluster(
     }
     let subset = subset.cloned().unwrap_or_default();
     let endpoints = if subset.is_empty() && name == service {
-        Endpoints::Shared(ctx.mesh.load_assignment(service))
+        Endpoints::Shared(mesh.load_assignment(service))
     } else {
-        let matching: Vec<_> = ctx
-            .mesh
+        let matching: Vec<_> = mesh
             .endpoints(service)
             .iter()
             .filter(|e| in_subset(e, &subset))
@@ -183,7 +183,7 @@ pub fn add_service_cluster(
         ClusterRole::Outbound {
             service: service.to_string(),
         },
-        ctx.mesh.protocol(service),
+        mesh.protocol(service),
     );
     draft.subset = subset;
     rs.add_cluster(name.to_string(), draft);
@@ -195,7 +195,9 @@ pub fn in_subset(endpoint: &Endpoint, subset: &Tags) -> bool {
     subset.iter().all(|(k, v)| endpoint.tags.get(k) == Some(v))
 }
 
-/// Listeners, clusters and endpoints of the proxy's explicit outbounds.
+/// Listeners, clusters and endpoints of the proxy's explicit outbounds; for a proxy with
+/// outbounds (explicit or transparent), its source-tags extension config
+/// ([`source_tags::extension_config`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Outbound;
 
@@ -209,13 +211,22 @@ impl ResourceGenerator for Outbound {
         ctx: &ProxyContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
-        let tags = source_tags::header_option(ctx.dataplane);
-        for outbound in ctx.dataplane.outbounds() {
-            let Some(service) = outbound.service() else {
-                continue;
-            };
-            let ip = outbound.address.as_deref().unwrap_or("127.0.0.1");
-            add_outbound(ctx, rs, service, (ip, outbound.port), true, tags.as_ref());
+        if !ctx.dataplane.outbounds().is_empty() || transparent_proxying(ctx).is_some() {
+            rs.extensions.insert(
+                source_tags::EXTENSION_NAME.into(),
+                source_tags::extension_config(ctx.dataplane),
+            );
+        }
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        for o in &ctx.view.explicit {
+            add_outbound(ctx.mesh, rs, &o.service, (&o.ip, o.port), true);
         }
         Ok(())
     }
@@ -223,19 +234,18 @@ impl ResourceGenerator for Outbound {
 
 /// The listener `outbound:<ip>:<port>` sending to `service` (HTTP or TCP by the service's
 /// protocol), with the service's cluster. `bind` false: the listener only receives connections
-/// redirected to it (transparent proxying), it binds no socket. `tags`: the proxy's source
-/// tags header ([`source_tags::header_option`], made once per proxy), added to HTTP requests.
+/// redirected to it (transparent proxying), it binds no socket. HTTP listeners add the
+/// proxy's source tags to requests ([`source_tags::filter`]).
 fn add_outbound(
-    ctx: &ProxyContext<'_>,
+    mesh: &MeshContext<'_>,
     rs: &mut ResourceSet,
     service: &str,
     (ip, port): (&str, u32),
     bind: bool,
-    tags: Option<&HeaderValueOption>,
 ) {
     let name = format!("outbound:{ip}:{port}");
-    let protocol = ctx.mesh.protocol(service);
-    add_service_cluster(ctx, rs, service, service, None);
+    let protocol = mesh.protocol(service);
+    add_service_cluster(mesh, rs, service, service, None);
     let mut l = listener(&name, ip, port, TrafficDirection::Outbound);
     if !bind {
         l.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: false });
@@ -252,8 +262,8 @@ fn add_outbound(
             }],
         );
         // Tell the destination who calls (policies with `from` subsets match on it).
-        if let (Some(http), Some(tags)) = (draft.http_mut(), tags) {
-            http.route.request_headers_to_add.push(tags.clone());
+        if let Some(http) = draft.http_mut() {
+            http.filters.push(source_tags::filter());
         }
         draft
     } else {
@@ -343,15 +353,25 @@ impl ResourceGenerator for TransparentProxy {
                 },
             );
         }
-        let tags = source_tags::header_option(ctx.dataplane);
-        for (service, vip) in reachable_vips(ctx, tp) {
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        let Some(reachable) = &ctx.view.transparent else {
+            return Ok(());
+        };
+        for (service, vip) in reachable_vips(ctx.mesh, reachable) {
             let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
             if let Some(s) = ctx.mesh.service(service) {
                 ports.extend(&s.ports);
             }
             let vip = vip.to_string();
             for port in ports {
-                add_outbound(ctx, rs, service, (&vip, port), false, tags.as_ref());
+                add_outbound(ctx.mesh, rs, service, (&vip, port), false);
             }
         }
         Ok(())
@@ -370,12 +390,10 @@ fn transparent_proxying<'a>(ctx: &ProxyContext<'a>) -> Option<&'a TransparentPro
 /// The services with a VIP a transparent proxy reaches: all of them, or its
 /// `reachableServices` when it lists some.
 fn reachable_vips<'a>(
-    ctx: &ProxyContext<'a>,
-    tp: &'a TransparentProxying,
+    mesh: &'a MeshContext<'_>,
+    reachable: &'a [String],
 ) -> impl Iterator<Item = (&'a String, &'a std::net::Ipv4Addr)> {
-    let reachable = &tp.reachable_services;
-    ctx.mesh
-        .vips
+    mesh.vips
         .iter()
         .filter(move |(service, _)| reachable.is_empty() || reachable.contains(*service))
 }
@@ -406,7 +424,7 @@ impl ResourceGenerator for DnsRecords {
         else {
             return Ok(());
         };
-        let records: Vec<serde_json::Value> = reachable_vips(ctx, tp)
+        let records: Vec<serde_json::Value> = reachable_vips(ctx.mesh, &tp.reachable_services)
             .flat_map(|(service, vip)| {
                 kuma_core::model::common::service_dns_names(service)
                     .into_iter()

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
-use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::{TransportSocket, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -285,6 +285,9 @@ pub struct ResourceSet {
     pub endpoints: BTreeMap<String, Endpoints>,
     /// SDS secrets, by name.
     pub secrets: BTreeMap<String, Secret>,
+    /// Extension configs served over ECDS (filters whose config is the proxy's own while the
+    /// listener holding them is shared), by name.
+    pub extensions: BTreeMap<String, TypedExtensionConfig>,
     /// Inbounds set up so far.
     pub inbounds: Vec<InboundInfo>,
     /// Outbounds set up so far.
@@ -317,10 +320,27 @@ impl ResourceSet {
             .collect()
     }
 
-    /// Encodes everything into a snapshot.
-    pub fn into_snapshot(self) -> Snapshot {
-        let mut out: Vec<(String, EncodedResource)> =
-            Vec::with_capacity(self.listeners.len() + self.clusters.len() + self.endpoints.len());
+    /// Adds every resource of `other` (replacing those of the same name).
+    pub fn absorb(&mut self, other: ResourceSet) {
+        self.listeners.extend(other.listeners);
+        self.clusters.extend(other.clusters);
+        self.endpoints.extend(other.endpoints);
+        self.secrets.extend(other.secrets);
+        self.extensions.extend(other.extensions);
+        self.inbounds.extend(other.inbounds);
+        self.outbounds.extend(other.outbounds);
+        self.reads_every_dataplane |= other.reads_every_dataplane;
+    }
+
+    /// Encodes every resource, by name.
+    pub fn into_encoded(self) -> Vec<(String, EncodedResource)> {
+        let mut out: Vec<(String, EncodedResource)> = Vec::with_capacity(
+            self.listeners.len()
+                + self.clusters.len()
+                + self.endpoints.len()
+                + self.secrets.len()
+                + self.extensions.len(),
+        );
         for (name, l) in self.listeners {
             out.push((name, EncodedResource::from_message(&(*l).build())));
         }
@@ -337,6 +357,14 @@ impl ResourceSet {
         for (name, secret) in self.secrets {
             out.push((name, EncodedResource::from_message(&secret)));
         }
-        Snapshot::new(out)
+        for (name, extension) in self.extensions {
+            out.push((name, EncodedResource::from_message(&extension)));
+        }
+        out
+    }
+
+    /// Encodes everything into a snapshot.
+    pub fn into_snapshot(self) -> Snapshot {
+        Snapshot::new(self.into_encoded())
     }
 }

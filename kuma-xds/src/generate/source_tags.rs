@@ -2,10 +2,27 @@
 //! request carries the caller's tags in the `x-kuma-tags` header (`&key=v1,v2&` per key), the
 //! inbound matches policies' source subsets against it, and removes it before the request
 //! reaches the application.
+//!
+//! The header is the one part of an outbound listener that differs between the proxies of a
+//! mesh. So that every proxy can share the same encoded outbound listeners, the header is not
+//! written into their route tables (where Kuma writes it) but added by a header-mutation HTTP
+//! filter whose config each proxy gets over ECDS: the listener names the extension config
+//! [`EXTENSION_NAME`] ([`filter`]), and each proxy's snapshot holds its own
+//! ([`extension_config`]). The request the destination receives is the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::HeaderMutation as FilterMutation;
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::header_mutation::Action as MutationAction;
+use envoy_types::pb::envoy::config::core::v3::{
+    ExtensionConfigSource, HeaderValue, HeaderValueOption, TypedExtensionConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3::{
+    HeaderMutation, Mutations,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpConfigType;
+use xds_server::envoy::any;
 use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -15,6 +32,49 @@ use kuma_core::model::dataplane::DataplaneSpec;
 
 /// The header carrying the caller's tags.
 pub const TAGS_HEADER: &str = "x-kuma-tags";
+
+/// The name of the ECDS resource (and of the HTTP filter) adding the header.
+pub const EXTENSION_NAME: &str = "kuma:source-tags";
+
+/// The type URL of the filter config behind [`EXTENSION_NAME`].
+const FILTER_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation";
+
+/// The HTTP filter of outbound listeners that adds the header: its config comes over ADS as
+/// the extension config [`EXTENSION_NAME`], one per proxy. Envoy does not use the listener
+/// until that config arrived.
+pub fn filter() -> HttpFilter {
+    HttpFilter {
+        name: EXTENSION_NAME.into(),
+        config_type: Some(HttpConfigType::ConfigDiscovery(ExtensionConfigSource {
+            config_source: Some(xds_server::envoy::ads_config_source()),
+            type_urls: vec![FILTER_TYPE_URL.into()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The extension config [`EXTENSION_NAME`] of the proxy of `dp`: a header-mutation filter
+/// adding its tags (adding nothing when it has none).
+pub fn extension_config(dp: &DataplaneSpec) -> TypedExtensionConfig {
+    let mutations = header_option(dp)
+        .map(|option| FilterMutation {
+            action: Some(MutationAction::Append(option)),
+        })
+        .into_iter()
+        .collect();
+    TypedExtensionConfig {
+        name: EXTENSION_NAME.into(),
+        typed_config: Some(any(&HeaderMutation {
+            mutations: Some(Mutations {
+                request_mutations: mutations,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
 
 /// The header value for a proxy's tags: every tag of its inbounds and gateway, `&key=v1,v2&`
 /// per key, keys and values sorted; `None` when it has no tags.
@@ -37,7 +97,7 @@ pub fn serialize(dp: &DataplaneSpec) -> Option<String> {
     })
 }
 
-/// `request_headers_to_add` of an outbound route table: the caller's tags.
+/// The header adding the caller's tags (`None` when it has none).
 pub fn header_option(dp: &DataplaneSpec) -> Option<HeaderValueOption> {
     serialize(dp).map(|value| HeaderValueOption {
         header: Some(HeaderValue {

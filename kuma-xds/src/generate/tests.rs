@@ -130,3 +130,92 @@ fn protocols_join_on_kuma_lattice() {
     assert_eq!(Http.common(Http2), Tcp);
     assert_eq!(Kafka.common(Tcp), Tcp);
 }
+
+/// A mesh of `n` transparent proxies, one per HTTP service, and the VIPs of its services.
+fn transparent_mesh(n: usize) -> (Vec<Resource>, std::collections::BTreeMap<String, std::net::Ipv4Addr>) {
+    let dps = (0..n)
+        .map(|i| {
+            dp(
+                &format!("svc-{i}"),
+                &format!("10.0.0.{}", i + 1),
+                &format!(
+                    "  inbound:\n  - port: 8080\n    tags: {{kuma.io/service: svc-{i}, kuma.io/protocol: http}}\n  transparentProxying: {{redirectPortInbound: 15006, redirectPortOutbound: 15001}}\n"
+                ),
+            )
+        })
+        .collect();
+    let vips = (0..n)
+        .map(|i| {
+            (
+                format!("svc-{i}"),
+                std::net::Ipv4Addr::new(240, 0, 0, u8::try_from(i + 1).unwrap()),
+            )
+        })
+        .collect();
+    (dps, vips)
+}
+
+fn policy(yaml: &str) -> Resource {
+    parse_yaml(yaml).unwrap()
+}
+
+#[test]
+fn proxies_with_one_view_share_their_outbounds_built_once() {
+    let (dps, vips) = transparent_mesh(6);
+    let policies = [policy(
+        "type: MeshTimeout\nmesh: default\nname: slow\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: svc-1}\n    default: {http: {requestTimeout: 7s}}\n",
+    )];
+    let mesh = MeshContext::new("default", &dps)
+        .with_policies(&policies)
+        .with_vips(vips, 80);
+    let generator = GeneratorList::kuma_profile();
+    let snapshots: Vec<Snapshot> = dps
+        .iter()
+        .map(|r| {
+            let ctx = ProxyContext::new(&mesh, r, ProxyMetadata::default()).unwrap();
+            let shared = generator.generate(&ctx).unwrap();
+            // Sharing changes nothing: the proxy's own full build encodes the same snapshot.
+            assert_eq!(shared, generator.build(&ctx).unwrap().into_snapshot());
+            shared
+        })
+        .collect();
+    assert_eq!(mesh.outbound_builds(), 1, "one view, built once");
+    let listeners = |s: &Snapshot| s.get(LISTENER).unwrap().resources().clone();
+    let (first, last) = (listeners(&snapshots[0]), listeners(&snapshots[5]));
+    let outbound = "outbound:240.0.0.2:80";
+    assert!(first[outbound].shares_bytes_with(&last[outbound]));
+    // Each proxy still tells the destination its own tags, in its own extension config.
+    let tags = |s: &Snapshot| s.get(source_tags_type()).unwrap().resources()[source_tags::EXTENSION_NAME].clone();
+    assert_ne!(tags(&snapshots[0]), tags(&snapshots[5]));
+}
+
+fn source_tags_type() -> &'static str {
+    "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+}
+
+#[test]
+fn a_policy_selecting_some_proxies_gives_them_their_own_view() {
+    let (dps, vips) = transparent_mesh(4);
+    let policies = [
+        policy(
+            "type: MeshTimeout\nmesh: default\nname: for-svc-0\nspec:\n  targetRef: {kind: MeshService, name: svc-0}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {http: {requestTimeout: 7s}}\n",
+        ),
+        // Access logs name the proxy they are written by: every selected proxy has its view.
+        policy(
+            "type: MeshAccessLog\nmesh: default\nname: logs\nspec:\n  targetRef: {kind: MeshService, name: svc-3}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {backends: [{type: File, file: {path: /tmp/log}}]}\n",
+        ),
+    ];
+    let mesh = MeshContext::new("default", &dps)
+        .with_policies(&policies)
+        .with_vips(vips, 80);
+    let generator = GeneratorList::kuma_profile();
+    for r in &dps {
+        let ctx = ProxyContext::new(&mesh, r, ProxyMetadata::default()).unwrap();
+        assert_eq!(
+            generator.generate(&ctx).unwrap(),
+            generator.build(&ctx).unwrap().into_snapshot()
+        );
+    }
+    // svc-0 (timeout), svc-3 (access log), and svc-1 with svc-2.
+    assert_eq!(mesh.outbound_builds(), 3);
+}

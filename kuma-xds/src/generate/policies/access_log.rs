@@ -21,7 +21,6 @@ use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
-use kuma_core::model::common::SERVICE_TAG;
 use kuma_core::model::policy::{
     AccessLogBackendType, AccessLogConf, LogFormat, LogFormatType, TcpBackend,
 };
@@ -30,6 +29,7 @@ use kuma_core::resource::ResourceType;
 use super::{from_conf, to_conf};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{ProxyContext, access_log_pipe};
+use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ResourceSet, Terminal};
 use xds_server::envoy::{any, ordered_map, string_struct};
 
@@ -211,32 +211,11 @@ impl ResourceGenerator for MeshAccessLog {
         if rules.is_empty() {
             return Ok(());
         }
-        let own_service = ctx
-            .dataplane
-            .inbounds()
-            .first()
-            .and_then(|i| i.tags.get(SERVICE_TAG))
-            .map_or("unknown", String::as_str);
         let pipe = access_log_pipe(
             ctx.metadata.workdir.as_deref().unwrap_or(""),
             ctx.name,
             ctx.mesh.mesh,
         );
-        for o in &rs.outbounds {
-            let Some(conf) = to_conf::<AccessLogConf>(&rules, &o.service)? else {
-                continue;
-            };
-            let Some(l) = rs.listeners.get_mut(&o.listener) else {
-                continue;
-            };
-            let p = Placeholders {
-                mesh: ctx.mesh.mesh,
-                source_service: own_service,
-                destination_service: &o.service,
-                source_address: ctx.address(),
-            };
-            attach(&mut l.terminal, &conf, &p, &pipe);
-        }
         for i in &rs.inbounds {
             let Some(conf) = from_conf::<AccessLogConf>(&rules, i.port)? else {
                 continue;
@@ -249,6 +228,39 @@ impl ResourceGenerator for MeshAccessLog {
                 source_service: "unknown",
                 destination_service: &i.service,
                 source_address: "",
+            };
+            attach(&mut l.terminal, &conf, &p, &pipe);
+        }
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        let rules = ctx.rules(ResourceType::MeshAccessLog);
+        // The view names the proxy whenever a MeshAccessLog selects it.
+        let (false, Some(source)) = (rules.is_empty(), &ctx.view.source) else {
+            return Ok(());
+        };
+        let pipe = access_log_pipe(
+            source.workdir.as_deref().unwrap_or(""),
+            &source.name,
+            ctx.mesh.mesh,
+        );
+        for o in &rs.outbounds {
+            let Some(conf) = to_conf::<AccessLogConf>(&rules, &o.service)? else {
+                continue;
+            };
+            let Some(l) = rs.listeners.get_mut(&o.listener) else {
+                continue;
+            };
+            let p = Placeholders {
+                mesh: ctx.mesh.mesh,
+                source_service: source.service(),
+                destination_service: &o.service,
+                source_address: &source.address,
             };
             attach(&mut l.terminal, &conf, &p, &pipe);
         }

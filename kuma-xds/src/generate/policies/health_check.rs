@@ -26,6 +26,7 @@ use kuma_core::resource::ResourceType;
 use super::{header_values, to_conf};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Protocol, ProxyContext};
+use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ClusterDraft, ResourceSet};
 use xds_server::envoy::{any, duration};
 
@@ -40,7 +41,15 @@ impl ResourceGenerator for MeshHealthCheck {
 
     fn apply(
         &self,
-        ctx: &ProxyContext<'_>,
+        _: &ProxyContext<'_>,
+        _: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshHealthCheck);

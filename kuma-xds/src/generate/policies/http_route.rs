@@ -42,6 +42,7 @@ use super::{
 };
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
+use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::ResourceSet;
 use xds_server::envoy::cluster_route;
 
@@ -62,7 +63,15 @@ impl ResourceGenerator for MeshHttpRoute {
 
     fn apply(
         &self,
-        ctx: &ProxyContext<'_>,
+        _: &ProxyContext<'_>,
+        _: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshHTTPRoute);
@@ -205,19 +214,19 @@ fn route_match(m: &HttpMatch) -> RouteMatch {
 
 /// The cluster name and weight of each backend (the outbound's own service when none).
 fn backends(
-    ctx: &ProxyContext<'_>,
+    ctx: &OutboundContext<'_>,
     rs: &mut ResourceSet,
     service: &str,
     refs: Option<&Vec<BackendRef>>,
 ) -> Vec<(String, u32)> {
     match refs {
         None => {
-            add_service_cluster(ctx, rs, service, service, None);
+            add_service_cluster(ctx.mesh, rs, service, service, None);
             vec![(service.to_string(), 1)]
         }
         Some(refs) => refs
             .iter()
-            .filter_map(|b| Some((backend_cluster(ctx, rs, b)?, b.weight.unwrap_or(1))))
+            .filter_map(|b| Some((backend_cluster(ctx.mesh, rs, b)?, b.weight.unwrap_or(1))))
             .collect(),
     }
 }
@@ -242,7 +251,7 @@ fn cluster_specifier(backends: &[(String, u32)]) -> Option<ClusterSpecifier> {
 
 /// What a rule does: forward (to clusters, possibly rewritten and mirrored) or redirect.
 fn route_action(
-    ctx: &ProxyContext<'_>,
+    ctx: &OutboundContext<'_>,
     rs: &mut ResourceSet,
     service: &str,
     conf: &HttpRouteConf,
@@ -319,7 +328,7 @@ fn route_action(
             }
             HttpFilterType::RequestMirror => {
                 let Some(m) = &f.request_mirror else { continue };
-                let Some(cluster) = backend_cluster(ctx, rs, &m.backend_ref) else {
+                let Some(cluster) = backend_cluster(ctx.mesh, rs, &m.backend_ref) else {
                     continue;
                 };
                 let percent = m

@@ -38,6 +38,7 @@ use kuma_core::resource::ResourceType;
 use super::{routes_mut, to_conf};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Endpoint, ProxyContext, addresses};
+use crate::generate::outbound::OutboundContext;
 use crate::generate::profile::in_subset;
 use crate::generate::resources::{ClusterDraft, Endpoints, ResourceSet};
 use xds_server::envoy::{duration, load_assignment};
@@ -53,14 +54,27 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
 
     fn apply(
         &self,
-        ctx: &ProxyContext<'_>,
+        _: &ProxyContext<'_>,
+        _: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshLoadBalancingStrategy);
         if rules.is_empty() {
             return Ok(());
         }
-        let local_tags = proxy_tags(ctx);
+        let local_tags = ctx
+            .view
+            .source
+            .as_ref()
+            .map(|s| s.local_tags.clone())
+            .unwrap_or_default();
         for (name, draft) in &mut rs.clusters {
             let Some(service) = draft.service().map(str::to_string) else {
                 continue;
@@ -219,15 +233,6 @@ fn hash_policy(h: &HashPolicy) -> Option<EnvoyHashPolicy> {
         terminal: h.terminal.unwrap_or(false),
         policy_specifier: Some(specifier),
     })
-}
-
-/// The tags of the proxy's first inbound (what "local" means for affinity).
-fn proxy_tags(ctx: &ProxyContext<'_>) -> Tags {
-    ctx.dataplane
-        .inbounds()
-        .first()
-        .map(|i| i.tags.clone())
-        .unwrap_or_default()
 }
 
 /// How endpoints are grouped: the proxy's zone and its affinity groups (key, the proxy's value,

@@ -30,7 +30,7 @@ use kuma_core::rules::{ProxyRules, Rule};
 use serde::de::DeserializeOwned;
 
 use super::ResourceGenerator;
-use super::context::ProxyContext;
+use super::context::MeshContext;
 use super::profile::add_service_cluster;
 use super::resources::{ClusterRole, ResourceSet};
 use xds_server::envoy::string_struct;
@@ -217,21 +217,21 @@ fn header_values(m: &HeaderModifier) -> Vec<HeaderValueOption> {
 /// The cluster a route backend sends to, added to the set when missing: the service's own
 /// cluster for `MeshService`, a cluster of the matching endpoints for `MeshServiceSubset`.
 /// `None` for kinds this control plane has no resources for yet.
-fn backend_cluster(ctx: &ProxyContext<'_>, rs: &mut ResourceSet, b: &BackendRef) -> Option<String> {
+fn backend_cluster(mesh: &MeshContext<'_>, rs: &mut ResourceSet, b: &BackendRef) -> Option<String> {
     let service = b.name.as_deref()?;
     match b.kind {
         TargetRefKind::MeshService => {
-            add_service_cluster(ctx, rs, service, service, None);
+            add_service_cluster(mesh, rs, service, service, None);
             Some(service.to_string())
         }
         TargetRefKind::MeshServiceSubset => {
             let tags = b.tags.clone().unwrap_or_default();
             if tags.is_empty() {
-                add_service_cluster(ctx, rs, service, service, None);
+                add_service_cluster(mesh, rs, service, service, None);
                 return Some(service.to_string());
             }
             let name = format!("{service}-{:016x}", fnv1a(&tags));
-            add_service_cluster(ctx, rs, &name, service, Some(&tags));
+            add_service_cluster(mesh, rs, &name, service, Some(&tags));
             Some(name)
         }
         _ => None,

@@ -25,6 +25,7 @@ use kuma_core::resource::ResourceType;
 use super::{each_route_conf, header_matcher, lb_metadata, string_exact, to_conf};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::{Protocol, ProxyContext};
+use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ResourceSet, Terminal};
 use xds_server::envoy::{any, duration};
 
@@ -43,7 +44,15 @@ impl ResourceGenerator for MeshRetry {
 
     fn apply(
         &self,
-        ctx: &ProxyContext<'_>,
+        _: &ProxyContext<'_>,
+        _: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshRetry);

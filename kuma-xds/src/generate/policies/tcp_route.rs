@@ -10,6 +10,7 @@ use kuma_core::resource::ResourceType;
 use super::{backend_cluster, to_conf};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
+use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ResourceSet, Terminal};
 
 /// Applies MeshTCPRoute.
@@ -23,7 +24,15 @@ impl ResourceGenerator for MeshTcpRoute {
 
     fn apply(
         &self,
-        ctx: &ProxyContext<'_>,
+        _: &ProxyContext<'_>,
+        _: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        Ok(())
+    }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshTCPRoute);
@@ -45,7 +54,7 @@ impl ResourceGenerator for MeshTcpRoute {
             };
             let targets: Vec<(String, u32)> = refs
                 .iter()
-                .filter_map(|b| Some((backend_cluster(ctx, rs, b)?, b.weight.unwrap_or(1))))
+                .filter_map(|b| Some((backend_cluster(ctx.mesh, rs, b)?, b.weight.unwrap_or(1))))
                 .collect();
             let Some(Terminal::Tcp(tcp)) = rs.listeners.get_mut(&listener).map(|l| &mut l.terminal)
             else {

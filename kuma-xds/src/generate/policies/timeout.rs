@@ -17,7 +17,9 @@ use kuma_core::resource::ResourceType;
 use super::{cluster_conf, each_route_conf, from_conf, routes_mut, to_conf};
 use crate::generate::ResourceGenerator;
 use crate::generate::context::ProxyContext;
+use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ClusterDraft, ResourceSet, Terminal};
+use kuma_core::rules::ProxyRules;
 use xds_server::envoy::duration;
 
 /// Applies MeshTimeout.
@@ -34,51 +36,63 @@ impl ResourceGenerator for MeshTimeout {
         ctx: &ProxyContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
-        let rules = ctx.rules(ResourceType::MeshTimeout);
-        if rules.is_empty() {
-            return Ok(());
-        }
-        for cluster in rs.clusters.values_mut() {
-            let conf = cluster_conf::<TimeoutConf>(&rules, &cluster.role)?;
-            if let Some(conf) = conf {
-                cluster_timeouts(cluster, &conf);
-            }
-        }
-        let outbound: Vec<(String, String)> = rs
-            .outbounds
-            .iter()
-            .map(|o| (o.listener.clone(), o.service.clone()))
-            .collect();
-        for (listener, service) in outbound {
-            let Some(l) = rs.listeners.get_mut(&listener) else {
-                continue;
-            };
-            if let Some(conf) = to_conf::<TimeoutConf>(&rules, &service)? {
-                listener_timeouts(&mut l.terminal, &conf);
-            }
-            // Routes: a route-targeted policy's conf for the route, the service's otherwise.
-            if let Terminal::Http(http) = &mut l.terminal {
-                each_route_conf(&rules, &service, &mut http.route, route_timeouts)?;
-            }
-        }
-        let inbound: Vec<(String, u32)> = rs
-            .inbounds
-            .iter()
-            .map(|i| (i.listener.clone(), i.port))
-            .collect();
-        for (listener, port) in inbound {
-            if let (Some(conf), Some(l)) = (
-                from_conf::<TimeoutConf>(&rules, port)?,
-                rs.listeners.get_mut(&listener),
-            ) {
-                listener_timeouts(&mut l.terminal, &conf);
-                if let Terminal::Http(http) = &mut l.terminal {
-                    routes_mut(&mut http.route).for_each(|route| route_timeouts(route, &conf));
-                }
-            }
-        }
-        Ok(())
+        configure(&ctx.rules(ResourceType::MeshTimeout), rs)
     }
+
+    fn apply_outbound(
+        &self,
+        ctx: &OutboundContext<'_>,
+        rs: &mut ResourceSet,
+    ) -> Result<(), crate::generate::BoxError> {
+        configure(&ctx.rules(ResourceType::MeshTimeout), rs)
+    }
+}
+
+/// Applies `rules` to what `rs` holds: inbounds and their clusters, or outbounds and theirs.
+fn configure(rules: &ProxyRules, rs: &mut ResourceSet) -> Result<(), crate::generate::BoxError> {
+    if rules.is_empty() {
+        return Ok(());
+    }
+    for cluster in rs.clusters.values_mut() {
+        let conf = cluster_conf::<TimeoutConf>(rules, &cluster.role)?;
+        if let Some(conf) = conf {
+            cluster_timeouts(cluster, &conf);
+        }
+    }
+    let outbound: Vec<(String, String)> = rs
+        .outbounds
+        .iter()
+        .map(|o| (o.listener.clone(), o.service.clone()))
+        .collect();
+    for (listener, service) in outbound {
+        let Some(l) = rs.listeners.get_mut(&listener) else {
+            continue;
+        };
+        if let Some(conf) = to_conf::<TimeoutConf>(rules, &service)? {
+            listener_timeouts(&mut l.terminal, &conf);
+        }
+        // Routes: a route-targeted policy's conf for the route, the service's otherwise.
+        if let Terminal::Http(http) = &mut l.terminal {
+            each_route_conf(rules, &service, &mut http.route, route_timeouts)?;
+        }
+    }
+    let inbound: Vec<(String, u32)> = rs
+        .inbounds
+        .iter()
+        .map(|i| (i.listener.clone(), i.port))
+        .collect();
+    for (listener, port) in inbound {
+        if let (Some(conf), Some(l)) = (
+            from_conf::<TimeoutConf>(rules, port)?,
+            rs.listeners.get_mut(&listener),
+        ) {
+            listener_timeouts(&mut l.terminal, &conf);
+            if let Terminal::Http(http) = &mut l.terminal {
+                routes_mut(&mut http.route).for_each(|route| route_timeouts(route, &conf));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn cluster_timeouts(cluster: &mut ClusterDraft, conf: &TimeoutConf) {
