@@ -155,7 +155,7 @@ impl Interner {
         let candidates = self.by_hash.entry(resource.hash()).or_default();
         for weak in candidates.iter() {
             if let Some(alive) = weak.upgrade()
-                && alive.any == resource.0.any
+                && (Arc::ptr_eq(&alive, &resource.0) || alive.any == resource.0.any)
                 && alive.type_url == resource.0.type_url
             {
                 return EncodedResource(alive);
@@ -220,14 +220,34 @@ impl Snapshot {
     /// A snapshot of `(name, resource)` pairs; each resource's type URL groups it. A later
     /// resource with the same type and name replaces an earlier one.
     pub fn new<R: Into<EncodedResource>>(resources: impl IntoIterator<Item = (String, R)>) -> Self {
-        let mut grouped: BTreeMap<String, BTreeMap<String, EncodedResource>> = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Vec<(String, EncodedResource)>> = BTreeMap::new();
         for (name, resource) in resources {
             let resource = resource.into();
-            grouped
-                .entry(resource.type_url().to_string())
-                .or_default()
-                .insert(name, resource);
+            match by_type.get_mut(resource.type_url()) {
+                Some(list) => list.push((name, resource)),
+                None => {
+                    by_type.insert(resource.type_url().to_string(), vec![(name, resource)]);
+                }
+            }
         }
+        // Sorted in bulk rather than inserted one by one: the input is usually a few sorted
+        // runs (a generator's maps), which a stable sort merges in linear time, and a map is
+        // built from sorted entries without comparisons.
+        let grouped: BTreeMap<String, BTreeMap<String, EncodedResource>> = by_type
+            .into_iter()
+            .map(|(type_url, mut list)| {
+                list.sort_by(|a, b| a.0.cmp(&b.0));
+                // Of equal names the later one stays.
+                list.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        std::mem::swap(later, kept);
+                    }
+                    same
+                });
+                (type_url, list.into_iter().collect())
+            })
+            .collect();
         let cluster_version = grouped
             .get(CLUSTER)
             .map(|c| version_of(c, ""))
@@ -425,6 +445,21 @@ mod tests {
             c.version(LISTENER),
             "an unchanged type keeps its version"
         );
+    }
+
+    #[test]
+    fn a_later_resource_of_the_same_name_replaces_an_earlier_one() {
+        let s = Snapshot::new([
+            ("c2".to_string(), any(CLUSTER, b"a")),
+            ("c1".to_string(), any(CLUSTER, b"b")),
+            ("c2".to_string(), any(CLUSTER, b"c")),
+            ("c0".to_string(), any(CLUSTER, b"d")),
+            ("c2".to_string(), any(CLUSTER, b"e")),
+        ]);
+        let clusters = s.get(CLUSTER).unwrap().resources();
+        let names: Vec<&str> = clusters.keys().map(String::as_str).collect();
+        assert_eq!(names, ["c0", "c1", "c2"]);
+        assert_eq!(clusters["c2"].to_any().value, b"e");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Labels, Resource, ResourceType};
 use kuma_core::rules::{MeshPolicies, ProxyRules, ProxyView};
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::GenerateError;
 use super::outbound::{OutboundCache, OutboundContext, OutboundView, SharedOutbounds};
@@ -170,7 +171,12 @@ pub struct MeshContext<'a> {
     pub vip_domain: String,
     services: BTreeMap<String, Service>,
     outbounds: OutboundCache,
+    /// kuma-dp's DNS records (body and tag) by the reachable services they are for.
+    dns_records: Mutex<HashMap<Vec<String>, Arc<DnsRecordsBody>>>,
 }
+
+/// kuma-dp's DNS records as served: the body and its tag.
+pub(crate) type DnsRecordsBody = (String, String);
 
 static DEFAULT_MESH: std::sync::LazyLock<MeshSpec> = std::sync::LazyLock::new(MeshSpec::default);
 
@@ -293,6 +299,7 @@ impl<'a> MeshContext<'a> {
             vip_domain: "mesh".into(),
             services,
             outbounds: OutboundCache::default(),
+            dns_records: Mutex::default(),
         }
     }
 
@@ -341,6 +348,22 @@ impl<'a> MeshContext<'a> {
     /// How many distinct outbound views were built with this context.
     pub fn outbound_builds(&self) -> usize {
         self.outbounds.builds()
+    }
+
+    /// kuma-dp's DNS records for proxies reaching `reachable` (empty: every service), as
+    /// `build` makes them (body, tag): once per context and reachable set.
+    pub(crate) fn dns_records(
+        &self,
+        reachable: &[String],
+        build: impl FnOnce() -> (String, String),
+    ) -> Arc<DnsRecordsBody> {
+        let mut memo = self.dns_records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(records) = memo.get(reachable) {
+            return records.clone();
+        }
+        let records = Arc::new(build());
+        memo.insert(reachable.to_vec(), records.clone());
+        records
     }
 
     /// A service of the mesh.

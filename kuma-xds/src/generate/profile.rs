@@ -3,12 +3,16 @@
 //! | generator | what it adds |
 //! |---|---|
 //! | `inbound` | per inbound, listener `inbound:<ip>:<port>` (TCP proxy, or HTTP for `kuma.io/protocol` http, http2, grpc) and the local cluster `localhost:<workload port>` |
-//! | `outbound` | per explicit outbound, listener `outbound:<ip>:<port>` and the service's EDS cluster and ready endpoints |
+//! | `outbound` | per explicit outbound, listener `outbound:<ip>:<port>` and the service's EDS cluster and ready endpoints; the proxy's source-tags extension config (see [`source_tags`]) |
 //! | `dns-records` | with transparent proxying, the VIP records for kuma-dp's DNS proxy, served by Envoy on kuma-dp's pipe (see [`DnsRecords`]) |
 //! | `transparent-proxy` | with transparent proxying: the passthrough listeners on the redirect ports and a VIP outbound `outbound:<vip>:80` (and one per inbound port) per service (see [`TransparentProxy`]) |
 //! | `admin` | cluster `kuma:envoy:admin`; on a non-loopback address also listener `kuma:envoy:admin` exposing `/ready` from kuma-dp (cluster `kuma:readiness`) |
 //! | `probes` | virtual probes: listener `probe:listener` mapping `/<port>/<path>` to the workload |
 //! | `prometheus` | when the mesh (or the Dataplane) enables a Prometheus backend, listener `_kuma:metrics:prometheus:<backend>` serving Envoy's stats |
+//!
+//! The outbound listeners, clusters and endpoints are built in the generators' outbound step
+//! ([`ResourceGenerator::apply_outbound`]), once for every proxy with the same
+//! [`OutboundView`](super::OutboundView).
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -424,21 +428,25 @@ impl ResourceGenerator for DnsRecords {
         else {
             return Ok(());
         };
-        let records: Vec<serde_json::Value> = reachable_vips(ctx.mesh, &tp.reachable_services)
-            .flat_map(|(service, vip)| {
-                kuma_core::model::common::service_dns_names(service)
-                    .into_iter()
-                    .map(move |n| (n, vip))
-            })
-            .map(|(name, vip)| {
-                serde_json::json!({
-                    "name": format!("{name}.{}", ctx.mesh.vip_domain),
-                    "ips": [vip.to_string()],
+        let records = ctx.mesh.dns_records(&tp.reachable_services, || {
+            let records: Vec<serde_json::Value> = reachable_vips(ctx.mesh, &tp.reachable_services)
+                .flat_map(|(service, vip)| {
+                    kuma_core::model::common::service_dns_names(service)
+                        .into_iter()
+                        .map(move |n| (n, vip))
                 })
-            })
-            .collect();
-        let body = serde_json::json!({"records": records, "ttl": 30}).to_string();
-        let etag = format!("{:016x}", xds_server::cache::content_hash(body.as_bytes()));
+                .map(|(name, vip)| {
+                    serde_json::json!({
+                        "name": format!("{name}.{}", ctx.mesh.vip_domain),
+                        "ips": [vip.to_string()],
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({"records": records, "ttl": 30}).to_string();
+            let etag = format!("{:016x}", xds_server::cache::content_hash(body.as_bytes()));
+            (body, etag)
+        });
+        let (body, etag) = (records.0.clone(), records.1.clone());
         let direct = |status: u32, body: Option<String>| {
             Some(Action::DirectResponse(DirectResponseAction {
                 status,

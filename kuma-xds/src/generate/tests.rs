@@ -132,7 +132,12 @@ fn protocols_join_on_kuma_lattice() {
 }
 
 /// A mesh of `n` transparent proxies, one per HTTP service, and the VIPs of its services.
-fn transparent_mesh(n: usize) -> (Vec<Resource>, std::collections::BTreeMap<String, std::net::Ipv4Addr>) {
+fn transparent_mesh(
+    n: usize,
+) -> (
+    Vec<Resource>,
+    std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+) {
     let dps = (0..n)
         .map(|i| {
             dp(
@@ -185,7 +190,9 @@ fn proxies_with_one_view_share_their_outbounds_built_once() {
     let outbound = "outbound:240.0.0.2:80";
     assert!(first[outbound].shares_bytes_with(&last[outbound]));
     // Each proxy still tells the destination its own tags, in its own extension config.
-    let tags = |s: &Snapshot| s.get(source_tags_type()).unwrap().resources()[source_tags::EXTENSION_NAME].clone();
+    let tags = |s: &Snapshot| {
+        s.get(source_tags_type()).unwrap().resources()[source_tags::EXTENSION_NAME].clone()
+    };
     assert_ne!(tags(&snapshots[0]), tags(&snapshots[5]));
 }
 
