@@ -47,6 +47,10 @@ const CLIENTS_ENV: &str = "XDS_SCALE_CLIENTS";
 /// Each measured run is its own process, so one run's freed memory does not hide the next
 /// one's growth.
 const RUN_ENV: &str = "XDS_SCALE_RUN";
+const ALL_TO_ALL_RUN_ENV: &str = "XDS_SCALE_ALL_TO_ALL_RUN";
+
+#[path = "xds_scale/all_to_all.rs"]
+mod all_to_all;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -395,6 +399,9 @@ fn main() {
     if let Ok(spec) = std::env::var(CLIENTS_ENV) {
         return client_main(&spec);
     }
+    if let Ok(spec) = std::env::var(all_to_all::CLIENTS_ENV) {
+        return all_to_all::client_main(&spec);
+    }
     if let Ok(spec) = std::env::var(RUN_ENV) {
         let (n, variant) = spec.split_once(' ').expect("N VARIANT");
         let variant = if variant == "Delta" {
@@ -409,7 +416,22 @@ fn main() {
             .expect("runtime");
         return rt.block_on(run(n.parse().expect("N"), variant));
     }
+    if let Ok(spec) = std::env::var(ALL_TO_ALL_RUN_ENV) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        return rt.block_on(all_to_all::run(&spec));
+    }
     // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
+    let scenario = std::env::var("XDS_SCALE_SCENARIO").unwrap_or_else(|_| "both".into());
+    if scenario == "all-to-all" || scenario == "both" {
+        all_to_all::main();
+    }
+    if scenario == "all-to-all" {
+        return;
+    }
     let sizes: Vec<usize> = match std::env::var("XDS_SCALE_N") {
         Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
         Err(_) => vec![1_000, 10_000],
