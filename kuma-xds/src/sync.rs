@@ -1020,4 +1020,105 @@ mod tests {
         r.sync_mesh("default", &Dirty::Everything).await;
         assert_eq!(encoded(&r), 5);
     }
+
+    async fn next_response(
+        responses: &mut tonic::Streaming<
+            envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+        >,
+    ) -> envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), responses.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delta_stream_receives_only_the_changed_resources() {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+        use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+        use xds_server::types::{CLUSTER, ENDPOINT, LISTENER};
+
+        let manager = manager_with([
+            dataplane("web-1", "10.0.0.1", "web", &["backend", "db"]),
+            dataplane("backend-1", "10.0.0.2", "backend", &[]),
+            dataplane("db-1", "10.0.0.3", "db", &[]),
+        ])
+        .await;
+        let cache = Arc::new(SnapshotCache::new());
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            Arc::new(GeneratorList::kuma_profile()),
+            connected(&["web-1"]),
+            Duration::ZERO,
+        );
+        r.sync_mesh("default", &Dirty::Everything).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ads = xds_server::server::AdsServer::new(
+            cache.clone(),
+            Arc::new(xds_server::server::NoCallbacks),
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ads.into_service())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        for (type_url, names) in [
+            (CLUSTER, vec![]),
+            (LISTENER, vec![]),
+            (ENDPOINT, vec!["backend".to_string(), "db".to_string()]),
+        ] {
+            tx.send(DeltaDiscoveryRequest {
+                node: Some(Node {
+                    id: "default.web-1".into(),
+                    ..Default::default()
+                }),
+                type_url: type_url.into(),
+                resource_names_subscribe: names,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut responses = client
+            .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // The initial config: clusters, listeners and both services' endpoints, ACKed.
+        let mut types = BTreeSet::new();
+        while types.len() < 3 {
+            let response = next_response(&mut responses).await;
+            types.insert(response.type_url.clone());
+            tx.send(DeltaDiscoveryRequest {
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+
+        // backend moves: the stream gets backend's endpoints and nothing else.
+        manager
+            .apply(dataplane("backend-1", "10.0.0.9", "backend", &[]))
+            .await
+            .unwrap();
+        let changed = Dirty::Dataplanes(BTreeSet::from(["backend-1".to_string()]));
+        assert_eq!(r.sync_mesh("default", &changed).await, 1);
+        let response = next_response(&mut responses).await;
+        assert_eq!(response.type_url, ENDPOINT);
+        let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["backend"]);
+        assert!(response.removed_resources.is_empty());
+        let more = tokio::time::timeout(Duration::from_millis(300), responses.message()).await;
+        assert!(more.is_err(), "nothing else is sent: {more:?}");
+    }
 }

@@ -6,6 +6,12 @@
 //! was sent counts as known, so a NACKed version is not sent again; ACKs and NACKs are
 //! recognised by nonce (an answer to an older response counts too), and subscription changes
 //! apply whatever the nonce. A first request that names nothing subscribes to the whole type.
+//!
+//! A push larger than [`MAX_RESPONSE_BYTES`] of resources goes out as several responses, each
+//! answered on its own; only the answer to the last one reports the type's version as ACKed.
+//! The stream's send buffer then stays small: the gRPC layer keeps a stream's encoding buffer
+//! as large as the largest message it encoded, and a proxy's whole config in one message would
+//! keep megabytes per stream for the stream's life.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,7 +28,20 @@ use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// Responses per type whose answer is still awaited, at most.
-const MAX_UNANSWERED: usize = 16;
+const MAX_UNANSWERED: usize = 256;
+
+/// Resource bytes in one response, at most (a larger resource goes alone).
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024;
+
+/// A response whose answer is awaited.
+#[derive(Debug)]
+struct Unanswered {
+    nonce: String,
+    /// The type's snapshot version when it was sent.
+    version: String,
+    /// It completed a push: its ACK accepts `version`.
+    last: bool,
+}
 
 #[derive(Debug, Default)]
 struct DeltaTypeState {
@@ -30,10 +49,9 @@ struct DeltaTypeState {
     names: BTreeSet<String>,
     /// Name -> version the proxy has (or was last sent).
     known: BTreeMap<String, String>,
-    /// Responses not yet ACKed or NACKed, oldest first: nonce, and the type's snapshot version
-    /// when it was sent (what an ACK of it accepts). A delta proxy answers each response, so
-    /// an answer to an older one still counts once a newer one went out.
-    unanswered: std::collections::VecDeque<(String, String)>,
+    /// Responses not yet ACKed or NACKed, oldest first. A delta proxy answers each response,
+    /// so an answer to an older one still counts once a newer one went out.
+    unanswered: std::collections::VecDeque<Unanswered>,
     /// Names subscribed to that must be answered even if they do not exist.
     pending: BTreeSet<String>,
 }
@@ -76,20 +94,22 @@ impl<C: Callbacks> DeltaStream<C> {
         let answered = state
             .unanswered
             .iter()
-            .position(|(nonce, _)| !req.response_nonce.is_empty() && *nonce == req.response_nonce)
+            .position(|u| !req.response_nonce.is_empty() && u.nonce == req.response_nonce)
             .and_then(|at| state.unanswered.remove(at));
-        if let Some((_, version)) = answered {
+        if let Some(answered) = answered {
             match &req.error_detail {
                 Some(err) => self.callbacks.on_nack(
                     self.id,
                     &self.node_id,
                     &req.type_url,
-                    &version,
+                    &answered.version,
                     &err.message,
                 ),
-                None => self
-                    .callbacks
-                    .on_ack(self.id, &self.node_id, &req.type_url, &version),
+                None if answered.last => {
+                    self.callbacks
+                        .on_ack(self.id, &self.node_id, &req.type_url, &answered.version)
+                }
+                None => {}
             }
         }
         let state = self.types.entry(req.type_url.clone()).or_default();
@@ -185,25 +205,62 @@ impl<C: Callbacks> DeltaStream<C> {
         for name in &removed {
             state.known.remove(name);
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
         let version = snapshot.version(type_url);
-        state.unanswered.push_back((nonce.clone(), version.clone()));
-        // A proxy that never answers does not grow the list without end.
-        if state.unanswered.len() > MAX_UNANSWERED {
-            state.unanswered.pop_front();
+        let mut chunks = chunked(resources).peekable();
+        let mut removed = Some(removed);
+        while let Some(resources) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.nonce += 1;
+            let nonce = self.nonce.to_string();
+            let Some(state) = self.types.get_mut(type_url) else {
+                return Ok(());
+            };
+            state.unanswered.push_back(Unanswered {
+                nonce: nonce.clone(),
+                version: version.clone(),
+                last,
+            });
+            // A proxy that never answers does not grow the list without end.
+            if state.unanswered.len() > MAX_UNANSWERED {
+                state.unanswered.pop_front();
+            }
+            let response = DeltaResponse {
+                system_version_info: version.clone(),
+                resources,
+                type_url: type_url.to_string(),
+                // Removals go with the last response, after everything that replaces them.
+                removed_resources: if last {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                nonce,
+            };
+            self.callbacks
+                .on_delta_response(self.id, &self.node_id, &response);
+            self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         }
-        let response = DeltaResponse {
-            system_version_info: version,
-            resources,
-            type_url: type_url.to_string(),
-            removed_resources: removed,
-            nonce,
-        };
-        self.callbacks
-            .on_delta_response(self.id, &self.node_id, &response);
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        Ok(())
     }
+}
+
+/// `resources` in runs of at most [`MAX_RESPONSE_BYTES`] (a larger resource alone); one empty
+/// run when there are none (a push of removals only).
+fn chunked(resources: Vec<DeltaResource>) -> impl Iterator<Item = Vec<DeltaResource>> {
+    let mut runs: Vec<Vec<DeltaResource>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for r in resources {
+        let size = r.resource.encoded_any().len();
+        if bytes + size > MAX_RESPONSE_BYTES && runs.last().is_some_and(|run| !run.is_empty()) {
+            runs.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(run) = runs.last_mut() {
+            run.push(r);
+        }
+    }
+    runs.into_iter()
 }
 
 impl<C: Callbacks> Protocol for DeltaStream<C> {

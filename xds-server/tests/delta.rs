@@ -273,3 +273,65 @@ async fn an_answer_to_an_older_response_is_recorded() {
     }
     assert_eq!(*answers.0.lock().unwrap(), want);
 }
+
+/// A cluster of about `kib` KiB (its stat name padded).
+fn big_cluster(name: &str, kib: usize) -> (String, Any) {
+    let c = Cluster {
+        name: name.to_string(),
+        alt_stat_name: "x".repeat(kib * 1024),
+        ..Default::default()
+    };
+    (
+        name.to_string(),
+        Any {
+            type_url: CLUSTER.to_string(),
+            value: c.encode_to_vec(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_push_is_split_and_only_its_last_answer_acks_the_version() {
+    let cache = Arc::new(SnapshotCache::new());
+    let answers = Arc::new(Answers::default());
+    let url = start_with(cache.clone(), answers.clone()).await;
+    // 100 KiB of clusters: at most 32 KiB of resources per response.
+    let clusters: Vec<_> = (0..10).map(|i| big_cluster(&format!("c{i}"), 10)).collect();
+    cache.set("n", Snapshot::new(clusters));
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), CLUSTER, &[], &[]).await;
+    let mut received = Vec::new();
+    let mut responses = Vec::new();
+    while received.len() < 10 {
+        let r = p.next().await;
+        let bytes: usize = r
+            .resources
+            .iter()
+            .filter_map(|r| r.resource.as_ref())
+            .map(|a| a.value.len())
+            .sum();
+        assert!(bytes <= 32 * 1024, "a response holds at most 32 KiB");
+        received.extend(names(&r).into_iter().map(String::from));
+        responses.push(r);
+    }
+    assert!(responses.len() >= 4, "{} responses", responses.len());
+    received.sort();
+    let want: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    assert_eq!(received, want);
+    // Answering all but the last reports nothing; the last one ACKs the version.
+    let (last, earlier) = responses.split_last().unwrap();
+    for r in earlier {
+        p.ack(r).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(answers.0.lock().unwrap().is_empty());
+    p.ack(last).await;
+    let want = vec![("ack", CLUSTER.to_string(), last.system_version_info.clone())];
+    for _ in 0..100 {
+        if *answers.0.lock().unwrap() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*answers.0.lock().unwrap(), want);
+}

@@ -31,6 +31,7 @@ pub use outbound::{OutboundContext, OutboundView, SharedOutbounds};
 pub use resources::ResourceSet;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use xds_server::cache::Snapshot;
 
@@ -59,8 +60,9 @@ pub struct GenerateError {
 /// (before or after the change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dependencies {
-    /// The endpoints and protocols of these services.
-    Services(BTreeSet<String>),
+    /// The endpoints and protocols of these services (shared by the proxies whose outbounds
+    /// are shared).
+    Services(Arc<BTreeSet<String>>),
     /// Possibly any Dataplane of the mesh: every Dataplane change regenerates the proxy.
     Everything,
 }
@@ -220,9 +222,14 @@ impl SnapshotGenerator for GeneratorList {
         let dependencies = if own.reads_every_dataplane || shared.reads_every_dataplane {
             Dependencies::Everything
         } else {
-            let mut services = own.services();
-            services.extend(shared.services.iter().cloned());
-            Dependencies::Services(services)
+            let own_services = own.services();
+            if own_services.is_subset(&shared.services) {
+                Dependencies::Services(shared.services.clone())
+            } else {
+                let mut services = own_services;
+                services.extend(shared.services.iter().cloned());
+                Dependencies::Services(Arc::new(services))
+            }
         };
         let mut resources = own.into_encoded();
         resources.extend(shared.resources.iter().cloned());

@@ -180,7 +180,7 @@ pub struct SharedOutbounds {
     /// The resources, by name (listeners, clusters, endpoints).
     pub resources: Vec<(String, EncodedResource)>,
     /// The services whose endpoints or protocol went into them.
-    pub services: BTreeSet<String>,
+    pub services: Arc<BTreeSet<String>>,
     /// A generator read Dataplanes beyond those services' endpoints.
     pub reads_every_dataplane: bool,
 }
@@ -193,7 +193,7 @@ impl SharedOutbounds {
     ) -> Result<Self, GenerateError> {
         let rs = build_set(generators, ctx)?;
         Ok(SharedOutbounds {
-            services: rs.services(),
+            services: Arc::new(rs.services()),
             reads_every_dataplane: rs.reads_every_dataplane,
             resources: rs.into_encoded(),
         })
