@@ -133,10 +133,24 @@ impl TypeResources {
 
     /// The version of one resource (a hash of its bytes), as incremental xDS reports it.
     pub fn resource_version(&self, name: &str) -> Option<String> {
-        let resource = self.resources.get(name)?;
-        let h = fnv1a(resource.hash(), self.extra.as_bytes());
-        Some(format!("{h:016x}"))
+        self.resource_version_hash(name)
+            .map(format_resource_version)
     }
+
+    /// [`TypeResources::resource_version`] before it is written out.
+    pub fn resource_version_hash(&self, name: &str) -> Option<u64> {
+        self.resources.get(name).map(|r| self.version_hash_of(r))
+    }
+
+    /// The version hash `resource` has in this type.
+    pub fn version_hash_of(&self, resource: &EncodedResource) -> u64 {
+        fnv1a(resource.hash(), self.extra.as_bytes())
+    }
+}
+
+/// A resource version as incremental xDS carries it: 16 hex digits.
+pub fn format_resource_version(hash: u64) -> String {
+    format!("{hash:016x}")
 }
 
 /// Equal resources as one allocation: [`Interner::intern`] hands back the resource with the

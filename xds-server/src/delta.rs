@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::cache::Snapshot;
+use crate::cache::{Snapshot, format_resource_version};
 use crate::server::Callbacks;
 use crate::stream::{Closed, Protocol};
 use crate::types::in_push_order;
@@ -43,12 +43,32 @@ struct Unanswered {
     last: bool,
 }
 
+/// A version a proxy has of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    /// One this server sent (its hash, see
+    /// [`TypeResources::resource_version_hash`](crate::cache::TypeResources::resource_version_hash)).
+    Sent(u64),
+    /// One the proxy says it has (from `initial_resource_versions`, when it reconnects).
+    Told(String),
+}
+
+impl Known {
+    /// Whether this is version `hash`.
+    fn is(&self, hash: u64) -> bool {
+        match self {
+            Known::Sent(h) => *h == hash,
+            Known::Told(v) => *v == format_resource_version(hash),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct DeltaTypeState {
     wildcard: bool,
     names: BTreeSet<String>,
     /// Name -> version the proxy has (or was last sent).
-    known: BTreeMap<String, String>,
+    known: BTreeMap<String, Known>,
     /// Responses not yet ACKed or NACKed, oldest first. A delta proxy answers each response,
     /// so an answer to an older one still counts once a newer one went out.
     unanswered: std::collections::VecDeque<Unanswered>,
@@ -114,7 +134,11 @@ impl<C: Callbacks> DeltaStream<C> {
         }
         let state = self.types.entry(req.type_url.clone()).or_default();
         if first {
-            state.known = req.initial_resource_versions.clone().into_iter().collect();
+            state.known = req
+                .initial_resource_versions
+                .iter()
+                .map(|(name, version)| (name.clone(), Known::Told(version.clone())))
+                .collect();
             // As go-control-plane: a first request that names nothing subscribes to every
             // resource of its type, whatever the type.
             state.wildcard = req.resource_names_subscribe.is_empty();
@@ -166,31 +190,33 @@ impl<C: Callbacks> DeltaStream<C> {
         let current = snapshot.get(type_url);
         let wanted = |name: &str| state.wildcard || state.names.contains(name);
         let mut resources = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut sent = Vec::new();
         if let Some(t) = current {
             for (name, any) in t.resources().iter().filter(|(n, _)| wanted(n)) {
-                seen.insert(name.clone());
-                let version = t.resource_version(name).unwrap_or_default();
-                if state.known.get(name) != Some(&version) {
+                let hash = t.version_hash_of(any);
+                if !state.known.get(name).is_some_and(|k| k.is(hash)) {
+                    sent.push((name.clone(), hash));
                     resources.push(DeltaResource {
                         name: name.clone(),
-                        version: version.clone(),
+                        version: format_resource_version(hash),
                         resource: any.clone(),
                     });
                 }
             }
         }
+        let present =
+            |name: &str| wanted(name) && current.is_some_and(|t| t.resources().contains_key(name));
         let mut removed: Vec<String> = state
             .known
             .keys()
-            .filter(|n| !seen.contains(*n))
+            .filter(|n| !present(n))
             .cloned()
             .collect();
         removed.extend(
             state
                 .pending
                 .iter()
-                .filter(|n| !seen.contains(*n) && !state.known.contains_key(*n))
+                .filter(|n| !present(n) && !state.known.contains_key(*n))
                 .cloned(),
         );
         removed.sort();
@@ -199,8 +225,8 @@ impl<C: Callbacks> DeltaStream<C> {
         if resources.is_empty() && removed.is_empty() {
             return Ok(());
         }
-        for r in &resources {
-            state.known.insert(r.name.clone(), r.version.clone());
+        for (name, hash) in sent {
+            state.known.insert(name, Known::Sent(hash));
         }
         for name in &removed {
             state.known.remove(name);
