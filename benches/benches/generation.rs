@@ -128,7 +128,7 @@ fn main() {
             bytes += snapshot
                 .type_urls()
                 .filter_map(|t| snapshot.get(t))
-                .flat_map(|r| r.resources().values())
+                .flat_map(|r| r.iter().map(|(_, r)| r))
                 .map(|r| r.encoded_any().len())
                 .sum::<usize>();
         }
@@ -223,7 +223,7 @@ fn all_to_all(sizes: &[usize], generator: &GeneratorList, metadata: &ProxyMetada
             for r in snapshot
                 .type_urls()
                 .filter_map(|t| snapshot.get(t))
-                .flat_map(|r| r.resources().values())
+                .flat_map(|r| r.iter().map(|(_, r)| r))
             {
                 bytes += r.encoded_any().len();
                 // Distinct content by a 64-bit hash (collisions would only undercount).

@@ -683,9 +683,8 @@ mod tests {
             .unwrap()
             .get(xds_server::types::LISTENER)
             .unwrap()
-            .resources()
-            .keys()
-            .cloned()
+            .names()
+            .map(str::to_string)
             .collect();
         for name in [
             "outbound:240.0.0.1:8000", // backend
@@ -700,11 +699,8 @@ mod tests {
         }
         // backend-1 is not a transparent proxy: no VIP outbounds.
         let backend = cache.get("default.backend-1").unwrap();
-        let names = backend
-            .get(xds_server::types::LISTENER)
-            .unwrap()
-            .resources();
-        assert!(!names.keys().any(|l| l.starts_with("outbound:240.")));
+        let listeners = backend.get(xds_server::types::LISTENER).unwrap();
+        assert!(!listeners.names().any(|l| l.starts_with("outbound:240.")));
     }
 
     #[test]
@@ -757,7 +753,7 @@ mod tests {
         let snapshot = cache.get(node).unwrap();
         let cla = snapshot
             .get(xds_server::types::ENDPOINT)
-            .and_then(|r| r.resources().get(service).cloned())
+            .and_then(|r| r.get(service).cloned())
             .unwrap();
         let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
             prost::Message::decode(cla.to_any().value.as_slice()).unwrap();
@@ -992,7 +988,8 @@ mod tests {
                 .unwrap()
                 .get(xds_server::types::ENDPOINT)
                 .unwrap()
-                .resources()[service]
+                .get(service)
+                .unwrap()
                 .clone()
         };
         let db_before = endpoints("default.web-1", "db");

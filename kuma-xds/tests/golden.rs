@@ -292,8 +292,8 @@ fn listener_ports(snapshot: &Snapshot) -> Vec<u16> {
         return Vec::new();
     };
     let mut ports: Vec<u16> = listeners
-        .resources()
-        .values()
+        .iter()
+        .map(|(_, r)| r)
         .filter_map(|r| Listener::decode(r.to_any().value.as_slice()).ok())
         .filter_map(|l| match l.address?.address? {
             Address::SocketAddress(a) => match a.port_specifier? {

@@ -5,6 +5,12 @@
 //! same for many proxies once and clone it into each snapshot; [`SnapshotCache`] also shares
 //! what was encoded twice: a resource equal to one a snapshot in the cache holds already is
 //! kept as that one allocation.
+//!
+//! Resources that many snapshots have in common go into one [`SharedResources`], and each
+//! snapshot made with [`Snapshot::layered`] holds them by reference: a snapshot then costs its
+//! own resources, not the thousands it shares. Versions depend on the resources alone (each
+//! contributes a hash, and a version sums them), so a layered snapshot and a flat one of the
+//! same resources have the same versions and compare equal.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -110,25 +116,177 @@ impl From<&Any> for EncodedResource {
     }
 }
 
-/// The resources of one type in a snapshot, by name, and their version.
-#[derive(Debug, Clone, PartialEq)]
+/// Resources of one type that many snapshots hold by reference (see [`SharedResources`]).
+#[derive(Debug)]
+pub struct Layer {
+    resources: BTreeMap<String, EncodedResource>,
+    /// The sum of its resources' contributions to a version (see `entry_hash`).
+    hash: u64,
+}
+
+impl Layer {
+    fn new(resources: BTreeMap<String, EncodedResource>) -> Self {
+        let hash = version_hash(&resources);
+        Layer { resources, hash }
+    }
+
+    /// Same names, same resources.
+    fn same(&self, other: &Layer) -> bool {
+        self.hash == other.hash && self.resources == other.resources
+    }
+}
+
+/// Resources that many snapshots share, grouped by type: built and encoded once (the
+/// outbounds of every proxy that sees its mesh the same way, say), then held by reference by
+/// every snapshot made with [`Snapshot::layered`], so a snapshot costs only its own resources.
+#[derive(Debug, Clone, Default)]
+pub struct SharedResources {
+    types: BTreeMap<String, Arc<Layer>>,
+}
+
+impl SharedResources {
+    /// Groups `resources` by type; a later resource of the same type and name replaces an
+    /// earlier one.
+    pub fn new<R: Into<EncodedResource>>(resources: impl IntoIterator<Item = (String, R)>) -> Self {
+        SharedResources {
+            types: grouped(resources)
+                .into_iter()
+                .map(|(t, r)| (t, Arc::new(Layer::new(r))))
+                .collect(),
+        }
+    }
+
+    /// Every resource, by type then name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &EncodedResource)> {
+        self.types
+            .values()
+            .flat_map(|l| l.resources.iter().map(|(n, r)| (n.as_str(), r)))
+    }
+
+    /// How many resources there are.
+    pub fn len(&self) -> usize {
+        self.types.values().map(|l| l.resources.len()).sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The resources of one type in a snapshot, by name, and their version: the snapshot's own,
+/// and a layer it shares with other snapshots (its own replace shared ones of the same name).
+#[derive(Debug, Clone)]
 pub struct TypeResources {
     version: String,
-    resources: BTreeMap<String, EncodedResource>,
+    own: BTreeMap<String, EncodedResource>,
+    shared: Option<Arc<Layer>>,
+    /// How many distinct names there are.
+    len: usize,
     /// What every resource version of this type also covers (the clusters' version, for
     /// endpoints).
     extra: String,
 }
 
+impl PartialEq for TypeResources {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.len == other.len
+            && self.extra == other.extra
+            && self.iter().eq(other.iter())
+    }
+}
+
 impl TypeResources {
+    fn new(
+        own: BTreeMap<String, EncodedResource>,
+        shared: Option<Arc<Layer>>,
+        extra: &str,
+    ) -> Self {
+        let mut sum = version_hash(&own);
+        let mut len = own.len();
+        if let Some(layer) = &shared {
+            sum = sum.wrapping_add(layer.hash);
+            len += layer.resources.len();
+            // Shared resources replaced by own ones do not count.
+            for (name, replaced) in own
+                .keys()
+                .filter_map(|n| Some((n, layer.resources.get(n)?)))
+            {
+                sum = sum.wrapping_sub(entry_hash(name, replaced));
+                len -= 1;
+            }
+        }
+        let mut h = fnv1a(EMPTY_VERSION_SEED, &sum.to_le_bytes());
+        h = fnv1a(h, &(len as u64).to_le_bytes());
+        h = fnv1a(h, extra.as_bytes());
+        TypeResources {
+            version: format!("{h:016x}"),
+            own,
+            shared,
+            len,
+            extra: extra.to_string(),
+        }
+    }
+
     /// The version: a hash of every resource's name and bytes.
     pub fn version(&self) -> &str {
         &self.version
     }
 
-    /// The resources by name.
-    pub fn resources(&self) -> &BTreeMap<String, EncodedResource> {
-        &self.resources
+    /// The resource named `name`.
+    pub fn get(&self, name: &str) -> Option<&EncodedResource> {
+        self.own
+            .get(name)
+            .or_else(|| self.shared.as_ref()?.resources.get(name))
+    }
+
+    /// Whether there is a resource named `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every resource, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &EncodedResource)> {
+        let mut own = self.own.iter().peekable();
+        let mut shared = self
+            .shared
+            .as_ref()
+            .map(|l| l.resources.iter())
+            .into_iter()
+            .flatten()
+            .peekable();
+        std::iter::from_fn(move || {
+            let next = match (own.peek(), shared.peek()) {
+                (Some(o), Some(s)) => match o.0.cmp(s.0) {
+                    std::cmp::Ordering::Less => own.next(),
+                    std::cmp::Ordering::Greater => shared.next(),
+                    std::cmp::Ordering::Equal => {
+                        shared.next();
+                        own.next()
+                    }
+                },
+                (Some(_), None) => own.next(),
+                (None, Some(_)) => shared.next(),
+                (None, None) => None,
+            };
+            next.map(|(n, r)| (n.as_str(), r))
+        })
+    }
+
+    /// The names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(n, _)| n)
+    }
+
+    /// How many resources there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The version of one resource (a hash of its bytes), as incremental xDS reports it.
@@ -139,7 +297,7 @@ impl TypeResources {
 
     /// [`TypeResources::resource_version`] before it is written out.
     pub fn resource_version_hash(&self, name: &str) -> Option<u64> {
-        self.resources.get(name).map(|r| self.version_hash_of(r))
+        self.get(name).map(|r| self.version_hash_of(r))
     }
 
     /// The version hash `resource` has in this type.
@@ -162,6 +320,11 @@ struct Interner {
     /// Entries at the last prune: the next one comes when the table has doubled.
     pruned_at: usize,
     entries: usize,
+    /// Interned layers by their hash.
+    layers: HashMap<u64, Vec<Weak<Layer>>>,
+    /// Layers already interned, by address: (the layer, its interned equal).
+    seen_layers: HashMap<usize, (Weak<Layer>, Weak<Layer>)>,
+    layers_pruned_at: usize,
 }
 
 impl Interner {
@@ -181,6 +344,56 @@ impl Interner {
             self.prune();
         }
         resource.clone()
+    }
+
+    /// The interned layer equal to `layer`: one held already, or a copy of `layer` with its
+    /// resources interned. A layer shared by many snapshots is interned once.
+    fn intern_layer(&mut self, layer: &Arc<Layer>) -> Arc<Layer> {
+        let address = Arc::as_ptr(layer) as usize;
+        if let Some((source, interned)) = self.seen_layers.get(&address)
+            && source.upgrade().is_some_and(|s| Arc::ptr_eq(&s, layer))
+            && let Some(interned) = interned.upgrade()
+        {
+            return interned;
+        }
+        let alive = self
+            .layers
+            .get(&layer.hash)
+            .into_iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .find(|l| l.same(layer));
+        let interned = match alive {
+            Some(l) => l,
+            None => {
+                let resources = layer
+                    .resources
+                    .iter()
+                    .map(|(n, r)| (n.clone(), self.intern(r)))
+                    .collect();
+                let l = Arc::new(Layer {
+                    resources,
+                    hash: layer.hash,
+                });
+                self.layers
+                    .entry(l.hash)
+                    .or_default()
+                    .push(Arc::downgrade(&l));
+                l
+            }
+        };
+        self.seen_layers
+            .insert(address, (Arc::downgrade(layer), Arc::downgrade(&interned)));
+        if self.seen_layers.len() > 2 * self.layers_pruned_at.max(64) {
+            self.seen_layers
+                .retain(|_, (s, i)| s.strong_count() > 0 && i.strong_count() > 0);
+            self.layers.retain(|_, l| {
+                l.retain(|w| w.strong_count() > 0);
+                !l.is_empty()
+            });
+            self.layers_pruned_at = self.seen_layers.len();
+        }
+        interned
     }
 
     fn prune(&mut self) {
@@ -219,54 +432,88 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn version_of(resources: &BTreeMap<String, EncodedResource>, extra: &str) -> String {
-    let mut h = EMPTY_VERSION_SEED;
+/// The part of a version one resource contributes: a well-mixed hash of its name and bytes.
+/// A version adds these up (wrapping), so it depends on the resources alone, not on how a
+/// snapshot holds them (own or shared).
+fn entry_hash(name: &str, resource: &EncodedResource) -> u64 {
+    let mut h = fnv1a(EMPTY_VERSION_SEED, name.as_bytes());
+    h = fnv1a(h, &[0]);
+    h = fnv1a(h, &resource.hash().to_le_bytes());
+    // splitmix64's finaliser: every input bit moves every output bit, so sums do not cancel.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn version_hash(resources: &BTreeMap<String, EncodedResource>) -> u64 {
+    resources
+        .iter()
+        .fold(0u64, |sum, (n, r)| sum.wrapping_add(entry_hash(n, r)))
+}
+
+/// `resources` grouped by type URL, each group by name (a later resource of the same type and
+/// name replaces an earlier one).
+fn grouped<R: Into<EncodedResource>>(
+    resources: impl IntoIterator<Item = (String, R)>,
+) -> BTreeMap<String, BTreeMap<String, EncodedResource>> {
+    let mut by_type: BTreeMap<String, Vec<(String, EncodedResource)>> = BTreeMap::new();
     for (name, resource) in resources {
-        h = fnv1a(h, name.as_bytes());
-        h = fnv1a(h, &[0]);
-        h = fnv1a(h, &resource.hash().to_le_bytes());
+        let resource = resource.into();
+        match by_type.get_mut(resource.type_url()) {
+            Some(list) => list.push((name, resource)),
+            None => {
+                by_type.insert(resource.type_url().to_string(), vec![(name, resource)]);
+            }
+        }
     }
-    h = fnv1a(h, extra.as_bytes());
-    format!("{h:016x}")
+    // Sorted in bulk rather than inserted one by one: the input is usually a few sorted runs
+    // (a generator's maps), which a stable sort merges in linear time, and a map is built from
+    // sorted entries without comparisons.
+    by_type
+        .into_iter()
+        .map(|(type_url, mut list)| {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            // Of equal names the later one stays.
+            list.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(later, kept);
+                }
+                same
+            });
+            (type_url, list.into_iter().collect())
+        })
+        .collect()
 }
 
 impl Snapshot {
     /// A snapshot of `(name, resource)` pairs; each resource's type URL groups it. A later
     /// resource with the same type and name replaces an earlier one.
     pub fn new<R: Into<EncodedResource>>(resources: impl IntoIterator<Item = (String, R)>) -> Self {
-        let mut by_type: BTreeMap<String, Vec<(String, EncodedResource)>> = BTreeMap::new();
-        for (name, resource) in resources {
-            let resource = resource.into();
-            match by_type.get_mut(resource.type_url()) {
-                Some(list) => list.push((name, resource)),
-                None => {
-                    by_type.insert(resource.type_url().to_string(), vec![(name, resource)]);
-                }
-            }
+        Self::layered(resources, &SharedResources::default())
+    }
+
+    /// A snapshot of its own `resources` and of `shared` ones, held by reference (its own
+    /// replace shared ones of the same type and name).
+    pub fn layered<R: Into<EncodedResource>>(
+        resources: impl IntoIterator<Item = (String, R)>,
+        shared: &SharedResources,
+    ) -> Self {
+        let mut own = grouped(resources);
+        for t in shared.types.keys() {
+            own.entry(t.clone()).or_default();
         }
-        // Sorted in bulk rather than inserted one by one: the input is usually a few sorted
-        // runs (a generator's maps), which a stable sort merges in linear time, and a map is
-        // built from sorted entries without comparisons.
-        let grouped: BTreeMap<String, BTreeMap<String, EncodedResource>> = by_type
-            .into_iter()
-            .map(|(type_url, mut list)| {
-                list.sort_by(|a, b| a.0.cmp(&b.0));
-                // Of equal names the later one stays.
-                list.dedup_by(|later, kept| {
-                    let same = later.0 == kept.0;
-                    if same {
-                        std::mem::swap(later, kept);
-                    }
-                    same
-                });
-                (type_url, list.into_iter().collect())
-            })
-            .collect();
-        let cluster_version = grouped
-            .get(CLUSTER)
-            .map(|c| version_of(c, ""))
+        let layer = |t: &str| shared.types.get(t).cloned();
+        let clusters = own
+            .remove(CLUSTER)
+            .map(|c| TypeResources::new(c, layer(CLUSTER), ""));
+        let cluster_version = clusters
+            .as_ref()
+            .map(|c| c.version.clone())
             .unwrap_or_default();
-        let types = grouped
+        let mut types: BTreeMap<String, TypeResources> = own
             .into_iter()
             .map(|(type_url, resources)| {
                 let extra = if type_url == ENDPOINT {
@@ -274,17 +521,13 @@ impl Snapshot {
                 } else {
                     ""
                 };
-                let version = version_of(&resources, extra);
-                (
-                    type_url,
-                    TypeResources {
-                        version,
-                        resources,
-                        extra: extra.to_string(),
-                    },
-                )
+                let t = TypeResources::new(resources, layer(&type_url), extra);
+                (type_url, t)
             })
             .collect();
+        if let Some(c) = clusters {
+            types.insert(CLUSTER.to_string(), c);
+        }
         Snapshot { types }
     }
 
@@ -297,7 +540,7 @@ impl Snapshot {
     pub fn version(&self, type_url: &str) -> String {
         match self.types.get(type_url) {
             Some(t) => t.version.clone(),
-            None => version_of(&BTreeMap::new(), ""),
+            None => TypeResources::new(BTreeMap::new(), None, "").version,
         }
     }
 
@@ -306,11 +549,15 @@ impl Snapshot {
         self.types.keys().map(String::as_str)
     }
 
-    /// Every resource replaced by the equal one `interner` holds, if any.
+    /// Every resource replaced by the equal one `interner` holds, if any; every shared layer
+    /// by the equal one it holds.
     fn intern(&mut self, interner: &mut Interner) {
         for t in self.types.values_mut() {
-            for resource in t.resources.values_mut() {
+            for resource in t.own.values_mut() {
                 *resource = interner.intern(resource);
+            }
+            if let Some(layer) = &mut t.shared {
+                *layer = interner.intern_layer(layer);
             }
         }
     }
@@ -462,6 +709,71 @@ mod tests {
     }
 
     #[test]
+    fn a_layered_snapshot_holds_shared_resources_by_reference() {
+        let shared = SharedResources::new([
+            ("c1".to_string(), any(CLUSTER, b"a")),
+            ("c2".to_string(), any(CLUSTER, b"b")),
+            ("l1".to_string(), any(LISTENER, b"c")),
+        ]);
+        let own = || {
+            [
+                ("c0".to_string(), any(CLUSTER, b"d")),
+                ("c2".to_string(), any(CLUSTER, b"e")),
+            ]
+        };
+        let layered = Snapshot::layered(own(), &shared);
+        let clusters = layered.get(CLUSTER).unwrap();
+        let names: Vec<&str> = clusters.names().collect();
+        assert_eq!(names, ["c0", "c1", "c2"]);
+        assert_eq!(clusters.len(), 3);
+        // Its own replace shared ones of the same name.
+        assert_eq!(clusters.get("c2").unwrap().to_any().value, b"e");
+        assert_eq!(layered.get(LISTENER).unwrap().len(), 1);
+        // Two snapshots over one layer share its resources; equal content is equal.
+        let again = Snapshot::layered(own(), &shared);
+        assert_eq!(layered, again);
+        assert!(
+            layered
+                .get(LISTENER)
+                .unwrap()
+                .get("l1")
+                .unwrap()
+                .shares_bytes_with(again.get(LISTENER).unwrap().get("l1").unwrap())
+        );
+        // A different shared resource is a different version.
+        let other = SharedResources::new([
+            ("c1".to_string(), any(CLUSTER, b"z")),
+            ("c2".to_string(), any(CLUSTER, b"b")),
+            ("l1".to_string(), any(LISTENER, b"c")),
+        ]);
+        let changed = Snapshot::layered(own(), &other);
+        assert_ne!(changed.version(CLUSTER), layered.version(CLUSTER));
+        assert_eq!(changed.version(LISTENER), layered.version(LISTENER));
+        assert_ne!(changed, layered);
+        // The cache interns a layer once: equal layers of two snapshots become one.
+        let cache = SnapshotCache::new();
+        cache.set("a", Snapshot::layered(own(), &shared));
+        cache.set(
+            "b",
+            Snapshot::layered(
+                own(),
+                &SharedResources::new(shared.iter().map(|(n, r)| (n.to_string(), r.clone()))),
+            ),
+        );
+        let layer_of = |node: &str| {
+            cache
+                .get(node)
+                .unwrap()
+                .get(CLUSTER)
+                .unwrap()
+                .shared
+                .clone()
+                .unwrap()
+        };
+        assert!(Arc::ptr_eq(&layer_of("a"), &layer_of("b")));
+    }
+
+    #[test]
     fn a_later_resource_of_the_same_name_replaces_an_earlier_one() {
         let s = Snapshot::new([
             ("c2".to_string(), any(CLUSTER, b"a")),
@@ -470,10 +782,10 @@ mod tests {
             ("c0".to_string(), any(CLUSTER, b"d")),
             ("c2".to_string(), any(CLUSTER, b"e")),
         ]);
-        let clusters = s.get(CLUSTER).unwrap().resources();
-        let names: Vec<&str> = clusters.keys().map(String::as_str).collect();
+        let clusters = s.get(CLUSTER).unwrap();
+        let names: Vec<&str> = clusters.names().collect();
         assert_eq!(names, ["c0", "c1", "c2"]);
-        assert_eq!(clusters["c2"].to_any().value, b"e");
+        assert_eq!(clusters.get("c2").unwrap().to_any().value, b"e");
     }
 
     #[test]
@@ -492,8 +804,8 @@ mod tests {
         assert_eq!(shared.type_url(), CLUSTER);
         let a = Snapshot::new([("c".to_string(), shared.clone())]);
         let b = Snapshot::new([("c".to_string(), shared.clone())]);
-        let in_a = &a.get(CLUSTER).unwrap().resources()["c"];
-        let in_b = &b.get(CLUSTER).unwrap().resources()["c"];
+        let in_a = &a.get(CLUSTER).unwrap().get("c").unwrap();
+        let in_b = &b.get(CLUSTER).unwrap().get("c").unwrap();
         assert!(
             in_a.shares_bytes_with(in_b),
             "one allocation for both snapshots"
@@ -517,7 +829,14 @@ mod tests {
         assert!(cache.set("a", snap(b"a")));
         assert!(cache.set("b", snap(b"b")));
         let resource = |node: &str, name: &str| {
-            cache.get(node).unwrap().get(CLUSTER).unwrap().resources()[name].clone()
+            cache
+                .get(node)
+                .unwrap()
+                .get(CLUSTER)
+                .unwrap()
+                .get(name)
+                .unwrap()
+                .clone()
         };
         assert!(resource("a", "shared").shares_bytes_with(&resource("b", "shared")));
         assert!(!resource("a", "own").shares_bytes_with(&resource("b", "own")));

@@ -192,20 +192,19 @@ impl<C: Callbacks> DeltaStream<C> {
         let mut resources = Vec::new();
         let mut sent = Vec::new();
         if let Some(t) = current {
-            for (name, any) in t.resources().iter().filter(|(n, _)| wanted(n)) {
+            for (name, any) in t.iter().filter(|(n, _)| wanted(n)) {
                 let hash = t.version_hash_of(any);
                 if !state.known.get(name).is_some_and(|k| k.is(hash)) {
-                    sent.push((name.clone(), hash));
+                    sent.push((name.to_string(), hash));
                     resources.push(DeltaResource {
-                        name: name.clone(),
+                        name: name.to_string(),
                         version: format_resource_version(hash),
                         resource: any.clone(),
                     });
                 }
             }
         }
-        let present =
-            |name: &str| wanted(name) && current.is_some_and(|t| t.resources().contains_key(name));
+        let present = |name: &str| wanted(name) && current.is_some_and(|t| t.contains(name));
         let mut removed: Vec<String> = state
             .known
             .keys()

@@ -206,12 +206,12 @@ pub fn snapshot_json(snapshot: &Snapshot) -> Result<Value, String> {
         let Some(resources) = snapshot.get(&type_url) else {
             continue;
         };
-        if resources.resources().is_empty() {
+        if resources.is_empty() {
             continue;
         }
         let mut by_name = Map::new();
-        for (name, resource) in resources.resources() {
-            by_name.insert(name.clone(), resource_json(resource)?);
+        for (name, resource) in resources.iter() {
+            by_name.insert(name.to_string(), resource_json(resource)?);
         }
         out.insert(type_url, Value::Object(by_name));
     }

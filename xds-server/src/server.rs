@@ -507,18 +507,18 @@ impl<C: Callbacks> SotwStream<C> {
             && (state.wildcard
                 || snapshot
                     .get(type_url)
-                    .is_some_and(|t| state.names.iter().all(|n| t.resources().contains_key(n))))
+                    .is_some_and(|t| state.names.iter().all(|n| t.contains(n))))
         {
             state.sent_version = Some(version);
             return Ok(());
         }
         let resources = match snapshot.get(type_url) {
             None => Vec::new(),
-            Some(t) if state.wildcard => t.resources().values().cloned().collect(),
+            Some(t) if state.wildcard => t.iter().map(|(_, r)| r.clone()).collect(),
             Some(t) => state
                 .names
                 .iter()
-                .filter_map(|n| t.resources().get(n).cloned())
+                .filter_map(|n| t.get(n).cloned())
                 .collect(),
         };
         self.nonce += 1;

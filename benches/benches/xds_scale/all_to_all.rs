@@ -285,7 +285,7 @@ pub async fn run(spec: &str) {
             snapshot
                 .type_urls()
                 .filter_map(|t| snapshot.get(t))
-                .flat_map(|t| t.resources().values())
+                .flat_map(|t| t.iter().map(|(_, r)| r))
                 .map(|r| r.encoded_any().len())
                 .sum()
         })
@@ -305,12 +305,7 @@ pub async fn run(spec: &str) {
     let endpoint_bytes = deliveries.bytes.load(Ordering::SeqCst) - bytes_before;
     let cla = cache
         .get(&nodes[0])
-        .and_then(|s| {
-            s.get(ENDPOINT)?
-                .resources()
-                .get("svc-0")
-                .map(|r| r.encoded_any().len())
-        })
+        .and_then(|s| s.get(ENDPOINT)?.get("svc-0").map(|r| r.encoded_any().len()))
         .unwrap_or(0);
     let endpoint_min_bytes = cla * proxies;
 

@@ -231,8 +231,7 @@ impl SnapshotGenerator for GeneratorList {
                 Dependencies::Services(Arc::new(services))
             }
         };
-        let mut resources = own.into_encoded();
-        resources.extend(shared.resources.iter().cloned());
-        Ok((Snapshot::new(resources), dependencies))
+        let snapshot = Snapshot::layered(own.into_encoded(), &shared.resources);
+        Ok((snapshot, dependencies))
     }
 }

@@ -22,7 +22,7 @@ use kuma_core::rules::ProxyRules;
 use super::context::{MeshContext, ProxyContext};
 use super::resources::ResourceSet;
 use super::{GenerateError, ResourceGenerator};
-use xds_server::cache::EncodedResource;
+use xds_server::cache::SharedResources;
 
 /// The policy types whose `to` rules configure outbounds.
 pub const OUTBOUND_POLICIES: &[ResourceType] = &[
@@ -177,8 +177,9 @@ impl OutboundContext<'_> {
 /// The outbound resources of one view, encoded, and what they were made from.
 #[derive(Debug, Default)]
 pub struct SharedOutbounds {
-    /// The resources, by name (listeners, clusters, endpoints).
-    pub resources: Vec<(String, EncodedResource)>,
+    /// The resources (listeners, clusters, endpoints), held by reference by every snapshot
+    /// with them.
+    pub resources: SharedResources,
     /// The services whose endpoints or protocol went into them.
     pub services: Arc<BTreeSet<String>>,
     /// A generator read Dataplanes beyond those services' endpoints.
@@ -195,7 +196,7 @@ impl SharedOutbounds {
         Ok(SharedOutbounds {
             services: Arc::new(rs.services()),
             reads_every_dataplane: rs.reads_every_dataplane,
-            resources: rs.into_encoded(),
+            resources: SharedResources::new(rs.into_encoded()),
         })
     }
 }

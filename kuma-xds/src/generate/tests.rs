@@ -11,7 +11,7 @@ fn dp(name: &str, address: &str, extra: &str) -> Resource {
 
 fn names(snap: &Snapshot, t: &str) -> Vec<String> {
     snap.get(t)
-        .map(|r| r.resources().keys().cloned().collect())
+        .map(|r| r.names().map(str::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -86,8 +86,8 @@ fn names_follow_kuma() {
     let twin = generator
         .generate(&ProxyContext::new(&mesh, &web, metadata.clone()).unwrap())
         .unwrap();
-    let mine = &snap.get(ENDPOINT).unwrap().resources()["backend"];
-    let theirs = &twin.get(ENDPOINT).unwrap().resources()["backend"];
+    let mine = &snap.get(ENDPOINT).unwrap().get("backend").unwrap();
+    let theirs = &twin.get(ENDPOINT).unwrap().get("backend").unwrap();
     assert!(
         mine.shares_bytes_with(theirs),
         "endpoints encoded once per mesh"
@@ -185,13 +185,21 @@ fn proxies_with_one_view_share_their_outbounds_built_once() {
         })
         .collect();
     assert_eq!(mesh.outbound_builds(), 1, "one view, built once");
-    let listeners = |s: &Snapshot| s.get(LISTENER).unwrap().resources().clone();
-    let (first, last) = (listeners(&snapshots[0]), listeners(&snapshots[5]));
-    let outbound = "outbound:240.0.0.2:80";
-    assert!(first[outbound].shares_bytes_with(&last[outbound]));
+    let listener = |s: &Snapshot| {
+        s.get(LISTENER)
+            .unwrap()
+            .get("outbound:240.0.0.2:80")
+            .unwrap()
+            .clone()
+    };
+    assert!(listener(&snapshots[0]).shares_bytes_with(&listener(&snapshots[5])));
     // Each proxy still tells the destination its own tags, in its own extension config.
     let tags = |s: &Snapshot| {
-        s.get(source_tags_type()).unwrap().resources()[source_tags::EXTENSION_NAME].clone()
+        s.get(source_tags_type())
+            .unwrap()
+            .get(source_tags::EXTENSION_NAME)
+            .unwrap()
+            .clone()
     };
     assert_ne!(tags(&snapshots[0]), tags(&snapshots[5]));
 }
