@@ -274,6 +274,22 @@ impl TypeResources {
         })
     }
 
+    /// Whether `other` holds the very same shared layer (or neither holds one) and covers the
+    /// same `extra`: then only their own resources can differ.
+    pub(crate) fn differs_only_in_own(&self, other: &TypeResources) -> bool {
+        let same_layer = match (&self.shared, &other.shared) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_layer && self.extra == other.extra
+    }
+
+    /// The names of the snapshot's own resources (not of shared ones).
+    pub(crate) fn own_names(&self) -> impl Iterator<Item = &str> {
+        self.own.keys().map(String::as_str)
+    }
+
     /// The names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.iter().map(|(n, _)| n)

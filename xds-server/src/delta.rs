@@ -1,9 +1,12 @@
 //! Incremental (delta) ADS streams.
 //!
-//! Per type the stream tracks the subscribed names (or wildcard) and the version of each
-//! resource the proxy has. A push sends only resources whose version differs and lists as
-//! removed those the proxy has that are gone (or that it subscribed to and do not exist). What
-//! was sent counts as known, so a NACKed version is not sent again; ACKs and NACKs are
+//! Per type the stream tracks the subscribed names (or wildcard) and what the proxy has: the
+//! type's resources as last pushed, held by reference, plus the few names a subscription
+//! change or a reconnect made different. A push sends only resources whose version differs and
+//! lists as removed those the proxy has that are gone (or that it subscribed to and do not
+//! exist); when the shared part of the type is the very layer pushed last time, only the
+//! snapshot's own resources are compared. What was sent counts as known, so a NACKed version
+//! is not sent again; ACKs and NACKs are
 //! recognised by nonce (an answer to an older response counts too), and subscription changes
 //! apply whatever the nonce. A first request that names nothing subscribes to the whole type.
 //!
@@ -20,7 +23,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::cache::{Snapshot, format_resource_version};
+use crate::cache::{EncodedResource, Snapshot, TypeResources, format_resource_version};
 use crate::server::Callbacks;
 use crate::stream::{Closed, Protocol};
 use crate::types::in_push_order;
@@ -43,37 +46,75 @@ struct Unanswered {
     last: bool,
 }
 
-/// A version a proxy has of a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Known {
-    /// One this server sent (its hash, see
-    /// [`TypeResources::resource_version_hash`](crate::cache::TypeResources::resource_version_hash)).
-    Sent(u64),
-    /// One the proxy says it has (from `initial_resource_versions`, when it reconnects).
-    Told(String),
-}
-
-impl Known {
-    /// Whether this is version `hash`.
-    fn is(&self, hash: u64) -> bool {
-        match self {
-            Known::Sent(h) => *h == hash,
-            Known::Told(v) => *v == format_resource_version(hash),
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct DeltaTypeState {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// Name -> version the proxy has (or was last sent).
-    known: BTreeMap<String, Known>,
+    /// What the proxy has: the type's resources as last pushed (those it wanted then and
+    /// still wants), held by reference, so a stream costs no copy of its proxy's config.
+    base: Option<TypeResources>,
+    /// Exceptions to `base`: names whose version the proxy has is not base's (`None`: it has
+    /// none), from subscription changes and from the versions a reconnecting proxy reports.
+    /// Empty after every push.
+    overrides: BTreeMap<String, Option<String>>,
     /// Responses not yet ACKed or NACKed, oldest first. A delta proxy answers each response,
     /// so an answer to an older one still counts once a newer one went out.
     unanswered: std::collections::VecDeque<Unanswered>,
     /// Names subscribed to that must be answered even if they do not exist.
     pending: BTreeSet<String>,
+}
+
+impl DeltaTypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// Whether the proxy has a version of `name`.
+    fn knows(&self, name: &str) -> bool {
+        match self.overrides.get(name) {
+            Some(known) => known.is_some(),
+            None => self.wants(name) && self.base.as_ref().is_some_and(|b| b.contains(name)),
+        }
+    }
+
+    /// Whether the proxy has version `hash` of `name`.
+    fn knows_version(&self, name: &str, hash: u64) -> bool {
+        match self.overrides.get(name) {
+            Some(known) => known
+                .as_ref()
+                .is_some_and(|v| *v == format_resource_version(hash)),
+            None => {
+                self.wants(name)
+                    && self
+                        .base
+                        .as_ref()
+                        .and_then(|b| b.resource_version_hash(name))
+                        == Some(hash)
+            }
+        }
+    }
+
+    /// The names the proxy has a version of.
+    fn known_names(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = self
+            .base
+            .iter()
+            .flat_map(|b| b.names())
+            .filter(|n| self.wants(n) && !self.overrides.contains_key(*n))
+            .collect();
+        names.extend(
+            self.overrides
+                .iter()
+                .filter(|(_, k)| k.is_some())
+                .map(|(n, _)| n.as_str()),
+        );
+        names
+    }
+
+    /// The proxy no longer has `name` (it unsubscribed, or it was not sent).
+    fn forget(&mut self, name: &str) {
+        self.overrides.insert(name.to_string(), None);
+    }
 }
 
 pub(crate) struct DeltaStream<C: Callbacks> {
@@ -134,10 +175,10 @@ impl<C: Callbacks> DeltaStream<C> {
         }
         let state = self.types.entry(req.type_url.clone()).or_default();
         if first {
-            state.known = req
+            state.overrides = req
                 .initial_resource_versions
                 .iter()
-                .map(|(name, version)| (name.clone(), Known::Told(version.clone())))
+                .map(|(name, version)| (name.clone(), Some(version.clone())))
                 .collect();
             // As go-control-plane: a first request that names nothing subscribes to every
             // resource of its type, whatever the type.
@@ -146,9 +187,26 @@ impl<C: Callbacks> DeltaStream<C> {
         let mut changed = first;
         for name in &req.resource_names_subscribe {
             if name == "*" {
-                changed |= !state.wildcard;
+                if !state.wildcard {
+                    // What was not wanted was not sent: the proxy does not have it.
+                    let unsent: Vec<String> = state
+                        .base
+                        .iter()
+                        .flat_map(|b| b.names())
+                        .filter(|n| !state.names.contains(*n) && !state.overrides.contains_key(*n))
+                        .map(str::to_string)
+                        .collect();
+                    for n in unsent {
+                        state.forget(&n);
+                    }
+                    changed = true;
+                }
                 state.wildcard = true;
-            } else if state.names.insert(name.clone()) {
+            } else if !state.names.contains(name) {
+                if !state.wildcard && !state.overrides.contains_key(name) {
+                    state.forget(name);
+                }
+                state.names.insert(name.clone());
                 state.pending.insert(name.clone());
                 changed = true;
             }
@@ -162,7 +220,9 @@ impl<C: Callbacks> DeltaStream<C> {
             }
             // The proxy drops what it unsubscribed from; forget its version so a
             // re-subscription is answered.
-            state.known.remove(name);
+            if name != "*" {
+                state.forget(name);
+            }
         }
         if changed {
             self.push(&req.type_url).await
@@ -188,47 +248,67 @@ impl<C: Callbacks> DeltaStream<C> {
             return Ok(());
         };
         let current = snapshot.get(type_url);
-        let wanted = |name: &str| state.wildcard || state.names.contains(name);
         let mut resources = Vec::new();
-        let mut sent = Vec::new();
-        if let Some(t) = current {
-            for (name, any) in t.iter().filter(|(n, _)| wanted(n)) {
-                let hash = t.version_hash_of(any);
-                if !state.known.get(name).is_some_and(|k| k.is(hash)) {
-                    sent.push((name.to_string(), hash));
-                    resources.push(DeltaResource {
-                        name: name.to_string(),
-                        version: format_resource_version(hash),
-                        resource: any.clone(),
-                    });
+        let mut removed: Vec<String> = Vec::new();
+        let fast = state.overrides.is_empty()
+            && matches!((&state.base, current), (Some(b), Some(t)) if b.differs_only_in_own(t));
+        let mut send = |name: &str, t: &TypeResources, r: &EncodedResource| {
+            resources.push(DeltaResource {
+                name: name.to_string(),
+                version: format_resource_version(t.version_hash_of(r)),
+                resource: r.clone(),
+            });
+        };
+        match (current, &state.base) {
+            // The same shared layer as last time: only the own resources can differ.
+            (Some(t), Some(base)) if fast => {
+                let names: BTreeSet<&str> = t.own_names().chain(base.own_names()).collect();
+                for name in names.into_iter().filter(|n| state.wants(n)) {
+                    match t.get(name) {
+                        Some(r) => {
+                            if !state.knows_version(name, t.version_hash_of(r)) {
+                                send(name, t, r);
+                            }
+                        }
+                        None => removed.push(name.to_string()),
+                    }
                 }
             }
+            _ => {
+                if let Some(t) = current {
+                    for (name, r) in t.iter().filter(|(n, _)| state.wants(n)) {
+                        if !state.knows_version(name, t.version_hash_of(r)) {
+                            send(name, t, r);
+                        }
+                    }
+                }
+                let present =
+                    |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
+                removed.extend(
+                    state
+                        .known_names()
+                        .into_iter()
+                        .filter(|n| !present(n))
+                        .map(str::to_string),
+                );
+            }
         }
-        let present = |name: &str| wanted(name) && current.is_some_and(|t| t.contains(name));
-        let mut removed: Vec<String> = state
-            .known
-            .keys()
-            .filter(|n| !present(n))
-            .cloned()
-            .collect();
+        let present = |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
         removed.extend(
             state
                 .pending
                 .iter()
-                .filter(|n| !present(n) && !state.known.contains_key(*n))
+                .filter(|n| !present(n) && !state.knows(n))
                 .cloned(),
         );
         removed.sort();
         removed.dedup();
+        // Whatever goes out, the proxy then has what is current.
         state.pending.clear();
+        state.overrides.clear();
+        state.base = current.cloned();
         if resources.is_empty() && removed.is_empty() {
             return Ok(());
-        }
-        for (name, hash) in sent {
-            state.known.insert(name, Known::Sent(hash));
-        }
-        for name in &removed {
-            state.known.remove(name);
         }
         let version = snapshot.version(type_url);
         let mut chunks = chunked(resources).peekable();
