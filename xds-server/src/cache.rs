@@ -274,20 +274,60 @@ impl TypeResources {
         })
     }
 
-    /// Whether `other` holds the very same shared layer (or neither holds one) and covers the
-    /// same `extra`: then only their own resources can differ.
-    pub(crate) fn differs_only_in_own(&self, other: &TypeResources) -> bool {
-        let same_layer = match (&self.shared, &other.shared) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        same_layer && self.extra == other.extra
-    }
-
-    /// The names of the snapshot's own resources (not of shared ones).
-    pub(crate) fn own_names(&self) -> impl Iterator<Item = &str> {
-        self.own.keys().map(String::as_str)
+    /// The names whose resource differs between `base` and `self` (changed, added or gone),
+    /// found without looking at every resource when they share their layer, and by comparing
+    /// their layers' resources by reference otherwise. `None` when every resource's version
+    /// changed (another `extra`) or one has a layer and the other none.
+    pub(crate) fn changed_since(&self, base: &TypeResources) -> Option<Vec<String>> {
+        if self.extra != base.extra {
+            return None;
+        }
+        let mut changed: std::collections::BTreeSet<&str> = self
+            .own
+            .keys()
+            .chain(base.own.keys())
+            .map(String::as_str)
+            .collect();
+        match (&self.shared, &base.shared) {
+            (None, None) => {}
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
+            (Some(a), Some(b)) => {
+                let (mut new, mut old) =
+                    (a.resources.iter().peekable(), b.resources.iter().peekable());
+                loop {
+                    match (new.peek(), old.peek()) {
+                        (Some(n), Some(o)) => match n.0.cmp(o.0) {
+                            std::cmp::Ordering::Less => {
+                                changed.insert(n.0);
+                                new.next();
+                            }
+                            std::cmp::Ordering::Greater => {
+                                changed.insert(o.0);
+                                old.next();
+                            }
+                            std::cmp::Ordering::Equal => {
+                                if n.1 != o.1 {
+                                    changed.insert(n.0);
+                                }
+                                new.next();
+                                old.next();
+                            }
+                        },
+                        (Some(n), None) => {
+                            changed.insert(n.0);
+                            new.next();
+                        }
+                        (None, Some(o)) => {
+                            changed.insert(o.0);
+                            old.next();
+                        }
+                        (None, None) => break,
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(changed.into_iter().map(str::to_string).collect())
     }
 
     /// The names, in order.

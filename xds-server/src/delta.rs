@@ -4,8 +4,9 @@
 //! type's resources as last pushed, held by reference, plus the few names a subscription
 //! change or a reconnect made different. A push sends only resources whose version differs and
 //! lists as removed those the proxy has that are gone (or that it subscribed to and do not
-//! exist); when the shared part of the type is the very layer pushed last time, only the
-//! snapshot's own resources are compared. What was sent counts as known, so a NACKed version
+//! exist). Against what was pushed last only the names whose resource differs are looked at:
+//! the snapshot's own resources, and those of its shared layer that are not the very ones
+//! pushed (a layer pushed before costs nothing). What was sent counts as known, so a NACKed version
 //! is not sent again; ACKs and NACKs are
 //! recognised by nonce (an answer to an older response counts too), and subscription changes
 //! apply whatever the nonce. A first request that names nothing subscribes to the whole type.
@@ -250,8 +251,12 @@ impl<C: Callbacks> DeltaStream<C> {
         let current = snapshot.get(type_url);
         let mut resources = Vec::new();
         let mut removed: Vec<String> = Vec::new();
-        let fast = state.overrides.is_empty()
-            && matches!((&state.base, current), (Some(b), Some(t)) if b.differs_only_in_own(t));
+        // Against what was pushed last, when nothing else changed what the proxy has: only
+        // the names whose resource differs.
+        let changed = match (current, &state.base) {
+            (Some(t), Some(base)) if state.overrides.is_empty() => t.changed_since(base),
+            _ => None,
+        };
         let mut send = |name: &str, t: &TypeResources, r: &EncodedResource| {
             resources.push(DeltaResource {
                 name: name.to_string(),
@@ -259,18 +264,20 @@ impl<C: Callbacks> DeltaStream<C> {
                 resource: r.clone(),
             });
         };
-        match (current, &state.base) {
-            // The same shared layer as last time: only the own resources can differ.
-            (Some(t), Some(base)) if fast => {
-                let names: BTreeSet<&str> = t.own_names().chain(base.own_names()).collect();
-                for name in names.into_iter().filter(|n| state.wants(n)) {
+        match (current, changed) {
+            (Some(t), Some(changed)) => {
+                for name in changed.iter().filter(|n| state.wants(n)) {
                     match t.get(name) {
                         Some(r) => {
                             if !state.knows_version(name, t.version_hash_of(r)) {
                                 send(name, t, r);
                             }
                         }
-                        None => removed.push(name.to_string()),
+                        None => {
+                            if state.knows(name) {
+                                removed.push(name.clone());
+                            }
+                        }
                     }
                 }
             }

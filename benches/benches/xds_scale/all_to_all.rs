@@ -357,6 +357,8 @@ fn spawn_clients(
     let exe = std::env::current_exe().expect("own executable");
     let mut child = Command::new(exe)
         .env(CLIENTS_ENV, format!("{addr} {protocol}"))
+        // A profiler preloaded into the control plane stays out of the clients.
+        .env_remove("LD_PRELOAD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
