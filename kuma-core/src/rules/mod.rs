@@ -757,7 +757,15 @@ impl MeshPolicies {
     pub fn to_rules(&self, rtype: ResourceType, positions: &[usize]) -> ProxyRules {
         let list = self.list(rtype);
         let selected = positions.iter().filter_map(|&i| list.get(i));
-        self.assemble(rtype, selected, Vec::new())
+        self.assemble(rtype, selected, Vec::new(), true)
+    }
+
+    /// The rules of `rtype` for `proxy` without `to` rules: what configures the proxy's
+    /// inbounds and the proxy as a whole (`matched`, `from` and `single`). Cheaper than
+    /// [`MeshPolicies::rules`] when outbounds are configured elsewhere
+    /// ([`MeshPolicies::to_rules`]).
+    pub fn inbound_rules(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> ProxyRules {
+        self.rules_with(rtype, proxy, false)
     }
 
     fn assemble<'a>(
@@ -765,13 +773,16 @@ impl MeshPolicies {
         rtype: ResourceType,
         selected: impl Iterator<Item = &'a Prepared>,
         from: Vec<InboundRules>,
+        with_to: bool,
     ) -> ProxyRules {
         let mut matched = Vec::new();
         let mut to = Vec::new();
         let mut single = Vec::new();
         for p in selected {
             matched.push(p.origin.clone());
-            to.extend(p.to.iter().map(|e| (e, &p.origin)));
+            if with_to {
+                to.extend(p.to.iter().map(|e| (e, &p.origin)));
+            }
             if let Some(conf) = &p.single {
                 single.push((conf, &p.origin));
             }
@@ -787,6 +798,10 @@ impl MeshPolicies {
 
     /// The rules of `rtype` for `proxy`.
     pub fn rules(&self, rtype: ResourceType, proxy: &ProxyView<'_>) -> ProxyRules {
+        self.rules_with(rtype, proxy, true)
+    }
+
+    fn rules_with(&self, rtype: ResourceType, proxy: &ProxyView<'_>, with_to: bool) -> ProxyRules {
         let list = self.list(rtype);
         let inbounds = proxy.spec.inbounds();
         let from = inbounds
@@ -806,7 +821,7 @@ impl MeshPolicies {
             })
             .collect();
         let selected = list.iter().filter(|p| selects_proxy(&p.select, proxy));
-        self.assemble(rtype, selected, from)
+        self.assemble(rtype, selected, from, with_to)
     }
 
     /// The `from` entries of `rtype` for the inbound on `port` of `proxy`, unmerged: one rule

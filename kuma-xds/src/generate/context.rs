@@ -464,9 +464,11 @@ impl<'a> ProxyContext<'a> {
         }
     }
 
-    /// The rules of policy type `rtype` for this proxy.
+    /// The rules of policy type `rtype` for this proxy's own config: `from` and single-item
+    /// rules. Its `to` rules configure outbounds, which see them through
+    /// [`OutboundContext::rules`].
     pub fn rules(&self, rtype: ResourceType) -> ProxyRules {
-        self.mesh.policies.rules(rtype, &self.view())
+        self.mesh.policies.inbound_rules(rtype, &self.view())
     }
 
     /// The proxy's address (`127.0.0.1` when it has none).
