@@ -241,6 +241,14 @@ impl TypeResources {
             .or_else(|| self.shared.as_ref()?.resources.get(name))
     }
 
+    /// The resource named `name`, with the name as this holds it.
+    pub fn get_key_value(&self, name: &str) -> Option<(&str, &EncodedResource)> {
+        self.own
+            .get_key_value(name)
+            .or_else(|| self.shared.as_ref()?.resources.get_key_value(name))
+            .map(|(n, r)| (n.as_str(), r))
+    }
+
     /// Whether there is a resource named `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()

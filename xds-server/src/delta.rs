@@ -249,7 +249,9 @@ impl<C: Callbacks> DeltaStream<C> {
             return Ok(());
         };
         let current = snapshot.get(type_url);
-        let mut resources = Vec::new();
+        // What goes out, by reference: the responses are built one at a time as they are
+        // sent, so a push holds no copy of the proxy's config while it waits for the proxy.
+        let mut sending: Vec<(&str, &EncodedResource, u64)> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
         // Against what was pushed last, when nothing else changed what the proxy has: only
         // the names whose resource differs.
@@ -257,20 +259,14 @@ impl<C: Callbacks> DeltaStream<C> {
             (Some(t), Some(base)) if state.overrides.is_empty() => t.changed_since(base),
             _ => None,
         };
-        let mut send = |name: &str, t: &TypeResources, r: &EncodedResource| {
-            resources.push(DeltaResource {
-                name: name.to_string(),
-                version: format_resource_version(t.version_hash_of(r)),
-                resource: r.clone(),
-            });
-        };
         match (current, changed) {
             (Some(t), Some(changed)) => {
                 for name in changed.iter().filter(|n| state.wants(n)) {
-                    match t.get(name) {
-                        Some(r) => {
-                            if !state.knows_version(name, t.version_hash_of(r)) {
-                                send(name, t, r);
+                    match t.get_key_value(name) {
+                        Some((name, r)) => {
+                            let hash = t.version_hash_of(r);
+                            if !state.knows_version(name, hash) {
+                                sending.push((name, r, hash));
                             }
                         }
                         None => {
@@ -284,8 +280,9 @@ impl<C: Callbacks> DeltaStream<C> {
             _ => {
                 if let Some(t) = current {
                     for (name, r) in t.iter().filter(|(n, _)| state.wants(n)) {
-                        if !state.knows_version(name, t.version_hash_of(r)) {
-                            send(name, t, r);
+                        let hash = t.version_hash_of(r);
+                        if !state.knows_version(name, hash) {
+                            sending.push((name, r, hash));
                         }
                     }
                 }
@@ -314,14 +311,15 @@ impl<C: Callbacks> DeltaStream<C> {
         state.pending.clear();
         state.overrides.clear();
         state.base = current.cloned();
-        if resources.is_empty() && removed.is_empty() {
+        if sending.is_empty() && removed.is_empty() {
             return Ok(());
         }
         let version = snapshot.version(type_url);
-        let mut chunks = chunked(resources).peekable();
+        let mut sending = sending.into_iter().peekable();
         let mut removed = Some(removed);
-        while let Some(resources) = chunks.next() {
-            let last = chunks.peek().is_none();
+        loop {
+            let resources = next_chunk(&mut sending);
+            let last = sending.peek().is_none();
             self.nonce += 1;
             let nonce = self.nonce.to_string();
             let Some(state) = self.types.get_mut(type_url) else {
@@ -351,28 +349,36 @@ impl<C: Callbacks> DeltaStream<C> {
             self.callbacks
                 .on_delta_response(self.id, &self.node_id, &response);
             self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+            if last {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 }
 
-/// `resources` in runs of at most [`MAX_RESPONSE_BYTES`] (a larger resource alone); one empty
-/// run when there are none (a push of removals only).
-fn chunked(resources: Vec<DeltaResource>) -> impl Iterator<Item = Vec<DeltaResource>> {
-    let mut runs: Vec<Vec<DeltaResource>> = vec![Vec::new()];
+/// The next response's resources from `sending`: at most [`MAX_RESPONSE_BYTES`] of them (a
+/// larger resource alone); none when nothing is left (a push of removals only).
+fn next_chunk<'a>(
+    sending: &mut std::iter::Peekable<impl Iterator<Item = (&'a str, &'a EncodedResource, u64)>>,
+) -> Vec<DeltaResource> {
+    let mut chunk = Vec::new();
     let mut bytes = 0;
-    for r in resources {
-        let size = r.resource.encoded_any().len();
-        if bytes + size > MAX_RESPONSE_BYTES && runs.last().is_some_and(|run| !run.is_empty()) {
-            runs.push(Vec::new());
-            bytes = 0;
+    while let Some((_, r, _)) = sending.peek() {
+        let size = r.encoded_any().len();
+        if !chunk.is_empty() && bytes + size > MAX_RESPONSE_BYTES {
+            break;
         }
         bytes += size;
-        if let Some(run) = runs.last_mut() {
-            run.push(r);
-        }
+        let Some((name, resource, hash)) = sending.next() else {
+            break;
+        };
+        chunk.push(DeltaResource {
+            name: name.to_string(),
+            version: format_resource_version(hash),
+            resource: resource.clone(),
+        });
     }
-    runs.into_iter()
+    chunk
 }
 
 impl<C: Callbacks> Protocol for DeltaStream<C> {

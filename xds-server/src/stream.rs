@@ -13,8 +13,12 @@ use tonic::{Status, Streaming};
 use crate::cache::{Cache, Snapshot};
 use crate::server::{Callbacks, StreamAuthenticator, StreamPreparer};
 
-/// Requests buffered per stream, and responses buffered before the stream waits for the proxy.
-pub(crate) const OUTBOX: usize = 16;
+/// Requests buffered per stream.
+pub(crate) const INBOX: usize = 16;
+
+/// Responses buffered before the stream waits for the proxy to take them: few, so a stream
+/// pushing a large config in many responses holds only a little of it at a time.
+pub(crate) const OUTBOX: usize = 2;
 
 /// The proxy went away; the stream ends.
 pub(crate) struct Closed;
@@ -78,7 +82,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         only,
     } = context;
     // Requests are read by their own task so that waiting for them stays cancel-safe.
-    let (req_tx, mut req_rx) = mpsc::channel::<Result<P::Request, Status>>(OUTBOX);
+    let (req_tx, mut req_rx) = mpsc::channel::<Result<P::Request, Status>>(INBOX);
     let reader = tokio::spawn(read_requests(requests, req_tx));
     let first = match req_rx.recv().await {
         Some(Ok(first)) => first,
