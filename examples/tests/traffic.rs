@@ -666,8 +666,15 @@ async fn inbound_policies_abort_and_limit() {
             "default": {"local": {"http": {"requestRate": {"num": 3, "interval": "1m"}}}}}]}
     }))
     .await;
+    // Connections the caller opened before the policy are served by the listener they were
+    // accepted on until Envoy drains them, without the limit: wait until the calls land on
+    // the new listener only.
     eventually("requests past the rate get 429", || async {
-        mesh.call("backend", &[]).await.0 == 429
+        let mut limited = true;
+        for _ in 0..3 {
+            limited &= mesh.call("backend", &[]).await.0 == 429;
+        }
+        limited
     })
     .await;
     let statuses: Vec<u16> = {

@@ -102,16 +102,26 @@ impl DnsServer {
         mut shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<SocketAddr> {
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let first = udp_socket(addr)?;
-        let bound = first
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
-            sockets.push(udp_socket(bound)?);
-        }
-        let tcp = TcpListener::bind(bound).await?;
+        // With port 0 the UDP port is picked first and TCP must get the same number, which a
+        // TCP socket may hold already: then another port is picked.
+        let mut attempts = if addr.port() == 0 { 16 } else { 1 };
+        let (bound, sockets, tcp) = loop {
+            attempts -= 1;
+            let first = udp_socket(addr)?;
+            let bound = first
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+            let mut sockets = vec![first];
+            for _ in 1..workers {
+                sockets.push(udp_socket(bound)?);
+            }
+            match TcpListener::bind(bound).await {
+                Ok(tcp) => break (bound, sockets, tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts > 0 => continue,
+                Err(e) => return Err(e),
+            }
+        };
         let stopping = Arc::new(AtomicBool::new(false));
         // Forwards run on the runtime the server was bound from.
         let runtime = tokio::runtime::Handle::current();
