@@ -252,12 +252,7 @@ fn spawn_clients(addr: std::net::SocketAddr, n: usize, variant: Variant) -> Chil
         .stdout(Stdio::piped())
         .spawn()
         .expect("client process");
-    // The child says when its connections are open, so connection setup is not timed.
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("client process ready");
-    assert_eq!(line.trim(), "connected", "client process failed");
+    await_connected(&mut child);
     child
 }
 
@@ -274,23 +269,8 @@ fn client_main(spec: &str) {
     } else {
         Variant::Sotw
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let mut channels = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
-            channels.push(ch);
-        }
-        println!("connected");
-        std::io::stdout().flush().expect("stdout");
+    runtime().block_on(async move {
+        let channels = connect_and_announce(addr, CONNECTIONS).await;
         for i in 0..n {
             let client = AggregatedDiscoveryServiceClient::new(channels[i % CONNECTIONS].clone());
             tokio::spawn(proxy(
@@ -299,14 +279,53 @@ fn client_main(spec: &str) {
                 variant,
             ));
         }
-        // Run until the parent closes stdin (or kills us).
-        tokio::task::spawn_blocking(|| {
-            let mut sink = String::new();
-            while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
-        })
-        .await
-        .ok();
+        until_stdin_closes().await;
     });
+}
+
+/// The runtime each process of the harness runs on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// In a client process: opens `count` HTTP/2 connections to `addr`, then tells the parent
+/// (`connected` on stdout) so that connection setup is not timed.
+async fn connect_and_announce(addr: &str, count: usize) -> Vec<tonic::transport::Channel> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        channels.push(ch);
+    }
+    println!("connected");
+    std::io::stdout().flush().expect("stdout");
+    channels
+}
+
+/// In the parent: waits until the client process says its connections are open.
+fn await_connected(child: &mut Child) {
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("client process ready");
+    assert_eq!(line.trim(), "connected", "client process failed");
+}
+
+/// In a client process: runs until the parent closes stdin (or kills it).
+async fn until_stdin_closes() {
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
+    })
+    .await
+    .ok();
 }
 
 /// One simulated proxy: subscribe to clusters, listeners and the `backend` endpoints, ACK
@@ -409,20 +428,10 @@ fn main() {
         } else {
             Variant::Sotw
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        return rt.block_on(run(n.parse().expect("N"), variant));
+        return runtime().block_on(run(n.parse().expect("N"), variant));
     }
     if let Ok(spec) = std::env::var(ALL_TO_ALL_RUN_ENV) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        return rt.block_on(all_to_all::run(&spec));
+        return runtime().block_on(all_to_all::run(&spec));
     }
     // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
     let scenario = std::env::var("XDS_SCALE_SCENARIO").unwrap_or_else(|_| "both".into());

@@ -259,6 +259,7 @@ impl<C: Callbacks> DeltaStream<C> {
             (Some(t), Some(base)) if state.overrides.is_empty() => t.changed_since(base),
             _ => None,
         };
+        let present = |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
         match (current, changed) {
             (Some(t), Some(changed)) => {
                 for name in changed.iter().filter(|n| state.wants(n)) {
@@ -286,8 +287,6 @@ impl<C: Callbacks> DeltaStream<C> {
                         }
                     }
                 }
-                let present =
-                    |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
                 removed.extend(
                     state
                         .known_names()
@@ -297,7 +296,6 @@ impl<C: Callbacks> DeltaStream<C> {
                 );
             }
         }
-        let present = |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
         removed.extend(
             state
                 .pending

@@ -47,13 +47,11 @@ use xds_server::server::{AdsServer, Callbacks};
 use xds_server::types::{CLUSTER, ENDPOINT, LISTENER};
 use xds_server::wire::{DeltaResponse, SotwResponse};
 
-use super::{cpu_time, idle_window, ip, rss_kib};
+use super::{CONNECTIONS, cpu_time, idle_window, ip, rss_kib};
 
 pub const CLIENTS_ENV: &str = "XDS_SCALE_ALL_TO_ALL_CLIENTS";
 const EXTENSION: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
 const SOURCE_TAGS: &str = "kuma:source-tags";
-/// HTTP/2 connections the simulated proxies share.
-const CONNECTIONS: usize = 100;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -368,14 +366,7 @@ fn spawn_clients(
         writeln!(stdin, "{node}").expect("node");
     }
     writeln!(stdin).expect("end of nodes");
-    // The child says when its connections are open, so connection setup is not timed.
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("client process ready");
-    assert_eq!(line.trim(), "connected", "client process failed");
+    super::await_connected(&mut child);
     child
 }
 
@@ -395,24 +386,8 @@ pub fn client_main(spec: &str) {
         }
         nodes.push(line.trim().to_string());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let addr = addr.to_string();
-    rt.block_on(async move {
-        let mut channels = Vec::new();
-        for _ in 0..CONNECTIONS.min(nodes.len()) {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
-            channels.push(ch);
-        }
-        println!("connected");
-        std::io::stdout().flush().expect("stdout");
+    super::runtime().block_on(async move {
+        let channels = super::connect_and_announce(addr, CONNECTIONS.min(nodes.len())).await;
         let mut go = String::new();
         let _ = std::io::stdin().read_line(&mut go);
         for (i, node) in nodes.into_iter().enumerate() {
@@ -424,12 +399,7 @@ pub fn client_main(spec: &str) {
                 tokio::spawn(sotw_proxy(client, node));
             }
         }
-        tokio::task::spawn_blocking(|| {
-            let mut sink = String::new();
-            while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
-        })
-        .await
-        .ok();
+        super::until_stdin_closes().await;
     });
 }
 

@@ -113,8 +113,11 @@ pub trait ResourceGenerator: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Adds to or edits the proxy's own resources; an error explains what in the input is
-    /// wrong.
-    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError>;
+    /// wrong. The default does nothing.
+    fn apply(&self, ctx: &ProxyContext<'_>, resources: &mut ResourceSet) -> Result<(), BoxError> {
+        let _ = (ctx, resources);
+        Ok(())
+    }
 
     /// Adds to or edits the outbound resources of a view. The default does nothing.
     fn apply_outbound(
@@ -172,15 +175,7 @@ impl GeneratorList {
 
     /// Runs every generator over the proxy's own resources.
     fn build_own(&self, ctx: &ProxyContext<'_>) -> Result<ResourceSet, GenerateError> {
-        let mut resources = ResourceSet::default();
-        for g in &self.generators {
-            g.apply(ctx, &mut resources)
-                .map_err(|source| GenerateError {
-                    generator: g.name().to_string(),
-                    source,
-                })?;
-        }
-        Ok(resources)
+        run_step(&self.generators, |g, rs| g.apply(ctx, rs))
     }
 
     /// Runs every generator over one resource set: the proxy's own resources and its
@@ -197,6 +192,22 @@ impl GeneratorList {
         Ok(resources)
     }
 }
+/// Runs `step` of every generator, in order, over a new resource set; an error names the
+/// generator that failed.
+fn run_step(
+    generators: &[Box<dyn ResourceGenerator>],
+    step: impl Fn(&dyn ResourceGenerator, &mut ResourceSet) -> Result<(), BoxError>,
+) -> Result<ResourceSet, GenerateError> {
+    let mut resources = ResourceSet::default();
+    for g in generators {
+        step(g.as_ref(), &mut resources).map_err(|source| GenerateError {
+            generator: g.name().to_string(),
+            source,
+        })?;
+    }
+    Ok(resources)
+}
+
 impl Default for GeneratorList {
     fn default() -> Self {
         Self::kuma_profile()

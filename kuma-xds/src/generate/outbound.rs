@@ -206,15 +206,7 @@ pub(crate) fn build_set(
     generators: &[Box<dyn ResourceGenerator>],
     ctx: &OutboundContext<'_>,
 ) -> Result<ResourceSet, GenerateError> {
-    let mut rs = ResourceSet::default();
-    for g in generators {
-        g.apply_outbound(ctx, &mut rs)
-            .map_err(|source| GenerateError {
-                generator: g.name().to_string(),
-                source,
-            })?;
-    }
-    Ok(rs)
+    super::run_step(generators, |g, rs| g.apply_outbound(ctx, rs))
 }
 
 /// The outbounds built during one regeneration of a mesh, by view.

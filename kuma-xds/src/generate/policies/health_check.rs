@@ -25,7 +25,7 @@ use kuma_core::resource::ResourceType;
 
 use super::{header_values, to_conf};
 use crate::generate::ResourceGenerator;
-use crate::generate::context::{Protocol, ProxyContext};
+use crate::generate::context::Protocol;
 use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ClusterDraft, ResourceSet};
 use xds_server::envoy::{any, duration};
@@ -37,14 +37,6 @@ pub struct MeshHealthCheck;
 impl ResourceGenerator for MeshHealthCheck {
     fn name(&self) -> &str {
         "MeshHealthCheck"
-    }
-
-    fn apply(
-        &self,
-        _: &ProxyContext<'_>,
-        _: &mut ResourceSet,
-    ) -> Result<(), crate::generate::BoxError> {
-        Ok(())
     }
 
     fn apply_outbound(

@@ -41,7 +41,6 @@ use super::{
     string_matcher,
 };
 use crate::generate::ResourceGenerator;
-use crate::generate::context::ProxyContext;
 use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::ResourceSet;
 use xds_server::envoy::cluster_route;
@@ -59,14 +58,6 @@ struct MergedRules {
 impl ResourceGenerator for MeshHttpRoute {
     fn name(&self) -> &str {
         "MeshHTTPRoute"
-    }
-
-    fn apply(
-        &self,
-        _: &ProxyContext<'_>,
-        _: &mut ResourceSet,
-    ) -> Result<(), crate::generate::BoxError> {
-        Ok(())
     }
 
     fn apply_outbound(

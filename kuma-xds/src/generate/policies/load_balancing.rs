@@ -37,7 +37,7 @@ use kuma_core::resource::ResourceType;
 
 use super::{routes_mut, to_conf};
 use crate::generate::ResourceGenerator;
-use crate::generate::context::{Endpoint, ProxyContext, addresses};
+use crate::generate::context::{Endpoint, addresses};
 use crate::generate::outbound::OutboundContext;
 use crate::generate::profile::in_subset;
 use crate::generate::resources::{ClusterDraft, Endpoints, ResourceSet};
@@ -50,14 +50,6 @@ pub struct MeshLoadBalancingStrategy;
 impl ResourceGenerator for MeshLoadBalancingStrategy {
     fn name(&self) -> &str {
         "MeshLoadBalancingStrategy"
-    }
-
-    fn apply(
-        &self,
-        _: &ProxyContext<'_>,
-        _: &mut ResourceSet,
-    ) -> Result<(), crate::generate::BoxError> {
-        Ok(())
     }
 
     fn apply_outbound(

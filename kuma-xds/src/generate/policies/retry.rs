@@ -24,7 +24,7 @@ use kuma_core::resource::ResourceType;
 
 use super::{each_route_conf, header_matcher, lb_metadata, string_exact, to_conf};
 use crate::generate::ResourceGenerator;
-use crate::generate::context::{Protocol, ProxyContext};
+use crate::generate::context::Protocol;
 use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ResourceSet, Terminal};
 use xds_server::envoy::{any, duration};
@@ -40,14 +40,6 @@ pub struct MeshRetry;
 impl ResourceGenerator for MeshRetry {
     fn name(&self) -> &str {
         "MeshRetry"
-    }
-
-    fn apply(
-        &self,
-        _: &ProxyContext<'_>,
-        _: &mut ResourceSet,
-    ) -> Result<(), crate::generate::BoxError> {
-        Ok(())
     }
 
     fn apply_outbound(

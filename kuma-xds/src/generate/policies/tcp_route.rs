@@ -9,7 +9,6 @@ use kuma_core::resource::ResourceType;
 
 use super::{backend_cluster, to_conf};
 use crate::generate::ResourceGenerator;
-use crate::generate::context::ProxyContext;
 use crate::generate::outbound::OutboundContext;
 use crate::generate::resources::{ResourceSet, Terminal};
 
@@ -20,14 +19,6 @@ pub struct MeshTcpRoute;
 impl ResourceGenerator for MeshTcpRoute {
     fn name(&self) -> &str {
         "MeshTCPRoute"
-    }
-
-    fn apply(
-        &self,
-        _: &ProxyContext<'_>,
-        _: &mut ResourceSet,
-    ) -> Result<(), crate::generate::BoxError> {
-        Ok(())
     }
 
     fn apply_outbound(
