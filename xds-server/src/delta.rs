@@ -4,12 +4,13 @@
 //! type's resources as last pushed, held by reference, plus the few names a subscription
 //! change or a reconnect made different. A push sends only resources whose version differs and
 //! lists as removed those the proxy has that are gone (or that it subscribed to and do not
-//! exist). Against what was pushed last only the names whose resource differs are looked at:
-//! the snapshot's own resources, and those of its shared layer that are not the very ones
-//! pushed (a layer pushed before costs nothing). What was sent counts as known, so a NACKed version
-//! is not sent again; ACKs and NACKs are
-//! recognised by nonce (an answer to an older response counts too), and subscription changes
-//! apply whatever the nonce. A first request that names nothing subscribes to the whole type.
+//! exist). Against what was pushed last only the names whose resource differs are looked at,
+//! with the few a subscription change made different: the snapshot's own resources, and those
+//! of its shared layer that are not the very ones pushed (a layer pushed before costs
+//! nothing), so a proxy subscribing to its endpoints in many small steps costs each step only
+//! its names. What was sent counts as known, so a NACKed version is not sent again; ACKs and
+//! NACKs are recognised by nonce (an answer to an older response counts too), and subscription
+//! changes apply whatever the nonce. A first request that names nothing subscribes to the whole type.
 //!
 //! A push larger than [`MAX_RESPONSE_BYTES`] of resources goes out as several responses, each
 //! answered on its own; only the answer to the last one reports the type's version as ACKed.
@@ -21,12 +22,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::cache::{EncodedResource, Snapshot, TypeResources, format_resource_version};
+use crate::names::NameSet;
 use crate::server::Callbacks;
-use crate::stream::{Closed, Protocol};
+use crate::stream::{Closed, Outbox, Protocol};
 use crate::types::in_push_order;
 use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -40,9 +40,9 @@ pub const MAX_RESPONSE_BYTES: usize = 32 * 1024;
 /// A response whose answer is awaited.
 #[derive(Debug)]
 struct Unanswered {
-    nonce: String,
-    /// The type's snapshot version when it was sent.
-    version: String,
+    nonce: u64,
+    /// The type's snapshot version when it was sent (one string for every response of a push).
+    version: Arc<str>,
     /// It completed a push: its ACK accepts `version`.
     last: bool,
 }
@@ -50,7 +50,7 @@ struct Unanswered {
 #[derive(Debug, Default)]
 struct DeltaTypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    names: NameSet,
     /// What the proxy has: the type's resources as last pushed (those it wanted then and
     /// still wants), held by reference, so a stream costs no copy of its proxy's config.
     base: Option<TypeResources>,
@@ -122,18 +122,14 @@ pub(crate) struct DeltaStream<C: Callbacks> {
     id: u64,
     node_id: String,
     callbacks: Arc<C>,
-    tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+    tx: Outbox<DeltaResponse>,
     types: BTreeMap<String, DeltaTypeState>,
     snapshot: Option<Arc<Snapshot>>,
     nonce: u64,
 }
 
 impl<C: Callbacks> DeltaStream<C> {
-    pub(crate) fn new(
-        id: u64,
-        callbacks: Arc<C>,
-        tx: mpsc::Sender<Result<DeltaResponse, Status>>,
-    ) -> Self {
+    pub(crate) fn new(id: u64, callbacks: Arc<C>, tx: Outbox<DeltaResponse>) -> Self {
         DeltaStream {
             id,
             node_id: String::new(),
@@ -153,11 +149,16 @@ impl<C: Callbacks> DeltaStream<C> {
         }
         let first = !self.types.contains_key(&req.type_url);
         let state = self.types.entry(req.type_url.clone()).or_default();
+        let nonce = req.response_nonce.parse::<u64>().ok();
         let answered = state
             .unanswered
             .iter()
-            .position(|u| !req.response_nonce.is_empty() && u.nonce == req.response_nonce)
+            .position(|u| Some(u.nonce) == nonce)
             .and_then(|at| state.unanswered.remove(at));
+        // A large push leaves a long queue behind: an idle stream does not keep its room.
+        if state.unanswered.is_empty() && state.unanswered.capacity() > 4 {
+            state.unanswered = std::collections::VecDeque::new();
+        }
         if let Some(answered) = answered {
             match &req.error_detail {
                 Some(err) => self.callbacks.on_nack(
@@ -194,7 +195,7 @@ impl<C: Callbacks> DeltaStream<C> {
                         .base
                         .iter()
                         .flat_map(|b| b.names())
-                        .filter(|n| !state.names.contains(*n) && !state.overrides.contains_key(*n))
+                        .filter(|n| !state.names.contains(n) && !state.overrides.contains_key(*n))
                         .map(str::to_string)
                         .collect();
                     for n in unsent {
@@ -207,7 +208,7 @@ impl<C: Callbacks> DeltaStream<C> {
                 if !state.wildcard && !state.overrides.contains_key(name) {
                     state.forget(name);
                 }
-                state.names.insert(name.clone());
+                state.names.insert(name);
                 state.pending.insert(name.clone());
                 changed = true;
             }
@@ -253,10 +254,18 @@ impl<C: Callbacks> DeltaStream<C> {
         // sent, so a push holds no copy of the proxy's config while it waits for the proxy.
         let mut sending: Vec<(&str, &EncodedResource, u64)> = Vec::new();
         let mut removed: Vec<String> = Vec::new();
-        // Against what was pushed last, when nothing else changed what the proxy has: only
-        // the names whose resource differs.
+        // Against what was pushed last: only the names whose resource differs, and those
+        // whose version the proxy has is not base's (a subscription change or a reconnect
+        // made them exceptions). Everything else the proxy has at the current version.
         let changed = match (current, &state.base) {
-            (Some(t), Some(base)) if state.overrides.is_empty() => t.changed_since(base),
+            (Some(t), Some(base)) => t.changed_since(base).map(|mut names| {
+                if !state.overrides.is_empty() {
+                    names.extend(state.overrides.keys().cloned());
+                    names.sort_unstable();
+                    names.dedup();
+                }
+                names
+            }),
             _ => None,
         };
         let present = |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
@@ -312,19 +321,18 @@ impl<C: Callbacks> DeltaStream<C> {
         if sending.is_empty() && removed.is_empty() {
             return Ok(());
         }
-        let version = snapshot.version(type_url);
+        let version: Arc<str> = snapshot.version(type_url).into();
         let mut sending = sending.into_iter().peekable();
         let mut removed = Some(removed);
         loop {
             let resources = next_chunk(&mut sending);
             let last = sending.peek().is_none();
             self.nonce += 1;
-            let nonce = self.nonce.to_string();
             let Some(state) = self.types.get_mut(type_url) else {
                 return Ok(());
             };
             state.unanswered.push_back(Unanswered {
-                nonce: nonce.clone(),
+                nonce: self.nonce,
                 version: version.clone(),
                 last,
             });
@@ -333,7 +341,7 @@ impl<C: Callbacks> DeltaStream<C> {
                 state.unanswered.pop_front();
             }
             let response = DeltaResponse {
-                system_version_info: version.clone(),
+                system_version_info: version.to_string(),
                 resources,
                 type_url: type_url.to_string(),
                 // Removals go with the last response, after everything that replaces them.
@@ -342,11 +350,14 @@ impl<C: Callbacks> DeltaStream<C> {
                 } else {
                     Vec::new()
                 },
-                nonce,
+                nonce: self.nonce.to_string(),
             };
             self.callbacks
                 .on_delta_response(self.id, &self.node_id, &response);
-            self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+            self.tx
+                .send(Box::new(Ok(response)))
+                .await
+                .map_err(|_| Closed)?;
             if last {
                 return Ok(());
             }

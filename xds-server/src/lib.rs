@@ -61,6 +61,8 @@ mod delta;
 pub mod envoy;
 #[cfg(feature = "inspect")]
 pub mod inspect;
+mod names;
+mod respond;
 pub mod server;
 mod stream;
 pub mod types;

@@ -15,9 +15,8 @@
 //!   first request of a type) is sent nothing for that type until the version changes, so a
 //!   reconnect or a control-plane restart re-sends nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,17 +26,16 @@ use std::task::{Context, Poll};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::MetadataMap;
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Response, Status, Streaming};
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
 
 use crate::cache::{Cache, Snapshot};
-use crate::stream::{Closed, OUTBOX, Protocol, StreamContext, drive};
+use crate::names::NameSet;
+use crate::stream::{Closed, OUTBOX, Outbox, Protocol, StreamContext, drive};
 use crate::types::{CLUSTER, LISTENER, in_push_order};
-use crate::wire::{DeltaResponse, SotwResponse, XdsCodec};
+use crate::wire::{DeltaResponse, SotwResponse};
 
 /// Stream ids, unique in the process: observers shared by several servers (an ADS and an SDS
 /// server, say) never see two streams with one id.
@@ -209,20 +207,19 @@ impl<C: Callbacks> AdsServer<C> {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 impl<C: Callbacks> AdsServer<C> {
-    /// Runs a new stream with the protocol `make` builds from the stream id and its outbox.
+    /// Runs a new stream with the protocol `make` builds from the stream id and its outbox;
+    /// returns where the stream's responses arrive.
     fn open<P: Protocol>(
         &self,
-        request: tonic::Request<Streaming<P::Request>>,
+        metadata: MetadataMap,
+        requests: Streaming<P::Request>,
         only: Option<&'static str>,
-        make: impl FnOnce(u64, mpsc::Sender<Result<P::Response, Status>>) -> P,
-    ) -> Response<ResponseStream<P::Response>> {
+        make: impl FnOnce(u64, Outbox<P::Response>) -> P,
+    ) -> mpsc::Receiver<Box<Result<P::Response, Status>>> {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let id = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         let protocol = make(id, tx.clone());
-        let (metadata, _, requests) = request.into_parts();
         let context = StreamContext {
             cache: self.cache.clone(),
             callbacks: self.callbacks.clone(),
@@ -233,7 +230,7 @@ impl<C: Callbacks> AdsServer<C> {
             only,
         };
         tokio::spawn(drive(protocol, id, requests, tx, context));
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        rx
     }
 }
 
@@ -323,14 +320,31 @@ where
         let path = req.uri().path();
         if path == K::SOTW_PATH {
             Box::pin(async move {
-                let mut grpc = Grpc::new(XdsCodec::<SotwResponse, DiscoveryRequest>::default());
-                Ok(grpc.streaming(SotwMethod(server, K::ONLY), req).await)
+                Ok(crate::respond::stream_response(
+                    req,
+                    |metadata, requests| {
+                        server.open(metadata, requests, K::ONLY, |id, tx| SotwStream {
+                            id,
+                            node_id: String::new(),
+                            callbacks: server.callbacks.clone(),
+                            tx,
+                            types: BTreeMap::new(),
+                            snapshot: None,
+                            nonce: 0,
+                        })
+                    },
+                ))
             })
         } else if path == K::DELTA_PATH {
             Box::pin(async move {
-                let mut grpc =
-                    Grpc::new(XdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(DeltaMethod(server, K::ONLY), req).await)
+                Ok(crate::respond::stream_response(
+                    req,
+                    |metadata, requests| {
+                        server.open(metadata, requests, K::ONLY, |id, tx| {
+                            crate::delta::DeltaStream::new(id, server.callbacks.clone(), tx)
+                        })
+                    },
+                ))
             })
         } else {
             Box::pin(async move {
@@ -340,51 +354,11 @@ where
     }
 }
 
-/// A stream method over the server, for every type (`None`) or only one.
-struct SotwMethod<C: Callbacks>(Arc<AdsServer<C>>, Option<&'static str>);
-struct DeltaMethod<C: Callbacks>(Arc<AdsServer<C>>, Option<&'static str>);
-
-impl<C: Callbacks> StreamingService<DiscoveryRequest> for SotwMethod<C> {
-    type Response = SotwResponse;
-    type ResponseStream = ResponseStream<SotwResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let (server, only) = (self.0.clone(), self.1);
-        Box::pin(async move {
-            Ok(server.open(request, only, |id, tx| SotwStream {
-                id,
-                node_id: String::new(),
-                callbacks: server.callbacks.clone(),
-                tx,
-                types: BTreeMap::new(),
-                snapshot: None,
-                nonce: 0,
-            }))
-        })
-    }
-}
-
-impl<C: Callbacks> StreamingService<DeltaDiscoveryRequest> for DeltaMethod<C> {
-    type Response = DeltaResponse;
-    type ResponseStream = ResponseStream<DeltaResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let (server, only) = (self.0.clone(), self.1);
-        Box::pin(async move {
-            Ok(server.open(request, only, |id, tx| {
-                crate::delta::DeltaStream::new(id, server.callbacks.clone(), tx)
-            }))
-        })
-    }
-}
-
 /// What a stream knows about one resource type.
 #[derive(Debug, Default)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    names: NameSet,
     nonce: Option<String>,
     sent_version: Option<String>,
     /// The version the proxy says it applied (`version_info`) in its first request of this
@@ -396,7 +370,7 @@ struct SotwStream<C: Callbacks> {
     id: u64,
     node_id: String,
     callbacks: Arc<C>,
-    tx: mpsc::Sender<Result<SotwResponse, Status>>,
+    tx: Outbox<SotwResponse>,
     types: BTreeMap<String, TypeState>,
     snapshot: Option<Arc<Snapshot>>,
     nonce: u64,
@@ -460,7 +434,7 @@ impl<C: Callbacks> SotwStream<C> {
             self.callbacks
                 .on_ack(self.id, &self.node_id, &req.type_url, &req.version_info);
         }
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let names: NameSet = req.resource_names.iter().collect();
         let wildcard = names.contains("*") || (names.is_empty() && wildcard_capable(&req.type_url));
         let state = self.types.entry(req.type_url.clone()).or_default();
         let changed = wildcard != state.wildcard || names != state.names;
@@ -533,6 +507,9 @@ impl<C: Callbacks> SotwStream<C> {
         };
         self.callbacks
             .on_response(self.id, &self.node_id, &response);
-        self.tx.send(Ok(response)).await.map_err(|_| Closed)
+        self.tx
+            .send(Box::new(Ok(response)))
+            .await
+            .map_err(|_| Closed)
     }
 }

@@ -13,12 +13,14 @@ use tonic::{Status, Streaming};
 use crate::cache::{Cache, Snapshot};
 use crate::server::{Callbacks, StreamAuthenticator, StreamPreparer};
 
-/// Requests buffered per stream.
-pub(crate) const INBOX: usize = 16;
-
 /// Responses buffered before the stream waits for the proxy to take them: few, so a stream
 /// pushing a large config in many responses holds only a little of it at a time.
 pub(crate) const OUTBOX: usize = 2;
+
+/// Where a stream's responses wait for the proxy. Items are boxed: a channel keeps room for a
+/// block of 32 items whatever its bound, and a pointer-sized item keeps that small for every
+/// idle stream.
+pub(crate) type Outbox<R> = mpsc::Sender<Box<Result<R, Status>>>;
 
 /// The proxy went away; the stream ends.
 pub(crate) struct Closed;
@@ -69,7 +71,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     requests: Streaming<P::Request>,
     // Carries the stream-ending status (missing node id, malformed request, refused
     // authentication, shutdown) to the proxy.
-    refuse: mpsc::Sender<Result<P::Response, Status>>,
+    refuse: Outbox<P::Response>,
     context: StreamContext<C>,
 ) {
     let StreamContext {
@@ -81,25 +83,25 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         metadata,
         only,
     } = context;
-    // Requests are read by their own task so that waiting for them stays cancel-safe.
-    let (req_tx, mut req_rx) = mpsc::channel::<Result<P::Request, Status>>(INBOX);
-    let reader = tokio::spawn(read_requests(requests, req_tx));
-    let first = match req_rx.recv().await {
-        Some(Ok(first)) => first,
-        Some(Err(status)) => {
-            let _ = refuse.send(Err(status)).await;
+    // Requests are read in the stream's own task: `Streaming::message` keeps its state in the
+    // stream, so waiting for it is cancel-safe, and a task and channel per stream would cost
+    // an idle stream more than its protocol state does.
+    let mut requests = requests;
+    let first = match requests.message().await {
+        Ok(Some(first)) => first,
+        Err(status) => {
+            let _ = refuse.send(Box::new(Err(status))).await;
             return;
         }
-        None => return,
+        Ok(None) => return,
     };
     let node_id = P::node(&first).map(|n| n.id.clone()).unwrap_or_default();
     if node_id.is_empty() {
         let _ = refuse
-            .send(Err(Status::invalid_argument(
+            .send(Box::new(Err(Status::invalid_argument(
                 "the first request must carry node.id",
-            )))
+            ))))
             .await;
-        reader.abort();
         return;
     }
     // Nothing is sent, and no callback hears of the stream, before the proxy is admitted.
@@ -107,8 +109,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         && let Err(status) = authenticator.authenticate(&metadata, node).await
     {
         tracing::warn!(node_id, reason = status.message(), "refused an xDS stream");
-        let _ = refuse.send(Err(status)).await;
-        reader.abort();
+        let _ = refuse.send(Box::new(Err(status))).await;
         return;
     }
     if let (Some(preparer), Some(node)) = (&preparer, P::node(&first)) {
@@ -117,26 +118,28 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     callbacks.on_stream_open(id, &node_id);
     let mut snapshots = cache.subscribe(&node_id);
     protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
-    let mut outcome = handle_admitted(&mut protocol, first, only, &refuse).await;
+    // The protocol's futures are boxed: inline, their largest state would be part of every
+    // idle stream's task.
+    let mut outcome = Box::pin(handle_admitted(&mut protocol, first, only, &refuse)).await;
     while outcome.is_ok() {
         outcome = tokio::select! {
-            req = req_rx.recv() => match req {
-                Some(Ok(req)) => handle_admitted(&mut protocol, req, only, &refuse).await,
+            req = requests.message() => match req {
+                Ok(Some(req)) => Box::pin(handle_admitted(&mut protocol, req, only, &refuse)).await,
                 // A request that does not decode ends the stream with the reason.
-                Some(Err(status)) => {
-                    let _ = refuse.send(Err(status)).await;
+                Err(status) => {
+                    let _ = refuse.send(Box::new(Err(status))).await;
                     Err(Closed)
                 }
-                None => Err(Closed),
+                Ok(None) => Err(Closed),
             },
             () = shutting_down(&mut shutdown) => {
-                let _ = refuse.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                let _ = refuse.send(Box::new(Err(Status::unavailable("the control plane is shutting down")))).await;
                 Err(Closed)
             }
             changed = snapshots.changed() => match changed {
                 Ok(()) => {
                     let snapshot = snapshots.borrow_and_update().clone();
-                    protocol.snapshot_changed(snapshot).await
+                    Box::pin(protocol.snapshot_changed(snapshot)).await
                 }
                 // The cache forgot the node: keep serving the last snapshot.
                 Err(_) => {
@@ -146,7 +149,6 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
             },
         };
     }
-    reader.abort();
     callbacks.on_stream_closed(id, &node_id);
 }
 
@@ -156,15 +158,15 @@ async fn handle_admitted<P: Protocol>(
     protocol: &mut P,
     request: P::Request,
     only: Option<&'static str>,
-    refuse: &mpsc::Sender<Result<P::Response, Status>>,
+    refuse: &Outbox<P::Response>,
 ) -> Result<(), Closed> {
     let type_url = P::type_url(&request);
     match only {
         Some(only) if type_url != only => {
             let _ = refuse
-                .send(Err(Status::invalid_argument(format!(
+                .send(Box::new(Err(Status::invalid_argument(format!(
                     "this service serves only {only}, not {type_url:?}"
-                ))))
+                )))))
                 .await;
             Err(Closed)
         }
@@ -181,24 +183,5 @@ pub(crate) async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) 
             }
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Forwards requests until the proxy closes its side or sends something that does not decode
-/// (that error is forwarded too, and ends the stream).
-async fn read_requests<T: Send + 'static>(
-    mut requests: Streaming<T>,
-    tx: mpsc::Sender<Result<T, Status>>,
-) {
-    loop {
-        let next = match requests.message().await {
-            Ok(Some(req)) => Ok(req),
-            Ok(None) => return,
-            Err(status) => Err(status),
-        };
-        let failed = next.is_err();
-        if tx.send(next).await.is_err() || failed {
-            return;
-        }
     }
 }

@@ -16,7 +16,7 @@ use prost::Message;
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
 
 use crate::cache::EncodedResource;
 
@@ -194,59 +194,18 @@ impl DeltaResponse {
     }
 }
 
-/// Initial size of a stream's encode and decode buffers. They grow to fit larger messages; a
-/// small start keeps idle streams cheap (tonic's default is 8 KiB each way).
+/// Initial size of a stream's decode buffer. It grows to fit larger requests; a small start
+/// keeps idle streams cheap (tonic's default is 8 KiB).
 const STREAM_BUFFER: usize = 1024;
-/// Bytes a stream encodes before it yields to other tasks (tonic's default).
+/// Bytes a stream decodes before it yields to other tasks (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-fn buffer_settings() -> BufferSettings {
-    BufferSettings::new(STREAM_BUFFER, YIELD_THRESHOLD)
-}
-
-/// gRPC codec: requests decoded with prost, responses written with [`WireMessage`].
-pub(crate) struct XdsCodec<Resp, Req>(PhantomData<fn(Resp) -> Req>);
-
-impl<Resp, Req> Default for XdsCodec<Resp, Req> {
-    fn default() -> Self {
-        XdsCodec(PhantomData)
-    }
-}
-
-pub(crate) struct WireEncoder<Resp>(PhantomData<fn(Resp)>);
+/// Decodes requests with prost.
 pub(crate) struct ProstDecoder<Req>(PhantomData<fn() -> Req>);
 
-impl<Resp, Req> Codec for XdsCodec<Resp, Req>
-where
-    Resp: WireMessage + Send + 'static,
-    Req: Message + Default + Send + 'static,
-{
-    type Encode = Resp;
-    type Decode = Req;
-    type Encoder = WireEncoder<Resp>;
-    type Decoder = ProstDecoder<Req>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        WireEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
+impl<Req> Default for ProstDecoder<Req> {
+    fn default() -> Self {
         ProstDecoder(PhantomData)
-    }
-}
-
-impl<Resp: WireMessage> Encoder for WireEncoder<Resp> {
-    type Item = Resp;
-    type Error = Status;
-
-    fn encode(&mut self, item: Resp, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.write(dst);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
     }
 }
 
@@ -261,7 +220,7 @@ impl<Req: Message + Default> Decoder for ProstDecoder<Req> {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        buffer_settings()
+        BufferSettings::new(STREAM_BUFFER, YIELD_THRESHOLD)
     }
 }
 

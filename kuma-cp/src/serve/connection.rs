@@ -41,6 +41,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
+/// Bytes an HTTP/2 stream buffers for sending, at most (the xDS server's responses are at most
+/// 32 KiB of resources each).
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+
 /// What one listener's connections may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -249,7 +253,13 @@ impl Connection {
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        // A stream buffers at most two of the xDS server's largest responses: the default
+        // (about 400 KB a stream) let thousands of proxies receiving their first config
+        // hold gigabytes at once.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_send_buf_size(MAX_SEND_BUFFER);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut closing = false;
