@@ -19,9 +19,12 @@
 //! listeners, then the endpoints of every EDS cluster and the extension config their HTTP
 //! listeners name; they ACK every response. Figures, one JSON object per line:
 //! - `initial_ack_s`: from the first connection to every proxy having ACKed its clusters and
-//!   listeners and received the endpoints and extension config they name;
+//!   listeners and received the endpoints and extension config they name; `cp_cpu_s_initial`,
+//!   the control plane's CPU time meanwhile (the proxies' process shares the machine);
 //! - `cp_rss_bytes`, `cp_rss_bytes_per_proxy`: the control plane's resident set with every
-//!   proxy connected, and its growth over the started, populated control plane, per proxy;
+//!   proxy connected, and its growth over the started, populated control plane, per proxy
+//!   (`cp_rss_peak_bytes`: the largest resident set; `cp_rss_settled_bytes_per_proxy`: the
+//!   growth again after the idle window);
 //! - `endpoint_change_converge_s`, `endpoint_change_bytes`, `endpoint_change_min_bytes`: a new
 //!   instance of one service until every proxy that reaches it ACKed endpoints that differ from
 //!   what it had; the resource bytes the proxies received meanwhile; and the encoded size of
@@ -49,6 +52,10 @@ use std::time::Duration;
 mod control_plane;
 #[path = "xds_scale/proxies.rs"]
 mod proxies;
+
+/// The allocator the control-plane binaries use (see `examples/src/bin/standalone.rs`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Set in the child process: what the simulated proxies connect to.
 const PROXIES_ENV: &str = "XDS_SCALE_PROXIES_OF";

@@ -261,9 +261,11 @@ pub async fn run(run: Run) {
     );
     children.expect("loaded").await;
     let started = Instant::now();
+    let cpu_before = cpu_time();
     children.say("go");
     children.expect("initial").await;
     let initial = started.elapsed();
+    let initial_cpu = cpu_time().saturating_sub(cpu_before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_kib();
     let rss_peak = peak_rss_kib();
@@ -344,6 +346,7 @@ pub async fn run(run: Run) {
         "key_type": run.key_type,
         "connections": if run.shared { SHARED_CONNECTIONS.min(proxies) } else { proxies },
         "initial_ack_s": initial.as_secs_f64(),
+        "cp_cpu_s_initial": initial_cpu.as_secs_f64(),
         "cp_rss_bytes": rss_connected * 1024,
         "cp_rss_bytes_per_proxy": rss_connected.saturating_sub(rss_start) * 1024 / proxies as u64,
         "cp_rss_peak_bytes": rss_peak * 1024,

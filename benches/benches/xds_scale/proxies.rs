@@ -14,13 +14,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
+use prost::bytes::Bytes;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc};
@@ -35,7 +33,92 @@ const SOURCE_TAGS: &str = "kuma:source-tags";
 /// TLS handshakes in flight at once (a fleet's proxies do not all connect in the same
 /// millisecond, and the listen backlog would drop the rest).
 const CONNECTING: usize = 64;
-type Client = AggregatedDiscoveryServiceClient<Channel>;
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+type Client = tonic::client::Grpc<Channel>;
+
+// What a proxy reads of the responses: the simulated proxies share the machine with the
+// control plane, so they decode only these fields (the rest is skipped, and resources stay
+// in the received buffer).
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Any {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// `DiscoveryResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SotwResponse {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<Any>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// `Resource` of a `DeltaDiscoveryResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResource {
+    #[prost(message, optional, tag = "2")]
+    resource: Option<Any>,
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+/// `DeltaDiscoveryResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeltaResponse {
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<DeltaResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+    #[prost(string, repeated, tag = "6")]
+    removed_resources: Vec<String>,
+}
+
+/// `Cluster`: its name and discovery type.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterType {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(int32, tag = "2")]
+    discovery_type: i32,
+}
+
+/// Opens the ADS stream at `path` with `requests`, the token in its metadata.
+async fn open<Req, Resp>(
+    client: &mut Client,
+    path: &'static str,
+    requests: mpsc::Receiver<Req>,
+    token: &str,
+) -> Result<tonic::Streaming<Resp>, String>
+where
+    Req: Message + Send + Sync + 'static,
+    Resp: Message + Default + Send + Sync + 'static,
+{
+    client.ready().await.map_err(|e| e.to_string())?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    client
+        .streaming(
+            authorized(ReceiverStream::new(requests), token)?,
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            codec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| e.to_string())
+}
 
 /// Copies connection `j` of `parts` carries when `total` are spread over them.
 pub fn share(total: usize, parts: usize, j: usize) -> usize {
@@ -264,8 +347,7 @@ pub fn main(spec: &str) {
                     Some(c) => c,
                     None => connect(endpoint, connecting).await,
                 };
-                let client = AggregatedDiscoveryServiceClient::new(channel)
-                    .max_decoding_message_size(64 << 20);
+                let client = tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20);
                 let result = if delta {
                     delta_proxy(fleet, idx, client, node.clone(), token).await
                 } else {
@@ -337,10 +419,8 @@ fn encoded_name(value: &[u8]) -> &[u8] {
 /// The EDS clusters among `resources`, by name.
 fn eds_clusters<'a>(resources: impl Iterator<Item = &'a Any>) -> Vec<String> {
     resources
-        .filter_map(|any| Cluster::decode(any.value.as_slice()).ok())
-        .filter(|c| {
-            c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
-        })
+        .filter_map(|any| ClusterType::decode(any.value.clone()).ok())
+        .filter(|c| c.discovery_type == DiscoveryType::Eds as i32)
         .map(|c| c.name)
         .collect()
 }
@@ -411,11 +491,7 @@ async fn delta_proxy(
         };
         tx.send(request).await.map_err(|e| e.to_string())?;
     }
-    let mut responses = client
-        .delta_aggregated_resources(authorized(ReceiverStream::new(rx), &token)?)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
+    let mut responses = open::<_, DeltaResponse>(&mut client, DELTA_PATH, rx, &token).await?;
     let mut endpoints: HashSet<String> = HashSet::new();
     let mut extension = false;
     let mut initial = Initial::default();
@@ -462,7 +538,7 @@ async fn delta_proxy(
             &r.type_url,
             r.resources.iter().filter_map(|res| {
                 let any = res.resource.as_ref()?;
-                Some((res.name.as_bytes(), any.value.as_slice()))
+                Some((res.name.as_bytes(), any.value.as_ref()))
             }),
             &r.removed_resources,
             false,
@@ -512,11 +588,7 @@ async fn sotw_proxy(
         };
         tx.send(request).await.map_err(|e| e.to_string())?;
     }
-    let mut responses = client
-        .stream_aggregated_resources(authorized(ReceiverStream::new(rx), &token)?)
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
+    let mut responses = open::<_, SotwResponse>(&mut client, SOTW_PATH, rx, &token).await?;
     // Per named type: the names subscribed, and the last version and nonce received.
     let mut named: BTreeMap<&str, (Vec<String>, String, String)> = BTreeMap::new();
     let mut initial = Initial::default();
@@ -569,7 +641,7 @@ async fn sotw_proxy(
             &r.type_url,
             r.resources
                 .iter()
-                .map(|any| (encoded_name(&any.value), any.value.as_slice())),
+                .map(|any| (encoded_name(&any.value), any.value.as_ref())),
             &[],
             true,
         );
