@@ -40,8 +40,11 @@
 //! Knobs: `XDS_SCALE_SCENARIO` (`all-to-all`, `ten-outbound`, or both by default),
 //! `XDS_SCALE_SERVICES` (S, 100), `XDS_SCALE_PROXIES` (S x K, 500), `XDS_SCALE_PROTOCOL`
 //! (`delta`, `sotw`), `XDS_SCALE_KEY_TYPE` (`ecdsaP256`, `rsa2048`), `XDS_SCALE_CONNECTIONS`
-//! (`per-proxy`, `shared`). Without the last three, each scenario runs delta and SotW with
-//! ECDSA and a connection per proxy, then delta with shared connections and delta with RSA.
+//! (`per-proxy`, `shared`), `XDS_SCALE_AUTO_REACHABLE` (`1`: `experimental.autoReachableServices`
+//! on, and instead of the permission allowing all, one per service admitting the 10 services
+//! before it, so that each proxy may reach 10). Without the last four, each scenario runs
+//! delta and SotW with ECDSA and a connection per proxy, then delta with shared connections
+//! and delta with RSA, and all-to-all also delta with automatic reachable services.
 //!
 //! Run: `cargo bench -p kuma-benches --bench xds_scale`
 
@@ -74,21 +77,36 @@ struct Run {
     protocol: String,
     key_type: String,
     shared: bool,
+    /// `experimental.autoReachableServices` on, with permissions that let each service be
+    /// reached from 10 others only.
+    auto_reachable: bool,
 }
 
 impl Run {
     fn encode(&self) -> String {
         let connections = if self.shared { "shared" } else { "per-proxy" };
+        let reach = if self.auto_reachable { "auto" } else { "all" };
         format!(
-            "{} {} {} {} {} {connections}",
+            "{} {} {} {} {} {connections} {reach}",
             self.scenario, self.services, self.proxies, self.protocol, self.key_type
         )
     }
 
     fn decode(spec: &str) -> Run {
         let parts: Vec<&str> = spec.split_whitespace().collect();
-        let [scenario, services, proxies, protocol, key_type, connections] = parts[..] else {
-            panic!("expected `SCENARIO SERVICES PROXIES PROTOCOL KEY_TYPE CONNECTIONS`: {spec}");
+        let [
+            scenario,
+            services,
+            proxies,
+            protocol,
+            key_type,
+            connections,
+            reach,
+        ] = parts[..]
+        else {
+            panic!(
+                "expected `SCENARIO SERVICES PROXIES PROTOCOL KEY_TYPE CONNECTIONS REACH`: {spec}"
+            );
         };
         Run {
             scenario: scenario.into(),
@@ -97,6 +115,7 @@ impl Run {
             protocol: protocol.into(),
             key_type: key_type.into(),
             shared: connections == "shared",
+            auto_reachable: reach == "auto",
         }
     }
 }
@@ -127,8 +146,10 @@ fn runs() -> Vec<Run> {
     let protocols = chosen("XDS_SCALE_PROTOCOL", &["delta", "sotw"]);
     let keys = chosen("XDS_SCALE_KEY_TYPE", &["ecdsaP256", "rsa2048"]);
     let connections = chosen("XDS_SCALE_CONNECTIONS", &["per-proxy", "shared"]);
-    let explicit = protocols.is_some() || keys.is_some() || connections.is_some();
-    let mut combos: Vec<(String, String, bool)> = Vec::new();
+    let auto = std::env::var("XDS_SCALE_AUTO_REACHABLE").ok();
+    let explicit = protocols.is_some() || keys.is_some() || connections.is_some() || auto.is_some();
+    let auto = auto.is_some_and(|v| v == "1" || v == "true");
+    let mut combos: Vec<(String, String, bool, bool)> = Vec::new();
     if explicit {
         let protocols = protocols.unwrap_or_else(|| vec!["delta".into(), "sotw".into()]);
         let keys = keys.unwrap_or_else(|| vec!["ecdsaP256".into()]);
@@ -136,28 +157,34 @@ fn runs() -> Vec<Run> {
         for p in &protocols {
             for k in &keys {
                 for c in &connections {
-                    combos.push((p.clone(), k.clone(), c == "shared"));
+                    combos.push((p.clone(), k.clone(), c == "shared", auto));
                 }
             }
         }
     } else {
         combos = vec![
-            ("delta".into(), "ecdsaP256".into(), false),
-            ("sotw".into(), "ecdsaP256".into(), false),
-            ("delta".into(), "ecdsaP256".into(), true),
-            ("delta".into(), "rsa2048".into(), false),
+            ("delta".into(), "ecdsaP256".into(), false, false),
+            ("sotw".into(), "ecdsaP256".into(), false, false),
+            ("delta".into(), "ecdsaP256".into(), true, false),
+            ("delta".into(), "rsa2048".into(), false, false),
         ];
     }
     let mut out = Vec::new();
     for scenario in scenarios {
-        for (protocol, key_type, shared) in &combos {
+        let mut combos = combos.clone();
+        // Trimming concerns transparent proxies: all-to-all shows it beside the others.
+        if !explicit && scenario == "all-to-all" {
+            combos.push(("delta".into(), "ecdsaP256".into(), false, true));
+        }
+        for (protocol, key_type, shared, auto_reachable) in combos {
             out.push(Run {
                 scenario: scenario.clone(),
                 services,
                 proxies,
-                protocol: protocol.clone(),
-                key_type: key_type.clone(),
-                shared: *shared,
+                protocol,
+                key_type,
+                shared,
+                auto_reachable,
             });
         }
     }

@@ -96,8 +96,42 @@ fn another_dns_domain_and_reachable_services_work_end_to_end() {
     run_in_pod("internal");
 }
 
+/// `experimental.autoReachableServices` under mesh mTLS: web lists no `reachableServices`,
+/// backend's MeshTrafficPermission admits web, and no permission admits anyone to `other`.
+/// Web gets an outbound for backend only, and reaches it over mTLS; `other` has a VIP but no
+/// listener in web's Envoy.
+#[test]
+fn automatic_reachable_services_trim_what_permissions_refuse() {
+    run_in_pod_as("mesh", Variant::AutoReachable);
+}
+
+/// What a run of the scenario shows besides reaching backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Variant {
+    /// Every service reached.
+    Plain,
+    /// web lists `reachableServices: [backend]`.
+    ReachableServices,
+    /// Permissions decide (see [`automatic_reachable_services_trim_what_permissions_refuse`]).
+    AutoReachable,
+}
+
 fn run_in_pod(domain: &'static str) {
-    let pod = Pod::create(&format!("kuma-tp-{domain}-{}", std::process::id()));
+    let variant = if domain == "mesh" {
+        Variant::Plain
+    } else {
+        Variant::ReachableServices
+    };
+    run_in_pod_as(domain, variant);
+}
+
+fn run_in_pod_as(domain: &'static str, variant: Variant) {
+    let label = if variant == Variant::AutoReachable {
+        "auto"
+    } else {
+        domain
+    };
+    let pod = Pod::create(&format!("kuma-tp-{label}-{}", std::process::id()));
     // Kuma's redirection, reduced to what this test's traffic needs: DNS to the proxy's
     // resolver, and connections to VIPs to the outbound redirect port.
     pod.iptables("-A OUTPUT -p udp -d 127.0.0.1 --dport 53 -j REDIRECT --to-ports 15053");
@@ -109,15 +143,44 @@ fn run_in_pod(domain: &'static str) {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(scenario(&pod.ns, domain));
+        .block_on(scenario(&pod.ns, domain, variant));
 }
 
-async fn scenario(ns: &Netns, domain: &str) {
-    let dir = test_dir(&format!("transparent-proxy-{domain}"));
+async fn scenario(ns: &Netns, domain: &str, variant: Variant) {
+    let label = if variant == Variant::AutoReachable {
+        "auto"
+    } else {
+        domain
+    };
+    let dir = test_dir(&format!("transparent-proxy-{label}"));
     // The resolver for names outside the mesh (the one kuma-dp forwards to).
     let (upstream, _stop) = example_resolver().await;
-    let cp = Standalone::start(&[("KUMA_DNS_SERVER_DOMAIN", domain)]).await;
+    let auto = if variant == Variant::AutoReachable {
+        "true"
+    } else {
+        "false"
+    };
+    let cp = Standalone::start(&[
+        ("KUMA_DNS_SERVER_DOMAIN", domain),
+        ("KUMA_EXPERIMENTAL_AUTO_REACHABLE_SERVICES", auto),
+    ])
+    .await;
     let backend_name = format!("backend.{domain}");
+    if variant == Variant::AutoReachable {
+        // Mesh mTLS, and a permission for web to call backend; none for `other`.
+        common::put_json(
+            cp.api_port,
+            "/meshes/default",
+            r#"{"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}"#,
+        )
+        .await;
+        common::put_json(
+            cp.api_port,
+            "/meshes/default/meshtrafficpermissions/backend-from-web",
+            r#"{"type": "MeshTrafficPermission", "mesh": "default", "name": "backend-from-web", "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Allow"}}]}}"#,
+        )
+        .await;
+    }
 
     // backend: an HTTP service behind an ordinary proxy.
     let app = axum::Router::new().fallback(|| async { "hello from backend" });
@@ -130,8 +193,8 @@ async fn scenario(ns: &Netns, domain: &str) {
         "type: Dataplane\nmesh: default\nname: backend-1\nnetworking:\n  address: {POD_IP}\n  inbound:\n  - port: {backend_port}\n    servicePort: {app_port}\n    tags:\n      kuma.io/service: backend\n      kuma.io/protocol: http\n"
     );
     let _backend = cp.proxy(&dir, "backend-1", &backend, &[]).await;
-    // With another domain, web may reach backend only: `other` is a service it must not get.
-    let reachable = domain != "mesh";
+    // web may reach backend only: `other` is a service it must not get.
+    let reachable = variant != Variant::Plain;
     let mut other_dp = None;
     if reachable {
         let other_port = free_port().await;
@@ -140,7 +203,7 @@ async fn scenario(ns: &Netns, domain: &str) {
         );
         other_dp = Some(cp.proxy(&dir, "other-1", &other, &[]).await);
     }
-    let reachable_services = if reachable {
+    let reachable_services = if variant == Variant::ReachableServices {
         "    reachableServices: [backend]\n"
     } else {
         ""
@@ -229,9 +292,11 @@ async fn scenario(ns: &Netns, domain: &str) {
     // An unknown mesh name does not resolve, and gets no connection anywhere.
     let nope = format!("nope.{domain}");
     assert!(!ns.exec(&["getent", "hosts", &nope]).status.success());
-    if reachable {
+    if variant == Variant::ReachableServices {
         // The default domain is not served on the side.
         assert!(dig(cp.dns_port, "backend.mesh").is_empty());
+    }
+    if reachable {
         // `other` has a VIP, but web has no listener for it and cannot reach it.
         let other_vip = dig(cp.dns_port, &format!("other.{domain}"));
         assert!(other_vip.starts_with("240."), "other's VIP: {other_vip:?}");

@@ -226,7 +226,8 @@ impl DataPlaneSide {
         .with_vips_served(
             u32::from(config.dns_server.service_vip_port),
             &config.dns_server.domain,
-        );
+        )
+        .with_auto_reachable_services(config.experimental.auto_reachable_services);
         if layout.sds_apart() {
             reconciler = reconciler.with_sds_cluster(kuma_xds::bootstrap::SDS_CLUSTER);
         }

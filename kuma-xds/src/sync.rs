@@ -171,6 +171,8 @@ pub struct Reconciler {
     vip_port: u32,
     /// The DNS domain of VIPs.
     vip_domain: String,
+    /// Trim transparent proxies' outbounds to what permissions admit (under mTLS).
+    auto_reachable_services: bool,
 }
 
 impl Reconciler {
@@ -195,7 +197,16 @@ impl Reconciler {
             changed_at: Instant::now(),
             vip_port: 80,
             vip_domain: "mesh".into(),
+            auto_reachable_services: false,
         }
+    }
+
+    /// In meshes with mTLS, gives transparent proxies that list no `reachableServices`
+    /// outbounds only for the services whose MeshTrafficPermissions can admit them
+    /// (`experimental.autoReachableServices`; see [`crate::generate::ReachGraph`]).
+    pub fn with_auto_reachable_services(mut self, enabled: bool) -> Self {
+        self.auto_reachable_services = enabled;
+        self
     }
 
     /// Serves VIP outbounds on `port` (`dnsServer.serviceVipPort`, 80 by default) and names
@@ -317,6 +328,10 @@ impl Reconciler {
             .with_vip_domain(&self.vip_domain);
         if let Some(a) = &authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
+            if self.auto_reachable_services {
+                mesh_context = mesh_context
+                    .with_reach_graph(crate::generate::ReachGraph::new(&dataplanes, &policies));
+            }
             self.identities.prepare(
                 a,
                 mesh,
@@ -629,6 +644,99 @@ mod tests {
                 .then(|| kuma_dns::vips::mesh_of_config(&key.name).map(str::to_string))
                 .flatten()
         }
+    }
+
+    #[tokio::test]
+    async fn automatic_reachable_services_trim_outbounds_under_mtls_only() {
+        let web = parse_yaml(
+            "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
+        )
+        .unwrap();
+        let manager = manager_with([
+            web,
+            dataplane("backend-1", "10.0.0.2", "backend", &[]),
+            dataplane("other-1", "10.0.0.3", "other", &[]),
+        ])
+        .await;
+        manager
+            .apply(
+                parse_yaml(
+                    "type: MeshTrafficPermission\nmesh: default\nname: backend-from-web\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n",
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let dataplanes = manager
+            .list(&ListQuery::in_mesh(ResourceType::Dataplane, "default"))
+            .await
+            .unwrap()
+            .items;
+        let cidr = kuma_dns::vips::CidrVipAllocator::new("240.0.0.0/4").unwrap();
+        kuma_dns::vips::VipTables::new(manager.clone(), Arc::new(cidr))
+            .sync(
+                "default",
+                &kuma_dns::vips::service_hostnames("default", "", &dataplanes, []),
+            )
+            .await
+            .unwrap();
+        let vips = kuma_dns::vips::stored_service_vips(&manager, "default")
+            .await
+            .unwrap();
+        let cache = Arc::new(SnapshotCache::new());
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            Arc::new(GeneratorList::kuma_profile()),
+            connected(&["web"]),
+            Duration::ZERO,
+        )
+        .with_vips(Arc::new(StoredVips(manager.clone())))
+        .with_auto_reachable_services(true);
+        let outbound_services = |cache: &SnapshotCache| -> BTreeSet<String> {
+            let snapshot = cache.get("default.web").unwrap();
+            let listeners = snapshot.get(xds_server::types::LISTENER).unwrap();
+            vips.iter()
+                .filter(|(_, ip)| listeners.contains(&format!("outbound:{ip}:80")))
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        // Without mTLS nothing is refused: every service keeps its outbound.
+        r.sync_mesh("default", &Dirty::Everything).await;
+        assert_eq!(
+            outbound_services(&cache),
+            BTreeSet::from(["backend".into(), "other".into(), "web".into()])
+        );
+        // Under mTLS, only backend admits web.
+        manager
+            .apply(
+                parse_yaml(
+                    "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        r.sync_mesh("default", &Dirty::Everything).await;
+        assert_eq!(
+            outbound_services(&cache),
+            BTreeSet::from(["backend".to_string()])
+        );
+        // A permission for everyone to `other` gives it back.
+        manager
+            .apply(
+                parse_yaml(
+                    "type: MeshTrafficPermission\nmesh: default\nname: other-open\nspec:\n  targetRef: {kind: MeshService, name: other}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        r.sync_mesh("default", &Dirty::Everything).await;
+        assert_eq!(
+            outbound_services(&cache),
+            BTreeSet::from(["backend".into(), "other".into()])
+        );
     }
 
     #[tokio::test]

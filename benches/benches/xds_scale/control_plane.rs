@@ -60,17 +60,39 @@ fn dataplane(scenario: &str, services: usize, s: usize, k: usize, address: &str)
     .expect("dataplane")
 }
 
-fn policies(services: usize) -> Vec<Resource> {
+/// The mesh with mTLS, and its policies. Permissions allow all; with `per_service`, each
+/// service admits the 10 services before it instead.
+fn policies(services: usize, per_service: bool) -> Vec<Resource> {
     let mut out = vec![
         parse_yaml(
             "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
         )
         .expect("mesh"),
-        parse_yaml(
-            "type: MeshTrafficPermission\nmesh: default\nname: allow-all\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
-        )
-        .expect("policy"),
     ];
+    if per_service {
+        for s in 0..services {
+            let mut from = String::new();
+            for d in (1..=10).filter(|d| *d < services) {
+                from.push_str(&format!(
+                    "  - targetRef: {{kind: MeshService, name: svc-{}}}\n    default: {{action: Allow}}\n",
+                    (s + services - d) % services
+                ));
+            }
+            out.push(
+                parse_yaml(&format!(
+                    "type: MeshTrafficPermission\nmesh: default\nname: allow-{s}\nspec:\n  targetRef: {{kind: MeshService, name: svc-{s}}}\n  from:\n{from}"
+                ))
+                .expect("policy"),
+            );
+        }
+    } else {
+        out.push(
+            parse_yaml(
+                "type: MeshTrafficPermission\nmesh: default\nname: allow-all\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
+            )
+            .expect("policy"),
+        );
+    }
     for t in (0..services).step_by(10) {
         out.push(timeout(t, "5s"));
         out.push(
@@ -203,9 +225,10 @@ pub async fn run(run: Run) {
         serde_json::from_value(serde_json::json!(run.key_type)).expect("key type");
     // Every simulated proxy connects from 127.0.0.1.
     config.connections.max_per_client = u32::try_from(proxies + 64).expect("proxies fit u32");
+    config.experimental.auto_reachable_services = run.auto_reachable;
     let cp = ControlPlane::start(config).await.expect("control plane");
     let manager = cp.manager().clone();
-    for p in policies(services) {
+    for p in policies(services, run.auto_reachable) {
         manager.apply(p).await.expect("policy");
     }
     let mut nodes = Vec::with_capacity(proxies);
@@ -344,6 +367,7 @@ pub async fn run(run: Run) {
         "services": services,
         "proxies": proxies,
         "key_type": run.key_type,
+        "auto_reachable_services": run.auto_reachable,
         "connections": if run.shared { SHARED_CONNECTIONS.min(proxies) } else { proxies },
         "initial_ack_s": initial.as_secs_f64(),
         "cp_cpu_s_initial": initial_cpu.as_secs_f64(),

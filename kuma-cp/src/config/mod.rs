@@ -117,6 +117,19 @@ pub struct Config {
     pub access: AccessConfig,
     /// Caps on the connections of every TCP listener (not a Kuma key).
     pub connections: ConnectionsConfig,
+    /// Kuma's experimental switches (those implemented).
+    pub experimental: ExperimentalConfig,
+}
+
+/// `experimental`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExperimentalConfig {
+    /// Under mesh mTLS, transparent proxies listing no `reachableServices` get outbounds only
+    /// for the services whose MeshTrafficPermissions can admit them (a service no permission
+    /// protects admits nobody). Kuma also trims meshes without mTLS; here they keep every
+    /// outbound, since nothing is refused there.
+    pub auto_reachable_services: bool,
 }
 
 impl Default for Config {
@@ -144,6 +157,7 @@ impl Default for Config {
             gui_server: GuiServerConfig::default(),
             access: AccessConfig::default(),
             connections: ConnectionsConfig::default(),
+            experimental: ExperimentalConfig::default(),
         }
     }
 }

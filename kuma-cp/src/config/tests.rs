@@ -283,3 +283,19 @@ fn access_lists_and_connection_limits_load_from_kuma_variables() {
     assert!(err.contains("connections.maxPerClient"), "{err}");
     assert!(err.contains("access.type"), "{err}");
 }
+
+#[test]
+fn experimental_auto_reachable_services_is_kumas_key_and_variable() {
+    assert!(!Config::default().experimental.auto_reachable_services);
+    let cfg = Config::from_yaml("experimental:\n  autoReachableServices: true\n").expect("yaml");
+    assert!(cfg.experimental.auto_reachable_services);
+    let cfg = Config::load(
+        None,
+        env(&[("KUMA_EXPERIMENTAL_AUTO_REACHABLE_SERVICES", "true")]),
+    )
+    .expect("env");
+    assert!(cfg.experimental.auto_reachable_services);
+    // Kuma's other experimental switches are not implemented: named, they are refused.
+    let err = Config::from_yaml("experimental:\n  deltaXds: true\n").expect_err("unknown key");
+    assert!(err.to_string().contains("deltaXds"), "{err}");
+}

@@ -170,6 +170,8 @@ pub struct MeshContext<'a> {
     /// The DNS domain VIPs are named in (Kuma: `mesh`).
     pub vip_domain: String,
     services: BTreeMap<String, Service>,
+    /// Which services transparent proxies may reach, when outbounds are trimmed to it.
+    reach: Option<super::reach::ReachGraph>,
     outbounds: OutboundCache,
     /// kuma-dp's DNS records (body and tag) by the reachable services they are for.
     dns_records: Mutex<HashMap<Vec<String>, Arc<DnsRecordsBody>>>,
@@ -298,6 +300,7 @@ impl<'a> MeshContext<'a> {
             vip_port: 80,
             vip_domain: "mesh".into(),
             services,
+            reach: None,
             outbounds: OutboundCache::default(),
             dns_records: Mutex::default(),
         }
@@ -326,6 +329,19 @@ impl<'a> MeshContext<'a> {
     pub fn with_mtls(mut self, mtls: MeshMtls) -> Self {
         self.mtls = Some(mtls);
         self
+    }
+
+    /// Gives transparent proxies without `reachableServices` outbounds only for the services
+    /// `graph` lets them reach (`experimental.autoReachableServices`; meaningful under mTLS,
+    /// where permissions are enforced).
+    pub fn with_reach_graph(mut self, graph: super::reach::ReachGraph) -> Self {
+        self.reach = Some(graph);
+        self
+    }
+
+    /// The graph transparent proxies' outbounds are trimmed to, if any.
+    pub fn reach_graph(&self) -> Option<&super::reach::ReachGraph> {
+        self.reach.as_ref()
     }
 
     /// Uses `policies` (every targetRef policy of the mesh; other resources are ignored).

@@ -17,6 +17,7 @@ pub mod mtls;
 pub mod outbound;
 pub mod policies;
 pub mod profile;
+pub mod reach;
 pub mod resources;
 pub mod source_tags;
 
@@ -27,7 +28,8 @@ pub use context::{
     EncodedEndpoints, Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata,
     Service, WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
 };
-pub use outbound::{OutboundContext, OutboundView, SharedOutbounds};
+pub use outbound::{OutboundContext, OutboundView, Reach, SharedOutbounds};
+pub use reach::ReachGraph;
 pub use resources::ResourceSet;
 
 use std::collections::BTreeSet;

@@ -77,15 +77,44 @@ impl Source {
     }
 }
 
+/// The services a transparent proxy reaches by VIP.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// Every service with a VIP.
+    Every,
+    /// Only these, sorted and distinct: its `reachableServices`, or what its permissions let
+    /// it reach ([`crate::generate::ReachGraph`]).
+    Only(Arc<[String]>),
+}
+
+impl Reach {
+    /// Only `services` (in any order, repeats allowed).
+    pub fn only(services: impl IntoIterator<Item = String>) -> Self {
+        let mut services: Vec<String> = services.into_iter().collect();
+        services.sort_unstable();
+        services.dedup();
+        Reach::Only(services.into())
+    }
+
+    /// Whether `service` is reached.
+    pub fn includes(&self, service: &str) -> bool {
+        match self {
+            Reach::Every => true,
+            Reach::Only(services) => services
+                .binary_search_by(|s| s.as_str().cmp(service))
+                .is_ok(),
+        }
+    }
+}
+
 /// Everything the outbound part of a proxy's config is generated from, besides its mesh.
 /// Proxies with equal views get equal outbound resources.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OutboundView {
     /// The Dataplane's explicit outbounds (those naming a service).
     pub explicit: Vec<ExplicitOutbound>,
-    /// Transparent proxying: `None` when off; otherwise its `reachableServices` (empty: every
-    /// service with a VIP).
-    pub transparent: Option<Vec<String>>,
+    /// Transparent proxying: `None` when off; otherwise the services it reaches by VIP.
+    pub transparent: Option<Reach>,
     /// The proxy has a workload certificate (outbound clusters present it under mesh mTLS).
     pub identity: bool,
     /// Per outbound policy type with a policy selecting the proxy, the positions of those
@@ -115,7 +144,26 @@ impl OutboundView {
             .networking
             .as_ref()
             .and_then(|n| n.transparent_proxying.as_ref())
-            .map(|tp| tp.reachable_services.clone());
+            .map(|tp| {
+                if !tp.reachable_services.is_empty() {
+                    return Reach::only(tp.reachable_services.iter().cloned());
+                }
+                match ctx.mesh.reach_graph() {
+                    Some(graph) => {
+                        let sources: Vec<Tags> = ctx
+                            .dataplane
+                            .inbounds()
+                            .iter()
+                            .map(|i| i.tags.clone())
+                            .collect();
+                        // In the VIPs' order: sorted.
+                        Reach::Only(
+                            graph.reachable(&sources, ctx.mesh.vips.keys().map(String::as_str)),
+                        )
+                    }
+                    None => Reach::Every,
+                }
+            });
         let view = ctx.view();
         let policies: Vec<(ResourceType, Vec<usize>)> = OUTBOUND_POLICIES
             .iter()

@@ -365,10 +365,10 @@ impl ResourceGenerator for TransparentProxy {
         ctx: &OutboundContext<'_>,
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
-        let Some(reachable) = &ctx.view.transparent else {
+        let Some(reach) = &ctx.view.transparent else {
             return Ok(());
         };
-        for (service, vip) in reachable_vips(ctx.mesh, reachable) {
+        for (service, vip) in ctx.mesh.vips.iter().filter(|(s, _)| reach.includes(s)) {
             let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
             if let Some(s) = ctx.mesh.service(service) {
                 ports.extend(&s.ports);
