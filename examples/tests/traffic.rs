@@ -308,7 +308,9 @@ async fn start_mesh(test: &str, endpoints: &[Endpoint], services: &[&'static str
         let yaml = format!(
             "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: {address}\n  inbound:\n  - port: {inbound}\n    servicePort: {app}\n    serviceAddress: 127.0.0.1\n    tags:\n      kuma.io/service: {svc}\n      kuma.io/protocol: {protocol}\n      version: {version}\n"
         );
-        dps.push(cp.proxy(&dir, name, &yaml, &[]).await);
+        // Connections accepted before a policy change keep the old filter chain until
+        // Envoy's drain time ends: a short one lets scenarios wait them out.
+        dps.push(cp.proxy(&dir, name, &yaml, &["--drain-time", "1s"]).await);
     }
     let web_app = service("web", Behaviour::Ok).await;
     let web_in = free_port().await;
@@ -666,9 +668,27 @@ async fn inbound_policies_abort_and_limit() {
             "default": {"local": {"http": {"requestRate": {"num": 3, "interval": "1m"}}}}}]}
     }))
     .await;
-    // Connections the caller opened before the policy are served by the listener they were
-    // accepted on until Envoy drains them, without the limit: wait until the calls land on
-    // the new listener only.
+    // Connections the caller opened before the policy are served by the filter chain they
+    // were accepted on, without the limit, until the backend's Envoy closes them (it drains
+    // the old chain): wait until it has the limit and, with no call in flight, no connection
+    // on its inbound is left, so that every call from here on is on the new chain.
+    let backend_admin = mesh.dps[0].admin_port;
+    eventually(
+        "the backend's Envoy has the limit and no older connection",
+        || async {
+            let (_, dump) = kuma_testkit::http_get(backend_admin, "/config_dump").await;
+            let (_, stats) = kuma_testkit::http_get(backend_admin, "/stats").await;
+            let inbound_connections: u64 = stats
+                .lines()
+                .filter(|l| {
+                    l.starts_with("listener.127.0.0.31_") && l.contains(".downstream_cx_active:")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            dump.contains("envoy.filters.http.local_ratelimit") && inbound_connections == 0
+        },
+    )
+    .await;
     eventually("requests past the rate get 429", || async {
         let mut limited = true;
         for _ in 0..3 {

@@ -36,7 +36,7 @@ use kuma_core::model::policy::default_route_name;
 
 use super::ResourceGenerator;
 use super::context::{Endpoint, MeshContext, Protocol, ProxyContext, addresses};
-use super::outbound::OutboundContext;
+use super::outbound::{OutboundContext, Reach};
 use super::resources::{
     ClusterDraft, ClusterRole, Endpoints, HttpDraft, InboundInfo, ListenerDraft, OutboundInfo,
     ResourceSet, Terminal,
@@ -368,7 +368,16 @@ impl ResourceGenerator for TransparentProxy {
         let Some(reach) = &ctx.view.transparent else {
             return Ok(());
         };
-        for (service, vip) in ctx.mesh.vips.iter().filter(|(s, _)| reach.includes(s)) {
+        // Only the reached services' VIPs are looked at: a proxy reaching a few services of
+        // a large mesh does not walk every VIP.
+        let vips: Vec<(&String, &std::net::Ipv4Addr)> = match reach {
+            Reach::Every => ctx.mesh.vips.iter().collect(),
+            Reach::Only(services) => services
+                .iter()
+                .filter_map(|s| ctx.mesh.vips.get_key_value(s))
+                .collect(),
+        };
+        for (service, vip) in vips {
             let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
             if let Some(s) = ctx.mesh.service(service) {
                 ports.extend(&s.ports);

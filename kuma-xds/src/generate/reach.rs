@@ -35,8 +35,8 @@ const PORT: u32 = 1234;
 /// Which services which sources may reach, for one mesh.
 #[derive(Debug, Default)]
 pub struct ReachGraph {
-    /// Per service, the MeshTrafficPermission `from` entries protecting it, in merge order.
-    entries: BTreeMap<String, Vec<Rule>>,
+    /// Per service, what protects it.
+    entries: BTreeMap<String, Protection>,
     /// Reachable services by source tag sets, as computed for the first proxy with them.
     memo: Mutex<HashMap<Vec<Tags>, Arc<[String]>>>,
 }
@@ -89,7 +89,7 @@ impl ReachGraph {
                     spec: &spec,
                 };
                 let entries = engine.from_entries(ResourceType::MeshTrafficPermission, &view, PORT);
-                Some((service.to_string(), entries))
+                Some((service.to_string(), Protection::of(entries)))
             })
             .collect();
         ReachGraph {
@@ -100,16 +100,10 @@ impl ReachGraph {
 
     /// Whether a source whose inbounds carry `sources` may reach `service`.
     pub fn can_reach(&self, sources: &[Tags], service: &str) -> bool {
-        let Some(entries) = self.entries.get(service) else {
+        let Some(protection) = self.entries.get(service) else {
             return false;
         };
-        sources.iter().any(|tags| {
-            entries
-                .iter()
-                .rev()
-                .find(|e| e.covers(tags))
-                .is_some_and(allows)
-        })
+        sources.iter().any(|tags| protection.admits(tags))
     }
 
     /// Those of `services` a source carrying `sources` may reach, in their order; computed
@@ -129,6 +123,65 @@ impl ReachGraph {
             .collect();
         memo.insert(sources.to_vec(), reachable.clone());
         reachable
+    }
+}
+
+/// The `from` entries protecting one service, arranged for quick decisions: a proxy's
+/// reachable set asks every service of the mesh.
+#[derive(Debug)]
+enum Protection {
+    /// Every entry covers everyone or names one service (the usual permissions): the decision
+    /// for a source of service `s` is `by_service[s]`, for any other `others`.
+    ByService {
+        by_service: HashMap<String, bool>,
+        others: bool,
+    },
+    /// Entries on other tags, in merge order: the last one covering a source decides.
+    Entries(Vec<Rule>),
+}
+
+impl Protection {
+    fn of(entries: Vec<Rule>) -> Self {
+        let by_service_only = entries.iter().all(|e| {
+            e.negated.is_empty()
+                && (e.subset.is_empty()
+                    || (e.subset.len() == 1 && e.subset.contains_key(SERVICE_TAG)))
+        });
+        if !by_service_only {
+            return Protection::Entries(entries);
+        }
+        let mut by_service: HashMap<String, bool> = HashMap::new();
+        let mut others = false;
+        for e in &entries {
+            let decision = allows(e);
+            match e.subset.get(SERVICE_TAG) {
+                Some(service) => {
+                    by_service.insert(service.clone(), decision);
+                }
+                // A later entry covering everyone decides for the services named before.
+                None => {
+                    others = decision;
+                    by_service.values_mut().for_each(|d| *d = decision);
+                }
+            }
+        }
+        Protection::ByService { by_service, others }
+    }
+
+    /// Whether a source carrying `tags` gets in.
+    fn admits(&self, tags: &Tags) -> bool {
+        match self {
+            Protection::ByService { by_service, others } => tags
+                .get(SERVICE_TAG)
+                .and_then(|s| by_service.get(s))
+                .copied()
+                .unwrap_or(*others),
+            Protection::Entries(entries) => entries
+                .iter()
+                .rev()
+                .find(|e| e.covers(tags))
+                .is_some_and(allows),
+        }
     }
 }
 
@@ -195,6 +248,7 @@ mod tests {
             dataplane("open-1", "open", ""),
             dataplane("closed-1", "closed", ""),
             dataplane("shadow-1", "shadow", ""),
+            dataplane("late-1", "late", ""),
         ];
         let policies = [
             // backend admits web only.
@@ -204,6 +258,8 @@ mod tests {
             // A subset on a tag instances need not share counts as the whole service.
             "type: MeshTrafficPermission\nmesh: default\nname: open\nspec:\n  targetRef: {kind: MeshServiceSubset, name: open, tags: {version: v9}}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
             "type: MeshTrafficPermission\nmesh: default\nname: shadow\nspec:\n  targetRef: {kind: MeshService, name: shadow}\n  from:\n  - targetRef: {kind: MeshSubset, tags: {team: a}}\n    default: {action: AllowWithShadowDeny}\n",
+            // A later entry covering everyone overrides an earlier one naming web.
+            "type: MeshTrafficPermission\nmesh: default\nname: late\nspec:\n  targetRef: {kind: MeshService, name: late}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Deny}\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
             // Dataplane-targeted permissions are not part of the graph.
             "type: MeshTrafficPermission\nmesh: default\nname: by-name\nspec:\n  targetRef: {kind: Dataplane, name: closed-1}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
         ]
@@ -223,13 +279,14 @@ mod tests {
         assert!(!graph.can_reach(&web, "shadow"));
         assert!(graph.can_reach(&other, "shadow"));
         assert!(!graph.can_reach(&web, "unknown"));
+        assert!(graph.can_reach(&web, "late") && graph.can_reach(&other, "late"));
         // Any inbound of the source will do.
         let both = [web[0].clone(), other[0].clone()];
         assert!(graph.can_reach(&both, "backend") && graph.can_reach(&both, "db"));
 
-        let services = ["backend", "closed", "db", "open", "shadow"];
+        let services = ["backend", "closed", "db", "late", "open", "shadow"];
         let reachable = graph.reachable(&web, services.iter().copied());
-        assert_eq!(&reachable[..], ["backend", "open"]);
+        assert_eq!(&reachable[..], ["backend", "late", "open"]);
         // Computed once per source: the memo answers the same.
         assert!(Arc::ptr_eq(
             &reachable,
