@@ -628,6 +628,31 @@ mod tests {
         manager
     }
 
+    /// `web`, a transparent proxy.
+    fn transparent_web() -> Resource {
+        parse_yaml(
+            "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
+        )
+        .unwrap()
+    }
+
+    /// A VIP for every service of mesh `default`, as the leader's job allocates them.
+    async fn allocate_vips(manager: &ResourceManager) {
+        let dataplanes = manager
+            .list(&ListQuery::in_mesh(ResourceType::Dataplane, "default"))
+            .await
+            .unwrap()
+            .items;
+        let cidr = kuma_dns::vips::CidrVipAllocator::new("240.0.0.0/4").unwrap();
+        kuma_dns::vips::VipTables::new(manager.clone(), Arc::new(cidr))
+            .sync(
+                "default",
+                &kuma_dns::vips::service_hostnames("default", "", &dataplanes, []),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Kuma's VIP tables in the store (what the control plane plugs in).
     struct StoredVips(ResourceManager);
 
@@ -648,10 +673,7 @@ mod tests {
 
     #[tokio::test]
     async fn automatic_reachable_services_trim_outbounds_under_mtls_only() {
-        let web = parse_yaml(
-            "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
-        )
-        .unwrap();
+        let web = transparent_web();
         let manager = manager_with([
             web,
             dataplane("backend-1", "10.0.0.2", "backend", &[]),
@@ -667,19 +689,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let dataplanes = manager
-            .list(&ListQuery::in_mesh(ResourceType::Dataplane, "default"))
-            .await
-            .unwrap()
-            .items;
-        let cidr = kuma_dns::vips::CidrVipAllocator::new("240.0.0.0/4").unwrap();
-        kuma_dns::vips::VipTables::new(manager.clone(), Arc::new(cidr))
-            .sync(
-                "default",
-                &kuma_dns::vips::service_hostnames("default", "", &dataplanes, []),
-            )
-            .await
-            .unwrap();
+        allocate_vips(&manager).await;
         let vips = kuma_dns::vips::stored_service_vips(&manager, "default")
             .await
             .unwrap();
@@ -743,29 +753,13 @@ mod tests {
     async fn transparent_proxies_get_an_outbound_per_vip() {
         let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
         manager.ensure_default_mesh().await.unwrap();
-        let web = parse_yaml(
-            "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
-        )
-        .unwrap();
+        let web = transparent_web();
         manager.apply(web).await.unwrap();
         manager
             .apply(dataplane("backend-1", "10.0.0.2", "backend", &[]))
             .await
             .unwrap();
-        // VIPs as the leader job allocates them.
-        let dataplanes = manager
-            .list(&ListQuery::in_mesh(ResourceType::Dataplane, "default"))
-            .await
-            .unwrap()
-            .items;
-        let cidr = kuma_dns::vips::CidrVipAllocator::new("240.0.0.0/4").unwrap();
-        kuma_dns::vips::VipTables::new(manager.clone(), Arc::new(cidr))
-            .sync(
-                "default",
-                &kuma_dns::vips::service_hostnames("default", "", &dataplanes, []),
-            )
-            .await
-            .unwrap();
+        allocate_vips(&manager).await;
         // The table's change concerns the whole mesh.
         let vips = StoredVips(manager.clone());
         assert_eq!(

@@ -471,6 +471,36 @@ fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, String> {
     Ok(request)
 }
 
+/// A proxy's request channel, holding its first requests as Envoy sends them: clusters (with
+/// the node) and listeners, both wildcard. `make` builds a request from the node (or none) and
+/// the type.
+async fn first_requests<Req>(
+    node: String,
+    make: impl Fn(Option<Node>, &str) -> Req,
+) -> Result<(mpsc::Sender<Req>, mpsc::Receiver<Req>), String> {
+    let (tx, rx) = mpsc::channel(16);
+    let node = Node {
+        id: node,
+        ..Default::default()
+    };
+    tx.send(make(Some(node), CLUSTER))
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.send(make(None, LISTENER))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((tx, rx))
+}
+
+/// The next response; an error when the stream ends (the control plane never ends one).
+async fn next<T>(responses: &mut tonic::Streaming<T>) -> Result<T, String> {
+    match responses.message().await {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err("the control plane ended the stream".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 async fn delta_proxy(
     fleet: Arc<Fleet>,
     idx: usize,
@@ -478,29 +508,18 @@ async fn delta_proxy(
     node: String,
     token: String,
 ) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel(16);
-    let node = Some(Node {
-        id: node,
+    let (tx, rx) = first_requests(node, |node, type_url| DeltaDiscoveryRequest {
+        node,
+        type_url: type_url.to_string(),
         ..Default::default()
-    });
-    for (i, type_url) in [CLUSTER, LISTENER].into_iter().enumerate() {
-        let request = DeltaDiscoveryRequest {
-            node: if i == 0 { node.clone() } else { None },
-            type_url: type_url.to_string(),
-            ..Default::default()
-        };
-        tx.send(request).await.map_err(|e| e.to_string())?;
-    }
+    })
+    .await?;
     let mut responses = open::<_, DeltaResponse>(&mut client, DELTA_PATH, rx, &token).await?;
     let mut endpoints: HashSet<String> = HashSet::new();
     let mut extension = false;
     let mut initial = Initial::default();
     loop {
-        let r = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err("the control plane ended the stream".into()),
-            Err(e) => return Err(e.to_string()),
-        };
+        let r = next(&mut responses).await?;
         fleet.count_bytes(
             r.resources
                 .iter()
@@ -575,29 +594,18 @@ async fn sotw_proxy(
     node: String,
     token: String,
 ) -> Result<(), String> {
-    let (tx, rx) = mpsc::channel(16);
-    let node = Some(Node {
-        id: node,
+    let (tx, rx) = first_requests(node, |node, type_url| DiscoveryRequest {
+        node,
+        type_url: type_url.to_string(),
         ..Default::default()
-    });
-    for (i, type_url) in [CLUSTER, LISTENER].into_iter().enumerate() {
-        let request = DiscoveryRequest {
-            node: if i == 0 { node.clone() } else { None },
-            type_url: type_url.to_string(),
-            ..Default::default()
-        };
-        tx.send(request).await.map_err(|e| e.to_string())?;
-    }
+    })
+    .await?;
     let mut responses = open::<_, SotwResponse>(&mut client, SOTW_PATH, rx, &token).await?;
     // Per named type: the names subscribed, and the last version and nonce received.
     let mut named: BTreeMap<&str, (Vec<String>, String, String)> = BTreeMap::new();
     let mut initial = Initial::default();
     loop {
-        let r = match responses.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err("the control plane ended the stream".into()),
-            Err(e) => return Err(e.to_string()),
-        };
+        let r = next(&mut responses).await?;
         fleet.count_bytes(r.resources.iter().map(Message::encoded_len).sum());
         let names = |t: &str, named: &BTreeMap<&str, (Vec<String>, String, String)>| {
             named.get(t).map(|n| n.0.clone()).unwrap_or_default()
