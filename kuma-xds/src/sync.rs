@@ -636,6 +636,11 @@ mod tests {
         .unwrap()
     }
 
+    /// Stores the resource `yaml` describes.
+    async fn apply_yaml(manager: &ResourceManager, yaml: &str) {
+        manager.apply(parse_yaml(yaml).unwrap()).await.unwrap();
+    }
+
     /// A VIP for every service of mesh `default`, as the leader's job allocates them.
     async fn allocate_vips(manager: &ResourceManager) {
         let dataplanes = manager
@@ -680,15 +685,7 @@ mod tests {
             dataplane("other-1", "10.0.0.3", "other", &[]),
         ])
         .await;
-        manager
-            .apply(
-                parse_yaml(
-                    "type: MeshTrafficPermission\nmesh: default\nname: backend-from-web\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n",
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
+        apply_yaml(&manager, "type: MeshTrafficPermission\nmesh: default\nname: backend-from-web\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n").await;
         allocate_vips(&manager).await;
         let vips = kuma_dns::vips::stored_service_vips(&manager, "default")
             .await
@@ -718,30 +715,14 @@ mod tests {
             BTreeSet::from(["backend".into(), "other".into(), "web".into()])
         );
         // Under mTLS, only backend admits web.
-        manager
-            .apply(
-                parse_yaml(
-                    "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
+        apply_yaml(&manager, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n").await;
         r.sync_mesh("default", &Dirty::Everything).await;
         assert_eq!(
             outbound_services(&cache),
             BTreeSet::from(["backend".to_string()])
         );
         // A permission for everyone to `other` gives it back.
-        manager
-            .apply(
-                parse_yaml(
-                    "type: MeshTrafficPermission\nmesh: default\nname: other-open\nspec:\n  targetRef: {kind: MeshService, name: other}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
+        apply_yaml(&manager, "type: MeshTrafficPermission\nmesh: default\nname: other-open\nspec:\n  targetRef: {kind: MeshService, name: other}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n").await;
         r.sync_mesh("default", &Dirty::Everything).await;
         assert_eq!(
             outbound_services(&cache),

@@ -128,13 +128,29 @@ mod tests {
     use super::*;
     use crate::wire::DeltaResponse;
 
-    #[tokio::test]
-    async fn responses_are_framed_one_each_then_the_ok_trailers() {
+    /// A body and the outbox it reads.
+    fn body() -> (
+        mpsc::Sender<Box<Result<DeltaResponse, Status>>>,
+        ResponseBody<DeltaResponse>,
+    ) {
         let (tx, rx) = mpsc::channel(4);
-        let mut body = ResponseBody::<DeltaResponse> {
+        let body = ResponseBody {
             responses: rx,
             done: false,
         };
+        (tx, body)
+    }
+
+    /// The body's next frame (`None`: it ended).
+    async fn next_frame(body: &mut ResponseBody<DeltaResponse>) -> Option<Frame<Bytes>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .map(|frame| frame.unwrap())
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_one_each_then_the_ok_trailers() {
+        let (tx, mut body) = body();
         let response = DeltaResponse {
             nonce: "1".into(),
             type_url: "t".into(),
@@ -142,11 +158,7 @@ mod tests {
         };
         tx.send(Box::new(Ok(response.clone()))).await.unwrap();
         drop(tx);
-        let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap();
-        let data = first.into_data().unwrap();
+        let data = next_frame(&mut body).await.unwrap().into_data().unwrap();
         assert_eq!(data[0], 0, "not compressed");
         let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
         assert_eq!(len, data.len() - 5);
@@ -157,35 +169,21 @@ mod tests {
             .unwrap();
         assert_eq!(decoded.nonce, "1");
         assert_eq!(decoded.type_url, "t");
-        let end = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap();
+        let end = next_frame(&mut body).await.unwrap();
         assert_eq!(end.trailers_ref().unwrap()["grpc-status"], "0");
         assert!(body.is_end_stream());
     }
 
     #[tokio::test]
     async fn a_refusal_ends_the_body_with_its_status() {
-        let (tx, rx) = mpsc::channel(4);
-        let mut body = ResponseBody::<DeltaResponse> {
-            responses: rx,
-            done: false,
-        };
+        let (tx, mut body) = body();
         tx.send(Box::new(Err(Status::unauthenticated("wrong token"))))
             .await
             .unwrap();
-        let end = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
-            .await
-            .unwrap()
-            .unwrap();
+        let end = next_frame(&mut body).await.unwrap();
         let trailers = end.trailers_ref().unwrap();
         assert_eq!(trailers["grpc-status"], "16");
         assert_eq!(trailers["grpc-message"], "wrong%20token");
-        assert!(
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
-                .await
-                .is_none()
-        );
+        assert!(next_frame(&mut body).await.is_none());
     }
 }

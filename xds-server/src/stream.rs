@@ -68,7 +68,7 @@ pub(crate) struct StreamContext<C> {
 pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     mut protocol: P,
     id: u64,
-    requests: Streaming<P::Request>,
+    mut requests: Streaming<P::Request>,
     // Carries the stream-ending status (missing node id, malformed request, refused
     // authentication, shutdown) to the proxy.
     refuse: Outbox<P::Response>,
@@ -86,31 +86,22 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     // Requests are read in the stream's own task: `Streaming::message` keeps its state in the
     // stream, so waiting for it is cancel-safe, and a task and channel per stream would cost
     // an idle stream more than its protocol state does.
-    let mut requests = requests;
     let first = match requests.message().await {
         Ok(Some(first)) => first,
-        Err(status) => {
-            let _ = refuse.send(Box::new(Err(status))).await;
-            return;
-        }
+        Err(status) => return end(&refuse, status).await,
         Ok(None) => return,
     };
     let node_id = P::node(&first).map(|n| n.id.clone()).unwrap_or_default();
     if node_id.is_empty() {
-        let _ = refuse
-            .send(Box::new(Err(Status::invalid_argument(
-                "the first request must carry node.id",
-            ))))
-            .await;
-        return;
+        let status = Status::invalid_argument("the first request must carry node.id");
+        return end(&refuse, status).await;
     }
     // Nothing is sent, and no callback hears of the stream, before the proxy is admitted.
     if let (Some(authenticator), Some(node)) = (&authenticator, P::node(&first))
         && let Err(status) = authenticator.authenticate(&metadata, node).await
     {
         tracing::warn!(node_id, reason = status.message(), "refused an xDS stream");
-        let _ = refuse.send(Box::new(Err(status))).await;
-        return;
+        return end(&refuse, status).await;
     }
     if let (Some(preparer), Some(node)) = (&preparer, P::node(&first)) {
         preparer.prepare(node).await;
@@ -127,13 +118,13 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
                 Ok(Some(req)) => Box::pin(handle_admitted(&mut protocol, req, only, &refuse)).await,
                 // A request that does not decode ends the stream with the reason.
                 Err(status) => {
-                    let _ = refuse.send(Box::new(Err(status))).await;
+                    end(&refuse, status).await;
                     Err(Closed)
                 }
                 Ok(None) => Err(Closed),
             },
             () = shutting_down(&mut shutdown) => {
-                let _ = refuse.send(Box::new(Err(Status::unavailable("the control plane is shutting down")))).await;
+                end(&refuse, Status::unavailable("the control plane is shutting down")).await;
                 Err(Closed)
             }
             changed = snapshots.changed() => match changed {
@@ -163,15 +154,19 @@ async fn handle_admitted<P: Protocol>(
     let type_url = P::type_url(&request);
     match only {
         Some(only) if type_url != only => {
-            let _ = refuse
-                .send(Box::new(Err(Status::invalid_argument(format!(
-                    "this service serves only {only}, not {type_url:?}"
-                )))))
-                .await;
+            let status = Status::invalid_argument(format!(
+                "this service serves only {only}, not {type_url:?}"
+            ));
+            end(refuse, status).await;
             Err(Closed)
         }
         _ => protocol.handle(request).await,
     }
+}
+
+/// Ends the stream with `status` (the proxy may be gone already: nothing then to tell).
+async fn end<R>(outbox: &Outbox<R>, status: Status) {
+    let _ = outbox.send(Box::new(Err(status))).await;
 }
 
 /// Resolves once `shutdown` says so; never without a shutdown signal.

@@ -385,9 +385,8 @@ async fn connect(endpoint: Endpoint, connecting: Arc<Semaphore>) -> Channel {
     loop {
         match endpoint.connect().await {
             Ok(c) => return c,
-            Err(e) if tries < 20 => {
+            Err(_) if tries < 20 => {
                 tries += 1;
-                let _ = e;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {

@@ -95,16 +95,6 @@ impl Reach {
         services.dedup();
         Reach::Only(services.into())
     }
-
-    /// Whether `service` is reached.
-    pub fn includes(&self, service: &str) -> bool {
-        match self {
-            Reach::Every => true,
-            Reach::Only(services) => services
-                .binary_search_by(|s| s.as_str().cmp(service))
-                .is_ok(),
-        }
-    }
 }
 
 /// Everything the outbound part of a proxy's config is generated from, besides its mesh.
