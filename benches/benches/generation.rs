@@ -248,7 +248,6 @@ fn all_to_all(sizes: &[usize], generator: &GeneratorList, metadata: &ProxyMetada
 
 /// Whole-mesh regeneration against one changed Dataplane, through the reconciler.
 fn incremental(sizes: &[usize]) {
-    use std::collections::BTreeSet;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -286,7 +285,7 @@ fn incremental(sizes: &[usize]) {
                 Duration::ZERO,
             );
             let started = Instant::now();
-            let all = reconciler.sync_mesh("default", &Dirty::Everything).await;
+            let all = reconciler.sync_mesh("default", &Dirty::everything()).await;
             let full = started.elapsed();
             // svc-0 gets a new address: its own proxy and its 10 callers change.
             let mut moved = dataplanes(n).swap_remove(0);
@@ -295,7 +294,7 @@ fn incremental(sizes: &[usize]) {
                 .expect("valid dataplane");
             manager.apply(moved).await.expect("stored");
             let started = Instant::now();
-            let changed = Dirty::Dataplanes(BTreeSet::from(["svc-0".to_string()]));
+            let changed = Dirty::dataplanes(["svc-0"]);
             let some = reconciler.sync_mesh("default", &changed).await;
             let one = started.elapsed();
             println!(

@@ -62,95 +62,105 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::generate::{Dependencies, MeshContext, ProxyContext, SnapshotGenerator, node_id};
-use kuma_core::manager::ResourceManager;
-use kuma_core::model::common::SERVICE_TAG;
+use crate::generate::{
+    Dependencies, MeshContext, MeshIndex, ProxyContext, ReachGraph, SnapshotGenerator, node_id,
+};
+use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
-use kuma_core::store::ListQuery;
+use kuma_core::rules::MeshPolicies;
+use kuma_core::store::{ListQuery, StoreError};
 use xds_server::cache::SnapshotCache;
 
-use crate::identities::Identities;
+use crate::identities::{Identities, MeshAuthority};
 use crate::lifecycle::{ProxyChange, ProxyRegistry};
 use kuma_ca::config::MtlsConfig;
 use kuma_core::watch::{Batch, StoreWatch};
 
 /// What a batch of changes asks of one mesh.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dirty {
-    /// Regenerate every proxy.
-    Everything,
-    /// Only these Dataplanes (by name) changed: their proxies and the proxies that depend on
-    /// what they provide are regenerated.
-    Dataplanes(BTreeSet<String>),
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Something every proxy of the mesh may be generated from changed (the Mesh, a policy, a
+    /// secret, the VIP table): the mesh-wide inputs are read again and every proxy is
+    /// regenerated.
+    pub everything: bool,
+    /// These Dataplanes (by name) changed: they are read again, and their proxies and the
+    /// proxies that depend on what they provide are regenerated.
+    pub dataplanes: BTreeSet<String>,
     /// These proxies need their config (they connected, or reported new metadata); their
     /// Dataplanes did not change, so no other proxy is regenerated.
-    Proxies(BTreeSet<String>),
-    /// Changed Dataplanes and proxies that need their config, together.
-    Both {
-        /// Changed Dataplanes.
-        dataplanes: BTreeSet<String>,
-        /// Proxies that need their config.
-        proxies: BTreeSet<String>,
-    },
+    pub proxies: BTreeSet<String>,
 }
 
 impl Dirty {
-    fn add(&mut self, change: Dirty) {
-        if matches!(self, Dirty::Everything) || matches!(change, Dirty::Everything) {
-            *self = Dirty::Everything;
-            return;
+    /// A mesh-wide change.
+    pub fn everything() -> Self {
+        Dirty {
+            everything: true,
+            ..Dirty::default()
         }
-        let (mut dataplanes, mut proxies) = std::mem::replace(self, Dirty::Everything).parts();
-        let (more_dataplanes, more_proxies) = change.parts();
-        dataplanes.extend(more_dataplanes);
-        proxies.extend(more_proxies);
-        *self = match (dataplanes.is_empty(), proxies.is_empty()) {
-            (_, true) => Dirty::Dataplanes(dataplanes),
-            (true, false) => Dirty::Proxies(proxies),
-            (false, false) => Dirty::Both {
-                dataplanes,
-                proxies,
-            },
-        };
     }
 
-    /// (changed Dataplanes, proxies needing their config); both empty for `Everything`.
-    fn parts(self) -> (BTreeSet<String>, BTreeSet<String>) {
-        match self {
-            Dirty::Everything => (BTreeSet::new(), BTreeSet::new()),
-            Dirty::Dataplanes(d) => (d, BTreeSet::new()),
-            Dirty::Proxies(p) => (BTreeSet::new(), p),
-            Dirty::Both {
-                dataplanes,
-                proxies,
-            } => (dataplanes, proxies),
+    /// Changed Dataplanes.
+    pub fn dataplanes(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Dirty {
+            dataplanes: names.into_iter().map(Into::into).collect(),
+            ..Dirty::default()
         }
+    }
+
+    /// Proxies that need their config.
+    pub fn proxies(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Dirty {
+            proxies: names.into_iter().map(Into::into).collect(),
+            ..Dirty::default()
+        }
+    }
+
+    /// Adds what `change` asks for.
+    pub fn add(&mut self, change: Dirty) {
+        self.everything |= change.everything;
+        self.dataplanes.extend(change.dataplanes);
+        self.proxies.extend(change.proxies);
     }
 }
 
-/// What the reconciler remembers of a mesh between batches.
-#[derive(Debug, Default)]
+/// What the reconciler remembers of a mesh between batches, so that a batch reads from the
+/// store only what changed.
+#[derive(Default)]
 struct MeshState {
-    /// The services each Dataplane provided at the last sync.
-    provides: BTreeMap<String, BTreeSet<String>>,
+    /// The mesh's Dataplanes, kept up to date Dataplane by Dataplane (`None`: to be listed
+    /// again, after a failed read).
+    index: Option<MeshIndex>,
+    /// The mesh-wide inputs, read again on mesh-wide changes (`None`: not read yet, or the
+    /// last read failed).
+    wide: Option<MeshWide>,
+    /// The automatic reachable-services graph and the index shape it was built for; dropped
+    /// whenever the mesh-wide inputs are read again.
+    reach: Option<(u64, Arc<ReachGraph>)>,
     /// What each proxy's snapshot (by Dataplane name) was generated from.
     dependencies: BTreeMap<String, Dependencies>,
-    /// Each service's encoded endpoints, re-encoded only when they change.
-    endpoints: crate::generate::EncodedEndpoints,
 }
 
-/// The services a Dataplane's inbounds provide.
-fn provided_services(dp: &Resource) -> BTreeSet<String> {
-    dp.spec_as::<DataplaneSpec>()
-        .map(|spec| {
-            spec.inbounds()
-                .iter()
-                .filter_map(|i| i.tags.get(SERVICE_TAG).cloned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The inputs every proxy of a mesh is generated from, besides the Dataplanes.
+struct MeshWide {
+    spec: MeshSpec,
+    authority: Option<MeshAuthority>,
+    /// Every policy of the mesh, in the store's order.
+    policies: Vec<Resource>,
+    /// `policies` prepared for matching: rebuilt only when one of them changed.
+    engine: Arc<MeshPolicies>,
+    vips: Arc<BTreeMap<String, std::net::Ipv4Addr>>,
+}
+
+/// Why a batch could not be applied to a mesh (the proxies keep their snapshots).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("cannot read the mesh's resources")]
+    Store(#[from] kuma_core::manager::ManagerError),
+    #[error("cannot load the mesh CA")]
+    Ca(#[from] kuma_ca::mesh_ca::MeshCaError),
 }
 
 /// Keeps the snapshot cache in step with the store.
@@ -173,6 +183,9 @@ pub struct Reconciler {
     vip_domain: String,
     /// Trim transparent proxies' outbounds to what permissions admit (under mTLS).
     auto_reachable_services: bool,
+    /// The meshes the store had at the last look (startup, a resync, each mesh-wide read):
+    /// where a connecting proxy's Dataplane is looked for, without a store read per proxy.
+    known_meshes: BTreeSet<String>,
 }
 
 impl Reconciler {
@@ -198,6 +211,7 @@ impl Reconciler {
             vip_port: 80,
             vip_domain: "mesh".into(),
             auto_reachable_services: false,
+            known_meshes: BTreeSet::new(),
         }
     }
 
@@ -248,89 +262,151 @@ impl Reconciler {
         self
     }
 
-    async fn all_meshes(&self) -> BTreeSet<String> {
+    /// Every mesh of the store and every mesh the reconciler keeps state for; remembered as
+    /// the known meshes.
+    async fn all_meshes(&mut self) -> BTreeSet<String> {
         let mut meshes: BTreeSet<String> = self.meshes.keys().cloned().collect();
         if let Ok(page) = self.manager.list(&ListQuery::all(ResourceType::Mesh)).await {
             meshes.extend(page.items.into_iter().map(|m| m.meta.name));
         }
+        self.known_meshes.clone_from(&meshes);
         meshes
     }
 
     /// Regenerates what `dirty` asks for in `mesh`; returns how many proxies were generated.
+    ///
+    /// Reads from the store only what changed: the changed Dataplanes one by one (the whole
+    /// mesh's only the first time, or after a failed read), and the Mesh, its CA, its policies
+    /// and its VIPs only on a mesh-wide change. The policy engine is rebuilt only when a policy
+    /// did change, and the services index only for the services the changed Dataplanes touch.
     pub async fn sync_mesh(&mut self, mesh: &str, dirty: &Dirty) -> usize {
-        let dataplanes = match self
-            .manager
-            .list(&ListQuery::in_mesh(ResourceType::Dataplane, mesh))
-            .await
-        {
-            Ok(page) => page.items,
-            Err(e) => {
-                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list dataplanes; keeping current snapshots");
-                return 0;
-            }
-        };
-        let policies = match self.manager.mesh_policies(mesh).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list policies; keeping current snapshots");
-                return 0;
-            }
-        };
-        let mesh_spec = match self
-            .manager
-            .get(&ResourceKey::global(ResourceType::Mesh, mesh))
-            .await
-        {
-            Ok(r) => r.spec_as::<MeshSpec>().cloned().unwrap_or_default(),
-            Err(_) => MeshSpec::default(),
-        };
-        let authority = match self.identities.mesh(mesh, &mesh_spec).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot load the mesh CA; keeping current snapshots");
-                return 0;
-            }
-        };
         let mut state = self.meshes.remove(mesh).unwrap_or_default();
-        let provides: BTreeMap<String, BTreeSet<String>> = dataplanes
-            .iter()
-            .map(|r| (r.meta.name.clone(), provided_services(r)))
-            .collect();
-        let everything = matches!(dirty, Dirty::Everything);
-        let (changed, proxies) = dirty.clone().parts();
-        let touched = touched_services(&changed, &state.provides, &provides);
-        let selected = |name: &str| {
-            everything
-                || proxies.contains(name)
-                || changed.contains(name)
-                || (!changed.is_empty()
-                    && state
-                        .dependencies
-                        .get(name)
-                        .is_none_or(|d| d.touched_by(&touched)))
+        let generated = match self.sync_state(mesh, dirty, &mut state).await {
+            Ok(generated) => generated,
+            Err(e) => {
+                tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "keeping current snapshots");
+                0
+            }
         };
+        if !state.dependencies.is_empty() {
+            self.meshes.insert(mesh.to_string(), state);
+        }
+        generated
+    }
+
+    /// [`Self::sync_mesh`] with the mesh's state at hand.
+    async fn sync_state(
+        &mut self,
+        mesh: &str,
+        dirty: &Dirty,
+        state: &mut MeshState,
+    ) -> Result<usize, ReadError> {
+        // The Dataplanes: the kept index, updated by the changed ones, or the whole mesh.
+        let (mut index, listed) = match state.index.take() {
+            Some(index) => (index, false),
+            None => {
+                let query = ListQuery::in_mesh(ResourceType::Dataplane, mesh);
+                (MeshIndex::new(self.manager.list(&query).await?.items), true)
+            }
+        };
+        let mut changed = Vec::new();
+        if !listed {
+            for name in &dirty.dataplanes {
+                let key = ResourceKey::new(ResourceType::Dataplane, mesh, name);
+                match self.manager.get(&key).await {
+                    Ok(r) => changed.push((name.clone(), Some(r))),
+                    Err(ManagerError::Store(StoreError::NotFound(_))) => {
+                        changed.push((name.clone(), None));
+                    }
+                    // The index is listed again next time.
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let touched = index.apply(changed);
+        let index = &*state.index.insert(index);
+        // The mesh-wide inputs.
+        let reread = dirty.everything || state.wide.is_none();
+        if reread {
+            state.reach = None;
+            let wide = self.read_mesh_wide(mesh, state.wide.take()).await?;
+            state.wide = Some(wide);
+        }
+        let Some(wide) = state.wide.as_ref() else {
+            unreachable!("read above")
+        };
+        let everything = reread || listed;
+
         // Only connected proxies are generated; a selected one that is not connected (any
         // more) loses the snapshot it may have.
-        let (targets, unconnected): (Vec<&Resource>, Vec<&Resource>) = dataplanes
-            .iter()
-            .filter(|r| selected(&r.meta.name))
+        let selected: Vec<&Resource> = if everything {
+            index.dataplanes().collect()
+        } else {
+            let dependants = state
+                .dependencies
+                .iter()
+                .filter(|(_, d)| !touched.is_empty() && d.touched_by(&touched))
+                .map(|(name, _)| name);
+            let names: BTreeSet<&String> = dirty
+                .proxies
+                .iter()
+                .chain(&dirty.dataplanes)
+                .chain(dependants)
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| index.dataplane(n))
+                .collect()
+        };
+        let (targets, unconnected): (Vec<&Resource>, Vec<&Resource>) = selected
+            .into_iter()
             .partition(|r| self.registry.connected(&node_id(mesh, &r.meta.name)));
         for r in unconnected {
             if state.dependencies.remove(&r.meta.name).is_some() {
                 self.cache.remove(&node_id(mesh, &r.meta.name));
             }
         }
-        let vips = self.vips.service_vips(mesh).await;
-        let mut mesh_context = MeshContext::reusing(mesh, &dataplanes, &mut state.endpoints)
-            .with_spec(&mesh_spec)
-            .with_policies(&policies)
-            .with_vips(vips, self.vip_port)
+        // Proxies whose Dataplane is gone lose their snapshots.
+        let gone: Vec<String> = if listed {
+            let known = state.dependencies.keys();
+            known
+                .filter(|n| index.dataplane(n).is_none())
+                .cloned()
+                .collect()
+        } else {
+            let deleted = dirty.dataplanes.iter();
+            deleted
+                .filter(|n| index.dataplane(n).is_none())
+                .cloned()
+                .collect()
+        };
+        for name in &gone {
+            self.cache.remove(&node_id(mesh, name));
+            state.dependencies.remove(name);
+        }
+        if everything || !gone.is_empty() {
+            self.identities.retain(mesh, |name| {
+                wide.authority.is_some() && index.dataplane(name).is_some()
+            });
+        }
+
+        let mut mesh_context = MeshContext::indexed(mesh, index)
+            .with_spec(&wide.spec)
+            .with_policy_engine(wide.engine.clone())
+            .with_vips(wide.vips.clone(), self.vip_port)
             .with_vip_domain(&self.vip_domain);
-        if let Some(a) = &authority {
+        if let Some(a) = &wide.authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
             if self.auto_reachable_services {
-                mesh_context = mesh_context
-                    .with_reach_graph(crate::generate::ReachGraph::new(&dataplanes, &policies));
+                let graph = match &state.reach {
+                    Some((shape, graph)) if *shape == index.shape() => graph.clone(),
+                    _ => {
+                        let graph = Arc::new(ReachGraph::new(index, &wide.policies));
+                        state.reach = Some((index.shape(), graph.clone()));
+                        graph
+                    }
+                };
+                mesh_context = mesh_context.with_reach_graph(graph);
             }
             self.identities.prepare(
                 a,
@@ -347,7 +423,7 @@ impl Reconciler {
             let Some(mut ctx) = ProxyContext::new(&mesh_context, r, metadata) else {
                 continue;
             };
-            if let Some(a) = &authority {
+            if let Some(a) = &wide.authority {
                 match self
                     .identities
                     .certificate(a, mesh, &r.meta.name, ctx.dataplane)
@@ -355,6 +431,11 @@ impl Reconciler {
                     Ok(cert) => ctx = ctx.with_identity(cert),
                     Err(e) => {
                         tracing::warn!(node, error = %kuma_core::errors::Chain(&e), "cannot issue a workload certificate; keeping the current snapshot");
+                        // Tried again on the next change of any Dataplane.
+                        state
+                            .dependencies
+                            .entry(r.meta.name.clone())
+                            .or_insert(Dependencies::Everything);
                         continue;
                     }
                 }
@@ -388,24 +469,45 @@ impl Reconciler {
             }
             self.registry.generated(&node, revision);
         }
-        let gone: Vec<String> = state
-            .dependencies
-            .keys()
-            .filter(|name| !provides.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.cache.remove(&node_id(mesh, &name));
-            state.dependencies.remove(&name);
-        }
-        self.identities.retain(mesh, |name| {
-            authority.is_some() && provides.contains_key(name)
-        });
-        state.provides = provides;
-        if !state.dependencies.is_empty() {
-            self.meshes.insert(mesh.to_string(), state);
-        }
-        generated
+        Ok(generated)
+    }
+
+    /// Reads the Mesh, its CA, its policies and its VIPs; the policy engine of `previous` is
+    /// kept when no policy changed.
+    async fn read_mesh_wide(
+        &mut self,
+        mesh: &str,
+        previous: Option<MeshWide>,
+    ) -> Result<MeshWide, ReadError> {
+        let spec = match self
+            .manager
+            .get(&ResourceKey::global(ResourceType::Mesh, mesh))
+            .await
+        {
+            Ok(r) => {
+                self.known_meshes.insert(mesh.to_string());
+                r.spec_as::<MeshSpec>().cloned().unwrap_or_default()
+            }
+            Err(ManagerError::Store(StoreError::NotFound(_))) => {
+                self.known_meshes.remove(mesh);
+                MeshSpec::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let authority = self.identities.mesh(mesh, &spec).await?;
+        let policies = self.manager.mesh_policies(mesh).await?;
+        let engine = match previous {
+            Some(p) if same_versions(&p.policies, &policies) => p.engine,
+            _ => Arc::new(MeshPolicies::new(&policies)),
+        };
+        let vips = Arc::new(self.vips.service_vips(mesh).await);
+        Ok(MeshWide {
+            spec,
+            authority,
+            policies,
+            engine,
+            vips,
+        })
     }
 
     /// Runs until the store's change stream closes.
@@ -420,7 +522,7 @@ impl Reconciler {
         let mut reported = Some(self.registry.changes());
         self.changed_at = Instant::now();
         for mesh in self.all_meshes().await {
-            self.sync_mesh(&mesh, &Dirty::Everything).await;
+            self.sync_mesh(&mesh, &Dirty::everything()).await;
         }
         loop {
             let renewal = self.identities.next_renewal().map(|(at, _, _)| at);
@@ -454,7 +556,7 @@ impl Reconciler {
                 // Certificates are due: their proxies get new ones.
                 Wake::Renewal => {
                     for (mesh, names) in self.identities.due(std::time::SystemTime::now()) {
-                        batch.items.push((mesh, Dirty::Proxies(names)));
+                        batch.items.push((mesh, Dirty::proxies(names)));
                     }
                 }
                 Wake::Store(Some(first)) => batch = first,
@@ -482,16 +584,13 @@ impl Reconciler {
     async fn proxy_change(&mut self, change: ProxyChange, batch: &mut Batch<(String, Dirty)>) {
         match change {
             ProxyChange::Reported { mesh, name } => {
-                batch
-                    .items
-                    .push((mesh, Dirty::Proxies(BTreeSet::from([name]))));
+                batch.items.push((mesh, Dirty::proxies([name])));
             }
             ProxyChange::Connected(node) => {
-                let meshes = self.all_meshes().await;
-                for (mesh, name) in dataplanes_of(&node, &meshes) {
-                    batch
-                        .items
-                        .push((mesh, Dirty::Proxies(BTreeSet::from([name]))));
+                // A mesh created since the last look is regenerated whole when its creation
+                // is applied, this proxy with it.
+                for (mesh, name) in dataplanes_of(&node, &self.known_meshes) {
+                    batch.items.push((mesh, Dirty::proxies([name])));
                 }
             }
             ProxyChange::Disconnected(node) => {
@@ -512,8 +611,12 @@ impl Reconciler {
     async fn sync_batch(&mut self, batch: Batch<(String, Dirty)>) {
         let mut dirty: BTreeMap<String, Dirty> = BTreeMap::new();
         if batch.resync {
+            // Changes were missed: every mesh's Dataplanes are listed again.
+            for state in self.meshes.values_mut() {
+                state.index = None;
+            }
             for mesh in self.all_meshes().await {
-                dirty.insert(mesh, Dirty::Everything);
+                dirty.insert(mesh, Dirty::everything());
             }
         }
         for (mesh, d) in batch.items {
@@ -552,18 +655,12 @@ fn dataplanes_of(node: &str, meshes: &BTreeSet<String>) -> Vec<(String, String)>
         .collect()
 }
 
-/// The services `changed` Dataplanes provided before (`old`) or provide now (`new`).
-fn touched_services(
-    changed: &BTreeSet<String>,
-    old: &BTreeMap<String, BTreeSet<String>>,
-    new: &BTreeMap<String, BTreeSet<String>>,
-) -> BTreeSet<String> {
-    changed
-        .iter()
-        .flat_map(|name| old.get(name).into_iter().chain(new.get(name)))
-        .flatten()
-        .cloned()
-        .collect()
+/// True when `a` and `b` hold the same resources at the same versions.
+fn same_versions(a: &[Resource], b: &[Resource]) -> bool {
+    fn id(r: &Resource) -> (ResourceType, &str, &kuma_core::resource::Version) {
+        (r.rtype(), &r.meta.name, &r.meta.version)
+    }
+    a.len() == b.len() && a.iter().map(id).eq(b.iter().map(id))
 }
 
 /// What a change asks for: its mesh and how much of it to regenerate (`None` for insights,
@@ -572,16 +669,16 @@ fn touched_services(
 fn dirt(key: &ResourceKey, vips: &dyn Vips) -> Option<(String, Dirty)> {
     // A mesh's VIPs shape every transparent proxy of the mesh.
     if let Some(mesh) = vips.changed_mesh(key) {
-        return Some((mesh, Dirty::Everything));
+        return Some((mesh, Dirty::everything()));
     }
     let mesh = mesh_of(key);
     if mesh.is_empty() {
         return None;
     }
     let dirty = if key.rtype == ResourceType::Dataplane {
-        Dirty::Dataplanes(BTreeSet::from([key.name.clone()]))
+        Dirty::dataplanes([key.name.clone()])
     } else {
-        Dirty::Everything
+        Dirty::everything()
     };
     Some((mesh, dirty))
 }
@@ -709,21 +806,21 @@ mod tests {
                 .collect()
         };
         // Without mTLS nothing is refused: every service keeps its outbound.
-        r.sync_mesh("default", &Dirty::Everything).await;
+        r.sync_mesh("default", &Dirty::everything()).await;
         assert_eq!(
             outbound_services(&cache),
             BTreeSet::from(["backend".into(), "other".into(), "web".into()])
         );
         // Under mTLS, only backend admits web.
         apply_yaml(&manager, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n").await;
-        r.sync_mesh("default", &Dirty::Everything).await;
+        r.sync_mesh("default", &Dirty::everything()).await;
         assert_eq!(
             outbound_services(&cache),
             BTreeSet::from(["backend".to_string()])
         );
         // A permission for everyone to `other` gives it back.
         apply_yaml(&manager, "type: MeshTrafficPermission\nmesh: default\nname: other-open\nspec:\n  targetRef: {kind: MeshService, name: other}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n").await;
-        r.sync_mesh("default", &Dirty::Everything).await;
+        r.sync_mesh("default", &Dirty::everything()).await;
         assert_eq!(
             outbound_services(&cache),
             BTreeSet::from(["backend".into(), "other".into()])
@@ -748,7 +845,7 @@ mod tests {
                 &ResourceKey::global(ResourceType::Config, "kuma-default-dns-vips"),
                 &vips
             ),
-            Some(("default".to_string(), Dirty::Everything))
+            Some(("default".to_string(), Dirty::everything()))
         );
         let cache = Arc::new(SnapshotCache::new());
         let mut r = Reconciler::new(
@@ -760,7 +857,7 @@ mod tests {
         )
         .with_vips_served(8000, "mesh")
         .with_vips(Arc::new(vips));
-        r.sync_mesh("default", &Dirty::Everything).await;
+        r.sync_mesh("default", &Dirty::everything()).await;
         let listeners: Vec<String> = cache
             .get("default.web")
             .unwrap()
@@ -880,9 +977,8 @@ mod tests {
             registry.clone(),
             Duration::ZERO,
         );
-        let dirty =
-            |names: &[&str]| Dirty::Dataplanes(names.iter().map(|n| n.to_string()).collect());
-        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 5);
+        let dirty = |names: &[&str]| Dirty::dataplanes(names.iter().copied());
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 5);
 
         // A new backend endpoint: itself, and web (which calls backend). Web sees it.
         registry.stream_opened("default.backend-2");
@@ -928,42 +1024,180 @@ mod tests {
         assert_eq!(endpoints_of(&cache, "default.billing", "db"), ["10.0.0.4"]);
 
         // Anything else (here a full resync) regenerates the whole mesh.
-        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 5);
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 5);
         assert_eq!(generator.1.load(Ordering::SeqCst), 5 + 2 + 1 + 3 + 1 + 5);
     }
 
+    /// A [`MemoryStore`] that logs the reads going through it: (operation, type).
+    #[derive(Default)]
+    struct ReadLog {
+        inner: MemoryStore,
+        reads: std::sync::Mutex<Vec<(&'static str, ResourceType)>>,
+    }
+
+    impl ReadLog {
+        /// The reads since the last call.
+        fn take(&self) -> Vec<(&'static str, ResourceType)> {
+            std::mem::take(&mut *self.reads.lock().unwrap())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl kuma_core::store::ResourceStore for ReadLog {
+        async fn create(
+            &self,
+            resource: Resource,
+            owner: Option<ResourceKey>,
+        ) -> Result<Resource, StoreError> {
+            self.inner.create(resource, owner).await
+        }
+        async fn update(&self, resource: Resource) -> Result<Resource, StoreError> {
+            self.inner.update(resource).await
+        }
+        async fn delete(
+            &self,
+            key: &ResourceKey,
+            version: Option<&kuma_core::resource::Version>,
+        ) -> Result<(), StoreError> {
+            self.inner.delete(key, version).await
+        }
+        async fn get(&self, key: &ResourceKey) -> Result<Resource, StoreError> {
+            self.reads.lock().unwrap().push(("get", key.rtype));
+            self.inner.get(key).await
+        }
+        async fn list(&self, query: &ListQuery) -> Result<kuma_core::store::Page, StoreError> {
+            self.reads.lock().unwrap().push(("list", query.rtype));
+            self.inner.list(query).await
+        }
+        fn watch(&self) -> tokio::sync::broadcast::Receiver<kuma_core::store::StoreEvent> {
+            self.inner.watch()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_reads_only_what_changed() {
+        let store = Arc::new(ReadLog::default());
+        let manager = ResourceManager::new(store.clone(), ManagerOptions::default());
+        manager.ensure_default_mesh().await.unwrap();
+        for dp in [
+            dataplane("web", "10.0.0.1", "web", &["backend"]),
+            dataplane("backend-1", "10.0.0.2", "backend", &[]),
+            dataplane("backend-2", "10.0.0.3", "backend", &[]),
+        ] {
+            manager.apply(dp).await.unwrap();
+        }
+        let registry = connected(&["web"]);
+        let cache = Arc::new(SnapshotCache::new());
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            Arc::new(GeneratorList::kuma_profile()),
+            registry.clone(),
+            Duration::ZERO,
+        );
+        r.all_meshes().await;
+        r.sync_mesh("default", &Dirty::everything()).await;
+        let first = store.take();
+        assert!(first.contains(&("list", ResourceType::Dataplane)));
+        let engine = |r: &Reconciler| r.meshes["default"].wide.as_ref().unwrap().engine.clone();
+        let before = engine(&r);
+
+        // One Dataplane changed: it alone is read, and its caller sees the change.
+        manager
+            .apply(dataplane("backend-2", "10.0.0.9", "backend", &[]))
+            .await
+            .unwrap();
+        store.take();
+        assert_eq!(
+            r.sync_mesh("default", &Dirty::dataplanes(["backend-2"]))
+                .await,
+            1
+        );
+        assert_eq!(store.take(), [("get", ResourceType::Dataplane)]);
+        assert_eq!(
+            endpoints_of(&cache, "default.web", "backend"),
+            ["10.0.0.2", "10.0.0.9"]
+        );
+
+        // A proxy connecting reads nothing.
+        registry.stream_opened("default.backend-1");
+        let mut batch = Batch::default();
+        r.proxy_change(
+            ProxyChange::Connected("default.backend-1".into()),
+            &mut batch,
+        )
+        .await;
+        r.sync_batch(batch).await;
+        assert!(cache.get("default.backend-1").is_some());
+        assert_eq!(store.take(), []);
+
+        // A deleted Dataplane: one read, the endpoint is gone.
+        manager
+            .delete(
+                &ResourceKey::new(ResourceType::Dataplane, "default", "backend-2"),
+                false,
+            )
+            .await
+            .unwrap();
+        store.take();
+        r.sync_mesh("default", &Dirty::dataplanes(["backend-2"]))
+            .await;
+        assert_eq!(store.take(), [("get", ResourceType::Dataplane)]);
+        assert_eq!(endpoints_of(&cache, "default.web", "backend"), ["10.0.0.2"]);
+
+        // A mesh-wide change reads the mesh-wide inputs, not the Dataplanes; with no policy
+        // changed, the policy engine is kept.
+        r.sync_mesh("default", &Dirty::everything()).await;
+        let reads = store.take();
+        assert!(reads.contains(&("get", ResourceType::Mesh)));
+        assert!(reads.contains(&("list", ResourceType::MeshTimeout)));
+        assert!(
+            !reads.iter().any(|(_, t)| *t == ResourceType::Dataplane),
+            "{reads:?}"
+        );
+        assert!(Arc::ptr_eq(&before, &engine(&r)));
+
+        // A policy changed: the engine is rebuilt.
+        apply_yaml(&manager, "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 3s}\n").await;
+        r.sync_mesh("default", &Dirty::everything()).await;
+        assert!(!Arc::ptr_eq(&before, &engine(&r)));
+        assert!(engine(&r).has(ResourceType::MeshTimeout));
+
+        // Missed changes (a resync) list the Dataplanes again.
+        store.take();
+        let batch = Batch {
+            resync: true,
+            ..Batch::default()
+        };
+        r.sync_batch(batch).await;
+        assert!(store.take().contains(&("list", ResourceType::Dataplane)));
+    }
+
     #[test]
-    fn batches_widen_to_everything_on_any_other_change() {
+    fn batches_widen_to_everything_on_any_other_change_and_keep_the_dataplanes() {
         let dp = |n: &str| ResourceKey::new(ResourceType::Dataplane, "default", n);
         let dirt = |key: &ResourceKey| dirt(key, &NoVips);
         let (mesh, mut d) = dirt(&dp("a")).unwrap();
         assert_eq!(mesh, "default");
         d.add(dirt(&dp("b")).unwrap().1);
-        assert_eq!(
-            d,
-            Dirty::Dataplanes(BTreeSet::from(["a".into(), "b".into()]))
-        );
+        assert_eq!(d, Dirty::dataplanes(["a", "b"]));
         d.add(
             dirt(&ResourceKey::new(ResourceType::MeshTimeout, "default", "t"))
                 .unwrap()
                 .1,
         );
-        assert_eq!(d, Dirty::Everything);
+        // The changed Dataplanes are still read again.
+        let mut everything = Dirty::dataplanes(["a", "b"]);
+        everything.everything = true;
+        assert_eq!(d, everything);
         // Proxies that only need their config join changed Dataplanes without widening.
-        let set = |n: &str| BTreeSet::from([n.to_string()]);
-        let mut d = Dirty::Proxies(set("p"));
-        d.add(Dirty::Proxies(set("q")));
-        assert_eq!(d, Dirty::Proxies(BTreeSet::from(["p".into(), "q".into()])));
-        d.add(Dirty::Dataplanes(set("a")));
-        assert_eq!(
-            d,
-            Dirty::Both {
-                dataplanes: set("a"),
-                proxies: BTreeSet::from(["p".into(), "q".into()])
-            }
-        );
-        d.add(Dirty::Everything);
-        assert_eq!(d, Dirty::Everything);
+        let mut d = Dirty::proxies(["p"]);
+        d.add(Dirty::proxies(["q"]));
+        assert_eq!(d, Dirty::proxies(["p", "q"]));
+        d.add(Dirty::dataplanes(["a"]));
+        assert_eq!(d.proxies, BTreeSet::from(["p".into(), "q".into()]));
+        assert_eq!(d.dataplanes, BTreeSet::from(["a".into()]));
+        assert!(!d.everything);
         assert_eq!(
             dirt(&ResourceKey::new(
                 ResourceType::DataplaneInsight,
@@ -993,7 +1227,7 @@ mod tests {
             Duration::ZERO,
         );
         // Only web is generated, with both backends as endpoints.
-        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 1);
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 1);
         assert_eq!(
             endpoints_of(&cache, "default.web", "backend"),
             ["10.0.0.2", "10.0.0.3"]
@@ -1004,7 +1238,7 @@ mod tests {
             .apply(dataplane("backend-2", "10.0.0.4", "backend", &[]))
             .await
             .unwrap();
-        let changed = Dirty::Dataplanes(BTreeSet::from(["backend-2".to_string()]));
+        let changed = Dirty::dataplanes(["backend-2"]);
         assert_eq!(r.sync_mesh("default", &changed).await, 1);
         assert_eq!(generator.1.load(Ordering::SeqCst), 2);
 
@@ -1029,7 +1263,7 @@ mod tests {
         .await;
         assert!(batch.items.is_empty());
         assert!(cache.get("default.backend-1").is_none());
-        assert_eq!(r.sync_mesh("default", &Dirty::Everything).await, 1);
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 1);
         assert_eq!(generator.1.load(Ordering::SeqCst), 4);
     }
 
@@ -1061,8 +1295,11 @@ mod tests {
             connected(&all),
             Duration::ZERO,
         );
-        let encoded = |r: &Reconciler| r.meshes["default"].endpoints.encoded();
-        r.sync_mesh("default", &Dirty::Everything).await;
+        let encoded = |r: &Reconciler| {
+            let index = r.meshes["default"].index.as_ref().unwrap();
+            index.encoded()
+        };
+        r.sync_mesh("default", &Dirty::everything()).await;
         // web, api, backend, db: each service's endpoints encoded once for the 8 proxies.
         assert_eq!(encoded(&r), 4);
         let endpoints = |node: &str, service: &str| {
@@ -1083,7 +1320,7 @@ mod tests {
             .apply(dataplane("backend-2", "10.0.0.9", "backend", &[]))
             .await
             .unwrap();
-        let changed = Dirty::Dataplanes(BTreeSet::from(["backend-2".to_string()]));
+        let changed = Dirty::dataplanes(["backend-2"]);
         assert_eq!(r.sync_mesh("default", &changed).await, 6);
         assert_eq!(encoded(&r), 5);
         assert_eq!(
@@ -1097,7 +1334,7 @@ mod tests {
         // db's endpoints did not change: the regenerated snapshots hold the same bytes.
         assert!(db_before.shares_bytes_with(&endpoints("default.web-1", "db")));
         // A full regeneration with nothing changed encodes nothing.
-        r.sync_mesh("default", &Dirty::Everything).await;
+        r.sync_mesh("default", &Dirty::everything()).await;
         assert_eq!(encoded(&r), 5);
     }
 
@@ -1134,7 +1371,7 @@ mod tests {
             connected(&["web-1"]),
             Duration::ZERO,
         );
-        r.sync_mesh("default", &Dirty::Everything).await;
+        r.sync_mesh("default", &Dirty::everything()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ads = xds_server::server::AdsServer::new(
@@ -1191,7 +1428,7 @@ mod tests {
             .apply(dataplane("backend-1", "10.0.0.9", "backend", &[]))
             .await
             .unwrap();
-        let changed = Dirty::Dataplanes(BTreeSet::from(["backend-1".to_string()]));
+        let changed = Dirty::dataplanes(["backend-1"]);
         assert_eq!(r.sync_mesh("default", &changed).await, 1);
         let response = next_response(&mut responses).await;
         assert_eq!(response.type_url, ENDPOINT);

@@ -1,4 +1,4 @@
-//! What generators read: the mesh (indexed once per regeneration) and one proxy.
+//! What generators read: the mesh (its Dataplanes indexed by service) and one proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,11 +8,14 @@ use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Labels, Resource, ResourceType};
 use kuma_core::rules::{MeshPolicies, ProxyRules, ProxyView};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::GenerateError;
+use super::index::MeshIndex;
 use super::outbound::{OutboundCache, OutboundContext, OutboundView, SharedOutbounds};
+use super::reach::ReachGraph;
 use xds_server::cache::EncodedResource;
 use xds_server::envoy::load_assignment;
 
@@ -125,7 +128,7 @@ pub struct Endpoint {
 
 /// One service of the mesh: its ready endpoints, their common protocol, and its endpoints
 /// encoded once for every proxy that sends traffic to it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Service {
     /// Ready endpoints, sorted by address.
     pub endpoints: Vec<Endpoint>,
@@ -138,7 +141,7 @@ pub struct Service {
     /// this one (each proxy's identity is its first service in name order, see
     /// [`strict_spiffe_service`]).
     pub strict_identities: BTreeSet<String>,
-    load_assignment: EncodedResource,
+    pub(super) load_assignment: EncodedResource,
 }
 
 /// The service in a proxy's strict SPIFFE identity `spiffe://<mesh>/<service>`: the first, in
@@ -150,28 +153,27 @@ pub fn strict_spiffe_service(dp: &DataplaneSpec) -> Option<&str> {
         .min()
 }
 
-/// What every proxy of a mesh shares, computed once per regeneration of the mesh.
+/// What every proxy of a mesh shares during one regeneration of the mesh.
 #[derive(Debug)]
 pub struct MeshContext<'a> {
     /// The mesh's name.
     pub mesh: &'a str,
     /// The Mesh resource's spec (default when the mesh is not known).
     pub spec: &'a MeshSpec,
-    /// Every Dataplane of the mesh.
-    pub dataplanes: &'a [Resource],
+    /// Every Dataplane of the mesh, indexed by service.
+    index: Cow<'a, MeshIndex>,
     /// The mesh's targetRef policies, prepared for matching.
-    pub policies: MeshPolicies,
+    pub policies: Arc<MeshPolicies>,
     /// mTLS, when the mesh enables it and its CA is available.
     pub mtls: Option<MeshMtls>,
-    /// The VIP of each service that has one, and the port served on VIPs.
-    pub vips: BTreeMap<String, std::net::Ipv4Addr>,
+    /// The VIP of each service that has one.
+    pub vips: Arc<BTreeMap<String, std::net::Ipv4Addr>>,
     /// The port of VIP outbounds (Kuma: 80).
     pub vip_port: u32,
     /// The DNS domain VIPs are named in (Kuma: `mesh`).
     pub vip_domain: String,
-    services: BTreeMap<String, Service>,
     /// Which services transparent proxies may reach, when outbounds are trimmed to it.
-    reach: Option<super::reach::ReachGraph>,
+    reach: Option<Arc<ReachGraph>>,
     outbounds: OutboundCache,
     /// kuma-dp's DNS records (body and tag) by the reachable services they are for.
     dns_records: Mutex<HashMap<Vec<String>, Arc<DnsRecordsBody>>>,
@@ -182,124 +184,28 @@ pub(crate) type DnsRecordsBody = (String, String);
 
 static DEFAULT_MESH: std::sync::LazyLock<MeshSpec> = std::sync::LazyLock::new(MeshSpec::default);
 
-/// Each service's endpoints as last encoded, kept between regenerations of a mesh
-/// ([`MeshContext::reusing`]): a service whose endpoints did not change keeps its encoded
-/// load assignment (the same bytes every proxy's snapshot already holds), so a change to one
-/// service's endpoints encodes that one service's, however many proxies send to it.
-#[derive(Debug, Default)]
-pub struct EncodedEndpoints {
-    by_service: BTreeMap<String, (Vec<(String, u32)>, EncodedResource)>,
-    encoded: u64,
-}
-
-impl EncodedEndpoints {
-    /// How many load assignments were encoded through this cache so far.
-    pub fn encoded(&self) -> u64 {
-        self.encoded
-    }
-
-    /// The encoded load assignment of `service` with `addresses`: the kept one when they did
-    /// not change.
-    fn get(&mut self, service: &str, addresses: Vec<(String, u32)>) -> EncodedResource {
-        if let Some((kept, encoded)) = self.by_service.get(service)
-            && *kept == addresses
-        {
-            return encoded.clone();
-        }
-        self.encoded += 1;
-        let encoded = EncodedResource::from_message(&load_assignment(service, &addresses));
-        self.by_service
-            .insert(service.to_string(), (addresses, encoded.clone()));
-        encoded
-    }
-}
-
 impl<'a> MeshContext<'a> {
-    /// Indexes `dataplanes` (the whole mesh) by service, in one pass.
-    pub fn new(mesh: &'a str, dataplanes: &'a [Resource]) -> Self {
-        Self::reusing(mesh, dataplanes, &mut EncodedEndpoints::default())
+    /// Indexes `dataplanes` (the whole mesh) by service.
+    pub fn new(mesh: &'a str, dataplanes: &[Resource]) -> Self {
+        Self::with_index(mesh, Cow::Owned(MeshIndex::new(dataplanes.iter().cloned())))
     }
 
-    /// [`MeshContext::new`], taking each service's encoded endpoints from `kept` when they
-    /// did not change since it was last used for this mesh (and keeping the new ones there).
-    pub fn reusing(mesh: &'a str, dataplanes: &'a [Resource], kept: &mut EncodedEndpoints) -> Self {
-        /// What the inbounds of one service add up to.
-        #[derive(Default)]
-        struct Seen {
-            endpoints: Vec<Endpoint>,
-            protocol: Option<Protocol>,
-            ports: BTreeSet<u32>,
-        }
-        let mut by_service: BTreeMap<&str, Seen> = BTreeMap::new();
-        let mut identities: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        for dp in dataplanes
-            .iter()
-            .filter_map(|r| r.spec_as::<DataplaneSpec>())
-        {
-            let identity = strict_spiffe_service(dp);
-            for inbound in dp.inbounds() {
-                if let (Some(service), Some(identity)) = (inbound.tags.get(SERVICE_TAG), identity) {
-                    identities
-                        .entry(service)
-                        .or_default()
-                        .insert(identity.to_string());
-                }
-                let (Some(service), Some(ip)) = (
-                    inbound.tags.get(SERVICE_TAG),
-                    reachable_ip(dp, inbound.address.as_deref()),
-                ) else {
-                    continue;
-                };
-                let entry = by_service.entry(service).or_default();
-                let protocol = Protocol::of_tags(&inbound.tags);
-                entry.protocol = Some(entry.protocol.map_or(protocol, |p| p.common(protocol)));
-                entry.ports.insert(inbound.port);
-                if inbound
-                    .health
-                    .as_ref()
-                    .is_some_and(|h| h.ready == Some(false))
-                {
-                    continue; // not ready: no traffic until it is
-                }
-                entry.endpoints.push(Endpoint {
-                    ip: ip.to_string(),
-                    port: inbound.port,
-                    tags: inbound.tags.clone(),
-                });
-            }
-        }
-        let services = by_service
-            .into_iter()
-            .map(|(service, seen)| {
-                let Seen {
-                    mut endpoints,
-                    protocol,
-                    ports,
-                } = seen;
-                endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
-                endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-                let load_assignment = kept.get(service, addresses(&endpoints));
-                let entry = Service {
-                    endpoints,
-                    protocol: protocol.unwrap_or(Protocol::Tcp),
-                    ports,
-                    strict_identities: identities.remove(service).unwrap_or_default(),
-                    load_assignment,
-                };
-                (service.to_string(), entry)
-            })
-            .collect::<BTreeMap<String, Service>>();
-        kept.by_service.retain(|s, _| services.contains_key(s));
+    /// The context of a mesh whose Dataplanes `index` holds (kept between regenerations, see
+    /// [`MeshIndex`]).
+    pub fn indexed(mesh: &'a str, index: &'a MeshIndex) -> Self {
+        Self::with_index(mesh, Cow::Borrowed(index))
+    }
+
+    fn with_index(mesh: &'a str, index: Cow<'a, MeshIndex>) -> Self {
         MeshContext {
             mesh,
             spec: &DEFAULT_MESH,
-            dataplanes,
-            policies: MeshPolicies::default(),
+            index,
+            policies: Arc::default(),
             mtls: None,
-            vips: BTreeMap::new(),
+            vips: Arc::default(),
             vip_port: 80,
             vip_domain: "mesh".into(),
-            services,
             reach: None,
             outbounds: OutboundCache::default(),
             dns_records: Mutex::default(),
@@ -313,8 +219,12 @@ impl<'a> MeshContext<'a> {
     }
 
     /// Gives transparent proxies an outbound per service VIP, on `port`.
-    pub fn with_vips(mut self, vips: BTreeMap<String, std::net::Ipv4Addr>, port: u32) -> Self {
-        self.vips = vips;
+    pub fn with_vips(
+        mut self,
+        vips: impl Into<Arc<BTreeMap<String, std::net::Ipv4Addr>>>,
+        port: u32,
+    ) -> Self {
+        self.vips = vips.into();
         self.vip_port = port;
         self
     }
@@ -334,20 +244,35 @@ impl<'a> MeshContext<'a> {
     /// Gives transparent proxies without `reachableServices` outbounds only for the services
     /// `graph` lets them reach (`experimental.autoReachableServices`; meaningful under mTLS,
     /// where permissions are enforced).
-    pub fn with_reach_graph(mut self, graph: super::reach::ReachGraph) -> Self {
-        self.reach = Some(graph);
+    pub fn with_reach_graph(mut self, graph: impl Into<Arc<ReachGraph>>) -> Self {
+        self.reach = Some(graph.into());
         self
     }
 
     /// The graph transparent proxies' outbounds are trimmed to, if any.
-    pub fn reach_graph(&self) -> Option<&super::reach::ReachGraph> {
-        self.reach.as_ref()
+    pub fn reach_graph(&self) -> Option<&ReachGraph> {
+        self.reach.as_deref()
     }
 
     /// Uses `policies` (every targetRef policy of the mesh; other resources are ignored).
-    pub fn with_policies<'p>(mut self, policies: impl IntoIterator<Item = &'p Resource>) -> Self {
-        self.policies = MeshPolicies::new(policies);
+    pub fn with_policies<'p>(self, policies: impl IntoIterator<Item = &'p Resource>) -> Self {
+        self.with_policy_engine(Arc::new(MeshPolicies::new(policies)))
+    }
+
+    /// Uses the mesh's policies as `engine` prepared them (kept while they do not change).
+    pub fn with_policy_engine(mut self, engine: Arc<MeshPolicies>) -> Self {
+        self.policies = engine;
         self
+    }
+
+    /// The mesh's Dataplanes, indexed by service.
+    pub fn index(&self) -> &MeshIndex {
+        &self.index
+    }
+
+    /// Every Dataplane of the mesh, by name.
+    pub fn dataplanes(&self) -> impl Iterator<Item = &Resource> {
+        self.index.dataplanes()
     }
 
     /// The outbounds of `view`: built by `build` for the first proxy with this view, the same
@@ -384,33 +309,30 @@ impl<'a> MeshContext<'a> {
 
     /// A service of the mesh.
     pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.get(name)
+        self.index.service(name)
     }
 
     /// Every service of the mesh, by name.
     pub fn services(&self) -> impl Iterator<Item = (&str, &Service)> {
-        self.services.iter().map(|(name, s)| (name.as_str(), s))
+        self.index.services()
     }
 
     /// Ready endpoints of `service`, sorted.
     pub fn endpoints(&self, service: &str) -> &[Endpoint] {
-        self.services
-            .get(service)
+        self.service(service)
             .map(|s| s.endpoints.as_slice())
             .unwrap_or_default()
     }
 
     /// The protocol of `service` (TCP when unknown).
     pub fn protocol(&self, service: &str) -> Protocol {
-        self.services
-            .get(service)
-            .map_or(Protocol::Tcp, |s| s.protocol)
+        self.service(service).map_or(Protocol::Tcp, |s| s.protocol)
     }
 
     /// The endpoints of `service` as a `ClusterLoadAssignment` named after it: encoded once per
     /// mesh when the service exists, built on the spot (empty) otherwise.
     pub fn load_assignment(&self, service: &str) -> EncodedResource {
-        match self.services.get(service) {
+        match self.service(service) {
             Some(s) => s.load_assignment.clone(),
             None => EncodedResource::from_message(&load_assignment(service, &[])),
         }
@@ -420,15 +342,6 @@ impl<'a> MeshContext<'a> {
 /// `(ip, port)` pairs of `endpoints`.
 pub fn addresses(endpoints: &[Endpoint]) -> Vec<(String, u32)> {
     endpoints.iter().map(|e| (e.ip.clone(), e.port)).collect()
-}
-
-/// Where other proxies reach an inbound of `dp`: advertised address, inbound address, address.
-fn reachable_ip<'a>(dp: &'a DataplaneSpec, inbound_address: Option<&'a str>) -> Option<&'a str> {
-    let n = dp.networking.as_ref()?;
-    n.advertised_address
-        .as_deref()
-        .or(inbound_address)
-        .or(n.address.as_deref())
 }
 
 /// What a generator sees: one proxy and its mesh.

@@ -13,6 +13,7 @@
 //! tables `inbound:<service>` and `outbound:<service>`.
 
 pub mod context;
+pub mod index;
 pub mod mtls;
 pub mod outbound;
 pub mod policies;
@@ -25,9 +26,10 @@ pub mod source_tags;
 mod tests;
 
 pub use context::{
-    EncodedEndpoints, Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata,
-    Service, WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
+    Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata, Service,
+    WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
 };
+pub use index::MeshIndex;
 pub use outbound::{OutboundContext, OutboundView, Reach, SharedOutbounds};
 pub use reach::ReachGraph;
 pub use resources::ResourceSet;

@@ -21,6 +21,8 @@ use kuma_core::model::policy::{PermissionAction, TargetRefKind, TrafficPermissio
 use kuma_core::resource::{Labels, Resource, ResourceType, Spec};
 use kuma_core::rules::{MeshPolicies, ProxyView, Rule};
 
+use super::index::MeshIndex;
+
 /// The tags a service is matched by: those every instance of a service carries alike.
 pub const SERVICE_MATCH_TAGS: [&str; 4] = [
     "k8s.kuma.io/namespace",
@@ -42,36 +44,15 @@ pub struct ReachGraph {
 }
 
 impl ReachGraph {
-    /// The graph of the services `dataplanes` provide under `policies` (every policy of the
-    /// mesh; only MeshTrafficPermissions are read).
-    pub fn new<'a>(
-        dataplanes: &[Resource],
-        policies: impl IntoIterator<Item = &'a Resource>,
-    ) -> Self {
+    /// The graph of the services `index` knows under `policies` (every policy of the mesh;
+    /// only MeshTrafficPermissions are read).
+    pub fn new<'a>(index: &MeshIndex, policies: impl IntoIterator<Item = &'a Resource>) -> Self {
         let narrowed: Vec<Resource> = policies
             .into_iter()
             .filter_map(narrowed_permission)
             .collect();
         let engine = MeshPolicies::new(&narrowed);
-        let mut services: BTreeMap<&str, Tags> = BTreeMap::new();
-        for dp in dataplanes
-            .iter()
-            .filter_map(|r| r.spec_as::<DataplaneSpec>())
-        {
-            for inbound in dp.inbounds() {
-                let Some(service) = inbound.tags.get(SERVICE_TAG) else {
-                    continue;
-                };
-                services.entry(service).or_insert_with(|| {
-                    inbound
-                        .tags
-                        .iter()
-                        .filter(|(k, _)| SERVICE_MATCH_TAGS.contains(&k.as_str()))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                });
-            }
-        }
+        let services = index.service_tags();
         let labels = Labels::default();
         let entries = services
             .into_iter()
@@ -264,7 +245,7 @@ mod tests {
             "type: MeshTrafficPermission\nmesh: default\nname: by-name\nspec:\n  targetRef: {kind: Dataplane, name: closed-1}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
         ]
         .map(|p| parse_yaml(p).unwrap());
-        let graph = ReachGraph::new(&dps, &policies);
+        let graph = ReachGraph::new(&MeshIndex::new(dps), &policies);
         let web = [tags(&[("kuma.io/service", "web")])];
         let other = [tags(&[("kuma.io/service", "other"), ("team", "a")])];
         assert!(graph.can_reach(&web, "backend"));

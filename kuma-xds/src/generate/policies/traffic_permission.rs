@@ -226,8 +226,7 @@ impl SourceMatcher<'_, '_> {
         let identities: std::collections::BTreeSet<&str> = self
             .ctx
             .mesh
-            .dataplanes
-            .iter()
+            .dataplanes()
             .filter_map(|r| r.spec_as::<DataplaneSpec>())
             .filter(|dp| {
                 dp.inbounds()
