@@ -6,7 +6,13 @@
 //!   mesh's VIP table (the Config `kuma-<mesh>-dns-vips`) changed;
 //! - when only Dataplanes changed, those Dataplanes' own proxies and the proxies whose last
 //!   snapshot depends on a service the changed Dataplanes provide, before or after the change
-//!   (see [`Dependencies`]); the rest of the mesh is not regenerated at all.
+//!   (see [`Dependencies`]); the rest of the mesh is not regenerated at all. A proxy selected
+//!   only for what it depends on keeps its own resources and gets its view's new outbounds
+//!   ([`SnapshotGenerator::regenerate_outbounds`]).
+//!
+//! Between batches it keeps each mesh's Dataplanes indexed ([`MeshIndex`]) and the mesh-wide
+//! inputs (Mesh, CA, policies prepared for matching, VIPs): a batch reads from the store the
+//! changed Dataplanes alone, and the mesh-wide inputs only on a mesh-wide change.
 //!
 //! Only connected proxies are generated ([`ProxyRegistry::connected`]): a Dataplane whose proxy
 //! has no stream costs nothing, is generated when its proxy connects, and its snapshot is
@@ -71,7 +77,7 @@ use kuma_core::model::mesh::MeshSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Scope};
 use kuma_core::rules::MeshPolicies;
 use kuma_core::store::{ListQuery, StoreError};
-use xds_server::cache::SnapshotCache;
+use xds_server::cache::{Snapshot, SnapshotCache};
 
 use crate::identities::{Identities, MeshAuthority};
 use crate::lifecycle::{ProxyChange, ProxyRegistry};
@@ -390,6 +396,9 @@ impl Reconciler {
             });
         }
 
+        // Proxies selected only because services their outbounds read changed keep their
+        // own resources, laid over their view's new outbounds, unless views may have moved.
+        let mut views_moved = false;
         let mut mesh_context = MeshContext::indexed(mesh, index)
             .with_spec(&wide.spec)
             .with_policy_engine(wide.engine.clone())
@@ -401,6 +410,7 @@ impl Reconciler {
                 let graph = match &state.reach {
                     Some((shape, graph)) if *shape == index.shape() => graph.clone(),
                     _ => {
+                        views_moved = true;
                         let graph = Arc::new(ReachGraph::new(index, &wide.policies));
                         state.reach = Some((index.shape(), graph.clone()));
                         graph
@@ -408,6 +418,45 @@ impl Reconciler {
                 };
                 mesh_context = mesh_context.with_reach_graph(graph);
             }
+        }
+        let outbounds_only = |name: &str| {
+            !everything
+                && !views_moved
+                && !dirty.proxies.contains(name)
+                && !dirty.dataplanes.contains(name)
+        };
+        let (relayers, targets): (Vec<&Resource>, Vec<&Resource>) = targets
+            .into_iter()
+            .partition(|r| outbounds_only(&r.meta.name));
+        let mut generated = 0;
+        let mut anew = Vec::new();
+        for r in relayers {
+            let node = node_id(mesh, &r.meta.name);
+            let started = Instant::now();
+            let relayered = match (self.cache.get(&node), state.dependencies.get(&r.meta.name)) {
+                (Some(previous), Some(dependencies)) => {
+                    self.generator
+                        .regenerate_outbounds(&mesh_context, &previous, dependencies)
+                }
+                _ => None,
+            };
+            match relayered {
+                Some(Ok((snapshot, dependencies))) => {
+                    generated += 1;
+                    state.dependencies.insert(r.meta.name.clone(), dependencies);
+                    self.publish(&node, snapshot, started);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(node, error = %kuma_core::errors::Chain(&e), "cannot generate config; keeping the current snapshot");
+                    state
+                        .dependencies
+                        .insert(r.meta.name.clone(), Dependencies::Everything);
+                }
+                None => anew.push(r),
+            }
+        }
+        let targets: Vec<&Resource> = targets.into_iter().chain(anew).collect();
+        if let Some(a) = &wide.authority {
             self.identities.prepare(
                 a,
                 mesh,
@@ -416,7 +465,6 @@ impl Reconciler {
                     .filter_map(|r| Some((r.meta.name.as_str(), r.spec_as::<DataplaneSpec>()?))),
             );
         }
-        let mut generated = 0;
         for r in targets {
             let node = node_id(mesh, &r.meta.name);
             let (metadata, revision) = self.registry.get_revision(&node);
@@ -455,21 +503,26 @@ impl Reconciler {
             };
             generated += 1;
             state.dependencies.insert(r.meta.name.clone(), dependencies);
-            if let Some(o) = &self.observer {
-                o.generated(&node, started.elapsed());
-                let versions: Vec<(String, String)> = snapshot
-                    .type_urls()
-                    .map(|t| (t.to_string(), snapshot.version(t)))
-                    .collect();
-                if self.cache.set(&node, snapshot) {
-                    o.snapshot_set(&node, self.changed_at, versions);
-                }
-            } else {
-                self.cache.set(&node, snapshot);
-            }
+            self.publish(&node, snapshot, started);
             self.registry.generated(&node, revision);
         }
         Ok(generated)
+    }
+
+    /// Sets `node`'s new snapshot (generated since `started`), telling the observer.
+    fn publish(&self, node: &str, snapshot: Snapshot, started: Instant) {
+        let Some(o) = &self.observer else {
+            self.cache.set(node, snapshot);
+            return;
+        };
+        o.generated(node, started.elapsed());
+        let versions: Vec<(String, String)> = snapshot
+            .type_urls()
+            .map(|t| (t.to_string(), snapshot.version(t)))
+            .collect();
+        if self.cache.set(node, snapshot) {
+            o.snapshot_set(node, self.changed_at, versions);
+        }
     }
 
     /// Reads the Mesh, its CA, its policies and its VIPs; the policy engine of `previous` is
@@ -895,21 +948,59 @@ mod tests {
         assert_eq!(mesh_of(&key(ResourceType::Zone, "", "z")), "");
     }
 
-    /// Kuma's profile, counting the proxies it generates.
-    struct Counting(GeneratorList, AtomicUsize);
+    /// Kuma's profile, counting the proxies it generates anew and those whose own resources
+    /// it lays over new outbounds.
+    struct Counting {
+        profile: GeneratorList,
+        anew: AtomicUsize,
+        relayered: AtomicUsize,
+    }
+
+    impl Counting {
+        fn new() -> Arc<Self> {
+            Arc::new(Counting {
+                profile: GeneratorList::kuma_profile(),
+                anew: AtomicUsize::new(0),
+                relayered: AtomicUsize::new(0),
+            })
+        }
+
+        /// (generated anew, relayered).
+        fn counts(&self) -> (usize, usize) {
+            (
+                self.anew.load(Ordering::SeqCst),
+                self.relayered.load(Ordering::SeqCst),
+            )
+        }
+    }
 
     impl SnapshotGenerator for Counting {
         fn generate(&self, ctx: &ProxyContext<'_>) -> Result<Snapshot, GenerateError> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            self.0.generate(ctx)
+            self.anew.fetch_add(1, Ordering::SeqCst);
+            self.profile.generate(ctx)
         }
 
         fn generate_tracked(
             &self,
             ctx: &ProxyContext<'_>,
         ) -> Result<(Snapshot, Dependencies), GenerateError> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            self.0.generate_tracked(ctx)
+            self.anew.fetch_add(1, Ordering::SeqCst);
+            self.profile.generate_tracked(ctx)
+        }
+
+        fn regenerate_outbounds(
+            &self,
+            mesh: &MeshContext<'_>,
+            previous: &Snapshot,
+            dependencies: &Dependencies,
+        ) -> Option<Result<(Snapshot, Dependencies), GenerateError>> {
+            let relayered = self
+                .profile
+                .regenerate_outbounds(mesh, previous, dependencies);
+            if relayered.is_some() {
+                self.relayered.fetch_add(1, Ordering::SeqCst);
+            }
+            relayered
         }
     }
 
@@ -968,7 +1059,7 @@ mod tests {
         ])
         .await;
         let cache = Arc::new(SnapshotCache::new());
-        let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
+        let generator = Counting::new();
         let registry = connected(&["web", "backend-1", "billing", "db-1", "lonely"]);
         let mut r = Reconciler::new(
             manager.clone(),
@@ -980,16 +1071,29 @@ mod tests {
         let dirty = |names: &[&str]| Dirty::dataplanes(names.iter().copied());
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 5);
 
-        // A new backend endpoint: itself, and web (which calls backend). Web sees it.
+        // A new backend endpoint: itself, and web (which calls backend). Web sees it; its own
+        // resources are kept, laid over the new outbounds.
         registry.stream_opened("default.backend-2");
         manager
             .apply(dataplane("backend-2", "10.0.0.6", "backend", &[]))
             .await
             .unwrap();
+        let web_before = cache.get("default.web").unwrap();
         assert_eq!(r.sync_mesh("default", &dirty(&["backend-2"])).await, 2);
+        assert_eq!(generator.counts(), (5 + 1, 1));
         assert_eq!(
             endpoints_of(&cache, "default.web", "backend"),
             ["10.0.0.2", "10.0.0.6"]
+        );
+        let web = cache.get("default.web").unwrap();
+        let inbound = |s: &Snapshot| {
+            let listeners = s.get(xds_server::types::LISTENER).unwrap();
+            listeners.get("inbound:10.0.0.1:80").unwrap().clone()
+        };
+        assert!(inbound(&web_before).shares_bytes_with(&inbound(&web)));
+        assert_eq!(
+            web.version(xds_server::types::LISTENER),
+            web_before.version(xds_server::types::LISTENER)
         );
 
         // A Dataplane nobody calls: only itself.
@@ -1025,7 +1129,8 @@ mod tests {
 
         // Anything else (here a full resync) regenerates the whole mesh.
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 5);
-        assert_eq!(generator.1.load(Ordering::SeqCst), 5 + 2 + 1 + 3 + 1 + 5);
+        // Web and billing were the callers: relayered, 1 + 2 + 1 times.
+        assert_eq!(generator.counts(), (5 + 1 + 1 + 1 + 5, 1 + 2 + 1));
     }
 
     /// A [`MemoryStore`] that logs the reads going through it: (operation, type).
@@ -1217,7 +1322,7 @@ mod tests {
         ])
         .await;
         let cache = Arc::new(SnapshotCache::new());
-        let generator = Arc::new(Counting(GeneratorList::kuma_profile(), AtomicUsize::new(0)));
+        let generator = Counting::new();
         let registry = connected(&["web"]);
         let mut r = Reconciler::new(
             manager.clone(),
@@ -1240,7 +1345,7 @@ mod tests {
             .unwrap();
         let changed = Dirty::dataplanes(["backend-2"]);
         assert_eq!(r.sync_mesh("default", &changed).await, 1);
-        assert_eq!(generator.1.load(Ordering::SeqCst), 2);
+        assert_eq!(generator.counts(), (1, 1));
 
         // backend-1's proxy connects: it alone is generated.
         registry.stream_opened("default.backend-1");
@@ -1251,7 +1356,7 @@ mod tests {
         )
         .await;
         r.sync_batch(batch).await;
-        assert_eq!(generator.1.load(Ordering::SeqCst), 3);
+        assert_eq!(generator.counts(), (2, 1));
         assert!(cache.get("default.backend-1").is_some());
         // It leaves: its snapshot goes, and a mesh-wide change generates web only.
         registry.stream_closed("default.backend-1");
@@ -1264,7 +1369,7 @@ mod tests {
         assert!(batch.items.is_empty());
         assert!(cache.get("default.backend-1").is_none());
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 1);
-        assert_eq!(generator.1.load(Ordering::SeqCst), 4);
+        assert_eq!(generator.counts(), (3, 1));
     }
 
     #[tokio::test]

@@ -565,7 +565,26 @@ impl Snapshot {
         resources: impl IntoIterator<Item = (String, R)>,
         shared: &SharedResources,
     ) -> Self {
-        let mut own = grouped(resources);
+        Self::from_own(grouped(resources), shared)
+    }
+
+    /// This snapshot's own resources (those not from a shared layer) over `shared` instead of
+    /// the layers it holds: what [`Snapshot::layered`] makes of the same own resources.
+    pub fn relayered(&self, shared: &SharedResources) -> Self {
+        let own = self
+            .types
+            .iter()
+            .filter(|(_, t)| !t.own.is_empty())
+            .map(|(type_url, t)| (type_url.clone(), t.own.clone()))
+            .collect();
+        Self::from_own(own, shared)
+    }
+
+    /// A snapshot of `own` resources (by type, then name) over `shared` ones.
+    fn from_own(
+        mut own: BTreeMap<String, BTreeMap<String, EncodedResource>>,
+        shared: &SharedResources,
+    ) -> Self {
         for t in shared.types.keys() {
             own.entry(t.clone()).or_default();
         }
@@ -835,6 +854,34 @@ mod tests {
                 .unwrap()
         };
         assert!(Arc::ptr_eq(&layer_of("a"), &layer_of("b")));
+    }
+
+    #[test]
+    fn relayering_keeps_own_resources_over_new_shared_ones() {
+        let own = [
+            ("c-own".to_string(), any(CLUSTER, b"own")),
+            ("c-both".to_string(), any(CLUSTER, b"own wins")),
+            ("l-own".to_string(), any(LISTENER, b"listener")),
+        ];
+        let before = SharedResources::new([
+            ("c-both".to_string(), any(CLUSTER, b"shared")),
+            ("e1".to_string(), any(ENDPOINT, b"old endpoints")),
+        ]);
+        let after = SharedResources::new([
+            ("c-both".to_string(), any(CLUSTER, b"shared")),
+            ("c-new".to_string(), any(CLUSTER, b"new")),
+            ("e1".to_string(), any(ENDPOINT, b"new endpoints")),
+        ]);
+        let previous = Snapshot::layered(own.clone(), &before);
+        let relayered = previous.relayered(&after);
+        assert_eq!(relayered, Snapshot::layered(own, &after));
+        let clusters = relayered.get(CLUSTER).unwrap();
+        let names: Vec<&str> = clusters.names().collect();
+        assert_eq!(names, ["c-both", "c-new", "c-own"]);
+        assert_eq!(clusters.get("c-both").unwrap().to_any().value, b"own wins");
+        assert_ne!(previous.version(ENDPOINT), relayered.version(ENDPOINT));
+        assert_ne!(previous.version(CLUSTER), relayered.version(CLUSTER));
+        assert_eq!(previous.version(LISTENER), relayered.version(LISTENER));
     }
 
     #[test]

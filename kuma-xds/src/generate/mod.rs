@@ -67,6 +67,16 @@ pub enum Dependencies {
     /// The endpoints and protocols of these services (shared by the proxies whose outbounds
     /// are shared).
     Services(Arc<BTreeSet<String>>),
+    /// The proxy's own resources depend on nothing else of the mesh; its outbounds are those
+    /// of `view`, made from the endpoints and protocols of `services`. When only those
+    /// services change, [`SnapshotGenerator::regenerate_outbounds`] lays the proxy's own
+    /// resources over the view's new outbounds without building them again.
+    Outbounds {
+        /// The view the outbounds were built for.
+        view: Arc<OutboundView>,
+        /// The services they were made from.
+        services: Arc<BTreeSet<String>>,
+    },
     /// Possibly any Dataplane of the mesh: every Dataplane change regenerates the proxy.
     Everything,
 }
@@ -75,7 +85,9 @@ impl Dependencies {
     /// True when a change to a Dataplane providing `services` can change this snapshot.
     pub fn touched_by(&self, services: &BTreeSet<String>) -> bool {
         match self {
-            Dependencies::Services(own) => !own.is_disjoint(services),
+            Dependencies::Services(own) | Dependencies::Outbounds { services: own, .. } => {
+                !own.is_disjoint(services)
+            }
             Dependencies::Everything => true,
         }
     }
@@ -96,6 +108,20 @@ pub trait SnapshotGenerator: Send + Sync + 'static {
         ctx: &ProxyContext<'_>,
     ) -> Result<(Snapshot, Dependencies), GenerateError> {
         Ok((self.generate(ctx)?, Dependencies::Everything))
+    }
+
+    /// The new snapshot of a proxy whose current one, `previous`, was generated with
+    /// `dependencies`, when nothing of the proxy itself changed since, only services that
+    /// `dependencies` names; `mesh` is the mesh as it is now. `None` (the default): generate it
+    /// anew with [`SnapshotGenerator::generate_tracked`].
+    fn regenerate_outbounds(
+        &self,
+        mesh: &MeshContext<'_>,
+        previous: &Snapshot,
+        dependencies: &Dependencies,
+    ) -> Option<Result<(Snapshot, Dependencies), GenerateError>> {
+        let _ = (mesh, previous, dependencies);
+        None
     }
 }
 
@@ -234,19 +260,45 @@ impl SnapshotGenerator for GeneratorList {
         let shared = ctx.mesh.shared_outbounds(&view, |outbound| {
             SharedOutbounds::build(&self.generators, outbound)
         })?;
+        let own_services = own.services();
         let dependencies = if own.reads_every_dataplane || shared.reads_every_dataplane {
             Dependencies::Everything
+        } else if own_services.is_empty() {
+            shared.dependencies()
+        } else if own_services.is_subset(&shared.services) {
+            // Its own resources read services too: generated anew when they change.
+            Dependencies::Services(shared.services.clone())
         } else {
-            let own_services = own.services();
-            if own_services.is_subset(&shared.services) {
-                Dependencies::Services(shared.services.clone())
-            } else {
-                let mut services = own_services;
-                services.extend(shared.services.iter().cloned());
-                Dependencies::Services(Arc::new(services))
-            }
+            let mut services = own_services;
+            services.extend(shared.services.iter().cloned());
+            Dependencies::Services(Arc::new(services))
         };
         let snapshot = Snapshot::layered(own.into_encoded(), &shared.resources);
         Ok((snapshot, dependencies))
+    }
+
+    /// The proxy's own resources as `previous` holds them, over the outbounds of its view as
+    /// they are in `mesh` (built once for every proxy with that view).
+    fn regenerate_outbounds(
+        &self,
+        mesh: &MeshContext<'_>,
+        previous: &Snapshot,
+        dependencies: &Dependencies,
+    ) -> Option<Result<(Snapshot, Dependencies), GenerateError>> {
+        let Dependencies::Outbounds { view, .. } = dependencies else {
+            return None;
+        };
+        let shared = match mesh.shared_outbounds(view, |outbound| {
+            SharedOutbounds::build(&self.generators, outbound)
+        }) {
+            Ok(shared) => shared,
+            Err(e) => return Some(Err(e)),
+        };
+        let dependencies = if shared.reads_every_dataplane {
+            Dependencies::Everything
+        } else {
+            shared.dependencies()
+        };
+        Some(Ok((previous.relayered(&shared.resources), dependencies)))
     }
 }

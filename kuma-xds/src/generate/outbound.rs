@@ -98,8 +98,8 @@ impl Reach {
 }
 
 /// Everything the outbound part of a proxy's config is generated from, besides its mesh.
-/// Proxies with equal views get equal outbound resources.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Proxies with equal views get equal outbound resources. The default view has no outbounds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct OutboundView {
     /// The Dataplane's explicit outbounds (those naming a service).
     pub explicit: Vec<ExplicitOutbound>,
@@ -215,6 +215,8 @@ impl OutboundContext<'_> {
 /// The outbound resources of one view, encoded, and what they were made from.
 #[derive(Debug, Default)]
 pub struct SharedOutbounds {
+    /// The view they were built for.
+    pub view: Arc<OutboundView>,
     /// The resources (listeners, clusters, endpoints), held by reference by every snapshot
     /// with them.
     pub resources: SharedResources,
@@ -232,10 +234,22 @@ impl SharedOutbounds {
     ) -> Result<Self, GenerateError> {
         let rs = build_set(generators, ctx)?;
         Ok(SharedOutbounds {
+            view: Arc::new(ctx.view.clone()),
             services: Arc::new(rs.services()),
             reads_every_dataplane: rs.reads_every_dataplane,
             resources: SharedResources::new(rs.into_encoded()),
         })
+    }
+}
+
+impl SharedOutbounds {
+    /// What a proxy whose own resources read nothing else of the mesh depends on with these
+    /// outbounds.
+    pub fn dependencies(&self) -> super::Dependencies {
+        super::Dependencies::Outbounds {
+            view: self.view.clone(),
+            services: self.services.clone(),
+        }
     }
 }
 

@@ -312,7 +312,7 @@ mod tests {
         let text = format!("{rules:?}");
         assert!(text.contains("kuma://version/v1"), "{text}");
         assert!(!text.contains("spiffe://"), "{text}");
-        assert!(matches!(dependencies, Dependencies::Services(_)));
+        assert!(matches!(dependencies, Dependencies::Outbounds { .. }));
 
         // Strict SPIFFE: the services with a v1 endpoint (web and backend), not admin.
         let (rules, dependencies) = backend_rbac(true, &[mtp]);
