@@ -40,7 +40,8 @@ pub fn is_online(insight: Option<&Resource>) -> bool {
     let Some(Spec::DataplaneInsight(spec)) = insight.map(|r| &r.spec) else {
         return false;
     };
-    spec.get("subscriptions")
+    spec.to_object()
+        .get("subscriptions")
         .and_then(Value::as_array)
         .is_some_and(|subs| {
             subs.iter()
@@ -68,7 +69,7 @@ fn overview(dataplane: &Resource, insight: Option<&Resource>) -> Value {
     }
     out.insert("dataplane".into(), Value::Object(spec));
     let insight = match insight.map(|r| &r.spec) {
-        Some(Spec::DataplaneInsight(s)) => Value::Object(s.clone()),
+        Some(Spec::DataplaneInsight(s)) => Value::Object(s.to_object()),
         _ => json!({}),
     };
     out.insert("dataplaneInsight".into(), insight);

@@ -552,7 +552,7 @@ async fn overviews_join_dataplanes_with_their_insights() {
         .create(Resource::new(
             "default",
             "dp-1",
-            Spec::DataplaneInsight(spec),
+            Spec::DataplaneInsight(spec.into()),
         ))
         .await
         .unwrap();

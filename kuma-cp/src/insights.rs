@@ -274,7 +274,7 @@ impl InsightRecorder {
             let mut spec = current
                 .as_ref()
                 .and_then(|r| match &r.spec {
-                    Spec::DataplaneInsight(s) => Some(s.clone()),
+                    Spec::DataplaneInsight(s) => Some(s.to_object()),
                     _ => None,
                 })
                 .unwrap_or_default();
@@ -302,7 +302,8 @@ impl InsightRecorder {
                 .unwrap_or_default();
             metadata.insert("xds".into(), xds_json(xds));
             spec.insert("metadata".into(), Value::Object(metadata));
-            let mut resource = Resource::new(&key.mesh, &key.name, Spec::DataplaneInsight(spec));
+            let mut resource =
+                Resource::new(&key.mesh, &key.name, Spec::DataplaneInsight(spec.into()));
             let result = match current {
                 Some(c) => {
                     resource.meta = c.meta;
@@ -478,7 +479,7 @@ mod tests {
             .await
             .unwrap();
         match r.spec {
-            Spec::DataplaneInsight(s) => Value::Object(s),
+            Spec::DataplaneInsight(s) => Value::Object(s.to_object()),
             _ => unreachable!(),
         }
     }

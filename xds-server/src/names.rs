@@ -5,18 +5,66 @@
 //! each; here they are one sorted text with an end offset each (the name's length plus 4
 //! bytes), and recent changes wait in two small overlays until they are worth merging, so a
 //! subscription growing one name at a time costs amortised O(log n) per name plus a bounded
-//! share of a merge.
+//! share of a merge. Merged names are interned: the proxies of a mesh mostly subscribe to the
+//! same names, and every set with equal merged names holds one copy of them.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+/// Merged names: sorted and distinct, one after another in `text`, each ending at its entry
+/// of `ends`.
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+struct Merged {
+    text: Box<str>,
+    ends: Box<[u32]>,
+}
+
+/// Every merged name list alive, by hash, held weakly.
+#[derive(Default)]
+struct Interner {
+    by_hash: HashMap<u64, Vec<Weak<Merged>>>,
+    entries: usize,
+    /// Entries at the last prune: the next one comes when the table has doubled.
+    pruned_at: usize,
+}
+
+static INTERNED: LazyLock<Mutex<Interner>> = LazyLock::new(Mutex::default);
+
+impl Interner {
+    /// The alive list equal to `merged`, or `merged` itself, kept for later callers.
+    fn intern(&mut self, merged: Merged) -> Arc<Merged> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(&merged);
+        let candidates = self.by_hash.entry(hash).or_default();
+        if let Some(alive) = candidates
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|m| **m == merged)
+        {
+            return alive;
+        }
+        let merged = Arc::new(merged);
+        candidates.push(Arc::downgrade(&merged));
+        self.entries += 1;
+        if self.entries > 2 * self.pruned_at.max(64) {
+            self.by_hash.retain(|_, list| {
+                list.retain(|w| w.strong_count() > 0);
+                !list.is_empty()
+            });
+            self.entries = self.by_hash.values().map(Vec::len).sum();
+            self.pruned_at = self.entries;
+        }
+        merged
+    }
+}
 
 /// A set of names: sorted, distinct, iterated in order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NameSet {
-    /// The merged names, sorted and distinct, one after another.
-    text: String,
-    /// Where each merged name ends in `text`.
-    ends: Vec<u32>,
+    /// The merged names, shared with every set whose merged names are the same.
+    merged: Arc<Merged>,
     /// Names added since the last merge (none of them merged).
     added: BTreeSet<Box<str>>,
     /// Merged names removed since the last merge.
@@ -25,12 +73,13 @@ pub(crate) struct NameSet {
 
 impl NameSet {
     fn merged_len(&self) -> usize {
-        self.ends.len()
+        self.merged.ends.len()
     }
 
     fn merged(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.text[start..self.ends[i] as usize]
+        let ends = &self.merged.ends;
+        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+        &self.merged.text[start..ends[i] as usize]
     }
 
     fn merged_contains(&self, name: &str) -> bool {
@@ -120,9 +169,20 @@ impl NameSet {
             // Names come from protobuf strings (at most 4 GiB in all): the cast holds.
             ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
         }
+        let merged = Merged {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        };
+        let merged = if names.is_empty() {
+            Arc::default()
+        } else {
+            INTERNED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .intern(merged)
+        };
         NameSet {
-            text,
-            ends,
+            merged,
             added: BTreeSet::new(),
             removed: BTreeSet::new(),
         }
@@ -194,6 +254,19 @@ mod tests {
         assert!(built.iter().eq(["a", "b", "c"]));
         grown.remove("a");
         assert_ne!(built, grown);
+    }
+
+    #[test]
+    fn equal_merged_names_are_kept_once() {
+        let names = |n: usize| (0..n).map(|i| format!("svc-{i}")).collect::<NameSet>();
+        let (a, b) = (names(100), names(100));
+        assert!(Arc::ptr_eq(&a.merged, &b.merged));
+        assert!(!Arc::ptr_eq(&a.merged, &names(99).merged));
+        // Same text, other boundaries: another list.
+        let ab_c: NameSet = ["ab", "c"].into_iter().collect();
+        let a_bc: NameSet = ["a", "bc"].into_iter().collect();
+        assert!(!Arc::ptr_eq(&ab_c.merged, &a_bc.merged));
+        assert_ne!(ab_c, a_bc);
     }
 
     #[test]

@@ -83,64 +83,107 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         metadata,
         only,
     } = context;
-    // Requests are read in the stream's own task: `Streaming::message` keeps its state in the
-    // stream, so waiting for it is cancel-safe, and a task and channel per stream would cost
-    // an idle stream more than its protocol state does.
-    let first = match requests.message().await {
-        Ok(Some(first)) => first,
-        Err(status) => return end(&refuse, status).await,
-        Ok(None) => return,
+    // Admission is boxed and over once the proxy is in: its state (the first request, the
+    // authentication) is not part of every idle stream's task.
+    let admission = admit::<P>(&mut requests, &refuse, metadata, authenticator, preparer);
+    let (node_id, first) = match Box::pin(admission).await {
+        Some(admitted) => admitted,
+        None => return,
     };
-    let node_id = P::node(&first).map(|n| n.id.clone()).unwrap_or_default();
-    if node_id.is_empty() {
-        let status = Status::invalid_argument("the first request must carry node.id");
-        return end(&refuse, status).await;
-    }
-    // Nothing is sent, and no callback hears of the stream, before the proxy is admitted.
-    if let (Some(authenticator), Some(node)) = (&authenticator, P::node(&first))
-        && let Err(status) = authenticator.authenticate(&metadata, node).await
-    {
-        tracing::warn!(node_id, reason = status.message(), "refused an xDS stream");
-        return end(&refuse, status).await;
-    }
-    if let (Some(preparer), Some(node)) = (&preparer, P::node(&first)) {
-        preparer.prepare(node).await;
-    }
     callbacks.on_stream_open(id, &node_id);
     let mut snapshots = cache.subscribe(&node_id);
     protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
     // The protocol's futures are boxed: inline, their largest state would be part of every
     // idle stream's task.
     let mut outcome = Box::pin(handle_admitted(&mut protocol, first, only, &refuse)).await;
+    // Requests are read in the stream's own task: `Streaming::message` keeps its state in the
+    // stream, so waiting for it is cancel-safe, and a task and channel per stream would cost
+    // an idle stream more than its protocol state does.
     while outcome.is_ok() {
-        outcome = tokio::select! {
-            req = requests.message() => match req {
-                Ok(Some(req)) => Box::pin(handle_admitted(&mut protocol, req, only, &refuse)).await,
-                // A request that does not decode ends the stream with the reason.
-                Err(status) => {
-                    end(&refuse, status).await;
-                    Err(Closed)
-                }
-                Ok(None) => Err(Closed),
-            },
-            () = shutting_down(&mut shutdown) => {
-                end(&refuse, Status::unavailable("the control plane is shutting down")).await;
+        // What woke the stream, small: the futures that handle it are boxed, so nothing large
+        // is held while the stream waits.
+        let event = tokio::select! {
+            req = requests.message() => Event::Request(match req {
+                Ok(req) => Ok(req.map(Box::new)),
+                Err(status) => Err(Box::new(status)),
+            }),
+            () = shutting_down(&mut shutdown) => Event::ShuttingDown,
+            changed = snapshots.changed() => Event::Snapshot(changed.is_ok()),
+        };
+        outcome = match event {
+            Event::Request(Ok(Some(req))) => {
+                Box::pin(handle_admitted(&mut protocol, *req, only, &refuse)).await
+            }
+            // A request that does not decode ends the stream with the reason.
+            Event::Request(Err(status)) => {
+                Box::pin(end(&refuse, *status)).await;
                 Err(Closed)
             }
-            changed = snapshots.changed() => match changed {
-                Ok(()) => {
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    Box::pin(protocol.snapshot_changed(snapshot)).await
-                }
-                // The cache forgot the node: keep serving the last snapshot.
-                Err(_) => {
-                    snapshots = cache.subscribe(&node_id);
-                    Ok(())
-                }
-            },
+            Event::Request(Ok(None)) => Err(Closed),
+            Event::ShuttingDown => {
+                let status = Status::unavailable("the control plane is shutting down");
+                Box::pin(end(&refuse, status)).await;
+                Err(Closed)
+            }
+            Event::Snapshot(true) => {
+                let snapshot = snapshots.borrow_and_update().clone();
+                Box::pin(protocol.snapshot_changed(snapshot)).await
+            }
+            // The cache forgot the node: keep serving the last snapshot.
+            Event::Snapshot(false) => {
+                snapshots = cache.subscribe(&node_id);
+                Ok(())
+            }
         };
     }
     callbacks.on_stream_closed(id, &node_id);
+}
+
+/// What woke an admitted stream.
+enum Event<R> {
+    /// A request arrived (or the request stream ended, or a request did not decode).
+    Request(Result<Option<Box<R>>, Box<Status>>),
+    /// The control plane is shutting down.
+    ShuttingDown,
+    /// The node's snapshot changed (`false`: the cache forgot the node).
+    Snapshot(bool),
+}
+
+/// Reads a stream's first request and admits its proxy: the node id and the first request,
+/// or `None` when the stream ended (with the reason told to the proxy).
+async fn admit<P: Protocol>(
+    requests: &mut Streaming<P::Request>,
+    refuse: &Outbox<P::Response>,
+    metadata: MetadataMap,
+    authenticator: Option<Arc<dyn StreamAuthenticator>>,
+    preparer: Option<Arc<dyn StreamPreparer>>,
+) -> Option<(String, P::Request)> {
+    let first = match requests.message().await {
+        Ok(Some(first)) => first,
+        Err(status) => {
+            end(refuse, status).await;
+            return None;
+        }
+        Ok(None) => return None,
+    };
+    let node_id = P::node(&first).map(|n| n.id.clone()).unwrap_or_default();
+    if node_id.is_empty() {
+        let status = Status::invalid_argument("the first request must carry node.id");
+        end(refuse, status).await;
+        return None;
+    }
+    // Nothing is sent, and no callback hears of the stream, before the proxy is admitted.
+    if let (Some(authenticator), Some(node)) = (authenticator, P::node(&first))
+        && let Err(status) = authenticator.authenticate(&metadata, node).await
+    {
+        tracing::warn!(node_id, reason = status.message(), "refused an xDS stream");
+        end(refuse, status).await;
+        return None;
+    }
+    if let (Some(preparer), Some(node)) = (preparer, P::node(&first)) {
+        preparer.prepare(node).await;
+    }
+    Some((node_id, first))
 }
 
 /// Handles `request`, unless the stream serves `only` one type and the request is about

@@ -196,17 +196,25 @@ pub async fn serve(
         let tls = tls.clone();
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
-            match tls {
-                None => connection.run(tcp).await,
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(tcp);
-                    match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                        Ok(Ok(stream)) => connection.run(stream).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %kuma_core::errors::Chain(&e), "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+            let Some(acceptor) = tls else {
+                return connection.run(tcp).await;
+            };
+            // Boxed, and over before serving starts: the handshake's state is not part of the
+            // connection's task.
+            let handshake = acceptor.accept(tcp);
+            let handshake = Box::pin(tokio::time::timeout(limits.handshake_timeout, handshake));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %kuma_core::errors::Chain(&e), "TLS handshake failed");
+                    return;
                 }
-            }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            connection.run(stream).await;
         });
     }
     drop(listener);
@@ -231,16 +239,26 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<S>(mut self, stream: S)
+    /// Serves `stream` until it ends. The connection is set up before the returned future is
+    /// made, so that the future holds only what serving needs (an idle connection's task is
+    /// most of what it costs).
+    fn run<S>(self, stream: S) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Connection {
+            peer,
+            router,
+            limits,
+            mut pressure,
+            mut stop,
+            _slot: slot,
+        } = self;
         let activity = Arc::new(Activity::new());
         let io = Tracked {
             inner: stream,
             activity: activity.clone(),
         };
-        let (router, peer, limits) = (self.router.clone(), self.peer, self.limits);
         let service_activity = activity.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             handle(
@@ -260,31 +278,38 @@ impl Connection {
             .http2()
             .timer(TokioTimer::new())
             .max_send_buf_size(MAX_SEND_BUFFER);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let mut closing = false;
-        let grace = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, error = %kuma_core::errors::Chain(e.as_ref()), "connection ended");
+        // On the heap once, not moved about as the future is built.
+        let mut conn = Box::pin(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned(),
+        );
+        async move {
+            let _slot = slot;
+            let mut closing = false;
+            let grace = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(grace);
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %kuma_core::errors::Chain(e.as_ref()), "connection ended");
+                        }
+                        return;
                     }
-                    return;
+                    () = activity.expired(&limits, &mut pressure), if !closing => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        // A client that does not take the hint is cut off.
+                        grace.as_mut().reset(Instant::now() + limits.read_header_timeout);
+                    }
+                    () = stopping(&mut stop), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    () = &mut grace => return,
                 }
-                () = activity.expired(&limits, &mut self.pressure), if !closing => {
-                    tracing::debug!(peer = %self.peer, "closing an idle connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                    // A client that does not take the hint is cut off.
-                    grace.as_mut().reset(Instant::now() + limits.read_header_timeout);
-                }
-                () = stopping(&mut self.stop), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                () = &mut grace => return,
             }
         }
     }
