@@ -331,16 +331,15 @@ impl Reconciler {
         }
         let touched = index.apply(changed);
         let index = &*state.index.insert(index);
-        // The mesh-wide inputs.
-        let reread = dirty.everything || state.wide.is_none();
-        if reread {
-            state.reach = None;
-            let wide = self.read_mesh_wide(mesh, state.wide.take()).await?;
-            state.wide = Some(wide);
-        }
-        let Some(wide) = state.wide.as_ref() else {
-            unreachable!("read above")
+        // The mesh-wide inputs: kept, or read again (after a failed read, they are missing).
+        let (wide, reread) = match (dirty.everything, state.wide.take()) {
+            (false, Some(wide)) => (wide, false),
+            (_, previous) => {
+                state.reach = None;
+                (self.read_mesh_wide(mesh, previous).await?, true)
+            }
         };
+        let wide = &*state.wide.insert(wide);
         let everything = reread || listed;
 
         // Only connected proxies are generated; a selected one that is not connected (any
@@ -372,20 +371,18 @@ impl Reconciler {
                 self.cache.remove(&node_id(mesh, &r.meta.name));
             }
         }
-        // Proxies whose Dataplane is gone lose their snapshots.
-        let gone: Vec<String> = if listed {
-            let known = state.dependencies.keys();
-            known
-                .filter(|n| index.dataplane(n).is_none())
-                .cloned()
-                .collect()
+        // Proxies whose Dataplane is gone lose their snapshots: of those generated, when the
+        // mesh was listed; of the changed Dataplanes, otherwise.
+        let candidates: Vec<&String> = if listed {
+            state.dependencies.keys().collect()
         } else {
-            let deleted = dirty.dataplanes.iter();
-            deleted
-                .filter(|n| index.dataplane(n).is_none())
-                .cloned()
-                .collect()
+            dirty.dataplanes.iter().collect()
         };
+        let gone: Vec<String> = candidates
+            .into_iter()
+            .filter(|n| index.dataplane(n).is_none())
+            .cloned()
+            .collect();
         for name in &gone {
             self.cache.remove(&node_id(mesh, name));
             state.dependencies.remove(name);
@@ -784,6 +781,16 @@ mod tests {
             "type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 8080\n    tags: {kuma.io/service: web}\n  transparentProxying: {redirectPortInbound: 15006, redirectPortOutbound: 15001}\n",
         )
         .unwrap()
+    }
+
+    /// `name`'s proxy (mesh `default`) connects, and the reconciler applies what that asks.
+    async fn connect(r: &mut Reconciler, registry: &ProxyRegistry, name: &str) {
+        let node = node_id("default", name);
+        registry.stream_opened(&node);
+        let mut batch = Batch::default();
+        r.proxy_change(ProxyChange::Connected(node), &mut batch)
+            .await;
+        r.sync_batch(batch).await;
     }
 
     /// Stores the resource `yaml` describes.
@@ -1225,14 +1232,7 @@ mod tests {
         );
 
         // A proxy connecting reads nothing.
-        registry.stream_opened("default.backend-1");
-        let mut batch = Batch::default();
-        r.proxy_change(
-            ProxyChange::Connected("default.backend-1".into()),
-            &mut batch,
-        )
-        .await;
-        r.sync_batch(batch).await;
+        connect(&mut r, &registry, "backend-1").await;
         assert!(cache.get("default.backend-1").is_some());
         assert_eq!(store.take(), []);
 
@@ -1348,14 +1348,7 @@ mod tests {
         assert_eq!(generator.counts(), (1, 1));
 
         // backend-1's proxy connects: it alone is generated.
-        registry.stream_opened("default.backend-1");
-        let mut batch = Batch::default();
-        r.proxy_change(
-            ProxyChange::Connected("default.backend-1".into()),
-            &mut batch,
-        )
-        .await;
-        r.sync_batch(batch).await;
+        connect(&mut r, &registry, "backend-1").await;
         assert_eq!(generator.counts(), (2, 1));
         assert!(cache.get("default.backend-1").is_some());
         // It leaves: its snapshot goes, and a mesh-wide change generates web only.

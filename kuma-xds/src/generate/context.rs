@@ -265,11 +265,6 @@ impl<'a> MeshContext<'a> {
         self
     }
 
-    /// The mesh's Dataplanes, indexed by service.
-    pub fn index(&self) -> &MeshIndex {
-        &self.index
-    }
-
     /// Every Dataplane of the mesh, by name.
     pub fn dataplanes(&self) -> impl Iterator<Item = &Resource> {
         self.index.dataplanes()

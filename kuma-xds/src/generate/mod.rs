@@ -208,6 +208,18 @@ impl GeneratorList {
         run_step(&self.generators, |g, rs| g.apply(ctx, rs))
     }
 
+    /// The outbounds of `view` in `mesh`: built by the generators for the first proxy with
+    /// that view, shared by the later ones.
+    fn outbounds(
+        &self,
+        mesh: &MeshContext<'_>,
+        view: &OutboundView,
+    ) -> Result<Arc<SharedOutbounds>, GenerateError> {
+        mesh.shared_outbounds(view, |outbound| {
+            SharedOutbounds::build(&self.generators, outbound)
+        })
+    }
+
     /// Runs every generator over one resource set: the proxy's own resources and its
     /// outbounds, built for this proxy alone (generation shares outbounds between proxies;
     /// this is for looking at the drafts).
@@ -256,10 +268,7 @@ impl SnapshotGenerator for GeneratorList {
         ctx: &ProxyContext<'_>,
     ) -> Result<(Snapshot, Dependencies), GenerateError> {
         let own = self.build_own(ctx)?;
-        let view = OutboundView::of(ctx);
-        let shared = ctx.mesh.shared_outbounds(&view, |outbound| {
-            SharedOutbounds::build(&self.generators, outbound)
-        })?;
+        let shared = self.outbounds(ctx.mesh, &OutboundView::of(ctx))?;
         let own_services = own.services();
         let dependencies = if own.reads_every_dataplane || shared.reads_every_dataplane {
             Dependencies::Everything
@@ -288,17 +297,13 @@ impl SnapshotGenerator for GeneratorList {
         let Dependencies::Outbounds { view, .. } = dependencies else {
             return None;
         };
-        let shared = match mesh.shared_outbounds(view, |outbound| {
-            SharedOutbounds::build(&self.generators, outbound)
-        }) {
+        let shared = match self.outbounds(mesh, view) {
             Ok(shared) => shared,
             Err(e) => return Some(Err(e)),
         };
-        let dependencies = if shared.reads_every_dataplane {
-            Dependencies::Everything
-        } else {
-            shared.dependencies()
-        };
-        Some(Ok((previous.relayered(&shared.resources), dependencies)))
+        Some(Ok((
+            previous.relayered(&shared.resources),
+            shared.dependencies(),
+        )))
     }
 }

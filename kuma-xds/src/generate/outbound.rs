@@ -246,6 +246,9 @@ impl SharedOutbounds {
     /// What a proxy whose own resources read nothing else of the mesh depends on with these
     /// outbounds.
     pub fn dependencies(&self) -> super::Dependencies {
+        if self.reads_every_dataplane {
+            return super::Dependencies::Everything;
+        }
         super::Dependencies::Outbounds {
             view: self.view.clone(),
             services: self.services.clone(),

@@ -52,10 +52,9 @@ impl ReachGraph {
             .filter_map(narrowed_permission)
             .collect();
         let engine = MeshPolicies::new(&narrowed);
-        let services = index.service_tags();
         let labels = Labels::default();
-        let entries = services
-            .into_iter()
+        let entries = index
+            .service_tags()
             .filter_map(|(service, tags)| {
                 let spec: DataplaneSpec = serde_json::from_value(serde_json::json!({
                     "networking": {
