@@ -24,7 +24,8 @@
 //! - `cp_rss_bytes`, `cp_rss_bytes_per_proxy`: the control plane's resident set with every
 //!   proxy connected, and its growth over the started, populated control plane, per proxy
 //!   (`cp_rss_peak_bytes`: the largest resident set; `cp_rss_settled_bytes_per_proxy`: the
-//!   growth again after the idle window);
+//!   growth again after the idle window; `cp_heap_settled_bytes_per_proxy`: the growth of the
+//!   allocated heap then, so the allocator's own overhead is the difference);
 //! - `endpoint_change_converge_s`, `endpoint_change_bytes`, `endpoint_change_min_bytes`: a new
 //!   instance of one service until every proxy that reaches it ACKed endpoints that differ from
 //!   what it had; the resource bytes the proxies received meanwhile; and the encoded size of
@@ -196,6 +197,8 @@ fn main() {
         return proxies::main(&spec);
     }
     if let Ok(spec) = std::env::var(RUN_ENV) {
+        // As the binaries do: freed memory goes back to the system while idle.
+        tikv_jemalloc_ctl::background_thread::write(true).expect("jemalloc background threads");
         return runtime().block_on(control_plane::run(Run::decode(&spec)));
     }
     // `cargo bench` passes `--bench`; this harness takes no arguments of its own.
@@ -226,6 +229,13 @@ fn rss_kib() -> u64 {
 /// This process's largest resident set so far, in KiB.
 fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")
+}
+
+/// The bytes this process's allocator has handed out and not had back.
+fn heap_bytes() -> u64 {
+    // Statistics are refreshed when the epoch advances.
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |b| b as u64)
 }
 
 fn status_kib(field: &str) -> u64 {

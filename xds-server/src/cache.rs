@@ -286,11 +286,12 @@ impl TypeResources {
     /// found without looking at every resource when they share their layer, and by comparing
     /// their layers' resources by reference otherwise. `None` when every resource's version
     /// changed (another `extra`) or one has a layer and the other none.
-    pub(crate) fn changed_since(&self, base: &TypeResources) -> Option<Vec<String>> {
+    pub(crate) fn changed_since<'a>(&'a self, base: &'a TypeResources) -> Option<Vec<&'a str>> {
         if self.extra != base.extra {
             return None;
         }
-        let mut changed: std::collections::BTreeSet<&str> = self
+        // One vector, sorted at the end: a push costs no tree of names.
+        let mut changed: Vec<&str> = self
             .own
             .keys()
             .chain(base.own.keys())
@@ -306,27 +307,27 @@ impl TypeResources {
                     match (new.peek(), old.peek()) {
                         (Some(n), Some(o)) => match n.0.cmp(o.0) {
                             std::cmp::Ordering::Less => {
-                                changed.insert(n.0);
+                                changed.push(n.0);
                                 new.next();
                             }
                             std::cmp::Ordering::Greater => {
-                                changed.insert(o.0);
+                                changed.push(o.0);
                                 old.next();
                             }
                             std::cmp::Ordering::Equal => {
                                 if n.1 != o.1 {
-                                    changed.insert(n.0);
+                                    changed.push(n.0);
                                 }
                                 new.next();
                                 old.next();
                             }
                         },
                         (Some(n), None) => {
-                            changed.insert(n.0);
+                            changed.push(n.0);
                             new.next();
                         }
                         (None, Some(o)) => {
-                            changed.insert(o.0);
+                            changed.push(o.0);
                             old.next();
                         }
                         (None, None) => break,
@@ -335,7 +336,9 @@ impl TypeResources {
             }
             _ => return None,
         }
-        Some(changed.into_iter().map(str::to_string).collect())
+        changed.sort_unstable();
+        changed.dedup();
+        Some(changed)
     }
 
     /// The names, in order.

@@ -14,11 +14,16 @@
 //!
 //! A push larger than [`MAX_RESPONSE_BYTES`] of resources goes out as several responses, each
 //! answered on its own; only the answer to the last one reports the type's version as ACKed.
-//! The stream's send buffer then stays small: the gRPC layer keeps a stream's encoding buffer
-//! as large as the largest message it encoded, and a proxy's whole config in one message would
-//! keep megabytes per stream for the stream's life.
+//! A response is encoded when the proxy can take it, so a stream holds at most a few of them
+//! encoded at a time, not its proxy's whole config (thousands of proxies connecting at once
+//! would otherwise hold every config twice). While a push waits for the proxy, the stream keeps
+//! reading: answers are taken on the spot, and subscription changes update the stream's state
+//! and are pushed once the push is over. Unread requests would wait in the connection's
+//! receive queue instead, which keeps its largest size for the connection's life.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -26,7 +31,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use crate::cache::{EncodedResource, Snapshot, TypeResources, format_resource_version};
 use crate::names::NameSet;
 use crate::server::Callbacks;
-use crate::stream::{Closed, Outbox, Protocol};
+use crate::stream::{Closed, Inbox, Outbox, Protocol};
 use crate::types::in_push_order;
 use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -55,53 +60,63 @@ struct DeltaTypeState {
     /// still wants), held by reference, so a stream costs no copy of its proxy's config.
     base: Option<TypeResources>,
     /// Exceptions to `base`: names whose version the proxy has is not base's (`None`: it has
-    /// none), from subscription changes and from the versions a reconnecting proxy reports.
-    /// Empty after every push.
-    overrides: BTreeMap<String, Option<String>>,
+    /// none), from unsubscriptions and from the versions a reconnecting proxy reports. Empty
+    /// after every push.
+    overrides: NameMap<Option<String>>,
     /// Responses not yet ACKed or NACKed, oldest first. A delta proxy answers each response,
     /// so an answer to an older one still counts once a newer one went out.
     unanswered: std::collections::VecDeque<Unanswered>,
-    /// Names subscribed to that must be answered even if they do not exist.
-    pending: BTreeSet<String>,
+    /// Names subscribed to since the last push: they are answered even if they do not exist.
+    /// `true`: the proxy did not want the name before, so it has none of it (whatever `base`
+    /// holds). Empty after every push.
+    pending: NameMap<bool>,
 }
+
+/// Names to something, for a stream's short-lived bookkeeping: a hash table is one allocation
+/// however many names a subscription brings (a tree is one per few names), and the names come
+/// from the proxy's own requests, so only its own stream would pay for collisions.
+type NameMap<V> = HashMap<String, V, BuildHasherDefault<DefaultHasher>>;
 
 impl DeltaTypeState {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
 
-    /// Whether the proxy has a version of `name`.
-    fn knows(&self, name: &str) -> bool {
+    /// Whether what the proxy has of `name` is what `base` says (it wants the name, and
+    /// neither an exception nor a fresh subscription says otherwise).
+    fn has_base_version(&self, name: &str) -> bool {
+        self.wants(name)
+            && !self.overrides.contains_key(name)
+            && self.pending.get(name) != Some(&true)
+    }
+
+    /// Whether the proxy has a version of `name`, `base` being what was pushed last.
+    fn knows(&self, name: &str, base: Option<&TypeResources>) -> bool {
         match self.overrides.get(name) {
             Some(known) => known.is_some(),
-            None => self.wants(name) && self.base.as_ref().is_some_and(|b| b.contains(name)),
+            None => self.has_base_version(name) && base.is_some_and(|b| b.contains(name)),
         }
     }
 
-    /// Whether the proxy has version `hash` of `name`.
-    fn knows_version(&self, name: &str, hash: u64) -> bool {
+    /// Whether the proxy has version `hash` of `name`, `base` being what was pushed last.
+    fn knows_version(&self, name: &str, hash: u64, base: Option<&TypeResources>) -> bool {
         match self.overrides.get(name) {
             Some(known) => known
                 .as_ref()
                 .is_some_and(|v| *v == format_resource_version(hash)),
             None => {
-                self.wants(name)
-                    && self
-                        .base
-                        .as_ref()
-                        .and_then(|b| b.resource_version_hash(name))
-                        == Some(hash)
+                self.has_base_version(name)
+                    && base.and_then(|b| b.resource_version_hash(name)) == Some(hash)
             }
         }
     }
 
-    /// The names the proxy has a version of.
-    fn known_names(&self) -> BTreeSet<&str> {
-        let mut names: BTreeSet<&str> = self
-            .base
+    /// The names the proxy has a version of, `base` being what was pushed last.
+    fn known_names<'a>(&'a self, base: Option<&'a TypeResources>) -> BTreeSet<&'a str> {
+        let mut names: BTreeSet<&str> = base
             .iter()
             .flat_map(|b| b.names())
-            .filter(|n| self.wants(n) && !self.overrides.contains_key(*n))
+            .filter(|n| self.has_base_version(n))
             .collect();
         names.extend(
             self.overrides
@@ -111,11 +126,6 @@ impl DeltaTypeState {
         );
         names
     }
-
-    /// The proxy no longer has `name` (it unsubscribed, or it was not sent).
-    fn forget(&mut self, name: &str) {
-        self.overrides.insert(name.to_string(), None);
-    }
 }
 
 pub(crate) struct DeltaStream<C: Callbacks> {
@@ -124,6 +134,8 @@ pub(crate) struct DeltaStream<C: Callbacks> {
     callbacks: Arc<C>,
     tx: Outbox<DeltaResponse>,
     types: BTreeMap<String, DeltaTypeState>,
+    /// Types whose subscription changed since their last push.
+    due: BTreeSet<String>,
     snapshot: Option<Arc<Snapshot>>,
     nonce: u64,
 }
@@ -136,19 +148,96 @@ impl<C: Callbacks> DeltaStream<C> {
             callbacks,
             tx,
             types: BTreeMap::new(),
+            due: BTreeSet::new(),
             snapshot: None,
             nonce: 0,
         }
     }
 
-    async fn handle_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
-        self.callbacks
-            .on_delta_request(self.id, &self.node_id, &req);
+    async fn handle_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        inbox: &mut Inbox<DeltaDiscoveryRequest>,
+    ) -> Result<(), Closed> {
+        self.take(req);
+        self.push_due(inbox).await
+    }
+
+    /// Takes a request: its answer to an earlier response, and its changes to what the proxy
+    /// subscribes to; a type whose subscription changed is then due a push. The request's
+    /// names are kept, not copied.
+    fn take(&mut self, req: DeltaDiscoveryRequest) {
+        let first = !req.type_url.is_empty() && !self.types.contains_key(&req.type_url);
+        self.answer(&req);
         if req.type_url.is_empty() {
-            return Ok(());
+            return;
         }
-        let first = !self.types.contains_key(&req.type_url);
-        let state = self.types.entry(req.type_url.clone()).or_default();
+        let DeltaDiscoveryRequest {
+            type_url,
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            initial_resource_versions,
+            ..
+        } = req;
+        let state = self.types.entry(type_url.clone()).or_default();
+        if first {
+            state.overrides = initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| (name, Some(version)))
+                .collect();
+            // As go-control-plane: a first request that names nothing subscribes to every
+            // resource of its type, whatever the type.
+            state.wildcard = subscribe.is_empty();
+        }
+        let mut changed = first;
+        for name in subscribe {
+            if name == "*" {
+                if !state.wildcard {
+                    // What was not wanted was not sent: the proxy does not have it.
+                    let unsent: Vec<String> = state
+                        .base
+                        .iter()
+                        .flat_map(|b| b.names())
+                        .filter(|n| !state.names.contains(n) && !state.overrides.contains_key(*n))
+                        .map(str::to_string)
+                        .collect();
+                    for n in unsent {
+                        state.overrides.insert(n, None);
+                    }
+                    changed = true;
+                }
+                state.wildcard = true;
+            } else if !state.names.contains(&name) {
+                // A proxy that names what it wants has nothing of a name it did not want
+                // (unless it said otherwise when it reconnected).
+                let fresh = !state.wildcard && !state.overrides.contains_key(&name);
+                state.names.insert(&name);
+                state.pending.insert(name, fresh);
+                changed = true;
+            }
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(&name);
+                state.pending.remove(&name);
+                // The proxy drops what it unsubscribed from; forget its version so a
+                // re-subscription is answered.
+                state.overrides.insert(name, None);
+            }
+        }
+        if changed {
+            self.due.insert(type_url);
+        }
+    }
+
+    /// Hears the request and takes its answer (ACK or NACK) to the response its nonce names.
+    fn answer(&mut self, req: &DeltaDiscoveryRequest) {
+        self.callbacks.on_delta_request(self.id, &self.node_id, req);
+        let Some(state) = self.types.get_mut(&req.type_url) else {
+            return;
+        };
         let nonce = req.response_nonce.parse::<u64>().ok();
         let answered = state
             .unanswered
@@ -175,74 +264,53 @@ impl<C: Callbacks> DeltaStream<C> {
                 None => {}
             }
         }
-        let state = self.types.entry(req.type_url.clone()).or_default();
-        if first {
-            state.overrides = req
-                .initial_resource_versions
-                .iter()
-                .map(|(name, version)| (name.clone(), Some(version.clone())))
-                .collect();
-            // As go-control-plane: a first request that names nothing subscribes to every
-            // resource of its type, whatever the type.
-            state.wildcard = req.resource_names_subscribe.is_empty();
-        }
-        let mut changed = first;
-        for name in &req.resource_names_subscribe {
-            if name == "*" {
-                if !state.wildcard {
-                    // What was not wanted was not sent: the proxy does not have it.
-                    let unsent: Vec<String> = state
-                        .base
-                        .iter()
-                        .flat_map(|b| b.names())
-                        .filter(|n| !state.names.contains(n) && !state.overrides.contains_key(*n))
-                        .map(str::to_string)
-                        .collect();
-                    for n in unsent {
-                        state.forget(&n);
-                    }
-                    changed = true;
+    }
+
+    /// Hands `response` to the proxy. While the proxy has no room for it, requests are read
+    /// and taken; the pushes they make due wait until this one is over.
+    async fn send(
+        &mut self,
+        response: DeltaResponse,
+        inbox: &mut Inbox<DeltaDiscoveryRequest>,
+    ) -> Result<(), Closed> {
+        loop {
+            let request = tokio::select! {
+                biased;
+                permit = self.tx.reserve() => {
+                    permit.map_err(|_| Closed)?.send(Box::new(Ok(response)));
+                    return Ok(());
                 }
-                state.wildcard = true;
-            } else if !state.names.contains(name) {
-                if !state.wildcard && !state.overrides.contains_key(name) {
-                    state.forget(name);
-                }
-                state.names.insert(name);
-                state.pending.insert(name.clone());
-                changed = true;
-            }
-        }
-        for name in &req.resource_names_unsubscribe {
-            if name == "*" {
-                state.wildcard = false;
-            } else {
-                state.names.remove(name);
-                state.pending.remove(name);
-            }
-            // The proxy drops what it unsubscribed from; forget its version so a
-            // re-subscription is answered.
-            if name != "*" {
-                state.forget(name);
-            }
-        }
-        if changed {
-            self.push(&req.type_url).await
-        } else {
-            Ok(())
+                request = inbox.read_ahead() => request,
+            };
+            self.take(request);
         }
     }
 
-    async fn push_all(&mut self) -> Result<(), Closed> {
+    /// Pushes every type, then those that requests taken meanwhile made due.
+    async fn push_all(&mut self, inbox: &mut Inbox<DeltaDiscoveryRequest>) -> Result<(), Closed> {
         for t in in_push_order(self.types.keys()) {
-            self.push(&t).await?;
+            self.push(&t, inbox).await?;
+        }
+        self.push_due(inbox).await
+    }
+
+    /// Pushes the types due a push, in push order, until none is (a push may take requests
+    /// that make more due).
+    async fn push_due(&mut self, inbox: &mut Inbox<DeltaDiscoveryRequest>) -> Result<(), Closed> {
+        while let Some(t) = in_push_order(&self.due).into_iter().next() {
+            self.push(&t, inbox).await?;
         }
         Ok(())
     }
 
     /// Sends what changed for `type_url` since the proxy's known versions; nothing when nothing
     /// changed.
-    async fn push(&mut self, type_url: &str) -> Result<(), Closed> {
+    async fn push(
+        &mut self,
+        type_url: &str,
+        inbox: &mut Inbox<DeltaDiscoveryRequest>,
+    ) -> Result<(), Closed> {
+        self.due.remove(type_url);
         let Some(snapshot) = self.snapshot.clone() else {
             return Ok(());
         };
@@ -250,6 +318,9 @@ impl<C: Callbacks> DeltaStream<C> {
             return Ok(());
         };
         let current = snapshot.get(type_url);
+        // Whatever goes out, the proxy then has what is current.
+        let base = std::mem::replace(&mut state.base, current.cloned());
+        let base = base.as_ref();
         // What goes out, by reference: the responses are built one at a time as they are
         // sent, so a push holds no copy of the proxy's config while it waits for the proxy.
         let mut sending: Vec<(&str, &EncodedResource, u64)> = Vec::new();
@@ -257,10 +328,11 @@ impl<C: Callbacks> DeltaStream<C> {
         // Against what was pushed last: only the names whose resource differs, and those
         // whose version the proxy has is not base's (a subscription change or a reconnect
         // made them exceptions). Everything else the proxy has at the current version.
-        let changed = match (current, &state.base) {
+        let changed = match (current, base) {
             (Some(t), Some(base)) => t.changed_since(base).map(|mut names| {
-                if !state.overrides.is_empty() {
-                    names.extend(state.overrides.keys().cloned());
+                if !state.overrides.is_empty() || !state.pending.is_empty() {
+                    names.extend(state.overrides.keys().map(String::as_str));
+                    names.extend(state.pending.keys().map(String::as_str));
                     names.sort_unstable();
                     names.dedup();
                 }
@@ -271,17 +343,17 @@ impl<C: Callbacks> DeltaStream<C> {
         let present = |name: &str| state.wants(name) && current.is_some_and(|t| t.contains(name));
         match (current, changed) {
             (Some(t), Some(changed)) => {
-                for name in changed.iter().filter(|n| state.wants(n)) {
+                for name in changed.into_iter().filter(|n| state.wants(n)) {
                     match t.get_key_value(name) {
                         Some((name, r)) => {
                             let hash = t.version_hash_of(r);
-                            if !state.knows_version(name, hash) {
+                            if !state.knows_version(name, hash, base) {
                                 sending.push((name, r, hash));
                             }
                         }
                         None => {
-                            if state.knows(name) {
-                                removed.push(name.clone());
+                            if state.knows(name, base) {
+                                removed.push(name.to_string());
                             }
                         }
                     }
@@ -291,14 +363,14 @@ impl<C: Callbacks> DeltaStream<C> {
                 if let Some(t) = current {
                     for (name, r) in t.iter().filter(|(n, _)| state.wants(n)) {
                         let hash = t.version_hash_of(r);
-                        if !state.knows_version(name, hash) {
+                        if !state.knows_version(name, hash, base) {
                             sending.push((name, r, hash));
                         }
                     }
                 }
                 removed.extend(
                     state
-                        .known_names()
+                        .known_names(base)
                         .into_iter()
                         .filter(|n| !present(n))
                         .map(str::to_string),
@@ -308,16 +380,15 @@ impl<C: Callbacks> DeltaStream<C> {
         removed.extend(
             state
                 .pending
-                .iter()
-                .filter(|n| !present(n) && !state.knows(n))
+                .keys()
+                .filter(|n| !present(n) && !state.knows(n, base))
                 .cloned(),
         );
         removed.sort();
         removed.dedup();
-        // Whatever goes out, the proxy then has what is current.
-        state.pending.clear();
-        state.overrides.clear();
-        state.base = current.cloned();
+        // Emptied, not cleared: a large subscription leaves no room behind.
+        state.pending = NameMap::default();
+        state.overrides = NameMap::default();
         if sending.is_empty() && removed.is_empty() {
             return Ok(());
         }
@@ -354,10 +425,7 @@ impl<C: Callbacks> DeltaStream<C> {
             };
             self.callbacks
                 .on_delta_response(self.id, &self.node_id, &response);
-            self.tx
-                .send(Box::new(Ok(response)))
-                .await
-                .map_err(|_| Closed)?;
+            self.send(response, inbox).await?;
             if last {
                 return Ok(());
             }
@@ -407,12 +475,20 @@ impl<C: Callbacks> Protocol for DeltaStream<C> {
         self.snapshot = snapshot;
     }
 
-    async fn handle(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
-        self.handle_request(req).await
+    async fn handle(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        inbox: &mut Inbox<DeltaDiscoveryRequest>,
+    ) -> Result<(), Closed> {
+        self.handle_request(req, inbox).await
     }
 
-    async fn snapshot_changed(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), Closed> {
+    async fn snapshot_changed(
+        &mut self,
+        snapshot: Option<Arc<Snapshot>>,
+        inbox: &mut Inbox<DeltaDiscoveryRequest>,
+    ) -> Result<(), Closed> {
         self.snapshot = snapshot;
-        self.push_all().await
+        self.push_all(inbox).await
     }
 }

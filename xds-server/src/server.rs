@@ -33,7 +33,7 @@ use tonic::{Status, Streaming};
 
 use crate::cache::{Cache, Snapshot};
 use crate::names::NameSet;
-use crate::stream::{Closed, OUTBOX, Outbox, Protocol, StreamContext, drive};
+use crate::stream::{Closed, Inbox, OUTBOX, Outbox, Protocol, StreamContext, drive};
 use crate::types::{CLUSTER, LISTENER, in_push_order};
 use crate::wire::{DeltaResponse, SotwResponse};
 
@@ -398,11 +398,21 @@ impl<C: Callbacks> Protocol for SotwStream<C> {
         self.snapshot = snapshot;
     }
 
-    async fn handle(&mut self, req: DiscoveryRequest) -> Result<(), Closed> {
+    // A state-of-the-world push is one response per type: there is nothing to answer while
+    // it waits, so requests are not read ahead.
+    async fn handle(
+        &mut self,
+        req: DiscoveryRequest,
+        _inbox: &mut Inbox<DiscoveryRequest>,
+    ) -> Result<(), Closed> {
         self.handle_request(req).await
     }
 
-    async fn snapshot_changed(&mut self, snapshot: Option<Arc<Snapshot>>) -> Result<(), Closed> {
+    async fn snapshot_changed(
+        &mut self,
+        snapshot: Option<Arc<Snapshot>>,
+        _inbox: &mut Inbox<DiscoveryRequest>,
+    ) -> Result<(), Closed> {
         self.snapshot = snapshot;
         self.push_all().await
     }

@@ -40,15 +40,74 @@ pub(crate) trait Protocol: Send + 'static {
     /// The stream identified its node; `snapshot` is the node's current one.
     fn start(&mut self, node_id: String, snapshot: Option<Arc<Snapshot>>);
 
-    /// Handles one request.
-    fn handle(&mut self, request: Self::Request)
-    -> impl Future<Output = Result<(), Closed>> + Send;
+    /// Handles one request. While a response waits for the proxy, the protocol may read on
+    /// from `inbox`.
+    fn handle(
+        &mut self,
+        request: Self::Request,
+        inbox: &mut Inbox<Self::Request>,
+    ) -> impl Future<Output = Result<(), Closed>> + Send;
 
     /// The node's snapshot changed.
     fn snapshot_changed(
         &mut self,
         snapshot: Option<Arc<Snapshot>>,
+        inbox: &mut Inbox<Self::Request>,
     ) -> impl Future<Output = Result<(), Closed>> + Send;
+}
+
+/// What the request stream delivered: a request, its end (`None`), or a request that did not
+/// decode.
+type Arrival<R> = Result<Option<Box<R>>, Box<Status>>;
+
+/// A stream's requests, readable while the stream pushes.
+///
+/// A push waiting for the proxy to take a response can read on (see [`Inbox::read_ahead`]), so
+/// the proxy's requests do not wait as frames in the connection's receive queue, which keeps
+/// its largest size for the connection's life: a proxy answering every response of a long
+/// first push would leave dozens of slots behind. Only the stream's end, or a request that
+/// does not decode, waits for its turn.
+pub(crate) struct Inbox<R> {
+    requests: Streaming<R>,
+    /// The stream ended, or a request did not decode, while a push read ahead.
+    held: Option<Arrival<R>>,
+}
+
+impl<R> Inbox<R> {
+    fn new(requests: Streaming<R>) -> Self {
+        Inbox {
+            requests,
+            held: None,
+        }
+    }
+
+    /// The next request in turn (the stream's end or failure kept by a read ahead first).
+    /// Cancel-safe.
+    async fn next(&mut self) -> Arrival<R> {
+        if let Some(held) = self.held.take() {
+            return held;
+        }
+        arrival(self.requests.message().await)
+    }
+
+    /// The next request, read while a push waits; never resolves once the stream ended or a
+    /// request failed to decode (that waits for the stream's loop). Cancel-safe.
+    pub(crate) async fn read_ahead(&mut self) -> R {
+        if self.held.is_none() {
+            match self.requests.message().await {
+                Ok(Some(request)) => return request,
+                other => self.held = Some(arrival(other)),
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+fn arrival<R>(read: Result<Option<R>, Status>) -> Arrival<R> {
+    match read {
+        Ok(request) => Ok(request.map(Box::new)),
+        Err(status) => Err(Box::new(status)),
+    }
 }
 
 /// What a stream shares with its server, and what it arrived with.
@@ -68,7 +127,7 @@ pub(crate) struct StreamContext<C> {
 pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     mut protocol: P,
     id: u64,
-    mut requests: Streaming<P::Request>,
+    requests: Streaming<P::Request>,
     // Carries the stream-ending status (missing node id, malformed request, refused
     // authentication, shutdown) to the proxy.
     refuse: Outbox<P::Response>,
@@ -85,7 +144,14 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     } = context;
     // Admission is boxed and over once the proxy is in: its state (the first request, the
     // authentication) is not part of every idle stream's task.
-    let admission = admit::<P>(&mut requests, &refuse, metadata, authenticator, preparer);
+    let mut inbox = Inbox::new(requests);
+    let admission = admit::<P>(
+        &mut inbox.requests,
+        &refuse,
+        metadata,
+        authenticator,
+        preparer,
+    );
     let (node_id, first) = match Box::pin(admission).await {
         Some(admitted) => admitted,
         None => return,
@@ -95,7 +161,14 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
     protocol.start(node_id.clone(), snapshots.borrow_and_update().clone());
     // The protocol's futures are boxed: inline, their largest state would be part of every
     // idle stream's task.
-    let mut outcome = Box::pin(handle_admitted(&mut protocol, first, only, &refuse)).await;
+    let mut outcome = Box::pin(handle_admitted(
+        &mut protocol,
+        first,
+        &mut inbox,
+        only,
+        &refuse,
+    ))
+    .await;
     // Requests are read in the stream's own task: `Streaming::message` keeps its state in the
     // stream, so waiting for it is cancel-safe, and a task and channel per stream would cost
     // an idle stream more than its protocol state does.
@@ -103,16 +176,20 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
         // What woke the stream, small: the futures that handle it are boxed, so nothing large
         // is held while the stream waits.
         let event = tokio::select! {
-            req = requests.message() => Event::Request(match req {
-                Ok(req) => Ok(req.map(Box::new)),
-                Err(status) => Err(Box::new(status)),
-            }),
+            arrival = inbox.next() => Event::Request(arrival),
             () = shutting_down(&mut shutdown) => Event::ShuttingDown,
             changed = snapshots.changed() => Event::Snapshot(changed.is_ok()),
         };
         outcome = match event {
             Event::Request(Ok(Some(req))) => {
-                Box::pin(handle_admitted(&mut protocol, *req, only, &refuse)).await
+                Box::pin(handle_admitted(
+                    &mut protocol,
+                    *req,
+                    &mut inbox,
+                    only,
+                    &refuse,
+                ))
+                .await
             }
             // A request that does not decode ends the stream with the reason.
             Event::Request(Err(status)) => {
@@ -127,7 +204,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
             }
             Event::Snapshot(true) => {
                 let snapshot = snapshots.borrow_and_update().clone();
-                Box::pin(protocol.snapshot_changed(snapshot)).await
+                Box::pin(protocol.snapshot_changed(snapshot, &mut inbox)).await
             }
             // The cache forgot the node: keep serving the last snapshot.
             Event::Snapshot(false) => {
@@ -142,7 +219,7 @@ pub(crate) async fn drive<P: Protocol, C: Callbacks>(
 /// What woke an admitted stream.
 enum Event<R> {
     /// A request arrived (or the request stream ended, or a request did not decode).
-    Request(Result<Option<Box<R>>, Box<Status>>),
+    Request(Arrival<R>),
     /// The control plane is shutting down.
     ShuttingDown,
     /// The node's snapshot changed (`false`: the cache forgot the node).
@@ -191,6 +268,7 @@ async fn admit<P: Protocol>(
 async fn handle_admitted<P: Protocol>(
     protocol: &mut P,
     request: P::Request,
+    inbox: &mut Inbox<P::Request>,
     only: Option<&'static str>,
     refuse: &Outbox<P::Response>,
 ) -> Result<(), Closed> {
@@ -203,7 +281,7 @@ async fn handle_admitted<P: Protocol>(
             end(refuse, status).await;
             Err(Closed)
         }
-        _ => protocol.handle(request).await,
+        _ => protocol.handle(request, inbox).await,
     }
 }
 

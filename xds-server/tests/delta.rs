@@ -335,3 +335,64 @@ async fn a_large_push_is_split_and_only_its_last_answer_acks_the_version() {
     }
     assert_eq!(*answers.0.lock().unwrap(), want);
 }
+
+/// Counts the requests the server has heard.
+#[derive(Default)]
+struct Heard(std::sync::atomic::AtomicUsize);
+
+impl Heard {
+    /// Waits (at most 10 s) until `n` requests were heard.
+    async fn reaches(&self, n: usize) {
+        for _ in 0..500 {
+            if self.0.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "heard {} requests, want {n}",
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
+}
+
+impl Callbacks for Heard {
+    fn on_delta_request(&self, _: u64, _: &str, _: &DeltaDiscoveryRequest) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_heard_while_a_push_waits_for_the_proxy() {
+    let cache = Arc::new(SnapshotCache::new());
+    let heard = Arc::new(Heard::default());
+    let url = start_with(cache.clone(), heard.clone()).await;
+    // 4 MiB of clusters, one per response: more than the HTTP/2 windows and send buffers
+    // between the two ends hold, so the push waits for the proxy to read.
+    let mut resources: Vec<_> = (0..128)
+        .map(|i| big_cluster(&format!("c{i:03}"), 31))
+        .collect();
+    resources.push(endpoints("c000"));
+    cache.set("n", Snapshot::new(resources));
+    let mut p = Proxy::connect(&url).await;
+    p.subscribe(Some("n"), CLUSTER, &[], &[]).await;
+    let first = p.next().await;
+    // The proxy answers the first response without reading on: the server hears it.
+    p.ack(&first).await;
+    heard.reaches(2).await;
+    // So is a subscription change; what it asks for goes out once the push is over.
+    p.subscribe(None, ENDPOINT, &["c000"], &[]).await;
+    heard.reaches(3).await;
+    let mut clusters = names(&first).len();
+    while clusters < 128 {
+        let r = p.next().await;
+        assert_eq!(
+            r.type_url, CLUSTER,
+            "the push ends before the next one starts"
+        );
+        clusters += names(&r).len();
+    }
+    let r = p.next().await;
+    assert_eq!(r.type_url, ENDPOINT);
+    assert_eq!(names(&r), ["c000"]);
+}

@@ -20,7 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use xds_server::types::{ENDPOINT, LISTENER};
 
-use super::{PROXIES_ENV, Run, SHARED_CONNECTIONS, cpu_time, idle_window, peak_rss_kib, rss_kib};
+use super::{
+    PROXIES_ENV, Run, SHARED_CONNECTIONS, cpu_time, heap_bytes, idle_window, peak_rss_kib, rss_kib,
+};
 
 /// Instance `k` of service `s`: its Dataplane name.
 fn name(s: usize, k: usize) -> String {
@@ -273,6 +275,7 @@ pub async fn run(run: Run) {
     let connections = if run.shared { "shared" } else { "per-proxy" };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_start = rss_kib();
+    let heap_start = heap_bytes();
 
     let mut children = Proxies::spawn(
         &format!(
@@ -353,6 +356,7 @@ pub async fn run(run: Run) {
     tokio::time::sleep(idle_window()).await;
     let idle = cpu_time().saturating_sub(before);
     let rss_settled = rss_kib();
+    let heap_settled = heap_bytes();
 
     let conns = if run.shared {
         SHARED_CONNECTIONS.min(watchers)
@@ -375,6 +379,7 @@ pub async fn run(run: Run) {
         "cp_rss_bytes_per_proxy": rss_connected.saturating_sub(rss_start) * 1024 / proxies as u64,
         "cp_rss_peak_bytes": rss_peak * 1024,
         "cp_rss_settled_bytes_per_proxy": rss_settled.saturating_sub(rss_start) * 1024 / proxies as u64,
+        "cp_heap_settled_bytes_per_proxy": heap_settled.saturating_sub(heap_start) / proxies as u64,
         "config_bytes_per_proxy": config_bytes,
         "endpoint_change_proxies": watchers,
         "endpoint_change_converge_s": endpoint_converge.as_secs_f64(),

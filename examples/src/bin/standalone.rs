@@ -24,6 +24,18 @@ use kuma_cp::config::{Config, Mode, PortLayout};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc gives freed pages back to the system only while the process allocates, unless its
+/// background threads do it. After thousands of proxies received their config at once, an idle
+/// control plane would otherwise keep the push's freed memory resident for good (the
+/// xds_scale benchmark, settled: 114 KB per proxy without them, 90 KB with them). The threads
+/// sleep while there is nothing to give back.
+#[cfg(target_os = "linux")]
+fn return_freed_memory() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc's background threads are unavailable; freed memory is returned only while allocating");
+    }
+}
+
 /// A standalone Kuma-compatible control plane. Settings come from the config file (Kuma's
 /// kuma-cp keys) and KUMA_* environment variables, which win over the file; --port-layout
 /// wins over both.
@@ -101,6 +113,8 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    #[cfg(target_os = "linux")]
+    return_freed_memory();
     let args = Cli::parse();
     let mut config = match Config::load(args.config_file.as_deref(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
