@@ -8,7 +8,8 @@
 //! same mesh, same name when the token names one, and every tag of the token among the
 //! Dataplane's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kuma_core::manager::ResourceManager;
@@ -93,16 +94,38 @@ impl DataplaneIdentity {
 /// Issues and validates dataplane tokens.
 pub struct DataplaneTokens {
     manager: ResourceManager,
+    /// Each mesh's signing keys, kept once a token of the mesh verified (or was issued), so a
+    /// key is parsed once, not once per token. Unverified tokens add nothing: they may name
+    /// any mesh.
+    keys: Mutex<HashMap<String, Arc<SigningKeys>>>,
 }
 
 impl DataplaneTokens {
     /// Tokens kept in `manager`'s store.
     pub fn new(manager: ResourceManager) -> Self {
-        DataplaneTokens { manager }
+        DataplaneTokens {
+            manager,
+            keys: Mutex::default(),
+        }
     }
 
-    fn keys(&self, mesh: &str) -> SigningKeys {
-        SigningKeys::in_mesh(self.manager.clone(), mesh, &signing_key_prefix(mesh))
+    /// `mesh`'s signing keys: the kept ones, or new ones (see [`Self::keep`]).
+    fn keys(&self, mesh: &str) -> Arc<SigningKeys> {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        match keys.get(mesh) {
+            Some(kept) => kept.clone(),
+            None => Arc::new(SigningKeys::in_mesh(
+                self.manager.clone(),
+                mesh,
+                &signing_key_prefix(mesh),
+            )),
+        }
+    }
+
+    /// Keeps `keys` as `mesh`'s, if none are kept yet.
+    fn keep(&self, mesh: &str, keys: Arc<SigningKeys>) {
+        let mut kept = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        kept.entry(mesh.to_string()).or_insert(keys);
     }
 
     /// A token for `identity`, valid for `valid_for`; makes the mesh's first signing key if it
@@ -115,6 +138,7 @@ impl DataplaneTokens {
         let keys = self.keys(&identity.mesh);
         keys.ensure_default().await?;
         let key = keys.latest().await?;
+        self.keep(&identity.mesh, keys);
         let mut claims = Map::new();
         claims.insert("Name".into(), json!(identity.name));
         claims.insert("Mesh".into(), json!(identity.mesh));
@@ -146,8 +170,10 @@ impl DataplaneTokens {
             .filter(|m| !m.is_empty())
             .ok_or_else(|| TokenError::Claims("Mesh must be a non-empty string".into()))?
             .to_string();
-        let key = self.keys(&mesh).get(unverified.kid()).await?;
+        let keys = self.keys(&mesh);
+        let key = keys.get(unverified.kid()).await?;
         let claims = unverified.verify(&key, now)?;
+        self.keep(&mesh, keys);
         if let Some(jti) = claims.get("jti").and_then(Value::as_str)
             && self.revoked(&mesh, jti).await?
         {
@@ -174,5 +200,54 @@ impl DataplaneTokens {
     async fn revoked(&self, mesh: &str, jti: &str) -> Result<bool, TokenError> {
         let key = ResourceKey::new(ResourceType::Secret, mesh, &revocations_secret(mesh));
         crate::revoked(&self.manager, &key, jti).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing_key::SigningKey;
+    use kuma_core::manager::ManagerOptions;
+    use kuma_core::resource::parse_yaml;
+
+    #[tokio::test]
+    async fn a_meshs_keys_are_kept_once_a_token_verifies_and_never_for_an_unverified_mesh() {
+        let manager = ResourceManager::new(
+            Arc::new(kuma_store::MemoryStore::new()),
+            ManagerOptions::default(),
+        );
+        manager
+            .create(parse_yaml("type: Mesh\nname: default\n").unwrap())
+            .await
+            .unwrap();
+        let tokens = DataplaneTokens::new(manager);
+        let identity = DataplaneIdentity {
+            name: "web-1".into(),
+            mesh: "default".into(),
+            tags: BTreeMap::new(),
+            kind: String::new(),
+        };
+        let token = tokens
+            .issue(&identity, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let kept = tokens.keys("default");
+        for _ in 0..3 {
+            assert_eq!(tokens.validate(&token).await.unwrap().name, "web-1");
+        }
+        // The same keys every time, so the signing key was parsed once.
+        assert!(Arc::ptr_eq(&kept, &tokens.keys("default")));
+
+        // A token naming a mesh with no keys, signed by a key of its own: refused, and
+        // nothing kept for it.
+        let forger =
+            SigningKey::from_pem("1", SigningKey::generate_pem().unwrap().as_bytes()).unwrap();
+        let mut claims = Map::new();
+        claims.insert("Name".into(), json!("x"));
+        claims.insert("Mesh".into(), json!("ghost"));
+        let forged = jwt::issue(&forger, claims, Duration::from_secs(60), jwt::now()).unwrap();
+        assert!(tokens.validate(&forged).await.is_err());
+        let kept: Vec<String> = tokens.keys.lock().unwrap().keys().cloned().collect();
+        assert_eq!(kept, ["default"]);
     }
 }

@@ -69,7 +69,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::generate::{
-    Dependencies, MeshContext, MeshIndex, ProxyContext, ReachGraph, SnapshotGenerator, node_id,
+    Dependencies, MeshContext, MeshIndex, ProxyContext, ReachGraph, SharedBuilds,
+    SnapshotGenerator, node_id,
 };
 use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::model::dataplane::DataplaneSpec;
@@ -147,6 +148,8 @@ struct MeshState {
     reach: Option<(u64, Arc<ReachGraph>)>,
     /// What each proxy's snapshot (by Dataplane name) was generated from.
     dependencies: BTreeMap<String, Dependencies>,
+    /// What the last batches built once for many proxies, from the current inputs.
+    builds: Arc<SharedBuilds>,
 }
 
 /// The inputs every proxy of a mesh is generated from, besides the Dataplanes.
@@ -396,25 +399,37 @@ impl Reconciler {
         // Proxies selected only because services their outbounds read changed keep their
         // own resources, laid over their view's new outbounds, unless views may have moved.
         let mut views_moved = false;
+        let reach = match &wide.authority {
+            Some(_) if self.auto_reachable_services => Some(match &state.reach {
+                Some((shape, graph)) if *shape == index.shape() => graph.clone(),
+                _ => {
+                    views_moved = true;
+                    let graph = Arc::new(ReachGraph::new(index, &wide.policies));
+                    state.reach = Some((index.shape(), graph.clone()));
+                    graph
+                }
+            }),
+            _ => None,
+        };
+        // What earlier batches built once for many proxies (views' outbounds, DNS records)
+        // holds while no service and nothing mesh-wide changed: a batch of proxies connecting
+        // builds nothing that is already built. Views of proxies gone since are let go now
+        // and then.
+        let stale_views = state.builds.outbound_builds() > 2 * state.dependencies.len() + 16;
+        if everything || views_moved || !touched.is_empty() || stale_views {
+            state.builds = Arc::default();
+        }
         let mut mesh_context = MeshContext::indexed(mesh, index)
             .with_spec(&wide.spec)
             .with_policy_engine(wide.engine.clone())
             .with_vips(wide.vips.clone(), self.vip_port)
-            .with_vip_domain(&self.vip_domain);
+            .with_vip_domain(&self.vip_domain)
+            .with_shared_builds(state.builds.clone());
         if let Some(a) = &wide.authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
-            if self.auto_reachable_services {
-                let graph = match &state.reach {
-                    Some((shape, graph)) if *shape == index.shape() => graph.clone(),
-                    _ => {
-                        views_moved = true;
-                        let graph = Arc::new(ReachGraph::new(index, &wide.policies));
-                        state.reach = Some((index.shape(), graph.clone()));
-                        graph
-                    }
-                };
-                mesh_context = mesh_context.with_reach_graph(graph);
-            }
+        }
+        if let Some(graph) = reach {
+            mesh_context = mesh_context.with_reach_graph(graph);
         }
         let outbounds_only = |name: &str| {
             !everything
@@ -961,6 +976,8 @@ mod tests {
         profile: GeneratorList,
         anew: AtomicUsize,
         relayered: AtomicUsize,
+        /// The outbound views built into the shared builds of the last generation's context.
+        views: AtomicUsize,
     }
 
     impl Counting {
@@ -969,6 +986,7 @@ mod tests {
                 profile: GeneratorList::kuma_profile(),
                 anew: AtomicUsize::new(0),
                 relayered: AtomicUsize::new(0),
+                views: AtomicUsize::new(0),
             })
         }
 
@@ -992,7 +1010,10 @@ mod tests {
             ctx: &ProxyContext<'_>,
         ) -> Result<(Snapshot, Dependencies), GenerateError> {
             self.anew.fetch_add(1, Ordering::SeqCst);
-            self.profile.generate_tracked(ctx)
+            let generated = self.profile.generate_tracked(ctx);
+            self.views
+                .store(ctx.mesh.outbound_builds(), Ordering::SeqCst);
+            generated
         }
 
         fn regenerate_outbounds(
@@ -1053,6 +1074,53 @@ mod tests {
             .collect();
         ips.sort();
         ips
+    }
+
+    #[tokio::test]
+    async fn connecting_proxies_reuse_the_outbounds_built_before() {
+        let manager = manager_with([
+            dataplane("web", "10.0.0.1", "web", &["backend"]),
+            dataplane("web-2", "10.0.0.2", "web", &["backend"]),
+            dataplane("backend-1", "10.0.0.3", "backend", &[]),
+        ])
+        .await;
+        let cache = Arc::new(SnapshotCache::new());
+        let generator = Counting::new();
+        let registry = connected(&["web", "backend-1"]);
+        let mut r = Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            generator.clone(),
+            registry.clone(),
+            Duration::ZERO,
+        );
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 2);
+        // Two views: web's outbound to backend, and backend's none.
+        assert_eq!(generator.views.load(Ordering::SeqCst), 2);
+
+        // web-2 sees the mesh as web does: its batch builds no view.
+        connect(&mut r, &registry, "web-2").await;
+        assert_eq!(generator.counts(), (3, 0));
+        assert_eq!(generator.views.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            endpoints_of(&cache, "default.web-2", "backend"),
+            ["10.0.0.3"]
+        );
+
+        // A changed service: what was built for the old one is not used.
+        manager
+            .apply(dataplane("backend-2", "10.0.0.4", "backend", &[]))
+            .await
+            .unwrap();
+        registry.stream_opened("default.backend-2");
+        r.sync_mesh("default", &Dirty::dataplanes(["backend-2"]))
+            .await;
+        for node in ["default.web", "default.web-2"] {
+            assert_eq!(
+                endpoints_of(&cache, node, "backend"),
+                ["10.0.0.3", "10.0.0.4"]
+            );
+        }
     }
 
     #[tokio::test]

@@ -82,23 +82,26 @@ impl DeltaTypeState {
         self.wildcard || self.names.contains(name)
     }
 
-    /// Whether what the proxy has of `name` is what `base` says (it wants the name, and
-    /// neither an exception nor a fresh subscription says otherwise).
+    /// Whether what the proxy has of `name`, a name it wants, is what `base` says (neither an
+    /// exception nor a fresh subscription says otherwise).
     fn has_base_version(&self, name: &str) -> bool {
-        self.wants(name)
-            && !self.overrides.contains_key(name)
-            && self.pending.get(name) != Some(&true)
+        !self.overrides.contains_key(name) && self.pending.get(name) != Some(&true)
     }
 
     /// Whether the proxy has a version of `name`, `base` being what was pushed last.
     fn knows(&self, name: &str, base: Option<&TypeResources>) -> bool {
         match self.overrides.get(name) {
             Some(known) => known.is_some(),
-            None => self.has_base_version(name) && base.is_some_and(|b| b.contains(name)),
+            None => {
+                self.wants(name)
+                    && self.has_base_version(name)
+                    && base.is_some_and(|b| b.contains(name))
+            }
         }
     }
 
-    /// Whether the proxy has version `hash` of `name`, `base` being what was pushed last.
+    /// Whether the proxy has version `hash` of `name`, a name it wants, `base` being what was
+    /// pushed last.
     fn knows_version(&self, name: &str, hash: u64, base: Option<&TypeResources>) -> bool {
         match self.overrides.get(name) {
             Some(known) => known
@@ -116,7 +119,7 @@ impl DeltaTypeState {
         let mut names: BTreeSet<&str> = base
             .iter()
             .flat_map(|b| b.names())
-            .filter(|n| self.has_base_version(n))
+            .filter(|n| self.wants(n) && self.has_base_version(n))
             .collect();
         names.extend(
             self.overrides
@@ -207,11 +210,10 @@ impl<C: Callbacks> DeltaStream<C> {
                     changed = true;
                 }
                 state.wildcard = true;
-            } else if !state.names.contains(&name) {
+            } else if state.names.insert(&name) {
                 // A proxy that names what it wants has nothing of a name it did not want
                 // (unless it said otherwise when it reconnected).
                 let fresh = !state.wildcard && !state.overrides.contains_key(&name);
-                state.names.insert(&name);
                 state.pending.insert(name, fresh);
                 changed = true;
             }

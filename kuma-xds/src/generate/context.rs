@@ -174,9 +174,33 @@ pub struct MeshContext<'a> {
     pub vip_domain: String,
     /// Which services transparent proxies may reach, when outbounds are trimmed to it.
     reach: Option<Arc<ReachGraph>>,
+    /// What is built once for every proxy that needs it.
+    builds: Arc<SharedBuilds>,
+}
+
+/// What a mesh context builds once for all the proxies that need it: each outbound view's
+/// outbounds, and kuma-dp's DNS records for each reachable set. A context starts with its own;
+/// contexts of the same inputs may share them (see [`MeshContext::with_shared_builds`]).
+#[derive(Default)]
+pub struct SharedBuilds {
     outbounds: OutboundCache,
     /// kuma-dp's DNS records (body and tag) by the reachable services they are for.
     dns_records: Mutex<HashMap<Vec<String>, Arc<DnsRecordsBody>>>,
+}
+
+impl SharedBuilds {
+    /// How many outbound views were built into these (each once).
+    pub fn outbound_builds(&self) -> usize {
+        self.outbounds.builds()
+    }
+}
+
+impl std::fmt::Debug for SharedBuilds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBuilds")
+            .field("outbound_builds", &self.outbound_builds())
+            .finish_non_exhaustive()
+    }
 }
 
 /// kuma-dp's DNS records as served: the body and its tag.
@@ -207,8 +231,7 @@ impl<'a> MeshContext<'a> {
             vip_port: 80,
             vip_domain: "mesh".into(),
             reach: None,
-            outbounds: OutboundCache::default(),
-            dns_records: Mutex::default(),
+            builds: Arc::default(),
         }
     }
 
@@ -249,6 +272,16 @@ impl<'a> MeshContext<'a> {
         self
     }
 
+    /// Keeps what this context builds once in `builds`, and uses what they hold already: the
+    /// builds of an earlier context of the same mesh, made from the same inputs (the Mesh,
+    /// its policies, VIPs, mTLS and reachable-services graph, and its services' Dataplanes).
+    /// Keeping that promise is the caller's part; the reconciler shares them between batches
+    /// that change none of those.
+    pub fn with_shared_builds(mut self, builds: Arc<SharedBuilds>) -> Self {
+        self.builds = builds;
+        self
+    }
+
     /// The graph transparent proxies' outbounds are trimmed to, if any.
     pub fn reach_graph(&self) -> Option<&ReachGraph> {
         self.reach.as_deref()
@@ -277,13 +310,15 @@ impl<'a> MeshContext<'a> {
         view: &OutboundView,
         build: impl FnOnce(&OutboundContext<'_>) -> Result<SharedOutbounds, GenerateError>,
     ) -> Result<Arc<SharedOutbounds>, GenerateError> {
-        self.outbounds
+        self.builds
+            .outbounds
             .get_or_build(view, || build(&OutboundContext { mesh: self, view }))
     }
 
-    /// How many distinct outbound views were built with this context.
+    /// How many distinct outbound views were built into this context's builds (by it, or by
+    /// the earlier contexts it shares them with).
     pub fn outbound_builds(&self) -> usize {
-        self.outbounds.builds()
+        self.builds.outbound_builds()
     }
 
     /// kuma-dp's DNS records for proxies reaching `reachable` (empty: every service), as
@@ -293,7 +328,11 @@ impl<'a> MeshContext<'a> {
         reachable: &[String],
         build: impl FnOnce() -> (String, String),
     ) -> Arc<DnsRecordsBody> {
-        let mut memo = self.dns_records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memo = self
+            .builds
+            .dns_records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(records) = memo.get(reachable) {
             return records.clone();
         }

@@ -26,7 +26,7 @@ pub mod source_tags;
 mod tests;
 
 pub use context::{
-    Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata, Service,
+    Endpoint, MeshContext, MeshMtls, Protocol, ProxyContext, ProxyMetadata, Service, SharedBuilds,
     WorkloadCertificate, access_log_pipe, dynamic_config_pipe,
 };
 pub use index::MeshIndex;
