@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kuma_core::manager::{Applied, ManagerError};
 use kuma_core::resource::{
-    MAX_DOCUMENT_BYTES, ParseError, Resource, ResourceKey, ResourceType, Scope,
+    KdsFlags, MAX_DOCUMENT_BYTES, ParseError, Resource, ResourceKey, ResourceType, Scope,
 };
 use kuma_core::store::{GatewayFilter, ListQuery, StoreError};
 use kuma_core::validation::ValidationError;
@@ -455,7 +455,7 @@ pub(crate) async fn catalogue() -> Json<Value> {
                 "singularDisplayName": singular,
                 "pluralDisplayName": plural,
                 "shortName": short_name(*t),
-                "includeInFederation": t.kds_to_zone() || t.is_policy(),
+                "includeInFederation": t.kds_flags().has(KdsFlags::GLOBAL_TO_ZONES),
             });
             if let Some((to, from, rules, from_as_rules)) = policy_target_refs(*t) {
                 entry["policy"] = json!({

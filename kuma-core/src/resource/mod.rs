@@ -8,7 +8,7 @@ pub use codec::{
     MAX_DOCUMENT_BYTES, MAX_NESTING, ParseError, check_nesting, decode_value, parse_documents,
     parse_json, parse_yaml,
 };
-pub use registry::{CompactSpec, ResourceType, Scope, Spec, TypedSpec, UntypedSpec};
+pub use registry::{CompactSpec, KdsFlags, ResourceType, Scope, Spec, TypedSpec, UntypedSpec};
 
 use std::collections::BTreeMap;
 use std::fmt;

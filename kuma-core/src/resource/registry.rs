@@ -86,6 +86,52 @@ pub enum Scope {
     Mesh,
 }
 
+/// How KDS syncs a type between the global control plane and the zones: Kuma's `KDSFlags`
+/// bits, so a table written from Kuma's type descriptors reads the same here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KdsFlags(u8);
+
+impl KdsFlags {
+    /// Not synced.
+    pub const NONE: KdsFlags = KdsFlags(0);
+    /// Zones use it (synced when global provides it, or zones share it).
+    pub const CONSUMED_BY_ZONE: KdsFlags = KdsFlags(1);
+    /// Global uses it (synced when zones provide it).
+    pub const CONSUMED_BY_GLOBAL: KdsFlags = KdsFlags(1 << 2);
+    /// Zones create, change and delete it.
+    pub const PROVIDED_BY_ZONE: KdsFlags = KdsFlags(1 << 3);
+    /// Global creates, changes and deletes it.
+    pub const PROVIDED_BY_GLOBAL: KdsFlags = KdsFlags(1 << 4);
+    /// What one zone provides reaches the other zones (through global).
+    pub const SYNCED_ACROSS_ZONES: KdsFlags = KdsFlags(1 << 5);
+    /// Sent from zones to global.
+    pub const ZONE_TO_GLOBAL: KdsFlags =
+        KdsFlags(Self::CONSUMED_BY_GLOBAL.0 | Self::PROVIDED_BY_ZONE.0);
+    /// Sent from global to zones.
+    pub const GLOBAL_TO_ZONES: KdsFlags =
+        KdsFlags(Self::PROVIDED_BY_GLOBAL.0 | Self::CONSUMED_BY_ZONE.0);
+
+    /// Both sets of flags.
+    pub const fn union(self, other: KdsFlags) -> KdsFlags {
+        KdsFlags(self.0 | other.0)
+    }
+
+    /// Whether every flag of `flags` is set (Kuma's `Has`).
+    pub const fn has(self, flags: KdsFlags) -> bool {
+        self.0 & flags.0 == flags.0 && flags.0 != 0
+    }
+
+    /// Global sends resources of the type to zones (its own, or those zones share).
+    pub const fn sent_to_zones(self) -> bool {
+        self.has(Self::GLOBAL_TO_ZONES) || self.has(Self::SYNCED_ACROSS_ZONES)
+    }
+
+    /// Zones send resources of the type to global.
+    pub const fn sent_to_global(self) -> bool {
+        self.has(Self::ZONE_TO_GLOBAL)
+    }
+}
+
 /// A spec type that knows how to check itself.
 trait CheckSpec {
     fn check(&self) -> ValidationError;
@@ -149,7 +195,7 @@ pub trait TypedSpec: Sized {
 macro_rules! registry {
     ($(
         $variant:ident($spec:ty) = $name:literal, $scope:ident, $coll:expr,
-        to_zone: $tz:literal, to_global: $tg:literal, policy: $pol:literal;
+        kds: $($flag:ident)|+, policy: $pol:literal;
     )*) => {
         /// Every resource type this control plane knows.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -180,14 +226,9 @@ macro_rules! registry {
                 match self { $(ResourceType::$variant => $coll),* }
             }
 
-            /// KDS syncs the type from global to zones.
-            pub fn kds_to_zone(self) -> bool {
-                match self { $(ResourceType::$variant => $tz),* }
-            }
-
-            /// KDS syncs the type from zones to global.
-            pub fn kds_to_global(self) -> bool {
-                match self { $(ResourceType::$variant => $tg),* }
+            /// How KDS syncs the type (Kuma's flags for it).
+            pub fn kds_flags(self) -> KdsFlags {
+                match self { $(ResourceType::$variant => KdsFlags::NONE$(.union(KdsFlags::$flag))+),* }
             }
 
             /// A targetRef policy (YAML with a nested `spec`).
@@ -255,33 +296,47 @@ macro_rules! registry {
 }
 
 registry! {
-    Mesh(MeshSpec) = "Mesh", Global, Some("meshes"), to_zone: true, to_global: false, policy: false;
-    Dataplane(DataplaneSpec) = "Dataplane", Mesh, Some("dataplanes"), to_zone: false, to_global: true, policy: false;
-    DataplaneInsight(CompactSpec) = "DataplaneInsight", Mesh, Some("dataplane-insights"), to_zone: false, to_global: true, policy: false;
-    ZoneIngress(ZoneIngressSpec) = "ZoneIngress", Global, Some("zoneingresses"), to_zone: true, to_global: true, policy: false;
-    ZoneEgress(ZoneEgressSpec) = "ZoneEgress", Global, Some("zoneegresses"), to_zone: false, to_global: true, policy: false;
-    Zone(ZoneSpec) = "Zone", Global, Some("zones"), to_zone: false, to_global: false, policy: false;
-    ZoneInsight(UntypedSpec) = "ZoneInsight", Global, Some("zone-insights"), to_zone: false, to_global: false, policy: false;
-    Secret(SecretSpec) = "Secret", Mesh, Some("secrets"), to_zone: true, to_global: false, policy: false;
-    GlobalSecret(SecretSpec) = "GlobalSecret", Global, Some("globalsecrets"), to_zone: true, to_global: false, policy: false;
-    Config(ConfigSpec) = "Config", Global, None, to_zone: false, to_global: false, policy: false;
-    MeshGateway(MeshGatewaySpec) = "MeshGateway", Mesh, Some("meshgateways"), to_zone: true, to_global: false, policy: false;
-    MeshTrafficPermission(MeshTrafficPermissionSpec) = "MeshTrafficPermission", Mesh, Some("meshtrafficpermissions"), to_zone: true, to_global: true, policy: true;
-    MeshTimeout(MeshTimeoutSpec) = "MeshTimeout", Mesh, Some("meshtimeouts"), to_zone: true, to_global: true, policy: true;
-    MeshRetry(MeshRetrySpec) = "MeshRetry", Mesh, Some("meshretries"), to_zone: true, to_global: true, policy: true;
-    MeshHealthCheck(MeshHealthCheckSpec) = "MeshHealthCheck", Mesh, Some("meshhealthchecks"), to_zone: true, to_global: true, policy: true;
-    MeshCircuitBreaker(MeshCircuitBreakerSpec) = "MeshCircuitBreaker", Mesh, Some("meshcircuitbreakers"), to_zone: true, to_global: true, policy: true;
-    MeshLoadBalancingStrategy(MeshLoadBalancingStrategySpec) = "MeshLoadBalancingStrategy", Mesh, Some("meshloadbalancingstrategies"), to_zone: true, to_global: true, policy: true;
-    MeshHTTPRoute(MeshHttpRouteSpec) = "MeshHTTPRoute", Mesh, Some("meshhttproutes"), to_zone: true, to_global: true, policy: true;
-    MeshTCPRoute(MeshTcpRouteSpec) = "MeshTCPRoute", Mesh, Some("meshtcproutes"), to_zone: true, to_global: true, policy: true;
-    MeshRateLimit(MeshRateLimitSpec) = "MeshRateLimit", Mesh, Some("meshratelimits"), to_zone: true, to_global: true, policy: true;
-    MeshFaultInjection(MeshFaultInjectionSpec) = "MeshFaultInjection", Mesh, Some("meshfaultinjections"), to_zone: true, to_global: true, policy: true;
-    MeshAccessLog(MeshAccessLogSpec) = "MeshAccessLog", Mesh, Some("meshaccesslogs"), to_zone: true, to_global: true, policy: true;
-    MeshTrace(UntypedSpec) = "MeshTrace", Mesh, Some("meshtraces"), to_zone: true, to_global: true, policy: true;
-    MeshMetric(UntypedSpec) = "MeshMetric", Mesh, Some("meshmetrics"), to_zone: true, to_global: true, policy: true;
-    MeshProxyPatch(UntypedSpec) = "MeshProxyPatch", Mesh, Some("meshproxypatches"), to_zone: true, to_global: true, policy: true;
-    MeshPassthrough(UntypedSpec) = "MeshPassthrough", Mesh, Some("meshpassthroughs"), to_zone: true, to_global: true, policy: true;
-    MeshTLS(UntypedSpec) = "MeshTLS", Mesh, Some("meshtlses"), to_zone: true, to_global: true, policy: true;
+    Mesh(MeshSpec) = "Mesh", Global, Some("meshes"), kds: GLOBAL_TO_ZONES, policy: false;
+    Dataplane(DataplaneSpec) = "Dataplane", Mesh, Some("dataplanes"), kds: ZONE_TO_GLOBAL, policy: false;
+    DataplaneInsight(CompactSpec) = "DataplaneInsight", Mesh, Some("dataplane-insights"), kds: ZONE_TO_GLOBAL, policy: false;
+    ZoneIngress(ZoneIngressSpec) = "ZoneIngress", Global, Some("zoneingresses"), kds: ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: false;
+    ZoneEgress(ZoneEgressSpec) = "ZoneEgress", Global, Some("zoneegresses"), kds: ZONE_TO_GLOBAL, policy: false;
+    Zone(ZoneSpec) = "Zone", Global, Some("zones"), kds: PROVIDED_BY_GLOBAL | PROVIDED_BY_ZONE, policy: false;
+    ZoneInsight(UntypedSpec) = "ZoneInsight", Global, Some("zone-insights"), kds: PROVIDED_BY_GLOBAL | PROVIDED_BY_ZONE, policy: false;
+    Secret(SecretSpec) = "Secret", Mesh, Some("secrets"), kds: GLOBAL_TO_ZONES | PROVIDED_BY_ZONE, policy: false;
+    GlobalSecret(SecretSpec) = "GlobalSecret", Global, Some("globalsecrets"), kds: GLOBAL_TO_ZONES | PROVIDED_BY_ZONE, policy: false;
+    Config(ConfigSpec) = "Config", Global, None, kds: GLOBAL_TO_ZONES | PROVIDED_BY_ZONE, policy: false;
+    MeshGateway(MeshGatewaySpec) = "MeshGateway", Mesh, Some("meshgateways"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL, policy: false;
+    MeshTrafficPermission(MeshTrafficPermissionSpec) = "MeshTrafficPermission", Mesh, Some("meshtrafficpermissions"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshTimeout(MeshTimeoutSpec) = "MeshTimeout", Mesh, Some("meshtimeouts"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshRetry(MeshRetrySpec) = "MeshRetry", Mesh, Some("meshretries"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshHealthCheck(MeshHealthCheckSpec) = "MeshHealthCheck", Mesh, Some("meshhealthchecks"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshCircuitBreaker(MeshCircuitBreakerSpec) = "MeshCircuitBreaker", Mesh, Some("meshcircuitbreakers"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshLoadBalancingStrategy(MeshLoadBalancingStrategySpec) = "MeshLoadBalancingStrategy", Mesh, Some("meshloadbalancingstrategies"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshHTTPRoute(MeshHttpRouteSpec) = "MeshHTTPRoute", Mesh, Some("meshhttproutes"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshTCPRoute(MeshTcpRouteSpec) = "MeshTCPRoute", Mesh, Some("meshtcproutes"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshRateLimit(MeshRateLimitSpec) = "MeshRateLimit", Mesh, Some("meshratelimits"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshFaultInjection(MeshFaultInjectionSpec) = "MeshFaultInjection", Mesh, Some("meshfaultinjections"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshAccessLog(MeshAccessLogSpec) = "MeshAccessLog", Mesh, Some("meshaccesslogs"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshTrace(UntypedSpec) = "MeshTrace", Mesh, Some("meshtraces"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshMetric(UntypedSpec) = "MeshMetric", Mesh, Some("meshmetrics"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshProxyPatch(UntypedSpec) = "MeshProxyPatch", Mesh, Some("meshproxypatches"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshPassthrough(UntypedSpec) = "MeshPassthrough", Mesh, Some("meshpassthroughs"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+    MeshTLS(UntypedSpec) = "MeshTLS", Mesh, Some("meshtlses"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
+}
+
+impl ResourceType {
+    /// KDS keeps the name of a resource of this type as it is, with no hash suffix (Kuma's
+    /// `SkipKDSHash`): meshes, secrets and configs are referred to by name.
+    pub fn keeps_name_across_kds(self) -> bool {
+        matches!(
+            self,
+            ResourceType::Mesh
+                | ResourceType::Secret
+                | ResourceType::GlobalSecret
+                | ResourceType::Config
+        )
+    }
 }
 
 impl fmt::Display for ResourceType {
