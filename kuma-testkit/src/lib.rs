@@ -26,11 +26,13 @@ pub fn envoy_binary() -> String {
 
 /// A TCP port on 127.0.0.1 for a peer (Envoy, a binary) to bind, reserved for this test run.
 ///
-/// Ports come from 20000..32000, below the kernel's ephemeral range (32768 and up), so no
-/// outgoing connection of any process can be holding one when its peer binds it. Test
-/// processes run concurrently, so each port is also claimed with a file in a shared
-/// directory (created exclusively; claims older than 15 minutes are stale and reused) before
-/// it is checked to be free.
+/// Ports come from 20000..21000 and 30000..32700, below the kernel's ephemeral range (32768
+/// and up), so no outgoing connection of any process can be holding one when its peer binds
+/// it. 21000..30000 is left to fixtures with fixed ports (the goldens' listeners, see
+/// [`reserve_port`]): a port drawn here is never one a fixture needs, so a fixture never waits
+/// for a concurrent test to let go of it. Test processes run concurrently, so each port is
+/// also claimed with a file in a shared directory (created exclusively; claims older than 15
+/// minutes are stale and reused) before it is checked to be free.
 pub async fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,19 +43,25 @@ pub async fn free_port() -> u16 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
         h.write_u32(std::process::id());
-        let port = 20_000 + u16::try_from(h.finish() % 12_000).expect("below 12000");
+        let draw = u16::try_from(h.finish() % 3_700).expect("below 3700");
+        let port = if draw < 2_700 {
+            30_000 + draw
+        } else {
+            20_000 + (draw - 2_700)
+        };
         if claim(&claims.join(port.to_string()))
             && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
         {
             return port;
         }
     }
-    panic!("no free port in 20000..32000");
+    panic!("no free port in 20000..21000 or 30000..32700");
 }
 
-/// Takes a port a test must use as it is (a fixed port in a fixture) out of [`free_port`]'s
-/// pool, so that no concurrent test is handed it from now on (its claim is renewed), and waits
-/// (up to a minute) until nothing is bound to it.
+/// Takes a port a test must use as it is (a fixed port in a fixture) for this process, and
+/// waits (up to a minute) until nothing is bound to it. Fixtures keep their ports in
+/// 21000..30000, which [`free_port`] never hands out; the claim (renewed) keeps other
+/// fixtures' tests off it meanwhile.
 pub async fn reserve_port(port: u16) {
     static MINE: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     if MINE
