@@ -16,7 +16,8 @@
 //! answered SERVFAIL (TCP).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,9 +37,6 @@ pub const TCP_IDLE_BUSY: Duration = Duration::from_secs(1);
 pub const TCP_CONNECTIONS: usize = 256;
 /// TCP connections one client address may hold at once.
 pub const TCP_PER_CLIENT: usize = 16;
-
-/// How often a UDP thread looks whether the server is stopping.
-const UDP_POLL: Duration = Duration::from_millis(250);
 /// How long a forwarded query may take.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwards in flight at once.
@@ -122,40 +120,48 @@ impl DnsServer {
                 Err(e) => return Err(e),
             }
         };
-        let stopping = Arc::new(AtomicBool::new(false));
+        // The UDP threads stop when the pipe's writing end closes (on shutdown, or when the
+        // runtime that holds it goes away).
+        let (stop, stopper) = std::io::pipe()?;
+        let stop = Arc::new(stop);
         // Forwards run on the runtime the server was bound from.
         let runtime = tokio::runtime::Handle::current();
         for socket in sockets {
-            let (server, stopping, runtime) = (self.clone(), stopping.clone(), runtime.clone());
+            socket.set_nonblocking(true)?;
+            let (server, stop, runtime) = (self.clone(), stop.clone(), runtime.clone());
             std::thread::Builder::new()
                 .name("dns-udp".into())
-                .spawn(move || server.serve_udp(Arc::new(socket.into()), &stopping, &runtime))?;
+                .spawn(move || server.serve_udp(Arc::new(socket.into()), &stop, &runtime))?;
         }
         tokio::spawn(self.clone().serve_tcp(tcp, shutdown.clone()));
-        // The UDP threads look at a flag the shutdown signal sets.
         tokio::spawn(async move {
             let _ = shutdown.wait_for(|s| *s).await;
-            stopping.store(true, Ordering::Relaxed);
+            drop(stopper);
         });
         Ok(bound)
     }
 
-    /// Answers UDP queries on `socket` until `stopping`; forwards go to `runtime`.
+    /// Answers UDP queries on `socket` (non-blocking) until `stop`'s writing end closes;
+    /// forwards go to `runtime`.
     fn serve_udp(
         &self,
         socket: Arc<std::net::UdpSocket>,
-        stopping: &AtomicBool,
+        stop: &std::io::PipeReader,
         runtime: &tokio::runtime::Handle,
     ) {
-        if socket.set_read_timeout(Some(UDP_POLL)).is_err() {
-            return;
-        }
         let mut buf = vec![0u8; 65535];
         let mut seen = self.generation.load(Ordering::Acquire);
         let mut zone = self.zone();
-        while !stopping.load(Ordering::Relaxed) {
-            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
-                continue; // the poll timeout, or an ICMP error of an earlier send
+        loop {
+            let (n, peer) = match socket.recv_from(&mut buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if wait_readable(&socket, stop) {
+                        continue;
+                    }
+                    return;
+                }
+                Err(_) => continue, // an ICMP error of an earlier send
             };
             let now = self.generation.load(Ordering::Acquire);
             if now != seen {
@@ -166,9 +172,7 @@ impl DnsServer {
                 continue;
             };
             match self.forward_to(&response) {
-                None => {
-                    let _ = socket.send_to(&response, peer);
-                }
+                None => send_udp(&socket, &response, peer),
                 Some((upstream, permits)) => {
                     // Beyond the limit the query is dropped; the client asks again.
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -179,7 +183,7 @@ impl DnsServer {
                         let reply = forward_udp(&query, upstream)
                             .await
                             .unwrap_or_else(|| servfail(&query));
-                        let _ = socket.send_to(&reply, peer);
+                        send_udp(&socket, &reply, peer);
                         drop(permit);
                     });
                 }
@@ -387,6 +391,49 @@ fn servfail(query: &[u8]) -> Vec<u8> {
 
 /// A blocking UDP socket bound to `addr` that shares its port with the server's other UDP
 /// sockets.
+/// Sleeps until `socket` has a datagram (true) or `stop`'s writing end closed (false); no
+/// timer, so an idle server does nothing.
+fn wait_readable(socket: &std::net::UdpSocket, stop: &std::io::PipeReader) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [
+            PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                // The pipe is never written: any event on it is its writer closing.
+                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                    return false;
+                }
+                return true;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends `datagram` to `peer` on the non-blocking `socket`, waiting (up to a second at a time)
+/// for room when its buffer is full, as a blocking send would; a send that fails or finds no
+/// room is dropped, as UDP may.
+fn send_udp(socket: &std::net::UdpSocket, datagram: &[u8], peer: SocketAddr) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        match socket.send_to(datagram, peer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(1000u16)) {
+                    Ok(ready) if ready > 0 => {}
+                    Err(nix::errno::Errno::EINTR) => {}
+                    _ => return,
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;

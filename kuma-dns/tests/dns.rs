@@ -370,3 +370,52 @@ fn dig_tcp_from(from: &str, server: SocketAddr, name: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// This process's `dns-udp` threads: (thread id, voluntary context switches).
+fn udp_threads() -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "dns-udp" {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        threads.push((task.file_name().to_string_lossy().into_owned(), switches));
+    }
+    threads.sort();
+    threads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_udp_threads_sleep_until_a_query_or_the_stop() {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let addr = DnsServer::new(zone())
+        .bind("127.0.0.1:0".parse().unwrap(), rx)
+        .await
+        .unwrap();
+    assert!(run("dig", addr, &["+short", "backend.mesh"]).contains("240.0.0.1"));
+    let before = udp_threads();
+    assert!(!before.is_empty());
+    // A second with nothing to do: no thread wakes (a timer would wake each several times).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(udp_threads(), before, "idle UDP threads woke up");
+    // They still answer, and they end when told to stop.
+    assert!(run("dig", addr, &["+short", "web.mesh"]).contains("240.0.0.1"));
+    stop.send(true).unwrap();
+    for _ in 0..100 {
+        if udp_threads().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "UDP threads still running after the stop: {:?}",
+        udp_threads()
+    );
+}
