@@ -208,7 +208,6 @@ mod tests {
     use super::*;
     use crate::signing_key::SigningKey;
     use kuma_core::manager::ManagerOptions;
-    use kuma_core::resource::parse_yaml;
 
     #[tokio::test]
     async fn a_meshs_keys_are_kept_once_a_token_verifies_and_never_for_an_unverified_mesh() {
@@ -216,10 +215,7 @@ mod tests {
             Arc::new(kuma_store::MemoryStore::new()),
             ManagerOptions::default(),
         );
-        manager
-            .create(parse_yaml("type: Mesh\nname: default\n").unwrap())
-            .await
-            .unwrap();
+        manager.ensure_default_mesh().await.unwrap();
         let tokens = DataplaneTokens::new(manager);
         let identity = DataplaneIdentity {
             name: "web-1".into(),

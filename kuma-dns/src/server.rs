@@ -127,7 +127,6 @@ impl DnsServer {
         // Forwards run on the runtime the server was bound from.
         let runtime = tokio::runtime::Handle::current();
         for socket in sockets {
-            socket.set_nonblocking(true)?;
             let (server, stop, runtime) = (self.clone(), stop.clone(), runtime.clone());
             std::thread::Builder::new()
                 .name("dns-udp".into())
@@ -389,8 +388,6 @@ fn servfail(query: &[u8]) -> Vec<u8> {
     reply
 }
 
-/// A blocking UDP socket bound to `addr` that shares its port with the server's other UDP
-/// sockets.
 /// Sleeps until `socket` has a datagram (true) or `stop`'s writing end closed (false); no
 /// timer, so an idle server does nothing.
 fn wait_readable(socket: &std::net::UdpSocket, stop: &std::io::PipeReader) -> bool {
@@ -401,13 +398,8 @@ fn wait_readable(socket: &std::net::UdpSocket, stop: &std::io::PipeReader) -> bo
             PollFd::new(stop.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {
-                // The pipe is never written: any event on it is its writer closing.
-                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                    return false;
-                }
-                return true;
-            }
+            // The pipe is never written: any event on it is its writer closing.
+            Ok(_) => return fds[1].revents().is_none_or(|r| r.is_empty()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return false,
         }
@@ -434,8 +426,11 @@ fn send_udp(socket: &std::net::UdpSocket, datagram: &[u8], peer: SocketAddr) {
     }
 }
 
+/// A non-blocking UDP socket bound to `addr` that shares its port with the server's other UDP
+/// sockets.
 fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)

@@ -1,20 +1,12 @@
 //! What each side of KDS sends: the types (from the registry's KDS flags) and, of those, the
 //! resources, as Kuma 2.14 decides.
 
+use kuma_core::model::common::ZONE_TAG;
 use kuma_core::resource::{KdsFlags, Labels, Resource, ResourceType};
+use kuma_core::rules::{ORIGIN_LABEL, POLICY_ROLE_LABEL};
 
-/// `kuma.io/origin`: where a resource was created (`global` or `zone`).
-pub const ORIGIN_LABEL: &str = "kuma.io/origin";
-/// `kuma.io/zone`: the zone a zone-originated resource comes from.
-pub const ZONE_LABEL: &str = "kuma.io/zone";
-/// `kuma.io/display-name`: the name the user gave, before any hash suffix.
-pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
 /// `kuma.io/kds-sync`: `disabled` keeps a resource on its control plane.
 pub const KDS_SYNC_LABEL: &str = "kuma.io/kds-sync";
-/// `kuma.io/policy-role`: a zone's policy reaches other zones only as a `producer` policy.
-pub const POLICY_ROLE_LABEL: &str = "kuma.io/policy-role";
-/// `k8s.kuma.io/namespace`: the namespace of a resource from a Kubernetes zone.
-pub const NAMESPACE_LABEL: &str = "k8s.kuma.io/namespace";
 
 /// The one config global shares with zones (the cluster id).
 const SYNCED_CONFIGS: &[&str] = &["kuma-cluster-id"];
@@ -95,7 +87,7 @@ pub fn global_sends(resource: &Resource, zone: &str, zone_enabled: impl Fn(&str)
     }
     // Never back to the zone it came from.
     let source = labels
-        .get(ZONE_LABEL)
+        .get(ZONE_TAG)
         .filter(|z| !z.is_empty())
         .cloned()
         .unwrap_or_else(|| {

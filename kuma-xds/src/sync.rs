@@ -798,6 +798,22 @@ mod tests {
         .unwrap()
     }
 
+    /// A reconciler over `manager` and `cache` that applies every change at once.
+    fn undebounced(
+        manager: &ResourceManager,
+        cache: &Arc<SnapshotCache>,
+        generator: Arc<dyn SnapshotGenerator>,
+        registry: Arc<ProxyRegistry>,
+    ) -> Reconciler {
+        Reconciler::new(
+            manager.clone(),
+            cache.clone(),
+            generator,
+            registry,
+            Duration::ZERO,
+        )
+    }
+
     /// `name`'s proxy (mesh `default`) connects, and the reconciler applies what that asks.
     async fn connect(r: &mut Reconciler, registry: &ProxyRegistry, name: &str) {
         let node = node_id("default", name);
@@ -863,12 +879,11 @@ mod tests {
             .await
             .unwrap();
         let cache = Arc::new(SnapshotCache::new());
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
+        let mut r = undebounced(
+            &manager,
+            &cache,
             Arc::new(GeneratorList::kuma_profile()),
             connected(&["web"]),
-            Duration::ZERO,
         )
         .with_vips(Arc::new(StoredVips(manager.clone())))
         .with_auto_reachable_services(true);
@@ -923,12 +938,11 @@ mod tests {
             Some(("default".to_string(), Dirty::everything()))
         );
         let cache = Arc::new(SnapshotCache::new());
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
+        let mut r = undebounced(
+            &manager,
+            &cache,
             Arc::new(GeneratorList::kuma_profile()),
             connected(&["web", "backend-1"]),
-            Duration::ZERO,
         )
         .with_vips_served(8000, "mesh")
         .with_vips(Arc::new(vips));
@@ -1087,13 +1101,7 @@ mod tests {
         let cache = Arc::new(SnapshotCache::new());
         let generator = Counting::new();
         let registry = connected(&["web", "backend-1"]);
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
-            generator.clone(),
-            registry.clone(),
-            Duration::ZERO,
-        );
+        let mut r = undebounced(&manager, &cache, generator.clone(), registry.clone());
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 2);
         // Two views: web's outbound to backend, and backend's none.
         assert_eq!(generator.views.load(Ordering::SeqCst), 2);
@@ -1136,13 +1144,7 @@ mod tests {
         let cache = Arc::new(SnapshotCache::new());
         let generator = Counting::new();
         let registry = connected(&["web", "backend-1", "billing", "db-1", "lonely"]);
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
-            generator.clone(),
-            registry.clone(),
-            Duration::ZERO,
-        );
+        let mut r = undebounced(&manager, &cache, generator.clone(), registry.clone());
         let dirty = |names: &[&str]| Dirty::dataplanes(names.iter().copied());
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 5);
 
@@ -1268,12 +1270,11 @@ mod tests {
         }
         let registry = connected(&["web"]);
         let cache = Arc::new(SnapshotCache::new());
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
+        let mut r = undebounced(
+            &manager,
+            &cache,
             Arc::new(GeneratorList::kuma_profile()),
             registry.clone(),
-            Duration::ZERO,
         );
         r.all_meshes().await;
         r.sync_mesh("default", &Dirty::everything()).await;
@@ -1392,13 +1393,7 @@ mod tests {
         let cache = Arc::new(SnapshotCache::new());
         let generator = Counting::new();
         let registry = connected(&["web"]);
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
-            generator.clone(),
-            registry.clone(),
-            Duration::ZERO,
-        );
+        let mut r = undebounced(&manager, &cache, generator.clone(), registry.clone());
         // Only web is generated, with both backends as endpoints.
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 1);
         assert_eq!(
@@ -1454,12 +1449,11 @@ mod tests {
         let mut all = callers.to_vec();
         all.extend(["backend-1", "backend-2", "db-1"]);
         let cache = Arc::new(SnapshotCache::new());
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
+        let mut r = undebounced(
+            &manager,
+            &cache,
             Arc::new(GeneratorList::kuma_profile()),
             connected(&all),
-            Duration::ZERO,
         );
         let encoded = |r: &Reconciler| {
             let index = r.meshes["default"].index.as_ref().unwrap();
@@ -1530,12 +1524,11 @@ mod tests {
         ])
         .await;
         let cache = Arc::new(SnapshotCache::new());
-        let mut r = Reconciler::new(
-            manager.clone(),
-            cache.clone(),
+        let mut r = undebounced(
+            &manager,
+            &cache,
             Arc::new(GeneratorList::kuma_profile()),
             connected(&["web-1"]),
-            Duration::ZERO,
         );
         r.sync_mesh("default", &Dirty::everything()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

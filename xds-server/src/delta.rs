@@ -32,7 +32,7 @@ use crate::cache::{EncodedResource, Snapshot, TypeResources, format_resource_ver
 use crate::names::NameSet;
 use crate::server::Callbacks;
 use crate::stream::{Closed, Inbox, Outbox, Protocol};
-use crate::types::in_push_order;
+use crate::types::{in_push_order, push_rank};
 use crate::wire::{DeltaResource, DeltaResponse};
 use envoy_types::pb::envoy::config::core::v3::Node;
 
@@ -299,7 +299,12 @@ impl<C: Callbacks> DeltaStream<C> {
     /// Pushes the types due a push, in push order, until none is (a push may take requests
     /// that make more due).
     async fn push_due(&mut self, inbox: &mut Inbox<DeltaDiscoveryRequest>) -> Result<(), Closed> {
-        while let Some(t) = in_push_order(&self.due).into_iter().next() {
+        while let Some(t) = self
+            .due
+            .iter()
+            .min_by_key(|t| (push_rank(t), t.as_str()))
+            .cloned()
+        {
             self.push(&t, inbox).await?;
         }
         Ok(())
