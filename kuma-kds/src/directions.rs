@@ -50,8 +50,8 @@ fn origin(labels: &Labels) -> Option<&str> {
 }
 
 /// Whether global sends `resource` to zone `zone`. `zone_enabled` tells whether a zone (by
-/// name) takes resources from other zones (a Zone resource with `enabled: false` does not;
-/// an unknown zone does).
+/// name) is enabled: a disabled zone's resources do not reach the other zones (a Zone resource
+/// with `enabled: false`; an unknown zone counts as enabled), as in Kuma.
 pub fn global_sends(resource: &Resource, zone: &str, zone_enabled: impl Fn(&str) -> bool) -> bool {
     let labels = &resource.meta.labels;
     let rtype = resource.spec.rtype();
@@ -94,7 +94,7 @@ pub fn global_sends(resource: &Resource, zone: &str, zone_enabled: impl Fn(&str)
             let name = &resource.meta.name;
             name.split('.').next().unwrap_or(name).to_string()
         });
-    source != zone && zone_enabled(zone)
+    source != zone && zone_enabled(&source)
 }
 
 /// Whether a zone sends `resource` to global: the types zones provide, created on the zone
@@ -181,14 +181,14 @@ mod tests {
             "zone-1",
             everyone
         ));
-        // A zone's policy: only a producer one, never to its own zone, never to a disabled zone.
+        // A zone's policy: only a producer one, never to its own zone, never from a disabled zone.
         let zone_policy = "{kuma.io/origin: zone, kuma.io/zone: zone-1}";
         assert!(!global_sends(&timeout(zone_policy), "zone-2", everyone));
         let producer =
             "{kuma.io/origin: zone, kuma.io/zone: zone-1, kuma.io/policy-role: producer}";
         assert!(global_sends(&timeout(producer), "zone-2", everyone));
         assert!(!global_sends(&timeout(producer), "zone-1", everyone));
-        assert!(!global_sends(&timeout(producer), "zone-2", |z| z != "zone-2"));
+        assert!(!global_sends(&timeout(producer), "zone-2", |z| z != "zone-1"));
     }
 
     #[test]

@@ -12,5 +12,13 @@
 //! - [`message`]: the resource as a KDS message carries it (`KumaResource` in an `Any`).
 
 pub mod directions;
+pub mod feed;
+pub mod global;
+pub mod grpc;
 pub mod message;
 pub mod names;
+pub mod receiver;
+pub mod sender;
+pub mod specs;
+pub mod stats;
+pub mod zone;

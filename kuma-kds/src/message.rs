@@ -4,11 +4,13 @@
 //!
 //! Inside, the spec is itself an `Any`. The targetRef policies, which Kuma does not define as
 //! protobuf messages, carry their spec as JSON with an empty type URL; the older kinds
-//! (Mesh, Dataplane, secrets, insights, ...) carry protobuf, which this module does not encode
-//! yet: it refuses them by name rather than send something a Kuma control plane would misread.
+//! (Mesh, Dataplane, secrets, insights, ...) carry the protobuf encoding of Kuma's message
+//! ([`crate::specs`]).
 
 use kuma_core::resource::{Labels, Resource, ResourceMeta, ResourceType, Spec};
 use prost::Message;
+
+use crate::specs;
 
 /// Type URL of a packed [`KumaResource`].
 pub const KUMA_RESOURCE_TYPE_URL: &str = "type.googleapis.com/kuma.mesh.v1alpha1.KumaResource";
@@ -57,13 +59,21 @@ pub struct KumaResourceMeta {
 }
 
 /// Why a resource cannot be put in a KDS message.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
-    /// Its kind travels as protobuf, which is not encoded yet.
-    #[error(
-        "{0} resources travel as protobuf in KDS, which this control plane does not encode yet"
-    )]
-    ProtobufSpec(ResourceType),
+    /// Its kind never travels in KDS (zones and their insights stay on global).
+    #[error("{0} resources do not travel in KDS")]
+    NotSynced(ResourceType),
+    /// Its spec has something the kind's protobuf message cannot carry.
+    #[error("{rtype} {name:?}: {reason}")]
+    Spec {
+        /// The kind.
+        rtype: ResourceType,
+        /// The resource's name.
+        name: String,
+        /// What does not fit, naming the field.
+        reason: String,
+    },
 }
 
 /// Why a KDS message does not make a resource.
@@ -82,11 +92,9 @@ pub enum DecodeError {
         /// What is wrong, naming the field.
         reason: String,
     },
-    /// Its kind travels as protobuf, which is not decoded yet.
-    #[error(
-        "{0} resources travel as protobuf in KDS, which this control plane does not decode yet"
-    )]
-    ProtobufSpec(ResourceType),
+    /// Its kind never travels in KDS.
+    #[error("{0} resources do not travel in KDS")]
+    NotSynced(ResourceType),
 }
 
 /// Whether a kind's spec travels as JSON (the targetRef policies) rather than protobuf.
@@ -96,27 +104,46 @@ pub fn spec_is_json(rtype: ResourceType) -> bool {
 
 /// `resource` as KDS sends it: a [`KumaResource`] packed in an `Any`, its meta version empty.
 pub fn encode(resource: &Resource) -> Result<Any, EncodeError> {
+    encode_as(resource, &resource.meta.name, &resource.meta.labels)
+}
+
+/// `resource` as KDS sends it under another name and labels (the other side's, see
+/// [`crate::names`]).
+pub fn encode_as(resource: &Resource, name: &str, labels: &Labels) -> Result<Any, EncodeError> {
     let rtype = resource.spec.rtype();
-    if !spec_is_json(rtype) {
-        return Err(EncodeError::ProtobufSpec(rtype));
-    }
-    // A spec is plain data: it always serializes.
-    let spec = serde_json::to_vec(&resource.spec.to_value()).unwrap_or_default();
+    let spec = if let Some(message) = specs::message_name(rtype) {
+        let value = specs::encode(rtype, &resource.spec.to_value()).map_err(|reason| {
+            EncodeError::Spec {
+                rtype,
+                name: name.to_string(),
+                reason,
+            }
+        })?;
+        Any {
+            type_url: format!("type.googleapis.com/{message}"),
+            value,
+        }
+    } else if spec_is_json(rtype) {
+        // A spec is plain data: it always serializes.
+        Any {
+            type_url: String::new(),
+            value: serde_json::to_vec(&resource.spec.to_value()).unwrap_or_default(),
+        }
+    } else {
+        return Err(EncodeError::NotSynced(rtype));
+    };
     let status = resource.status.as_ref().map(|s| Any {
         type_url: String::new(),
         value: serde_json::to_vec(s).unwrap_or_default(),
     });
     let kuma = KumaResource {
         meta: Some(KumaResourceMeta {
-            name: resource.meta.name.clone(),
+            name: name.to_string(),
             mesh: resource.meta.mesh.clone(),
             version: String::new(),
-            labels: resource.meta.labels.clone(),
+            labels: labels.clone(),
         }),
-        spec: Some(Any {
-            type_url: String::new(),
-            value: spec,
-        }),
+        spec: Some(spec),
         status,
     };
     Ok(Any {
@@ -151,11 +178,19 @@ pub fn decode(type_name: &str, any: &Any) -> Result<Resource, DecodeError> {
     if name.is_empty() {
         return Err(malformed("", "meta.name: must not be empty".into()));
     }
-    if !spec_is_json(rtype) {
-        return Err(DecodeError::ProtobufSpec(rtype));
-    }
     let spec = kuma.spec.unwrap_or_default();
-    let value: serde_json::Value = if spec.value.is_empty() {
+    let value: serde_json::Value = if let Some(message) = specs::message_name(rtype) {
+        let expected = format!("type.googleapis.com/{message}");
+        if !spec.type_url.is_empty() && spec.type_url != expected {
+            return Err(malformed(
+                &name,
+                format!("spec: expected a {expected}, got {:?}", spec.type_url),
+            ));
+        }
+        specs::decode(rtype, &spec.value).map_err(|e| malformed(&name, format!("spec: {e}")))?
+    } else if !spec_is_json(rtype) {
+        return Err(DecodeError::NotSynced(rtype));
+    } else if spec.value.is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
         serde_json::from_slice(&spec.value).map_err(|e| malformed(&name, format!("spec: {e}")))?
@@ -251,11 +286,23 @@ mod tests {
     }
 
     #[test]
-    fn protobuf_kinds_are_refused_by_name_not_misencoded() {
-        let mesh = parse_yaml("type: Mesh\nname: default\n").expect("valid");
+    fn protobuf_kinds_carry_kumas_message() {
+        let mesh = parse_yaml(
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+        )
+        .expect("valid");
+        let any = encode(&mesh).expect("encodes");
+        let kuma = KumaResource::decode(any.value.as_slice()).expect("decodes");
         assert_eq!(
-            encode(&mesh),
-            Err(EncodeError::ProtobufSpec(ResourceType::Mesh))
+            kuma.spec.expect("spec").type_url,
+            "type.googleapis.com/kuma.mesh.v1alpha1.Mesh"
+        );
+        let back = decode("Mesh", &any).expect("decodes back");
+        assert_eq!(back.spec, mesh.spec);
+        let zone = parse_yaml("type: Zone\nname: zone-1\n").expect("valid");
+        assert_eq!(
+            encode(&zone),
+            Err(EncodeError::NotSynced(ResourceType::Zone))
         );
     }
 }
