@@ -221,7 +221,8 @@ async fn the_split_layout_serves_the_gui_on_its_own_port() {
     )
     .await;
     let zones = visit(&dir, gui, "#/zones", "split-zones");
-    for seen in ["Zones", "zone-1 enabled", "zone-2 disabled"] {
+    // Neither has ever connected (no global here): offline, or disabled.
+    for seen in ["Zones", "zone-1 offline never", "zone-2 disabled"] {
         assert!(zones.contains(seen), "{seen:?} in {zones}");
     }
 }

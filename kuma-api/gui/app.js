@@ -196,10 +196,29 @@ async function dataplanePage(mesh, name) {
   ];
 }
 
+/** Whether a zone is online: enabled, and its last connection to global still open. */
+function zoneOnline(z) {
+  const subs = (z.zoneInsight && z.zoneInsight.subscriptions) || [];
+  const last = subs[subs.length - 1];
+  return z.zone.enabled !== false && !!last && !!last.connectTime && !last.disconnectTime;
+}
+
 async function zonesPage() {
-  const zones = await all("/zones");
-  const rows = zones.map((z) => [z.name, z.enabled === false ? "disabled" : "enabled"]);
-  return [h("h1", {}, "Zones"), table(["Zone", "State"], rows, "No zones.")];
+  const zones = await all("/zones+insights");
+  const rows = zones.map((z) => {
+    const subs = (z.zoneInsight && z.zoneInsight.subscriptions) || [];
+    const last = subs[subs.length - 1] || {};
+    const total = subs.reduce((n, s) => n + Number(((s.status || {}).total || {}).responsesSent || 0), 0);
+    return [
+      z.name,
+      z.zone.enabled === false ? "disabled" : zoneOnline(z) ? "online" : "offline",
+      last.connectTime || "never",
+      ((last.version || {}).kumaCp || {}).version || "",
+      String(total),
+    ];
+  });
+  return [h("h1", {}, "Zones"),
+    table(["Zone", "Status", "Last connected", "Zone CP version", "Updates sent"], rows, "No zones.")];
 }
 
 /** The page for the current hash. */

@@ -1,6 +1,7 @@
 //! Proxy inspection: Dataplane overviews (the Dataplane with its DataplaneInsight), the
 //! global insight, and the Envoy config a proxy is being served.
 //!
+//! - `GET /zones+insights[/{name}]`, `GET /zones/{name}/_overview`: zones with their insight
 //! - `GET /meshes/{mesh}/dataplanes+insights[/{name}]`, `GET /meshes/{mesh}/dataplanes/_overview`
 //!   and `GET /meshes/{mesh}/dataplanes/{name}/_overview`: `DataplaneOverview`s, paged and
 //!   filtered like Dataplane lists;
@@ -329,4 +330,77 @@ pub(crate) async fn global_insight(
         "resources": resources,
     });
     Ok(Json(body).into_response())
+}
+
+/// A zone with its insight, as Kuma's `ZoneOverview`.
+fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
+    let full = zone.to_value();
+    let mut out = Map::new();
+    out.insert("type".into(), json!("ZoneOverview"));
+    let mut spec = Map::new();
+    if let Value::Object(fields) = full {
+        for (k, v) in fields {
+            match k.as_str() {
+                "name" | "creationTime" | "modificationTime" | "labels" => {
+                    out.insert(k, v);
+                }
+                "type" | "mesh" => {}
+                _ => {
+                    spec.insert(k, v);
+                }
+            }
+        }
+    }
+    out.insert("zone".into(), Value::Object(spec));
+    let insight = insight.map_or_else(|| json!({}), |r| r.spec.to_value());
+    out.insert("zoneInsight".into(), insight);
+    Value::Object(out)
+}
+
+async fn zone_insight(state: &ApiState, name: &str) -> Option<Resource> {
+    let key = ResourceKey::new(ResourceType::ZoneInsight, "", name);
+    state.manager.get(&key).await.ok()
+}
+
+/// `GET /zones+insights`.
+pub(crate) async fn list_zone_overviews(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_read(&state, &who, ResourceType::Zone)?;
+    let query = list_query(ResourceType::Zone, uri.query())?;
+    let page = state
+        .manager
+        .list(&query)
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for zone in &page.items {
+        let insight = zone_insight(&state, &zone.meta.name).await;
+        items.push(zone_overview(zone, insight.as_ref()));
+    }
+    let next = page
+        .next_offset
+        .as_deref()
+        .map(|o| next_url(scheme.0, &headers, &uri, o));
+    Ok(Json(page_body(page.total, items, next)).into_response())
+}
+
+/// `GET /zones+insights/{name}` and `/zones/{name}/_overview`.
+pub(crate) async fn get_zone_overview(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    check_read(&state, &who, ResourceType::Zone)?;
+    let zone = state
+        .manager
+        .get(&ResourceKey::new(ResourceType::Zone, "", &name))
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let insight = zone_insight(&state, &name).await;
+    Ok(Json(zone_overview(&zone, insight.as_ref())).into_response())
 }

@@ -41,6 +41,7 @@ pub mod catalog;
 pub mod config;
 pub mod diagnostics;
 pub mod error;
+pub mod federation;
 pub mod gui;
 pub mod inspect;
 mod matching;
@@ -121,6 +122,8 @@ pub struct ApiState {
     pub catalog: Option<catalog::Catalog>,
     /// Who may do the guarded actions (`access.static`).
     pub access: crate::config::StaticAccessConfig,
+    /// The API's place in a multi-zone deployment (what it may write, how it labels).
+    pub federation: federation::Federation,
 }
 
 impl ApiState {
@@ -137,6 +140,7 @@ impl ApiState {
             dataplane_tokens: None,
             catalog: None,
             access: crate::config::StaticAccessConfig::default(),
+            federation: federation::Federation::Standalone,
         }
     }
 }
@@ -161,6 +165,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/policies", get(policies))
         .route("/_resources", get(catalogue))
         .route("/global-insight", get(inspect::global_insight))
+        .route("/zones+insights", get(inspect::list_zone_overviews))
+        .route("/zones+insights/{name}", get(inspect::get_zone_overview))
+        .route("/zones/{name}/_overview", get(inspect::get_zone_overview))
         .route(
             "/meshes/{mesh}/dataplanes+insights",
             get(inspect::list_overviews),

@@ -237,6 +237,7 @@ async fn put(
 ) -> Result<Response, ApiError> {
     check_write(state, who, key.rtype)?;
     check_writable(key.rtype)?;
+    state.federation.check_type(key.rtype)?;
     let mut resource = parse_body(headers, body).await?;
     let mut err = ValidationError::new();
     if resource.rtype() != key.rtype {
@@ -263,6 +264,14 @@ async fn put(
     }
     if !err.is_empty() {
         return Err(ApiError::invalid(PUT_TITLE, &err));
+    }
+    state.federation.label(&mut resource, PUT_TITLE)?;
+    if state.federation != crate::federation::Federation::Standalone {
+        match state.manager.get(&key).await {
+            Ok(existing) => state.federation.check_existing(&existing)?,
+            Err(ManagerError::Store(StoreError::NotFound(_))) => {}
+            Err(e) => return Err(ApiError::from_manager(PUT_TITLE, e)),
+        }
     }
     let (status, written) = match if_match(headers) {
         // Without If-Match the last writer wins: the manager retries a write that raced
@@ -310,6 +319,14 @@ async fn put(
 async fn delete(state: &ApiState, who: &Identity, key: ResourceKey) -> Result<Response, ApiError> {
     check_write(state, who, key.rtype)?;
     check_writable(key.rtype)?;
+    state.federation.check_type(key.rtype)?;
+    if state.federation != crate::federation::Federation::Standalone {
+        match state.manager.get(&key).await {
+            Ok(existing) => state.federation.check_existing(&existing)?,
+            Err(ManagerError::Store(StoreError::NotFound(_))) => {}
+            Err(e) => return Err(ApiError::from_manager(DELETE_TITLE, e)),
+        }
+    }
     state
         .manager
         .delete(&key, false)

@@ -309,3 +309,54 @@ pub fn inspect_row(overview: &Value) -> Vec<String> {
         last_nack,
     ]
 }
+
+/// The headers of `kumactl inspect zones`, as Kuma's.
+pub const ZONE_HEADERS: [&str; 8] = [
+    "NAME",
+    "STATUS",
+    "LAST CONNECTED AGO",
+    "LAST UPDATED AGO",
+    "TOTAL UPDATES",
+    "TOTAL ERRORS",
+    "ZONE-CP VERSION",
+    "BACKEND",
+];
+
+/// One row of `kumactl inspect zones` for a zone overview (`/zones+insights`): online when
+/// its last connection is open and the zone is enabled.
+pub fn zone_inspect_row(overview: &Value) -> Vec<String> {
+    let insight = &overview["zoneInsight"];
+    let subs = insight["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let last = subs.last();
+    let enabled = overview["zone"]["enabled"].as_bool() != Some(false);
+    let online = enabled
+        && last
+            .is_some_and(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
+    let sum = |field: &str| -> u64 {
+        subs.iter()
+            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
+            .sum()
+    };
+    let backend = last
+        .and_then(|s| s["config"].as_str())
+        .and_then(|c| serde_json::from_str::<Value>(c).ok())
+        .and_then(|c| c["store"]["type"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    vec![
+        overview["name"].as_str().unwrap_or_default().into(),
+        if online { "Online" } else { "Offline" }.into(),
+        last.map(|s| ago(&s["connectTime"]))
+            .unwrap_or_else(|| "never".into()),
+        last.map(|s| ago(&s["status"]["lastUpdateTime"]))
+            .unwrap_or_else(|| "never".into()),
+        sum("responsesSent").to_string(),
+        sum("responsesRejected").to_string(),
+        last.and_then(|s| s["version"]["kumaCp"]["version"].as_str())
+            .unwrap_or_default()
+            .into(),
+        backend,
+    ]
+}

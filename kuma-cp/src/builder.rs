@@ -118,10 +118,6 @@ impl ControlPlaneBuilder {
         config
             .validate()
             .map_err(|e| StartError::Config(ConfigError::Invalid(e)))?;
-        if config.mode == Mode::Global {
-            let global = "global mode is not available yet; run standalone";
-            return Err(StartError::Unsupported(global.into()));
-        }
         let layout = self.layout.unwrap_or_else(|| Layout::from_config(&config));
         let (shutdown, _) = watch::channel(false);
         let budget = serve::ClientBudget::new(config.connections.max_per_client as usize);
@@ -174,6 +170,21 @@ impl ControlPlaneBuilder {
         let mads = layout
             .serves(Service::Mads)
             .then(|| parts::start_mads(&manager, &metrics, &shutdown, &mut background));
+        let kds = (config.mode == Mode::Global).then(|| {
+            crate::multizone::start_global(
+                &config,
+                manager.store(),
+                &info.instance_id,
+                &mut background,
+            )
+        });
+        if config.mode == Mode::Zone
+            && let Some(settings) = crate::multizone::zone_settings(&config, &info.instance_id)?
+        {
+            let store = manager.store().clone();
+            let zone = crate::multizone::zone_while_leading(settings, store, leader.clone());
+            background.0.push(tokio::spawn(zone));
+        }
         let leading = parts::leader_jobs(leader, defaults, metrics.clone());
         background.0.push(tokio::spawn(leading));
         let identity = (info, user_tokens);
@@ -195,6 +206,7 @@ impl ControlPlaneBuilder {
             readiness: &readiness,
             metrics: &metrics,
             certificates: &certificates,
+            kds,
         };
         let mut bound = BTreeMap::new();
         for listener in &layout.listeners {

@@ -40,6 +40,8 @@ pub enum Service {
     Mads,
     /// The Kubernetes admission webhook.
     Admission,
+    /// KDS: zones' sync streams and health checks (global only).
+    Kds,
 }
 
 impl std::fmt::Display for Service {
@@ -56,6 +58,7 @@ impl std::fmt::Display for Service {
             Service::Admin => f.write_str("tokens, secrets"),
             Service::Mads => f.write_str("MADS (Prometheus kuma_sd_configs)"),
             Service::Admission => f.write_str("admission webhook (AdmissionReview)"),
+            Service::Kds => f.write_str("KDS (gRPC, zones connect here)"),
         }
     }
 }
@@ -82,6 +85,8 @@ impl std::fmt::Display for Listener {
             [Service::Api { .. }] => f.write_str("HTTP API (kumactl)"),
             [Service::Mads] => f.write_str("MADS (Prometheus kuma_sd_configs)"),
             [Service::Admission] => f.write_str("admission webhook (HTTPS, AdmissionReview)"),
+            [Service::Kds] if tls => f.write_str("KDS (TLS): zone sync (gRPC)"),
+            [Service::Kds] => f.write_str("KDS: zone sync (gRPC)"),
             services => {
                 write!(f, "{}{}: ", self.name, if tls { " (TLS)" } else { "" })?;
                 for (i, service) in services.iter().enumerate() {
@@ -179,6 +184,24 @@ impl Layout {
             Peers::Users,
             vec![Service::Diagnostics],
         )];
+        if !proxies {
+            let kds = &config.multizone.global.kds;
+            let tls = if kds.tls_enabled {
+                Tls::Files {
+                    cert_file: kds.tls_cert_file.clone(),
+                    key_file: kds.tls_key_file.clone(),
+                }
+            } else {
+                Tls::Plain
+            };
+            listeners.push(listener(
+                "KDS",
+                any(kds.grpc_port),
+                tls,
+                Peers::Proxies,
+                vec![Service::Kds],
+            ));
+        }
         if proxies && split {
             listeners.push(listener(
                 "SDS",
@@ -389,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn global_mode_serves_no_proxy_facing_port() {
+    fn global_mode_serves_kds_and_no_proxy_facing_port() {
         let config = Config {
             mode: Mode::Global,
             ..Config::default()
@@ -398,5 +421,7 @@ mod tests {
         assert!(!layout.serves(Service::Ads));
         assert!(!layout.serves(Service::Mads));
         assert_eq!(layout.dns, None);
+        let kds = layout.listener_of(Service::Kds).expect("KDS is served");
+        assert_eq!((kds.port, &kds.tls), (5685, &Tls::ours()));
     }
 }

@@ -12,7 +12,8 @@
 //! [`ControlPlane::shutdown`].
 //!
 //! This crate does not generate config (that is `kuma-xds`), serve xDS (`xds-server`), store
-//! resources (`kuma-store`), or run proxies (`kuma-dp`). Global mode is refused for now.
+//! resources (`kuma-store`), run proxies (`kuma-dp`), or speak KDS (`kuma-kds`): it assembles them
+//! into a standalone, global or zone control plane.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), kuma_cp::StartError> {
@@ -36,6 +37,7 @@ mod insights;
 mod inspect;
 pub mod layout;
 mod metrics;
+mod multizone;
 mod parts;
 pub mod process;
 pub mod serve;

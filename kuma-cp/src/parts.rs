@@ -362,6 +362,19 @@ pub(crate) fn server_info(config: &Config) -> kuma_api::ServerInfo {
     info
 }
 
+/// The API's place in a multi-zone deployment.
+fn federation(config: &Config) -> kuma_api::federation::Federation {
+    use kuma_api::federation::Federation;
+    match config.mode {
+        crate::config::Mode::Standalone => Federation::Standalone,
+        crate::config::Mode::Global => Federation::Global,
+        crate::config::Mode::Zone => Federation::Zone {
+            name: config.multizone.zone.name.clone(),
+            federated: config.is_federated_zone(),
+        },
+    }
+}
+
 /// The resources every zone starts with: a leader-only job (each step is idempotent, so two
 /// leaders in a row cannot duplicate anything).
 pub(crate) struct Defaults {
@@ -381,7 +394,8 @@ impl Defaults {
         Defaults {
             manager: manager.clone(),
             user_tokens,
-            mesh: !config.defaults.skip_mesh_creation,
+            // A federated zone's meshes come from global.
+            mesh: !config.defaults.skip_mesh_creation && !config.is_federated_zone(),
             admin_token: config.api_server.authn.tokens.bootstrap_admin_token,
             api_port: config.api_server.http.port,
         }
@@ -567,6 +581,7 @@ impl ApiParts {
             dataplane_tokens,
             catalog,
             access: self.config.access.static_access.clone(),
+            federation: federation(&self.config),
             ..kuma_api::ApiState::new(self.manager.clone(), self.info.clone())
         })
     }
@@ -622,6 +637,8 @@ pub(crate) struct Routes<'a> {
     pub(crate) readiness: &'a Arc<kuma_api::diagnostics::Readiness>,
     pub(crate) metrics: &'a Arc<metrics::Metrics>,
     pub(crate) certificates: &'a Certificates,
+    /// Global's KDS server (global mode only).
+    pub(crate) kds: Option<kuma_kds::global::GlobalKds>,
 }
 
 impl Routes<'_> {
@@ -662,6 +679,15 @@ impl Routes<'_> {
                     }
                 }
                 Service::Admission => kuma_api::admission::router(),
+                Service::Kds => match &self.kds {
+                    Some(kds) => {
+                        let (sync, global) = kds.services();
+                        tonic::service::Routes::new(sync)
+                            .add_service(global)
+                            .into_axum_router()
+                    }
+                    None => axum::Router::new(),
+                },
             });
         }
         Ok(router)

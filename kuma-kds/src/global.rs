@@ -83,7 +83,7 @@ struct Inner {
     feed: Arc<Feed>,
     settings: GlobalSettings,
     zones: Mutex<BTreeMap<String, ZoneState>>,
-    wake: Notify,
+    wake: Arc<Notify>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -97,7 +97,7 @@ impl GlobalKds {
                 feed,
                 settings,
                 zones: Mutex::new(BTreeMap::new()),
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
                 next_id: Default::default(),
             }),
         }
@@ -135,6 +135,13 @@ impl GlobalKds {
             }
             tokio::time::sleep(interval).await;
             self.drop_silent_zones();
+            // Counters move while streams are open: look at every connected zone (the flush
+            // writes only what differs from the stored insight).
+            for zone in self.zones().values_mut() {
+                if zone.subscriptions.last().is_some_and(|s| s.streams > 0) {
+                    zone.dirty = true;
+                }
+            }
             if let Err(e) = self.flush().await {
                 tracing::warn!(error = %e, "KDS: writing zone insights failed");
             }
@@ -342,12 +349,20 @@ fn insight_json(zone: &ZoneState) -> Value {
                     json!({"responsesSent": t.sent, "responsesAcknowledged": t.acked, "responsesRejected": t.rejected}),
                 );
             }
+            let last_update = s
+                .stats
+                .as_ref()
+                .and_then(|s| s.updated())
+                .map_or_else(
+                    || s.connect_time.clone(),
+                    |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                );
             let mut sub = json!({
                 "id": s.id,
                 "globalInstanceId": s.id.rsplit_once('-').map_or("", |(i, _)| i),
                 "connectTime": s.connect_time,
                 "status": {
-                    "lastUpdateTime": s.connect_time,
+                    "lastUpdateTime": last_update,
                     "total": {"responsesSent": total.0, "responsesAcknowledged": total.1, "responsesRejected": total.2},
                     "stat": stat,
                 },
@@ -420,7 +435,7 @@ impl KDSSyncService for GlobalKds {
             hash_suffix: has_feature(&request, "hash-suffix"),
             max_msg_size: self.inner.settings.max_msg_size,
         };
-        let stats = Arc::new(StreamStats::default());
+        let stats = Arc::new(StreamStats::notifying(self.inner.wake.clone()));
         let cancel = self.open(&zone, Some(stats.clone()));
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(16);
         let (out_tx, out_rx) = mpsc::channel(16);

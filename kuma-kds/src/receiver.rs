@@ -46,7 +46,8 @@ pub enum ReceiveError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Receiving {
     /// A zone receiving from global: it manages the resources global gave it (for the types
-    /// zones also write, those without `kuma.io/origin: zone`).
+    /// zones also write, those labelled `kuma.io/origin: global`; what the zone made itself,
+    /// labelled or not, is never replaced).
     Zone,
     /// Global receiving from zone `zone`: it manages that zone's resources (`kuma.io/zone`),
     /// owned by the zone's Zone resource so that deleting the zone removes them.

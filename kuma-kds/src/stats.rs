@@ -2,7 +2,9 @@
 //! last response that was too large to send. Zone insights are made from them.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 /// One type's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,12 +23,32 @@ pub struct TypeStats {
 #[derive(Debug, Default)]
 pub struct StreamStats {
     types: Mutex<BTreeMap<String, TypeStats>>,
+    updated: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    wake: Option<Arc<Notify>>,
 }
 
 impl StreamStats {
+    /// Counters that wake `wake` on every change (for whoever reports them).
+    pub fn notifying(wake: Arc<Notify>) -> Self {
+        StreamStats {
+            wake: Some(wake),
+            ..StreamStats::default()
+        }
+    }
+
     fn with(&self, rtype: &str, f: impl FnOnce(&mut TypeStats)) {
         let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
         f(types.entry(rtype.to_string()).or_default());
+        drop(types);
+        *self.updated.lock().unwrap_or_else(|e| e.into_inner()) = Some(chrono::Utc::now());
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+    }
+
+    /// When a counter last changed.
+    pub fn updated(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self.updated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A response of `rtype` went out.

@@ -165,6 +165,12 @@ enum ControlPlanesCommand {
 
 #[derive(Subcommand)]
 enum InspectCommand {
+    /// Zones with their sync status (on global).
+    Zones {
+        /// Output format: table, yaml or json.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Format,
+    },
     /// Data plane proxies with their xDS status.
     Dataplanes {
         #[command(flatten)]
@@ -351,6 +357,20 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("deleted {} {name:?}", rtype);
         }
         Command::Inspect { command } => match command {
+            InspectCommand::Zones { output } => {
+                let list = client()?
+                    .get("/zones+insights")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                print(output, &list, || {
+                    Table {
+                        headers: output::ZONE_HEADERS.to_vec(),
+                        rows: items.iter().map(output::zone_inspect_row).collect(),
+                    }
+                    .to_string()
+                });
+            }
             InspectCommand::Dataplanes { common } => {
                 let list = client()?
                     .get(&format!("/meshes/{}/dataplanes+insights", common.mesh))

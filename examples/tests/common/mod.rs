@@ -34,6 +34,8 @@ pub struct Standalone {
     pub diagnostics_port: u16,
     pub dns_port: u16,
     pub mads_port: u16,
+    /// Global's KDS port (`multizone.global.kds.grpcPort`; unused by the other modes).
+    pub kds_port: u16,
     /// The CA of its generated certificate (dp-server and HTTPS API).
     pub ca_file: String,
     /// The split layout's own ports, when it runs in that layout.
@@ -70,6 +72,17 @@ impl Standalone {
         env: &[(&str, &str)],
         stderr: Stdio,
     ) -> Standalone {
+        Standalone::launch_binary("standalone", wrapper, args, env, stderr).await
+    }
+
+    /// [`Standalone::launch`] of the `standalone`, `global` or `zone` binary.
+    pub async fn launch_binary(
+        name: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Standalone {
         // Ports given in `env` win (a restart on the same ports); the others are free ones.
         let port = |var: &str| {
             env.iter()
@@ -88,6 +101,7 @@ impl Standalone {
             pick("KUMA_DNS_SERVER_PORT").await,
             pick("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT").await,
         );
+        let kds_port = pick("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT").await;
         let split = if args.windows(2).any(|w| w == ["--port-layout", "split"])
             || env.contains(&("KUMA_PORT_LAYOUT", "split"))
         {
@@ -100,7 +114,12 @@ impl Standalone {
         } else {
             None
         };
-        let binary = env!("CARGO_BIN_EXE_standalone");
+        let binary = match name {
+            "standalone" => env!("CARGO_BIN_EXE_standalone"),
+            "global" => env!("CARGO_BIN_EXE_global"),
+            "zone" => env!("CARGO_BIN_EXE_zone"),
+            other => panic!("no control-plane binary {other:?}"),
+        };
         let mut cmd = match wrapper.split_first() {
             None => Command::new(binary),
             Some((program, rest)) => {
@@ -125,6 +144,7 @@ impl Standalone {
                 "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
                 mads_port.to_string(),
             )
+            .env("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", kds_port.to_string())
             .env("KUMA_XDS_DATAPLANE_DEREGISTRATION_DELAY", "1s");
         for (k, v) in env {
             cmd.env(k, v);
@@ -146,7 +166,7 @@ impl Standalone {
         let ca_line = loop {
             let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
                 .await
-                .expect("standalone prints its table")
+                .expect("the control plane prints its table")
                 .unwrap()
                 .expect("the table ends with the CA line");
             if line.contains("CA certificate") {
@@ -164,6 +184,7 @@ impl Standalone {
             diagnostics_port,
             dns_port,
             mads_port,
+            kds_port,
             ca_file: ca_line.split_whitespace().last().unwrap().to_string(),
             split,
         }
@@ -377,6 +398,7 @@ impl Standalone {
             ("KUMA_DIAGNOSTICS_SERVER_PORT", self.diagnostics_port),
             ("KUMA_DNS_SERVER_PORT", self.dns_port),
             ("KUMA_MONITORING_ASSIGNMENT_SERVER_PORT", self.mads_port),
+            ("KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", self.kds_port),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -400,6 +400,10 @@ pub struct GlobalKdsConfig {
     pub tls_key_file: String,
     /// Largest message.
     pub max_msg_size: u32,
+    /// How often zones' insights are written at most.
+    pub zone_insight_flush_interval: Duration,
+    /// Marks silent zones offline.
+    pub zone_health_check: ZoneHealthCheckConfig,
 }
 
 impl Default for GlobalKdsConfig {
@@ -411,6 +415,27 @@ impl Default for GlobalKdsConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             max_msg_size: 10_485_760,
+            zone_insight_flush_interval: d("10s"),
+            zone_health_check: ZoneHealthCheckConfig::default(),
+        }
+    }
+}
+
+/// `multizone.global.kds.zoneHealthCheck`: off while `timeout` is zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ZoneHealthCheckConfig {
+    /// How often zones ping global.
+    pub poll_interval: Duration,
+    /// How long a zone may be silent before its streams are closed (offline).
+    pub timeout: Duration,
+}
+
+impl Default for ZoneHealthCheckConfig {
+    fn default() -> Self {
+        ZoneHealthCheckConfig {
+            poll_interval: d("0s"),
+            timeout: d("0s"),
         }
     }
 }
@@ -447,6 +472,8 @@ pub struct ZoneKdsConfig {
     pub root_ca_file: String,
     /// Do not verify global's certificate.
     pub tls_skip_verify: bool,
+    /// Largest message.
+    pub max_msg_size: u32,
 }
 
 impl Default for ZoneKdsConfig {
@@ -455,6 +482,7 @@ impl Default for ZoneKdsConfig {
             refresh_interval: d("1s"),
             root_ca_file: String::new(),
             tls_skip_verify: false,
+            max_msg_size: 10_485_760,
         }
     }
 }
@@ -543,6 +571,27 @@ impl Config {
                 &mut err,
             );
         }
+        let hc = &self.multizone.global.kds.zone_health_check;
+        if !hc.timeout.get().is_zero() && hc.poll_interval.get().is_zero() {
+            err.add(
+                &Path::at("multizone.global.kds.zoneHealthCheck.pollInterval"),
+                "must be longer than zero when the timeout is set",
+            );
+        }
+        for (key, size) in [
+            (
+                "multizone.global.kds.maxMsgSize",
+                self.multizone.global.kds.max_msg_size,
+            ),
+            (
+                "multizone.zone.kds.maxMsgSize",
+                self.multizone.zone.kds.max_msg_size,
+            ),
+        ] {
+            if size < 1024 {
+                err.add(&Path::at(key), "must be at least 1024 bytes");
+            }
+        }
         if self.mode != Mode::Zone && !self.multizone.zone.global_address.is_empty() {
             err.add(
                 &Path::at("multizone").field("zone").field("globalAddress"),
@@ -570,6 +619,11 @@ impl Config {
             );
         }
         err.into_result()
+    }
+
+    /// Whether this is a zone connected to global (`multizone.zone.globalAddress` is set).
+    pub fn is_federated_zone(&self) -> bool {
+        self.mode == Mode::Zone && !self.multizone.zone.global_address.is_empty()
     }
 
     /// Whether the HTTPS API is served: enabled, and not in the split layout (where its port
