@@ -379,3 +379,87 @@ async fn bad_layouts_are_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// The port matrix of `global` and of a `zone` connected to it, in both layouts: each lists
+/// what it serves, each listed port answers, and no other port is open. Global serves KDS
+/// (gRPC over TLS) and no proxy-facing port; a zone serves what standalone serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_and_zone_serve_their_ports_in_both_layouts() {
+    use std::process::Stdio;
+    for split in [false, true] {
+        let args: &[&str] = if split {
+            &["--port-layout", "split"]
+        } else {
+            &[]
+        };
+        let global = Standalone::launch_binary("global", &[], args, &[], Stdio::null()).await;
+        assert!(global.table.contains("KDS (TLS): zone sync (gRPC)"), "{}", global.table);
+        // KDS answers gRPC over TLS: a stream that does not name its zone is refused.
+        let status = kuma_testkit::grpcio_stream_status(
+            global.kds_port,
+            Some(&global.ca_file),
+            "/kuma.mesh.v1alpha1.KDSSyncService/GlobalToZoneSync",
+            &[],
+        );
+        assert!(
+            status.starts_with("INVALID_ARGUMENT") && status.contains("client-id"),
+            "{status}"
+        );
+        assert_eq!(http_get(global.diagnostics_port, "/ready").await.0, 200);
+        assert_eq!(http_get(global.api_port, "/gui/").await.0, 200);
+        let mut expected: BTreeSet<u16> =
+            [global.diagnostics_port, global.api_port, global.kds_port].into();
+        match global.split {
+            Some(s) => {
+                expected.extend([s.admin, s.gui]);
+                assert_eq!(http_get(s.gui, "/gui/").await.0, 200);
+            }
+            None => {
+                expected.insert(global.api_tls_port);
+                let r = global
+                    .https_client()
+                    .get(format!("https://localhost:{}/zones", global.api_tls_port))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }
+        let (tcp, udp) = open_ports(global.child.id().unwrap());
+        assert_eq!(tcp, expected, "global's TCP ports (split: {split})");
+        assert!(udp.is_empty(), "global serves no DNS: {udp:?}");
+
+        let address = format!("grpcs://127.0.0.1:{}", global.kds_port);
+        let env = [
+            ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
+            ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", address.as_str()),
+            ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", global.ca_file.as_str()),
+        ];
+        let zone = Standalone::launch_binary("zone", &[], args, &env, Stdio::null()).await;
+        assert!(zone.table.contains(&address), "{}", zone.table);
+        assert_eq!(http_get(zone.diagnostics_port, "/ready").await.0, 200);
+        let status = grpc_status(zone.dp_port, &zone.ca_file, ADS);
+        assert!(status.starts_with("PERMISSION_DENIED"), "{status}");
+        for tcp in [false, true] {
+            let status = dig_status(zone.dns_port, "nope.mesh", tcp);
+            assert!(status.contains("NXDOMAIN"), "tcp={tcp}: {status}");
+        }
+        let mut expected: BTreeSet<u16> = [
+            zone.diagnostics_port,
+            zone.api_port,
+            zone.dp_port,
+            zone.mads_port,
+            zone.dns_port,
+        ]
+        .into();
+        match zone.split {
+            Some(s) => expected.extend([s.sds, s.admin, s.bootstrap, s.gui]),
+            None => {
+                expected.insert(zone.api_tls_port);
+            }
+        }
+        let (tcp, udp) = open_ports(zone.child.id().unwrap());
+        assert_eq!(tcp, expected, "the zone's TCP ports (split: {split})");
+        assert_eq!(udp, [zone.dns_port].into());
+    }
+}

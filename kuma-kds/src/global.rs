@@ -68,8 +68,9 @@ struct ZoneState {
     health_check: Option<String>,
     last_seen: Option<tokio::time::Instant>,
     dirty: bool,
-    /// Cancels the zone's streams (a silent zone is dropped).
-    cancel: Option<tokio::sync::watch::Sender<bool>>,
+    /// The open streams by kind, each with its id and the signal that ends it (a silent zone
+    /// is dropped; a newer stream of the same kind replaces an older one).
+    open: BTreeMap<&'static str, (u64, tokio::sync::watch::Sender<bool>)>,
 }
 
 /// The KDS server of a global control plane (see the [module](self)).
@@ -167,28 +168,33 @@ impl GlobalKds {
             if zone
                 .last_seen
                 .is_some_and(|t| now.duration_since(t) > timeout)
-                && let Some(cancel) = zone.cancel.take()
+                && !zone.open.is_empty()
             {
                 tracing::warn!(zone = %name, "KDS: zone silent for over {timeout:?}; dropping its streams");
-                let _ = cancel.send(true);
+                for (_, cancel) in std::mem::take(&mut zone.open).into_values() {
+                    let _ = cancel.send(true);
+                }
             }
         }
     }
 
-    /// Records a stream of `zone` opening; returns the cancel signal of its streams.
+    /// Records a stream of `kind` of `zone` opening; returns its id and the signal that ends
+    /// it. An older stream of the same kind from the zone is ended: one zone, one stream set
+    /// (a zone's instances must not both sync).
     fn open(
         &self,
         zone: &str,
+        kind: &'static str,
         stats: Option<Arc<StreamStats>>,
-    ) -> tokio::sync::watch::Receiver<bool> {
+    ) -> (u64, tokio::sync::watch::Receiver<bool>) {
+        let id = self
+            .inner
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut zones = self.zones();
         let state = zones.entry(zone.to_string()).or_default();
         let active = state.subscriptions.last().is_some_and(|s| s.streams > 0);
         if !active {
-            let id = self
-                .inner
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             state.subscriptions.push(Subscription {
                 id: format!("{}-{id}", self.inner.settings.instance_id),
                 connect_time: now(),
@@ -200,7 +206,12 @@ impl GlobalKds {
             if state.subscriptions.len() > KEPT_SUBSCRIPTIONS {
                 state.subscriptions.remove(0);
             }
-            state.cancel = Some(tokio::sync::watch::Sender::new(false));
+        }
+        let cancel = tokio::sync::watch::Sender::new(false);
+        let ended = cancel.subscribe();
+        if let Some((_, older)) = state.open.insert(kind, (id, cancel)) {
+            tracing::info!(zone, kind, "KDS: a newer stream of the zone replaces an older one");
+            let _ = older.send(true);
         }
         let sub = state.subscriptions.last_mut().expect("pushed above");
         sub.streams += 1;
@@ -209,24 +220,23 @@ impl GlobalKds {
         }
         state.last_seen = Some(tokio::time::Instant::now());
         state.dirty = true;
-        let cancel = state
-            .cancel
-            .get_or_insert_with(|| tokio::sync::watch::Sender::new(false))
-            .subscribe();
         drop(zones);
         self.inner.wake.notify_one();
-        cancel
+        (id, ended)
     }
 
-    fn close(&self, zone: &str) {
+    /// Records the end of stream `id` of `kind` of `zone`.
+    fn close(&self, zone: &str, kind: &'static str, id: u64) {
         let mut zones = self.zones();
-        if let Some(state) = zones.get_mut(zone)
-            && let Some(sub) = state.subscriptions.last_mut()
-        {
-            sub.streams = sub.streams.saturating_sub(1);
-            if sub.streams == 0 {
-                sub.disconnect_time = Some(now());
-                state.cancel = None;
+        if let Some(state) = zones.get_mut(zone) {
+            if state.open.get(kind).is_some_and(|(open, _)| *open == id) {
+                state.open.remove(kind);
+            }
+            if let Some(sub) = state.subscriptions.last_mut() {
+                sub.streams = sub.streams.saturating_sub(1);
+                if sub.streams == 0 {
+                    sub.disconnect_time = Some(now());
+                }
             }
             state.dirty = true;
         }
@@ -403,7 +413,7 @@ fn until_cancelled<T: Send + 'static>(
             let item = tokio::select! {
                 item = stream.next() => item,
                 _ = async { cancel.wait_for(|c| *c).await.map(|_| ()) } => {
-                    let _ = tx.send(Err(Status::unavailable("zone dropped: health check timed out"))).await;
+                    let _ = tx.send(Err(Status::unavailable("stream ended by global: the zone went silent or opened a newer stream"))).await;
                     return;
                 }
             };
@@ -436,7 +446,7 @@ impl KDSSyncService for GlobalKds {
             max_msg_size: self.inner.settings.max_msg_size,
         };
         let stats = Arc::new(StreamStats::notifying(self.inner.wake.clone()));
-        let cancel = self.open(&zone, Some(stats.clone()));
+        let (id, cancel) = self.open(&zone, "global-to-zone", Some(stats.clone()));
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(16);
         let (out_tx, out_rx) = mpsc::channel(16);
         let this = self.clone();
@@ -472,7 +482,7 @@ impl KDSSyncService for GlobalKds {
             if let Err(e) = result {
                 tracing::info!(zone = %zone, error = %e, "KDS: global-to-zone stream ended");
             }
-            this.close(&zone);
+            this.close(&zone, "global-to-zone", id);
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
@@ -483,7 +493,7 @@ impl KDSSyncService for GlobalKds {
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
         let zone = client_id(&request)?;
         self.ensure_zone(&zone).await?;
-        let cancel = self.open(&zone, None);
+        let (id, cancel) = self.open(&zone, "zone-to-global", None);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let (out_tx, out_rx) = mpsc::channel(16);
         let this = self.clone();
@@ -512,7 +522,7 @@ impl KDSSyncService for GlobalKds {
             if let Err(e) = result {
                 tracing::info!(zone = %zone, error = %e, "KDS: zone-to-global stream ended");
             }
-            this.close(&zone);
+            this.close(&zone, "zone-to-global", id);
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
