@@ -399,7 +399,11 @@ async fn kill(mut cp: Standalone) -> Vec<(String, String)> {
 }
 
 /// Starts `binary` again on `ports` with `env`.
-async fn relaunch(binary: &str, ports: Vec<(String, String)>, env: &[(String, String)]) -> Standalone {
+async fn relaunch(
+    binary: &str,
+    ports: Vec<(String, String)>,
+    env: &[(String, String)],
+) -> Standalone {
     let mut all = ports;
     all.extend(env.iter().cloned());
     Standalone::launch_binary(binary, &[], &[], &as_refs(&all), Stdio::null()).await
@@ -448,9 +452,18 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
         ("KUMA_STORE_TYPE", "sqlite".to_string()),
         ("KUMA_STORE_SQLITE_PATH", path("global.db")),
         ("KUMA_GENERAL_WORK_DIR", path("global")),
-        ("KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL", "1s".into()),
-        ("KUMA_MULTIZONE_GLOBAL_KDS_ZONE_HEALTH_CHECK_POLL_INTERVAL", "1s".into()),
-        ("KUMA_MULTIZONE_GLOBAL_KDS_ZONE_HEALTH_CHECK_TIMEOUT", "3s".into()),
+        (
+            "KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL",
+            "1s".into(),
+        ),
+        (
+            "KUMA_MULTIZONE_GLOBAL_KDS_ZONE_HEALTH_CHECK_POLL_INTERVAL",
+            "1s".into(),
+        ),
+        (
+            "KUMA_MULTIZONE_GLOBAL_KDS_ZONE_HEALTH_CHECK_TIMEOUT",
+            "3s".into(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -463,7 +476,10 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
                 "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS".into(),
                 format!("grpcs://127.0.0.1:{}", global.kds_port),
             ),
-            ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE".into(), global.ca_file.clone()),
+            (
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE".into(),
+                global.ca_file.clone(),
+            ),
             ("KUMA_STORE_TYPE".into(), "sqlite".into()),
             ("KUMA_STORE_SQLITE_PATH".into(), path(&format!("{name}.db"))),
             ("KUMA_GENERAL_WORK_DIR".into(), path(name)),
@@ -471,8 +487,10 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
     };
     let zone1_env = zone_env("zone-1", &global);
     let zone2_env = zone_env("zone-2", &global);
-    let mut zone1 = Standalone::launch_binary("zone", &[], &[], &as_refs(&zone1_env), Stdio::null()).await;
-    let zone2 = Standalone::launch_binary("zone", &[], &[], &as_refs(&zone2_env), Stdio::null()).await;
+    let mut zone1 =
+        Standalone::launch_binary("zone", &[], &[], &as_refs(&zone1_env), Stdio::null()).await;
+    let zone2 =
+        Standalone::launch_binary("zone", &[], &[], &as_refs(&zone2_env), Stdio::null()).await;
 
     // A policy from global, and traffic through Envoys in zone-1.
     let policy = json!({
@@ -523,7 +541,10 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
     .await;
     let web_on_global = hashed_name("default", "web-1", &["zone-1"]);
     eventually("zone-1's proxies on global, both zones online", || async {
-        names(global.api_port, "/meshes/default/dataplanes").await.len() == 2
+        names(global.api_port, "/meshes/default/dataplanes")
+            .await
+            .len()
+            == 2
             && online(&global, "zone-1").await
             && online(&global, "zone-2").await
     })
@@ -576,9 +597,10 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
         online(&global, "zone-1").await
     })
     .await;
-    eventually("after the zone's restart, nothing lost or duplicated", || async {
-        synced_state(&global, &[&zone1, &zone2]).await == before
-    })
+    eventually(
+        "after the zone's restart, nothing lost or duplicated",
+        || async { synced_state(&global, &[&zone1, &zone2]).await == before },
+    )
     .await;
 
     // Restart global: the zones reconnect and nothing is lost or duplicated.
@@ -588,9 +610,10 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
         online(&global, "zone-1").await && online(&global, "zone-2").await
     })
     .await;
-    eventually("after global's restart, nothing lost or duplicated", || async {
-        synced_state(&global, &[&zone1, &zone2]).await == before
-    })
+    eventually(
+        "after global's restart, nothing lost or duplicated",
+        || async { synced_state(&global, &[&zone1, &zone2]).await == before },
+    )
     .await;
     // Still in step: a new policy reaches both zones.
     let (status, body) = send_json(
@@ -616,7 +639,11 @@ async fn zones_and_global_survive_freezes_kills_and_restarts() {
     assert!(sent > 50, "{sent} requests");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     for admin in admins {
-        assert_eq!(rejected_updates(admin).await, 0, "Envoy on {admin} rejected nothing");
+        assert_eq!(
+            rejected_updates(admin).await,
+            0,
+            "Envoy on {admin} rejected nothing"
+        );
     }
     drop(zone2);
 }
@@ -644,7 +671,10 @@ async fn connections(global: &Standalone, zone: &str) -> (usize, String, bool) {
     let last = subs.last().cloned().unwrap_or_default();
     (
         subs.len(),
-        last["zoneInstanceId"].as_str().unwrap_or_default().to_string(),
+        last["zoneInstanceId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         last.get("connectTime").is_some() && last.get("disconnectTime").is_none(),
     )
 }
@@ -652,7 +682,11 @@ async fn connections(global: &Standalone, zone: &str) -> (usize, String, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_zone_leader_syncs_and_the_other_instance_takes_over() {
     let dir = test_dir("multizone-leader");
-    let global = global(&[("KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL", "1s")]).await;
+    let global = global(&[(
+        "KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL",
+        "1s",
+    )])
+    .await;
     let cluster = kuma_testkit::PgCluster::start().await;
     let mut env = common::pg_env(&cluster);
     env.extend([
@@ -661,7 +695,10 @@ async fn only_the_zone_leader_syncs_and_the_other_instance_takes_over() {
             "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS".into(),
             format!("grpcs://127.0.0.1:{}", global.kds_port),
         ),
-        ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE".into(), global.ca_file.clone()),
+        (
+            "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE".into(),
+            global.ca_file.clone(),
+        ),
     ]);
     let migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_zone"))
         .args(["migrate", "up"])
@@ -687,7 +724,10 @@ async fn only_the_zone_leader_syncs_and_the_other_instance_takes_over() {
             common::leads(a.diagnostics_port).await,
             common::leads(b.diagnostics_port).await,
         );
-        matches!((la, lb), (Some(true), Some(false)) | (Some(false), Some(true)))
+        matches!(
+            (la, lb),
+            (Some(true), Some(false)) | (Some(false), Some(true))
+        )
     })
     .await;
     let (leader, follower) = if common::leads(a.diagnostics_port).await == Some(true) {

@@ -393,7 +393,11 @@ async fn global_and_zone_serve_their_ports_in_both_layouts() {
             &[]
         };
         let global = Standalone::launch_binary("global", &[], args, &[], Stdio::null()).await;
-        assert!(global.table.contains("KDS (TLS): zone sync (gRPC)"), "{}", global.table);
+        assert!(
+            global.table.contains("KDS (TLS): zone sync (gRPC)"),
+            "{}",
+            global.table
+        );
         // KDS answers gRPC over TLS: a stream that does not name its zone is refused.
         let status = kuma_testkit::grpcio_stream_status(
             global.kds_port,
@@ -433,7 +437,10 @@ async fn global_and_zone_serve_their_ports_in_both_layouts() {
         let env = [
             ("KUMA_MULTIZONE_ZONE_NAME", "zone-1"),
             ("KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS", address.as_str()),
-            ("KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE", global.ca_file.as_str()),
+            (
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                global.ca_file.as_str(),
+            ),
         ];
         let zone = Standalone::launch_binary("zone", &[], args, &env, Stdio::null()).await;
         assert!(zone.table.contains(&address), "{}", zone.table);

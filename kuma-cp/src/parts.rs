@@ -24,6 +24,7 @@ use crate::auth::{DataplaneAuthenticator, ProxyAdmission};
 use crate::layout::{Layout, Listener, Service, Tls};
 use crate::{DEBOUNCE, INSIGHT_FLUSH_INTERVAL, serve, tls};
 use crate::{StartError, auth, bootstrap, insights, inspect, metrics};
+use kuma_core::resource::ResourceType;
 use kuma_xds::lifecycle;
 use kuma_xds::sync::Reconciler;
 
@@ -39,9 +40,17 @@ pub(crate) async fn open_store(
     StartError,
 > {
     Ok(match config.store.kind {
-        // One process owns the store: it leads.
+        // One process owns the store: it leads. Global holds every zone's proxies and reads
+        // them rarely (the API): it keeps those compact.
         StoreType::Memory => (
-            Arc::new(kuma_store::MemoryStore::new()),
+            Arc::new(
+                kuma_store::MemoryStore::new().with_compact_types(
+                    (config.mode == crate::config::Mode::Global)
+                        .then_some([ResourceType::Dataplane, ResourceType::DataplaneInsight])
+                        .into_iter()
+                        .flatten(),
+                ),
+            ),
             kuma_store::leader::in_process(),
             serve::Servers(Vec::new()),
         ),
@@ -231,7 +240,13 @@ impl DataPlaneSide {
         if layout.sds_apart() {
             reconciler = reconciler.with_sds_cluster(kuma_xds::bootstrap::SDS_CLUSTER);
         }
-        let reconciler = tokio::spawn(reconciler.run());
+        // Without a port for proxies (global mode) there is nothing to generate: the
+        // reconciler does not follow the store at all.
+        let reconciler = if layout.serves(Service::Ads) {
+            tokio::spawn(reconciler.run())
+        } else {
+            tokio::spawn(async {})
+        };
         let lifecycle = lifecycle::Lifecycle::new(
             manager.clone(),
             config.xds_server.dataplane_deregistration_delay.get(),

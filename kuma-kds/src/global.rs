@@ -111,12 +111,19 @@ impl GlobalKds {
         KDSSyncServiceServer<GlobalKds>,
         GlobalKDSServiceServer<GlobalKds>,
     ) {
+        use tonic::codec::CompressionEncoding::Gzip;
         let limit = self.inner.settings.max_msg_size;
+        // Kuma's zones compress what they send with gzip; answers are compressed for zones
+        // that accept it.
         (
             KDSSyncServiceServer::new(self.clone())
                 .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
-            GlobalKDSServiceServer::new(self.clone()),
+                .max_encoding_message_size(limit)
+                .accept_compressed(Gzip)
+                .send_compressed(Gzip),
+            GlobalKDSServiceServer::new(self.clone())
+                .accept_compressed(Gzip)
+                .send_compressed(Gzip),
         )
     }
 
@@ -210,7 +217,11 @@ impl GlobalKds {
         let cancel = tokio::sync::watch::Sender::new(false);
         let ended = cancel.subscribe();
         if let Some((_, older)) = state.open.insert(kind, (id, cancel)) {
-            tracing::info!(zone, kind, "KDS: a newer stream of the zone replaces an older one");
+            tracing::info!(
+                zone,
+                kind,
+                "KDS: a newer stream of the zone replaces an older one"
+            );
             let _ = older.send(true);
         }
         let sub = state.subscriptions.last_mut().expect("pushed above");

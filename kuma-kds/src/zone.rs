@@ -225,9 +225,13 @@ async fn connect_once(
 ) -> Result<(), ZoneError> {
     let channel = channel(settings).await?;
     let limit = settings.max_msg_size;
+    // As Kuma's zones do: messages to global are compressed with gzip.
+    let gzip = tonic::codec::CompressionEncoding::Gzip;
     let mut sync_client = KDSSyncServiceClient::new(channel.clone())
         .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        .max_encoding_message_size(limit)
+        .send_compressed(gzip)
+        .accept_compressed(gzip);
     tracing::info!(zone = %settings.zone, global = %settings.global_address, "KDS: connected to global");
 
     // Global to zone: this side subscribes and writes what arrives.
@@ -271,7 +275,10 @@ async fn connect_once(
         Arc::new(StreamStats::default()),
     );
 
-    let health = health_check(settings, GlobalKDSServiceClient::new(channel));
+    let health = health_check(
+        settings,
+        GlobalKDSServiceClient::new(channel).accept_compressed(gzip),
+    );
     tokio::select! {
         r = receive => Err(ZoneError::Stream(match r {
             Ok(()) => "global closed GlobalToZoneSync".into(),

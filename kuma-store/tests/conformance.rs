@@ -17,6 +17,17 @@ async fn memory_store_conforms() {
     .await;
 }
 
+/// A store keeping every type as JSON passes the same suite: reads decode exactly what was
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_keeping_everything_compact_conforms() {
+    kuma_core::conformance::run(|| async {
+        let all = kuma_core::resource::ResourceType::ALL.iter().copied();
+        Arc::new(MemoryStore::new().with_compact_types(all)) as Arc<dyn ResourceStore>
+    })
+    .await;
+}
+
 /// A faulty store: updates ignore the version they carry (last writer wins).
 struct AcceptsStaleVersions(MemoryStore);
 
