@@ -2,7 +2,7 @@
 //! proxies and MeshGateway travel in KDS as the binary encoding of Kuma's protobuf messages.
 //!
 //! Their JSON (what the API and the store hold) is the protobuf JSON mapping of the same
-//! messages, so one descriptor set (`proto/`, compiled at build time) converts both ways:
+//! messages, so one descriptor set (`proto/`, compiled by protox) converts both ways:
 //! JSON -> message -> bytes on the way out, bytes -> message -> JSON on the way in. A field
 //! Kuma's message does not have is refused by name rather than dropped; insights, which are
 //! observations rather than intent, drop what Kuma would not know.
@@ -17,13 +17,14 @@ use prost_reflect::{
 };
 use serde_json::Value;
 
-/// The spec messages' descriptors, compiled from `proto/` by the build script.
-const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kuma_specs.bin"));
+/// The spec messages' descriptors, compiled from `proto/` by protox (`tests/generated.rs`
+/// checks they are up to date).
+const DESCRIPTORS: &[u8] = include_bytes!("generated/kuma_specs.bin");
 
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
-        // The set is produced by this crate's build script from its own files: it decodes.
+        // The set is generated from this crate's own files (and checked by a test): it decodes.
         DescriptorPool::decode(DESCRIPTORS).unwrap_or_else(|_| DescriptorPool::global())
     })
 }
