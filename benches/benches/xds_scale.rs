@@ -52,6 +52,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+pub use kuma_benches::process::{cpu_time, heap_bytes, peak_rss_kib, rss_kib};
+
 #[path = "xds_scale/control_plane.rs"]
 mod control_plane;
 #[path = "xds_scale/proxies.rs"]
@@ -221,49 +223,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// This process's resident set, in KiB.
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
-}
-
-/// This process's largest resident set so far, in KiB.
-fn peak_rss_kib() -> u64 {
-    status_kib("VmHWM:")
-}
-
-/// The bytes this process's allocator has handed out and not had back.
-fn heap_bytes() -> u64 {
-    // Statistics are refreshed when the epoch advances.
-    let _ = tikv_jemalloc_ctl::epoch::advance();
-    tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |b| b as u64)
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// How long the idle figure watches (`XDS_SCALE_IDLE_SECS`, 30 s by default).
 fn idle_window() -> Duration {
     Duration::from_secs(env_usize("XDS_SCALE_IDLE_SECS", 30) as u64)
-}
-
-/// User + system CPU time of this process.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }

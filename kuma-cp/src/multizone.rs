@@ -101,7 +101,7 @@ pub(crate) async fn zone_while_leading(
         tracing::info!(zone = %settings.zone, global = %settings.global_address, "KDS: leading; connecting to global");
         let feed = Feed::new(Side::Zone(settings.zone.clone()));
         // Aborted when this task is (the control plane stops) or leadership ends.
-        let _following = AbortOnDrop(tokio::spawn(run_feed(feed.clone(), store.clone())));
+        let _following = serve::Servers(vec![tokio::spawn(run_feed(feed.clone(), store.clone()))]);
         let (stop, stopped) = watch::channel(false);
         let client = kuma_kds::zone::run(settings.clone(), store.clone(), feed, stopped);
         tokio::pin!(client);
@@ -117,14 +117,5 @@ pub(crate) async fn zone_while_leading(
         let _ = stop.send(true);
         client.await;
         tracing::info!(zone = %settings.zone, "KDS: no longer leading; disconnected from global");
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

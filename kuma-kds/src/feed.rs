@@ -410,10 +410,6 @@ impl Feed {
 
 /// A content version: FNV-1a 64 of the bytes, in hex.
 fn content_version(bytes: &[u8]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::names::fnv1a64(crate::names::FNV_OFFSET, bytes);
     format!("{hash:016x}")
 }

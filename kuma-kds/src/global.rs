@@ -412,6 +412,13 @@ fn insight_json(zone: &ZoneState) -> Value {
     insight
 }
 
+/// What a sync stream sends to the zone: the messages one end of the stream queues.
+type Outgoing<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn outgoing<T: Send + 'static>(rx: mpsc::Receiver<T>) -> Outgoing<T> {
+    Box::pin(ReceiverStream::new(rx).map(Ok))
+}
+
 /// The items of `stream` until it ends or `cancel` turns true, each shown to `seen` first.
 fn until_cancelled<T: Send + 'static>(
     mut stream: Streaming<T>,
@@ -442,8 +449,8 @@ fn until_cancelled<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl KDSSyncService for GlobalKds {
-    type GlobalToZoneSyncStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-    type ZoneToGlobalSyncStream = ReceiverStream<Result<DeltaDiscoveryRequest, Status>>;
+    type GlobalToZoneSyncStream = Outgoing<DeltaDiscoveryResponse>;
+    type ZoneToGlobalSyncStream = Outgoing<DeltaDiscoveryRequest>;
 
     async fn global_to_zone_sync(
         &self,
@@ -459,7 +466,6 @@ impl KDSSyncService for GlobalKds {
         let stats = Arc::new(StreamStats::notifying(self.inner.wake.clone()));
         let (id, cancel) = self.open(&zone, "global-to-zone", Some(stats.clone()));
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(16);
-        let (out_tx, out_rx) = mpsc::channel(16);
         let this = self.clone();
         // The zone's first request tells its version and config: keep them for the insight.
         let recorder = self.clone();
@@ -480,22 +486,13 @@ impl KDSSyncService for GlobalKds {
             },
         );
         tokio::spawn(async move {
-            let forward = async {
-                let mut rx = rx;
-                while let Some(r) = rx.recv().await {
-                    if out_tx.send(Ok(r)).await.is_err() {
-                        break;
-                    }
-                }
-            };
-            let serve = sender::serve(this.inner.feed.clone(), peer, requests, tx, stats);
-            let (result, ()) = tokio::join!(serve, forward);
+            let result = sender::serve(this.inner.feed.clone(), peer, requests, tx, stats).await;
             if let Err(e) = result {
                 tracing::info!(zone = %zone, error = %e, "KDS: global-to-zone stream ended");
             }
             this.close(&zone, "global-to-zone", id);
         });
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        Ok(Response::new(outgoing(rx)))
     }
 
     async fn zone_to_global_sync(
@@ -506,7 +503,6 @@ impl KDSSyncService for GlobalKds {
         self.ensure_zone(&zone).await?;
         let (id, cancel) = self.open(&zone, "zone-to-global", None);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-        let (out_tx, out_rx) = mpsc::channel(16);
         let this = self.clone();
         let responses = until_cancelled(request.into_inner(), cancel, |_| {});
         let sync = StoreSync::new(
@@ -519,23 +515,14 @@ impl KDSSyncService for GlobalKds {
         };
         let types: Vec<ResourceType> = directions::zone_to_global_types().collect();
         tokio::spawn(async move {
-            let forward = async {
-                let mut rx = rx;
-                while let Some(r) = rx.recv().await {
-                    if out_tx.send(Ok(r)).await.is_err() {
-                        break;
-                    }
-                }
-            };
             let stats = Arc::new(StreamStats::default());
-            let receive = receiver::receive(types, node, tx, responses, sync, stats);
-            let (result, ()) = tokio::join!(receive, forward);
+            let result = receiver::receive(types, node, tx, responses, sync, stats).await;
             if let Err(e) = result {
                 tracing::info!(zone = %zone, error = %e, "KDS: zone-to-global stream ended");
             }
             this.close(&zone, "zone-to-global", id);
         });
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        Ok(Response::new(outgoing(rx)))
     }
 }
 

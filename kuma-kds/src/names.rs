@@ -18,8 +18,15 @@ const SUFFIX: usize = 17;
 const ALPHABET: &[u8; 27] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// 64-bit FNV-1a.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// 64-bit FNV-1a of `bytes`, continuing from `hash` (start from [`FNV_OFFSET`]).
+pub(crate) fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME))
+}
 
 /// `name` with the hash suffix of `mesh`, `name` and `origin` (the values of the origin labels
 /// the resource has, in Kuma's order: zone, then namespace).
@@ -30,13 +37,10 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// assert_eq!(hashed_name("", "foo", &["zone-1", "custom-ns"]), "foo-696vzv497z4cv4f4");
 /// ```
 pub fn hashed_name(mesh: &str, name: &str, origin: &[&str]) -> String {
-    let mut hash = FNV_OFFSET;
-    for part in [mesh, name].into_iter().chain(origin.iter().copied()) {
-        for byte in part.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(FNV_PRIME);
-        }
-    }
+    let hash = [mesh, name]
+        .into_iter()
+        .chain(origin.iter().copied())
+        .fold(FNV_OFFSET, |hash, part| fnv1a64(hash, part.as_bytes()));
     let kept = shortened(name, MAX_NAME - SUFFIX);
     let mut out = String::with_capacity(kept.len() + SUFFIX);
     out.push_str(kept);

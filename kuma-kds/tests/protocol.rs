@@ -213,3 +213,80 @@ async fn an_oversized_type_is_held_back_and_the_others_sync() {
         "the zone never had the huge one"
     );
 }
+
+#[tokio::test]
+async fn each_resource_is_encoded_once_for_every_zone() {
+    let store: Arc<dyn ResourceStore> = Arc::new(MemoryStore::new());
+    store
+        .create(resource("type: Mesh\nname: default\n"), None)
+        .await
+        .expect("mesh");
+    store
+        .create(timeout("t", "1s"), None)
+        .await
+        .expect("policy");
+    let feed = Feed::new(Side::Global);
+    tokio::spawn(feed.clone().run(store.clone()));
+    let mut zones = Vec::new();
+    for zone in ["zone-1", "zone-2", "zone-3"] {
+        let (req_tx, req_rx) = mpsc::channel::<Result<DeltaDiscoveryRequest, tonic::Status>>(16);
+        let (resp_tx, resp_rx) = mpsc::channel::<DeltaDiscoveryResponse>(16);
+        tokio::spawn(sender::serve(
+            feed.clone(),
+            Peer {
+                zone: zone.into(),
+                hash_suffix: true,
+                max_msg_size: 1 << 20,
+            },
+            ReceiverStream::new(req_rx),
+            resp_tx,
+            Arc::new(StreamStats::default()),
+        ));
+        for t in ["Mesh", "MeshTimeout"] {
+            req_tx
+                .send(Ok(DeltaDiscoveryRequest {
+                    type_url: t.into(),
+                    resource_names_subscribe: vec!["*".into()],
+                    ..Default::default()
+                }))
+                .await
+                .expect("sent");
+        }
+        zones.push((req_tx, resp_rx));
+    }
+    // Every zone gets both types...
+    for (req_tx, resp_rx) in &mut zones {
+        for _ in 0..2 {
+            let response = next(resp_rx).await;
+            assert_eq!(response.resources.len(), 1);
+            req_tx
+                .send(Ok(DeltaDiscoveryRequest {
+                    type_url: response.type_url,
+                    response_nonce: response.nonce,
+                    ..Default::default()
+                }))
+                .await
+                .expect("ACK");
+        }
+    }
+    // ...encoded once each, not once per zone.
+    assert_eq!(feed.encodings(), 2);
+    // A change is encoded once more, and only the changed policy travels.
+    store
+        .update({
+            let mut t = store
+                .get(&ResourceKey::new(ResourceType::MeshTimeout, "default", "t"))
+                .await
+                .expect("policy");
+            t.spec = timeout("t", "2s").spec;
+            t
+        })
+        .await
+        .expect("updated");
+    for (_, resp_rx) in &mut zones {
+        let response = next(resp_rx).await;
+        assert_eq!(response.type_url, "MeshTimeout");
+        assert_eq!(response.resources.len(), 1);
+    }
+    assert_eq!(feed.encodings(), 3);
+}
