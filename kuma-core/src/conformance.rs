@@ -257,6 +257,47 @@ async fn ownership_cascade(store: Arc<dyn ResourceStore>) {
     // The name is free again and the new resource is not owned by the old one.
     s.create(mesh("doomed"), None).await.expect("recreate mesh");
     must_be_missing(s, &dp_key, "recreated mesh starts empty").await;
+
+    // An owned resource deleted on its own leaves its owner's other resources owned, and a
+    // resource re-created under its name without an owner is not deleted with the old owner.
+    for n in ["dp-a", "dp-b"] {
+        s.create(dataplane("doomed", n, "web"), Some(mesh_key("doomed")))
+            .await
+            .expect("owned dataplane");
+    }
+    let dp_a = ResourceKey::new(ResourceType::Dataplane, "doomed", "dp-a");
+    s.create(
+        Resource::new(
+            "doomed",
+            "dp-a",
+            ResourceType::DataplaneInsight.empty_spec(),
+        ),
+        Some(dp_a.clone()),
+    )
+    .await
+    .expect("insight");
+    s.delete(&dp_a, None).await.expect("delete one owned");
+    must_be_missing(
+        s,
+        &ResourceKey::new(ResourceType::DataplaneInsight, "doomed", "dp-a"),
+        "owned by the deleted dataplane",
+    )
+    .await;
+    s.create(dataplane("doomed", "dp-a", "web"), None)
+        .await
+        .expect("re-created without an owner");
+    s.delete(&mesh_key("doomed"), None)
+        .await
+        .expect("delete mesh again");
+    must_be_missing(
+        s,
+        &ResourceKey::new(ResourceType::Dataplane, "doomed", "dp-b"),
+        "still owned",
+    )
+    .await;
+    s.get(&dp_a)
+        .await
+        .expect("a re-created resource is not its predecessor's owner's");
 }
 
 async fn paging(store: Arc<dyn ResourceStore>) {
@@ -353,6 +394,10 @@ async fn filters(store: Arc<dyn ResourceStore>) {
     s.create(web, None).await.expect("web-1");
     let mut web2 = dataplane("f", "web-2", "web-canary");
     web2.meta.labels.insert("team".into(), "b".into());
+    // A value that JSON escapes: stores must match it as written.
+    web2.meta
+        .labels
+        .insert("kuma.io/note".into(), "say \"hi\" \\ é/ok".into());
     s.create(web2, None).await.expect("web-2");
     s.create(dataplane("f", "db-1", "postgres"), None)
         .await
@@ -374,6 +419,14 @@ async fn filters(store: Arc<dyn ResourceStore>) {
     let mut q = ListQuery::in_mesh(ResourceType::Dataplane, "f");
     q.labels = BTreeMap::from([("team".to_string(), "b".to_string())]);
     assert_eq!(names(s.list(&q).await.expect("label filter")), ["web-2"]);
+    q.labels
+        .insert("kuma.io/note".to_string(), "say \"hi\" \\ é/ok".to_string());
+    assert_eq!(
+        names(s.list(&q).await.expect("two labels, one escaped")),
+        ["web-2"]
+    );
+    q.labels.insert("team".to_string(), "a".to_string());
+    assert_eq!(s.list(&q).await.expect("labels of no one").total, 0);
 
     let mut q = ListQuery::in_mesh(ResourceType::Dataplane, "f");
     q.tags = BTreeMap::from([("kuma.io/service".to_string(), "web".to_string())]);

@@ -19,12 +19,18 @@ use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec, UntypedSpec
 use kuma_core::store::{ResourceStore, StoreError};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
+use tokio_stream::Stream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::codec::CompressionEncoding::Gzip;
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::directions;
 use crate::feed::Feed;
+use crate::frames::{self, Messages};
 use crate::grpc::global_kds_service_server::{GlobalKDSService, GlobalKDSServiceServer};
 use crate::grpc::kds_sync_service_server::{KDSSyncService, KDSSyncServiceServer};
 use crate::grpc::{ZoneHealthCheckRequest, ZoneHealthCheckResponse};
@@ -105,22 +111,19 @@ impl GlobalKds {
     }
 
     /// The two gRPC services, for a server to add.
-    pub fn services(
-        &self,
-    ) -> (
-        KDSSyncServiceServer<GlobalKds>,
-        GlobalKDSServiceServer<GlobalKds>,
-    ) {
-        use tonic::codec::CompressionEncoding::Gzip;
+    pub fn services(&self) -> (SyncServer, GlobalKDSServiceServer<GlobalKds>) {
         let limit = self.inner.settings.max_msg_size;
         // Kuma's zones compress what they send with gzip; answers are compressed for zones
         // that accept it.
         (
-            KDSSyncServiceServer::new(self.clone())
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit)
-                .accept_compressed(Gzip)
-                .send_compressed(Gzip),
+            SyncServer {
+                kds: self.clone(),
+                tonic: KDSSyncServiceServer::new(self.clone())
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
+                    .accept_compressed(Gzip)
+                    .send_compressed(Gzip),
+            },
             GlobalKDSServiceServer::new(self.clone())
                 .accept_compressed(Gzip)
                 .send_compressed(Gzip),
@@ -320,9 +323,8 @@ impl GlobalKds {
 }
 
 /// The zone a request comes from (`client-id` metadata), checked as a resource name.
-fn client_id<T>(request: &Request<T>) -> Result<String, Status> {
-    let id = request
-        .metadata()
+fn client_id(metadata: &MetadataMap) -> Result<String, Status> {
+    let id = metadata
         .get("client-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
@@ -341,9 +343,8 @@ fn client_id<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 /// Whether the request's metadata announces `feature`.
-fn has_feature<T>(request: &Request<T>, feature: &str) -> bool {
-    request
-        .metadata()
+fn has_feature(metadata: &MetadataMap, feature: &str) -> bool {
+    metadata
         .get_all("features")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -421,7 +422,7 @@ fn outgoing<T: Send + 'static>(rx: mpsc::Receiver<T>) -> Outgoing<T> {
 
 /// The items of `stream` until it ends or `cancel` turns true, each shown to `seen` first.
 fn until_cancelled<T: Send + 'static>(
-    mut stream: Streaming<T>,
+    mut stream: impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
     mut cancel: tokio::sync::watch::Receiver<bool>,
     mut seen: impl FnMut(&T) + Send + 'static,
 ) -> ReceiverStream<Result<T, Status>> {
@@ -456,11 +457,36 @@ impl KDSSyncService for GlobalKds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        let zone = client_id(&request)?;
+        let (metadata, _, requests) = request.into_parts();
+        self.global_to_zone(&metadata, requests)
+            .await
+            .map(Response::new)
+    }
+
+    async fn zone_to_global_sync(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryResponse>>,
+    ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
+        let (metadata, _, responses) = request.into_parts();
+        self.zone_to_global(&metadata, responses)
+            .await
+            .map(Response::new)
+    }
+}
+
+impl GlobalKds {
+    /// A zone's GlobalToZoneSync stream: its `requests` (subscriptions and acknowledgements)
+    /// drive what the returned stream sends it from the feed.
+    async fn global_to_zone(
+        &self,
+        metadata: &MetadataMap,
+        requests: impl Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Send + Unpin + 'static,
+    ) -> Result<Outgoing<DeltaDiscoveryResponse>, Status> {
+        let zone = client_id(metadata)?;
         self.ensure_zone(&zone).await?;
         let peer = Peer {
             zone: zone.clone(),
-            hash_suffix: has_feature(&request, "hash-suffix"),
+            hash_suffix: has_feature(metadata, "hash-suffix"),
             max_msg_size: self.inner.settings.max_msg_size,
         };
         let stats = Arc::new(StreamStats::notifying(self.inner.wake.clone()));
@@ -471,20 +497,16 @@ impl KDSSyncService for GlobalKds {
         let recorder = self.clone();
         let zone_for_meta = zone.clone();
         let mut recorded = false;
-        let requests = until_cancelled(
-            request.into_inner(),
-            cancel,
-            move |r: &DeltaDiscoveryRequest| {
-                if recorded {
-                    return;
-                }
-                if let Some(meta) = r.node.as_ref().and_then(|n| n.metadata.as_ref()) {
-                    recorded = true;
-                    recorder.record_metadata(&zone_for_meta, struct_json(meta));
-                    recorder.touch(&zone_for_meta);
-                }
-            },
-        );
+        let requests = until_cancelled(requests, cancel, move |r: &DeltaDiscoveryRequest| {
+            if recorded {
+                return;
+            }
+            if let Some(meta) = r.node.as_ref().and_then(|n| n.metadata.as_ref()) {
+                recorded = true;
+                recorder.record_metadata(&zone_for_meta, struct_json(meta));
+                recorder.touch(&zone_for_meta);
+            }
+        });
         tokio::spawn(async move {
             let result = sender::serve(this.inner.feed.clone(), peer, requests, tx, stats).await;
             if let Err(e) = result {
@@ -492,19 +514,22 @@ impl KDSSyncService for GlobalKds {
             }
             this.close(&zone, "global-to-zone", id);
         });
-        Ok(Response::new(outgoing(rx)))
+        Ok(outgoing(rx))
     }
 
-    async fn zone_to_global_sync(
+    /// A zone's ZoneToGlobalSync stream: its `responses` go into the store; the returned stream
+    /// carries global's requests (and acknowledgements).
+    async fn zone_to_global(
         &self,
-        request: Request<Streaming<DeltaDiscoveryResponse>>,
-    ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let zone = client_id(&request)?;
+        metadata: &MetadataMap,
+        responses: impl Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + Unpin + 'static,
+    ) -> Result<Outgoing<DeltaDiscoveryRequest>, Status> {
+        let zone = client_id(metadata)?;
         self.ensure_zone(&zone).await?;
         let (id, cancel) = self.open(&zone, "zone-to-global", None);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let this = self.clone();
-        let responses = until_cancelled(request.into_inner(), cancel, |_| {});
+        let responses = until_cancelled(responses, cancel, |_| {});
         let sync = StoreSync::new(
             self.inner.store.clone(),
             Receiving::Global { zone: zone.clone() },
@@ -522,7 +547,113 @@ impl KDSSyncService for GlobalKds {
             }
             this.close(&zone, "zone-to-global", id);
         });
-        Ok(Response::new(outgoing(rx)))
+        Ok(outgoing(rx))
+    }
+}
+
+/// One sync stream over HTTP/2 (see [`SyncServer`]): the request's messages read by
+/// [`frames`], `open` given them and the request's metadata, and what it answers
+/// written by `frames` too.
+async fn sync_over_http<In, Out, F, Fut>(
+    limit: usize,
+    request: http::Request<Body>,
+    open: F,
+) -> http::Response<Body>
+where
+    In: prost::Message + Default + Send + 'static,
+    Out: prost::Message + Send + 'static,
+    F: FnOnce(MetadataMap, Messages<In>) -> Fut,
+    Fut: std::future::Future<Output = Result<Outgoing<Out>, Status>>,
+{
+    let (parts, body) = request.into_parts();
+    let gzip = match parts.headers.get("grpc-encoding").map(|v| v.as_bytes()) {
+        None | Some(b"identity") => false,
+        Some(b"gzip") => true,
+        Some(other) => {
+            return Status::unimplemented(format!(
+                "grpc-encoding {:?}: only gzip is supported",
+                String::from_utf8_lossy(other)
+            ))
+            .into_http();
+        }
+    };
+    let answer_gzip = parts
+        .headers
+        .get_all("grpc-accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|e| e.trim() == "gzip"));
+    let metadata = MetadataMap::from_headers(parts.headers);
+    let outgoing = match open(metadata, Messages::new(body, gzip, limit)).await {
+        Ok(outgoing) => outgoing,
+        Err(status) => return status.into_http(),
+    };
+    let mut response = http::Response::new(frames::response_body(outgoing, answer_gzip, limit));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    if answer_gzip {
+        headers.insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// `KDSSyncService` as global serves it: its two sync streams read and written one message at
+/// a time, each in a buffer of its own that is freed once the message is decoded or sent (tonic
+/// keeps, per stream, buffers the size of the largest message: about a megabyte per connected
+/// zone of 1,000 Dataplanes). Other paths go to tonic's generated server.
+#[derive(Clone)]
+pub struct SyncServer {
+    kds: GlobalKds,
+    tonic: KDSSyncServiceServer<GlobalKds>,
+}
+
+/// The sync streams' HTTP/2 paths.
+const GLOBAL_TO_ZONE_PATH: &str = "/kuma.mesh.v1alpha1.KDSSyncService/GlobalToZoneSync";
+const ZONE_TO_GLOBAL_PATH: &str = "/kuma.mesh.v1alpha1.KDSSyncService/ZoneToGlobalSync";
+
+impl NamedService for SyncServer {
+    const NAME: &'static str = <KDSSyncServiceServer<GlobalKds> as NamedService>::NAME;
+}
+
+impl tower::Service<http::Request<Body>> for SyncServer {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<Body>>::poll_ready(&mut self.tonic, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let kds = self.kds.clone();
+        let limit = kds.inner.settings.max_msg_size;
+        match request.uri().path() {
+            GLOBAL_TO_ZONE_PATH => Box::pin(async move {
+                Ok(
+                    sync_over_http(limit, request, |metadata, requests| async move {
+                        kds.global_to_zone(&metadata, requests).await
+                    })
+                    .await,
+                )
+            }),
+            ZONE_TO_GLOBAL_PATH => Box::pin(async move {
+                Ok(
+                    sync_over_http(limit, request, |metadata, responses| async move {
+                        kds.zone_to_global(&metadata, responses).await
+                    })
+                    .await,
+                )
+            }),
+            _ => Box::pin(self.tonic.call(request)),
+        }
     }
 }
 
@@ -542,7 +673,7 @@ impl GlobalKDSService for GlobalKds {
         &self,
         request: Request<ZoneHealthCheckRequest>,
     ) -> Result<Response<ZoneHealthCheckResponse>, Status> {
-        let zone = client_id(&request)?;
+        let zone = client_id(request.metadata())?;
         if let Some(z) = self.zones().get_mut(&zone) {
             z.health_check = Some(now());
         }

@@ -19,6 +19,7 @@
 
 pub mod directions;
 pub mod feed;
+mod frames;
 pub mod global;
 pub mod grpc;
 pub mod message;

@@ -125,7 +125,15 @@ impl StoreSync {
     ) -> Result<usize, StoreError> {
         let mut current: BTreeMap<ResourceKey, Resource> = BTreeMap::new();
         if initial {
-            let page = self.store.list(&ListQuery::all(rtype)).await?;
+            let mut query = ListQuery::all(rtype);
+            if let Receiving::Global { zone } = &self.receiving {
+                // What this zone sent before; stores skip the other zones' without decoding.
+                query.labels = BTreeMap::from([
+                    (ZONE_TAG.to_string(), zone.clone()),
+                    (ORIGIN_LABEL.to_string(), "zone".to_string()),
+                ]);
+            }
+            let page = self.store.list(&query).await?;
             current.extend(
                 page.items
                     .into_iter()

@@ -45,7 +45,9 @@ async fn exists(store: &dyn ResourceStore, rtype: ResourceType, mesh: &str, name
     }
 }
 
-async fn start_global(store: Arc<dyn ResourceStore>) -> std::net::SocketAddr {
+/// Global's KDS server on loopback: as `services()` assembles it, or (`generated_only`) with
+/// tonic's generated server for the sync streams instead of [`kuma_kds::global::SyncServer`].
+async fn start_global(store: Arc<dyn ResourceStore>, generated_only: bool) -> std::net::SocketAddr {
     let feed = Feed::new(Side::Global);
     tokio::spawn(feed.clone().run(store.clone()));
     let kds = GlobalKds::new(
@@ -65,12 +67,28 @@ async fn start_global(store: Arc<dyn ResourceStore>) -> std::net::SocketAddr {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(sync)
-            .add_service(global)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut server = tonic::transport::Server::builder();
+    if generated_only {
+        use kuma_kds::grpc::kds_sync_service_server::KDSSyncServiceServer;
+        use tonic::codec::CompressionEncoding::Gzip;
+        let generated = KDSSyncServiceServer::new(kds.clone())
+            .accept_compressed(Gzip)
+            .send_compressed(Gzip);
+        tokio::spawn(
+            server
+                .add_service(generated)
+                .add_service(global)
+                .serve_with_incoming(incoming),
+        );
+    } else {
+        tokio::spawn(
+            server
+                .add_service(sync)
+                .add_service(global)
+                .serve_with_incoming(incoming),
+        );
+    }
     addr
 }
 
@@ -108,7 +126,7 @@ async fn global_and_two_zones_sync_both_ways() {
         .create(timeout("t", "{}"), None)
         .await
         .expect("policy");
-    let addr = start_global(global.clone()).await;
+    let addr = start_global(global.clone(), false).await;
     let zone1: Arc<dyn ResourceStore> = Arc::new(MemoryStore::new());
     let zone2: Arc<dyn ResourceStore> = Arc::new(MemoryStore::new());
     let _z1 = start_zone("zone-1", addr, zone1.clone());
@@ -250,4 +268,43 @@ async fn global_and_two_zones_sync_both_ways() {
     assert!(sub["connectTime"].is_string(), "{json}");
     assert!(sub["disconnectTime"].is_null(), "{json}");
     assert_eq!(sub["version"]["kumaCp"]["version"], "test", "{json}");
+}
+
+/// The generated tonic server (for those who mount it themselves) serves the same streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonics_generated_server_serves_the_same_streams() {
+    let global: Arc<dyn ResourceStore> = Arc::new(MemoryStore::new());
+    global
+        .create(resource("type: Mesh\nname: default\n"), None)
+        .await
+        .expect("mesh");
+    global
+        .create(timeout("t", "{}"), None)
+        .await
+        .expect("policy");
+    let addr = start_global(global.clone(), true).await;
+    let zone: Arc<dyn ResourceStore> = Arc::new(MemoryStore::new());
+    let _z = start_zone("zone-1", addr, zone.clone());
+    let hashed = hashed_name("default", "t", &[]);
+    eventually("the policy on the zone", || async {
+        exists(zone.as_ref(), ResourceType::MeshTimeout, "default", &hashed).await
+    })
+    .await;
+    zone.create(
+        resource("type: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags:\n      kuma.io/service: web\n"),
+        None,
+    )
+    .await
+    .expect("dataplane");
+    let dp_name = hashed_name("default", "web-1", &["zone-1"]);
+    eventually("the proxy on global", || async {
+        exists(
+            global.as_ref(),
+            ResourceType::Dataplane,
+            "default",
+            &dp_name,
+        )
+        .await
+    })
+    .await;
 }

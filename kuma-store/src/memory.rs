@@ -1,7 +1,7 @@
 //! An in-memory [`ResourceStore`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -14,9 +14,13 @@ use kuma_core::store::{EventKind, ListQuery, Page, ResourceStore, StoreError, St
 /// Events buffered per subscriber before a slow one is told it lagged.
 pub const DEFAULT_EVENT_CAPACITY: usize = 16 * 1024;
 
+/// A name in the index, shared by the list index and the owner index.
+type Name = Arc<str>;
+
 struct Entry {
     held: Held,
-    owner: Option<ResourceKey>,
+    /// Shared by everything one owner owns.
+    owner: Option<Arc<ResourceKey>>,
 }
 
 /// How a resource is kept: as it is, or (for the types a store keeps compact) as its JSON,
@@ -24,17 +28,15 @@ struct Entry {
 enum Held {
     /// Boxed: the map's entries stay small, whichever way their resources are kept.
     Full(Box<Resource>),
-    Compact {
-        version: Version,
-        json: Box<str>,
-    },
+    /// The version is the revision of the last write (see [`MemoryStore`]).
+    Compact { revision: u64, json: Box<str> },
 }
 
 impl Held {
-    fn new(resource: &Resource, compact: bool) -> Held {
+    fn new(resource: &Resource, revision: u64, compact: bool) -> Held {
         if compact {
             Held::Compact {
-                version: resource.meta.version.clone(),
+                revision,
                 json: resource.to_json().into_boxed_str(),
             }
         } else {
@@ -42,17 +44,17 @@ impl Held {
         }
     }
 
-    fn version(&self) -> &Version {
+    fn version(&self) -> Version {
         match self {
-            Held::Full(r) => &r.meta.version,
-            Held::Compact { version, .. } => version,
+            Held::Full(r) => r.meta.version.clone(),
+            Held::Compact { revision, .. } => Version(revision.to_string()),
         }
     }
 
     fn resource(&self) -> Result<Resource, StoreError> {
         match self {
             Held::Full(r) => Ok(Resource::clone(r)),
-            Held::Compact { version, json } => {
+            Held::Compact { revision, json } => {
                 // The text is what `to_json` wrote: it parses back to the same resource.
                 let mut r = kuma_core::resource::parse_json(json).map_err(|e| {
                     StoreError::Backend(kuma_core::store::BackendError::caused_by(
@@ -60,21 +62,104 @@ impl Held {
                         e,
                     ))
                 })?;
-                r.meta.version = version.clone();
+                r.meta.version = Version(revision.to_string());
                 Ok(r)
             }
         }
     }
+
+    /// False when the resource cannot carry every label of `needles` (see [`label_needles`]);
+    /// true when it may (a compact resource is decoded and matched in full afterwards).
+    fn may_carry(&self, needles: &[String]) -> bool {
+        match self {
+            Held::Full(_) => true,
+            Held::Compact { json, .. } => needles.iter().all(|n| json.contains(n.as_str())),
+        }
+    }
 }
+
+/// Each label of `query` as its compact JSON text (`"key":"value"`): a compact resource whose
+/// text lacks one cannot match, so most are skipped without being decoded.
+fn label_needles(query: &ListQuery) -> Vec<String> {
+    let quoted = |s: &String| serde_json::Value::from(s.as_str()).to_string();
+    query
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{}:{}", quoted(k), quoted(v)))
+        .collect()
+}
+
+/// An owned resource, by the index's shared names.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Member {
+    rtype: ResourceType,
+    mesh: Name,
+    name: Name,
+}
+
+impl Member {
+    fn key(&self) -> ResourceKey {
+        ResourceKey::new(self.rtype, &self.mesh, &self.name)
+    }
+}
+
+/// What one owner owns. Most owners own one resource (a Dataplane its insight), so one is held
+/// without a set.
+enum Members {
+    One(Member),
+    Many(BTreeSet<Member>),
+}
+
+struct Owned {
+    /// The owner's key, shared by its members' entries.
+    key: Arc<ResourceKey>,
+    members: Members,
+}
+
+impl Owned {
+    fn insert(&mut self, m: Member) {
+        match &mut self.members {
+            Members::One(one) if *one == m => {}
+            Members::One(one) => {
+                let first = one.clone();
+                self.members = Members::Many(BTreeSet::from([first, m]));
+            }
+            Members::Many(set) => {
+                set.insert(m);
+            }
+        }
+    }
+
+    /// Removes `key`; true when nothing is left.
+    fn remove(&mut self, key: &ResourceKey) -> bool {
+        let is = |m: &Member| m.rtype == key.rtype && *m.mesh == *key.mesh && *m.name == *key.name;
+        match &mut self.members {
+            Members::One(one) => is(one),
+            Members::Many(set) => {
+                set.retain(|m| !is(m));
+                set.is_empty()
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<ResourceKey> {
+        match &self.members {
+            Members::One(one) => vec![one.key()],
+            Members::Many(set) => set.iter().map(Member::key).collect(),
+        }
+    }
+}
+
+/// A type's resources: per mesh, per name (the list order). Each mesh's name is kept once.
+type ByMesh = BTreeMap<Name, BTreeMap<Name, Entry>>;
 
 #[derive(Default)]
 struct State {
     /// Last revision handed out; versions are revisions, so they never repeat.
     revision: u64,
-    /// Per type, resources ordered by (mesh, name): the list order.
-    by_type: HashMap<ResourceType, BTreeMap<(String, String), Entry>>,
+    by_type: HashMap<ResourceType, ByMesh>,
     /// Owner -> owned.
-    owned: HashMap<ResourceKey, BTreeSet<ResourceKey>>,
+    owned: HashMap<ResourceKey, Owned>,
     /// Types kept as JSON (see [`MemoryStore::with_compact_types`]).
     compact: HashSet<ResourceType>,
 }
@@ -83,7 +168,44 @@ impl State {
     fn entry(&self, key: &ResourceKey) -> Option<&Entry> {
         self.by_type
             .get(&key.rtype)?
-            .get(&(key.mesh.clone(), key.name.clone()))
+            .get(key.mesh.as_str())?
+            .get(key.name.as_str())
+    }
+
+    fn entry_mut(&mut self, key: &ResourceKey) -> Option<&mut Entry> {
+        self.by_type
+            .get_mut(&key.rtype)?
+            .get_mut(key.mesh.as_str())?
+            .get_mut(key.name.as_str())
+    }
+
+    /// Inserts a new entry; returns the member it is as an owned resource.
+    fn insert(&mut self, key: &ResourceKey, entry: Entry) -> Member {
+        let meshes = self.by_type.entry(key.rtype).or_default();
+        let mesh: Name = match meshes.get_key_value(key.mesh.as_str()) {
+            Some((shared, _)) => shared.clone(),
+            None => Name::from(key.mesh.as_str()),
+        };
+        let name = Name::from(key.name.as_str());
+        meshes
+            .entry(mesh.clone())
+            .or_default()
+            .insert(name.clone(), entry);
+        Member {
+            rtype: key.rtype,
+            mesh,
+            name,
+        }
+    }
+
+    fn remove(&mut self, key: &ResourceKey) -> Option<Entry> {
+        let meshes = self.by_type.get_mut(&key.rtype)?;
+        let names = meshes.get_mut(key.mesh.as_str())?;
+        let removed = names.remove(key.name.as_str());
+        if names.is_empty() {
+            meshes.remove(key.mesh.as_str());
+        }
+        removed
     }
 
     fn next_revision(&mut self) -> u64 {
@@ -172,14 +294,32 @@ impl ResourceStore for MemoryStore {
         resource.meta.version = Version(revision.to_string());
         resource.meta.creation_time = Some(now);
         resource.meta.modification_time = Some(now);
-        if let Some(o) = &owner {
-            st.owned.entry(o.clone()).or_default().insert(key.clone());
+        let held = Held::new(&resource, revision, st.compact.contains(&key.rtype));
+        let shared_owner = owner.as_ref().map(|o| match st.owned.get(o) {
+            Some(owned) => owned.key.clone(),
+            None => Arc::new(o.clone()),
+        });
+        let member = st.insert(
+            &key,
+            Entry {
+                held,
+                owner: shared_owner.clone(),
+            },
+        );
+        if let Some(o) = shared_owner {
+            match st.owned.get_mut(&*o) {
+                Some(owned) => owned.insert(member),
+                None => {
+                    st.owned.insert(
+                        ResourceKey::clone(&o),
+                        Owned {
+                            key: o,
+                            members: Members::One(member),
+                        },
+                    );
+                }
+            }
         }
-        let held = Held::new(&resource, st.compact.contains(&key.rtype));
-        st.by_type
-            .entry(key.rtype)
-            .or_default()
-            .insert((key.mesh.clone(), key.name.clone()), Entry { held, owner });
         self.emit(
             EventKind::Create,
             key,
@@ -195,19 +335,19 @@ impl ResourceStore for MemoryStore {
         let current = st
             .entry(&key)
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        check_version(&key, current.held.version(), &resource.meta.version)?;
-        let creation_time = current.held.resource()?.meta.creation_time;
+        check_version(&key, &current.held.version(), &resource.meta.version)?;
+        let creation_time = match &current.held {
+            Held::Full(r) => r.meta.creation_time,
+            Held::Compact { .. } => current.held.resource()?.meta.creation_time,
+        };
         let revision = st.next_revision();
         resource.meta.version = Version(revision.to_string());
         resource.meta.creation_time = creation_time;
         resource.meta.modification_time = Some(Utc::now());
-        let compact = st.compact.contains(&key.rtype);
-        let slot = st
-            .by_type
-            .get_mut(&key.rtype)
-            .and_then(|m| m.get_mut(&(key.mesh.clone(), key.name.clone())))
-            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        slot.held = Held::new(&resource, compact);
+        let held = Held::new(&resource, revision, st.compact.contains(&key.rtype));
+        st.entry_mut(&key)
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?
+            .held = held;
         self.emit(
             EventKind::Update,
             key,
@@ -223,7 +363,7 @@ impl ResourceStore for MemoryStore {
             .entry(key)
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
         if let Some(v) = version {
-            check_version(key, current.held.version(), v)?;
+            check_version(key, &current.held.version(), v)?;
         }
         // Collect the owned closure first (depth-first, owner before owned), then remove.
         let mut doomed = Vec::new();
@@ -233,25 +373,23 @@ impl ResourceStore for MemoryStore {
             if !seen.insert(k.clone()) {
                 continue;
             }
-            if let Some(children) = st.owned.get(&k) {
-                stack.extend(children.iter().cloned());
+            if let Some(owned) = st.owned.get(&k) {
+                stack.extend(owned.keys());
             }
             doomed.push(k);
         }
         for k in doomed {
-            let removed = st
-                .by_type
-                .get_mut(&k.rtype)
-                .and_then(|m| m.remove(&(k.mesh.clone(), k.name.clone())));
+            let removed = st.remove(&k);
             st.owned.remove(&k);
             let Some(entry) = removed else { continue };
             if let Some(o) = &entry.owner
-                && let Some(siblings) = st.owned.get_mut(o)
+                && let Some(siblings) = st.owned.get_mut(&**o)
+                && siblings.remove(&k)
             {
-                siblings.remove(&k);
+                st.owned.remove(&**o);
             }
             let revision = st.next_revision();
-            self.emit(EventKind::Delete, k, entry.held.version().clone(), revision);
+            self.emit(EventKind::Delete, k, entry.held.version(), revision);
         }
         Ok(())
     }
@@ -266,26 +404,31 @@ impl ResourceStore for MemoryStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let st = self.read();
-        let Some(all) = st.by_type.get(&query.rtype) else {
+        let Some(meshes) = st.by_type.get(&query.rtype) else {
             return Page::collect(std::iter::empty(), query);
         };
-        let in_scope: Box<dyn Iterator<Item = &Entry>> = match &query.mesh {
-            Some(m) => Box::new(
-                all.range((m.clone(), String::new())..)
-                    .take_while(move |((mesh, _), _)| mesh == m)
-                    .map(|(_, e)| e),
-            ),
-            None => Box::new(all.values()),
+        let in_scope: Box<dyn Iterator<Item = (&Name, &Entry)>> = match &query.mesh {
+            Some(m) => Box::new(meshes.get(m.as_str()).into_iter().flatten()),
+            None => Box::new(meshes.values().flatten()),
         };
+        // What the index answers without looking at the resource.
+        let in_scope = in_scope.filter(|(name, _)| {
+            query
+                .name_contains
+                .as_ref()
+                .is_none_or(|n| name.contains(n.as_str()))
+        });
         if st.compact.contains(&query.rtype) {
+            let needles = label_needles(query);
             let decoded = in_scope
-                .map(|e| e.held.resource())
+                .filter(|(_, e)| e.held.may_carry(&needles))
+                .map(|(_, e)| e.held.resource())
                 .collect::<Result<Vec<_>, _>>()?;
             return Page::collect(decoded.iter().filter(|r| query.matches(r)), query);
         }
         Page::collect(
             in_scope
-                .filter_map(|e| match &e.held {
+                .filter_map(|(_, e)| match &e.held {
                     Held::Full(r) => Some(&**r),
                     Held::Compact { .. } => None,
                 })
