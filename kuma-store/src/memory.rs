@@ -130,13 +130,12 @@ impl Owned {
         }
     }
 
-    /// Removes `key`; true when nothing is left.
-    fn remove(&mut self, key: &ResourceKey) -> bool {
-        let is = |m: &Member| m.rtype == key.rtype && *m.mesh == *key.mesh && *m.name == *key.name;
+    /// Removes `member`; true when nothing is left.
+    fn remove(&mut self, member: &Member) -> bool {
         match &mut self.members {
-            Members::One(one) => is(one),
+            Members::One(one) => one == member,
             Members::Many(set) => {
-                set.retain(|m| !is(m));
+                set.remove(member);
                 set.is_empty()
             }
         }
@@ -198,14 +197,24 @@ impl State {
         }
     }
 
-    fn remove(&mut self, key: &ResourceKey) -> Option<Entry> {
+    /// Removes an entry; returns it with the member it was as an owned resource.
+    fn remove(&mut self, key: &ResourceKey) -> Option<(Member, Entry)> {
         let meshes = self.by_type.get_mut(&key.rtype)?;
         let names = meshes.get_mut(key.mesh.as_str())?;
-        let removed = names.remove(key.name.as_str());
-        if names.is_empty() {
-            meshes.remove(key.mesh.as_str());
-        }
-        removed
+        let (name, entry) = names.remove_entry(key.name.as_str())?;
+        let mesh = if names.is_empty() {
+            meshes.remove_entry(key.mesh.as_str())?.0
+        } else {
+            meshes.get_key_value(key.mesh.as_str())?.0.clone()
+        };
+        Some((
+            Member {
+                rtype: key.rtype,
+                mesh,
+                name,
+            },
+            entry,
+        ))
     }
 
     fn next_revision(&mut self) -> u64 {
@@ -381,10 +390,12 @@ impl ResourceStore for MemoryStore {
         for k in doomed {
             let removed = st.remove(&k);
             st.owned.remove(&k);
-            let Some(entry) = removed else { continue };
+            let Some((member, entry)) = removed else {
+                continue;
+            };
             if let Some(o) = &entry.owner
                 && let Some(siblings) = st.owned.get_mut(&**o)
-                && siblings.remove(&k)
+                && siblings.remove(&member)
             {
                 st.owned.remove(&**o);
             }
