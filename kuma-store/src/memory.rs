@@ -1,6 +1,6 @@
 //! An in-memory [`ResourceStore`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, hash_map};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -110,19 +110,13 @@ enum Members {
     Many(BTreeSet<Member>),
 }
 
-struct Owned {
-    /// The owner's key, shared by its members' entries.
-    key: Arc<ResourceKey>,
-    members: Members,
-}
-
-impl Owned {
+impl Members {
     fn insert(&mut self, m: Member) {
-        match &mut self.members {
+        match self {
             Members::One(one) if *one == m => {}
             Members::One(one) => {
                 let first = one.clone();
-                self.members = Members::Many(BTreeSet::from([first, m]));
+                *self = Members::Many(BTreeSet::from([first, m]));
             }
             Members::Many(set) => {
                 set.insert(m);
@@ -132,7 +126,7 @@ impl Owned {
 
     /// Removes `member`; true when nothing is left.
     fn remove(&mut self, member: &Member) -> bool {
-        match &mut self.members {
+        match self {
             Members::One(one) => one == member,
             Members::Many(set) => {
                 set.remove(member);
@@ -142,7 +136,7 @@ impl Owned {
     }
 
     fn keys(&self) -> Vec<ResourceKey> {
-        match &self.members {
+        match self {
             Members::One(one) => vec![one.key()],
             Members::Many(set) => set.iter().map(Member::key).collect(),
         }
@@ -157,8 +151,8 @@ struct State {
     /// Last revision handed out; versions are revisions, so they never repeat.
     revision: u64,
     by_type: HashMap<ResourceType, ByMesh>,
-    /// Owner -> owned.
-    owned: HashMap<ResourceKey, Owned>,
+    /// Owner -> owned. The owner's key is shared by its members' entries.
+    owned: HashMap<Arc<ResourceKey>, Members>,
     /// Types kept as JSON (see [`MemoryStore::with_compact_types`]).
     compact: HashSet<ResourceType>,
 }
@@ -304,8 +298,8 @@ impl ResourceStore for MemoryStore {
         resource.meta.creation_time = Some(now);
         resource.meta.modification_time = Some(now);
         let held = Held::new(&resource, revision, st.compact.contains(&key.rtype));
-        let shared_owner = owner.as_ref().map(|o| match st.owned.get(o) {
-            Some(owned) => owned.key.clone(),
+        let shared_owner = owner.as_ref().map(|o| match st.owned.get_key_value(o) {
+            Some((shared, _)) => shared.clone(),
             None => Arc::new(o.clone()),
         });
         let member = st.insert(
@@ -316,16 +310,10 @@ impl ResourceStore for MemoryStore {
             },
         );
         if let Some(o) = shared_owner {
-            match st.owned.get_mut(&*o) {
-                Some(owned) => owned.insert(member),
-                None => {
-                    st.owned.insert(
-                        ResourceKey::clone(&o),
-                        Owned {
-                            key: o,
-                            members: Members::One(member),
-                        },
-                    );
+            match st.owned.entry(o) {
+                hash_map::Entry::Occupied(mut members) => members.get_mut().insert(member),
+                hash_map::Entry::Vacant(none) => {
+                    none.insert(Members::One(member));
                 }
             }
         }
