@@ -186,6 +186,8 @@ pub struct StaticAccessConfig {
     pub admin_resources: AccessList,
     /// `POST /tokens/dataplane`.
     pub generate_dp_token: AccessList,
+    /// `POST /tokens/zone`.
+    pub generate_zone_token: AccessList,
     /// `GET /meshes/{mesh}/dataplanes/{name}/_config`: the (redacted) Envoy config a proxy is
     /// served.
     pub view_config_dump: AccessList,
@@ -200,6 +202,7 @@ impl Default for StaticAccessConfig {
         StaticAccessConfig {
             admin_resources: admins(),
             generate_dp_token: admins(),
+            generate_zone_token: admins(),
             view_config_dump: AccessList {
                 users: vec![],
                 groups: vec![

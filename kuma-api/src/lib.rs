@@ -22,7 +22,7 @@
 //! - [`inspect`]: Dataplane overviews, the global insight and the config a proxy is served;
 //! - [`diagnostics`]: the diagnostics port's `/ready` and `/healthy`;
 //! - [`gui`]: Kuma's GUI (built in), [`admission`]: the Kubernetes admission webhook,
-//!   [`catalog`]: the split layout's `/catalog`, [`tokens`]: `POST /tokens/dataplane`.
+//!   [`catalog`]: the split layout's `/catalog`, [`tokens`]: `POST /tokens/dataplane`, `POST /tokens/zone`.
 //!
 //! It does not listen (mount the router on your listener), keep resources (every write goes
 //! through the `ResourceManager` it is given) or issue
@@ -118,6 +118,8 @@ pub struct ApiState {
     pub proxy_configs: Option<Arc<dyn inspect::ProxyConfigSource>>,
     /// Issues dataplane tokens (`POST /tokens/dataplane`); without it that route is 404.
     pub dataplane_tokens: Option<Arc<dyn tokens::DataplaneTokenIssuer>>,
+    /// Issues zone tokens (`POST /tokens/zone`); without it that route is 404.
+    pub zone_tokens: Option<Arc<dyn tokens::ZoneTokenIssuer>>,
     /// Where the split layout's servers are (`GET /catalog`); without it that route is 404.
     pub catalog: Option<catalog::Catalog>,
     /// Who may do the guarded actions (`access.static`).
@@ -138,6 +140,7 @@ impl ApiState {
             tokens: None,
             proxy_configs: None,
             dataplane_tokens: None,
+            zone_tokens: None,
             catalog: None,
             access: crate::config::StaticAccessConfig::default(),
             federation: federation::Federation::Standalone,
@@ -161,6 +164,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/tokens/dataplane",
             axum::routing::post(tokens::issue_dataplane_token),
+        )
+        .route(
+            "/tokens/zone",
+            axum::routing::post(tokens::issue_zone_token),
         )
         .route("/policies", get(policies))
         .route("/_resources", get(catalogue))
@@ -220,6 +227,10 @@ pub fn admin_router(state: Arc<ApiState>) -> Router {
     let router = Router::new()
         .route("/tokens", issue.clone())
         .route("/tokens/dataplane", issue)
+        .route(
+            "/tokens/zone",
+            axum::routing::post(tokens::issue_zone_token),
+        )
         .route("/meshes/{mesh}/{collection}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{collection}/{name}",
@@ -246,6 +257,7 @@ async fn only_admin_paths(
         segments.as_slice(),
         ["tokens"]
             | ["tokens", "dataplane"]
+            | ["tokens", "zone"]
             | ["meshes", _, "secrets"]
             | ["meshes", _, "secrets", _]
             | ["global-secrets"]

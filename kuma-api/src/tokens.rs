@@ -1,7 +1,11 @@
-//! `POST /tokens/dataplane`: dataplane tokens for admins, as Kuma's API issues them.
+//! Tokens for admins, as Kuma's API issues them; the answer is the token as text.
 //!
-//! The body is `{"name", "mesh", "tags": {tag: [values]}, "type", "validFor"}` (`validFor` in
-//! Go duration syntax, default 10 years as in kumactl); the answer is the token as text.
+//! - `POST /tokens/dataplane`: the body is `{"name", "mesh", "tags": {tag: [values]}, "type",
+//!   "validFor"}`;
+//! - `POST /tokens/zone`: the body is `{"zone", "scope": ["ingress", "egress"], "validFor"}`
+//!   (zone proxies' tokens, issued by global or a standalone control plane).
+//!
+//! `validFor` is in Go duration syntax, default 10 years as in kumactl.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use crate::access::Identity;
 use crate::error::ApiError;
 
 const TITLE: &str = "Could not issue a dataplane token";
+const ZONE_TITLE: &str = "Could not issue a zone token";
 
 /// What a token is requested for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -46,6 +51,33 @@ pub trait DataplaneTokenIssuer: Send + Sync + 'static {
     async fn issue(
         &self,
         request: &DataplaneTokenRequest,
+        valid_for: std::time::Duration,
+    ) -> Result<String, crate::BoxError>;
+}
+
+/// What a zone token is requested for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneTokenRequest {
+    /// The zone.
+    #[serde(default)]
+    pub zone: String,
+    /// `ingress`, `egress` (empty: both).
+    #[serde(default)]
+    pub scope: Vec<String>,
+    /// How long it is valid (`24h`); empty: 10 years.
+    #[serde(default)]
+    pub valid_for: String,
+}
+
+/// Issues zone tokens. Global and standalone control planes provide one backed by the
+/// zone-token signing keys.
+#[async_trait::async_trait]
+pub trait ZoneTokenIssuer: Send + Sync + 'static {
+    /// The token, or why none can be issued.
+    async fn issue(
+        &self,
+        request: &ZoneTokenRequest,
         valid_for: std::time::Duration,
     ) -> Result<String, crate::BoxError>;
 }
@@ -86,18 +118,7 @@ pub(crate) async fn issue_dataplane_token(
             "must be dataplane, ingress or egress",
         ));
     }
-    let valid_for = if request.valid_for.is_empty() {
-        DEFAULT_VALIDITY
-    } else {
-        let d: kuma_core::duration::Duration = request
-            .valid_for
-            .parse()
-            .map_err(|e: String| ApiError::bad_field(TITLE, "validFor", e))?;
-        if d.get().is_zero() {
-            return Err(ApiError::bad_field(TITLE, "validFor", "must be positive"));
-        }
-        d.get()
-    };
+    let valid_for = validity(TITLE, &request.valid_for)?;
     // Before anything else: a mesh's first token makes its signing key, which is costly.
     let mesh = kuma_core::resource::ResourceKey::global(
         kuma_core::resource::ResourceType::Mesh,
@@ -118,5 +139,64 @@ pub(crate) async fn issue_dataplane_token(
         .issue(&request, valid_for)
         .await
         .map_err(|e| ApiError::bad_field(TITLE, "mesh", kuma_core::errors::chain(e.as_ref())))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
+}
+
+/// `validFor` as a duration (empty: [`DEFAULT_VALIDITY`]); an error names the field.
+fn validity(title: &str, valid_for: &str) -> Result<std::time::Duration, ApiError> {
+    if valid_for.is_empty() {
+        return Ok(DEFAULT_VALIDITY);
+    }
+    let d: kuma_core::duration::Duration = valid_for
+        .parse()
+        .map_err(|e: String| ApiError::bad_field(title, "validFor", e))?;
+    if d.get().is_zero() {
+        return Err(ApiError::bad_field(title, "validFor", "must be positive"));
+    }
+    Ok(d.get())
+}
+
+pub(crate) async fn issue_zone_token(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    if !who.is_on(&state.access.generate_zone_token) {
+        return Err(ApiError::forbidden(format!(
+            "user {:?} may not generate zone tokens (access.static.generateZoneToken)",
+            who.name
+        )));
+    }
+    let Some(issuer) = &state.zone_tokens else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ZONE_TITLE,
+            "this control plane does not issue zone tokens (the global control plane does)",
+        ));
+    };
+    let request: ZoneTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field(ZONE_TITLE, "body", e.to_string()))?;
+    if request.zone.is_empty() {
+        return Err(ApiError::bad_field(ZONE_TITLE, "zone", "cannot be empty"));
+    }
+    if let Some(bad) = request
+        .scope
+        .iter()
+        .find(|s| !matches!(s.as_str(), "ingress" | "egress"))
+    {
+        return Err(ApiError::bad_field(
+            ZONE_TITLE,
+            "scope",
+            format!("{bad:?} is not one of ingress, egress"),
+        ));
+    }
+    let valid_for = validity(ZONE_TITLE, &request.valid_for)?;
+    let token = issuer.issue(&request, valid_for).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ZONE_TITLE,
+            kuma_core::errors::chain(e.as_ref()),
+        )
+    })?;
     Ok(([(header::CONTENT_TYPE, "text/plain")], token).into_response())
 }

@@ -11,7 +11,8 @@
 //!   them (PEM, so keys move between Kuma and kuma-rs stores);
 //! - [`jwt`]: RS256 JSON Web Tokens with the key's serial as `kid`;
 //! - [`user_token`]: user tokens for the HTTP API and the admin token bootstrapped at first start;
-//! - [`dataplane_token`]: dataplane tokens signed with per-mesh keys, and their checks.
+//! - [`dataplane_token`]: dataplane tokens signed with per-mesh keys, and their checks;
+//! - [`zone_token`]: zone tokens for zone proxies, signed on global, verified on zones.
 //!
 //! It keeps keys through a `ResourceManager` and serves nothing; signing and verification use
 //! `ring` (the `rsa` crate only generates keys). No features.
@@ -48,6 +49,7 @@ pub mod jwt;
 pub mod mesh_ca;
 pub mod signing_key;
 pub mod user_token;
+pub mod zone_token;
 
 pub use ca::{
     BuiltinCa, CaError, CertificateAuthority, Identity, IdentityRequest, KeyType, ProvidedCa,

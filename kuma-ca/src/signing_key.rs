@@ -4,6 +4,11 @@
 //! (PKCS#1 `RSA PRIVATE KEY` or PKCS#8 `PRIVATE KEY`); the bare `<prefix>` is serial 0. Tokens
 //! are signed with the highest serial and carry it as `kid`, so rotating means adding the next
 //! serial and removing the old one once its tokens are gone.
+//!
+//! A key can also be held as its public half alone (PEM `RSA PUBLIC KEY` or `PUBLIC KEY`):
+//! it verifies and cannot sign. Federated zones verify zone tokens this way, with the
+//! `zone-token-signing-public-key-<serial>` secrets global derives from its private keys
+//! ([`public_key_pem`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,8 +18,11 @@ use kuma_core::model::system::SecretSpec;
 use kuma_core::resource::{Resource, ResourceKey, ResourceType, Spec};
 use kuma_core::store::{ListQuery, StoreError};
 use ring::signature::{self, RsaKeyPair};
-use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
-use rsa::pkcs8::DecodePrivateKey as _;
+use rsa::pkcs1::{
+    DecodeRsaPrivateKey as _, DecodeRsaPublicKey as _, EncodeRsaPrivateKey as _,
+    EncodeRsaPublicKey as _,
+};
+use rsa::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
 
 use crate::TokenError;
 
@@ -23,11 +31,14 @@ pub const KEY_BITS: usize = 2048;
 /// The key id of the first key.
 pub const DEFAULT_KEY_ID: &str = "1";
 
-/// One RSA key, able to sign and verify RS256.
+/// One RSA key, able to verify RS256 and, when it holds the private half, to sign.
 #[derive(Clone)]
 pub struct SigningKey {
     kid: String,
-    pair: Arc<RsaKeyPair>,
+    /// The public key as PKCS#1 `RSAPublicKey` DER (what ring verifies with).
+    public: Arc<[u8]>,
+    /// The private key, when held.
+    pair: Option<Arc<RsaKeyPair>>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -63,7 +74,26 @@ impl SigningKey {
             .map_err(|e| TokenError::Key(format!("unusable RSA key: {e}")))?;
         Ok(SigningKey {
             kid: kid.to_string(),
-            pair: Arc::new(pair),
+            public: pair.public().as_ref().into(),
+            pair: Some(Arc::new(pair)),
+        })
+    }
+
+    /// Reads a PEM RSA public key (PKCS#1 `RSA PUBLIC KEY` or SPKI `PUBLIC KEY`): a key that
+    /// verifies and cannot sign.
+    pub fn from_public_pem(kid: &str, pem: &[u8]) -> Result<Self, TokenError> {
+        let text = std::str::from_utf8(pem)
+            .map_err(|_| TokenError::Key("the key is not PEM text".into()))?;
+        let key = rsa::RsaPublicKey::from_pkcs1_pem(text)
+            .or_else(|_| rsa::RsaPublicKey::from_public_key_pem(text))
+            .map_err(|_| TokenError::Key("not a PEM RSA public key (PKCS#1 or SPKI)".into()))?;
+        let der = key
+            .to_pkcs1_der()
+            .map_err(|e| TokenError::Key(format!("could not encode the RSA key: {e}")))?;
+        Ok(SigningKey {
+            kid: kid.to_string(),
+            public: der.as_bytes().into(),
+            pair: None,
         })
     }
 
@@ -74,27 +104,39 @@ impl SigningKey {
 
     /// RSASSA-PKCS1-v1_5 SHA-256 signature of `message`.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
-        let mut sig = vec![0; self.pair.public().modulus_len()];
-        self.pair
-            .sign(
-                &signature::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                message,
-                &mut sig,
-            )
-            .map_err(|_| TokenError::Key("signing failed".into()))?;
+        let pair = self.pair.as_ref().ok_or_else(|| {
+            TokenError::Key(format!("key {} is a public key: it cannot sign", self.kid))
+        })?;
+        let mut sig = vec![0; pair.public().modulus_len()];
+        pair.sign(
+            &signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            message,
+            &mut sig,
+        )
+        .map_err(|_| TokenError::Key("signing failed".into()))?;
         Ok(sig)
     }
 
     /// Whether `sig` is this key's RS256 signature of `message`.
     pub fn verify(&self, message: &[u8], sig: &[u8]) -> bool {
-        signature::UnparsedPublicKey::new(
-            &signature::RSA_PKCS1_2048_8192_SHA256,
-            self.pair.public().as_ref(),
-        )
-        .verify(message, sig)
-        .is_ok()
+        signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, &self.public)
+            .verify(message, sig)
+            .is_ok()
     }
+}
+
+/// The public half of a PEM RSA private key (PKCS#1 or PKCS#8), as PKCS#1 `RSA PUBLIC KEY`
+/// PEM (what Kuma's global sends zones for zone tokens).
+pub fn public_key_pem(private_pem: &[u8]) -> Result<String, TokenError> {
+    let text = std::str::from_utf8(private_pem)
+        .map_err(|_| TokenError::Key("the key is not PEM text".into()))?;
+    let key = rsa::RsaPrivateKey::from_pkcs1_pem(text)
+        .or_else(|_| rsa::RsaPrivateKey::from_pkcs8_pem(text))
+        .map_err(|_| TokenError::Key("not a PEM RSA private key (PKCS#1 or PKCS#8)".into()))?;
+    rsa::RsaPublicKey::from(&key)
+        .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+        .map_err(|e| TokenError::Key(format!("could not encode the public key: {e}")))
 }
 
 /// The serial of a key named `name`, if it is one of `prefix`'s keys.
@@ -122,6 +164,8 @@ pub struct SigningKeys {
     prefix: String,
     /// `None`: global secrets; `Some(mesh)`: that mesh's secrets.
     mesh: Option<String>,
+    /// The secrets hold public keys (they verify, never sign).
+    public: bool,
     parsed: Mutex<HashMap<String, (String, SigningKey)>>,
 }
 
@@ -132,7 +176,17 @@ impl SigningKeys {
             manager,
             prefix: prefix.to_string(),
             mesh: None,
+            public: false,
             parsed: Mutex::default(),
+        }
+    }
+
+    /// Public keys named `<prefix>-<serial>` among global secrets: they verify tokens signed
+    /// elsewhere (a federated zone's copy of global's zone-token keys).
+    pub fn public(manager: ResourceManager, prefix: &str) -> Self {
+        SigningKeys {
+            public: true,
+            ..Self::new(manager, prefix)
         }
     }
 
@@ -191,6 +245,12 @@ impl SigningKeys {
 
     /// Creates key [`DEFAULT_KEY_ID`] unless some key exists; whether it created one.
     pub async fn ensure_default(&self) -> Result<bool, TokenError> {
+        if self.public {
+            return Err(TokenError::Key(format!(
+                "{} keys are public keys: they are made where their private keys are",
+                self.prefix
+            )));
+        }
         match self.latest().await {
             Ok(_) => return Ok(false),
             Err(TokenError::SigningKeyNotFound { .. }) => {}
@@ -234,8 +294,12 @@ impl SigningKeys {
         let pem = secret.bytes().ok_or_else(|| {
             TokenError::Key(format!("{}: data is not base64", resource.meta.name))
         })?;
-        let key = SigningKey::from_pem(kid, &pem)
-            .map_err(|e| TokenError::Key(format!("{}: {e}", resource.meta.name)))?;
+        let key = if self.public {
+            SigningKey::from_public_pem(kid, &pem)
+        } else {
+            SigningKey::from_pem(kid, &pem)
+        };
+        let key = key.map_err(|e| TokenError::Key(format!("{}: {e}", resource.meta.name)))?;
         parsed.insert(resource.meta.name.clone(), (data, key.clone()));
         Ok(key)
     }

@@ -82,8 +82,20 @@ impl ResourceManager {
     }
 
     fn apply_defaults(&self, resource: &mut Resource) {
-        if let (Some(zone), Spec::Dataplane(dp)) = (&self.options.zone, &mut resource.spec) {
-            set_zone_tag(dp, zone);
+        let Some(zone) = &self.options.zone else {
+            return;
+        };
+        match &mut resource.spec {
+            Spec::Dataplane(dp) => set_zone_tag(dp, zone),
+            // A zone proxy registered here is this zone's (one synced from another zone
+            // names its own).
+            Spec::ZoneIngress(zi) if zi.zone.as_deref().is_none_or(str::is_empty) => {
+                zi.zone = Some(zone.clone());
+            }
+            Spec::ZoneEgress(ze) if ze.zone.as_deref().is_none_or(str::is_empty) => {
+                ze.zone = Some(zone.clone());
+            }
+            _ => {}
         }
     }
 

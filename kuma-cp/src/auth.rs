@@ -53,6 +53,25 @@ impl kuma_api::tokens::DataplaneTokenIssuer for DataplaneTokenIssuer {
     }
 }
 
+/// Issues zone tokens with [`ZoneTokens`](kuma_ca::zone_token::ZoneTokens) for
+/// `POST /tokens/zone` (global and standalone).
+pub struct ZoneTokenIssuer(pub kuma_ca::zone_token::ZoneTokens);
+
+#[async_trait::async_trait]
+impl kuma_api::tokens::ZoneTokenIssuer for ZoneTokenIssuer {
+    async fn issue(
+        &self,
+        request: &kuma_api::tokens::ZoneTokenRequest,
+        valid_for: std::time::Duration,
+    ) -> Result<String, BoxError> {
+        let identity = kuma_ca::zone_token::ZoneIdentity {
+            zone: request.zone.clone(),
+            scope: request.scope.clone(),
+        };
+        Ok(self.0.issue(&identity, valid_for).await?)
+    }
+}
+
 pub use kuma_core::errors::BoxError;
 
 /// Decides what a data-plane proxy's credential grants: the dataplane token kuma-dp sends in
@@ -130,60 +149,193 @@ impl DataplaneAuthenticator for DataplaneTokenAuthenticator {
     }
 }
 
-/// Admits a data-plane proxy only with a credential its [`DataplaneAuthenticator`] verifies and
-/// whose identity admits the Dataplane the proxy runs. Used by `/bootstrap` and by ADS, where
-/// the credential arrives in the `authorization` metadata.
+/// How zone proxies (ZoneIngress, ZoneEgress) authenticate: with a zone token for this zone
+/// (`dpServer.authn.zoneProxy.type: zoneToken`, the default).
+pub(crate) struct ZoneProxyAuthenticator {
+    tokens: kuma_ca::zone_token::ZoneTokens,
+    /// This control plane's zone, which the token must name.
+    zone: String,
+}
+
+impl ZoneProxyAuthenticator {
+    /// Tokens verified with `tokens`' keys, for zone `zone`.
+    pub(crate) fn new(tokens: kuma_ca::zone_token::ZoneTokens, zone: &str) -> Self {
+        ZoneProxyAuthenticator {
+            tokens,
+            zone: zone.to_string(),
+        }
+    }
+
+    async fn verify(&self, credential: &str, scope: &str) -> Result<(), String> {
+        let token = credential.trim();
+        let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+        if token.is_empty() {
+            return Err(
+                "a zone token is required (kuma-dp --dataplane-token-file; the control plane runs with dpServer.authn.zoneProxy.type zoneToken)"
+                    .into(),
+            );
+        }
+        let identity = self
+            .tokens
+            .validate(token)
+            .await
+            .map_err(|e| format!("invalid zone token: {}", kuma_core::errors::Chain(&e)))?;
+        identity
+            .admits(&self.zone, scope)
+            .map_err(|e| format!("the zone token does not match: {e}"))
+    }
+}
+
+/// What a proxy's credential was checked for: the kind of proxy it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProxyKind {
+    /// A data-plane proxy (a Dataplane).
+    Dataplane,
+    /// A zone ingress (a ZoneIngress).
+    Ingress,
+    /// A zone egress (a ZoneEgress).
+    Egress,
+}
+
+impl ProxyKind {
+    /// The kind a bootstrap request's `proxyType` names (`None`: an unknown type).
+    pub(crate) fn of_proxy_type(proxy_type: &str) -> Option<Self> {
+        match proxy_type {
+            "" | "dataplane" => Some(ProxyKind::Dataplane),
+            "ingress" => Some(ProxyKind::Ingress),
+            "egress" => Some(ProxyKind::Egress),
+            _ => None,
+        }
+    }
+
+    /// The kind of proxy `resource` stands for (`None`: not a proxy resource).
+    pub(crate) fn of(resource: &Resource) -> Option<Self> {
+        match resource.rtype() {
+            ResourceType::Dataplane => Some(ProxyKind::Dataplane),
+            ResourceType::ZoneIngress => Some(ProxyKind::Ingress),
+            ResourceType::ZoneEgress => Some(ProxyKind::Egress),
+            _ => None,
+        }
+    }
+
+    /// The resource type of this kind's proxies.
+    pub(crate) fn resource_type(self) -> ResourceType {
+        match self {
+            ProxyKind::Dataplane => ResourceType::Dataplane,
+            ProxyKind::Ingress => ResourceType::ZoneIngress,
+            ProxyKind::Egress => ResourceType::ZoneEgress,
+        }
+    }
+}
+
+/// What a verified credential grants.
+#[derive(Debug)]
+pub(crate) enum Granted {
+    /// Any proxy of the kind (its authentication type is `none`).
+    Any,
+    /// The Dataplanes a dataplane token admits.
+    Dataplane(DataplaneIdentity),
+    /// A zone proxy of this zone, of the kind checked.
+    ZoneProxy,
+}
+
+/// Admits a proxy only with a credential that lets it run: a Dataplane with what its
+/// [`DataplaneAuthenticator`] verifies (and whose identity admits the Dataplane), a zone proxy
+/// with a zone token for this zone and its scope. Each kind can have authentication turned
+/// off (`dpServer.authn.dpProxy.type`, `dpServer.authn.zoneProxy.type`: `none`). Used by
+/// `/bootstrap` and by ADS, where the credential arrives in the `authorization` metadata.
 pub(crate) struct ProxyAdmission {
-    authenticator: Arc<dyn DataplaneAuthenticator>,
+    /// `None`: data-plane proxies are not authenticated.
+    authenticator: Option<Arc<dyn DataplaneAuthenticator>>,
+    /// `None`: zone proxies are not authenticated.
+    zone_proxies: Option<ZoneProxyAuthenticator>,
     manager: ResourceManager,
 }
 
 impl ProxyAdmission {
-    /// Dataplanes from `manager`'s store, credentials checked by `authenticator`.
+    /// Resources from `manager`'s store; Dataplanes' credentials checked by `authenticator`,
+    /// zone proxies' by `zone_proxies` (each `None`: not checked).
     pub(crate) fn new(
-        authenticator: Arc<dyn DataplaneAuthenticator>,
+        authenticator: Option<Arc<dyn DataplaneAuthenticator>>,
+        zone_proxies: Option<ZoneProxyAuthenticator>,
         manager: ResourceManager,
     ) -> Self {
         ProxyAdmission {
             authenticator,
+            zone_proxies,
             manager,
         }
     }
 
-    /// Whether `credential` lets `dataplane` run; the error says why not (never the credential).
-    pub(crate) async fn admit(&self, credential: &str, dataplane: &Resource) -> Result<(), String> {
-        Self::matches(&self.verify(credential).await?, dataplane)
+    /// Whether `credential` lets `resource` (a Dataplane, ZoneIngress or ZoneEgress) run; the
+    /// error says why not (never the credential).
+    pub(crate) async fn admit(&self, credential: &str, resource: &Resource) -> Result<(), String> {
+        let kind = ProxyKind::of(resource)
+            .ok_or_else(|| format!("a {} is not a proxy", resource.rtype()))?;
+        Self::matches(&self.verify(kind, credential).await?, resource)
     }
 
-    /// What `credential` grants; needs no Dataplane, so callers check it before they parse
-    /// anything else the caller sent.
-    pub(crate) async fn verify(&self, credential: &str) -> Result<DataplaneIdentity, String> {
-        self.authenticator
-            .verify(credential)
-            .await
-            .map_err(|e| kuma_core::errors::chain(e.as_ref()))
+    /// What `credential` grants a proxy of `kind`; needs no resource, so callers check it
+    /// before they parse anything else the caller sent.
+    pub(crate) async fn verify(
+        &self,
+        kind: ProxyKind,
+        credential: &str,
+    ) -> Result<Granted, String> {
+        match kind {
+            ProxyKind::Dataplane => match &self.authenticator {
+                None => Ok(Granted::Any),
+                Some(a) => a
+                    .verify(credential)
+                    .await
+                    .map(Granted::Dataplane)
+                    .map_err(|e| kuma_core::errors::chain(e.as_ref())),
+            },
+            ProxyKind::Ingress | ProxyKind::Egress => match &self.zone_proxies {
+                None => Ok(Granted::Any),
+                Some(z) => {
+                    let scope = if kind == ProxyKind::Ingress {
+                        kuma_ca::zone_token::INGRESS_SCOPE
+                    } else {
+                        kuma_ca::zone_token::EGRESS_SCOPE
+                    };
+                    z.verify(credential, scope)
+                        .await
+                        .map(|()| Granted::ZoneProxy)
+                }
+            },
+        }
     }
 
-    /// Whether a verified `identity` lets `dataplane` run.
-    pub(crate) fn matches(
-        identity: &DataplaneIdentity,
-        dataplane: &Resource,
-    ) -> Result<(), String> {
-        identity
-            .admits(dataplane)
-            .map_err(|e| format!("the dataplane token does not match: {e}"))
+    /// Whether a verified grant lets `resource` run.
+    pub(crate) fn matches(granted: &Granted, resource: &Resource) -> Result<(), String> {
+        match granted {
+            Granted::Dataplane(identity) => identity
+                .admits(resource)
+                .map_err(|e| format!("the dataplane token does not match: {e}")),
+            Granted::Any | Granted::ZoneProxy => Ok(()),
+        }
     }
 
-    /// The Dataplane a stream's node runs: from its metadata (what the proxy will register),
-    /// else the stored one named by the node id `<mesh>.<name>`.
-    async fn dataplane_of(&self, node: &Node) -> Result<Resource, String> {
-        if let Some(dataplane) = node_dataplane(Some(node))? {
-            return Ok(dataplane);
+    /// The proxy resource a stream's node runs: from its metadata (what the proxy will
+    /// register), else the stored one named by the node id (`<mesh>.<name>` for a Dataplane,
+    /// `.<name>` for a zone proxy, which must then be registered already).
+    async fn proxy_of(&self, node: &Node) -> Result<Resource, String> {
+        if let Some(resource) = node_dataplane(Some(node))? {
+            return Ok(resource);
         }
         let (mesh, name) = node
             .id
             .split_once('.')
             .ok_or_else(|| format!("node id {:?} is not <mesh>.<name>", node.id))?;
+        if mesh.is_empty() {
+            for rtype in [ResourceType::ZoneIngress, ResourceType::ZoneEgress] {
+                if let Ok(r) = self.manager.get(&ResourceKey::global(rtype, name)).await {
+                    return Ok(r);
+                }
+            }
+            return Err(format!("no ZoneIngress or ZoneEgress {name:?}"));
+        }
         self.manager
             .get(&ResourceKey::new(ResourceType::Dataplane, mesh, name))
             .await
@@ -199,7 +351,7 @@ impl xds_server::server::StreamAuthenticator for ProxyAdmission {
         node: &Node,
     ) -> Result<(), tonic::Status> {
         let dataplane = self
-            .dataplane_of(node)
+            .proxy_of(node)
             .await
             .map_err(tonic::Status::permission_denied)?;
         // The stream is served the snapshot of `node.id`: it must be the Dataplane the token

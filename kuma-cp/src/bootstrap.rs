@@ -1,5 +1,6 @@
 //! `POST /bootstrap`: the Envoy bootstrap ([`kuma_xds::bootstrap`]) for a data-plane proxy whose
-//! token verifies and whose mesh exists.
+//! token verifies and whose mesh exists, or for a zone proxy (`proxyType` `ingress` or
+//! `egress`, carrying its ZoneIngress or ZoneEgress) whose zone token verifies.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -7,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use kuma_core::manager::ResourceManager;
 use kuma_core::resource::{ResourceKey, ResourceType};
-use kuma_xds::bootstrap::{BootstrapRequest, ControlPlaneTarget, dataplane_of, envoy_bootstrap};
+use kuma_xds::bootstrap::{
+    BootstrapRequest, ControlPlaneTarget, envoy_bootstrap, proxy_resource_of,
+};
 use serde_json::json;
 
-use crate::auth::ProxyAdmission;
+use crate::auth::{ProxyAdmission, ProxyKind};
 
 /// What the bootstrap handler needs.
 #[derive(Clone)]
@@ -54,29 +57,29 @@ pub(crate) async fn handle(
             );
         }
     };
-    if !req.proxy_type.is_empty() && req.proxy_type != "dataplane" {
+    let Some(kind) = ProxyKind::of_proxy_type(&req.proxy_type) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "Bad Request",
             format!(
-                "proxyType {:?} is not supported yet (only dataplane)",
+                "proxyType {:?} is not one of dataplane, ingress, egress",
                 req.proxy_type
             ),
         );
-    }
+    };
     let refuse = |req: &BootstrapRequest, reason: String| {
         tracing::warn!(mesh = %req.mesh, name = %req.name, %reason, "refused a bootstrap request");
         problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason)
     };
-    let identity = match &state.dp_auth {
-        Some(auth) => match auth.verify(&req.dataplane_token).await {
-            Ok(identity) => Some(identity),
+    let granted = match &state.dp_auth {
+        Some(auth) => match auth.verify(kind, &req.dataplane_token).await {
+            Ok(granted) => Some(granted),
             Err(reason) => return refuse(&req, reason),
         },
         None => None,
     };
     let (req, dataplane) = kuma_api::body::off_worker(move || {
-        let dataplane = dataplane_of(&req);
+        let dataplane = proxy_resource_of(&req, kind.resource_type());
         (req, dataplane)
     })
     .await;
@@ -97,18 +100,21 @@ pub(crate) async fn handle(
             e.to_string(),
         );
     }
-    if let Some(identity) = &identity
-        && let Err(reason) = ProxyAdmission::matches(identity, &dataplane)
+    if let Some(granted) = &granted
+        && let Err(reason) = ProxyAdmission::matches(granted, &dataplane)
     {
         return refuse(&req, reason);
     }
-    let mesh_key = ResourceKey::global(ResourceType::Mesh, &dataplane.meta.mesh);
-    if state.manager.get(&mesh_key).await.is_err() {
-        return problem(
-            StatusCode::NOT_FOUND,
-            "Not Found",
-            format!("mesh {:?} does not exist", dataplane.meta.mesh),
-        );
+    // A Dataplane's mesh must exist; zone proxies serve every mesh.
+    if kind == ProxyKind::Dataplane {
+        let mesh_key = ResourceKey::global(ResourceType::Mesh, &dataplane.meta.mesh);
+        if state.manager.get(&mesh_key).await.is_err() {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "Not Found",
+                format!("mesh {:?} does not exist", dataplane.meta.mesh),
+            );
+        }
     }
     let host = kuma_api::request_host(&headers);
     let bootstrap = envoy_bootstrap(

@@ -142,6 +142,16 @@ impl ControlPlaneBuilder {
             self.dp_authenticator
                 .unwrap_or_else(|| Arc::new(DataplaneTokenAuthenticator::new(manager.clone())))
         });
+        // Zone proxies: zone tokens, verified with global's public keys on a federated zone.
+        let zone_proxies = (config.dp_server.authn.zone_proxy.kind != "none").then(|| {
+            let tokens = if config.is_federated_zone() {
+                kuma_ca::zone_token::ZoneTokens::federated(manager.clone())
+            } else {
+                kuma_ca::zone_token::ZoneTokens::issuing(manager.clone())
+            };
+            crate::auth::ZoneProxyAuthenticator::new(tokens, &config.multizone.zone.name)
+        });
+        let authenticator = (authenticator, zone_proxies);
         let generator = self
             .generator
             .unwrap_or_else(|| Arc::new(GeneratorList::kuma_profile()));
@@ -184,6 +194,17 @@ impl ControlPlaneBuilder {
             let store = manager.store().clone();
             let zone = crate::multizone::zone_while_leading(settings, store, leader.clone());
             background.0.push(tokio::spawn(zone));
+        }
+        // Zone ingresses registered here list what other zones may reach through them.
+        if layout.serves(Service::Ads) {
+            let updater = crate::ingress::keep_available_services(
+                manager.clone(),
+                config.multizone.zone.name.clone(),
+                config.multizone.zone.ingress_update_interval.get(),
+                config.experimental.ingress_tag_filters.clone(),
+                leader.clone(),
+            );
+            background.0.push(tokio::spawn(updater));
         }
         let leading = parts::leader_jobs(leader, defaults, metrics.clone());
         background.0.push(tokio::spawn(leading));

@@ -33,6 +33,7 @@ pub mod auth;
 mod bootstrap;
 mod builder;
 pub mod config;
+mod ingress;
 mod insights;
 mod inspect;
 pub mod layout;

@@ -214,7 +214,10 @@ impl DataPlaneSide {
         (config, layout, manager, metrics): Setting<'_>,
         generator: Arc<dyn SnapshotGenerator>,
         cas: CaManagers,
-        authenticator: Option<Arc<dyn DataplaneAuthenticator>>,
+        (authenticator, zone_proxies): (
+            Option<Arc<dyn DataplaneAuthenticator>>,
+            Option<auth::ZoneProxyAuthenticator>,
+        ),
         instance_id: &str,
         shutdown: &watch::Sender<bool>,
         ports: &mut serve::Ports,
@@ -236,7 +239,8 @@ impl DataPlaneSide {
             u32::from(config.dns_server.service_vip_port),
             &config.dns_server.domain,
         )
-        .with_auto_reachable_services(config.experimental.auto_reachable_services);
+        .with_auto_reachable_services(config.experimental.auto_reachable_services)
+        .with_zone(&config.multizone.zone.name);
         if layout.sds_apart() {
             reconciler = reconciler.with_sds_cluster(kuma_xds::bootstrap::SDS_CLUSTER);
         }
@@ -264,7 +268,13 @@ impl DataPlaneSide {
                 .clone()
                 .run(INSIGHT_FLUSH_INTERVAL, shutdown.subscribe()),
         ));
-        let admission = authenticator.map(|a| Arc::new(ProxyAdmission::new(a, manager.clone())));
+        let admission = (authenticator.is_some() || zone_proxies.is_some()).then(|| {
+            Arc::new(ProxyAdmission::new(
+                authenticator,
+                zone_proxies,
+                manager.clone(),
+            ))
+        });
         let observers = (insights, metrics::XdsMetrics(metrics.clone()));
         let preparer = Arc::new(lifecycle.clone());
         let mut ads = AdsServer::new(cache.clone(), Arc::new((lifecycle, observers.clone())))
@@ -397,6 +407,8 @@ pub(crate) struct Defaults {
     user_tokens: Arc<kuma_ca::user_token::UserTokens>,
     mesh: bool,
     admin_token: bool,
+    /// Makes the first zone-token signing key (global and standalone).
+    zone_tokens: Option<kuma_ca::zone_token::ZoneTokens>,
     api_port: u16,
 }
 
@@ -412,6 +424,8 @@ impl Defaults {
             // A federated zone's meshes come from global.
             mesh: !config.defaults.skip_mesh_creation && !config.is_federated_zone(),
             admin_token: config.api_server.authn.tokens.bootstrap_admin_token,
+            zone_tokens: (config.mode != crate::config::Mode::Zone)
+                .then(|| kuma_ca::zone_token::ZoneTokens::issuing(manager.clone())),
             api_port: config.api_server.http.port,
         }
     }
@@ -426,6 +440,18 @@ impl Defaults {
                  with `curl http://localhost:{}/global-secrets/{0} | jq -r .data | base64 -d`",
                 kuma_ca::user_token::ADMIN_USER_TOKEN,
                 self.api_port,
+            );
+        }
+        // Global sends zones the key's public half before any zone token is issued.
+        if let Some(zone_tokens) = &self.zone_tokens
+            && zone_tokens.ensure_signing_key().await?
+        {
+            tracing::info!(
+                "zone-token signing key generated and stored as the global secret {:?}",
+                kuma_ca::signing_key::secret_name(
+                    kuma_ca::zone_token::SIGNING_KEY_PREFIX,
+                    kuma_ca::signing_key::DEFAULT_KEY_ID
+                ),
             );
         }
         Ok(())
@@ -552,6 +578,8 @@ pub(crate) struct ApiParts {
     metrics: Arc<metrics::Metrics>,
     user_tokens: Arc<kuma_ca::user_token::UserTokens>,
     token_issuer: Arc<dyn kuma_api::tokens::DataplaneTokenIssuer>,
+    /// Global and standalone issue zone tokens; zones do not.
+    zone_token_issuer: Option<Arc<dyn kuma_api::tokens::ZoneTokenIssuer>>,
     info: kuma_api::ServerInfo,
     extra: axum::Router,
 }
@@ -570,6 +598,11 @@ impl ApiParts {
             token_issuer: Arc::new(auth::DataplaneTokenIssuer(
                 kuma_ca::dataplane_token::DataplaneTokens::new(manager.clone()),
             )),
+            zone_token_issuer: (config.mode != crate::config::Mode::Zone).then(|| {
+                Arc::new(auth::ZoneTokenIssuer(
+                    kuma_ca::zone_token::ZoneTokens::issuing(manager.clone()),
+                )) as Arc<dyn kuma_api::tokens::ZoneTokenIssuer>
+            }),
             config,
             manager: manager.clone(),
             cache: cache.clone(),
@@ -587,6 +620,7 @@ impl ApiParts {
     ) -> Arc<kuma_api::ApiState> {
         let api = &self.config.api_server;
         let dataplane_tokens = tokens.then(|| self.token_issuer.clone());
+        let zone_tokens = self.zone_token_issuer.clone().filter(|_| tokens);
         Arc::new(kuma_api::ApiState {
             config: crate::masked_config(&self.config),
             read_only,
@@ -594,6 +628,7 @@ impl ApiParts {
             tokens: Some(Arc::new(auth::TokenAuthenticator(self.user_tokens.clone()))),
             proxy_configs: Some(Arc::new(inspect::CacheInspector(self.cache.clone()))),
             dataplane_tokens,
+            zone_tokens,
             catalog,
             access: self.config.access.static_access.clone(),
             federation: federation(&self.config),

@@ -21,6 +21,9 @@ pub struct RunConfig {
     /// The dp-server (`https://host:5678`), or the split layout's bootstrap server or API
     /// (`http://host:5682`, `http://host:5681`).
     pub cp_address: String,
+    /// What the proxy is (`--proxy-type`): `dataplane` (the template is a Dataplane),
+    /// `ingress` (a ZoneIngress) or `egress` (a ZoneEgress).
+    pub proxy_type: String,
     /// The Dataplane template.
     pub template: Template,
     /// Template variables.
@@ -63,6 +66,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
             cp_address: "https://localhost:5678".into(),
+            proxy_type: "dataplane".into(),
             template: Template::Inline(String::new()),
             vars: BTreeMap::new(),
             name: None,

@@ -35,10 +35,30 @@ pub async fn run(a: RunConfig) -> Result<ExitStatus, Error> {
     };
     let text = crate::config::render(&text, &a.vars);
     let mut dp = parse_yaml(&text).map_err(|e| Error::Failed(format!("{source}: {e}")))?;
+    let expected = match a.proxy_type.as_str() {
+        "dataplane" => "Dataplane",
+        "ingress" => "ZoneIngress",
+        "egress" => "ZoneEgress",
+        other => {
+            return Err(Error::Failed(format!(
+                "--proxy-type {other:?}: not one of dataplane, ingress, egress"
+            )));
+        }
+    };
+    if dp.rtype().name() != expected {
+        return Err(Error::Failed(format!(
+            "{source}: a {}, but --proxy-type {} runs a {expected}",
+            dp.rtype(),
+            a.proxy_type
+        )));
+    }
     if let Some(n) = &a.name {
         dp.meta.name = n.clone();
     }
-    if let Some(m) = &a.mesh {
+    // Zone proxies belong to no mesh.
+    if let Some(m) = &a.mesh
+        && a.proxy_type == "dataplane"
+    {
         dp.meta.mesh = m.clone();
     }
     let mut dp_json = dp.to_value();
@@ -79,7 +99,7 @@ pub async fn run(a: RunConfig) -> Result<ExitStatus, Error> {
     let request = BootstrapRequest {
         mesh: dp.meta.mesh.clone(),
         name: dp.meta.name.clone(),
-        proxy_type: "dataplane".into(),
+        proxy_type: a.proxy_type.clone(),
         dataplane_token: token,
         dataplane_resource: dp_json.to_string(),
         version: serde_json::json!({"kumaDp": {"version": env!("CARGO_PKG_VERSION")}, "envoy": {"version": envoy_version}}),

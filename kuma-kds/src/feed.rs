@@ -215,8 +215,9 @@ impl Feed {
             .get_or_init(|| {
                 self.encodings
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (name, labels) = self.outgoing_meta(&entry.resource, hashed);
-                let any = message::encode_as(&entry.resource, &name, &labels)?;
+                let resource = self.outgoing_resource(&entry.resource)?;
+                let (name, labels) = self.outgoing_meta(&resource, hashed);
+                let any = message::encode_as(&resource, &name, &labels)?;
                 let version = content_version(&any.value);
                 Ok(Arc::new(Encoded {
                     wire_name: format!("{name}.{}", entry.resource.meta.mesh),
@@ -225,6 +226,38 @@ impl Feed {
                 }))
             })
             .clone()
+    }
+
+    /// `resource` as it leaves this side: on global, a zone-token signing key leaves as its
+    /// public half, `zone-token-signing-public-key-<serial>` (zones verify zone tokens and
+    /// never hold the private key), as Kuma's global maps it.
+    fn outgoing_resource<'r>(
+        &self,
+        resource: &'r Resource,
+    ) -> Result<std::borrow::Cow<'r, Resource>, EncodeError> {
+        use kuma_core::resource::Spec;
+        let (Side::Global, Spec::GlobalSecret(secret)) = (&self.side, &resource.spec) else {
+            return Ok(std::borrow::Cow::Borrowed(resource));
+        };
+        let Some(public_name) = kuma_ca::zone_token::public_secret_name(&resource.meta.name) else {
+            return Ok(std::borrow::Cow::Borrowed(resource));
+        };
+        let invalid = |reason: String| EncodeError::Spec {
+            rtype: ResourceType::GlobalSecret,
+            name: resource.meta.name.clone(),
+            reason,
+        };
+        let private = secret
+            .bytes()
+            .ok_or_else(|| invalid("data is not base64".into()))?;
+        let public =
+            kuma_ca::signing_key::public_key_pem(&private).map_err(|e| invalid(e.to_string()))?;
+        let mut mapped = resource.clone();
+        mapped.meta.name = public_name;
+        mapped.spec = Spec::GlobalSecret(kuma_core::model::system::SecretSpec::from_bytes(
+            public.as_bytes(),
+        ));
+        Ok(std::borrow::Cow::Owned(mapped))
     }
 
     /// The name and labels `resource` goes out with (Kuma's mappers for this side).

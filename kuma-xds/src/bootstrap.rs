@@ -40,6 +40,17 @@ pub struct ControlPlaneTarget {
 /// Parsing is bounded (see [`kuma_core::resource::parse_yaml`]), but not cheap: call it off
 /// the async workers.
 pub fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, ValidationError> {
+    proxy_resource_of(req, ResourceType::Dataplane)
+}
+
+/// The proxy resource a bootstrap request carries (`dataplaneResource`), which must be of
+/// type `rtype`: a Dataplane (`proxyType: dataplane`), ZoneIngress (`ingress`) or ZoneEgress
+/// (`egress`); a Dataplane's `mesh` and every resource's `name` are filled in from the
+/// request where it leaves them out. As [`dataplane_of`] otherwise.
+pub fn proxy_resource_of(
+    req: &BootstrapRequest,
+    rtype: ResourceType,
+) -> Result<Resource, ValidationError> {
     let at = Path::at("dataplaneResource");
     if req.dataplane_resource.is_empty() {
         return Err(ValidationError::single(
@@ -55,16 +66,20 @@ pub fn dataplane_of(req: &BootstrapRequest) -> Result<Resource, ValidationError>
         }
         other => ValidationError::single(at.to_string(), other.to_string()),
     })?;
-    if dp.rtype() != ResourceType::Dataplane {
+    if dp.rtype() != rtype {
         return Err(ValidationError::single(
             at.to_string(),
-            format!("expected a Dataplane, got {}", dp.rtype()),
+            format!("expected a {rtype}, got {}", dp.rtype()),
         ));
     }
-    for (field, given, in_resource) in [
-        ("mesh", &req.mesh, &mut dp.meta.mesh),
-        ("name", &req.name, &mut dp.meta.name),
-    ] {
+    // Zone proxies belong to no mesh.
+    let meta = &mut dp.meta;
+    let mut fields = Vec::with_capacity(2);
+    if rtype == ResourceType::Dataplane {
+        fields.push(("mesh", &req.mesh, &mut meta.mesh));
+    }
+    fields.push(("name", &req.name, &mut meta.name));
+    for (field, given, in_resource) in fields {
         if in_resource.is_empty() {
             *in_resource = given.clone();
         } else if !given.is_empty() && given != in_resource {
@@ -100,9 +115,18 @@ pub fn envoy_bootstrap(
                 .and_then(|g| g.tags.get(SERVICE_TAG).cloned())
         })
         .unwrap_or_else(|| dp.meta.name.clone());
-    let admin_port = spec
-        .and_then(|s| s.networking.as_ref())
-        .and_then(|n| n.admin.as_ref())
+    let admin = match &dp.spec {
+        kuma_core::resource::Spec::ZoneIngress(zi) => {
+            zi.networking.as_ref().and_then(|n| n.admin.as_ref())
+        }
+        kuma_core::resource::Spec::ZoneEgress(ze) => {
+            ze.networking.as_ref().and_then(|n| n.admin.as_ref())
+        }
+        _ => spec
+            .and_then(|s| s.networking.as_ref())
+            .and_then(|n| n.admin.as_ref()),
+    };
+    let admin_port = admin
         .map(|a| a.port)
         .filter(|p| *p != 0)
         .unwrap_or(u32::from(state.params.admin_port));

@@ -230,9 +230,9 @@ fn string_field(node: Option<&Node>, key: &str) -> Option<String> {
     }
 }
 
-/// The Dataplane a node's metadata carries (`dataplane.resource`, put there by the
-/// bootstrap): `None` when it carries none, an error naming the field when it is not a valid
-/// Dataplane.
+/// The proxy resource a node's metadata carries (`dataplane.resource`, put there by the
+/// bootstrap): a Dataplane, or a zone proxy's ZoneIngress or ZoneEgress (node id `.<name>`).
+/// `None` when it carries none, an error naming the field when it is none of those.
 pub fn node_dataplane(node: Option<&Node>) -> Result<Option<Resource>, String> {
     let Some(value) = node
         .and_then(|n| n.metadata.as_ref())
@@ -244,13 +244,21 @@ pub fn node_dataplane(node: Option<&Node>) -> Result<Option<Resource>, String> {
         return Ok(None);
     };
     match parse_json(json) {
-        Ok(r) if r.rtype() == ResourceType::Dataplane => Ok(Some(r)),
+        Ok(r) if is_proxy_type(r.rtype()) => Ok(Some(r)),
         Ok(r) => Err(format!(
-            "node metadata {DATAPLANE_RESOURCE}: a {}, not a Dataplane",
+            "node metadata {DATAPLANE_RESOURCE}: a {}, not a Dataplane, ZoneIngress or ZoneEgress",
             r.rtype()
         )),
         Err(e) => Err(format!("node metadata {DATAPLANE_RESOURCE}: {e}")),
     }
+}
+
+/// Whether resources of `rtype` stand for a proxy: Dataplane, ZoneIngress, ZoneEgress.
+pub fn is_proxy_type(rtype: ResourceType) -> bool {
+    matches!(
+        rtype,
+        ResourceType::Dataplane | ResourceType::ZoneIngress | ResourceType::ZoneEgress
+    )
 }
 
 fn port_field(node: Option<&Node>, key: &str) -> Option<u32> {

@@ -192,6 +192,11 @@ pub struct Reconciler {
     vip_domain: String,
     /// Trim transparent proxies' outbounds to what permissions admit (under mTLS).
     auto_reachable_services: bool,
+    /// This control plane's zone (what an ingress offering nothing answers with).
+    zone: String,
+    /// Connected zone ingresses, by name, with their ZoneIngress (`None`: not read yet, or
+    /// gone).
+    ingresses: BTreeMap<String, Option<Resource>>,
     /// The meshes the store had at the last look (startup, a resync, each mesh-wide read):
     /// where a connecting proxy's Dataplane is looked for, without a store read per proxy.
     known_meshes: BTreeSet<String>,
@@ -220,6 +225,8 @@ impl Reconciler {
             vip_port: 80,
             vip_domain: "mesh".into(),
             auto_reachable_services: false,
+            zone: String::new(),
+            ingresses: BTreeMap::new(),
             known_meshes: BTreeSet::new(),
         }
     }
@@ -256,6 +263,12 @@ impl Reconciler {
     /// layout's SDS port) instead of over ADS. Call after [`Self::with_mtls_config`].
     pub fn with_sds_cluster(mut self, cluster: &str) -> Self {
         self.identities.set_sds_cluster(cluster);
+        self
+    }
+
+    /// Names the control plane's zone (`multizone.zone.name`), which zone ingresses report.
+    pub fn with_zone(mut self, zone: &str) -> Self {
+        self.zone = zone.to_string();
         self
     }
 
@@ -297,8 +310,74 @@ impl Reconciler {
                 0
             }
         };
-        if !state.dependencies.is_empty() {
+        // Zone ingresses read every mesh's endpoints: kept while one is connected.
+        if !state.dependencies.is_empty() || !self.ingresses.is_empty() {
             self.meshes.insert(mesh.to_string(), state);
+        }
+        generated
+    }
+
+    /// Regenerates the connected zone ingresses (of `reread`, the ZoneIngress is read again
+    /// first), from the indexes of the meshes they offer services of (a mesh not indexed
+    /// yet is listed once, then kept). Returns how many were generated.
+    async fn sync_ingresses(&mut self, reread: &BTreeSet<String>) -> usize {
+        for name in reread {
+            let Some(slot) = self.ingresses.get_mut(name) else {
+                continue;
+            };
+            let key = ResourceKey::global(ResourceType::ZoneIngress, name);
+            *slot = match self.manager.get(&key).await {
+                Ok(r) => Some(r),
+                Err(ManagerError::Store(StoreError::NotFound(_))) => None,
+                Err(e) => {
+                    tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read the ZoneIngress; keeping its snapshot");
+                    continue;
+                }
+            };
+        }
+        let mut offered: BTreeSet<String> = BTreeSet::new();
+        for r in self.ingresses.values().flatten() {
+            if let Some(spec) = r.spec_as() {
+                offered.extend(crate::generate::zone_ingress::offered(spec).into_keys());
+            }
+        }
+        for mesh in &offered {
+            let state = self.meshes.entry(mesh.clone()).or_default();
+            if state.index.is_none() {
+                let query = ListQuery::in_mesh(ResourceType::Dataplane, mesh);
+                match self.manager.list(&query).await {
+                    Ok(page) => state.index = Some(MeshIndex::new(page.items)),
+                    Err(e) => {
+                        tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list the mesh's Dataplanes for zone ingresses");
+                    }
+                }
+            }
+        }
+        let contexts: Vec<MeshContext<'_>> = self
+            .meshes
+            .iter()
+            .filter(|(mesh, _)| offered.contains(*mesh))
+            .filter_map(|(mesh, state)| Some(MeshContext::indexed(mesh, state.index.as_ref()?)))
+            .collect();
+        let by_mesh: BTreeMap<String, &MeshContext<'_>> =
+            contexts.iter().map(|c| (c.mesh.to_string(), c)).collect();
+        let mut generated = 0;
+        for (name, resource) in &self.ingresses {
+            let node = node_id("", name);
+            let Some(resource) = resource else {
+                self.cache.remove(&node);
+                continue;
+            };
+            let started = Instant::now();
+            let (_, revision) = self.registry.get_revision(&node);
+            let Some(snapshot) = crate::generate::zone_ingress::ingress_snapshot(
+                resource, &node, &self.zone, &by_mesh,
+            ) else {
+                continue;
+            };
+            generated += 1;
+            self.publish(&node, snapshot, started);
+            self.registry.generated(&node, revision);
         }
         generated
     }
@@ -648,6 +727,10 @@ impl Reconciler {
     /// snapshot at once.
     async fn proxy_change(&mut self, change: ProxyChange, batch: &mut Batch<(String, Dirty)>) {
         match change {
+            ProxyChange::Reported { mesh, name } if mesh.is_empty() => {
+                self.ingresses.entry(name.clone()).or_insert(None);
+                batch.items.push((mesh, Dirty::proxies([name])));
+            }
             ProxyChange::Reported { mesh, name } => {
                 batch.items.push((mesh, Dirty::proxies([name])));
             }
@@ -660,6 +743,9 @@ impl Reconciler {
             }
             ProxyChange::Disconnected(node) => {
                 self.cache.remove(&node);
+                if let Some(name) = node.strip_prefix('.') {
+                    self.ingresses.remove(name);
+                }
                 // Only meshes the reconciler keeps state for can hold the proxy's: no store
                 // read for a proxy leaving.
                 let known: BTreeSet<String> = self.meshes.keys().cloned().collect();
@@ -692,8 +778,27 @@ impl Reconciler {
                 }
             }
         }
+        // Zone proxies (mesh ""): the changed ZoneIngresses are read again; connected
+        // ingresses are regenerated after any Dataplane change (they forward to every mesh).
+        let zone_proxies = dirty.remove("").unwrap_or_default();
+        let meshes_changed = !dirty.is_empty();
         for (mesh, d) in dirty {
             self.sync_mesh(&mesh, &d).await;
+        }
+        if !self.ingresses.is_empty() && (meshes_changed || zone_proxies != Dirty::default()) {
+            let reread: BTreeSet<String> = zone_proxies
+                .dataplanes
+                .into_iter()
+                .chain(zone_proxies.proxies)
+                .chain(
+                    batch
+                        .resync
+                        .then(|| self.ingresses.keys().cloned().collect::<Vec<_>>())
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect();
+            self.sync_ingresses(&reread).await;
         }
     }
 }
@@ -735,6 +840,10 @@ fn dirt(key: &ResourceKey, vips: &dyn Vips) -> Option<(String, Dirty)> {
     // A mesh's VIPs shape every transparent proxy of the mesh.
     if let Some(mesh) = vips.changed_mesh(key) {
         return Some((mesh, Dirty::everything()));
+    }
+    // Zone ingresses are proxies of no mesh.
+    if key.rtype == ResourceType::ZoneIngress {
+        return Some((String::new(), Dirty::dataplanes([key.name.clone()])));
     }
     let mesh = mesh_of(key);
     if mesh.is_empty() {

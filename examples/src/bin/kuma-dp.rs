@@ -61,7 +61,7 @@ struct RunFlags {
     /// Mesh of the Dataplane (overrides the template's).
     #[arg(long, env = "KUMA_DATAPLANE_MESH")]
     mesh: Option<String>,
-    /// Type of the proxy; only `dataplane` is served here.
+    /// Type of the proxy: `dataplane`, `ingress` (a ZoneIngress) or `egress` (a ZoneEgress).
     #[arg(long, env = "KUMA_DATAPLANE_PROXY_TYPE", default_value = "dataplane")]
     proxy_type: String,
     /// Drain time of Envoy's connections when it stops (at least 1s).
@@ -149,9 +149,9 @@ fn parse(
     })?;
     let Command::Run(f) = cli.command;
     let bad = |message: String| (message, 2u8);
-    if f.proxy_type != "dataplane" {
+    if !matches!(f.proxy_type.as_str(), "dataplane" | "ingress" | "egress") {
         return Err(bad(format!(
-            "--proxy-type {:?}: only \"dataplane\" is supported",
+            "--proxy-type {:?}: not one of dataplane, ingress, egress",
             f.proxy_type
         )));
     }
@@ -199,6 +199,7 @@ fn parse(
     };
     Ok(RunConfig {
         cp_address: f.cp_address,
+        proxy_type: f.proxy_type,
         template,
         vars: f.dataplane_var.into_iter().collect(),
         name: f.name,
@@ -310,8 +311,14 @@ mod tests {
         );
         let (message, _) = args(&["run", "-d", "x", "--drain-time", "1ms"], &[]).unwrap_err();
         assert!(message.contains("at least 1s"), "{message}");
-        let (message, _) = args(&["run", "-d", "x", "--proxy-type", "ingress"], &[]).unwrap_err();
-        assert!(message.contains("ingress"), "{message}");
+        let (message, _) = args(&["run", "-d", "x", "--proxy-type", "gateway"], &[]).unwrap_err();
+        assert!(message.contains("gateway"), "{message}");
+        assert_eq!(
+            args(&["run", "-d", "x", "--proxy-type", "ingress"], &[])
+                .unwrap()
+                .proxy_type,
+            "ingress"
+        );
         let (message, code) = args(&["run", "--help"], &[]).unwrap_err();
         assert_eq!(code, 0);
         assert!(message.contains("KUMA_CONTROL_PLANE_URL"), "{message}");

@@ -130,6 +130,9 @@ pub struct ExperimentalConfig {
     /// protects admits nobody). Kuma also trims meshes without mTLS; here they keep every
     /// outbound, since nothing is refused there.
     pub auto_reachable_services: bool,
+    /// Prefixes of the tag keys zone ingresses list in `availableServices` (`kuma.io/service`
+    /// always); empty: every tag.
+    pub ingress_tag_filters: Vec<String>,
 }
 
 impl Default for Config {
@@ -450,6 +453,9 @@ pub struct ZoneConfig {
     pub global_address: String,
     /// KDS client settings.
     pub kds: ZoneKdsConfig,
+    /// The least time between two updates of the zone ingresses' `availableServices` (they
+    /// are updated when Dataplanes change, not polled).
+    pub ingress_update_interval: Duration,
 }
 
 impl Default for ZoneConfig {
@@ -458,6 +464,7 @@ impl Default for ZoneConfig {
             name: "default".into(),
             global_address: String::new(),
             kds: ZoneKdsConfig::default(),
+            ingress_update_interval: d("1s"),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod profile;
 pub mod reach;
 pub mod resources;
 pub mod source_tags;
+pub mod zone_ingress;
 
 #[cfg(test)]
 mod tests;
