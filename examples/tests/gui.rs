@@ -220,9 +220,29 @@ async fn the_split_layout_serves_the_gui_on_its_own_port() {
         r#"{"type": "Zone", "name": "zone-2", "enabled": false}"#,
     )
     .await;
+    // Zone proxies as a zone lists them: its own, and those of other zones.
+    put_json(
+        cp.api_port,
+        "/zoneingresses/ingress-1",
+        r#"{"type": "ZoneIngress", "name": "ingress-1", "zone": "zone-1", "networking": {"address": "192.0.2.7", "port": 10001, "advertisedAddress": "198.51.100.7", "advertisedPort": 10001}, "availableServices": [{"mesh": "default", "instances": 2, "tags": {"kuma.io/service": "backend"}}]}"#,
+    )
+    .await;
+    put_json(
+        cp.api_port,
+        "/zoneegresses/egress-2",
+        r#"{"type": "ZoneEgress", "name": "egress-2", "zone": "zone-2", "networking": {"address": "192.0.2.8", "port": 10002}}"#,
+    )
+    .await;
     let zones = visit(&dir, gui, "#/zones", "split-zones");
     // Neither has ever connected (no global here): offline, or disabled.
-    for seen in ["Zones", "zone-1 offline never", "zone-2 disabled"] {
+    for seen in [
+        "Zones",
+        "zone-1 offline never",
+        "zone-2 disabled",
+        "Zone proxies",
+        "zone-1 ingress ingress-1 192.0.2.7:10001 198.51.100.7:10001 1",
+        "zone-2 egress egress-2 192.0.2.8:10002",
+    ] {
         assert!(zones.contains(seen), "{seen:?} in {zones}");
     }
 }

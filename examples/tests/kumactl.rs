@@ -635,4 +635,39 @@ async fn kumactl_gets_tokens_from_the_admin_server_in_the_split_layout() {
     let claims = jwt_claims(&token);
     assert_eq!(claims["Name"], "web-1");
     assert_eq!(claims["Mesh"], "default");
+    // Zone tokens too: for a zone and the scopes asked (both by default).
+    let token = ok(
+        cfg,
+        &[
+            "generate",
+            "zone-token",
+            "--zone",
+            "zone-1",
+            "--scope",
+            "ingress",
+        ],
+    )
+    .await;
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["Zone"], "zone-1");
+    assert_eq!(claims["Scope"], serde_json::json!(["ingress"]));
+    let token = ok(cfg, &["generate", "zone-token", "--zone", "zone-2"]).await;
+    assert_eq!(
+        jwt_claims(&token)["Scope"],
+        serde_json::json!(["ingress", "egress"])
+    );
+    let refused = fails(
+        cfg,
+        &[
+            "generate",
+            "zone-token",
+            "--zone",
+            "zone-1",
+            "--scope",
+            "sidecar",
+        ],
+        None,
+    )
+    .await;
+    assert!(refused.contains("scope"), "{refused}");
 }

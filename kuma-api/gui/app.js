@@ -4,7 +4,7 @@
 //   #/meshes/<mesh>                     a mesh: data planes, services, policies by type
 //   #/meshes/<mesh>/dataplanes/<name>   a data plane: status, matched policies, Envoy config
 //   #/meshes/<mesh>/policies/<path>     the policies of one type
-//   #/zones                             zones (global mode)
+//   #/zones                             zones (global mode) and zone proxies per zone
 // Everything shown is built with text nodes: nothing from the API is parsed as HTML.
 "use strict";
 
@@ -217,8 +217,18 @@ async function zonesPage() {
       String(total),
     ];
   });
+  const [ingresses, egresses] = await Promise.all([all("/zoneingresses"), all("/zoneegresses")]);
+  const net = (p) => p.networking || {};
+  const proxies = [
+    ...ingresses.map((p) => [p.zone || "", "ingress", p.name, `${net(p).address || ""}:${net(p).port || ""}`,
+      net(p).advertisedAddress ? `${net(p).advertisedAddress}:${net(p).advertisedPort || ""}` : "",
+      String((p.availableServices || []).length)]),
+    ...egresses.map((p) => [p.zone || "", "egress", p.name, `${net(p).address || ""}:${net(p).port || ""}`, "", ""]),
+  ].sort((a, b) => (a[0] + "/" + a[2]).localeCompare(b[0] + "/" + b[2]));
   return [h("h1", {}, "Zones"),
-    table(["Zone", "Status", "Last connected", "Zone CP version", "Updates sent"], rows, "No zones.")];
+    table(["Zone", "Status", "Last connected", "Zone CP version", "Updates sent"], rows, "No zones."),
+    h("h2", {}, "Zone proxies"),
+    table(["Zone", "Kind", "Name", "Address", "Advertised", "Services"], proxies, "No zone proxies.")];
 }
 
 /** The page for the current hash. */

@@ -31,6 +31,17 @@ pub enum MeshCaError {
         /// Why.
         source: CaError,
     },
+    /// The builtin CA is made by the global control plane and has not reached this federated
+    /// zone yet (it arrives with the mesh's secrets).
+    #[error(
+        "the builtin CA of mesh {mesh:?} backend {backend:?} comes from the global control plane and has not arrived yet"
+    )]
+    NotYetSynced {
+        /// The mesh.
+        mesh: String,
+        /// The backend's name.
+        backend: String,
+    },
     /// A backend added by an embedder failed.
     #[error("mesh {mesh:?} mtls backend {backend:?}")]
     Backend {
@@ -92,6 +103,13 @@ pub trait CaManager: Send + Sync + 'static {
     ) {
     }
 
+    /// Whether this is the crate's own manager of `builtin` and `provided` (keep the
+    /// default).
+    #[doc(hidden)]
+    fn is_bundled(&self) -> bool {
+        false
+    }
+
     /// The CA of `backend` of `mesh`, loaded (or created) through `manager`'s store or
     /// elsewhere; certificates it issues use `key_type`.
     async fn load(
@@ -104,10 +122,18 @@ pub trait CaManager: Send + Sync + 'static {
 }
 
 /// The bundled types: `builtin` ([`ensure_builtin`]) and `provided` (from data sources).
-struct Bundled;
+struct Bundled {
+    /// Whether a missing builtin CA is made here (not on a federated zone, where global's
+    /// arrives).
+    create_builtin: bool,
+}
 
 #[async_trait::async_trait]
 impl CaManager for Bundled {
+    fn is_bundled(&self) -> bool {
+        true
+    }
+
     async fn load(
         &self,
         manager: &ResourceManager,
@@ -115,6 +141,15 @@ impl CaManager for Bundled {
         backend: &CaBackend,
         key_type: KeyType,
     ) -> Result<Arc<dyn CertificateAuthority>, MeshCaError> {
+        if backend.kind == "builtin" && !self.create_builtin {
+            return match load_builtin(manager, mesh, &backend.name, key_type).await? {
+                Some(ca) => Ok(Arc::new(ca)),
+                None => Err(MeshCaError::NotYetSynced {
+                    mesh: mesh.to_string(),
+                    backend: backend.name.clone(),
+                }),
+            };
+        }
         load_backend(manager, mesh, backend, key_type).await
     }
 }
@@ -128,13 +163,31 @@ pub struct CaManagers {
 impl CaManagers {
     /// `builtin` and `provided`, as Kuma has them.
     pub fn bundled() -> Self {
-        let bundled: Arc<dyn CaManager> = Arc::new(Bundled);
+        let bundled: Arc<dyn CaManager> = Arc::new(Bundled {
+            create_builtin: true,
+        });
         CaManagers {
             by_type: [("builtin", bundled.clone()), ("provided", bundled)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         }
+    }
+
+    /// As on a federated zone: the bundled `builtin` manager loads the CA global made (synced
+    /// with the mesh's secrets) and never makes one of its own, so that every zone of a mesh
+    /// trusts the same roots. A `builtin` manager added with [`Self::with`] is kept.
+    pub fn federated(mut self) -> Self {
+        let bundled_builtin = self.by_type.get("builtin").is_some_and(|m| m.is_bundled());
+        if bundled_builtin {
+            self.by_type.insert(
+                "builtin".into(),
+                Arc::new(Bundled {
+                    create_builtin: false,
+                }),
+            );
+        }
+        self
     }
 
     /// Adds (or replaces) the manager of backends of type `kind`.
@@ -220,6 +273,28 @@ async fn read_secret(
     }
 }
 
+/// The builtin CA of `backend` in `mesh` from its secrets, if they exist.
+pub async fn load_builtin(
+    manager: &ResourceManager,
+    mesh: &str,
+    backend: &str,
+    key_type: KeyType,
+) -> Result<Option<BuiltinCa>, MeshCaError> {
+    let (cert_name, key_name) = builtin_secret_names(mesh, backend);
+    let (Some(cert), Some(key)) = (
+        read_secret(manager, mesh, &cert_name).await?,
+        read_secret(manager, mesh, &key_name).await?,
+    ) else {
+        return Ok(None);
+    };
+    BuiltinCa::from_pem(&cert, &key, key_type)
+        .map(Some)
+        .map_err(|source| MeshCaError::Invalid {
+            secret: cert_name,
+            source,
+        })
+}
+
 /// The builtin CA of `backend` in `mesh`: loaded from its secrets, or generated with keys of
 /// `key_type` and stored on first use. Several control planes may race to create it; the
 /// first stored pair wins and every instance then uses it.
@@ -231,16 +306,8 @@ pub async fn ensure_builtin(
 ) -> Result<BuiltinCa, MeshCaError> {
     let (cert_name, key_name) = builtin_secret_names(mesh, backend);
     for _ in 0..2 {
-        if let (Some(cert), Some(key)) = (
-            read_secret(manager, mesh, &cert_name).await?,
-            read_secret(manager, mesh, &key_name).await?,
-        ) {
-            return BuiltinCa::from_pem(&cert, &key, key_type).map_err(|source| {
-                MeshCaError::Invalid {
-                    secret: cert_name.clone(),
-                    source,
-                }
-            });
+        if let Some(ca) = load_builtin(manager, mesh, backend, key_type).await? {
+            return Ok(ca);
         }
         let ca = BuiltinCa::generate(mesh, key_type).map_err(|source| MeshCaError::Invalid {
             secret: cert_name.clone(),

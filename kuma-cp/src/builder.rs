@@ -160,7 +160,12 @@ impl ControlPlaneBuilder {
         let dp = DataPlaneSide::start(
             (&config, &layout, &manager, &metrics),
             generator,
-            self.cas,
+            // A federated zone's builtin CAs come from global.
+            if config.is_federated_zone() {
+                self.cas.federated()
+            } else {
+                self.cas
+            },
             authenticator,
             &info.instance_id,
             &shutdown,
@@ -180,6 +185,15 @@ impl ControlPlaneBuilder {
         let mads = layout
             .serves(Service::Mads)
             .then(|| parts::start_mads(&manager, &metrics, &shutdown, &mut background));
+        // Global makes the meshes' builtin CAs, which zones receive.
+        if config.mode == Mode::Global {
+            let cas = crate::multizone::keep_builtin_cas(
+                manager.clone(),
+                config.mtls.key_type,
+                leader.clone(),
+            );
+            background.0.push(tokio::spawn(cas));
+        }
         let kds = (config.mode == Mode::Global).then(|| {
             crate::multizone::start_global(
                 &config,

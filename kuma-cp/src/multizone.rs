@@ -119,3 +119,63 @@ pub(crate) async fn zone_while_leading(
         tracing::info!(zone = %settings.zone, "KDS: no longer leading; disconnected from global");
     }
 }
+
+/// On global: makes the builtin CA of every builtin mTLS backend of every Mesh as the Mesh is
+/// written, so that KDS sends the same CA (the mesh's secrets) to every zone, whose proxies
+/// then trust each other; federated zones never make one (see
+/// [`kuma_ca::mesh_ca::CaManagers::federated`]). Runs on the leader; reads a Mesh only when it
+/// changes.
+pub(crate) async fn keep_builtin_cas(
+    manager: kuma_core::manager::ResourceManager,
+    key_type: kuma_ca::KeyType,
+    leader: watch::Receiver<bool>,
+) {
+    use kuma_core::model::mesh::MeshSpec;
+    use kuma_core::resource::{ResourceKey, ResourceType};
+    use kuma_core::watch::StoreWatch;
+    let mut changes = StoreWatch::new(manager.store().as_ref(), |e| {
+        (e.key.rtype == ResourceType::Mesh).then(|| e.key.name.clone())
+    });
+    let mut pending: std::collections::BTreeSet<String> = match manager
+        .list(&kuma_core::store::ListQuery::all(ResourceType::Mesh))
+        .await
+    {
+        Ok(page) => page.items.into_iter().map(|m| m.meta.name).collect(),
+        Err(_) => Default::default(),
+    };
+    loop {
+        if *leader.borrow() {
+            for mesh in std::mem::take(&mut pending) {
+                let Ok(resource) = manager
+                    .get(&ResourceKey::global(ResourceType::Mesh, &mesh))
+                    .await
+                else {
+                    continue;
+                };
+                let Some(mtls) = resource.spec_as::<MeshSpec>().and_then(|s| s.mtls.as_ref())
+                else {
+                    continue;
+                };
+                for backend in mtls.backends.iter().filter(|b| b.kind == "builtin") {
+                    if let Err(e) =
+                        kuma_ca::mesh_ca::ensure_builtin(&manager, &mesh, &backend.name, key_type)
+                            .await
+                    {
+                        tracing::warn!(mesh, backend = %backend.name, error = %kuma_core::errors::Chain(&e), "cannot make the mesh's builtin CA; retried at the mesh's next change");
+                    }
+                }
+            }
+        }
+        let Some(batch) = changes.next().await else {
+            return;
+        };
+        if batch.resync
+            && let Ok(page) = manager
+                .list(&kuma_core::store::ListQuery::all(ResourceType::Mesh))
+                .await
+        {
+            pending.extend(page.items.into_iter().map(|m| m.meta.name));
+        }
+        pending.extend(batch.items);
+    }
+}

@@ -472,22 +472,12 @@ impl PgCluster {
     /// Turns TLS on with a server certificate for `localhost` from a fresh CA, restarts the
     /// server, and returns the CA certificate's path. Plain connections are still accepted.
     pub fn enable_tls(&self) -> std::path::PathBuf {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().expect("server key");
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .expect("server params")
-            .signed_by(&key, &issuer)
-            .expect("server certificate");
         let data = self.dir.join("data");
-        std::fs::write(data.join("server.crt"), cert.pem()).expect("write server.crt");
-        std::fs::write(data.join("server.key"), key.serialize_pem()).expect("write server.key");
+        let (ca, cert, key) = server_certificate(&["localhost"]);
+        std::fs::write(data.join("server.crt"), cert).expect("write server.crt");
+        std::fs::write(data.join("server.key"), key).expect("write server.key");
         let ca_path = self.dir.join("ca.crt");
-        std::fs::write(&ca_path, ca.pem()).expect("write ca.crt");
+        std::fs::write(&ca_path, ca).expect("write ca.crt");
         run(
             "chmod",
             &["600", &data.join("server.key").to_string_lossy()],
@@ -627,4 +617,22 @@ pub fn run_with_stdin(command: &mut std::process::Command, input: &[u8]) -> std:
     // A command that exits without reading everything closes the pipe: its output says why.
     let _ = child.stdin.take().expect("stdin is piped").write_all(input);
     child.wait_with_output().expect("the command's output")
+}
+
+/// A fresh CA and a server certificate it signed for `names` (DNS names or IP addresses):
+/// (CA certificate, server certificate, server key), PEM.
+pub fn server_certificate(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server certificate");
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }

@@ -197,6 +197,9 @@ pub struct Reconciler {
     /// Connected zone ingresses, by name, with their ZoneIngress (`None`: not read yet, or
     /// gone).
     ingresses: BTreeMap<String, Option<Resource>>,
+    /// Other zones' ingresses, by name: where services of other zones are reached (`None`:
+    /// not listed yet).
+    remote_ingresses: Option<BTreeMap<String, Resource>>,
     /// The meshes the store had at the last look (startup, a resync, each mesh-wide read):
     /// where a connecting proxy's Dataplane is looked for, without a store read per proxy.
     known_meshes: BTreeSet<String>,
@@ -227,6 +230,7 @@ impl Reconciler {
             auto_reachable_services: false,
             zone: String::new(),
             ingresses: BTreeMap::new(),
+            remote_ingresses: None,
             known_meshes: BTreeSet::new(),
         }
     }
@@ -315,6 +319,100 @@ impl Reconciler {
             self.meshes.insert(mesh.to_string(), state);
         }
         generated
+    }
+
+    /// The endpoints of services of `mesh` in other zones, as Kuma makes them: per remote
+    /// zone ingress with an advertised address (one per address:port, once it lists
+    /// anything), per service it lists in `mesh`, an endpoint at that address weighted by the
+    /// instances behind it, tagged as the ingress lists it (`kuma.io/zone` names the zone).
+    async fn remote_endpoints(
+        &mut self,
+        mesh: &str,
+    ) -> Result<BTreeMap<String, Vec<crate::generate::Endpoint>>, ReadError> {
+        use kuma_core::model::common::SERVICE_TAG;
+        use kuma_core::model::zone::ZoneIngressSpec;
+        let ingresses = match &self.remote_ingresses {
+            Some(known) => known,
+            None => {
+                let query = ListQuery::all(ResourceType::ZoneIngress);
+                let page = self.manager.list(&query).await?;
+                let zone = self.zone.clone();
+                self.remote_ingresses.insert(
+                    page.items
+                        .into_iter()
+                        .filter(|r| is_remote_ingress(r, &zone))
+                        .map(|r| (r.meta.name.clone(), r))
+                        .collect(),
+                )
+            }
+        };
+        let mut endpoints: BTreeMap<String, Vec<crate::generate::Endpoint>> = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for spec in ingresses
+            .values()
+            .filter_map(|r| r.spec_as::<ZoneIngressSpec>())
+        {
+            let Some(net) = &spec.networking else {
+                continue;
+            };
+            let (Some(address), Some(port)) = (
+                net.advertised_address.as_deref().filter(|a| !a.is_empty()),
+                net.advertised_port.filter(|p| *p != 0),
+            ) else {
+                continue; // not reachable from other zones (yet)
+            };
+            if spec.available_services.is_empty() || !seen.insert((address, port)) {
+                continue;
+            }
+            for s in &spec.available_services {
+                let Some(service) = s.tags.get(SERVICE_TAG) else {
+                    continue;
+                };
+                if s.mesh.as_deref() != Some(mesh) || s.external_service == Some(true) {
+                    continue;
+                }
+                endpoints
+                    .entry(service.clone())
+                    .or_default()
+                    .push(crate::generate::Endpoint {
+                        ip: address.to_string(),
+                        port,
+                        tags: s.tags.clone(),
+                        weight: s.instances.unwrap_or(1).max(1),
+                    });
+            }
+        }
+        Ok(endpoints)
+    }
+
+    /// Reads changed ZoneIngresses again: whether the other zones' ingresses changed.
+    async fn take_remote_ingresses(&mut self, names: &BTreeSet<String>) -> bool {
+        let Some(known) = self.remote_ingresses.as_mut() else {
+            return false; // listed when first needed
+        };
+        let mut changed = false;
+        for name in names {
+            let key = ResourceKey::global(ResourceType::ZoneIngress, name);
+            let now = match self.manager.get(&key).await {
+                Ok(r) => Some(r).filter(|r| is_remote_ingress(r, &self.zone)),
+                Err(ManagerError::Store(StoreError::NotFound(_))) => None,
+                Err(e) => {
+                    tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneIngress; listing them again");
+                    self.remote_ingresses = None;
+                    return true;
+                }
+            };
+            changed |= match now {
+                Some(r) => {
+                    let version = r.meta.version.clone();
+                    known
+                        .insert(name.clone(), r)
+                        .is_none_or(|before| before.meta.version != version)
+                }
+                None => known.remove(name).is_some(),
+            };
+        }
+        changed
     }
 
     /// Regenerates the connected zone ingresses (of `reread`, the ZoneIngress is read again
@@ -411,8 +509,8 @@ impl Reconciler {
                 }
             }
         }
-        let touched = index.apply(changed);
-        let index = &*state.index.insert(index);
+        let mut touched = index.apply(changed);
+        state.index = Some(index);
         // The mesh-wide inputs: kept, or read again (after a failed read, they are missing).
         let (wide, reread) = match (dirty.everything, state.wide.take()) {
             (false, Some(wide)) => (wide, false),
@@ -422,6 +520,16 @@ impl Reconciler {
             }
         };
         let wide = &*state.wide.insert(wide);
+        // Services of other zones, through their ingresses: only under mTLS, which carries
+        // the SNI the ingresses route by.
+        let remote = if wide.authority.is_some() {
+            self.remote_endpoints(mesh).await?
+        } else {
+            BTreeMap::new()
+        };
+        let index = state.index.get_or_insert_with(MeshIndex::default);
+        touched.extend(index.set_remote(remote));
+        let index = &*index;
         let everything = reread || listed;
 
         // Only connected proxies are generated; a selected one that is not connected (any
@@ -781,6 +889,16 @@ impl Reconciler {
         // Zone proxies (mesh ""): the changed ZoneIngresses are read again; connected
         // ingresses are regenerated after any Dataplane change (they forward to every mesh).
         let zone_proxies = dirty.remove("").unwrap_or_default();
+        if batch.resync {
+            self.remote_ingresses = None;
+        }
+        // Other zones' ingresses moved: every mesh kept looks at its remote endpoints again
+        // (only the services they change are regenerated).
+        if self.take_remote_ingresses(&zone_proxies.dataplanes).await {
+            for mesh in self.meshes.keys() {
+                dirty.entry(mesh.clone()).or_default();
+            }
+        }
         let meshes_changed = !dirty.is_empty();
         for (mesh, d) in dirty {
             self.sync_mesh(&mesh, &d).await;
@@ -811,6 +929,14 @@ enum Wake {
     Renewal,
     /// A proxy came, reported or left (`None`: the registry is gone).
     Proxy(Option<ProxyChange>),
+}
+
+/// Whether `resource` is a ZoneIngress of another zone than `zone`.
+fn is_remote_ingress(resource: &Resource, zone: &str) -> bool {
+    resource
+        .spec_as::<kuma_core::model::zone::ZoneIngressSpec>()
+        .and_then(|s| s.zone.as_deref())
+        .is_some_and(|z| !z.is_empty() && z != zone)
 }
 
 /// The (mesh, Dataplane name) pairs `node` may stand for among `meshes` (`<mesh>.<name>`; a

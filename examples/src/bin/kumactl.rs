@@ -10,6 +10,7 @@
 //! kumactl inspect dataplanes [-m mesh]
 //! kumactl inspect dataplane NAME -m MESH --type config|rules|policies
 //! kumactl generate dataplane-token [--name N] [-m MESH] [--tag k=v]... [--valid-for 24h]
+//! kumactl generate zone-token --zone Z [--scope ingress,egress] [--valid-for 24h]
 //! ```
 
 use std::io::Read as _;
@@ -111,6 +112,19 @@ enum GenerateCommand {
         /// `dataplane`, `ingress` or `egress`.
         #[arg(long = "proxy-type", default_value = "dataplane")]
         proxy_type: String,
+    },
+    /// A zone token for zone proxies (admins only, from the global or a standalone control
+    /// plane), printed to stdout.
+    ZoneToken {
+        /// The zone whose ingresses or egresses run with it.
+        #[arg(long)]
+        zone: String,
+        /// `ingress`, `egress` (comma-separated or repeated; default both).
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
+        /// How long the token is valid (`24h`; default 10 years).
+        #[arg(long = "valid-for", default_value = "")]
+        valid_for: String,
     },
 }
 
@@ -454,26 +468,53 @@ async fn run(cli: Cli) -> Result<(), String> {
                 "type": proxy_type,
                 "validFor": valid_for,
             });
-            let client = client()?;
-            let token = match client.post("/tokens/dataplane", body.to_string()).await {
-                // The split port layout issues tokens on its admin server only; the API's
-                // catalog says where.
-                Err(kuma_client::Error::Api(f)) if f.status == 404 => {
-                    let admin = admin_server_url(&client, &config.current().url).await?;
-                    client
-                        .post(&format!("{admin}/tokens/dataplane"), body.to_string())
-                        .await
-                }
-                other => other,
-            }
-            .map_err(|e| e.to_string())?;
-            match token {
-                Value::String(t) => println!("{t}"),
-                other => return Err(format!("unexpected answer: {other}")),
-            }
+            let token = issue_token(&client()?, &config, "dataplane", &body).await?;
+            println!("{token}");
+        }
+        Command::Generate {
+            command:
+                GenerateCommand::ZoneToken {
+                    zone,
+                    scope,
+                    valid_for,
+                },
+        } => {
+            let body = serde_json::json!({"zone": zone, "scope": scope, "validFor": valid_for});
+            let token = issue_token(&client()?, &config, "zone", &body).await?;
+            println!("{token}");
         }
     }
     Ok(())
+}
+
+/// A token from `POST /tokens/<kind>` with `body`: from the API, else (the split port layout
+/// issues tokens on its admin server only) from the admin server the API's catalog names.
+async fn issue_token(
+    client: &Client,
+    config: &KumactlConfig,
+    kind: &str,
+    body: &Value,
+) -> Result<String, String> {
+    let path = format!("/tokens/{kind}");
+    let token = match client.post(&path, body.to_string()).await {
+        Err(kuma_client::Error::Api(f)) if f.status == 404 => {
+            match admin_server_url(client, &config.current().url).await {
+                Ok(admin) => {
+                    client
+                        .post(&format!("{admin}{path}"), body.to_string())
+                        .await
+                }
+                // No catalog: the API's own answer says why.
+                Err(_) => Err(kuma_client::Error::Api(f)),
+            }
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
+    match token {
+        Value::String(t) => Ok(t),
+        other => Err(format!("unexpected answer: {other}")),
+    }
 }
 
 /// The admin server's URL from the API's `/catalog` (the split port layout). It listens on the

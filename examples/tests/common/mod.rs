@@ -201,12 +201,23 @@ pub struct Dp {
 /// `method path` with a JSON `body` to the API on 127.0.0.1:`api_port` (where localhost is
 /// admin): (status, response body).
 pub async fn send_json(api_port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    send_json_at("127.0.0.1", api_port, method, path, body).await
+}
+
+/// [`send_json`] to the API at `ip:api_port`.
+pub async fn send_json_at(
+    ip: &str,
+    api_port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let r = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
-        .request(method, format!("http://127.0.0.1:{api_port}{path}"))
+        .request(method, format!("http://{ip}:{api_port}{path}"))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -279,12 +290,36 @@ pub async fn spawn_kuma_dp(
     dataplane: &str,
     extra: &[&str],
 ) -> Dp {
+    spawn_kuma_dp_in(&[], dir, cp_address, token, ca_file, name, dataplane, extra).await
+}
+
+/// [`spawn_kuma_dp`] run through the command `wrapper` (such as `ip netns exec <ns>`; empty:
+/// none).
+#[allow(clippy::too_many_arguments)] // the flags kuma-dp is run with, each named
+pub async fn spawn_kuma_dp_in(
+    wrapper: &[&str],
+    dir: &Path,
+    cp_address: &str,
+    token: &str,
+    ca_file: &str,
+    name: &str,
+    dataplane: &str,
+    extra: &[&str],
+) -> Dp {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, dataplane).unwrap();
     let token_file = dir.join(format!("{name}.token"));
     std::fs::write(&token_file, token).unwrap();
     let (admin_port, readiness_port) = (free_port().await, free_port().await);
-    let child = Command::new(env!("CARGO_BIN_EXE_kuma-dp"))
+    let mut command = match wrapper.split_first() {
+        None => Command::new(env!("CARGO_BIN_EXE_kuma-dp")),
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_kuma-dp"));
+            c
+        }
+    };
+    let child = command
         .args([
             "run",
             "--cp-address",

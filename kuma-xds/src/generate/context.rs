@@ -122,8 +122,21 @@ pub struct Endpoint {
     pub ip: String,
     /// The inbound's port.
     pub port: u32,
-    /// The inbound's tags.
+    /// The inbound's tags (of an endpoint in another zone: the tags its zone ingress
+    /// lists).
     pub tags: Tags,
+    /// Its weight among the service's endpoints (0: none given). An endpoint in another zone
+    /// is that zone's ingress, weighted by the instances behind it.
+    pub weight: u32,
+}
+
+impl Endpoint {
+    /// The zone it is in (`kuma.io/zone`), when its tags say.
+    pub fn zone(&self) -> Option<&str> {
+        self.tags
+            .get(kuma_core::model::common::ZONE_TAG)
+            .map(String::as_str)
+    }
 }
 
 /// One service of the mesh: its ready endpoints, their common protocol, and its endpoints

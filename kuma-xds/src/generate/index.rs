@@ -32,6 +32,11 @@ pub struct MeshIndex {
     /// Per service, the tags its instances share ([`SERVICE_MATCH_TAGS`]), from its first
     /// provider by name: what permissions are matched against for the whole service.
     match_tags: BTreeMap<String, Tags>,
+    /// Per service, its endpoints in other zones: the remote zone ingresses offering it.
+    remote: BTreeMap<String, Vec<Endpoint>>,
+    /// How many distinct remote ingresses `remote` names: the weight of each local endpoint
+    /// of a service also offered elsewhere (Kuma's).
+    remote_ingresses: u32,
     /// Load assignments encoded so far.
     encoded: u64,
     /// Bumped whenever a service appears, goes or changes its match tags.
@@ -90,6 +95,35 @@ impl MeshIndex {
         touched
     }
 
+    /// Sets the endpoints of services in other zones (each a remote zone ingress, with its
+    /// weight and tags; see [`Endpoint`]), and re-indexes the services whose remote endpoints
+    /// changed; returns those services.
+    pub fn set_remote(&mut self, remote: BTreeMap<String, Vec<Endpoint>>) -> BTreeSet<String> {
+        let ingresses: BTreeSet<(&str, u32)> = remote
+            .values()
+            .flatten()
+            .map(|e| (e.ip.as_str(), e.port))
+            .collect();
+        let count = u32::try_from(ingresses.len()).unwrap_or(u32::MAX);
+        let touched: BTreeSet<String> = if count == self.remote_ingresses {
+            remote
+                .keys()
+                .chain(self.remote.keys())
+                .filter(|s| remote.get(*s) != self.remote.get(*s))
+                .cloned()
+                .collect()
+        } else {
+            // Local endpoints' weights move with the count: every service offered remotely.
+            remote.keys().chain(self.remote.keys()).cloned().collect()
+        };
+        self.remote = remote;
+        self.remote_ingresses = count;
+        for service in &touched {
+            self.reindex(service);
+        }
+        touched
+    }
+
     /// Rebuilds what the index holds for `service` from its providers.
     fn reindex(&mut self, service: &str) {
         let mut endpoints = Vec::new();
@@ -135,7 +169,23 @@ impl MeshIndex {
                     ip: ip.to_string(),
                     port: inbound.port,
                     tags: inbound.tags.clone(),
+                    weight: 0,
                 });
+            }
+        }
+        // Endpoints in other zones: local ones weigh as many as there are remote ingresses.
+        let remote = self
+            .remote
+            .get(service)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !remote.is_empty() {
+            for e in &mut endpoints {
+                e.weight = self.remote_ingresses;
+            }
+            for e in remote {
+                let this = Protocol::of_tags(&e.tags);
+                protocol = Some(protocol.map_or(this, |p| p.common(this)));
             }
         }
         let old_tags = match &match_tags {
@@ -152,12 +202,21 @@ impl MeshIndex {
         };
         endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
         endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-        let now = addresses(&endpoints);
+        // A remote ingress listed for several tag sets of the service is one endpoint,
+        // weighted by all of them.
+        let mut by_address: BTreeMap<(&str, u32), Endpoint> = BTreeMap::new();
+        for e in remote {
+            by_address
+                .entry((e.ip.as_str(), e.port))
+                .and_modify(|known| known.weight = known.weight.saturating_add(e.weight))
+                .or_insert_with(|| e.clone());
+        }
+        endpoints.extend(by_address.into_values());
         let load_assignment = match self.services.get(service) {
-            Some(old) if addresses(&old.endpoints) == now => old.load_assignment.clone(),
+            Some(old) if same_assignment(&old.endpoints, &endpoints) => old.load_assignment.clone(),
             _ => {
                 self.encoded += 1;
-                EncodedResource::from_message(&load_assignment(service, &now))
+                EncodedResource::from_message(&encode(service, &endpoints))
             }
         };
         self.services.insert(
@@ -216,6 +275,57 @@ impl MeshIndex {
     pub(crate) fn shape(&self) -> u64 {
         self.shape
     }
+}
+
+/// Whether two endpoint lists encode alike (addresses, weights, zones).
+fn same_assignment(a: &[Endpoint], b: &[Endpoint]) -> bool {
+    let key = |e: &Endpoint| (e.ip.clone(), e.port, e.weight, e.zone().map(str::to_string));
+    a.len() == b.len() && a.iter().map(key).eq(b.iter().map(key))
+}
+
+/// A service's endpoints as a `ClusterLoadAssignment`: one locality when they are all in this
+/// zone; with endpoints in other zones, one locality per zone (`kuma.io/zone`), all of the
+/// same priority, each endpoint with its weight (locality awareness, which moves other zones
+/// to a lower priority, is MeshLoadBalancingStrategy's).
+fn encode(
+    service: &str,
+    endpoints: &[Endpoint],
+) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+    use envoy_types::pb::envoy::config::core::v3::Locality;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    if endpoints.iter().all(|e| e.weight == 0) {
+        return load_assignment(service, &addresses(endpoints));
+    }
+    let mut zones: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
+    for e in endpoints {
+        zones
+            .entry(e.zone().unwrap_or_default())
+            .or_default()
+            .push(e);
+    }
+    let mut cla = load_assignment(service, &[]);
+    cla.endpoints = zones
+        .into_iter()
+        .map(|(zone, members)| {
+            let pairs: Vec<(String, u32)> =
+                members.iter().map(|e| (e.ip.clone(), e.port)).collect();
+            let mut locality = load_assignment(service, &pairs)
+                .endpoints
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            for (lb, e) in locality.lb_endpoints.iter_mut().zip(&members) {
+                lb.load_balancing_weight =
+                    (e.weight > 0).then_some(UInt32Value { value: e.weight });
+            }
+            locality.locality = Some(Locality {
+                zone: zone.to_string(),
+                ..Default::default()
+            });
+            locality
+        })
+        .collect();
+    cla
 }
 
 /// The services a Dataplane's inbounds name.
@@ -294,5 +404,82 @@ mod tests {
         assert_eq!(ips(&index, "a"), ["10.0.0.2"]);
         assert_eq!(index.len(), 2);
         assert!(index.dataplane("a-1").is_none());
+    }
+
+    #[test]
+    fn services_of_other_zones_are_reached_through_their_ingresses() {
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message as _;
+        let local = parse_yaml(
+            "type: Dataplane\nmesh: default\nname: b-1\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 80\n    tags: {kuma.io/service: backend, kuma.io/protocol: http, kuma.io/zone: zone-1}\n",
+        )
+        .unwrap();
+        let mut index = MeshIndex::new([local]);
+        let before = index.encoded();
+        let remote = |service: &str, ip: &str, instances: u32| Endpoint {
+            ip: ip.into(),
+            port: 10001,
+            tags: [
+                ("kuma.io/service", service),
+                ("kuma.io/zone", "zone-2"),
+                ("kuma.io/protocol", "http"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            weight: instances,
+        };
+        let offered = BTreeMap::from([
+            (
+                "backend".to_string(),
+                vec![remote("backend", "192.0.2.2", 3)],
+            ),
+            ("db".to_string(), vec![remote("db", "192.0.2.2", 1)]),
+        ]);
+        let touched = index.set_remote(offered.clone());
+        assert_eq!(
+            touched,
+            BTreeSet::from(["backend".to_string(), "db".to_string()])
+        );
+        // db runs only in zone-2: a service all the same, with the ingress as its endpoint.
+        assert_eq!(ips(&index, "db"), ["192.0.2.2"]);
+        assert_eq!(index.service("db").unwrap().protocol, Protocol::Http);
+        let backend = index.service("backend").unwrap();
+        assert_eq!(ips(&index, "backend"), ["10.0.0.1", "192.0.2.2"]);
+        let cla = ClusterLoadAssignment::decode(backend.load_assignment.to_any().value.as_slice())
+            .unwrap();
+        let zones: Vec<(String, Vec<u32>)> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                let weights = l
+                    .lb_endpoints
+                    .iter()
+                    .map(|e| e.load_balancing_weight.map_or(0, |w| w.value))
+                    .collect();
+                (l.locality.clone().unwrap_or_default().zone, weights)
+            })
+            .collect();
+        // One locality per zone, same priority; the ingress weighs its 3 instances, a local
+        // endpoint as many as there are remote ingresses.
+        assert_eq!(
+            zones,
+            [
+                ("zone-1".to_string(), vec![1]),
+                ("zone-2".to_string(), vec![3])
+            ]
+        );
+        assert!(cla.endpoints.iter().all(|l| l.priority == 0));
+
+        // The same again changes nothing and encodes nothing.
+        let encoded = index.encoded();
+        assert!(encoded > before);
+        assert!(index.set_remote(offered).is_empty());
+        assert_eq!(index.encoded(), encoded);
+        // The ingress goes: db is gone, backend is local again.
+        let touched = index.set_remote(BTreeMap::new());
+        assert_eq!(touched.len(), 2);
+        assert!(index.service("db").is_none());
+        assert_eq!(ips(&index, "backend"), ["10.0.0.1"]);
     }
 }

@@ -8,8 +8,16 @@
 //! endpoint sharing the proxy's value of an affinity tag (the first such tag in the list) joins
 //! that tag's locality, weighted by the tag's `weight` (default 9·10^(n-i-1) for the i-th of n
 //! tags: 90, 9 for two), and the rest form a locality of weight 1. Envoy's locality-weighted
-//! balancing then splits traffic by those weights. Cross-zone `failover` lists are not applied
-//! yet (every other zone shares priority 1).
+//! balancing then splits traffic by those weights.
+//!
+//! When `localZone` or `crossZone` is given, endpoints of other zones are kept only where a
+//! `crossZone.failover` rule applying to the proxy's zone (`from`, default every zone) sends
+//! traffic (`to`: `Any`, `Only` the listed zones, `AnyExcept` them; `None` sends nowhere): the
+//! first rule that takes an endpoint's zone gives it the rule's place in the list (1 for the
+//! first rule, ...) as its priority, and an endpoint no rule takes is dropped; so without
+//! rules traffic never leaves the zone. The overprovisioning factor is then 100 /
+//! `failoverThreshold.percentage` × 100 (200 by default: failover starts when fewer than half
+//! the local endpoints are healthy). Priorities are renumbered from 0 without gaps.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +30,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ring_hash_lb_config::HashFunction,
 };
 use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, RuntimeDouble};
+use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as EnvoyHashPolicy;
@@ -31,7 +40,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use kuma_core::model::common::{IntOrString, Tags, ZONE_TAG};
 use kuma_core::model::policy::{
-    HashFunctionType, HashPolicy, HashPolicyType, LoadBalancerType, LoadBalancingConf,
+    HashFunctionType, HashPolicy, HashPolicyType, LoadBalancerType, LoadBalancingConf, ToZoneType,
 };
 use kuma_core::resource::ResourceType;
 
@@ -228,11 +237,56 @@ fn hash_policy(h: &HashPolicy) -> Option<EnvoyHashPolicy> {
 }
 
 /// How endpoints are grouped: the proxy's zone and its affinity groups (key, the proxy's value,
-/// weight), in the policy's order.
+/// weight), in the policy's order; and, when the policy says where traffic may fail over to,
+/// the failover rules that apply to the proxy's zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Locality {
     zone: Option<String>,
     affinity: Vec<(String, String, u32)>,
+    /// `Some` when `localZone` or `crossZone` is given: other zones' endpoints go where these
+    /// rules send them (none: nowhere).
+    failover: Option<Vec<FailoverRule>>,
+    /// The overprovisioning factor, with `failover`.
+    overprovisioning: u32,
+}
+
+/// One `crossZone.failover` rule applying to the proxy's zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FailoverRule {
+    kind: ToZoneType,
+    zones: Vec<String>,
+    /// The rule's place in the policy's list, from 1.
+    priority: u32,
+}
+
+impl FailoverRule {
+    /// Whether the rule sends traffic to `zone`.
+    fn takes(&self, zone: &str) -> bool {
+        let listed = self.zones.iter().any(|z| z == zone);
+        match self.kind {
+            ToZoneType::Any => true,
+            ToZoneType::Only => listed,
+            ToZoneType::AnyExcept => !listed,
+            ToZoneType::None => false,
+        }
+    }
+}
+
+/// Kuma's overprovisioning factor for `conf`: 100 / `failoverThreshold.percentage` × 100,
+/// 200 when none (or zero) is given.
+fn overprovisioning(conf: &LoadBalancingConf) -> u32 {
+    let percentage = conf
+        .locality_awareness
+        .as_ref()
+        .and_then(|a| a.cross_zone.as_ref())
+        .and_then(|c| c.failover_threshold.as_ref())
+        .and_then(|t| t.percentage.as_f64())
+        .filter(|p| *p > 0.0);
+    match percentage {
+        // As Kuma: the quotient truncated, then scaled.
+        Some(p) => ((100.0 / p).trunc() as u32).saturating_mul(100),
+        None => 200,
+    }
 }
 
 /// The grouping `conf` asks for; `None` when locality awareness is off or changes nothing (no
@@ -264,7 +318,33 @@ fn locality(conf: &LoadBalancingConf, local: &Tags) -> Option<Locality> {
         })
         .collect();
     let zone = local.get(ZONE_TAG).cloned();
-    (zone.is_some() || !affinity.is_empty()).then_some(Locality { zone, affinity })
+    let failover = awareness
+        .filter(|a| a.local_zone.is_some() || a.cross_zone.is_some())
+        .map(|a| {
+            let rules = a.cross_zone.as_ref().and_then(|c| c.failover.as_deref());
+            rules
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| {
+                    rule.from.as_ref().is_none_or(|f| {
+                        zone.as_ref()
+                            .is_some_and(|z| f.zones.iter().any(|x| x == z))
+                    })
+                })
+                .map(|(i, rule)| FailoverRule {
+                    kind: rule.to.kind,
+                    zones: rule.to.zones.clone().unwrap_or_default(),
+                    priority: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                })
+                .collect()
+        });
+    (zone.is_some() || !affinity.is_empty()).then(|| Locality {
+        zone,
+        affinity,
+        failover,
+        overprovisioning: overprovisioning(conf),
+    })
 }
 
 /// Endpoints grouped into localities and priorities as `locality` says.
@@ -283,7 +363,17 @@ fn prioritised(name: &str, endpoints: &[Endpoint], locality: &Locality) -> Clust
                 None => ((0, zone.cloned(), String::new()), 1),
             }
         } else {
-            ((1, zone.cloned(), String::new()), 1)
+            let priority = match &locality.failover {
+                None => 1,
+                Some(rules) => {
+                    let other = zone.map(String::as_str).unwrap_or_default();
+                    match rules.iter().find(|r| r.takes(other)) {
+                        Some(rule) => rule.priority,
+                        None => continue, // no rule sends traffic there
+                    }
+                }
+            };
+            ((priority, zone.cloned(), String::new()), 1)
         };
         let ((priority, zone, sub_zone), weight) = key;
         groups
@@ -302,6 +392,10 @@ fn prioritised(name: &str, endpoints: &[Endpoint], locality: &Locality) -> Clust
                 .into_iter()
                 .next()
                 .unwrap_or_default();
+            for (lb, e) in l.lb_endpoints.iter_mut().zip(&members) {
+                lb.load_balancing_weight =
+                    (e.weight > 0).then_some(UInt32Value { value: e.weight });
+            }
             l.priority = priority;
             l.locality = Some(EnvoyLocality {
                 zone,
@@ -313,10 +407,17 @@ fn prioritised(name: &str, endpoints: &[Endpoint], locality: &Locality) -> Clust
         })
         .collect();
     // Envoy numbers priorities from 0 without gaps.
-    if cla.endpoints.first().is_some_and(|l| l.priority == 1) {
-        for l in &mut cla.endpoints {
-            l.priority = 0;
-        }
+    let used: std::collections::BTreeSet<u32> = cla.endpoints.iter().map(|l| l.priority).collect();
+    for l in &mut cla.endpoints {
+        l.priority = u32::try_from(used.range(..l.priority).count()).unwrap_or(u32::MAX);
+    }
+    if locality.failover.is_some() {
+        cla.policy = Some(Policy {
+            overprovisioning_factor: Some(UInt32Value {
+                value: locality.overprovisioning,
+            }),
+            ..Default::default()
+        });
     }
     cla
 }
@@ -350,6 +451,7 @@ mod tests {
 
     fn endpoint(ip: &str, pairs: &[(&str, &str)]) -> Endpoint {
         Endpoint {
+            weight: 0,
             ip: ip.into(),
             port: 80,
             tags: tags(pairs),
@@ -404,8 +506,16 @@ mod tests {
                 (0, "east".into(), String::new(), Some(1), 1),
                 (0, "east".into(), "node=n1".into(), Some(90), 1),
                 (0, "east".into(), "rack=r1".into(), Some(9), 1),
-                (1, "west".into(), String::new(), Some(1), 1),
             ]
+        );
+        // With failover to any zone, west is the next priority.
+        let c = conf(serde_json::json!({"localityAwareness": {
+            "localZone": {"affinityTags": [{"key": "node"}, {"key": "rack"}]},
+            "crossZone": {"failover": [{"to": {"type": "Any"}}]}}}));
+        let l = locality(&c, &proxy).unwrap();
+        assert_eq!(
+            localities(&prioritised("svc", &endpoints, &l))[3],
+            (1, "west".into(), String::new(), Some(1), 1)
         );
         // Explicit weights win; a tag the proxy lacks forms no locality.
         let c = conf(serde_json::json!({"localityAwareness": {"localZone": {
@@ -426,5 +536,68 @@ mod tests {
             localities(&prioritised("svc", &remote, &l)),
             [(0, "west".into(), String::new(), None, 1)]
         );
+    }
+
+    #[test]
+    fn cross_zone_failover_orders_other_zones_as_kuma_does() {
+        let proxy = tags(&[("kuma.io/zone", "east")]);
+        let endpoints = [
+            endpoint("10.0.0.1", &[("kuma.io/zone", "east")]),
+            endpoint("10.0.1.1", &[("kuma.io/zone", "west")]),
+            endpoint("10.0.2.1", &[("kuma.io/zone", "north")]),
+            endpoint("10.0.3.1", &[("kuma.io/zone", "south")]),
+        ];
+        let zones = |json: serde_json::Value| {
+            let l = locality(&conf(json), &proxy).unwrap();
+            let cla = prioritised("svc", &endpoints, &l);
+            let factor = cla
+                .policy
+                .as_ref()
+                .and_then(|p| p.overprovisioning_factor)
+                .map(|f| f.value);
+            let zones: Vec<(u32, String)> = localities(&cla)
+                .into_iter()
+                .map(|(priority, zone, ..)| (priority, zone))
+                .collect();
+            (zones, factor)
+        };
+        // Rules in order: west first, then anything but south; a rule for another zone's
+        // proxies is skipped (its place still counts); south is taken by no rule: dropped.
+        let (order, factor) = zones(serde_json::json!({"localityAwareness": {"crossZone": {
+            "failover": [
+                {"from": {"zones": ["west"]}, "to": {"type": "Any"}},
+                {"to": {"type": "Only", "zones": ["west"]}},
+                {"to": {"type": "AnyExcept", "zones": ["south"]}}],
+            "failoverThreshold": {"percentage": 25}}}}));
+        assert_eq!(
+            order,
+            [
+                (0, "east".to_string()),
+                (1, "west".to_string()),
+                (2, "north".to_string()),
+            ]
+        );
+        assert_eq!(factor, Some(400), "100 / 25 x 100");
+        // `None` sends nowhere: only the local zone, with Kuma's default factor.
+        let (order, factor) = zones(serde_json::json!({"localityAwareness": {"crossZone": {
+            "failover": [{"to": {"type": "None"}}]}}}));
+        assert_eq!(order, [(0, "east".to_string())]);
+        assert_eq!(factor, Some(200));
+        // No localZone or crossZone: every other zone at priority 1, no factor.
+        let (order, factor) = zones(serde_json::json!({"localityAwareness": {}}));
+        assert_eq!(order.len(), 4);
+        assert!(order[1..].iter().all(|(p, _)| *p == 1));
+        assert_eq!(factor, None);
+        // A proxy whose local endpoints are gone fails over at priority 0.
+        let remote_only = &endpoints[1..];
+        let l = locality(
+            &conf(serde_json::json!({"localityAwareness": {"crossZone": {
+                "failover": [{"to": {"type": "Only", "zones": ["north"]}}]}}})),
+            &proxy,
+        )
+        .unwrap();
+        let cla = prioritised("svc", remote_only, &l);
+        assert_eq!(localities(&cla)[0].0, 0);
+        assert_eq!(localities(&cla)[0].1, "north");
     }
 }
