@@ -150,6 +150,8 @@ struct MeshState {
     dependencies: BTreeMap<String, Dependencies>,
     /// What the last batches built once for many proxies, from the current inputs.
     builds: Arc<SharedBuilds>,
+    /// The remote-ingress version and mTLS state the index's remote endpoints were made from.
+    remote_applied: Option<(u64, bool)>,
 }
 
 /// The inputs every proxy of a mesh is generated from, besides the Dataplanes.
@@ -200,6 +202,9 @@ pub struct Reconciler {
     /// Other zones' ingresses, by name: where services of other zones are reached (`None`:
     /// not listed yet).
     remote_ingresses: Option<BTreeMap<String, Resource>>,
+    /// Bumped whenever `remote_ingresses` is listed or changes: a mesh whose remote endpoints
+    /// were made from this version (with mTLS as it is) needs nothing new.
+    remote_version: u64,
     /// The meshes the store had at the last look (startup, a resync, each mesh-wide read):
     /// where a connecting proxy's Dataplane is looked for, without a store read per proxy.
     known_meshes: BTreeSet<String>,
@@ -231,6 +236,7 @@ impl Reconciler {
             zone: String::new(),
             ingresses: BTreeMap::new(),
             remote_ingresses: None,
+            remote_version: 0,
             known_meshes: BTreeSet::new(),
         }
     }
@@ -337,6 +343,7 @@ impl Reconciler {
                 let query = ListQuery::all(ResourceType::ZoneIngress);
                 let page = self.manager.list(&query).await?;
                 let zone = self.zone.clone();
+                self.remote_version += 1;
                 self.remote_ingresses.insert(
                     page.items
                         .into_iter()
@@ -399,6 +406,7 @@ impl Reconciler {
                 Err(e) => {
                     tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneIngress; listing them again");
                     self.remote_ingresses = None;
+                    self.remote_version += 1;
                     return true;
                 }
             };
@@ -411,6 +419,9 @@ impl Reconciler {
                 }
                 None => known.remove(name).is_some(),
             };
+        }
+        if changed {
+            self.remote_version += 1;
         }
         changed
     }
@@ -522,14 +533,20 @@ impl Reconciler {
         let wide = &*state.wide.insert(wide);
         // Services of other zones, through their ingresses: only under mTLS, which carries
         // the SNI the ingresses route by.
-        let remote = if wide.authority.is_some() {
-            self.remote_endpoints(mesh).await?
-        } else {
-            BTreeMap::new()
-        };
-        let index = state.index.get_or_insert_with(MeshIndex::default);
-        touched.extend(index.set_remote(remote));
-        let index = &*index;
+        // Made again only when other zones' ingresses or the mesh's mTLS changed, or the
+        // index is new.
+        let mtls = wide.authority.is_some();
+        if listed || state.remote_applied != Some((self.remote_version, mtls)) {
+            let remote = if mtls {
+                self.remote_endpoints(mesh).await?
+            } else {
+                BTreeMap::new()
+            };
+            let index = state.index.get_or_insert_with(MeshIndex::default);
+            touched.extend(index.set_remote(remote));
+            state.remote_applied = Some((self.remote_version, mtls));
+        }
+        let index = &*state.index.get_or_insert_with(MeshIndex::default);
         let everything = reread || listed;
 
         // Only connected proxies are generated; a selected one that is not connected (any
@@ -891,6 +908,7 @@ impl Reconciler {
         let zone_proxies = dirty.remove("").unwrap_or_default();
         if batch.resync {
             self.remote_ingresses = None;
+            self.remote_version += 1;
         }
         // Other zones' ingresses moved: every mesh kept looks at its remote endpoints again
         // (only the services they change are regenerated).
@@ -1443,6 +1461,70 @@ mod tests {
         assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 5);
         // Web and billing were the callers: relayered, 1 + 2 + 1 times.
         assert_eq!(generator.counts(), (5 + 1 + 1 + 1 + 5, 1 + 2 + 1));
+    }
+
+    #[tokio::test]
+    async fn another_zones_ingress_regenerates_only_the_callers_of_what_it_offers() {
+        let manager = manager_with([
+            dataplane("web", "10.0.0.1", "web", &["backend"]),
+            dataplane("billing", "10.0.0.3", "billing", &["db"]),
+            dataplane("db-1", "10.0.0.4", "db", &[]),
+        ])
+        .await;
+        apply_yaml(&manager, "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n").await;
+        let cache = Arc::new(SnapshotCache::new());
+        let generator = Counting::new();
+        let registry = connected(&["web", "billing", "db-1"]);
+        let mut r = undebounced(&manager, &cache, generator.clone(), registry).with_zone("zone-1");
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 3);
+        let ingress = |instances: u32| {
+            format!(
+                "type: ZoneIngress\nname: zone-2.ingress\nzone: zone-2\nnetworking:\n  address: 10.0.2.9\n  port: 10001\n  advertisedAddress: 192.0.2.9\n  advertisedPort: 10001\navailableServices:\n- mesh: default\n  instances: {instances}\n  tags: {{kuma.io/service: backend, kuma.io/zone: zone-2}}\n"
+            )
+        };
+        let changed = || Batch {
+            items: vec![(String::new(), Dirty::dataplanes(["zone-2.ingress"]))],
+            resync: false,
+        };
+        // zone-2 offers backend: web (its caller) alone gets the ingress as an endpoint.
+        apply_yaml(&manager, &ingress(2)).await;
+        let before = generator.counts();
+        r.sync_batch(changed()).await;
+        let after = generator.counts();
+        assert_eq!(after.0 + after.1 - before.0 - before.1, 1, "web alone");
+        assert_eq!(
+            endpoints_of(&cache, "default.web", "backend"),
+            ["192.0.2.9"]
+        );
+        // The same ingress written again with the same content: nothing to do.
+        let before = generator.counts();
+        r.sync_batch(changed()).await;
+        assert_eq!(generator.counts(), before);
+        // More instances behind it: web's endpoint weighs more, web alone is regenerated.
+        apply_yaml(&manager, &ingress(5)).await;
+        r.sync_batch(changed()).await;
+        let now = generator.counts();
+        assert_eq!(now.0 + now.1 - before.0 - before.1, 1);
+        // A Dataplane change elsewhere reads no ZoneIngress and leaves the remote endpoints.
+        manager
+            .apply(dataplane("db-1", "10.0.0.5", "db", &[]))
+            .await
+            .unwrap();
+        r.sync_mesh("default", &Dirty::dataplanes(["db-1"])).await;
+        assert_eq!(
+            endpoints_of(&cache, "default.web", "backend"),
+            ["192.0.2.9"]
+        );
+        // zone-2's ingress goes: backend has no endpoint left.
+        manager
+            .delete(
+                &ResourceKey::global(ResourceType::ZoneIngress, "zone-2.ingress"),
+                false,
+            )
+            .await
+            .unwrap();
+        r.sync_batch(changed()).await;
+        assert!(endpoints_of(&cache, "default.web", "backend").is_empty());
     }
 
     /// A [`MemoryStore`] that logs the reads going through it: (operation, type).

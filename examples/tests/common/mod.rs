@@ -120,14 +120,7 @@ impl Standalone {
             "zone" => env!("CARGO_BIN_EXE_zone"),
             other => panic!("no control-plane binary {other:?}"),
         };
-        let mut cmd = match wrapper.split_first() {
-            None => Command::new(binary),
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(binary);
-                c
-            }
-        };
+        let mut cmd = wrapped(wrapper, binary);
         cmd.args(args);
         if let Some(s) = split {
             cmd.env("KUMA_SDS_SERVER_GRPC_PORT", s.sds.to_string())
@@ -280,6 +273,18 @@ pub async fn kuma_dp(
     spawn_kuma_dp(dir, &cp_address, &token, ca_file, name, dataplane, extra).await
 }
 
+/// A command running `binary` through `wrapper` (such as `ip netns exec <ns>`; empty: none).
+fn wrapped(wrapper: &[&str], binary: &str) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(binary),
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(binary);
+            c
+        }
+    }
+}
+
 /// Starts `kuma-dp run --cp-address <cp_address>` for `dataplane` with `token`.
 pub async fn spawn_kuma_dp(
     dir: &Path,
@@ -311,15 +316,7 @@ pub async fn spawn_kuma_dp_in(
     let token_file = dir.join(format!("{name}.token"));
     std::fs::write(&token_file, token).unwrap();
     let (admin_port, readiness_port) = (free_port().await, free_port().await);
-    let mut command = match wrapper.split_first() {
-        None => Command::new(env!("CARGO_BIN_EXE_kuma-dp")),
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(env!("CARGO_BIN_EXE_kuma-dp"));
-            c
-        }
-    };
-    let child = command
+    let child = wrapped(wrapper, env!("CARGO_BIN_EXE_kuma-dp"))
         .args([
             "run",
             "--cp-address",

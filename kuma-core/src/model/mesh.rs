@@ -657,6 +657,13 @@ impl MeshSpec {
                 validate_ca_backend(&bp.index(i), b, context, &mut err);
             }
         }
+        // Accepted only once it does something: not yet.
+        if self.routing.as_ref().and_then(|r| r.zone_egress) == Some(true) {
+            err.add(
+                &Path::at("routing").field("zoneEgress"),
+                "zone egress is not supported by this control plane yet: traffic between zones goes straight to the other zone's ingress",
+            );
+        }
         if let Some(metrics) = &self.metrics {
             let bp = validate_backend_section(
                 "metrics",

@@ -112,6 +112,9 @@ pub struct OutboundView {
     policies: Vec<(ResourceType, Vec<usize>)>,
     /// The proxy itself, when a policy selecting it writes it into outbound config.
     pub source: Option<Source>,
+    /// The proxy's zone (`kuma.io/zone` of its first inbound): what is local to it. Every
+    /// proxy of a zone has the same, so it does not split views within a zone.
+    pub zone: Option<String>,
 }
 
 impl OutboundView {
@@ -173,12 +176,18 @@ impl OutboundView {
                 .map(|i| i.tags.clone())
                 .unwrap_or_default(),
         });
+        let zone = ctx
+            .dataplane
+            .inbounds()
+            .first()
+            .and_then(|i| i.tags.get(kuma_core::model::common::ZONE_TAG).cloned());
         OutboundView {
             explicit,
             transparent,
             identity: ctx.identity.is_some(),
             policies,
             source,
+            zone,
         }
     }
 

@@ -234,3 +234,59 @@ fn a_policy_selecting_some_proxies_gives_them_their_own_view() {
     // svc-0 (timeout), svc-3 (access log), and svc-1 with svc-2.
     assert_eq!(mesh.outbound_builds(), 3);
 }
+
+#[test]
+fn a_locality_aware_mesh_sends_traffic_to_other_zones_only_as_failover() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message as _;
+    let in_zone = |name: &str, address: &str, service: &str, zone: &str, extra: &str| {
+        dp(
+            name,
+            address,
+            &format!(
+                "  inbound:\n  - port: 9000\n    tags: {{kuma.io/service: {service}, kuma.io/zone: {zone}}}\n{extra}"
+            ),
+        )
+    };
+    let web = in_zone(
+        "web",
+        "10.0.0.1",
+        "web",
+        "zone-1",
+        "  outbound:\n  - port: 33033\n    tags: {kuma.io/service: backend}\n",
+    );
+    let all = vec![
+        web.clone(),
+        in_zone("b1", "10.0.0.2", "backend", "zone-1", ""),
+        in_zone("b2", "10.0.1.2", "backend", "zone-2", ""),
+    ];
+    // (zone, priority) of each locality of web's endpoints for backend.
+    let priorities = |spec: &kuma_core::model::mesh::MeshSpec| {
+        let mesh = MeshContext::new("default", &all).with_spec(spec);
+        let ctx = ProxyContext::new(&mesh, &web, ProxyMetadata::default()).unwrap();
+        let snap = GeneratorList::kuma_profile().generate(&ctx).unwrap();
+        let cla = snap.get(ENDPOINT).unwrap().get("backend").unwrap().to_any();
+        let cla = ClusterLoadAssignment::decode(cla.value.as_slice()).unwrap();
+        let mut seen: Vec<(String, u32, usize)> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                let zone = l.locality.clone().unwrap_or_default().zone;
+                (zone, l.priority, l.lb_endpoints.len())
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let aware: kuma_core::model::mesh::MeshSpec = serde_json::from_value(
+        serde_json::json!({"routing": {"localityAwareLoadBalancing": true}}),
+    )
+    .unwrap();
+    assert_eq!(
+        priorities(&aware),
+        [("zone-1".to_string(), 0, 1), ("zone-2".to_string(), 1, 1)]
+    );
+    // Without it (and no policy), both zones share the one priority.
+    let plain = kuma_core::model::mesh::MeshSpec::default();
+    assert!(priorities(&plain).iter().all(|(_, p, _)| *p == 0));
+}

@@ -1,7 +1,8 @@
 //! MeshLoadBalancingStrategy: the balancing algorithm of destination clusters, hash policies of
 //! outbound routes, and locality awareness (endpoint priorities).
 //!
-//! Locality awareness, as Kuma does it: unless disabled, endpoints in the proxy's zone
+//! Locality awareness, as Kuma does it (for every service when the Mesh says
+//! `routing.localityAwareLoadBalancing: true`, else where a policy applies): unless disabled, endpoints in the proxy's zone
 //! (`kuma.io/zone`; no zone tag on either side counts as the same zone) have priority 0 and
 //! those of other zones priority 1, so traffic leaves the zone only when no local endpoint is
 //! healthy. With `localZone.affinityTags`, the local endpoints are split into localities: an
@@ -67,7 +68,15 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
         rs: &mut ResourceSet,
     ) -> Result<(), crate::generate::BoxError> {
         let rules = ctx.rules(ResourceType::MeshLoadBalancingStrategy);
-        if rules.is_empty() {
+        // The Mesh's own switch: other zones at a lower priority wherever no policy says.
+        let mesh_aware = ctx
+            .mesh
+            .spec
+            .routing
+            .as_ref()
+            .and_then(|r| r.locality_aware_load_balancing)
+            == Some(true);
+        if rules.is_empty() && !mesh_aware {
             return Ok(());
         }
         let local_tags = ctx
@@ -80,11 +89,22 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
             let Some(service) = draft.service().map(str::to_string) else {
                 continue;
             };
-            let Some(conf) = to_conf::<LoadBalancingConf>(&rules, &service)? else {
-                continue;
+            let grouping = match to_conf::<LoadBalancingConf>(&rules, &service)? {
+                Some(conf) => {
+                    algorithm(draft, &conf);
+                    locality(&conf, &local_tags)
+                }
+                None if mesh_aware => {
+                    let zone = ctx
+                        .view
+                        .zone
+                        .iter()
+                        .map(|z| (ZONE_TAG.to_string(), z.clone()));
+                    locality(&LoadBalancingConf::default(), &zone.collect())
+                }
+                None => None,
             };
-            algorithm(draft, &conf);
-            if let Some(locality) = locality(&conf, &local_tags) {
+            if let Some(locality) = grouping {
                 let endpoints: Vec<Endpoint> = ctx
                     .mesh
                     .endpoints(&service)
