@@ -392,31 +392,55 @@ impl Reconciler {
         Ok(endpoints)
     }
 
-    /// Reads changed ZoneIngresses again: whether the other zones' ingresses changed.
-    async fn take_remote_ingresses(&mut self, names: &BTreeSet<String>) -> bool {
+    /// Reads the ZoneIngresses `names` once, for both the other zones' list and the
+    /// connected ingresses: each read one (`None`: gone); `false` when a read failed.
+    async fn read_zone_ingresses(
+        &self,
+        names: &BTreeSet<String>,
+    ) -> (BTreeMap<String, Option<Resource>>, bool) {
+        let mut read = BTreeMap::new();
+        let mut complete = true;
+        for name in names {
+            let key = ResourceKey::global(ResourceType::ZoneIngress, name);
+            match self.manager.get(&key).await {
+                Ok(r) => {
+                    read.insert(name.clone(), Some(r));
+                }
+                Err(ManagerError::Store(StoreError::NotFound(_))) => {
+                    read.insert(name.clone(), None);
+                }
+                Err(e) => {
+                    tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneIngress");
+                    complete = false;
+                }
+            }
+        }
+        (read, complete)
+    }
+
+    /// Takes in re-read ZoneIngresses (`complete`: every read succeeded; otherwise the other
+    /// zones' list is listed again when next needed): whether the other zones' ingresses
+    /// changed.
+    fn take_remote_ingresses(
+        &mut self,
+        read: &BTreeMap<String, Option<Resource>>,
+        complete: bool,
+    ) -> bool {
         let Some(known) = self.remote_ingresses.as_mut() else {
             return false; // listed when first needed
         };
+        if !complete {
+            self.remote_ingresses = None;
+            self.remote_version += 1;
+            return true;
+        }
         let mut changed = false;
-        for name in names {
-            let key = ResourceKey::global(ResourceType::ZoneIngress, name);
-            let now = match self.manager.get(&key).await {
-                Ok(r) => Some(r).filter(|r| is_remote_ingress(r, &self.zone)),
-                Err(ManagerError::Store(StoreError::NotFound(_))) => None,
-                Err(e) => {
-                    tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneIngress; listing them again");
-                    self.remote_ingresses = None;
-                    self.remote_version += 1;
-                    return true;
-                }
-            };
+        for (name, now) in read {
+            let now = now.as_ref().filter(|r| is_remote_ingress(r, &self.zone));
             changed |= match now {
-                Some(r) => {
-                    let version = r.meta.version.clone();
-                    known
-                        .insert(name.clone(), r)
-                        .is_none_or(|before| before.meta.version != version)
-                }
+                Some(r) => known
+                    .insert(name.clone(), r.clone())
+                    .is_none_or(|before| before.meta.version != r.meta.version),
                 None => known.remove(name).is_some(),
             };
         }
@@ -426,23 +450,15 @@ impl Reconciler {
         changed
     }
 
-    /// Regenerates the connected zone ingresses (of `reread`, the ZoneIngress is read again
-    /// first), from the indexes of the meshes they offer services of (a mesh not indexed
-    /// yet is listed once, then kept). Returns how many were generated.
-    async fn sync_ingresses(&mut self, reread: &BTreeSet<String>) -> usize {
-        for name in reread {
-            let Some(slot) = self.ingresses.get_mut(name) else {
-                continue;
-            };
-            let key = ResourceKey::global(ResourceType::ZoneIngress, name);
-            *slot = match self.manager.get(&key).await {
-                Ok(r) => Some(r),
-                Err(ManagerError::Store(StoreError::NotFound(_))) => None,
-                Err(e) => {
-                    tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read the ZoneIngress; keeping its snapshot");
-                    continue;
-                }
-            };
+    /// Regenerates the connected zone ingresses (those in `read` with their ZoneIngress as
+    /// read again; one whose read failed keeps what it had), from the indexes of the meshes
+    /// they offer services of (a mesh not indexed yet is listed once, then kept). Returns how
+    /// many were generated.
+    async fn sync_ingresses(&mut self, read: &BTreeMap<String, Option<Resource>>) -> usize {
+        for (name, now) in read {
+            if let Some(slot) = self.ingresses.get_mut(name) {
+                slot.clone_from(now);
+            }
         }
         let mut offered: BTreeSet<String> = BTreeSet::new();
         for r in self.ingresses.values().flatten() {
@@ -532,9 +548,8 @@ impl Reconciler {
         };
         let wide = &*state.wide.insert(wide);
         // Services of other zones, through their ingresses: only under mTLS, which carries
-        // the SNI the ingresses route by.
-        // Made again only when other zones' ingresses or the mesh's mTLS changed, or the
-        // index is new.
+        // the SNI the ingresses route by. Made again only when other zones' ingresses or the
+        // mesh's mTLS changed, or the index is new.
         let mtls = wide.authority.is_some();
         if listed || state.remote_applied != Some((self.remote_version, mtls)) {
             let remote = if mtls {
@@ -910,9 +925,21 @@ impl Reconciler {
             self.remote_ingresses = None;
             self.remote_version += 1;
         }
+        // The changed ZoneIngresses, and on a resync the connected ones, each read once.
+        let mut names: BTreeSet<String> = zone_proxies
+            .dataplanes
+            .iter()
+            .chain(&zone_proxies.proxies)
+            .cloned()
+            .collect();
+        if batch.resync {
+            names.extend(self.ingresses.keys().cloned());
+        }
+        names.retain(|n| self.remote_ingresses.is_some() || self.ingresses.contains_key(n));
+        let (read, complete) = self.read_zone_ingresses(&names).await;
         // Other zones' ingresses moved: every mesh kept looks at its remote endpoints again
         // (only the services they change are regenerated).
-        if self.take_remote_ingresses(&zone_proxies.dataplanes).await {
+        if self.take_remote_ingresses(&read, complete) {
             for mesh in self.meshes.keys() {
                 dirty.entry(mesh.clone()).or_default();
             }
@@ -922,19 +949,7 @@ impl Reconciler {
             self.sync_mesh(&mesh, &d).await;
         }
         if !self.ingresses.is_empty() && (meshes_changed || zone_proxies != Dirty::default()) {
-            let reread: BTreeSet<String> = zone_proxies
-                .dataplanes
-                .into_iter()
-                .chain(zone_proxies.proxies)
-                .chain(
-                    batch
-                        .resync
-                        .then(|| self.ingresses.keys().cloned().collect::<Vec<_>>())
-                        .into_iter()
-                        .flatten(),
-                )
-                .collect();
-            self.sync_ingresses(&reread).await;
+            self.sync_ingresses(&read).await;
         }
     }
 }

@@ -386,6 +386,26 @@ impl<'a> MeshContext<'a> {
     }
 }
 
+/// `endpoints` as one locality of `cluster`'s load assignment: each with its weight (none
+/// when 0), the locality as [`load_assignment`] makes it (weight 1, no zone yet).
+pub(crate) fn weighted_locality<'e>(
+    cluster: &str,
+    endpoints: impl IntoIterator<Item = &'e Endpoint>,
+) -> envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
+    let endpoints: Vec<&Endpoint> = endpoints.into_iter().collect();
+    let pairs: Vec<(String, u32)> = endpoints.iter().map(|e| (e.ip.clone(), e.port)).collect();
+    let mut locality = load_assignment(cluster, &pairs)
+        .endpoints
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    for (lb, e) in locality.lb_endpoints.iter_mut().zip(endpoints) {
+        lb.load_balancing_weight = (e.weight > 0)
+            .then_some(envoy_types::pb::google::protobuf::UInt32Value { value: e.weight });
+    }
+    locality
+}
+
 /// `(ip, port)` pairs of `endpoints`.
 pub fn addresses(endpoints: &[Endpoint]) -> Vec<(String, u32)> {
     endpoints.iter().map(|e| (e.ip.clone(), e.port)).collect()

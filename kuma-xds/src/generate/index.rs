@@ -16,7 +16,9 @@ use kuma_core::resource::Resource;
 use xds_server::cache::EncodedResource;
 use xds_server::envoy::load_assignment;
 
-use super::context::{Endpoint, Protocol, Service, addresses, strict_spiffe_service};
+use super::context::{
+    Endpoint, Protocol, Service, addresses, strict_spiffe_service, weighted_locality,
+};
 use super::reach::SERVICE_MATCH_TAGS;
 
 /// Every Dataplane of one mesh, by name, and the services they provide.
@@ -292,7 +294,6 @@ fn encode(
     endpoints: &[Endpoint],
 ) -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
     use envoy_types::pb::envoy::config::core::v3::Locality;
-    use envoy_types::pb::google::protobuf::UInt32Value;
     if endpoints.iter().all(|e| e.weight == 0) {
         return load_assignment(service, &addresses(endpoints));
     }
@@ -307,17 +308,7 @@ fn encode(
     cla.endpoints = zones
         .into_iter()
         .map(|(zone, members)| {
-            let pairs: Vec<(String, u32)> =
-                members.iter().map(|e| (e.ip.clone(), e.port)).collect();
-            let mut locality = load_assignment(service, &pairs)
-                .endpoints
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            for (lb, e) in locality.lb_endpoints.iter_mut().zip(&members) {
-                lb.load_balancing_weight =
-                    (e.weight > 0).then_some(UInt32Value { value: e.weight });
-            }
+            let mut locality = weighted_locality(service, members);
             locality.locality = Some(Locality {
                 zone: zone.to_string(),
                 ..Default::default()

@@ -31,8 +31,8 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ring_hash_lb_config::HashFunction,
 };
 use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, RuntimeDouble};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy;
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy as EnvoyHashPolicy;
 use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
@@ -47,7 +47,7 @@ use kuma_core::resource::ResourceType;
 
 use super::{routes_mut, to_conf};
 use crate::generate::ResourceGenerator;
-use crate::generate::context::{Endpoint, addresses};
+use crate::generate::context::{Endpoint, weighted_locality};
 use crate::generate::outbound::OutboundContext;
 use crate::generate::profile::in_subset;
 use crate::generate::resources::{ClusterDraft, Endpoints, ResourceSet};
@@ -407,15 +407,7 @@ fn prioritised(name: &str, endpoints: &[Endpoint], locality: &Locality) -> Clust
     cla.endpoints = groups
         .into_iter()
         .map(|((priority, zone, sub_zone), (weight, members))| {
-            let mut l: LocalityLbEndpoints = load_assignment(name, &addresses(&members))
-                .endpoints
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            for (lb, e) in l.lb_endpoints.iter_mut().zip(&members) {
-                lb.load_balancing_weight =
-                    (e.weight > 0).then_some(UInt32Value { value: e.weight });
-            }
+            let mut l = weighted_locality(name, &members);
             l.priority = priority;
             l.locality = Some(EnvoyLocality {
                 zone,
