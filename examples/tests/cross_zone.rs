@@ -394,6 +394,17 @@ fn a_service_in_one_zone_calls_a_service_in_another_through_its_ingress() {
         })
         .await;
 
+        // zone-2's control plane dies: its proxies keep their last config, and so does web.
+        // (Before zone-1 gets a backend of its own: a call retried after a connection closing
+        // under it must find zone-2 again, not a failing local instance.)
+        let mut zone2 = zone2;
+        zone2.child.kill().await.unwrap();
+        for _ in 0..10 {
+            let (status, raw) = http_get(to_backend, "/").await;
+            assert_eq!(status, 200, "cross-zone traffic with zone-2's CP down: {raw}");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+
         // backend in zone-1 too, preferred while healthy; health checks and failover to any
         // zone written on global.
         let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -481,13 +492,5 @@ fn a_service_in_one_zone_calls_a_service_in_another_through_its_ingress() {
         })
         .await;
 
-        // zone-2's control plane dies: its proxies keep their last config, and so does web.
-        let mut zone2 = zone2;
-        zone2.child.kill().await.unwrap();
-        for _ in 0..10 {
-            let (status, raw) = http_get(to_backend, "/").await;
-            assert_eq!(status, 200, "cross-zone traffic with zone-2's CP down: {raw}");
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        }
     });
 }
