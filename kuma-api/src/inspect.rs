@@ -2,6 +2,8 @@
 //! global insight, and the Envoy config a proxy is being served.
 //!
 //! - `GET /zones+insights[/{name}]`, `GET /zones/{name}/_overview`: zones with their insight
+//! - `GET /zoneingresses+insights[/{name}]`, `GET /zoneegressoverviews[/{name}]`: zone
+//!   proxies with theirs (`ZoneIngressOverview`, `ZoneEgressOverview`)
 //! - `GET /meshes/{mesh}/dataplanes+insights[/{name}]`, `GET /meshes/{mesh}/dataplanes/_overview`
 //!   and `GET /meshes/{mesh}/dataplanes/{name}/_overview`: `DataplaneOverview`s, paged and
 //!   filtered like Dataplane lists;
@@ -334,9 +336,21 @@ pub(crate) async fn global_insight(
 
 /// A zone with its insight, as Kuma's `ZoneOverview`.
 fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
-    let full = zone.to_value();
+    global_overview("ZoneOverview", "zone", "zoneInsight", zone, insight)
+}
+
+/// Kuma's overview of a global resource with an insight: `{type, name, <spec_key>: its spec,
+/// <insight_key>: its insight}`.
+fn global_overview(
+    kind: &str,
+    spec_key: &str,
+    insight_key: &str,
+    resource: &Resource,
+    insight: Option<&Resource>,
+) -> Value {
+    let full = resource.to_value();
     let mut out = Map::new();
-    out.insert("type".into(), json!("ZoneOverview"));
+    out.insert("type".into(), json!(kind));
     let mut spec = Map::new();
     if let Value::Object(fields) = full {
         for (k, v) in fields {
@@ -351,10 +365,121 @@ fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
             }
         }
     }
-    out.insert("zone".into(), Value::Object(spec));
+    out.insert(spec_key.into(), Value::Object(spec));
     let insight = insight.map_or_else(|| json!({}), |r| r.spec.to_value());
-    out.insert("zoneInsight".into(), insight);
+    out.insert(insight_key.into(), insight);
     Value::Object(out)
+}
+
+/// What the overview of a zone proxy of type `rtype` (ZoneIngress or ZoneEgress) is made of:
+/// (its insight's type, the overview's type, spec key, insight key).
+fn zone_proxy_kind(
+    rtype: ResourceType,
+) -> (ResourceType, &'static str, &'static str, &'static str) {
+    match rtype {
+        ResourceType::ZoneEgress => (
+            ResourceType::ZoneEgressInsight,
+            "ZoneEgressOverview",
+            "zoneEgress",
+            "zoneEgressInsight",
+        ),
+        _ => (
+            ResourceType::ZoneIngressInsight,
+            "ZoneIngressOverview",
+            "zoneIngress",
+            "zoneIngressInsight",
+        ),
+    }
+}
+
+async fn zone_proxy_overview(state: &ApiState, proxy: &Resource) -> Value {
+    let (insight_type, kind, spec_key, insight_key) = zone_proxy_kind(proxy.rtype());
+    let key = ResourceKey::global(insight_type, &proxy.meta.name);
+    let insight = state.manager.get(&key).await.ok();
+    global_overview(kind, spec_key, insight_key, proxy, insight.as_ref())
+}
+
+/// `GET /zoneingresses+insights` and `GET /zoneegressoverviews`: zone proxies of `rtype`
+/// with their insights.
+async fn list_zone_proxy_overviews(
+    state: Arc<ApiState>,
+    who: Identity,
+    scheme: Scheme,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    rtype: ResourceType,
+) -> Result<Response, ApiError> {
+    check_read(&state, &who, rtype)?;
+    let query = list_query(rtype, uri.query())?;
+    let page = state
+        .manager
+        .list(&query)
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for proxy in &page.items {
+        items.push(zone_proxy_overview(&state, proxy).await);
+    }
+    let next = page
+        .next_offset
+        .as_deref()
+        .map(|o| next_url(scheme.0, &headers, &uri, o));
+    Ok(Json(page_body(page.total, items, next)).into_response())
+}
+
+async fn get_zone_proxy_overview(
+    state: Arc<ApiState>,
+    who: Identity,
+    name: String,
+    rtype: ResourceType,
+) -> Result<Response, ApiError> {
+    check_read(&state, &who, rtype)?;
+    let proxy = state
+        .manager
+        .get(&ResourceKey::global(rtype, &name))
+        .await
+        .map_err(|e| ApiError::from_manager(TITLE, e))?;
+    Ok(Json(zone_proxy_overview(&state, &proxy).await).into_response())
+}
+
+/// `GET /zoneingresses+insights`.
+pub(crate) async fn list_zone_ingress_overviews(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    list_zone_proxy_overviews(state, who, scheme, uri, headers, ResourceType::ZoneIngress).await
+}
+
+/// `GET /zoneingresses+insights/{name}`.
+pub(crate) async fn get_zone_ingress_overview(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    get_zone_proxy_overview(state, who, name, ResourceType::ZoneIngress).await
+}
+
+/// `GET /zoneegressoverviews`.
+pub(crate) async fn list_zone_egress_overviews(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Extension(scheme): Extension<Scheme>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    list_zone_proxy_overviews(state, who, scheme, uri, headers, ResourceType::ZoneEgress).await
+}
+
+/// `GET /zoneegressoverviews/{name}`.
+pub(crate) async fn get_zone_egress_overview(
+    State(state): State<Arc<ApiState>>,
+    Extension(who): Extension<Identity>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    get_zone_proxy_overview(state, who, name, ResourceType::ZoneEgress).await
 }
 
 async fn zone_insight(state: &ApiState, name: &str) -> Option<Resource> {

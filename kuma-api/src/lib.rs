@@ -174,6 +174,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/global-insight", get(inspect::global_insight))
         .route("/zones+insights", get(inspect::list_zone_overviews))
         .route("/zones+insights/{name}", get(inspect::get_zone_overview))
+        .route(
+            "/zoneingresses+insights",
+            get(inspect::list_zone_ingress_overviews),
+        )
+        .route(
+            "/zoneingresses+insights/{name}",
+            get(inspect::get_zone_ingress_overview),
+        )
+        .route(
+            "/zoneegressoverviews",
+            get(inspect::list_zone_egress_overviews),
+        )
+        .route(
+            "/zoneegressoverviews/{name}",
+            get(inspect::get_zone_egress_overview),
+        )
         .route("/zones/{name}/_overview", get(inspect::get_zone_overview))
         .route(
             "/meshes/{mesh}/dataplanes+insights",

@@ -219,7 +219,10 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 fn check_writable(rtype: ResourceType) -> Result<(), ApiError> {
     if matches!(
         rtype,
-        ResourceType::DataplaneInsight | ResourceType::ZoneInsight
+        ResourceType::DataplaneInsight
+            | ResourceType::ZoneInsight
+            | ResourceType::ZoneIngressInsight
+            | ResourceType::ZoneEgressInsight
     ) {
         return Err(ApiError::method_not_allowed(format!(
             "{rtype} is maintained by the control plane and cannot be written"
@@ -468,7 +471,10 @@ pub(crate) async fn catalogue() -> Json<Value> {
                 "name": t.name(),
                 "scope": match t.scope() { Scope::Mesh => "Mesh", Scope::Global => "Global" },
                 "path": path,
-                "readOnly": matches!(t, ResourceType::DataplaneInsight | ResourceType::ZoneInsight),
+                "readOnly": matches!(t, ResourceType::DataplaneInsight
+            | ResourceType::ZoneInsight
+            | ResourceType::ZoneIngressInsight
+            | ResourceType::ZoneEgressInsight),
                 "singularDisplayName": singular,
                 "pluralDisplayName": plural,
                 "shortName": short_name(*t),

@@ -391,7 +391,7 @@ pub async fn load_backend(
 }
 
 /// The text of `source` (`None` when its secret or file does not exist, or it is not UTF-8).
-async fn read_data_source(
+pub async fn read_data_source(
     manager: &ResourceManager,
     mesh: &str,
     source: &DataSource,

@@ -322,6 +322,53 @@ pub const ZONE_HEADERS: [&str; 8] = [
     "BACKEND",
 ];
 
+/// The columns of `kumactl inspect zoneingresses` and `zoneegresses`.
+pub const ZONE_PROXY_HEADERS: &[&str] = &[
+    "NAME",
+    "ZONE",
+    "ADDRESS",
+    "STATUS",
+    "LAST CONNECTED AGO",
+    "LAST UPDATED AGO",
+    "TOTAL UPDATES",
+    "TOTAL ERRORS",
+];
+
+/// A row of `kumactl inspect zoneingresses|zoneegresses` for one overview (the proxy under
+/// `spec_key`, its insight under `insight_key`).
+pub fn zone_proxy_inspect_row(overview: &Value, spec_key: &str, insight_key: &str) -> Vec<String> {
+    let proxy = &overview[spec_key];
+    let subs = overview[insight_key]["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let last = subs.last();
+    let online =
+        last.is_some_and(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
+    let sum = |field: &str| -> u64 {
+        subs.iter()
+            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
+            .sum()
+    };
+    let net = &proxy["networking"];
+    let address = match (net["address"].as_str(), net["port"].as_u64()) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        _ => String::new(),
+    };
+    vec![
+        overview["name"].as_str().unwrap_or_default().into(),
+        proxy["zone"].as_str().unwrap_or_default().into(),
+        address,
+        if online { "Online" } else { "Offline" }.into(),
+        last.map(|s| ago(&s["connectTime"]))
+            .unwrap_or_else(|| "never".into()),
+        last.map(|s| ago(&s["status"]["lastUpdateTime"]))
+            .unwrap_or_else(|| "never".into()),
+        sum("responsesSent").to_string(),
+        sum("responsesRejected").to_string(),
+    ]
+}
+
 /// One row of `kumactl inspect zones` for a zone overview (`/zones+insights`): online when
 /// its last connection is open and the zone is enabled.
 pub fn zone_inspect_row(overview: &Value) -> Vec<String> {

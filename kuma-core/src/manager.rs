@@ -99,8 +99,9 @@ impl ResourceManager {
         }
     }
 
-    /// What a new resource is owned by: a DataplaneInsight by its Dataplane, anything else
-    /// mesh-scoped by its Mesh. Deleting the owner deletes what it owns.
+    /// What a new resource is owned by: a DataplaneInsight by its Dataplane, a zone proxy's
+    /// insight by its ZoneIngress or ZoneEgress, anything else mesh-scoped by its Mesh.
+    /// Deleting the owner deletes what it owns.
     fn owner(resource: &Resource) -> Option<ResourceKey> {
         let meta = &resource.meta;
         match resource.rtype() {
@@ -109,6 +110,12 @@ impl ResourceManager {
                 &meta.mesh,
                 &meta.name,
             )),
+            ResourceType::ZoneIngressInsight => {
+                Some(ResourceKey::global(ResourceType::ZoneIngress, &meta.name))
+            }
+            ResourceType::ZoneEgressInsight => {
+                Some(ResourceKey::global(ResourceType::ZoneEgress, &meta.name))
+            }
             t if t.scope() == Scope::Mesh => {
                 Some(ResourceKey::global(ResourceType::Mesh, &meta.mesh))
             }

@@ -20,7 +20,7 @@ fn all_examples() -> Vec<Resource> {
 #[test]
 fn examples_load_and_validate() {
     let all = all_examples();
-    assert_eq!(all.len(), 10 + 15);
+    assert_eq!(all.len(), 11 + 15);
     for r in &all {
         r.validate().unwrap_or_else(|e| panic!("{}: {e}", r.key()));
     }

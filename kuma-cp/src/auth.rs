@@ -354,12 +354,6 @@ impl xds_server::server::StreamAuthenticator for ProxyAdmission {
             .proxy_of(node)
             .await
             .map_err(tonic::Status::permission_denied)?;
-        // A zone egress would get no config: refused until it does.
-        if dataplane.rtype() == ResourceType::ZoneEgress {
-            return Err(tonic::Status::unimplemented(
-                "zone egresses are not supported by this control plane yet",
-            ));
-        }
         // The stream is served the snapshot of `node.id`: it must be the Dataplane the token
         // is checked against, or a token for one proxy would fetch another's config.
         let expected = kuma_xds::generate::node_id(&dataplane.meta.mesh, &dataplane.meta.name);

@@ -67,15 +67,6 @@ pub(crate) async fn handle(
             ),
         );
     };
-    // A zone egress would get no config: refused until it does.
-    if kind == ProxyKind::Egress {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "proxyType \"egress\": zone egresses are not supported by this control plane yet"
-                .into(),
-        );
-    }
     let refuse = |req: &BootstrapRequest, reason: String| {
         tracing::warn!(mesh = %req.mesh, name = %req.name, %reason, "refused a bootstrap request");
         problem(StatusCode::UNAUTHORIZED, "Unauthorized", reason)

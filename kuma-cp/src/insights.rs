@@ -237,14 +237,26 @@ impl InsightRecorder {
                 p.key = Some(key.clone());
             }
             if let Err(e) = self.write(&key, subs, &xds).await {
-                tracing::debug!(node_id, error = %kuma_core::errors::Chain(&e), "cannot write DataplaneInsight");
+                tracing::debug!(node_id, error = %kuma_core::errors::Chain(&e), insight = %key.rtype, "cannot write the proxy's insight");
             }
         }
     }
 
-    /// The Dataplane a node id (`<mesh>.<name>`) names; mesh names may hold dots, so each
-    /// split is tried.
+    /// The insight of the proxy a node id names: a Dataplane's (`<mesh>.<name>`; mesh names
+    /// may hold dots, so each split is tried), or a zone ingress's or egress's (`.<name>`).
     async fn resolve(&self, node_id: &str) -> Option<ResourceKey> {
+        if let Some(name) = node_id.strip_prefix('.') {
+            for (proxy, insight) in [
+                (ResourceType::ZoneIngress, ResourceType::ZoneIngressInsight),
+                (ResourceType::ZoneEgress, ResourceType::ZoneEgressInsight),
+            ] {
+                let key = ResourceKey::global(proxy, name);
+                if self.inner.manager.get(&key).await.is_ok() {
+                    return Some(ResourceKey::global(insight, name));
+                }
+            }
+            return None;
+        }
         for (i, _) in node_id.match_indices('.') {
             let key = ResourceKey::new(ResourceType::Dataplane, &node_id[..i], &node_id[i + 1..]);
             if self.inner.manager.get(&key).await.is_ok() {
@@ -274,7 +286,9 @@ impl InsightRecorder {
             let mut spec = current
                 .as_ref()
                 .and_then(|r| match &r.spec {
-                    Spec::DataplaneInsight(s) => Some(s.to_object()),
+                    Spec::DataplaneInsight(s)
+                    | Spec::ZoneIngressInsight(s)
+                    | Spec::ZoneEgressInsight(s) => Some(s.to_object()),
                     _ => None,
                 })
                 .unwrap_or_default();
@@ -302,8 +316,12 @@ impl InsightRecorder {
                 .unwrap_or_default();
             metadata.insert("xds".into(), xds_json(xds));
             spec.insert("metadata".into(), Value::Object(metadata));
-            let mut resource =
-                Resource::new(&key.mesh, &key.name, Spec::DataplaneInsight(spec.into()));
+            let spec = match key.rtype {
+                ResourceType::ZoneIngressInsight => Spec::ZoneIngressInsight(spec.into()),
+                ResourceType::ZoneEgressInsight => Spec::ZoneEgressInsight(spec.into()),
+                _ => Spec::DataplaneInsight(spec.into()),
+            };
+            let mut resource = Resource::new(&key.mesh, &key.name, spec);
             let result = match current {
                 Some(c) => {
                     resource.meta = c.meta;
@@ -548,5 +566,37 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn zone_proxies_get_insights_of_their_own_kind() {
+        let manager = ResourceManager::new(Arc::new(MemoryStore::new()), ManagerOptions::default());
+        let recorder = InsightRecorder::new(manager.clone(), "cp-1", 2);
+        let egress = kuma_core::resource::parse_yaml(
+            "type: ZoneEgress\nname: egress-1\nnetworking:\n  address: 10.0.0.2\n  port: 10002\n",
+        )
+        .unwrap();
+        manager.create(egress).await.unwrap();
+        recorder.on_stream_open(3, ".egress-1");
+        recorder.on_response(3, ".egress-1", &response(CLUSTER));
+        recorder.flush().await;
+        let key = ResourceKey::global(ResourceType::ZoneEgressInsight, "egress-1");
+        let r = manager.get(&key).await.unwrap();
+        let Spec::ZoneEgressInsight(spec) = &r.spec else {
+            panic!("{:?}", r.spec);
+        };
+        assert_eq!(
+            spec.to_object()["subscriptions"][0]["status"]["cds"]["responsesSent"],
+            1
+        );
+        // The insight goes with its ZoneEgress.
+        manager
+            .delete(
+                &ResourceKey::global(ResourceType::ZoneEgress, "egress-1"),
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(manager.get(&key).await.is_err());
     }
 }

@@ -13,7 +13,10 @@ use kuma_core::watch::StoreWatch;
 use tokio::sync::watch;
 
 use crate::server::DnsServer;
-use crate::vips::{VipTables, config_name, mesh_of_config, parse_table, service_hostnames};
+use crate::vips::{
+    VipTables, config_name, external_service_hostnames, mesh_of_config, parse_table,
+    service_hostnames,
+};
 use crate::zone::Zone;
 
 /// What a store change means for VIP allocation.
@@ -25,7 +28,7 @@ enum VipChange {
 }
 
 /// Allocates VIPs while `leader` reads true: every mesh when leadership starts, then the meshes
-/// whose Dataplanes change, and every mesh when a ZoneIngress changes (the services other zones
+/// whose Dataplanes or ExternalServices change, and every mesh when a ZoneIngress changes (the services other zones
 /// offer get VIPs too; `local_zone` is this control plane's zone). VIP tables of deleted meshes
 /// are removed. Returns when the store's change stream ends.
 pub async fn allocate_vips(
@@ -39,7 +42,9 @@ pub async fn allocate_vips(
             return;
         }
         let mut changes = StoreWatch::new(manager.store().as_ref(), |e| match e.key.rtype {
-            ResourceType::Dataplane => Some(VipChange::Mesh(e.key.mesh.clone())),
+            ResourceType::Dataplane | ResourceType::ExternalService => {
+                Some(VipChange::Mesh(e.key.mesh.clone()))
+            }
             ResourceType::Mesh => Some(VipChange::Mesh(e.key.name.clone())),
             ResourceType::ZoneIngress => Some(VipChange::Everywhere),
             _ => None,
@@ -115,19 +120,25 @@ async fn sync_mesh(manager: &ResourceManager, tables: &VipTables, local_zone: &s
         }
         return;
     }
-    let (in_mesh, ingresses) = (
+    let (in_mesh, ingresses, external) = (
         ListQuery::in_mesh(ResourceType::Dataplane, mesh),
         ListQuery::all(ResourceType::ZoneIngress),
+        ListQuery::in_mesh(ResourceType::ExternalService, mesh),
     );
-    let listed = tokio::try_join!(manager.list(&in_mesh), manager.list(&ingresses));
-    let (dataplanes, ingresses) = match listed {
-        Ok((d, i)) => (d.items, i.items),
+    let listed = tokio::try_join!(
+        manager.list(&in_mesh),
+        manager.list(&ingresses),
+        manager.list(&external)
+    );
+    let (dataplanes, ingresses, external) = match listed {
+        Ok((d, i, e)) => (d.items, i.items, e.items),
         Err(e) => {
             tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list the services for VIPs");
             return;
         }
     };
-    let wanted = service_hostnames(mesh, local_zone, &dataplanes, &ingresses);
+    let mut wanted = service_hostnames(mesh, local_zone, &dataplanes, &ingresses);
+    wanted.extend(external_service_hostnames(&external));
     if let Err(e) = tables.sync(mesh, &wanted).await {
         tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "VIP allocation incomplete");
     }

@@ -492,6 +492,35 @@ pub fn parse_table(name: &str, r: &Resource) -> Result<VipTable, VipError> {
     })
 }
 
+/// The services of `external_services` (a mesh's ExternalServices), each reached at the port of
+/// its address, as Kuma records them (`0:<service>` with that port; by name order, the first
+/// ExternalService of a service gives the port).
+pub fn external_service_hostnames<'a>(
+    external_services: impl IntoIterator<Item = &'a Resource>,
+) -> BTreeMap<HostnameEntry, Vec<OutboundEntry>> {
+    use kuma_core::model::external_service::ExternalServiceSpec;
+    let mut out: BTreeMap<HostnameEntry, Vec<OutboundEntry>> = BTreeMap::new();
+    let mut sorted: Vec<&Resource> = external_services.into_iter().collect();
+    sorted.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    for spec in sorted
+        .into_iter()
+        .filter_map(|r| r.spec_as::<ExternalServiceSpec>())
+    {
+        let (Some(service), Some((_, port))) = (spec.service(), spec.host_port()) else {
+            continue;
+        };
+        let entry = OutboundEntry {
+            port,
+            ..OutboundEntry::service(service)
+        };
+        let outbounds = out.entry(HostnameEntry::service(service)).or_default();
+        if !outbounds.contains(&entry) {
+            outbounds.push(entry);
+        }
+    }
+    out
+}
+
 /// The port Kuma reserves on inbounds that serve no traffic (they get no VIP).
 const RESERVED_PORT: u32 = 49151;
 

@@ -36,9 +36,12 @@ pub fn message_name(rtype: ResourceType) -> Option<&'static str> {
         ResourceType::Mesh => "kuma.mesh.v1alpha1.Mesh",
         ResourceType::Dataplane => "kuma.mesh.v1alpha1.Dataplane",
         ResourceType::DataplaneInsight => "kuma.mesh.v1alpha1.DataplaneInsight",
+        ResourceType::ZoneIngressInsight => "kuma.mesh.v1alpha1.ZoneIngressInsight",
+        ResourceType::ZoneEgressInsight => "kuma.mesh.v1alpha1.ZoneEgressInsight",
         ResourceType::ZoneIngress => "kuma.mesh.v1alpha1.ZoneIngress",
         ResourceType::ZoneEgress => "kuma.mesh.v1alpha1.ZoneEgress",
         ResourceType::MeshGateway => "kuma.mesh.v1alpha1.MeshGateway",
+        ResourceType::ExternalService => "kuma.mesh.v1alpha1.ExternalService",
         ResourceType::Secret | ResourceType::GlobalSecret => "kuma.system.v1alpha1.Secret",
         ResourceType::Config => "kuma.system.v1alpha1.Config",
         _ => return None,
@@ -47,7 +50,12 @@ pub fn message_name(rtype: ResourceType) -> Option<&'static str> {
 
 /// Whether unknown JSON fields are dropped rather than refused (observations, not intent).
 fn lenient(rtype: ResourceType) -> bool {
-    rtype == ResourceType::DataplaneInsight
+    matches!(
+        rtype,
+        ResourceType::DataplaneInsight
+            | ResourceType::ZoneIngressInsight
+            | ResourceType::ZoneEgressInsight
+    )
 }
 
 fn descriptor(rtype: ResourceType) -> Result<MessageDescriptor, String> {
@@ -166,6 +174,32 @@ mod tests {
             15001
         );
         assert_eq!(back["networking"]["admin"]["port"], 9901);
+    }
+
+    #[test]
+    fn an_external_service_round_trips_through_protobuf() {
+        let es = json!({
+            "networking": {
+                "address": "httpbin.org:443",
+                "disableHostDNSEntry": true,
+                "tls": {"enabled": true, "serverName": "httpbin.org",
+                    "caCert": {"inlineString": "PEM"}, "skipHostnameVerification": false}
+            },
+            "tags": {"kuma.io/service": "httpbin"}
+        });
+        let bytes = encode(ResourceType::ExternalService, &es).expect("encodes");
+        let back = decode(ResourceType::ExternalService, &bytes).expect("decodes");
+        assert_eq!(back["networking"]["tls"]["serverName"], "httpbin.org");
+        assert_eq!(back["networking"]["tls"]["caCert"]["inlineString"], "PEM");
+        assert_eq!(back["networking"]["disableHostDNSEntry"], true);
+        assert_eq!(back["tags"]["kuma.io/service"], "httpbin");
+        // networking (1) .address (1) = "a:1", as Kuma numbers them.
+        let bytes = encode(
+            ResourceType::ExternalService,
+            &json!({"networking": {"address": "a:1"}}),
+        )
+        .expect("encodes");
+        assert_eq!(bytes, [0x0a, 0x05, 0x0a, 0x03, b'a', b':', b'1']);
     }
 
     #[test]

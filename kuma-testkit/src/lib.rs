@@ -623,16 +623,24 @@ pub fn run_with_stdin(command: &mut std::process::Command, input: &[u8]) -> std:
 /// (CA certificate, server certificate, server key), PEM.
 pub fn server_certificate(names: &[&str]) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    // Distinct names: a leaf whose issuer equals its subject looks self-signed to OpenSSL
+    // and BoringSSL (Envoy), which then never look for the CA.
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kuma test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate().expect("CA key");
     let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().expect("server key");
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let cert = CertificateParams::new(names)
-        .expect("server params")
-        .signed_by(&key, &issuer)
-        .expect("server certificate");
+    let mut params = CertificateParams::new(names).expect("server params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kuma test server");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
     (ca.pem(), cert.pem(), key.serialize_pem())
 }

@@ -55,9 +55,11 @@ pub struct ProxyRegistry {
 pub enum ProxyChange {
     /// The proxy of the Dataplane `name` in `mesh` reported new metadata: its config is due.
     Reported {
-        /// The Dataplane's mesh.
+        /// The proxy's type: Dataplane, ZoneIngress or ZoneEgress.
+        rtype: ResourceType,
+        /// The Dataplane's mesh (empty for a zone proxy).
         mesh: String,
-        /// The Dataplane's name.
+        /// The Dataplane's (or zone proxy's) name.
         name: String,
     },
     /// A node whose metadata names no Dataplane opened its first stream: its config is due.
@@ -120,6 +122,7 @@ impl ProxyRegistry {
             entry.revision
         };
         self.announce(ProxyChange::Reported {
+            rtype: key.rtype,
             mesh: key.mesh.clone(),
             name: key.name.clone(),
         });
@@ -506,6 +509,7 @@ mod tests {
         assert_eq!(
             changes.try_recv().unwrap(),
             ProxyChange::Reported {
+                rtype: ResourceType::Dataplane,
                 mesh: "default".to_string(),
                 name: "web-1".to_string()
             }
@@ -563,6 +567,7 @@ mod tests {
             heard,
             [
                 ProxyChange::Reported {
+                    rtype: ResourceType::Dataplane,
                     mesh: "default".into(),
                     name: "web-1".into()
                 },

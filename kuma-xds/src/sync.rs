@@ -68,9 +68,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::generate::external::ExternalServices;
 use crate::generate::{
     Dependencies, MeshContext, MeshIndex, ProxyContext, ReachGraph, SharedBuilds,
-    SnapshotGenerator, node_id,
+    SnapshotGenerator, WorkloadCertificate, node_id,
 };
 use kuma_core::manager::{ManagerError, ResourceManager};
 use kuma_core::model::dataplane::DataplaneSpec;
@@ -98,6 +99,9 @@ pub struct Dirty {
     /// These proxies need their config (they connected, or reported new metadata); their
     /// Dataplanes did not change, so no other proxy is regenerated.
     pub proxies: BTreeSet<String>,
+    /// These ZoneEgresses (by name) changed or need their config (zone proxies only: mesh
+    /// `""`).
+    pub zone_egresses: BTreeSet<String>,
 }
 
 impl Dirty {
@@ -130,6 +134,15 @@ impl Dirty {
         self.everything |= change.everything;
         self.dataplanes.extend(change.dataplanes);
         self.proxies.extend(change.proxies);
+        self.zone_egresses.extend(change.zone_egresses);
+    }
+
+    /// ZoneEgresses that changed or need their config.
+    pub fn zone_egresses(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Dirty {
+            zone_egresses: names.into_iter().map(Into::into).collect(),
+            ..Dirty::default()
+        }
     }
 }
 
@@ -150,8 +163,9 @@ struct MeshState {
     dependencies: BTreeMap<String, Dependencies>,
     /// What the last batches built once for many proxies, from the current inputs.
     builds: Arc<SharedBuilds>,
-    /// The remote-ingress version and mTLS state the index's remote endpoints were made from.
-    remote_applied: Option<(u64, bool)>,
+    /// The remote-ingress version, the mTLS state and (when the mesh routes through the zone
+    /// egress) the local-egress version the index's remote endpoints were made from.
+    remote_applied: Option<(u64, bool, Option<u64>)>,
 }
 
 /// The inputs every proxy of a mesh is generated from, besides the Dataplanes.
@@ -163,6 +177,8 @@ struct MeshWide {
     /// `policies` prepared for matching: rebuilt only when one of them changed.
     engine: Arc<MeshPolicies>,
     vips: Arc<BTreeMap<String, std::net::Ipv4Addr>>,
+    /// The mesh's ExternalServices, their TLS data sources read.
+    external: Arc<ExternalServices>,
 }
 
 /// Why a batch could not be applied to a mesh (the proxies keep their snapshots).
@@ -205,6 +221,13 @@ pub struct Reconciler {
     /// Bumped whenever `remote_ingresses` is listed or changes: a mesh whose remote endpoints
     /// were made from this version (with mTLS as it is) needs nothing new.
     remote_version: u64,
+    /// Connected zone egresses, by name, with their ZoneEgress (`None`: not read yet, or gone).
+    egresses: BTreeMap<String, Option<Resource>>,
+    /// This zone's egresses, by name (`None`: not listed yet): where meshes routing through
+    /// the zone egress send external traffic.
+    local_egresses: Option<BTreeMap<String, Resource>>,
+    /// Bumped whenever `local_egresses` is listed again or changes.
+    egress_version: u64,
     /// The meshes the store had at the last look (startup, a resync, each mesh-wide read):
     /// where a connecting proxy's Dataplane is looked for, without a store read per proxy.
     known_meshes: BTreeSet<String>,
@@ -237,6 +260,9 @@ impl Reconciler {
             ingresses: BTreeMap::new(),
             remote_ingresses: None,
             remote_version: 0,
+            egresses: BTreeMap::new(),
+            local_egresses: None,
+            egress_version: 0,
             known_meshes: BTreeSet::new(),
         }
     }
@@ -320,8 +346,9 @@ impl Reconciler {
                 0
             }
         };
-        // Zone ingresses read every mesh's endpoints: kept while one is connected.
-        if !state.dependencies.is_empty() || !self.ingresses.is_empty() {
+        // Zone proxies read every mesh: kept while one is connected.
+        if !state.dependencies.is_empty() || !self.ingresses.is_empty() || !self.egresses.is_empty()
+        {
             self.meshes.insert(mesh.to_string(), state);
         }
         generated
@@ -390,6 +417,230 @@ impl Reconciler {
             }
         }
         Ok(endpoints)
+    }
+
+    /// Reads the ZoneEgresses `names` (and, on a resync, every connected one), those the
+    /// reconciler cares about: connected ones, and any while this zone's list is kept. Each
+    /// read one (`None`: gone); one whose read failed is left out and, as this zone's list
+    /// may then be stale, that list is listed again when next needed.
+    async fn read_zone_egresses(
+        &mut self,
+        names: &BTreeSet<String>,
+        resync: bool,
+    ) -> BTreeMap<String, Option<Resource>> {
+        let mut names = names.clone();
+        if resync {
+            names.extend(self.egresses.keys().cloned());
+        }
+        names.retain(|n| self.local_egresses.is_some() || self.egresses.contains_key(n));
+        let mut read = BTreeMap::new();
+        for name in names {
+            let key = ResourceKey::global(ResourceType::ZoneEgress, &name);
+            match self.manager.get(&key).await {
+                Ok(r) => {
+                    read.insert(name, Some(r));
+                }
+                Err(ManagerError::Store(StoreError::NotFound(_))) => {
+                    read.insert(name, None);
+                }
+                Err(e) => {
+                    tracing::warn!(egress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneEgress");
+                    if self.local_egresses.take().is_some() {
+                        read.insert(String::new(), None); // marks the list as moved
+                    }
+                }
+            }
+        }
+        read
+    }
+
+    /// Takes re-read ZoneEgresses into this zone's list: whether the list moved (on a resync
+    /// it is listed again when next needed, and counts as moved).
+    fn take_local_egresses(
+        &mut self,
+        read: &BTreeMap<String, Option<Resource>>,
+        resync: bool,
+    ) -> bool {
+        if resync || read.contains_key("") {
+            self.local_egresses = None;
+            self.egress_version += 1;
+            return true;
+        }
+        let Some(known) = self.local_egresses.as_mut() else {
+            return false; // listed when first needed
+        };
+        let mut changed = false;
+        for (name, now) in read {
+            let now = now.as_ref().filter(|r| is_local_egress(r, &self.zone));
+            changed |= match now {
+                Some(r) => known
+                    .insert(name.clone(), r.clone())
+                    .is_none_or(|before| before.spec != r.spec),
+                None => known.remove(name).is_some(),
+            };
+        }
+        if changed {
+            self.egress_version += 1;
+        }
+        changed
+    }
+
+    /// Where this zone's egresses listen (listed once, then kept up to date).
+    async fn zone_egress_addresses(&mut self) -> Result<Arc<Vec<(String, u32)>>, ReadError> {
+        use kuma_core::model::zone::ZoneEgressSpec;
+        let egresses = match &self.local_egresses {
+            Some(known) => known,
+            None => {
+                let page = self
+                    .manager
+                    .list(&ListQuery::all(ResourceType::ZoneEgress))
+                    .await?;
+                let zone = self.zone.clone();
+                self.local_egresses.insert(
+                    page.items
+                        .into_iter()
+                        .filter(|r| is_local_egress(r, &zone))
+                        .map(|r| (r.meta.name.clone(), r))
+                        .collect(),
+                )
+            }
+        };
+        let mut addresses: Vec<(String, u32)> = egresses
+            .values()
+            .filter_map(|r| r.spec_as::<ZoneEgressSpec>()?.networking.as_ref())
+            .filter_map(|n| Some((n.address.clone()?, n.port)))
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(Arc::new(addresses))
+    }
+
+    /// Regenerates the connected zone egresses (those in `read` with their ZoneEgress as read
+    /// again): each serves the external services of every mesh with mTLS, with a certificate
+    /// of its own in each (`spiffe://<mesh>/zone-egress`). A mesh whose wide inputs are not
+    /// kept yet is read once. Returns how many were generated.
+    async fn sync_egresses(&mut self, read: &BTreeMap<String, Option<Resource>>) -> usize {
+        use crate::generate::external::ZONE_EGRESS_SERVICE;
+        use crate::generate::zone_egress::{EgressMesh, egress_snapshot};
+        for (name, now) in read {
+            if let Some(slot) = self.egresses.get_mut(name) {
+                slot.clone_from(now);
+            }
+        }
+        let meshes = self.known_meshes.clone();
+        for mesh in &meshes {
+            if self.meshes.get(mesh).is_some_and(|s| s.wide.is_some()) {
+                continue;
+            }
+            match self.read_mesh_wide(mesh, None).await {
+                Ok(wide) => self.meshes.entry(mesh.clone()).or_default().wide = Some(wide),
+                Err(e) => {
+                    tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot read the mesh for zone egresses");
+                }
+            }
+        }
+        // Other zones' services, for the meshes that route to them through the egress.
+        let mut remote: BTreeMap<String, BTreeMap<String, Vec<crate::generate::Endpoint>>> =
+            BTreeMap::new();
+        let routing: Vec<String> = self
+            .meshes
+            .iter()
+            .filter(|(_, s)| {
+                s.wide
+                    .as_ref()
+                    .is_some_and(|w| w.authority.is_some() && routes_through_egress(&w.spec))
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        for mesh in routing {
+            match self.remote_endpoints(&mesh).await {
+                Ok(endpoints) => {
+                    remote.insert(mesh, endpoints);
+                }
+                Err(e) => {
+                    tracing::warn!(mesh, error = %kuma_core::errors::Chain(&e), "cannot list other zones' ingresses for zone egresses");
+                }
+            }
+        }
+        // The egresses' certificates, per (egress, mesh) of a mesh with mTLS and external
+        // services.
+        let mut certificates: BTreeMap<(String, String), WorkloadCertificate> = BTreeMap::new();
+        for (name, resource) in &self.egresses {
+            let Some(resource) = resource else {
+                continue;
+            };
+            let stand_in = stand_in_dataplane(resource, ZONE_EGRESS_SERVICE);
+            for (mesh, state) in &self.meshes {
+                let Some(wide) = &state.wide else {
+                    continue;
+                };
+                let Some(authority) = &wide.authority else {
+                    continue;
+                };
+                if wide.external.is_empty() {
+                    continue; // other zones' traffic passes through: no certificate needed
+                }
+                let key = egress_identity_key(name);
+                match self
+                    .identities
+                    .certificate(authority, mesh, &key, &stand_in)
+                {
+                    Ok(cert) => {
+                        certificates.insert((name.clone(), mesh.clone()), cert.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(egress = %name, mesh, error = %kuma_core::errors::Chain(&e), "cannot issue the zone egress's certificate; its config leaves the mesh out");
+                    }
+                }
+            }
+        }
+        let empty = MeshIndex::default();
+        let contexts: BTreeMap<&str, MeshContext<'_>> = self
+            .meshes
+            .iter()
+            .filter_map(|(mesh, state)| {
+                let wide = state.wide.as_ref()?;
+                let authority = wide.authority.as_ref()?;
+                let index = state.index.as_ref().unwrap_or(&empty);
+                Some((
+                    mesh.as_str(),
+                    MeshContext::indexed(mesh, index)
+                        .with_spec(&wide.spec)
+                        .with_policy_engine(wide.engine.clone())
+                        .with_external_services(wide.external.clone())
+                        .with_mtls(authority.mtls.clone()),
+                ))
+            })
+            .collect();
+        let mut generated = 0;
+        for (name, resource) in &self.egresses {
+            let node = node_id("", name);
+            let Some(resource) = resource else {
+                self.cache.remove(&node);
+                continue;
+            };
+            let meshes: Vec<EgressMesh<'_>> = contexts
+                .iter()
+                .map(|(mesh, context)| EgressMesh {
+                    context,
+                    identity: certificates.get(&(name.clone(), mesh.to_string())),
+                    remote: remote.get(*mesh),
+                })
+                .collect();
+            let started = Instant::now();
+            let (_, revision) = self.registry.get_revision(&node);
+            match egress_snapshot(resource, &meshes) {
+                Ok(snapshot) => {
+                    generated += 1;
+                    self.publish(&node, snapshot, started);
+                    self.registry.generated(&node, revision);
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %kuma_core::errors::Chain(e.as_ref()), "cannot generate the zone egress's config; keeping the current snapshot");
+                }
+            }
+        }
+        generated
     }
 
     /// Reads the ZoneIngresses `names` once, for both the other zones' list and the
@@ -550,16 +801,34 @@ impl Reconciler {
         // Services of other zones, through their ingresses: only under mTLS, which carries
         // the SNI the ingresses route by. Made again only when other zones' ingresses or the
         // mesh's mTLS changed, or the index is new.
+        // With `routing.zoneEgress`, they are reached through this zone's egresses, which
+        // pass the connections on to the ingresses by SNI.
         let mtls = wide.authority.is_some();
-        if listed || state.remote_applied != Some((self.remote_version, mtls)) {
+        let through_egress = routes_through_egress(&wide.spec);
+        let egresses = if through_egress {
+            self.zone_egress_addresses().await?
+        } else {
+            Arc::default()
+        };
+        let applied = (
+            self.remote_version,
+            mtls,
+            through_egress.then_some(self.egress_version),
+        );
+        if listed || state.remote_applied != Some(applied) {
             let remote = if mtls {
                 self.remote_endpoints(mesh).await?
             } else {
                 BTreeMap::new()
             };
+            let remote = if through_egress {
+                via_egresses(remote, &egresses)
+            } else {
+                remote
+            };
             let index = state.index.get_or_insert_with(MeshIndex::default);
             touched.extend(index.set_remote(remote));
-            state.remote_applied = Some((self.remote_version, mtls));
+            state.remote_applied = Some(applied);
         }
         let index = &*state.index.get_or_insert_with(MeshIndex::default);
         let everything = reread || listed;
@@ -610,8 +879,11 @@ impl Reconciler {
             state.dependencies.remove(name);
         }
         if everything || !gone.is_empty() {
+            let egresses = &self.egresses;
             self.identities.retain(mesh, |name| {
-                wide.authority.is_some() && index.dataplane(name).is_some()
+                wide.authority.is_some()
+                    && (index.dataplane(name).is_some()
+                        || egress_of_identity(name).is_some_and(|e| egresses.contains_key(e)))
             });
         }
 
@@ -643,6 +915,8 @@ impl Reconciler {
             .with_policy_engine(wide.engine.clone())
             .with_vips(wide.vips.clone(), self.vip_port)
             .with_vip_domain(&self.vip_domain)
+            .with_external_services(wide.external.clone())
+            .with_zone_egresses(egresses)
             .with_shared_builds(state.builds.clone());
         if let Some(a) = &wide.authority {
             mesh_context = mesh_context.with_mtls(a.mtls.clone());
@@ -785,12 +1059,18 @@ impl Reconciler {
             _ => Arc::new(MeshPolicies::new(&policies)),
         };
         let vips = Arc::new(self.vips.service_vips(mesh).await);
+        let external = self
+            .manager
+            .list(&ListQuery::in_mesh(ResourceType::ExternalService, mesh))
+            .await?;
+        let external = Arc::new(ExternalServices::load(&self.manager, mesh, &external.items).await);
         Ok(MeshWide {
             spec,
             authority,
             policies,
             engine,
             vips,
+            external,
         })
     }
 
@@ -840,7 +1120,16 @@ impl Reconciler {
                 // Certificates are due: their proxies get new ones.
                 Wake::Renewal => {
                     for (mesh, names) in self.identities.due(std::time::SystemTime::now()) {
-                        batch.items.push((mesh, Dirty::proxies(names)));
+                        let (egresses, proxies): (BTreeSet<String>, BTreeSet<String>) = names
+                            .into_iter()
+                            .partition(|n| egress_of_identity(n).is_some());
+                        let egresses = egresses
+                            .iter()
+                            .filter_map(|n| egress_of_identity(n).map(str::to_string));
+                        batch
+                            .items
+                            .push((String::new(), Dirty::zone_egresses(egresses)));
+                        batch.items.push((mesh, Dirty::proxies(proxies)));
                     }
                 }
                 Wake::Store(Some(first)) => batch = first,
@@ -867,11 +1156,19 @@ impl Reconciler {
     /// snapshot at once.
     async fn proxy_change(&mut self, change: ProxyChange, batch: &mut Batch<(String, Dirty)>) {
         match change {
-            ProxyChange::Reported { mesh, name } if mesh.is_empty() => {
+            ProxyChange::Reported {
+                rtype: ResourceType::ZoneEgress,
+                mesh,
+                name,
+            } => {
+                self.egresses.entry(name.clone()).or_insert(None);
+                batch.items.push((mesh, Dirty::zone_egresses([name])));
+            }
+            ProxyChange::Reported { mesh, name, .. } if mesh.is_empty() => {
                 self.ingresses.entry(name.clone()).or_insert(None);
                 batch.items.push((mesh, Dirty::proxies([name])));
             }
-            ProxyChange::Reported { mesh, name } => {
+            ProxyChange::Reported { mesh, name, .. } => {
                 batch.items.push((mesh, Dirty::proxies([name])));
             }
             ProxyChange::Connected(node) => {
@@ -885,6 +1182,7 @@ impl Reconciler {
                 self.cache.remove(&node);
                 if let Some(name) = node.strip_prefix('.') {
                     self.ingresses.remove(name);
+                    self.egresses.remove(name);
                 }
                 // Only meshes the reconciler keeps state for can hold the proxy's: no store
                 // read for a proxy leaving.
@@ -939,17 +1237,47 @@ impl Reconciler {
         let (read, complete) = self.read_zone_ingresses(&names).await;
         // Other zones' ingresses moved: every mesh kept looks at its remote endpoints again
         // (only the services they change are regenerated).
-        if self.take_remote_ingresses(&read, complete) {
+        let remote_moved = self.take_remote_ingresses(&read, complete);
+        if remote_moved {
             for mesh in self.meshes.keys() {
                 dirty.entry(mesh.clone()).or_default();
             }
         }
+        // Changed ZoneEgresses: the connected ones are generated again; when this zone's
+        // egresses moved, so are the meshes that route through them.
+        let egresses_read = self
+            .read_zone_egresses(&zone_proxies.zone_egresses, batch.resync)
+            .await;
+        if self.take_local_egresses(&egresses_read, batch.resync) {
+            for (mesh, state) in &self.meshes {
+                if state
+                    .wide
+                    .as_ref()
+                    .is_some_and(|w| routes_through_egress(&w.spec))
+                {
+                    dirty.entry(mesh.clone()).or_default().everything = true;
+                }
+            }
+        }
         let meshes_changed = !dirty.is_empty();
+        let wide_changed = dirty.values().any(|d| d.everything);
         for (mesh, d) in dirty {
             self.sync_mesh(&mesh, &d).await;
         }
-        if !self.ingresses.is_empty() && (meshes_changed || zone_proxies != Dirty::default()) {
+        let ingress_proxies = Dirty {
+            zone_egresses: BTreeSet::new(),
+            ..zone_proxies.clone()
+        };
+        if !self.ingresses.is_empty() && (meshes_changed || ingress_proxies != Dirty::default()) {
             self.sync_ingresses(&read).await;
+        }
+        if !self.egresses.is_empty()
+            && (wide_changed
+                || remote_moved
+                || !zone_proxies.zone_egresses.is_empty()
+                || batch.resync)
+        {
+            self.sync_egresses(&egresses_read).await;
         }
     }
 }
@@ -962,6 +1290,71 @@ enum Wake {
     Renewal,
     /// A proxy came, reported or left (`None`: the registry is gone).
     Proxy(Option<ProxyChange>),
+}
+
+/// Whether `resource` is a ZoneEgress of this zone (`zone`; one without a zone, as a
+/// standalone control plane has them, too).
+fn is_local_egress(resource: &Resource, zone: &str) -> bool {
+    resource
+        .spec_as::<kuma_core::model::zone::ZoneEgressSpec>()
+        .is_some_and(|s| s.zone.as_deref().is_none_or(|z| z.is_empty() || z == zone))
+}
+
+/// Other zones' endpoints (`remote`, at their ingresses) as reached through this zone's
+/// `egresses`: each at every egress, with its tags and weight (its zone's locality kept).
+/// Without an egress, other zones are out of reach.
+fn via_egresses(
+    remote: BTreeMap<String, Vec<crate::generate::Endpoint>>,
+    egresses: &[(String, u32)],
+) -> BTreeMap<String, Vec<crate::generate::Endpoint>> {
+    remote
+        .into_iter()
+        .map(|(service, endpoints)| {
+            let through: Vec<crate::generate::Endpoint> = endpoints
+                .iter()
+                .flat_map(|e| {
+                    egresses.iter().map(|(ip, port)| crate::generate::Endpoint {
+                        ip: ip.clone(),
+                        port: *port,
+                        ..e.clone()
+                    })
+                })
+                .collect();
+            (service, through)
+        })
+        .collect()
+}
+
+/// Whether a mesh sends external (and cross-zone) traffic through the zone egress.
+fn routes_through_egress(spec: &MeshSpec) -> bool {
+    spec.routing
+        .as_ref()
+        .and_then(|r| r.zone_egress)
+        .unwrap_or(false)
+}
+
+/// The key a zone egress's certificates are kept under (no Dataplane name has a `:`).
+fn egress_identity_key(egress: &str) -> String {
+    format!("zone-egress:{egress}")
+}
+
+/// The zone egress whose certificate key `key` is.
+fn egress_of_identity(key: &str) -> Option<&str> {
+    key.strip_prefix("zone-egress:")
+}
+
+/// A Dataplane that stands for a zone proxy when its certificate is issued: one inbound at
+/// its address and port, of `service`.
+fn stand_in_dataplane(resource: &Resource, service: &str) -> DataplaneSpec {
+    let net = resource
+        .spec_as::<kuma_core::model::zone::ZoneEgressSpec>()
+        .and_then(|s| s.networking.clone())
+        .unwrap_or_default();
+    let spec = serde_json::json!({"networking": {
+        "address": net.address.unwrap_or_else(|| "127.0.0.1".into()),
+        "inbound": [{"port": net.port, "tags": {(kuma_core::model::common::SERVICE_TAG): service}}],
+    }});
+    serde_json::from_value(spec).unwrap_or_default()
 }
 
 /// Whether `resource` is a ZoneIngress of another zone than `zone`.
@@ -1000,9 +1393,12 @@ fn dirt(key: &ResourceKey, vips: &dyn Vips) -> Option<(String, Dirty)> {
     if let Some(mesh) = vips.changed_mesh(key) {
         return Some((mesh, Dirty::everything()));
     }
-    // Zone ingresses are proxies of no mesh.
+    // Zone ingresses and egresses are proxies of no mesh.
     if key.rtype == ResourceType::ZoneIngress {
         return Some((String::new(), Dirty::dataplanes([key.name.clone()])));
+    }
+    if key.rtype == ResourceType::ZoneEgress {
+        return Some((String::new(), Dirty::zone_egresses([key.name.clone()])));
     }
     let mesh = mesh_of(key);
     if mesh.is_empty() {
@@ -1540,6 +1936,78 @@ mod tests {
             .unwrap();
         r.sync_batch(changed()).await;
         assert!(endpoints_of(&cache, "default.web", "backend").is_empty());
+    }
+
+    #[tokio::test]
+    async fn through_the_zone_egress_go_other_zones_and_external_services() {
+        let manager =
+            manager_with([dataplane("web", "10.0.0.1", "web", &["backend", "httpbin"])]).await;
+        apply_yaml(&manager, "type: Mesh\nname: default\nrouting:\n  zoneEgress: true\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n").await;
+        apply_yaml(&manager, "type: ZoneEgress\nname: egress-1\nzone: zone-1\nnetworking:\n  address: 10.0.1.7\n  port: 10002\n").await;
+        apply_yaml(&manager, "type: ExternalService\nmesh: default\nname: httpbin\nnetworking:\n  address: 203.0.113.5:80\ntags:\n  kuma.io/service: httpbin\n  kuma.io/protocol: http\n").await;
+        apply_yaml(&manager, "type: ZoneIngress\nname: zone-2.ingress\nzone: zone-2\nnetworking:\n  address: 10.0.2.9\n  port: 10001\n  advertisedAddress: 192.0.2.9\n  advertisedPort: 10001\navailableServices:\n- mesh: default\n  instances: 2\n  tags: {kuma.io/service: backend, kuma.io/zone: zone-2}\n").await;
+        let cache = Arc::new(SnapshotCache::new());
+        let registry = connected(&["web"]);
+        let mut r = undebounced(&manager, &cache, Counting::new(), registry).with_zone("zone-1");
+        assert_eq!(r.sync_mesh("default", &Dirty::everything()).await, 1);
+        // web sends both to this zone's egress.
+        assert_eq!(endpoints_of(&cache, "default.web", "backend"), ["10.0.1.7"]);
+        assert_eq!(endpoints_of(&cache, "default.web", "httpbin"), ["10.0.1.7"]);
+
+        // The egress connects: it passes backend on to zone-2's ingress, and serves httpbin.
+        let mut batch = Batch::default();
+        r.proxy_change(
+            ProxyChange::Reported {
+                rtype: ResourceType::ZoneEgress,
+                mesh: String::new(),
+                name: "egress-1".into(),
+            },
+            &mut batch,
+        )
+        .await;
+        r.sync_batch(batch).await;
+        assert_eq!(
+            endpoints_of(&cache, ".egress-1", "default:backend"),
+            ["192.0.2.9"]
+        );
+        let snapshot = cache.get(".egress-1").unwrap();
+        let listener = snapshot
+            .get(xds_server::types::LISTENER)
+            .and_then(|l| l.get("inbound:10.0.1.7:10002").cloned())
+            .unwrap();
+        let listener: envoy_types::pb::envoy::config::listener::v3::Listener =
+            prost::Message::decode(listener.to_any().value.as_slice()).unwrap();
+        let names: Vec<&str> = listener
+            .filter_chains
+            .iter()
+            .flat_map(|c| c.filter_chain_match.as_ref().unwrap().server_names.iter())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, ["backend{mesh=default}", "httpbin{mesh=default}"]);
+        // Only httpbin's chain terminates TLS (with the egress's own certificate).
+        let terminating: Vec<&str> = listener
+            .filter_chains
+            .iter()
+            .filter(|c| c.transport_socket.is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(terminating, ["httpbin_default"]);
+
+        // The egress goes: other zones and external services are out of reach.
+        manager
+            .delete(
+                &ResourceKey::global(ResourceType::ZoneEgress, "egress-1"),
+                false,
+            )
+            .await
+            .unwrap();
+        r.sync_batch(Batch {
+            items: vec![(String::new(), Dirty::zone_egresses(["egress-1"]))],
+            resync: false,
+        })
+        .await;
+        assert!(endpoints_of(&cache, "default.web", "backend").is_empty());
+        assert!(endpoints_of(&cache, "default.web", "httpbin").is_empty());
     }
 
     /// A [`MemoryStore`] that logs the reads going through it: (operation, type).

@@ -185,6 +185,18 @@ enum InspectCommand {
         #[arg(short = 'o', long, default_value = "table")]
         output: Format,
     },
+    /// Zone ingresses with their xDS status.
+    Zoneingresses {
+        /// Output format: table, yaml or json.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Format,
+    },
+    /// Zone egresses with their xDS status.
+    Zoneegresses {
+        /// Output format: table, yaml or json.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: Format,
+    },
     /// Data plane proxies with their xDS status.
     Dataplanes {
         #[command(flatten)]
@@ -381,6 +393,28 @@ async fn run(cli: Cli) -> Result<(), String> {
                     Table {
                         headers: output::ZONE_HEADERS.to_vec(),
                         rows: items.iter().map(output::zone_inspect_row).collect(),
+                    }
+                    .to_string()
+                });
+            }
+            InspectCommand::Zoneingresses { output } | InspectCommand::Zoneegresses { output } => {
+                let (path, spec_key, insight_key) = match command {
+                    InspectCommand::Zoneingresses { .. } => (
+                        "/zoneingresses+insights",
+                        "zoneIngress",
+                        "zoneIngressInsight",
+                    ),
+                    _ => ("/zoneegressoverviews", "zoneEgress", "zoneEgressInsight"),
+                };
+                let list = client()?.get(path).await.map_err(|e| e.to_string())?;
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                print(output, &list, || {
+                    Table {
+                        headers: output::ZONE_PROXY_HEADERS.to_vec(),
+                        rows: items
+                            .iter()
+                            .map(|o| output::zone_proxy_inspect_row(o, spec_key, insight_key))
+                            .collect(),
                     }
                     .to_string()
                 });

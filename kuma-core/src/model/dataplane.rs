@@ -532,7 +532,7 @@ fn validate_networking(net: &Networking, err: &mut ValidationError) {
     }
 }
 
-fn validate_protocol_tag(path: &Path, tags: &Tags, err: &mut ValidationError) {
+pub(crate) fn validate_protocol_tag(path: &Path, tags: &Tags, err: &mut ValidationError) {
     if let Some(p) = tags.get(PROTOCOL_TAG)
         && !PROTOCOLS.contains(&p.as_str())
     {

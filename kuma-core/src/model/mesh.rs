@@ -657,11 +657,11 @@ impl MeshSpec {
                 validate_ca_backend(&bp.index(i), b, context, &mut err);
             }
         }
-        // Accepted only once it does something: not yet.
-        if self.routing.as_ref().and_then(|r| r.zone_egress) == Some(true) {
+        // The zone egress routes by the SNI of mesh mTLS: without it nothing could pass.
+        if self.routing.as_ref().and_then(|r| r.zone_egress) == Some(true) && !self.mtls_enabled() {
             err.add(
                 &Path::at("routing").field("zoneEgress"),
-                "zone egress is not supported by this control plane yet: traffic between zones goes straight to the other zone's ingress",
+                "requires mTLS (mtls.enabledBackend): the zone egress tells destinations apart by the SNI of mesh mTLS",
             );
         }
         if let Some(metrics) = &self.metrics {

@@ -2,6 +2,7 @@
 
 pub mod common;
 pub mod dataplane;
+pub mod external_service;
 pub mod gateway;
 pub mod mesh;
 pub mod policy;

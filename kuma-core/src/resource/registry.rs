@@ -5,6 +5,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::model::dataplane::DataplaneSpec;
+use crate::model::external_service::ExternalServiceSpec;
 use crate::model::gateway::MeshGatewaySpec;
 use crate::model::mesh::MeshSpec;
 use crate::model::policy::*;
@@ -144,6 +145,7 @@ macro_rules! checks {
 checks!(
     MeshSpec,
     DataplaneSpec,
+    ExternalServiceSpec,
     ZoneIngressSpec,
     ZoneEgressSpec,
     SecretSpec,
@@ -301,11 +303,14 @@ registry! {
     DataplaneInsight(CompactSpec) = "DataplaneInsight", Mesh, Some("dataplane-insights"), kds: ZONE_TO_GLOBAL, policy: false;
     ZoneIngress(ZoneIngressSpec) = "ZoneIngress", Global, Some("zoneingresses"), kds: ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: false;
     ZoneEgress(ZoneEgressSpec) = "ZoneEgress", Global, Some("zoneegresses"), kds: ZONE_TO_GLOBAL, policy: false;
+    ZoneIngressInsight(CompactSpec) = "ZoneIngressInsight", Global, Some("zone-ingress-insights"), kds: ZONE_TO_GLOBAL, policy: false;
+    ZoneEgressInsight(CompactSpec) = "ZoneEgressInsight", Global, Some("zoneegressinsights"), kds: ZONE_TO_GLOBAL, policy: false;
     Zone(ZoneSpec) = "Zone", Global, Some("zones"), kds: PROVIDED_BY_GLOBAL | PROVIDED_BY_ZONE, policy: false;
     ZoneInsight(UntypedSpec) = "ZoneInsight", Global, Some("zone-insights"), kds: PROVIDED_BY_GLOBAL | PROVIDED_BY_ZONE, policy: false;
     Secret(SecretSpec) = "Secret", Mesh, Some("secrets"), kds: GLOBAL_TO_ZONES | PROVIDED_BY_ZONE, policy: false;
     GlobalSecret(SecretSpec) = "GlobalSecret", Global, Some("globalsecrets"), kds: GLOBAL_TO_ZONES | PROVIDED_BY_ZONE, policy: false;
     Config(ConfigSpec) = "Config", Global, None, kds: GLOBAL_TO_ZONES | PROVIDED_BY_ZONE, policy: false;
+    ExternalService(ExternalServiceSpec) = "ExternalService", Mesh, Some("external-services"), kds: GLOBAL_TO_ZONES, policy: false;
     MeshGateway(MeshGatewaySpec) = "MeshGateway", Mesh, Some("meshgateways"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL, policy: false;
     MeshTrafficPermission(MeshTrafficPermissionSpec) = "MeshTrafficPermission", Mesh, Some("meshtrafficpermissions"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
     MeshTimeout(MeshTimeoutSpec) = "MeshTimeout", Mesh, Some("meshtimeouts"), kds: GLOBAL_TO_ZONES | ZONE_TO_GLOBAL | SYNCED_ACROSS_ZONES, policy: true;
@@ -363,6 +368,7 @@ macro_rules! typed {
 typed!(
     Mesh(MeshSpec),
     Dataplane(DataplaneSpec),
+    ExternalService(ExternalServiceSpec),
     ZoneIngress(ZoneIngressSpec),
     ZoneEgress(ZoneEgressSpec),
     Zone(ZoneSpec),

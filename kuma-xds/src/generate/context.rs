@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::GenerateError;
+use super::external::{ExternalEndpoint, ExternalServices};
 use super::index::MeshIndex;
 use super::outbound::{OutboundCache, OutboundContext, OutboundView, SharedOutbounds};
 use super::reach::ReachGraph;
@@ -185,6 +186,11 @@ pub struct MeshContext<'a> {
     pub vip_port: u32,
     /// The DNS domain VIPs are named in (Kuma: `mesh`).
     pub vip_domain: String,
+    /// The mesh's external services (ExternalService resources), by service.
+    pub external: Arc<ExternalServices>,
+    /// Where this zone's egresses listen: the endpoints of external services (and of other
+    /// zones' services) when the mesh routes through the zone egress.
+    pub zone_egresses: Arc<Vec<(String, u32)>>,
     /// Which services transparent proxies may reach, when outbounds are trimmed to it.
     reach: Option<Arc<ReachGraph>>,
     /// What is built once for every proxy that needs it.
@@ -243,6 +249,8 @@ impl<'a> MeshContext<'a> {
             vips: Arc::default(),
             vip_port: 80,
             vip_domain: "mesh".into(),
+            external: Arc::default(),
+            zone_egresses: Arc::default(),
             reach: None,
             builds: Arc::default(),
         }
@@ -269,6 +277,37 @@ impl<'a> MeshContext<'a> {
     pub fn with_vip_domain(mut self, domain: &str) -> Self {
         self.vip_domain = domain.trim_end_matches('.').to_string();
         self
+    }
+
+    /// Uses the mesh's external services (see [`super::external`]).
+    pub fn with_external_services(mut self, external: impl Into<Arc<ExternalServices>>) -> Self {
+        self.external = external.into();
+        self
+    }
+
+    /// Gives the addresses of this zone's egresses (used when the Mesh routes through them).
+    pub fn with_zone_egresses(mut self, egresses: impl Into<Arc<Vec<(String, u32)>>>) -> Self {
+        self.zone_egresses = egresses.into();
+        self
+    }
+
+    /// Whether the mesh sends external traffic through the zone egress
+    /// (`routing.zoneEgress: true`).
+    pub fn through_zone_egress(&self) -> bool {
+        self.spec
+            .routing
+            .as_ref()
+            .and_then(|r| r.zone_egress)
+            .unwrap_or(false)
+    }
+
+    /// The ExternalServices providing `service`, when it is an external service (a service
+    /// some Dataplane provides is never one).
+    pub fn external_service(&self, service: &str) -> Option<&[ExternalEndpoint]> {
+        if self.service(service).is_some() {
+            return None;
+        }
+        self.external.get(service)
     }
 
     /// Turns mTLS on for the mesh's proxies.
@@ -373,7 +412,10 @@ impl<'a> MeshContext<'a> {
 
     /// The protocol of `service` (TCP when unknown).
     pub fn protocol(&self, service: &str) -> Protocol {
-        self.service(service).map_or(Protocol::Tcp, |s| s.protocol)
+        match self.service(service) {
+            Some(s) => s.protocol,
+            None => self.external.protocol(service).unwrap_or(Protocol::Tcp),
+        }
     }
 
     /// The endpoints of `service` as a `ClusterLoadAssignment` named after it: encoded once per

@@ -205,11 +205,12 @@ impl MeshIndex {
         endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
         endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
         // A remote ingress listed for several tag sets of the service is one endpoint,
-        // weighted by all of them.
-        let mut by_address: BTreeMap<(&str, u32), Endpoint> = BTreeMap::new();
+        // weighted by all of them (per zone: through a zone egress, every zone's endpoints
+        // share the egress's address, each in its zone's locality).
+        let mut by_address: BTreeMap<(Option<&str>, &str, u32), Endpoint> = BTreeMap::new();
         for e in remote {
             by_address
-                .entry((e.ip.as_str(), e.port))
+                .entry((e.zone(), e.ip.as_str(), e.port))
                 .and_modify(|known| known.weight = known.weight.saturating_add(e.weight))
                 .or_insert_with(|| e.clone());
         }

@@ -13,6 +13,7 @@
 //! tables `inbound:<service>` and `outbound:<service>`.
 
 pub mod context;
+pub mod external;
 pub mod index;
 pub mod mtls;
 pub mod outbound;
@@ -21,6 +22,7 @@ pub mod profile;
 pub mod reach;
 pub mod resources;
 pub mod source_tags;
+pub mod zone_egress;
 pub mod zone_ingress;
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub fn sni(service: &str, mesh: &str, subset: &kuma_core::model::common::Tags) -
     format!("{service}{{{}}}", inner.join(","))
 }
 
-fn inline(pem: &str) -> Option<DataSource> {
+pub(crate) fn inline(pem: &str) -> Option<DataSource> {
     Some(DataSource {
         specifier: Some(Specifier::InlineBytes(pem.as_bytes().to_vec())),
         ..Default::default()
@@ -95,7 +95,7 @@ fn uri_san(pattern: MatchPattern) -> SubjectAltNameMatcher {
 
 /// The TLS context both directions share: our certificate, the mesh's roots and which peer
 /// SANs are accepted.
-fn common_context(
+pub(crate) fn common_context(
     mesh: &str,
     peers: Vec<MatchPattern>,
     sds_cluster: Option<&str>,
@@ -206,15 +206,24 @@ impl ResourceGenerator for MutualTls {
             let ClusterRole::Outbound { service } = &draft.role else {
                 continue;
             };
+            // An external service is reached through the zone egress (whose identity is
+            // accepted), or directly with the TLS it asks for, outside mesh mTLS.
+            let external = ctx.mesh.external_service(service).is_some();
+            if external && !ctx.mesh.through_zone_egress() {
+                continue;
+            }
             // Under strict SPIFFE a proxy's one SAN names its first service: accept those of
             // the proxies providing this one.
-            let identities = ctx
-                .mesh
-                .service(service)
-                .filter(|_| mtls.strict_spiffe)
-                .map(|s| s.strict_identities.iter().cloned().collect::<Vec<_>>())
-                .filter(|ids| !ids.is_empty())
-                .unwrap_or_else(|| vec![service.clone()]);
+            let identities = if external {
+                vec![super::external::ZONE_EGRESS_SERVICE.to_string()]
+            } else {
+                ctx.mesh
+                    .service(service)
+                    .filter(|_| mtls.strict_spiffe)
+                    .map(|s| s.strict_identities.iter().cloned().collect::<Vec<_>>())
+                    .filter(|ids| !ids.is_empty())
+                    .unwrap_or_else(|| vec![service.clone()])
+            };
             let peers = identities
                 .iter()
                 .map(|id| MatchPattern::Exact(format!("spiffe://{mesh}/{id}")))

@@ -66,7 +66,7 @@ pub const ADMIN_CLUSTER: &str = "kuma:envoy:admin";
 pub const READINESS_CLUSTER: &str = "kuma:readiness";
 
 /// A listener whose terminal filter serves HTTP with one route table.
-fn http_listener(
+pub(crate) fn http_listener(
     l: envoy_types::pb::envoy::config::listener::v3::Listener,
     stat_prefix: &str,
     route_name: &str,
@@ -85,7 +85,7 @@ fn http_listener(
     }
 }
 
-fn prefix(p: &str) -> PathSpecifier {
+pub(crate) fn prefix(p: &str) -> PathSpecifier {
     PathSpecifier::Prefix(p.to_string())
 }
 
@@ -170,6 +170,26 @@ pub fn add_service_cluster(
     if rs.clusters.contains_key(name) {
         return;
     }
+    let role = ClusterRole::Outbound {
+        service: service.to_string(),
+    };
+    if let Some(external) = mesh.external_service(service) {
+        // Through this zone's egresses over mesh mTLS, or straight out (see `external`).
+        let cluster = if mesh.through_zone_egress() {
+            rs.endpoints.insert(
+                name.to_string(),
+                Endpoints::Owned(load_assignment(name, &mesh.zone_egresses)),
+            );
+            eds_cluster(name)
+        } else {
+            super::external::origin_cluster(name, external)
+        };
+        rs.add_cluster(
+            name.to_string(),
+            ClusterDraft::new(cluster, role, mesh.protocol(service)),
+        );
+        return;
+    }
     let subset = subset.cloned().unwrap_or_default();
     let endpoints = if subset.is_empty() && name == service {
         Endpoints::Shared(mesh.load_assignment(service))
@@ -182,13 +202,7 @@ pub fn add_service_cluster(
             .collect();
         Endpoints::Owned(load_assignment(name, &addresses(&matching)))
     };
-    let mut draft = ClusterDraft::new(
-        eds_cluster(name),
-        ClusterRole::Outbound {
-            service: service.to_string(),
-        },
-        mesh.protocol(service),
-    );
+    let mut draft = ClusterDraft::new(eds_cluster(name), role, mesh.protocol(service));
     draft.subset = subset;
     rs.add_cluster(name.to_string(), draft);
     rs.endpoints.insert(name.to_string(), endpoints);
@@ -378,10 +392,17 @@ impl ResourceGenerator for TransparentProxy {
                 .collect(),
         };
         for (service, vip) in vips {
-            let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
-            if let Some(s) = ctx.mesh.service(service) {
-                ports.extend(&s.ports);
-            }
+            // An external service is served on its own port(s) only, as Kuma records it.
+            let ports = match ctx.mesh.external_service(service) {
+                Some(_) => ctx.mesh.external.ports(service),
+                None => {
+                    let mut ports = std::collections::BTreeSet::from([ctx.mesh.vip_port]);
+                    if let Some(s) = ctx.mesh.service(service) {
+                        ports.extend(&s.ports);
+                    }
+                    ports
+                }
+            };
             let vip = vip.to_string();
             for port in ports {
                 add_outbound(ctx.mesh, rs, service, (&vip, port), false);

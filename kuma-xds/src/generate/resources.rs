@@ -94,7 +94,7 @@ impl ListenerDraft {
         }
     }
 
-    fn build(self) -> Listener {
+    pub(crate) fn build(self) -> Listener {
         let (name, config) = match self.terminal {
             Terminal::Tcp(tcp) => ("envoy.filters.network.tcp_proxy", any(tcp.as_ref())),
             Terminal::Http(http) => {
@@ -214,7 +214,7 @@ impl ClusterDraft {
         }
     }
 
-    fn build(self) -> Cluster {
+    pub(crate) fn build(self) -> Cluster {
         let mut cluster = self.cluster;
         if self.protocol.is_http() {
             let mut options = self.http_options;

@@ -104,7 +104,10 @@ impl ResourceGenerator for MeshLoadBalancingStrategy {
                 }
                 None => None,
             };
-            if let Some(locality) = grouping {
+            // An external service's endpoints are its addresses or this zone's egresses:
+            // no zones to prioritise.
+            let external = ctx.mesh.external_service(&service).is_some();
+            if let Some(locality) = grouping.filter(|_| !external) {
                 let endpoints: Vec<Endpoint> = ctx
                     .mesh
                     .endpoints(&service)

@@ -12,7 +12,7 @@ mod rate_limit;
 mod retry;
 mod tcp_route;
 mod timeout;
-mod traffic_permission;
+pub(crate) mod traffic_permission;
 
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;

@@ -34,8 +34,8 @@ use kuma_core::resource::ResourceType;
 use kuma_core::rules::Rule;
 
 use super::super::ResourceGenerator;
-use super::super::context::{ProxyContext, strict_spiffe_service};
-use super::super::resources::{ResourceSet, Terminal};
+use super::super::context::{MeshContext, ProxyContext, strict_spiffe_service};
+use super::super::resources::{ListenerDraft, ResourceSet, Terminal};
 use super::typed;
 use xds_server::envoy::{any, ordered_map};
 
@@ -65,63 +65,83 @@ impl ResourceGenerator for MeshTrafficPermission {
                 &view,
                 inbound.port,
             );
-            let mut allowed = Vec::new();
-            let mut shadow_denied = Vec::new();
-            for (i, entry) in entries.iter().enumerate() {
-                let conf: TrafficPermissionConf =
-                    typed(ResourceType::MeshTrafficPermission, entry)?;
-                let action = conf.action.unwrap_or(Action::Deny);
-                if action == Action::Deny {
-                    continue;
-                }
-                let matcher = SourceMatcher {
-                    ctx,
-                    strict_spiffe: mtls.strict_spiffe,
-                };
-                let principal = matcher.last_covering(&entry.subset, &entries[i + 1..]);
-                if mtls.strict_spiffe {
-                    // Tags resolve through other Dataplanes' endpoints.
-                    rs.reads_every_dataplane = true;
-                }
-                if action == Action::AllowWithShadowDeny {
-                    shadow_denied.push(principal.clone());
-                }
-                allowed.push(principal);
+            let (rules, shadow, granted) = permission_rbac(ctx.mesh, mtls.strict_spiffe, &entries)?;
+            if mtls.strict_spiffe && granted {
+                // Tags resolve through other Dataplanes' endpoints.
+                rs.reads_every_dataplane = true;
             }
-            let rules = rbac(RbacAction::Allow, allowed);
-            let shadow = (!shadow_denied.is_empty()).then(|| rbac(RbacAction::Deny, shadow_denied));
             let Some(l) = rs.listeners.get_mut(&inbound.listener) else {
                 continue;
             };
-            match &mut l.terminal {
-                Terminal::Http(http) => http.filters.insert(
-                    0,
-                    HttpFilter {
-                        name: "envoy.filters.http.rbac".into(),
-                        config_type: Some(HttpConfigType::TypedConfig(any(&HttpRbac {
-                            rules: Some(rules),
-                            shadow_rules: shadow,
-                            ..Default::default()
-                        }))),
-                        ..Default::default()
-                    },
-                ),
-                Terminal::Tcp(_) => l.network_filters.insert(
-                    0,
-                    Filter {
-                        name: "envoy.filters.network.rbac".into(),
-                        config_type: Some(ConfigType::TypedConfig(any(&NetworkRbac {
-                            stat_prefix: format!("{}.", inbound.cluster.replace(':', "_")),
-                            rules: Some(rules),
-                            shadow_rules: shadow,
-                            ..Default::default()
-                        }))),
-                    },
-                ),
-            }
+            let stat_prefix = format!("{}.", inbound.cluster.replace(':', "_"));
+            guard(l, &stat_prefix, rules, shadow);
         }
         Ok(())
     }
+}
+
+/// Puts `rules` (and `shadow`) in front of what `l` serves: the HTTP RBAC filter (a denied
+/// request gets 403) or the network one (a denied connection is closed).
+pub(crate) fn guard(l: &mut ListenerDraft, stat_prefix: &str, rules: Rbac, shadow: Option<Rbac>) {
+    match &mut l.terminal {
+        Terminal::Http(http) => http.filters.insert(
+            0,
+            HttpFilter {
+                name: "envoy.filters.http.rbac".into(),
+                config_type: Some(HttpConfigType::TypedConfig(any(&HttpRbac {
+                    rules: Some(rules),
+                    shadow_rules: shadow,
+                    ..Default::default()
+                }))),
+                ..Default::default()
+            },
+        ),
+        Terminal::Tcp(_) => l.network_filters.insert(
+            0,
+            Filter {
+                name: "envoy.filters.network.rbac".into(),
+                config_type: Some(ConfigType::TypedConfig(any(&NetworkRbac {
+                    stat_prefix: stat_prefix.to_string(),
+                    rules: Some(rules),
+                    shadow_rules: shadow,
+                    ..Default::default()
+                }))),
+            },
+        ),
+    }
+}
+
+/// The RBAC rules the MeshTrafficPermission `from` entries `entries` (in merge order) make
+/// for a destination in `mesh`, the shadow rules of their `AllowWithShadowDeny` ones, and
+/// whether any entry grants access (under strict SPIFFE, its tags were resolved through the
+/// mesh's Dataplanes).
+pub(crate) fn permission_rbac(
+    mesh: &MeshContext<'_>,
+    strict_spiffe: bool,
+    entries: &[Rule],
+) -> Result<(Rbac, Option<Rbac>, bool), crate::generate::BoxError> {
+    let mut allowed = Vec::new();
+    let mut shadow_denied = Vec::new();
+    let matcher = SourceMatcher {
+        mesh,
+        strict_spiffe,
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let conf: TrafficPermissionConf = typed(ResourceType::MeshTrafficPermission, entry)?;
+        let action = conf.action.unwrap_or(Action::Deny);
+        if action == Action::Deny {
+            continue;
+        }
+        let principal = matcher.last_covering(&entry.subset, &entries[i + 1..]);
+        if action == Action::AllowWithShadowDeny {
+            shadow_denied.push(principal.clone());
+        }
+        allowed.push(principal);
+    }
+    let granted = !allowed.is_empty();
+    let rules = rbac(RbacAction::Allow, allowed);
+    let shadow = (!shadow_denied.is_empty()).then(|| rbac(RbacAction::Deny, shadow_denied));
+    Ok((rules, shadow, granted))
 }
 
 /// An RBAC of one policy granting or denying everything to `principals` (none: the policy is
@@ -181,7 +201,7 @@ fn san(uri: String) -> Principal {
 
 /// Turns tag subsets into principals.
 struct SourceMatcher<'c, 'a> {
-    ctx: &'c ProxyContext<'a>,
+    mesh: &'c MeshContext<'a>,
     strict_spiffe: bool,
 }
 
@@ -206,7 +226,7 @@ impl SourceMatcher<'_, '_> {
         if subset.is_empty() {
             return principal(Identifier::Any(true));
         }
-        let mesh = self.ctx.mesh.mesh;
+        let mesh = self.mesh.mesh;
         let spiffe = |service: &str| san(format!("spiffe://{mesh}/{service}"));
         if !self.strict_spiffe {
             let ids = subset
@@ -224,7 +244,6 @@ impl SourceMatcher<'_, '_> {
         // Only the proxy's identity (its first service) is in the certificate: the identities
         // of the proxies with an inbound carrying every tag of the subset stand for it.
         let identities: std::collections::BTreeSet<&str> = self
-            .ctx
             .mesh
             .dataplanes()
             .filter_map(|r| r.spec_as::<DataplaneSpec>())

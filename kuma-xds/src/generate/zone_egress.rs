@@ -1,0 +1,264 @@
+//! A zone egress's config, as Kuma 2.x generates it: one listener on the egress's address and
+//! port with a TLS inspector and, for each mesh with mTLS, per external service of the mesh
+//! one filter chain matching the SNI the mesh's proxies send (`<service>{mesh=<mesh>}`).
+//!
+//! Other zones' services of a mesh that routes through the egress (`routing.zoneEgress`) get
+//! a chain each too, matching the same kind of SNI: a TCP proxy to the cluster
+//! `<mesh>:<service>` of the other zones' ingresses offering it, weighted by the instances
+//! behind each. The mesh mTLS passes through untouched, end to end between the proxies.
+//!
+//! Each chain terminates the mesh's mTLS with the egress's own identity in that mesh
+//! (`spiffe://<mesh>/zone-egress`, secrets `identity_cert:secret:<mesh>` and
+//! `mesh_ca:secret:<mesh>`), admits only callers that the mesh's MeshTrafficPermissions allow
+//! to reach the external service (policies whose top-level targetRef selects its tags, as
+//! Kuma matches them on egresses; none: nobody), then proxies HTTP or TCP, as the service's
+//! `kuma.io/protocol` says, to the cluster `<mesh>:<service>`, which connects out as
+//! [`super::external::origin_cluster`] does. An egress with nothing to serve gets no listener.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, ListenerFilter,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, DownstreamTlsContext, Secret, TlsCertificate, secret,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::BoolValue;
+use kuma_core::model::common::{SERVICE_TAG, Tags};
+use kuma_core::model::dataplane::DataplaneSpec;
+use kuma_core::model::zone::ZoneEgressSpec;
+use kuma_core::resource::{Labels, Resource, ResourceType};
+use kuma_core::rules::ProxyView;
+use xds_server::cache::{EncodedResource, Snapshot};
+use xds_server::envoy::{any, cluster_route, eds_cluster, listener, load_assignment, tcp_proxy};
+
+use super::BoxError;
+use super::context::{Endpoint, MeshContext, WorkloadCertificate, weighted_locality};
+use super::external::origin_cluster;
+use super::mtls::{common_context, identity_secret_name, inline, mesh_ca_secret_name, sni};
+use super::policies::traffic_permission::{guard, permission_rbac};
+use super::profile::{http_listener, prefix};
+use super::resources::{ClusterDraft, ClusterRole, ListenerDraft, ListenerTls, Terminal};
+
+/// One mesh an egress serves: the mesh's context (its external services, policies and mTLS),
+/// the egress's certificate in it, and its services in other zones.
+pub struct EgressMesh<'a> {
+    /// The mesh.
+    pub context: &'a MeshContext<'a>,
+    /// The egress's identity in the mesh (`spiffe://<mesh>/zone-egress`); without one, its
+    /// external services are left out.
+    pub identity: Option<&'a WorkloadCertificate>,
+    /// The endpoints of its services in other zones (their zones' ingresses), when the mesh
+    /// routes to them through the egress.
+    pub remote: Option<&'a BTreeMap<String, Vec<Endpoint>>>,
+}
+
+/// The name of an egress's cluster for `service` of `mesh` (Kuma's `<mesh>:<service>`).
+pub fn cluster_name(mesh: &str, service: &str) -> String {
+    format!("{mesh}:{service}")
+}
+
+/// The snapshot of the egress `resource` serving `meshes` (those without mTLS are skipped:
+/// the egress routes by the SNI of mesh mTLS).
+pub fn egress_snapshot(
+    resource: &Resource,
+    meshes: &[EgressMesh<'_>],
+) -> Result<Snapshot, BoxError> {
+    let spec = resource
+        .spec_as::<ZoneEgressSpec>()
+        .ok_or("not a ZoneEgress")?;
+    let net = spec
+        .networking
+        .as_ref()
+        .ok_or("the ZoneEgress has no networking")?;
+    let address = net.address.as_deref().unwrap_or("0.0.0.0");
+    let name = format!("inbound:{address}:{}", net.port);
+    let mut egress = listener(&name, address, net.port, TrafficDirection::Inbound);
+    egress.stat_prefix = name.replace(':', "_");
+    let mut resources: Vec<(String, EncodedResource)> = Vec::new();
+    for m in meshes {
+        let ctx = m.context;
+        let Some(mtls) = &ctx.mtls else {
+            continue;
+        };
+        let mesh = ctx.mesh;
+        for (service, endpoints) in m.remote.into_iter().flatten() {
+            if endpoints.is_empty() || ctx.external_service(service).is_some() {
+                continue;
+            }
+            let cluster = cluster_name(mesh, service);
+            egress.filter_chains.push(FilterChain {
+                name: format!("{service}_{mesh}"),
+                filter_chain_match: Some(FilterChainMatch {
+                    transport_protocol: "tls".into(),
+                    server_names: vec![sni(service, mesh, &Tags::new())],
+                    ..Default::default()
+                }),
+                filters: vec![Filter {
+                    name: "envoy.filters.network.tcp_proxy".into(),
+                    config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(
+                        &cluster, &cluster,
+                    )))),
+                }],
+                ..Default::default()
+            });
+            // An ingress listed for several tag sets of the service is one endpoint.
+            let mut merged: BTreeMap<(&str, u32), Endpoint> = BTreeMap::new();
+            for e in endpoints {
+                merged
+                    .entry((e.ip.as_str(), e.port))
+                    .and_modify(|known| known.weight = known.weight.saturating_add(e.weight))
+                    .or_insert_with(|| e.clone());
+            }
+            let mut assignment = load_assignment(&cluster, &[]);
+            assignment.endpoints = vec![weighted_locality(&cluster, merged.values())];
+            resources.push((cluster.clone(), EncodedResource::from_message(&assignment)));
+            resources.push((
+                cluster.clone(),
+                EncodedResource::from_message(&eds_cluster(&cluster)),
+            ));
+        }
+        let Some(identity) = m.identity else {
+            continue;
+        };
+        if ctx.external.is_empty() {
+            continue;
+        }
+        let downstream = DownstreamTlsContext {
+            common_tls_context: Some(common_context(
+                mesh,
+                vec![MatchPattern::Prefix(format!("spiffe://{mesh}/"))],
+                None,
+            )),
+            require_client_certificate: Some(BoolValue { value: true }),
+            ..Default::default()
+        };
+        for (service, endpoints) in ctx.external.iter() {
+            if ctx.service(service).is_some() {
+                continue; // a mesh service of that name wins, as on sidecars
+            }
+            let cluster = cluster_name(mesh, service);
+            let protocol = ctx
+                .external
+                .protocol(service)
+                .unwrap_or(super::Protocol::Tcp);
+            let stat_prefix = format!("{service}_{mesh}");
+            let mut chain = if protocol.is_http() {
+                http_listener(
+                    Default::default(),
+                    &stat_prefix,
+                    &format!("outbound:{service}"),
+                    service,
+                    vec![cluster_route(prefix("/"), &cluster)],
+                )
+            } else {
+                ListenerDraft {
+                    listener: Default::default(),
+                    network_filters: Vec::new(),
+                    tls: None,
+                    terminal: Terminal::Tcp(Box::new(tcp_proxy(&stat_prefix, &cluster))),
+                }
+            };
+            chain.tls = Some(ListenerTls {
+                context: downstream.clone(),
+                plaintext_too: false,
+            });
+            let entries = permission_entries(ctx, service, endpoints.first().map(|e| &e.tags));
+            let (rules, shadow, _) = permission_rbac(ctx, mtls.strict_spiffe, &entries)?;
+            guard(&mut chain, &format!("{stat_prefix}."), rules, shadow);
+            let mut built = chain.build().filter_chains;
+            let Some(mut filter_chain) = built.pop() else {
+                continue;
+            };
+            filter_chain.name = stat_prefix;
+            filter_chain.filter_chain_match = Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                server_names: vec![sni(service, mesh, &Tags::new())],
+                ..Default::default()
+            });
+            egress.filter_chains.push(filter_chain);
+            let draft = ClusterDraft::new(
+                origin_cluster(&cluster, endpoints),
+                ClusterRole::Outbound {
+                    service: service.to_string(),
+                },
+                protocol,
+            );
+            resources.push((
+                cluster.clone(),
+                EncodedResource::from_message(&draft.build()),
+            ));
+        }
+        for secret in mesh_secrets(mesh, identity, &mtls.ca_pem) {
+            resources.push((secret.name.clone(), EncodedResource::from_message(&secret)));
+        }
+    }
+    if !egress.filter_chains.is_empty() {
+        egress.listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+        resources.push((name, EncodedResource::from_message(&egress)));
+    }
+    Ok(Snapshot::new(resources))
+}
+
+/// The MeshTrafficPermission `from` entries that decide who reaches the external `service`
+/// (tags `tags`) through an egress: those of the policies whose top-level targetRef selects
+/// it (`Mesh`, `MeshSubset` of its tags, `MeshService` of its name...), in merge order.
+fn permission_entries(
+    ctx: &MeshContext<'_>,
+    service: &str,
+    tags: Option<&Tags>,
+) -> Vec<kuma_core::rules::Rule> {
+    let mut tags = tags.cloned().unwrap_or_default();
+    tags.insert(SERVICE_TAG.to_string(), service.to_string());
+    // The engine matches policies against proxies: the external service stands as a proxy
+    // with one inbound carrying its tags.
+    const PORT: u32 = 1;
+    let stand_in: DataplaneSpec = match serde_json::from_value(serde_json::json!({
+        "networking": {"address": "127.0.0.1", "inbound": [{"port": PORT, "tags": tags}]}
+    })) {
+        Ok(spec) => spec,
+        Err(_) => return Vec::new(),
+    };
+    let labels = Labels::default();
+    let view = ProxyView {
+        name: "",
+        labels: &labels,
+        spec: &stand_in,
+    };
+    ctx.policies
+        .from_entries(ResourceType::MeshTrafficPermission, &view, PORT)
+}
+
+/// The egress's identity and the roots of `mesh`, as the secrets its chains name.
+fn mesh_secrets(mesh: &str, identity: &WorkloadCertificate, ca_pem: &str) -> [Secret; 2] {
+    [
+        Secret {
+            name: identity_secret_name(mesh),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline(&identity.cert_pem),
+                private_key: inline(&identity.key_pem),
+                ..Default::default()
+            })),
+        },
+        Secret {
+            name: mesh_ca_secret_name(mesh),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(ca_pem),
+                    ..Default::default()
+                },
+            )),
+        },
+    ]
+}
