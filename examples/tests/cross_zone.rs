@@ -6,7 +6,8 @@
 //! identity), and a MeshTrafficPermission written on global denies web across zones. With
 //! backend in zone-1 too, traffic stays there until it fails its health checks, then fails
 //! over to zone-2 unless a MeshLoadBalancingStrategy excludes zone-2; and it keeps flowing
-//! when zone-2's control plane dies.
+//! when zone-2's control plane dies. With `routing.zoneEgress`, web's calls go through
+//! zone-1's egress, which passes them on to zone-2's ingress.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -275,7 +276,7 @@ fn a_service_in_one_zone_calls_a_service_in_another_through_its_ingress() {
             json!({"name": "web-1", "mesh": "default"}),
         )
         .await;
-        let _web = spawn_kuma_dp_in(
+        let web_dp = spawn_kuma_dp_in(
             &[],
             &dir,
             &format!("https://localhost:{}", zone1.dp_port),
@@ -391,6 +392,64 @@ fn a_service_in_one_zone_calls_a_service_in_another_through_its_ingress() {
                 passes &= http_get(to_backend, "/").await.0 == 200;
             }
             passes
+        })
+        .await;
+
+        // With routing.zoneEgress, web reaches zone-2 through zone-1's egress, which passes
+        // the mesh mTLS on to zone-2's ingress untouched.
+        let egress_port = free_port().await;
+        let egress = format!(
+            "type: ZoneEgress\nname: egress-1\nnetworking:\n  address: {CP_IP}\n  port: {egress_port}\n"
+        );
+        let egress_token = token(
+            "127.0.0.1",
+            global.api_port,
+            "/tokens/zone",
+            json!({"zone": "zone-1", "scope": ["egress"]}),
+        )
+        .await;
+        let egress_dp = spawn_kuma_dp_in(
+            &[],
+            &dir,
+            &format!("https://localhost:{}", zone1.dp_port),
+            &egress_token,
+            &zone1.ca_file,
+            "egress-1",
+            &egress,
+            &["--proxy-type", "egress"],
+        )
+        .await;
+        let mesh = |zone_egress: bool| {
+            json!({"type": "Mesh", "name": "default", "routing": {"zoneEgress": zone_egress},
+                "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}})
+        };
+        put("127.0.0.1", global.api_port, "/meshes/default", mesh(true)).await;
+        let via = |address: String| async move {
+            let clusters = http_get(web_dp.admin_port, "/clusters").await.1;
+            clusters.contains(&format!("backend::{address}::"))
+        };
+        eventually("web sends to backend through zone-1's egress", || {
+            via(format!("{CP_IP}:{egress_port}"))
+        })
+        .await;
+        eventually("web calls backend through the egress", || async {
+            let (status, raw) = http_get(to_backend, "/").await;
+            status == 200 && raw.contains("URI=spiffe://default/web")
+        })
+        .await;
+        let stats = http_get(egress_dp.admin_port, "/stats").await.1;
+        assert!(
+            stat(&stats, "tcp.default_backend.downstream_cx_total").unwrap_or(0) >= 1,
+            "{stats}"
+        );
+        let listener = format!("listener.inbound_{CP_IP}_{egress_port}.");
+        assert!(
+            !stats.lines().any(|l| l.starts_with(&listener) && l.contains(".ssl.")),
+            "the egress terminated TLS: {stats}"
+        );
+        put("127.0.0.1", global.api_port, "/meshes/default", mesh(false)).await;
+        eventually("web sends to zone-2's ingress again", || {
+            via(format!("{REMOTE_IP}:{ingress_port}"))
         })
         .await;
 
