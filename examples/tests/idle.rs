@@ -1,7 +1,7 @@
 //! An idle control plane does no work: once it has settled, ten seconds pass without a single
 //! store operation, config generation or xDS response, counted on its own `/metrics`. With the
-//! memory store, with SQLite, and with two real Envoys connected (through kuma-dp) and nothing
-//! changing.
+//! memory store, with SQLite, and with real Envoys connected (through kuma-dp: two sidecars,
+//! a zone ingress and a zone egress) and nothing changing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -94,6 +94,44 @@ async fn connected_envoys_that_change_nothing_cost_nothing() {
         );
         proxies.push(cp.proxy(&dir, name, &dataplane, &[]).await);
     }
+    // Zone proxies too: their insights are written once, not retried.
+    let (status, token) = common::post_json(
+        cp.api_port,
+        "/tokens/zone",
+        r#"{"zone": "default", "scope": ["ingress", "egress"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    let cp_address = format!("https://localhost:{}", cp.dp_port);
+    for (kind, name) in [("ZoneIngress", "ingress-1"), ("ZoneEgress", "egress-1")] {
+        let resource = format!(
+            "type: {kind}\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {}\n",
+            free_port().await
+        );
+        let proxy_type = if kind == "ZoneIngress" { "ingress" } else { "egress" };
+        proxies.push(
+            common::spawn_kuma_dp(
+                &dir,
+                &cp_address,
+                &token,
+                &cp.ca_file,
+                name,
+                &resource,
+                &["--proxy-type", proxy_type],
+            )
+            .await,
+        );
+    }
+    for (path, name) in [
+        ("/zoneingresses+insights", "ingress-1"),
+        ("/zoneegressoverviews", "egress-1"),
+    ] {
+        eventually("the zone proxy's insight is written", || async move {
+            let (_, body) = common::send_json(cp.api_port, "GET", path, "").await;
+            body.contains(name) && body.contains("subscriptions")
+        })
+        .await;
+    }
     for dp in &proxies {
         let port = dp.readiness_port;
         eventually("the proxy is ready", || async move {
@@ -103,5 +141,5 @@ async fn connected_envoys_that_change_nothing_cost_nothing() {
     }
     let before = work(cp.diagnostics_port).await;
     assert!(before.generations > 0 && before.responses > 0, "{before:?}");
-    assert_idle(cp.diagnostics_port, "two Envoys connected").await;
+    assert_idle(cp.diagnostics_port, "four Envoys connected").await;
 }

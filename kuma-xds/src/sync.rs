@@ -1126,10 +1126,13 @@ impl Reconciler {
                         let egresses = egresses
                             .iter()
                             .filter_map(|n| egress_of_identity(n).map(str::to_string));
-                        batch
-                            .items
-                            .push((String::new(), Dirty::zone_egresses(egresses)));
-                        batch.items.push((mesh, Dirty::proxies(proxies)));
+                        let egresses = Dirty::zone_egresses(egresses);
+                        if !egresses.zone_egresses.is_empty() {
+                            batch.items.push((String::new(), egresses));
+                        }
+                        if !proxies.is_empty() {
+                            batch.items.push((mesh, Dirty::proxies(proxies)));
+                        }
                     }
                 }
                 Wake::Store(Some(first)) => batch = first,
