@@ -108,7 +108,11 @@ async fn connected_envoys_that_change_nothing_cost_nothing() {
             "type: {kind}\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  port: {}\n",
             free_port().await
         );
-        let proxy_type = if kind == "ZoneIngress" { "ingress" } else { "egress" };
+        let proxy_type = if kind == "ZoneIngress" {
+            "ingress"
+        } else {
+            "egress"
+        };
         proxies.push(
             common::spawn_kuma_dp(
                 &dir,

@@ -338,27 +338,42 @@ pub const ZONE_PROXY_HEADERS: &[&str] = &[
 /// `spec_key`, its insight under `insight_key`).
 pub fn zone_proxy_inspect_row(overview: &Value, spec_key: &str, insight_key: &str) -> Vec<String> {
     let proxy = &overview[spec_key];
-    let subs = overview[insight_key]["subscriptions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let last = subs.last();
-    let online =
-        last.is_some_and(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
-    let sum = |field: &str| -> u64 {
-        subs.iter()
-            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
-            .sum()
-    };
+    let subs = subscriptions(&overview[insight_key]);
     let net = &proxy["networking"];
     let address = match (net["address"].as_str(), net["port"].as_u64()) {
         (Some(a), Some(p)) => format!("{a}:{p}"),
         _ => String::new(),
     };
-    vec![
+    let mut row = vec![
         overview["name"].as_str().unwrap_or_default().into(),
         proxy["zone"].as_str().unwrap_or_default().into(),
         address,
+    ];
+    row.extend(connection_columns(&subs, true));
+    row
+}
+
+/// The subscriptions of an insight.
+fn subscriptions(insight: &Value) -> Vec<Value> {
+    insight["subscriptions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// STATUS (online when the last subscription is open and `enabled`), LAST CONNECTED AGO,
+/// LAST UPDATED AGO, TOTAL UPDATES, TOTAL ERRORS of an insight's subscriptions.
+fn connection_columns(subs: &[Value], enabled: bool) -> [String; 5] {
+    let last = subs.last();
+    let online = enabled
+        && last
+            .is_some_and(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
+    let sum = |field: &str| -> u64 {
+        subs.iter()
+            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
+            .sum()
+    };
+    [
         if online { "Online" } else { "Offline" }.into(),
         last.map(|s| ago(&s["connectTime"]))
             .unwrap_or_else(|| "never".into()),
@@ -372,38 +387,21 @@ pub fn zone_proxy_inspect_row(overview: &Value, spec_key: &str, insight_key: &st
 /// One row of `kumactl inspect zones` for a zone overview (`/zones+insights`): online when
 /// its last connection is open and the zone is enabled.
 pub fn zone_inspect_row(overview: &Value) -> Vec<String> {
-    let insight = &overview["zoneInsight"];
-    let subs = insight["subscriptions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let subs = subscriptions(&overview["zoneInsight"]);
     let last = subs.last();
     let enabled = overview["zone"]["enabled"].as_bool() != Some(false);
-    let online = enabled
-        && last
-            .is_some_and(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
-    let sum = |field: &str| -> u64 {
-        subs.iter()
-            .map(|s| s["status"]["total"][field].as_u64().unwrap_or_default())
-            .sum()
-    };
     let backend = last
         .and_then(|s| s["config"].as_str())
         .and_then(|c| serde_json::from_str::<Value>(c).ok())
         .and_then(|c| c["store"]["type"].as_str().map(str::to_string))
         .unwrap_or_default();
-    vec![
-        overview["name"].as_str().unwrap_or_default().into(),
-        if online { "Online" } else { "Offline" }.into(),
-        last.map(|s| ago(&s["connectTime"]))
-            .unwrap_or_else(|| "never".into()),
-        last.map(|s| ago(&s["status"]["lastUpdateTime"]))
-            .unwrap_or_else(|| "never".into()),
-        sum("responsesSent").to_string(),
-        sum("responsesRejected").to_string(),
+    let mut row = vec![overview["name"].as_str().unwrap_or_default().into()];
+    row.extend(connection_columns(&subs, enabled));
+    row.push(
         last.and_then(|s| s["version"]["kumaCp"]["version"].as_str())
             .unwrap_or_default()
             .into(),
-        backend,
-    ]
+    );
+    row.push(backend);
+    row
 }

@@ -34,7 +34,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::ResourceGenerator;
-use super::context::ProxyContext;
+use super::context::{ProxyContext, WorkloadCertificate};
 use super::outbound::OutboundContext;
 use super::resources::{ClusterRole, ListenerTls, ResourceSet};
 use xds_server::envoy::{ads_config_source, any};
@@ -63,7 +63,7 @@ pub fn sni(service: &str, mesh: &str, subset: &kuma_core::model::common::Tags) -
     format!("{service}{{{}}}", inner.join(","))
 }
 
-pub(crate) fn inline(pem: &str) -> Option<DataSource> {
+fn inline(pem: &str) -> Option<DataSource> {
     Some(DataSource {
         specifier: Some(Specifier::InlineBytes(pem.as_bytes().to_vec())),
         ..Default::default()
@@ -95,7 +95,7 @@ fn uri_san(pattern: MatchPattern) -> SubjectAltNameMatcher {
 
 /// The TLS context both directions share: our certificate, the mesh's roots and which peer
 /// SANs are accepted.
-pub(crate) fn common_context(
+fn common_context(
     mesh: &str,
     peers: Vec<MatchPattern>,
     sds_cluster: Option<&str>,
@@ -115,6 +115,46 @@ pub(crate) fn common_context(
                 ..Default::default()
             },
         )),
+        ..Default::default()
+    }
+}
+
+/// A proxy's identity and the roots of `mesh`, as the secrets its TLS contexts name.
+pub(crate) fn mesh_secrets(
+    mesh: &str,
+    identity: &WorkloadCertificate,
+    ca_pem: &str,
+) -> [Secret; 2] {
+    [
+        Secret {
+            name: identity_secret_name(mesh),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: inline(&identity.cert_pem),
+                private_key: inline(&identity.key_pem),
+                ..Default::default()
+            })),
+        },
+        Secret {
+            name: mesh_ca_secret_name(mesh),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(ca_pem),
+                    ..Default::default()
+                },
+            )),
+        },
+    ]
+}
+
+/// What a listener terminating `mesh`'s mTLS asks of clients: a certificate from the mesh.
+pub(crate) fn downstream_context(mesh: &str, sds_cluster: Option<&str>) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        common_tls_context: Some(common_context(
+            mesh,
+            vec![MatchPattern::Prefix(format!("spiffe://{mesh}/"))],
+            sds_cluster,
+        )),
+        require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     }
 }
@@ -140,38 +180,10 @@ impl ResourceGenerator for MutualTls {
             return Err("the mesh has mTLS but the proxy has no workload certificate".into());
         };
         let mesh = ctx.mesh.mesh;
-        rs.secrets.insert(
-            identity_secret_name(mesh),
-            Secret {
-                name: identity_secret_name(mesh),
-                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                    certificate_chain: inline(&identity.cert_pem),
-                    private_key: inline(&identity.key_pem),
-                    ..Default::default()
-                })),
-            },
-        );
-        rs.secrets.insert(
-            mesh_ca_secret_name(mesh),
-            Secret {
-                name: mesh_ca_secret_name(mesh),
-                r#type: Some(secret::Type::ValidationContext(
-                    CertificateValidationContext {
-                        trusted_ca: inline(&mtls.ca_pem),
-                        ..Default::default()
-                    },
-                )),
-            },
-        );
-        let downstream = DownstreamTlsContext {
-            common_tls_context: Some(common_context(
-                mesh,
-                vec![MatchPattern::Prefix(format!("spiffe://{mesh}/"))],
-                mtls.sds_cluster.as_deref(),
-            )),
-            require_client_certificate: Some(BoolValue { value: true }),
-            ..Default::default()
-        };
+        for secret in mesh_secrets(mesh, identity, &mtls.ca_pem) {
+            rs.secrets.insert(secret.name.clone(), secret);
+        }
+        let downstream = downstream_context(mesh, mtls.sds_cluster.as_deref());
         for inbound in &rs.inbounds {
             if let Some(l) = rs.listeners.get_mut(&inbound.listener) {
                 l.tls = Some(ListenerTls {

@@ -18,32 +18,23 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
-use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
-use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, FilterChainMatch, ListenerFilter,
-};
-use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, DownstreamTlsContext, Secret, TlsCertificate, secret,
-};
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::envoy::config::listener::v3::FilterChainMatch;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
 use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::zone::ZoneEgressSpec;
 use kuma_core::resource::{Labels, Resource, ResourceType};
 use kuma_core::rules::ProxyView;
 use xds_server::cache::{EncodedResource, Snapshot};
-use xds_server::envoy::{any, cluster_route, eds_cluster, listener, load_assignment, tcp_proxy};
+use xds_server::envoy::{cluster_route, listener, load_assignment, tcp_proxy};
 
 use super::BoxError;
 use super::context::{Endpoint, MeshContext, WorkloadCertificate, weighted_locality};
 use super::external::origin_cluster;
-use super::mtls::{common_context, identity_secret_name, inline, mesh_ca_secret_name, sni};
+use super::mtls::{downstream_context, mesh_secrets, sni};
 use super::policies::traffic_permission::{guard, permission_rbac};
 use super::profile::{http_listener, prefix};
 use super::resources::{ClusterDraft, ClusterRole, ListenerDraft, ListenerTls, Terminal};
+use super::zone_ingress::{eds_resources, sni_passthrough, tls_inspector};
 
 /// One mesh an egress serves: the mesh's context (its external services, policies and mTLS),
 /// the egress's certificate in it, and its services in other zones.
@@ -92,21 +83,9 @@ pub fn egress_snapshot(
                 continue;
             }
             let cluster = cluster_name(mesh, service);
-            egress.filter_chains.push(FilterChain {
-                name: format!("{service}_{mesh}"),
-                filter_chain_match: Some(FilterChainMatch {
-                    transport_protocol: "tls".into(),
-                    server_names: vec![sni(service, mesh, &Tags::new())],
-                    ..Default::default()
-                }),
-                filters: vec![Filter {
-                    name: "envoy.filters.network.tcp_proxy".into(),
-                    config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(
-                        &cluster, &cluster,
-                    )))),
-                }],
-                ..Default::default()
-            });
+            egress
+                .filter_chains
+                .push(sni_passthrough(service, mesh, &cluster));
             // An ingress listed for several tag sets of the service is one endpoint.
             let mut merged: BTreeMap<(&str, u32), Endpoint> = BTreeMap::new();
             for e in endpoints {
@@ -117,11 +96,7 @@ pub fn egress_snapshot(
             }
             let mut assignment = load_assignment(&cluster, &[]);
             assignment.endpoints = vec![weighted_locality(&cluster, merged.values())];
-            resources.push((cluster.clone(), EncodedResource::from_message(&assignment)));
-            resources.push((
-                cluster.clone(),
-                EncodedResource::from_message(&eds_cluster(&cluster)),
-            ));
+            resources.extend(eds_resources(&cluster, &assignment));
         }
         let Some(identity) = m.identity else {
             continue;
@@ -129,15 +104,7 @@ pub fn egress_snapshot(
         if ctx.external.is_empty() {
             continue;
         }
-        let downstream = DownstreamTlsContext {
-            common_tls_context: Some(common_context(
-                mesh,
-                vec![MatchPattern::Prefix(format!("spiffe://{mesh}/"))],
-                None,
-            )),
-            require_client_certificate: Some(BoolValue { value: true }),
-            ..Default::default()
-        };
+        let downstream = downstream_context(mesh, None);
         for (service, endpoints) in ctx.external.iter() {
             if ctx.service(service).is_some() {
                 continue; // a mesh service of that name wins, as on sidecars
@@ -199,13 +166,7 @@ pub fn egress_snapshot(
         }
     }
     if !egress.filter_chains.is_empty() {
-        egress.listener_filters.push(ListenerFilter {
-            name: "envoy.filters.listener.tls_inspector".into(),
-            config_type: Some(ListenerFilterConfig::TypedConfig(any(
-                &TlsInspector::default(),
-            ))),
-            ..Default::default()
-        });
+        egress.listener_filters.push(tls_inspector());
         resources.push((name, EncodedResource::from_message(&egress)));
     }
     Ok(Snapshot::new(resources))
@@ -238,27 +199,4 @@ fn permission_entries(
     };
     ctx.policies
         .from_entries(ResourceType::MeshTrafficPermission, &view, PORT)
-}
-
-/// The egress's identity and the roots of `mesh`, as the secrets its chains name.
-fn mesh_secrets(mesh: &str, identity: &WorkloadCertificate, ca_pem: &str) -> [Secret; 2] {
-    [
-        Secret {
-            name: identity_secret_name(mesh),
-            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: inline(&identity.cert_pem),
-                private_key: inline(&identity.key_pem),
-                ..Default::default()
-            })),
-        },
-        Secret {
-            name: mesh_ca_secret_name(mesh),
-            r#type: Some(secret::Type::ValidationContext(
-                CertificateValidationContext {
-                    trusted_ca: inline(ca_pem),
-                    ..Default::default()
-                },
-            )),
-        },
-    ]
 }

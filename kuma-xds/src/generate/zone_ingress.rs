@@ -74,45 +74,69 @@ pub fn ingress_snapshot(
         };
         for service in services {
             let cluster = cluster_name(&mesh, &service);
-            let server_name = sni(&service, &mesh, &Tags::new());
-            ingress.filter_chains.push(FilterChain {
-                filter_chain_match: Some(FilterChainMatch {
-                    transport_protocol: "tls".into(),
-                    server_names: vec![server_name],
-                    ..Default::default()
-                }),
-                filters: vec![Filter {
-                    name: "envoy.filters.network.tcp_proxy".into(),
-                    config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(
-                        &cluster, &cluster,
-                    )))),
-                }],
-                ..Default::default()
-            });
+            ingress
+                .filter_chains
+                .push(sni_passthrough(&service, &mesh, &cluster));
             let endpoints = addresses(context.endpoints(&service));
-            resources.push((
-                cluster.clone(),
-                EncodedResource::from_message(&load_assignment(&cluster, &endpoints)),
-            ));
-            resources.push((
-                cluster.clone(),
-                EncodedResource::from_message(&eds_cluster(&cluster)),
+            resources.extend(eds_resources(
+                &cluster,
+                &load_assignment(&cluster, &endpoints),
             ));
         }
     }
     if ingress.filter_chains.is_empty() {
         ingress.filter_chains.push(direct_response(node_id, zone));
     } else {
-        ingress.listener_filters.push(ListenerFilter {
-            name: "envoy.filters.listener.tls_inspector".into(),
-            config_type: Some(ListenerFilterConfig::TypedConfig(any(
-                &TlsInspector::default(),
-            ))),
-            ..Default::default()
-        });
+        ingress.listener_filters.push(tls_inspector());
     }
     resources.push((name, EncodedResource::from_message(&ingress)));
     Some(Snapshot::new(resources))
+}
+
+/// A filter chain for connections whose TLS names `service` of `mesh` (the SNI
+/// `<service>{mesh=<mesh>}`): a TCP proxy to `cluster`, the TLS passing through.
+pub(crate) fn sni_passthrough(service: &str, mesh: &str, cluster: &str) -> FilterChain {
+    FilterChain {
+        name: format!("{service}_{mesh}"),
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: "tls".into(),
+            server_names: vec![sni(service, mesh, &Tags::new())],
+            ..Default::default()
+        }),
+        filters: vec![Filter {
+            name: "envoy.filters.network.tcp_proxy".into(),
+            config_type: Some(FilterConfig::TypedConfig(any(&tcp_proxy(cluster, cluster)))),
+        }],
+        ..Default::default()
+    }
+}
+
+/// The listener filter that reads the SNI of incoming TLS.
+pub(crate) fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// The EDS cluster `cluster` and its endpoints `assignment`, encoded.
+pub(crate) fn eds_resources(
+    cluster: &str,
+    assignment: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> [(String, EncodedResource); 2] {
+    [
+        (
+            cluster.to_string(),
+            EncodedResource::from_message(assignment),
+        ),
+        (
+            cluster.to_string(),
+            EncodedResource::from_message(&eds_cluster(cluster)),
+        ),
+    ]
 }
 
 /// Kuma's answer of an ingress that offers nothing.
