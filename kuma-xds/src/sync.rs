@@ -895,7 +895,10 @@ impl Reconciler {
                 Some((shape, graph)) if *shape == index.shape() => graph.clone(),
                 _ => {
                     views_moved = true;
-                    let graph = Arc::new(ReachGraph::new(index, &wide.policies));
+                    let graph = Arc::new(
+                        ReachGraph::new(index, &wide.policies)
+                            .with_external_services(&wide.external, &wide.engine),
+                    );
                     state.reach = Some((index.shape(), graph.clone()));
                     graph
                 }

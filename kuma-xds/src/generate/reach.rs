@@ -21,6 +21,7 @@ use kuma_core::model::policy::{PermissionAction, TargetRefKind, TrafficPermissio
 use kuma_core::resource::{Labels, Resource, ResourceType, Spec};
 use kuma_core::rules::{MeshPolicies, ProxyView, Rule};
 
+use super::external::ExternalServices;
 use super::index::MeshIndex;
 
 /// The tags a service is matched by: those every instance of a service carries alike.
@@ -33,6 +34,25 @@ pub const SERVICE_MATCH_TAGS: [&str; 4] = [
 
 /// The port of the stand-in inbound each service is matched as.
 const PORT: u32 = 1234;
+
+/// The MeshTrafficPermission `from` entries of `engine` protecting a destination with `tags`,
+/// in merge order: the engine matches policies against proxies, so the destination stands as
+/// a proxy with one inbound carrying its tags.
+pub(crate) fn permission_entries(engine: &MeshPolicies, tags: &Tags) -> Vec<Rule> {
+    let spec: DataplaneSpec = match serde_json::from_value(serde_json::json!({
+        "networking": {"address": "1.1.1.1", "inbound": [{"port": PORT, "tags": tags}]}
+    })) {
+        Ok(spec) => spec,
+        Err(_) => return Vec::new(),
+    };
+    let labels = Labels::default();
+    let view = ProxyView {
+        name: "",
+        labels: &labels,
+        spec: &spec,
+    };
+    engine.from_entries(ResourceType::MeshTrafficPermission, &view, PORT)
+}
 
 /// Which services which sources may reach, for one mesh.
 #[derive(Debug, Default)]
@@ -52,30 +72,40 @@ impl ReachGraph {
             .filter_map(narrowed_permission)
             .collect();
         let engine = MeshPolicies::new(&narrowed);
-        let labels = Labels::default();
         let entries = index
             .service_tags()
-            .filter_map(|(service, tags)| {
-                let spec: DataplaneSpec = serde_json::from_value(serde_json::json!({
-                    "networking": {
-                        "address": "1.1.1.1",
-                        "inbound": [{"port": PORT, "tags": tags}],
-                    }
-                }))
-                .ok()?;
-                let view = ProxyView {
-                    name: "",
-                    labels: &labels,
-                    spec: &spec,
-                };
-                let entries = engine.from_entries(ResourceType::MeshTrafficPermission, &view, PORT);
-                Some((service.to_string(), Protection::of(entries)))
+            .map(|(service, tags)| {
+                let entries = permission_entries(&engine, tags);
+                (service.to_string(), Protection::of(entries))
             })
             .collect();
         ReachGraph {
             entries,
             memo: Mutex::default(),
         }
+    }
+
+    /// Adds the mesh's external services, each protected as the zone egress protects it (by
+    /// the policies selecting its tags).
+    pub fn with_external_services(
+        mut self,
+        external: &ExternalServices,
+        policies: &MeshPolicies,
+    ) -> Self {
+        for (service, endpoints) in external.iter() {
+            if self.entries.contains_key(service) {
+                continue; // a mesh service of that name wins
+            }
+            let mut tags = endpoints
+                .first()
+                .map(|e| e.tags.clone())
+                .unwrap_or_default();
+            tags.insert(SERVICE_TAG.to_string(), service.to_string());
+            let entries = permission_entries(policies, &tags);
+            self.entries
+                .insert(service.to_string(), Protection::of(entries));
+        }
+        self
     }
 
     /// Whether a source whose inbounds carry `sources` may reach `service`.
@@ -272,5 +302,34 @@ mod tests {
             &reachable,
             &graph.reachable(&web, services.iter().copied())
         ));
+    }
+
+    #[test]
+    fn external_services_are_reached_as_their_permissions_say() {
+        use super::super::external::ExternalEndpoint;
+        let external = ExternalServices::from_endpoints(["httpbin", "api"].map(|service| {
+            (
+                service.to_string(),
+                ExternalEndpoint {
+                    name: service.to_string(),
+                    host: "203.0.113.5".into(),
+                    port: 80,
+                    tags: tags(&[("kuma.io/service", service), ("kuma.io/protocol", "http")]),
+                    tls: None,
+                },
+            )
+        }));
+        let policies = [
+            "type: MeshTrafficPermission\nmesh: default\nname: all\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n",
+            "type: MeshTrafficPermission\nmesh: default\nname: no-web\nspec:\n  targetRef: {kind: MeshService, name: httpbin}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Deny}\n",
+        ]
+        .map(|p| parse_yaml(p).unwrap());
+        let graph = ReachGraph::new(&MeshIndex::default(), &policies)
+            .with_external_services(&external, &MeshPolicies::new(&policies));
+        let web = [tags(&[("kuma.io/service", "web")])];
+        let other = [tags(&[("kuma.io/service", "other")])];
+        assert!(!graph.can_reach(&web, "httpbin"));
+        assert!(graph.can_reach(&other, "httpbin"));
+        assert!(graph.can_reach(&web, "api"));
     }
 }

@@ -20,10 +20,8 @@ use std::collections::BTreeMap;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::FilterChainMatch;
 use kuma_core::model::common::{SERVICE_TAG, Tags};
-use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::zone::ZoneEgressSpec;
-use kuma_core::resource::{Labels, Resource, ResourceType};
-use kuma_core::rules::ProxyView;
+use kuma_core::resource::Resource;
 use xds_server::cache::{EncodedResource, Snapshot};
 use xds_server::envoy::{cluster_route, listener, load_assignment, tcp_proxy};
 
@@ -33,6 +31,7 @@ use super::external::origin_cluster;
 use super::mtls::{downstream_context, mesh_secrets, sni};
 use super::policies::traffic_permission::{guard, permission_rbac};
 use super::profile::{http_listener, prefix};
+use super::reach::permission_entries;
 use super::resources::{ClusterDraft, ClusterRole, ListenerDraft, ListenerTls, Terminal};
 use super::zone_ingress::{eds_resources, sni_passthrough, tls_inspector};
 
@@ -135,7 +134,14 @@ pub fn egress_snapshot(
                 context: downstream.clone(),
                 plaintext_too: false,
             });
-            let entries = permission_entries(ctx, service, endpoints.first().map(|e| &e.tags));
+            // Who may reach it: the policies whose top-level targetRef selects its tags (as
+            // Kuma matches them on egresses).
+            let mut tags = endpoints
+                .first()
+                .map(|e| e.tags.clone())
+                .unwrap_or_default();
+            tags.insert(SERVICE_TAG.to_string(), service.to_string());
+            let entries = permission_entries(&ctx.policies, &tags);
             let (rules, shadow, _) = permission_rbac(ctx, mtls.strict_spiffe, &entries)?;
             guard(&mut chain, &format!("{stat_prefix}."), rules, shadow);
             let mut built = chain.build().filter_chains;
@@ -170,33 +176,4 @@ pub fn egress_snapshot(
         resources.push((name, EncodedResource::from_message(&egress)));
     }
     Ok(Snapshot::new(resources))
-}
-
-/// The MeshTrafficPermission `from` entries that decide who reaches the external `service`
-/// (tags `tags`) through an egress: those of the policies whose top-level targetRef selects
-/// it (`Mesh`, `MeshSubset` of its tags, `MeshService` of its name...), in merge order.
-fn permission_entries(
-    ctx: &MeshContext<'_>,
-    service: &str,
-    tags: Option<&Tags>,
-) -> Vec<kuma_core::rules::Rule> {
-    let mut tags = tags.cloned().unwrap_or_default();
-    tags.insert(SERVICE_TAG.to_string(), service.to_string());
-    // The engine matches policies against proxies: the external service stands as a proxy
-    // with one inbound carrying its tags.
-    const PORT: u32 = 1;
-    let stand_in: DataplaneSpec = match serde_json::from_value(serde_json::json!({
-        "networking": {"address": "127.0.0.1", "inbound": [{"port": PORT, "tags": tags}]}
-    })) {
-        Ok(spec) => spec,
-        Err(_) => return Vec::new(),
-    };
-    let labels = Labels::default();
-    let view = ProxyView {
-        name: "",
-        labels: &labels,
-        spec: &stand_in,
-    };
-    ctx.policies
-        .from_entries(ResourceType::MeshTrafficPermission, &view, PORT)
 }
