@@ -5,8 +5,10 @@
 //! reaches them. With `Mesh.routing.zoneEgress: true`, web's sidecar sends to the egress over
 //! mesh mTLS; the egress terminates it, applies MeshTrafficPermission, and connects out, in
 //! plain HTTP to one server and with TLS (a test CA, an SNI of the ExternalService's) to the
-//! other. A deny on the egress answers 403. With `zoneEgress` off, the sidecar connects out
-//! itself (once the firewall lets it).
+//! other, which it finds by name (`secure.ext.test`, in the hosts file of the test's
+//! namespaces). web's DNS proxy resolves that name to a VIP of the mesh. A deny on the egress
+//! answers 403. With `zoneEgress` off, the sidecar connects out itself (once the firewall lets
+//! it).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -104,6 +106,36 @@ async fn put(api: u16, path: &str, body: Value) {
     );
 }
 
+/// `/etc/netns/<ns>/hosts` naming the secure server, for the programs `ip netns exec <ns>`
+/// starts (it mounts the file over `/etc/hosts` for them); removed on drop.
+struct HostsFile(Vec<std::path::PathBuf>);
+
+impl HostsFile {
+    fn write(namespaces: &[&str]) -> HostsFile {
+        let dirs: Vec<std::path::PathBuf> = namespaces
+            .iter()
+            .map(|ns| std::path::PathBuf::from(format!("/etc/netns/{ns}")))
+            .collect();
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(
+                dir.join("hosts"),
+                format!("127.0.0.1 localhost\n{REMOTE_IP} secure.ext.test\n"),
+            )
+            .unwrap();
+        }
+        HostsFile(dirs)
+    }
+}
+
+impl Drop for HostsFile {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 #[test]
 fn external_services_are_reached_through_the_zone_egress() {
     let lab = Lab::create("egress");
@@ -114,6 +146,9 @@ fn external_services_are_reached_through_the_zone_egress() {
         .map(|s| s.to_string())
         .collect();
     let remote: Vec<&str> = remote.iter().map(String::as_str).collect();
+    let on_cp: Vec<String> = lab.cp.exec_prefix().iter().map(|s| s.to_string()).collect();
+    let on_cp: Vec<&str> = on_cp.iter().map(String::as_str).collect();
+    let _hosts = HostsFile::write(&[&lab.cp.name, &lab.remote.name]);
     let (ext_ca, ext_cert, ext_key) = kuma_testkit::server_certificate(&["secure.ext.test"]);
     let (plain_port, secure_port) = external_servers(&lab, ext_cert, ext_key);
     // Only the remote host itself reaches the servers.
@@ -213,9 +248,8 @@ fn external_services_are_reached_through_the_zone_egress() {
             api,
             "/meshes/default/external-services/secure",
             json!({"type": "ExternalService", "mesh": "default", "name": "secure",
-                "networking": {"address": format!("{REMOTE_IP}:{secure_port}"),
-                    "tls": {"enabled": true, "serverName": "secure.ext.test",
-                        "caCert": {"inlineString": ext_ca}}},
+                "networking": {"address": format!("secure.ext.test:{secure_port}"),
+                    "tls": {"enabled": true, "caCert": {"inlineString": ext_ca}}},
                 "tags": {"kuma.io/service": "secure", "kuma.io/protocol": "http"}}),
         )
         .await;
@@ -268,15 +302,22 @@ fn external_services_are_reached_through_the_zone_egress() {
         )
         .await;
         assert_eq!(status, 200, "{web_token}");
+        let (upstream, _stop) = common::example_resolver().await;
+        let dns_port = free_port().await;
         let web_dp = spawn_kuma_dp_in(
-            &[],
+            &on_cp,
             &dir,
             &format!("https://localhost:{}", cp.dp_port),
             &web_token,
             &ca_file,
             "web-1",
             &web,
-            &[],
+            &[
+                "--dns-port",
+                &dns_port.to_string(),
+                "--dns-upstream",
+                &upstream.to_string(),
+            ],
         )
         .await;
 
@@ -332,6 +373,15 @@ fn external_services_are_reached_through_the_zone_egress() {
         eventually("web has an outbound on httpbin's VIP and port", || async {
             let listeners = http_get(web_dp.admin_port, "/listeners").await.1;
             listeners.contains(&format!("outbound:{vip}:{plain_port}"))
+        })
+        .await;
+        // The secure server's host name gets a VIP of its own: web's DNS proxy answers it,
+        // and web listens on it at the server's port.
+        let host_vip = eventually_vip(dns_port, "secure.ext.test").await;
+        assert!(host_vip.starts_with("240."), "{host_vip}");
+        eventually("web has an outbound on the host's VIP and port", || async {
+            let listeners = http_get(web_dp.admin_port, "/listeners").await.1;
+            listeners.contains(&format!("outbound:{host_vip}:{secure_port}"))
         })
         .await;
 

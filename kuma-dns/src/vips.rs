@@ -467,12 +467,16 @@ pub async fn stored_service_vips(
     manager: &ResourceManager,
     mesh: &str,
 ) -> Result<BTreeMap<String, Ipv4Addr>, VipError> {
-    let (table, _) = stored_table(manager, mesh).await?;
-    Ok(addresses(&table)
+    Ok(service_vips(&stored_table(manager, mesh).await?.0))
+}
+
+/// The VIP of each service (by `kuma.io/service`) in `table`.
+pub fn service_vips(table: &VipTable) -> BTreeMap<String, Ipv4Addr> {
+    addresses(table)
         .into_iter()
         .filter(|(h, _)| h.kind == HostnameKind::Service)
         .map(|(h, ip)| (h.name.clone(), ip))
-        .collect())
+        .collect()
 }
 
 /// The table held by the Config resource `r` (named `name`).
@@ -493,8 +497,9 @@ pub fn parse_table(name: &str, r: &Resource) -> Result<VipTable, VipError> {
 }
 
 /// The services of `external_services` (a mesh's ExternalServices), each reached at the port of
-/// its address, as Kuma records them (`0:<service>` with that port; by name order, the first
-/// ExternalService of a service gives the port).
+/// its address, as Kuma records them: `0:<service>` with that port, and `1:<host>` for a
+/// host that is a domain name, unless `disableHostDNSEntry` (by name order, the first
+/// ExternalService of a service or host is kept).
 pub fn external_service_hostnames<'a>(
     external_services: impl IntoIterator<Item = &'a Resource>,
 ) -> BTreeMap<HostnameEntry, Vec<OutboundEntry>> {
@@ -515,10 +520,73 @@ pub fn external_service_hostnames<'a>(
         };
         let outbounds = out.entry(HostnameEntry::service(service)).or_default();
         if !outbounds.contains(&entry) {
-            outbounds.push(entry);
+            outbounds.push(entry.clone());
+        }
+        let host = spec.host_port().map(|(h, _)| h.to_ascii_lowercase());
+        let by_name = host.filter(|h| !kuma_core::model::common::is_ip(h));
+        let disabled = spec
+            .networking
+            .as_ref()
+            .is_some_and(|n| n.disable_host_dns_entry);
+        if let (Some(host), false) = (by_name, disabled) {
+            let outbounds = out
+                .entry(HostnameEntry {
+                    kind: HostnameKind::Host,
+                    name: host,
+                })
+                .or_default();
+            if outbounds.is_empty() {
+                outbounds.push(OutboundEntry {
+                    origin: "host".into(),
+                    ..entry
+                });
+            }
         }
     }
     out
+}
+
+/// An external service's host with a VIP: proxies reach `service` on `port` at `ip` when
+/// they resolve `host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostVip {
+    /// The host name (lowercase).
+    pub host: String,
+    /// Its VIP.
+    pub ip: Ipv4Addr,
+    /// The external service behind it.
+    pub service: String,
+    /// The port it is reached on.
+    pub port: u32,
+}
+
+/// The hosts of `mesh`'s external services with VIPs, from its stored table.
+pub async fn stored_host_vips(
+    manager: &ResourceManager,
+    mesh: &str,
+) -> Result<Vec<HostVip>, VipError> {
+    Ok(host_vips(&stored_table(manager, mesh).await?.0))
+}
+
+/// The hosts of external services with VIPs in `table`.
+pub fn host_vips(table: &VipTable) -> Vec<HostVip> {
+    table
+        .iter()
+        .filter(|(h, _)| h.kind == HostnameKind::Host)
+        .filter_map(|(h, vo)| {
+            let ip = vo.address.parse().ok()?;
+            let outbound = vo.outbounds.first()?;
+            Some(HostVip {
+                host: h.name.clone(),
+                ip,
+                service: outbound
+                    .tag_set
+                    .get(kuma_core::model::common::SERVICE_TAG)?
+                    .clone(),
+                port: outbound.port,
+            })
+        })
+        .collect()
 }
 
 /// The port Kuma reserves on inbounds that serve no traffic (they get no VIP).

@@ -5,7 +5,9 @@
 //!   as the IPv4-mapped IPv6 address, with the zone's TTL; the answer is authoritative;
 //! - a name of the domain that does not exist: NXDOMAIN, with the zone's SOA;
 //! - an existing name asked for another type: no data (NOERROR, SOA in authority);
-//! - a name outside the domain, or a class other than IN: REFUSED;
+//! - a name outside the domain given a record of its own (an external service's host, see
+//!   [`Zone::with_records`]): `A`/`AAAA` like a name of the domain, no data for other types;
+//! - any other name outside the domain, or a class other than IN: REFUSED;
 //! - a packet that does not parse but has a header: FORMERR; opcodes other than QUERY:
 //!   NOTIMP; responses and packets shorter than a header: dropped;
 //! - EDNS(0) is answered with an OPT record; over UDP, a response larger than the client's
@@ -31,6 +33,8 @@ pub struct Zone {
     ttl: u32,
     /// Lowercase name relative to the domain -> addresses (sorted, deduplicated).
     names: HashMap<String, Vec<Ipv4Addr>>,
+    /// Lowercase full names outside the domain with records of their own -> addresses.
+    hosts: HashMap<String, Vec<Ipv4Addr>>,
     soa: Record,
 }
 
@@ -60,6 +64,7 @@ impl Zone {
             domain,
             ttl,
             names: HashMap::new(),
+            hosts: HashMap::new(),
             soa,
         }
     }
@@ -81,17 +86,21 @@ impl Zone {
         self.sorted()
     }
 
-    /// Adds `(name, address)` records given by full name (`backend.mesh`); names outside the
-    /// domain are skipped.
+    /// Adds `(name, address)` records given by full name: `backend.mesh` in the domain, and
+    /// names outside it (an external service's host, such as `httpbin.org`), which are then
+    /// answered instead of refused.
     pub fn with_records(mut self, records: impl IntoIterator<Item = (String, Ipv4Addr)>) -> Self {
         for (name, ip) in records {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(relative) = name
+            if name.is_empty() || name == self.domain {
+                continue;
+            }
+            match name
                 .strip_suffix(self.domain.as_str())
                 .and_then(|r| r.strip_suffix('.'))
-                .filter(|r| !r.is_empty())
             {
-                self.add(relative.to_string(), ip);
+                Some(relative) => self.add(relative.to_string(), ip),
+                None => self.hosts.entry(name).or_default().push(ip),
             }
         }
         self.sorted()
@@ -99,7 +108,7 @@ impl Zone {
 
     /// Each name's addresses in order, once each.
     fn sorted(mut self) -> Self {
-        for ips in self.names.values_mut() {
+        for ips in self.names.values_mut().chain(self.hosts.values_mut()) {
             ips.sort();
             ips.dedup();
         }
@@ -112,18 +121,21 @@ impl Zone {
 
     /// How many names the zone answers.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.names.len() + self.hosts.len()
     }
 
     /// True when the zone has no names.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.is_empty() && self.hosts.is_empty()
     }
 
-    /// The addresses of `name` (relative to the domain, any case).
+    /// The addresses of `name` (relative to the domain, or a full name outside it with a
+    /// record of its own; any case).
     pub fn lookup(&self, name: &str) -> Option<&[Ipv4Addr]> {
+        let name = name.to_ascii_lowercase();
         self.names
-            .get(&name.to_ascii_lowercase())
+            .get(&name)
+            .or_else(|| self.hosts.get(&name))
             .map(Vec::as_slice)
     }
 
@@ -194,8 +206,13 @@ impl Zone {
         let name = &mut name[..len];
         name.make_ascii_lowercase();
         let name = std::str::from_utf8(name).ok()?;
-        let relative = name.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
-        let ips = self.names.get(relative)?;
+        let ips = match name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|r| r.strip_suffix('.'))
+        {
+            Some(relative) => self.names.get(relative)?,
+            None => self.hosts.get(name)?,
+        };
         let (rdlen, size) = if qtype == 1 { (4u16, 16) } else { (16u16, 28) };
         let total = 12 + question.len() + ips.len() * size + if edns { 11 } else { 0 };
         if total > usize::from(limit) {
@@ -295,8 +312,19 @@ impl Zone {
             full.strip_suffix(self.domain.as_str())
                 .and_then(|r| r.strip_suffix('.'))
         };
-        let (Some(relative), DNSClass::IN) = (relative, query.query_class()) else {
+        if query.query_class() != DNSClass::IN {
             response.metadata.response_code = ResponseCode::Refused;
+            return;
+        }
+        let Some(relative) = relative else {
+            // Outside the domain: only names with records of their own are answered.
+            match self.hosts.get(full) {
+                Some(ips) => {
+                    response.metadata.authoritative = true;
+                    response.add_answers(self.address_records(query, ips));
+                }
+                None => response.metadata.response_code = ResponseCode::Refused,
+            }
             return;
         };
         response.metadata.authoritative = true;
@@ -314,8 +342,20 @@ impl Zone {
             response.authorities.push(self.soa.clone());
             return;
         };
+        let answers = self.address_records(query, ips);
+        if answers.is_empty() {
+            response.authorities.push(self.soa.clone());
+        } else {
+            response.add_answers(answers);
+        }
+    }
+}
+
+impl Zone {
+    /// The A (or IPv4-mapped AAAA) records of `ips` for `query`'s name; none for other types.
+    fn address_records(&self, query: &hickory_proto::op::Query, ips: &[Ipv4Addr]) -> Vec<Record> {
         let name = query.name().clone();
-        let answers: Vec<Record> = match query.query_type() {
+        match query.query_type() {
             RecordType::A => ips
                 .iter()
                 .map(|ip| Record::from_rdata(name.clone(), self.ttl, RData::A(A(*ip))))
@@ -328,11 +368,6 @@ impl Zone {
                 })
                 .collect(),
             _ => Vec::new(),
-        };
-        if answers.is_empty() {
-            response.authorities.push(self.soa.clone());
-        } else {
-            response.add_answers(answers);
         }
     }
 }
@@ -383,5 +418,45 @@ mod tests {
             RecordType::A,
         ));
         assert!(zone.answer_directly(&q.to_vec().unwrap()).is_none());
+    }
+
+    #[test]
+    fn hosts_outside_the_domain_are_answered_only_when_given() {
+        let zone = Zone::new("mesh", 30).with_records([
+            ("backend.mesh".to_string(), Ipv4Addr::new(240, 0, 0, 1)),
+            ("HttpBin.org.".to_string(), Ipv4Addr::new(240, 0, 0, 2)),
+        ]);
+        assert_eq!(zone.len(), 2);
+        assert_eq!(
+            zone.lookup("httpbin.org"),
+            Some(&[Ipv4Addr::new(240, 0, 0, 2)][..])
+        );
+        let ask = |name: &str, rtype: RecordType| {
+            let mut q = Message::query();
+            q.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+            q.to_vec().unwrap()
+        };
+        let packet = ask("httpbin.org.", RecordType::A);
+        let direct = Message::from_vec(&zone.answer_directly(&packet).unwrap()).unwrap();
+        let parsed =
+            Message::from_vec(&zone.answer_parsed(&packet, Transport::Udp).unwrap()).unwrap();
+        assert_eq!(direct.metadata, parsed.metadata);
+        assert_eq!(direct.answers, parsed.answers);
+        assert_eq!(direct.answers.len(), 1);
+        // Other names outside the domain are refused (a forwarding server sends them on).
+        let other = zone
+            .answer(&ask("example.org.", RecordType::A), Transport::Udp)
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&other).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        // Another type for the host: no data, not refused.
+        let mx = zone
+            .answer(&ask("httpbin.org.", RecordType::MX), Transport::Udp)
+            .unwrap();
+        let mx = Message::from_vec(&mx).unwrap();
+        assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
+        assert!(mx.answers.is_empty());
     }
 }

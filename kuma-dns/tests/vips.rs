@@ -218,3 +218,38 @@ fn services_come_from_inbounds_and_remote_ingresses() {
             .collect();
     assert_eq!(got, ["backend", "payments"]);
 }
+
+#[test]
+fn external_services_get_their_port_and_a_host_entry_by_name() {
+    use kuma_core::resource::parse_yaml;
+    use kuma_dns::vips::HostnameKind;
+    let es = |name: &str, address: &str, extra: &str| {
+        parse_yaml(&format!(
+            "type: ExternalService\nmesh: default\nname: {name}\nnetworking:\n  address: \"{address}\"\n{extra}tags:\n  kuma.io/service: {name}\n"
+        ))
+        .unwrap()
+    };
+    let all = [
+        es("httpbin", "HttpBin.org:443", ""),
+        es("by-ip", "10.1.2.3:80", ""),
+        es(
+            "hidden",
+            "hidden.example:8080",
+            "  disableHostDNSEntry: true\n",
+        ),
+    ];
+    let got = kuma_dns::vips::external_service_hostnames(&all);
+    let entries: Vec<(HostnameKind, &str, u32)> = got
+        .iter()
+        .map(|(h, outbounds)| (h.kind, h.name.as_str(), outbounds[0].port))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (HostnameKind::Service, "by-ip", 80),
+            (HostnameKind::Service, "hidden", 8080),
+            (HostnameKind::Service, "httpbin", 443),
+            (HostnameKind::Host, "httpbin.org", 443),
+        ]
+    );
+}

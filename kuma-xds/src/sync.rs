@@ -35,6 +35,19 @@ pub trait Vips: Send + Sync + 'static {
     /// Service name to VIP, for the services of `mesh` that have one.
     async fn service_vips(&self, mesh: &str) -> BTreeMap<String, std::net::Ipv4Addr>;
 
+    /// The hosts of `mesh`'s external services that have VIPs (none by default).
+    async fn host_vips(&self, _mesh: &str) -> Vec<ExternalHost> {
+        Vec::new()
+    }
+
+    /// Both of the above, as the reconciler asks for them; override it to read a table once.
+    async fn mesh_vips(
+        &self,
+        mesh: &str,
+    ) -> (BTreeMap<String, std::net::Ipv4Addr>, Vec<ExternalHost>) {
+        (self.service_vips(mesh).await, self.host_vips(mesh).await)
+    }
+
     /// The mesh whose VIPs a change of `key` may have moved (`None`: the change is not about
     /// VIPs).
     fn changed_mesh(&self, key: &ResourceKey) -> Option<String>;
@@ -68,7 +81,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::generate::external::ExternalServices;
+use crate::generate::external::{ExternalHost, ExternalServices};
 use crate::generate::{
     Dependencies, MeshContext, MeshIndex, ProxyContext, ReachGraph, SharedBuilds,
     SnapshotGenerator, WorkloadCertificate, node_id,
@@ -179,6 +192,8 @@ struct MeshWide {
     vips: Arc<BTreeMap<String, std::net::Ipv4Addr>>,
     /// The mesh's ExternalServices, their TLS data sources read.
     external: Arc<ExternalServices>,
+    /// The hosts of its external services with VIPs.
+    hosts: Arc<Vec<ExternalHost>>,
 }
 
 /// Why a batch could not be applied to a mesh (the proxies keep their snapshots).
@@ -919,6 +934,7 @@ impl Reconciler {
             .with_vips(wide.vips.clone(), self.vip_port)
             .with_vip_domain(&self.vip_domain)
             .with_external_services(wide.external.clone())
+            .with_external_hosts(wide.hosts.clone())
             .with_zone_egresses(egresses)
             .with_shared_builds(state.builds.clone());
         if let Some(a) = &wide.authority {
@@ -1061,13 +1077,16 @@ impl Reconciler {
             Some(p) if same_versions(&p.policies, &policies) => p.engine,
             _ => Arc::new(MeshPolicies::new(&policies)),
         };
-        let vips = Arc::new(self.vips.service_vips(mesh).await);
+        let (vips, hosts) = self.vips.mesh_vips(mesh).await;
+        let vips = Arc::new(vips);
         let external = self
             .manager
             .list(&ListQuery::in_mesh(ResourceType::ExternalService, mesh))
             .await?;
         let external = Arc::new(ExternalServices::load(&self.manager, mesh, &external.items).await);
+        let hosts = Arc::new(hosts);
         Ok(MeshWide {
+            hosts,
             spec,
             authority,
             policies,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::GenerateError;
-use super::external::{ExternalEndpoint, ExternalServices};
+use super::external::{ExternalEndpoint, ExternalHost, ExternalServices};
 use super::index::MeshIndex;
 use super::outbound::{OutboundCache, OutboundContext, OutboundView, SharedOutbounds};
 use super::reach::ReachGraph;
@@ -188,6 +188,8 @@ pub struct MeshContext<'a> {
     pub vip_domain: String,
     /// The mesh's external services (ExternalService resources), by service.
     pub external: Arc<ExternalServices>,
+    /// The hosts of its external services with VIPs.
+    pub external_hosts: Arc<Vec<ExternalHost>>,
     /// Where this zone's egresses listen: the endpoints of external services (and of other
     /// zones' services) when the mesh routes through the zone egress.
     pub zone_egresses: Arc<Vec<(String, u32)>>,
@@ -250,6 +252,7 @@ impl<'a> MeshContext<'a> {
             vip_port: 80,
             vip_domain: "mesh".into(),
             external: Arc::default(),
+            external_hosts: Arc::default(),
             zone_egresses: Arc::default(),
             reach: None,
             builds: Arc::default(),
@@ -282,6 +285,13 @@ impl<'a> MeshContext<'a> {
     /// Uses the mesh's external services (see [`super::external`]).
     pub fn with_external_services(mut self, external: impl Into<Arc<ExternalServices>>) -> Self {
         self.external = external.into();
+        self
+    }
+
+    /// Gives transparent proxies an outbound (and a DNS record) per external service host
+    /// with a VIP.
+    pub fn with_external_hosts(mut self, hosts: impl Into<Arc<Vec<ExternalHost>>>) -> Self {
+        self.external_hosts = hosts.into();
         self
     }
 

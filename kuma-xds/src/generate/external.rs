@@ -53,6 +53,20 @@ pub const ZONE_EGRESS_SERVICE: &str = "zone-egress";
 /// ExternalService's name).
 const MATCH_KEY: &str = "kuma.io/external-service-name";
 
+/// An external service's host with a VIP (Kuma's `1:<host>` VIP entry): a transparent proxy
+/// serves `service` on `ip:port`, and kuma-dp's DNS proxy resolves `host` to `ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExternalHost {
+    /// The host name (lowercase).
+    pub host: String,
+    /// Its VIP.
+    pub ip: std::net::Ipv4Addr,
+    /// The external service behind it.
+    pub service: String,
+    /// The port it is reached on.
+    pub port: u32,
+}
+
 /// One ExternalService of a service: where it is and how to speak TLS to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalEndpoint {

@@ -408,6 +408,16 @@ impl ResourceGenerator for TransparentProxy {
                 add_outbound(ctx.mesh, rs, service, (&vip, port), false);
             }
         }
+        // External services' hosts with VIPs of their own (`httpbin.org`), on their ports.
+        for h in ctx.mesh.external_hosts.iter() {
+            let reached = match reach {
+                Reach::Every => true,
+                Reach::Only(services) => services.binary_search(&h.service).is_ok(),
+            };
+            if reached && ctx.mesh.external_service(&h.service).is_some() {
+                add_outbound(ctx.mesh, rs, &h.service, (&h.ip.to_string(), h.port), false);
+            }
+        }
         Ok(())
     }
 }
@@ -471,6 +481,16 @@ impl ResourceGenerator for DnsRecords {
                         "ips": [vip.to_string()],
                     })
                 })
+                .chain(
+                    ctx.mesh
+                        .external_hosts
+                        .iter()
+                        .filter(|h| {
+                            tp.reachable_services.is_empty()
+                                || tp.reachable_services.contains(&h.service)
+                        })
+                        .map(|h| serde_json::json!({"name": h.host, "ips": [h.ip.to_string()]})),
+                )
                 .collect();
             let body = serde_json::json!({"records": records, "ttl": 30}).to_string();
             let etag = format!("{:016x}", xds_server::cache::content_hash(body.as_bytes()));
