@@ -7,7 +7,7 @@
 //! plain HTTP to one server and with TLS (a test CA, an SNI of the ExternalService's) to the
 //! other, which it finds by name (`secure.ext.test`, in the hosts file of the test's
 //! namespaces). web's DNS proxy resolves that name to a VIP of the mesh. A deny on the egress
-//! answers 403. With `zoneEgress` off, the sidecar connects out itself (once the firewall lets
+//! answers 403, a fault injected there 418. With `zoneEgress` off, the sidecar connects out itself (once the firewall lets
 //! it).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -407,15 +407,37 @@ fn external_services_are_reached_through_the_zone_egress() {
             "{stats}"
         );
 
-        // Without zoneEgress the sidecar connects out itself: turned away by the firewall
-        // until it lets 10.77.0.1 in, then served, with the egress no longer involved.
-        send_json(
+        // A fault injected by the egress, as Kuma applies MeshFaultInjection there.
+        let (status, _) = send_json(
             api,
             "DELETE",
             "/meshes/default/meshtrafficpermissions/deny-httpbin",
             "",
         )
         .await;
+        assert_eq!(status, 200);
+        eventually("web is let in again", || async {
+            http_get(plain_out, "/").await.0 == 200
+        })
+        .await;
+        let faults = "/meshes/default/meshfaultinjections/teapot";
+        put(
+            api,
+            faults,
+            json!({"type": "MeshFaultInjection", "mesh": "default", "name": "teapot",
+                "spec": {"targetRef": {"kind": "MeshService", "name": "httpbin"},
+                    "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
+                        {"abort": {"httpStatus": 418, "percentage": 100}}]}}]}}),
+        )
+        .await;
+        eventually("the egress injects the fault", || async {
+            http_get(plain_out, "/").await.0 == 418
+        })
+        .await;
+        assert_eq!(send_json(api, "DELETE", faults, "").await.0, 200);
+
+        // Without zoneEgress the sidecar connects out itself: turned away by the firewall
+        // until it lets 10.77.0.1 in, then served, with the egress no longer involved.
         put(
             api,
             "/meshes/default",

@@ -29,11 +29,13 @@ use super::BoxError;
 use super::context::{Endpoint, MeshContext, WorkloadCertificate, weighted_locality};
 use super::external::origin_cluster;
 use super::mtls::{downstream_context, mesh_secrets, sni};
-use super::policies::traffic_permission::{guard, permission_rbac};
+use super::policies::{MeshFaultInjection, MeshRateLimit, MeshTrafficPermission};
 use super::profile::{http_listener, prefix};
-use super::reach::permission_entries;
-use super::resources::{ClusterDraft, ClusterRole, ListenerDraft, ListenerTls, Terminal};
+use super::resources::{
+    ClusterDraft, ClusterRole, InboundInfo, ListenerDraft, ListenerTls, ResourceSet, Terminal,
+};
 use super::zone_ingress::{eds_resources, sni_passthrough, tls_inspector};
+use super::{ProxyContext, ProxyMetadata, ResourceGenerator};
 
 /// One mesh an egress serves: the mesh's context (its external services, policies and mTLS),
 /// the egress's certificate in it, and its services in other zones.
@@ -134,16 +136,12 @@ pub fn egress_snapshot(
                 context: downstream.clone(),
                 plaintext_too: false,
             });
-            // Who may reach it: the policies whose top-level targetRef selects its tags (as
-            // Kuma matches them on egresses).
             let mut tags = endpoints
                 .first()
                 .map(|e| e.tags.clone())
                 .unwrap_or_default();
             tags.insert(SERVICE_TAG.to_string(), service.to_string());
-            let entries = permission_entries(&ctx.policies, &tags);
-            let (rules, shadow, _) = permission_rbac(ctx, mtls.strict_spiffe, &entries)?;
-            guard(&mut chain, &format!("{stat_prefix}."), rules, shadow);
+            let chain = apply_inbound_policies(ctx, chain, &cluster, &tags, protocol)?;
             let mut built = chain.build().filter_chains;
             let Some(mut filter_chain) = built.pop() else {
                 continue;
@@ -176,4 +174,46 @@ pub fn egress_snapshot(
         resources.push((name, EncodedResource::from_message(&egress)));
     }
     Ok(Snapshot::new(resources))
+}
+
+/// What the policies selecting the external service (tags `tags`) do to its chain: the
+/// `from` rules of MeshTrafficPermission (RBAC; none: nobody passes), MeshFaultInjection and
+/// MeshRateLimit, as Kuma applies them on egresses. The sidecar generators run over the chain
+/// as the one inbound of a stand-in proxy carrying the external service's tags, which is how
+/// policies whose top-level targetRef selects those tags (`Mesh`, `MeshSubset`,
+/// `MeshService` by name...) find it.
+fn apply_inbound_policies(
+    ctx: &MeshContext<'_>,
+    chain: ListenerDraft,
+    cluster: &str,
+    tags: &Tags,
+    protocol: super::Protocol,
+) -> Result<ListenerDraft, BoxError> {
+    const PORT: u32 = 1;
+    const LISTENER: &str = "egress";
+    let spec = serde_json::json!({"type": "Dataplane", "mesh": ctx.mesh, "name": "zone-egress",
+        "networking": {"address": "127.0.0.1", "inbound": [{"port": PORT, "tags": tags}]}});
+    let stand_in =
+        Resource::from_value(spec).map_err(|e| format!("the external service's stand-in: {e}"))?;
+    let proxy = ProxyContext::new(ctx, &stand_in, ProxyMetadata::default())
+        .ok_or("the external service's stand-in is not a Dataplane")?;
+    let mut rs = ResourceSet::default();
+    rs.add_listener(LISTENER, chain);
+    rs.inbounds.push(InboundInfo {
+        listener: LISTENER.into(),
+        cluster: cluster.to_string(),
+        port: PORT,
+        service: tags.get(SERVICE_TAG).cloned().unwrap_or_default(),
+        protocol,
+    });
+    let generators: [&dyn ResourceGenerator; 3] =
+        [&MeshTrafficPermission, &MeshFaultInjection, &MeshRateLimit];
+    for g in generators {
+        g.apply(&proxy, &mut rs)
+            .map_err(|e| format!("{} on the egress: {e}", g.name()))?;
+    }
+    rs.listeners
+        .remove(LISTENER)
+        .map(|draft| *draft)
+        .ok_or_else(|| "the chain went missing".into())
 }
