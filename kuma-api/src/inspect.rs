@@ -334,23 +334,12 @@ pub(crate) async fn global_insight(
     Ok(Json(body).into_response())
 }
 
-/// A zone with its insight, as Kuma's `ZoneOverview`.
-fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
-    global_overview("ZoneOverview", "zone", "zoneInsight", zone, insight)
-}
-
 /// Kuma's overview of a global resource with an insight: `{type, name, <spec_key>: its spec,
 /// <insight_key>: its insight}`.
-fn global_overview(
-    kind: &str,
-    spec_key: &str,
-    insight_key: &str,
-    resource: &Resource,
-    insight: Option<&Resource>,
-) -> Value {
+fn global_overview(kind: &OverviewKind, resource: &Resource, insight: Option<&Resource>) -> Value {
     let full = resource.to_value();
     let mut out = Map::new();
-    out.insert("type".into(), json!(kind));
+    out.insert("type".into(), json!(kind.overview));
     let mut spec = Map::new();
     if let Value::Object(fields) = full {
         for (k, v) in fields {
@@ -365,60 +354,76 @@ fn global_overview(
             }
         }
     }
-    out.insert(spec_key.into(), Value::Object(spec));
+    out.insert(kind.spec_key.into(), Value::Object(spec));
     let insight = insight.map_or_else(|| json!({}), |r| r.spec.to_value());
-    out.insert(insight_key.into(), insight);
+    out.insert(kind.insight_key.into(), insight);
     Value::Object(out)
 }
 
-/// What the overview of a zone proxy of type `rtype` (ZoneIngress or ZoneEgress) is made of:
-/// (its insight's type, the overview's type, spec key, insight key).
-fn zone_proxy_kind(
+/// What Kuma's overview of a global resource with an insight is made of.
+struct OverviewKind {
+    /// The resource's type (Zone, ZoneIngress, ZoneEgress).
     rtype: ResourceType,
-) -> (ResourceType, &'static str, &'static str, &'static str) {
-    match rtype {
-        ResourceType::ZoneEgress => (
-            ResourceType::ZoneEgressInsight,
-            "ZoneEgressOverview",
-            "zoneEgress",
-            "zoneEgressInsight",
-        ),
-        _ => (
-            ResourceType::ZoneIngressInsight,
-            "ZoneIngressOverview",
-            "zoneIngress",
-            "zoneIngressInsight",
-        ),
-    }
+    /// Its insight's type.
+    insight: ResourceType,
+    /// The overview's `type`.
+    overview: &'static str,
+    /// Where the resource's spec goes.
+    spec_key: &'static str,
+    /// Where its insight goes.
+    insight_key: &'static str,
 }
 
-async fn zone_proxy_overview(state: &ApiState, proxy: &Resource) -> Value {
-    let (insight_type, kind, spec_key, insight_key) = zone_proxy_kind(proxy.rtype());
-    let key = ResourceKey::global(insight_type, &proxy.meta.name);
+const ZONE: OverviewKind = OverviewKind {
+    rtype: ResourceType::Zone,
+    insight: ResourceType::ZoneInsight,
+    overview: "ZoneOverview",
+    spec_key: "zone",
+    insight_key: "zoneInsight",
+};
+
+const ZONE_INGRESS: OverviewKind = OverviewKind {
+    rtype: ResourceType::ZoneIngress,
+    insight: ResourceType::ZoneIngressInsight,
+    overview: "ZoneIngressOverview",
+    spec_key: "zoneIngress",
+    insight_key: "zoneIngressInsight",
+};
+
+const ZONE_EGRESS: OverviewKind = OverviewKind {
+    rtype: ResourceType::ZoneEgress,
+    insight: ResourceType::ZoneEgressInsight,
+    overview: "ZoneEgressOverview",
+    spec_key: "zoneEgress",
+    insight_key: "zoneEgressInsight",
+};
+
+/// The overview of `resource` (of `kind`), with its insight read.
+async fn overview_of(state: &ApiState, kind: &OverviewKind, resource: &Resource) -> Value {
+    let key = ResourceKey::global(kind.insight, &resource.meta.name);
     let insight = state.manager.get(&key).await.ok();
-    global_overview(kind, spec_key, insight_key, proxy, insight.as_ref())
+    global_overview(kind, resource, insight.as_ref())
 }
 
-/// `GET /zoneingresses+insights` and `GET /zoneegressoverviews`: zone proxies of `rtype`
-/// with their insights.
-async fn list_zone_proxy_overviews(
+/// The overviews of the resources of `kind`, paged and filtered like their list.
+async fn list_global_overviews(
     state: Arc<ApiState>,
     who: Identity,
     scheme: Scheme,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    rtype: ResourceType,
+    kind: &OverviewKind,
 ) -> Result<Response, ApiError> {
-    check_read(&state, &who, rtype)?;
-    let query = list_query(rtype, uri.query())?;
+    check_read(&state, &who, kind.rtype)?;
+    let query = list_query(kind.rtype, uri.query())?;
     let page = state
         .manager
         .list(&query)
         .await
         .map_err(|e| ApiError::from_manager(TITLE, e))?;
     let mut items = Vec::with_capacity(page.items.len());
-    for proxy in &page.items {
-        items.push(zone_proxy_overview(&state, proxy).await);
+    for resource in &page.items {
+        items.push(overview_of(&state, kind, resource).await);
     }
     let next = page
         .next_offset
@@ -427,19 +432,20 @@ async fn list_zone_proxy_overviews(
     Ok(Json(page_body(page.total, items, next)).into_response())
 }
 
-async fn get_zone_proxy_overview(
+/// The overview of the resource of `kind` named `name`.
+async fn get_global_overview(
     state: Arc<ApiState>,
     who: Identity,
     name: String,
-    rtype: ResourceType,
+    kind: &OverviewKind,
 ) -> Result<Response, ApiError> {
-    check_read(&state, &who, rtype)?;
-    let proxy = state
+    check_read(&state, &who, kind.rtype)?;
+    let resource = state
         .manager
-        .get(&ResourceKey::global(rtype, &name))
+        .get(&ResourceKey::global(kind.rtype, &name))
         .await
         .map_err(|e| ApiError::from_manager(TITLE, e))?;
-    Ok(Json(zone_proxy_overview(&state, &proxy).await).into_response())
+    Ok(Json(overview_of(&state, kind, &resource).await).into_response())
 }
 
 /// `GET /zoneingresses+insights`.
@@ -450,7 +456,7 @@ pub(crate) async fn list_zone_ingress_overviews(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list_zone_proxy_overviews(state, who, scheme, uri, headers, ResourceType::ZoneIngress).await
+    list_global_overviews(state, who, scheme, uri, headers, &ZONE_INGRESS).await
 }
 
 /// `GET /zoneingresses+insights/{name}`.
@@ -459,7 +465,7 @@ pub(crate) async fn get_zone_ingress_overview(
     Extension(who): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    get_zone_proxy_overview(state, who, name, ResourceType::ZoneIngress).await
+    get_global_overview(state, who, name, &ZONE_INGRESS).await
 }
 
 /// `GET /zoneegressoverviews`.
@@ -470,7 +476,7 @@ pub(crate) async fn list_zone_egress_overviews(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list_zone_proxy_overviews(state, who, scheme, uri, headers, ResourceType::ZoneEgress).await
+    list_global_overviews(state, who, scheme, uri, headers, &ZONE_EGRESS).await
 }
 
 /// `GET /zoneegressoverviews/{name}`.
@@ -479,12 +485,7 @@ pub(crate) async fn get_zone_egress_overview(
     Extension(who): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    get_zone_proxy_overview(state, who, name, ResourceType::ZoneEgress).await
-}
-
-async fn zone_insight(state: &ApiState, name: &str) -> Option<Resource> {
-    let key = ResourceKey::new(ResourceType::ZoneInsight, "", name);
-    state.manager.get(&key).await.ok()
+    get_global_overview(state, who, name, &ZONE_EGRESS).await
 }
 
 /// `GET /zones+insights`.
@@ -495,23 +496,7 @@ pub(crate) async fn list_zone_overviews(
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_read(&state, &who, ResourceType::Zone)?;
-    let query = list_query(ResourceType::Zone, uri.query())?;
-    let page = state
-        .manager
-        .list(&query)
-        .await
-        .map_err(|e| ApiError::from_manager(TITLE, e))?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for zone in &page.items {
-        let insight = zone_insight(&state, &zone.meta.name).await;
-        items.push(zone_overview(zone, insight.as_ref()));
-    }
-    let next = page
-        .next_offset
-        .as_deref()
-        .map(|o| next_url(scheme.0, &headers, &uri, o));
-    Ok(Json(page_body(page.total, items, next)).into_response())
+    list_global_overviews(state, who, scheme, uri, headers, &ZONE).await
 }
 
 /// `GET /zones+insights/{name}` and `/zones/{name}/_overview`.
@@ -520,12 +505,5 @@ pub(crate) async fn get_zone_overview(
     Extension(who): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_read(&state, &who, ResourceType::Zone)?;
-    let zone = state
-        .manager
-        .get(&ResourceKey::new(ResourceType::Zone, "", &name))
-        .await
-        .map_err(|e| ApiError::from_manager(TITLE, e))?;
-    let insight = zone_insight(&state, &name).await;
-    Ok(Json(zone_overview(&zone, insight.as_ref())).into_response())
+    get_global_overview(state, who, name, &ZONE).await
 }

@@ -434,49 +434,16 @@ impl Reconciler {
         Ok(endpoints)
     }
 
-    /// Reads the ZoneEgresses `names` (and, on a resync, every connected one), those the
-    /// reconciler cares about: connected ones, and any while this zone's list is kept. Each
-    /// read one (`None`: gone); one whose read failed is left out and, as this zone's list
-    /// may then be stale, that list is listed again when next needed.
-    async fn read_zone_egresses(
-        &mut self,
-        names: &BTreeSet<String>,
-        resync: bool,
-    ) -> BTreeMap<String, Option<Resource>> {
-        let mut names = names.clone();
-        if resync {
-            names.extend(self.egresses.keys().cloned());
-        }
-        names.retain(|n| self.local_egresses.is_some() || self.egresses.contains_key(n));
-        let mut read = BTreeMap::new();
-        for name in names {
-            let key = ResourceKey::global(ResourceType::ZoneEgress, &name);
-            match self.manager.get(&key).await {
-                Ok(r) => {
-                    read.insert(name, Some(r));
-                }
-                Err(ManagerError::Store(StoreError::NotFound(_))) => {
-                    read.insert(name, None);
-                }
-                Err(e) => {
-                    tracing::warn!(egress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneEgress");
-                    if self.local_egresses.take().is_some() {
-                        read.insert(String::new(), None); // marks the list as moved
-                    }
-                }
-            }
-        }
-        read
-    }
-
-    /// Takes re-read ZoneEgresses into this zone's list: whether the list moved (on a resync
-    /// it is listed again when next needed, and counts as moved).
+    /// Takes re-read ZoneEgresses into this zone's list: whether the list moved. On a resync,
+    /// or when a read failed (`complete` false) while the list was kept, it is listed again
+    /// when next needed, and counts as moved.
     fn take_local_egresses(
         &mut self,
         read: &BTreeMap<String, Option<Resource>>,
+        complete: bool,
         resync: bool,
     ) -> bool {
-        if resync || read.contains_key("") {
+        if resync || (!complete && self.local_egresses.is_some()) {
             self.local_egresses = None;
             self.egress_version += 1;
             return true;
@@ -584,7 +551,7 @@ impl Reconciler {
             let Some(resource) = resource else {
                 continue;
             };
-            let stand_in = stand_in_dataplane(resource, ZONE_EGRESS_SERVICE);
+            let stand_in = zone_proxy_stand_in(resource, ZONE_EGRESS_SERVICE);
             for (mesh, state) in &self.meshes {
                 let Some(wide) = &state.wide else {
                     continue;
@@ -658,16 +625,18 @@ impl Reconciler {
         generated
     }
 
-    /// Reads the ZoneIngresses `names` once, for both the other zones' list and the
-    /// connected ingresses: each read one (`None`: gone); `false` when a read failed.
-    async fn read_zone_ingresses(
+    /// Reads the zone proxies (ZoneIngresses or ZoneEgresses, `rtype`) named `names` once,
+    /// for both this control plane's lists of them and the connected ones: each read one
+    /// (`None`: gone); `false` when a read failed.
+    async fn read_zone_proxies(
         &self,
+        rtype: ResourceType,
         names: &BTreeSet<String>,
     ) -> (BTreeMap<String, Option<Resource>>, bool) {
         let mut read = BTreeMap::new();
         let mut complete = true;
         for name in names {
-            let key = ResourceKey::global(ResourceType::ZoneIngress, name);
+            let key = ResourceKey::global(rtype, name);
             match self.manager.get(&key).await {
                 Ok(r) => {
                     read.insert(name.clone(), Some(r));
@@ -676,7 +645,7 @@ impl Reconciler {
                     read.insert(name.clone(), None);
                 }
                 Err(e) => {
-                    tracing::warn!(ingress = %name, error = %kuma_core::errors::Chain(&e), "cannot read a ZoneIngress");
+                    tracing::warn!(proxy = %name, error = %kuma_core::errors::Chain(&e), "cannot read a {rtype}");
                     complete = false;
                 }
             }
@@ -1259,7 +1228,9 @@ impl Reconciler {
             names.extend(self.ingresses.keys().cloned());
         }
         names.retain(|n| self.remote_ingresses.is_some() || self.ingresses.contains_key(n));
-        let (read, complete) = self.read_zone_ingresses(&names).await;
+        let (read, complete) = self
+            .read_zone_proxies(ResourceType::ZoneIngress, &names)
+            .await;
         // Other zones' ingresses moved: every mesh kept looks at its remote endpoints again
         // (only the services they change are regenerated).
         let remote_moved = self.take_remote_ingresses(&read, complete);
@@ -1268,12 +1239,19 @@ impl Reconciler {
                 dirty.entry(mesh.clone()).or_default();
             }
         }
-        // Changed ZoneEgresses: the connected ones are generated again; when this zone's
-        // egresses moved, so are the meshes that route through them.
-        let egresses_read = self
-            .read_zone_egresses(&zone_proxies.zone_egresses, batch.resync)
+        // The changed ZoneEgresses, and on a resync the connected ones, each read once (those
+        // the reconciler keeps: connected ones, and any while this zone's list is kept). The
+        // connected ones are generated again; when this zone's egresses moved, so are the
+        // meshes that route through them.
+        let mut names = zone_proxies.zone_egresses.clone();
+        if batch.resync {
+            names.extend(self.egresses.keys().cloned());
+        }
+        names.retain(|n| self.local_egresses.is_some() || self.egresses.contains_key(n));
+        let (egresses_read, complete) = self
+            .read_zone_proxies(ResourceType::ZoneEgress, &names)
             .await;
-        if self.take_local_egresses(&egresses_read, batch.resync) {
+        if self.take_local_egresses(&egresses_read, complete, batch.resync) {
             for (mesh, state) in &self.meshes {
                 if state
                     .wide
@@ -1370,16 +1348,20 @@ fn egress_of_identity(key: &str) -> Option<&str> {
 
 /// A Dataplane that stands for a zone proxy when its certificate is issued: one inbound at
 /// its address and port, of `service`.
-fn stand_in_dataplane(resource: &Resource, service: &str) -> DataplaneSpec {
+fn zone_proxy_stand_in(resource: &Resource, service: &str) -> DataplaneSpec {
     let net = resource
         .spec_as::<kuma_core::model::zone::ZoneEgressSpec>()
         .and_then(|s| s.networking.clone())
         .unwrap_or_default();
-    let spec = serde_json::json!({"networking": {
-        "address": net.address.unwrap_or_else(|| "127.0.0.1".into()),
-        "inbound": [{"port": net.port, "tags": {(kuma_core::model::common::SERVICE_TAG): service}}],
-    }});
-    serde_json::from_value(spec).unwrap_or_default()
+    let tags = [(
+        kuma_core::model::common::SERVICE_TAG.to_string(),
+        service.to_string(),
+    )];
+    crate::generate::context::stand_in_dataplane(
+        net.address.as_deref().unwrap_or("127.0.0.1"),
+        net.port,
+        &tags.into_iter().collect(),
+    )
 }
 
 /// Whether `resource` is a ZoneIngress of another zone than `zone`.

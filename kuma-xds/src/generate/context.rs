@@ -158,6 +158,25 @@ pub struct Service {
     pub(super) load_assignment: EncodedResource,
 }
 
+/// A Dataplane with one inbound at `address:port` carrying `tags`: what stands for something
+/// that is not a Dataplane (an external service, a zone proxy) where policies are matched or
+/// certificates issued as for proxies.
+pub(crate) fn stand_in_dataplane(address: &str, port: u32, tags: &Tags) -> DataplaneSpec {
+    use kuma_core::model::dataplane::{Inbound, Networking};
+    DataplaneSpec {
+        networking: Some(Networking {
+            address: Some(address.to_string()),
+            inbound: vec![Inbound {
+                port,
+                tags: tags.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The service in a proxy's strict SPIFFE identity `spiffe://<mesh>/<service>`: the first, in
 /// name order, of its inbounds' services (`None` when it has none).
 pub fn strict_spiffe_service(dp: &DataplaneSpec) -> Option<&str> {

@@ -204,17 +204,7 @@ impl MeshIndex {
         };
         endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
         endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-        // A remote ingress listed for several tag sets of the service is one endpoint,
-        // weighted by all of them (per zone: through a zone egress, every zone's endpoints
-        // share the egress's address, each in its zone's locality).
-        let mut by_address: BTreeMap<(Option<&str>, &str, u32), Endpoint> = BTreeMap::new();
-        for e in remote {
-            by_address
-                .entry((e.zone(), e.ip.as_str(), e.port))
-                .and_modify(|known| known.weight = known.weight.saturating_add(e.weight))
-                .or_insert_with(|| e.clone());
-        }
-        endpoints.extend(by_address.into_values());
+        endpoints.extend(merge_remote(remote));
         let load_assignment = match self.services.get(service) {
             Some(old) if same_assignment(&old.endpoints, &endpoints) => old.load_assignment.clone(),
             _ => {
@@ -278,6 +268,20 @@ impl MeshIndex {
     pub(crate) fn shape(&self) -> u64 {
         self.shape
     }
+}
+
+/// Endpoints of other zones, one per zone and address: a remote ingress listed for several
+/// tag sets of a service is one endpoint, weighted by all of them (per zone: through a zone
+/// egress, every zone's endpoints share the egress's address, each in its zone's locality).
+pub(crate) fn merge_remote(remote: &[Endpoint]) -> Vec<Endpoint> {
+    let mut by_address: BTreeMap<(Option<&str>, &str, u32), Endpoint> = BTreeMap::new();
+    for e in remote {
+        by_address
+            .entry((e.zone(), e.ip.as_str(), e.port))
+            .and_modify(|known| known.weight = known.weight.saturating_add(e.weight))
+            .or_insert_with(|| e.clone());
+    }
+    by_address.into_values().collect()
 }
 
 /// Whether two endpoint lists encode alike (addresses, weights, zones).

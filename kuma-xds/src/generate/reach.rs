@@ -16,11 +16,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use kuma_core::model::common::{SERVICE_TAG, Tags};
-use kuma_core::model::dataplane::DataplaneSpec;
 use kuma_core::model::policy::{PermissionAction, TargetRefKind, TrafficPermissionConf};
 use kuma_core::resource::{Labels, Resource, ResourceType, Spec};
 use kuma_core::rules::{MeshPolicies, ProxyView, Rule};
 
+use super::context::stand_in_dataplane;
 use super::external::ExternalServices;
 use super::index::MeshIndex;
 
@@ -39,12 +39,7 @@ const PORT: u32 = 1234;
 /// in merge order: the engine matches policies against proxies, so the destination stands as
 /// a proxy with one inbound carrying its tags.
 pub(crate) fn permission_entries(engine: &MeshPolicies, tags: &Tags) -> Vec<Rule> {
-    let spec: DataplaneSpec = match serde_json::from_value(serde_json::json!({
-        "networking": {"address": "1.1.1.1", "inbound": [{"port": PORT, "tags": tags}]}
-    })) {
-        Ok(spec) => spec,
-        Err(_) => return Vec::new(),
-    };
+    let spec = stand_in_dataplane("1.1.1.1", PORT, tags);
     let labels = Labels::default();
     let view = ProxyView {
         name: "",

@@ -26,8 +26,11 @@ use xds_server::cache::{EncodedResource, Snapshot};
 use xds_server::envoy::{cluster_route, listener, load_assignment, tcp_proxy};
 
 use super::BoxError;
-use super::context::{Endpoint, MeshContext, WorkloadCertificate, weighted_locality};
+use super::context::{
+    Endpoint, MeshContext, WorkloadCertificate, stand_in_dataplane, weighted_locality,
+};
 use super::external::origin_cluster;
+use super::index::merge_remote;
 use super::mtls::{downstream_context, mesh_secrets, sni};
 use super::policies::{MeshFaultInjection, MeshRateLimit, MeshTrafficPermission};
 use super::profile::{http_listener, prefix};
@@ -87,16 +90,8 @@ pub fn egress_snapshot(
             egress
                 .filter_chains
                 .push(sni_passthrough(service, mesh, &cluster));
-            // An ingress listed for several tag sets of the service is one endpoint.
-            let mut merged: BTreeMap<(&str, u32), Endpoint> = BTreeMap::new();
-            for e in endpoints {
-                merged
-                    .entry((e.ip.as_str(), e.port))
-                    .and_modify(|known| known.weight = known.weight.saturating_add(e.weight))
-                    .or_insert_with(|| e.clone());
-            }
             let mut assignment = load_assignment(&cluster, &[]);
-            assignment.endpoints = vec![weighted_locality(&cluster, merged.values())];
+            assignment.endpoints = vec![weighted_locality(&cluster, &merge_remote(endpoints))];
             resources.extend(eds_resources(&cluster, &assignment));
         }
         let Some(identity) = m.identity else {
@@ -191,10 +186,8 @@ fn apply_inbound_policies(
 ) -> Result<ListenerDraft, BoxError> {
     const PORT: u32 = 1;
     const LISTENER: &str = "egress";
-    let spec = serde_json::json!({"type": "Dataplane", "mesh": ctx.mesh, "name": "zone-egress",
-        "networking": {"address": "127.0.0.1", "inbound": [{"port": PORT, "tags": tags}]}});
-    let stand_in =
-        Resource::from_value(spec).map_err(|e| format!("the external service's stand-in: {e}"))?;
+    let spec = stand_in_dataplane("127.0.0.1", PORT, tags);
+    let stand_in = Resource::new(ctx.mesh, "zone-egress", spec);
     let proxy = ProxyContext::new(ctx, &stand_in, ProxyMetadata::default())
         .ok_or("the external service's stand-in is not a Dataplane")?;
     let mut rs = ResourceSet::default();
